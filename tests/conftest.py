@@ -1,0 +1,47 @@
+"""Shared fixtures: an isolated EDGERUN_HOME for every test, and tiny random HF models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import SPECS, build_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def edgerun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point EDGERUN_HOME at a fresh directory so no test touches the user's cache."""
+    home = tmp_path / "edgerun-home"
+    monkeypatch.setenv("EDGERUN_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny fixture model, built once per session: {name: checkpoint dir}."""
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {name: build_tiny_model(name, root / name) for name in SPECS}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_dirs: dict[str, Path]) -> Path:
+    return tiny_model_dirs["llama"]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tiny_model_dirs: dict[str, Path]) -> Path:
+    return tiny_model_dirs["qwen2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_untied(tiny_model_dirs: dict[str, Path]) -> Path:
+    return tiny_model_dirs["llama-untied"]
+
+
+@pytest.fixture(params=sorted(SPECS))
+def tiny_model(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) -> Path:
+    """Parametrised over every fixture architecture."""
+    return tiny_model_dirs[request.param]

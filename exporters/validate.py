@@ -99,7 +99,7 @@ class Reference:
         """Run `logits_fn` over the same windows and compare with the reference."""
         thresholds = thresholds or Thresholds()
         nll_ref = nll = kl = agree = 0.0
-        for ids, ref in zip(self.windows, self.logprobs):
+        for ids, ref in zip(self.windows, self.logprobs, strict=True):
             cand_logits = logits_fn(ids)
             if cand_logits.shape[-1] != ref.shape[-1]:
                 raise EdgerunError(

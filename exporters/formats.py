@@ -1,0 +1,208 @@
+"""The format-family registry: every export format belongs to one family ("onnx", "gguf"), a
+module exposing ``FAMILY`` that writes artifacts of its formats and runs them for validation.
+
+Families are found through a small table of module paths imported lazily, so listing formats
+never imports torch. A family whose module or dependency is missing is listed as unavailable with
+the reason, never silently dropped. A third-party family is one more line in ``FAMILY_MODULES``
+or a call to :func:`register`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from edgerun.errors import EdgerunError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.exporters.validate import LogitsFn
+
+    from edgerun.sources import Checkpoint
+
+# family prefix -> module exposing FAMILY; one line per family.
+FAMILY_MODULES: dict[str, str] = {
+    "onnx": "edgerun.exporters.onnx_family",
+    "gguf": "edgerun.exporters.gguf",
+}
+
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+ALGORITHMS = ("rtn", "hqq", "gptq")
+INT8_MODES = ("weight-only", "dynamic")
+BUILDERS = ("optimum", "genai")
+
+
+@dataclass
+class ExportOptions:
+    """Options of one export call, shared by every format of it (each family reads what it uses).
+
+    block_size / symmetric / accuracy_level / algorithm: ONNX int4 (MatMulNBits) parameters;
+    int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
+    builder: "optimum" or "genai" (onnxruntime-genai's model builder);
+    threads: CPU threads for export-time inference (None: library default);
+    eval_text: a text file to validate on (None: the shipped exporters/data/eval.txt);
+    window: tokens per validation window; force: write failing artifacts (passed: false);
+    no_validate: skip validation (validation: null); overwrite: replace existing artifact dirs;
+    keep_intermediates: keep the scratch dir (fp32 ONNX before quantization, ...);
+    extra: family-specific options not named here (e.g. a GGUF imatrix file).
+    """
+
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int = 4
+    algorithm: str = "rtn"
+    int8_mode: str = "weight-only"
+    builder: str = "optimum"
+    threads: int | None = None
+    eval_text: Path | None = None
+    window: int = 256
+    force: bool = False
+    no_validate: bool = False
+    overwrite: bool = False
+    keep_intermediates: bool = False
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReferenceModel:
+    """The source model in PyTorch fp32 and its tokenizer, loaded on first use and then shared by
+    every format of one export call (a family that reads the checkpoint from disk never loads it)."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.path = Path(checkpoint_dir)
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    @property
+    def model(self) -> Any:
+        """transformers AutoModelForCausalLM in float32, eval mode."""
+        if self._model is None:
+            from edgerun.exporters.reference import load_model
+
+            self._model = load_model(self.path)
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """transformers AutoTokenizer of the checkpoint."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return self._tokenizer
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """config.json of the checkpoint, as a dict (no transformers import)."""
+        import json
+
+        data: dict[str, Any] = json.loads((self.path / "config.json").read_text())
+        return data
+
+
+@dataclass
+class ExportContext:
+    """Everything a family needs to export one format: the resolved source, the shared reference,
+    the options, and a scratch directory (removed after the call unless keep_intermediates)."""
+
+    checkpoint: Checkpoint
+    reference: ReferenceModel
+    options: ExportOptions
+    scratch: Path
+    # Called by a family to show a named stage ("export", "quantize"); set by the orchestrator.
+    stage_hook: Any = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Mark a long stage of the export so the progress display names it."""
+        if self.stage_hook is None:
+            yield
+        else:
+            with self.stage_hook(name):
+                yield
+
+
+@runtime_checkable
+class FormatFamily(Protocol):
+    """One family of export formats (see the module docstring)."""
+
+    prefix: str
+
+    def formats(self) -> list[str]:
+        """Format names of this family, e.g. ["onnx-fp32", "onnx-int4"]."""
+        ...
+
+    def check_options(self, fmt: str, options: ExportOptions) -> None:
+        """Raise EdgerunError, before any work starts, when `options` cannot make `fmt`."""
+        ...
+
+    def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
+        """Write the model file(s) of `fmt` into `out_dir`; return manifest fields: precision,
+        quant (dict | None), builder, model_file, plus extras (e.g. "onnx": {...})."""
+        ...
+
+    def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
+        """Run the artifact for real: token ids of one window -> logits [len, vocab]."""
+        ...
+
+
+FAMILIES: dict[str, FormatFamily] = {}
+UNAVAILABLE: dict[str, str] = {}  # family prefix -> why it could not be loaded
+
+
+def register(family: FormatFamily) -> FormatFamily:
+    """Add (or replace) a family in the registry; returns it, so it works as a decorator too."""
+    FAMILIES[family.prefix] = family
+    UNAVAILABLE.pop(family.prefix, None)
+    return family
+
+
+def load_families() -> dict[str, FormatFamily]:
+    """Import every module of FAMILY_MODULES not yet loaded; record why one is unavailable."""
+    for prefix, module in FAMILY_MODULES.items():
+        if prefix in FAMILIES:
+            continue
+        try:
+            family = importlib.import_module(module).FAMILY
+        except ImportError as exc:
+            UNAVAILABLE[prefix] = f"{module} cannot be imported: {exc}"
+            continue
+        except AttributeError:
+            UNAVAILABLE[prefix] = f"{module} defines no FAMILY"
+            continue
+        register(family)
+    return FAMILIES
+
+
+def all_formats() -> list[str]:
+    """Every format name of every available family, in registry order."""
+    return [fmt for family in load_families().values() for fmt in family.formats()]
+
+
+def family_of(fmt: str) -> FormatFamily:
+    """The family that makes `fmt`; EdgerunError listing the valid formats if none does."""
+    families = load_families()
+    for family in families.values():
+        if fmt in family.formats():
+            return family
+    prefix = fmt.split("-", 1)[0]
+    if prefix in UNAVAILABLE:
+        raise EdgerunError(
+            f"format '{fmt}' is unavailable: {UNAVAILABLE[prefix]}",
+            "install the extra it needs (pip install 'edgerun[export,gguf]')",
+        )
+    raise EdgerunError(f"unknown format '{fmt}'", f"valid formats: {', '.join(all_formats())}")
+
+
+def parse_formats(spec: str | list[str]) -> list[str]:
+    """Split a comma list of format names, check every one, drop duplicates (order kept)."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    if not names:
+        raise EdgerunError("no export format given", f"valid formats: {', '.join(all_formats())}")
+    for name in names:
+        family_of(name)
+    return names

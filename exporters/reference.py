@@ -1,0 +1,69 @@
+"""The validation reference: the source model in PyTorch fp32, the evaluation text and its tokens.
+
+Heavy imports (torch, transformers) live inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgerun.exporters.validate import LogitsFn
+
+from edgerun.errors import EdgerunError, require
+
+DEFAULT_EVAL_TEXT = Path(__file__).parent / "data" / "eval.txt"
+
+
+def load_model(path: Path) -> Any:
+    """Load an HF causal LM in float32, eval mode; EdgerunError if transformers cannot."""
+    require("torch", "export")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (ValueError, KeyError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgerunError(
+            f"transformers cannot load {path}: {first}",
+            "pass a causal LM checkpoint of an architecture transformers supports",
+        ) from exc
+    model.eval()
+    return model
+
+
+def torch_logits_fn(model: Any) -> LogitsFn:
+    """A LogitsFn that runs the PyTorch model over one window (no cache, no padding)."""
+    import torch
+
+    def logits(ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(input_ids=torch.from_numpy(ids[None, :].astype(np.int64)), use_cache=False)
+        return out.logits[0].float().numpy()
+
+    return logits
+
+
+def read_eval_text(path: Path | None) -> str:
+    """The evaluation text: `path`, or the one shipped with edgerun (comment lines `#` dropped
+    from the shipped file only: they carry its provenance)."""
+    if path is None:
+        lines = DEFAULT_EVAL_TEXT.read_text(encoding="utf-8").splitlines(keepends=True)
+        return "".join(line for line in lines if not line.startswith("#"))
+    path = Path(path)
+    if not path.is_file():
+        raise EdgerunError(f"evaluation text not found: {path}", "check the --eval-text path")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EdgerunError(
+            f"{path} is not UTF-8 text", "pass a plain UTF-8 text file as --eval-text"
+        ) from exc
+
+
+def eval_token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Tokenize the evaluation text as one stream, with no special tokens added."""
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids

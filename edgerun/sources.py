@@ -193,6 +193,8 @@ def _pull_gguf(
             atomic_dir(entry) as tmp,
             _step(f"dequantizing {path.name} to an HF checkpoint", progress),
         ):
+            from edgerun.gguf_source import dequantize_gguf
+
             dequantize_gguf(path, tmp)
             _finish(tmp, ckpt)
     except EdgerunError:
@@ -201,28 +203,6 @@ def _pull_gguf(
             return hit
         raise
     return ckpt
-
-
-def dequantize_gguf(path: Path, out: Path) -> None:
-    """Load a GGUF file through transformers' GGUF loader and save it as an fp32 HF checkpoint."""
-    require("torch", "export")
-    require("gguf", "export")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgerunError(
-            f"transformers cannot load {path.name}: {first}",
-            "use a GGUF of an architecture transformers supports (llama, qwen2, mistral, ...)",
-        ) from exc
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
 
 
 def _pull_demo(demo: DemoModel, progress: bool) -> Checkpoint:

@@ -1,0 +1,67 @@
+"""GGUF file -> Hugging Face checkpoint, through transformers' GGUF loader.
+
+transformers rebuilds the tokenizer from GGUF metadata but, as of 4.57, takes the wrong special
+tokens for byte-level BPE vocabularies (SmolLM2: eos becomes <|im_start|>) and adds a BOS token even
+where the file says `tokenizer.ggml.add_bos_token = false`. The GGUF metadata is the truth, so it is
+re-applied here after loading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError, require
+
+# GGUF metadata key -> tokenizer attribute holding that special token.
+_SPECIAL_IDS = {
+    "tokenizer.ggml.bos_token_id": "bos_token",
+    "tokenizer.ggml.eos_token_id": "eos_token",
+    "tokenizer.ggml.unknown_token_id": "unk_token",
+    "tokenizer.ggml.padding_token_id": "pad_token",
+}
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The scalar values of `keys` present in the GGUF file's metadata."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    return {k: reader.fields[k].contents() for k in keys if k in reader.fields}
+
+
+def apply_gguf_tokenizer_metadata(tokenizer: Any, meta: dict[str, Any]) -> None:
+    """Set special tokens and add-BOS behaviour on an HF fast tokenizer from GGUF metadata."""
+    for key, attr in _SPECIAL_IDS.items():
+        if key in meta:
+            setattr(tokenizer, attr, tokenizer.convert_ids_to_tokens(int(meta[key])))
+    add_bos = meta.get("tokenizer.ggml.add_bos_token")
+    if add_bos is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)  # LlamaTokenizerFast rebuilds its post-processor
+
+
+def dequantize_gguf(path: Path, out: Path) -> None:
+    """Load a GGUF file through transformers' GGUF loader and save it as an fp32 HF checkpoint."""
+    require("torch", "export")
+    require("gguf", "export")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgerunError(
+            f"transformers cannot load {path.name}: {first}",
+            "use a GGUF of an architecture transformers supports (llama, qwen2, mistral, ...)",
+        ) from exc
+    apply_gguf_tokenizer_metadata(
+        tokenizer, gguf_metadata(path, (*_SPECIAL_IDS, "tokenizer.ggml.add_bos_token"))
+    )
+    if tokenizer.pad_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

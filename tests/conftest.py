@@ -45,3 +45,19 @@ def tiny_untied(tiny_model_dirs: dict[str, Path]) -> Path:
 def tiny_model(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) -> Path:
     """Parametrised over every fixture architecture."""
     return tiny_model_dirs[request.param]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M-Instruct HF checkpoint, pulled once per session (for `slow` tests).
+
+    Set EDGERUN_TEST_HOME to a persistent directory to reuse a pull across sessions.
+    """
+    import os
+
+    from edgerun.sources import resolve
+
+    home = os.environ.get("EDGERUN_TEST_HOME") or str(tmp_path_factory.mktemp("smollm2-home"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGERUN_HOME", home)
+        return resolve("smollm2-135m", progress=False).path

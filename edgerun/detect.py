@@ -1,0 +1,273 @@
+"""What machine is this, and which device profile fits it best?
+
+:func:`machine_facts` reads the facts a profile's ``[match]`` rules talk about: CPU architecture,
+OS, CPU model and flags (/proc/cpuinfo), device-tree model, Jetson release file, GPUs (nvidia-smi
+or /proc/driver/nvidia), ONNX Runtime providers. ``root`` points it at a fake file tree, which is
+how the tests describe real devices (tests/data/machines/).
+
+:func:`detect` scores every profile: a rule that fails rules the profile out; each rule that holds
+adds its weight (``WEIGHTS``), so the most specific matching profile wins, and says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError
+from edgerun.profile import MatchRules, Profile, list_profiles
+
+# Points per rule that holds; a device-specific rule outweighs any number of CPU flags.
+WEIGHTS = {
+    "arch": 1,
+    "os": 1,
+    "cpu_flag": 2,
+    "cpu_model": 3,
+    "providers": 4,
+    "gpus": 8,
+    "device_tree": 10,
+    "jetson": 10,
+}
+
+# (CPU implementer, CPU part) from arm64 /proc/cpuinfo -> core name, for boards whose cpuinfo
+# has no "model name" line. Values from the Linux kernel's arch/arm64/include/asm/cputype.h.
+ARM_CORES = {
+    ("0x41", "0xd03"): "ARM Cortex-A53",  # Raspberry Pi 3, many SBCs
+    ("0x41", "0xd05"): "ARM Cortex-A55",  # little cores of Snapdragon 8xx
+    ("0x41", "0xd08"): "ARM Cortex-A72",  # Raspberry Pi 4
+    ("0x41", "0xd0b"): "ARM Cortex-A76",  # Raspberry Pi 5
+    ("0x41", "0xd0c"): "ARM Neoverse-N1",  # Ampere Altra, AWS Graviton2
+    ("0x41", "0xd0d"): "ARM Cortex-A77",  # Snapdragon 865
+    ("0x41", "0xd40"): "ARM Neoverse-V1",  # AWS Graviton3
+    ("0x41", "0xd42"): "ARM Cortex-A78AE",  # Jetson Orin
+    ("0x41", "0xd4f"): "ARM Neoverse-V2",  # NVIDIA Grace, AWS Graviton4
+    ("0x51", "0x001"): "Qualcomm Oryon",  # Snapdragon X Elite
+    ("0x61", "0x022"): "Apple M1",  # Asahi Linux
+}
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """The facts about one machine that profiles are matched against."""
+
+    arch: str
+    os: str
+    cpu_model: str = ""
+    cpu_flags: frozenset[str] = frozenset()
+    device_tree_model: str | None = None
+    jetson_release: str | None = None
+    gpus: list[str] = field(default_factory=list)
+    ort_providers: list[str] = field(default_factory=list)
+    physical_cores: int | None = None
+    ram_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, flags sorted."""
+        data = dataclasses.asdict(self)
+        data["cpu_flags"] = sorted(self.cpu_flags)
+        return data
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The winning profile, its score and reasons; every matching profile ranked best first;
+    and every ruled-out profile with the rule that failed."""
+
+    profile: Profile
+    score: int
+    reasons: list[str]
+    ranking: list[tuple[Profile, int, list[str]]]
+    rejected: list[tuple[Profile, str]] = field(default_factory=list)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(CPU model, flags) from /proc/cpuinfo text, for x86 ("model name", "flags") and arm64
+    ("Hardware", or the core named by "CPU implementer"/"CPU part"; "Features")."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    flags = frozenset((fields.get("flags") or fields.get("features") or "").split())
+    model = fields.get("model name") or fields.get("hardware") or ""
+    if not model or model.lower().startswith("armv"):  # 32-bit ARM: "ARMv7 Processor rev 3 (v7l)"
+        core = ARM_CORES.get((fields.get("cpu implementer", ""), fields.get("cpu part", "")))
+        model = core or model
+    return model, flags
+
+
+def parse_jetson_release(text: str) -> str | None:
+    """'# R36 (release), REVISION: 3.0, GCID: ...' -> 'R36.3.0' (None if it does not parse)."""
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"R{match.group(1)}.{match.group(2)}" if match else None
+
+
+def _soc_model(root: Path) -> str:
+    """Qualcomm socinfo: /sys/devices/soc0/family ('Snapdragon') + machine ('SM8250')."""
+    family = (_read(root / "sys/devices/soc0/family") or "").strip()
+    machine = (_read(root / "sys/devices/soc0/machine") or "").strip()
+    return f"{family} {machine}".strip()
+
+
+def _device_tree_model(root: Path) -> str | None:
+    for rel in ("proc/device-tree/model", "sys/firmware/devicetree/base/model"):
+        text = _read(root / rel)
+        if text:
+            return text.strip("\x00\n ")
+    return None
+
+
+def _run(cmd: list[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        return ""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _gpus(root: Path, live: bool) -> list[str]:
+    """NVIDIA GPU names: `nvidia-smi -L` on the live machine, else /proc/driver/nvidia/gpus."""
+    if live:
+        names = re.findall(r"^GPU \d+: (.+?)(?: \(UUID:.*)?$", _run(["nvidia-smi", "-L"]), re.M)
+        if names:
+            return names
+    found = []
+    for info in sorted((root / "proc/driver/nvidia/gpus").glob("*/information")):
+        match = re.search(r"^Model:\s*(.+)$", _read(info) or "", re.M)
+        if match:
+            found.append(match.group(1).strip())
+    return found
+
+
+def _ort_providers() -> list[str]:
+    try:
+        import onnxruntime
+
+        return list(onnxruntime.get_available_providers())
+    except Exception:  # a broken onnxruntime install must not break detection
+        return []
+
+
+def machine_facts(root: Path = Path("/"), **overrides: Any) -> MachineFacts:
+    """Facts about the machine whose files lie under `root` ("/" is this machine: then commands
+    such as nvidia-smi run and psutil, platform and onnxruntime are asked too). `overrides`
+    replace any field, e.g. arch/os for a fake tree of another kind of machine."""
+    root = Path(root)
+    live = root == Path("/")
+    model, flags = parse_cpuinfo(_read(root / "proc/cpuinfo") or "")
+    model = model or _soc_model(root)
+    system = platform.system() if live else ""
+    if live and system == "Darwin":
+        model = _run(["sysctl", "-n", "machdep.cpu.brand_string"]).strip() or model
+    release = _read(root / "etc/nv_tegra_release")
+    facts: dict[str, Any] = {
+        "arch": platform.machine() if live else "",
+        "os": system,
+        "cpu_model": model,
+        "cpu_flags": flags,
+        "device_tree_model": _device_tree_model(root),
+        "jetson_release": parse_jetson_release(release) if release else None,
+        "gpus": _gpus(root, live),
+        "ort_providers": _ort_providers() if live else [],
+    }
+    if live:
+        import psutil
+
+        facts["physical_cores"] = psutil.cpu_count(logical=False)
+        facts["ram_bytes"] = int(psutil.virtual_memory().total)
+    facts.update(overrides)
+    if isinstance(facts["cpu_flags"], (list, set)):
+        facts["cpu_flags"] = frozenset(facts["cpu_flags"])
+    return MachineFacts(**facts)
+
+
+def _any_in(needles: list[str], haystacks: list[str]) -> tuple[str, str] | None:
+    """The first (needle, haystack) where needle is a case-insensitive substring of haystack."""
+    for hay in haystacks:
+        for needle in needles:
+            if needle.lower() in hay.lower():
+                return needle, hay
+    return None
+
+
+def score_profile(rules: MatchRules, facts: MachineFacts) -> tuple[int, list[str]] | str:
+    """(score, reasons) when every rule holds, else the reason the first failing rule gives."""
+    score, reasons = 0, []
+    if facts.arch not in rules.arch:
+        return f"architecture {facts.arch or '?'} is not {' / '.join(rules.arch)}"
+    score += WEIGHTS["arch"]
+    reasons.append(f"architecture {facts.arch}")
+    if rules.os:
+        if facts.os not in rules.os:
+            return f"OS {facts.os or '?'} is not {' / '.join(rules.os)}"
+        score += WEIGHTS["os"]
+        reasons.append(f"OS {facts.os}")
+    missing = [f for f in rules.cpu_flags if f not in facts.cpu_flags]
+    if missing:
+        return f"CPU lacks {', '.join(missing)}"
+    if rules.cpu_flags:
+        score += WEIGHTS["cpu_flag"] * len(rules.cpu_flags)
+        reasons.append(f"CPU flags {', '.join(rules.cpu_flags)}")
+    for rule, needles, hays, label in (
+        ("cpu_model", rules.cpu_model, [facts.cpu_model], "CPU model"),
+        ("device_tree", rules.device_tree, [facts.device_tree_model or ""], "device-tree model"),
+        ("gpus", rules.gpus, facts.gpus, "GPU"),
+    ):
+        if not needles:
+            continue
+        hit = _any_in(needles, [h for h in hays if h])
+        if hit is None:
+            have = ", ".join(repr(h) for h in hays if h) or "none"
+            return f"no {label} matches {' / '.join(needles)} (have: {have})"
+        score += WEIGHTS[rule]
+        reasons.append(f"{label} '{hit[1]}' matches '{hit[0]}'")
+    if rules.jetson is not None:
+        if rules.jetson != (facts.jetson_release is not None):
+            return "no /etc/nv_tegra_release" if rules.jetson else "this is a Jetson"
+        if rules.jetson:
+            score += WEIGHTS["jetson"]
+            reasons.append(f"Jetson Linux {facts.jetson_release} (/etc/nv_tegra_release)")
+    lacking = [p for p in rules.providers if p not in facts.ort_providers]
+    if lacking:
+        return f"onnxruntime lacks {', '.join(lacking)}"
+    if rules.providers:
+        score += WEIGHTS["providers"]
+        reasons.append(f"onnxruntime has {', '.join(rules.providers)}")
+    return score, reasons
+
+
+def detect(facts: MachineFacts | None = None, profiles: list[Profile] | None = None) -> Detection:
+    """Score `profiles` (default: all) against `facts` (default: this machine); the highest
+    score wins, ties going to the id that sorts first. No match: EdgerunError."""
+    facts = facts if facts is not None else machine_facts()
+    profiles = profiles if profiles is not None else list_profiles()
+    ranking: list[tuple[Profile, int, list[str]]] = []
+    rejected: list[tuple[Profile, str]] = []
+    for profile in profiles:
+        result = score_profile(profile.match, facts)
+        if isinstance(result, str):
+            rejected.append((profile, result))
+        else:
+            ranking.append((profile, *result))
+    if not ranking:
+        raise EdgerunError(
+            f"no device profile matches this machine ({facts.arch or '?'}, {facts.os or '?'})",
+            "pass --profile ID, or write a profile in $EDGERUN_HOME/profiles",
+        )
+    ranking.sort(key=lambda r: (-r[1], r[0].id))
+    best = ranking[0]
+    return Detection(best[0], best[1], best[2], ranking, rejected)

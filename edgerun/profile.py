@@ -1,0 +1,345 @@
+"""Device profiles: TOML data files that say how to recognise a device and how to run models on it.
+
+Built-in profiles ship in the wheel as ``edgerun.profiles/*.toml``; a file in
+``$EDGERUN_HOME/profiles/`` with the same ``id`` overrides a built-in. Files are validated against
+the schema in ``PROFILE_SCHEMA``: an unknown key or a wrong type is an EdgerunError naming the
+file, the key and the line.
+
+    profile = get_profile("raspberry-pi-5")            # or a path to a .toml file
+    choice = select_providers(profile, "onnxruntime", onnxruntime.get_available_providers())
+    check_memory(profile, weights_bytes, kv_bytes)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError
+from edgerun.home import home
+from edgerun.profile_schema import (
+    Either,
+    ListOf,
+    OneOf,
+    Options,
+    SchemaError,
+    Table,
+    dotted,
+    line_of,
+)
+from edgerun.profile_schema import check as check_schema
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BACKENDS = ("onnxruntime", "genai", "llamacpp")
+POWER_METERS = ("auto", "rapl", "nvml", "jetson", "rpi5", "battery", "none")
+CPU_PROVIDER = "CPUExecutionProvider"
+# Used when a profile sets no memory_budget_mb: this share of the machine's RAM.
+DEFAULT_MEMORY_FRACTION = 0.8
+
+_STR_LIST = ListOf(str)
+MATCH_SCHEMA = Table(
+    {
+        "arch": _STR_LIST,
+        "os": _STR_LIST,
+        "cpu_flags": _STR_LIST,
+        "cpu_model": _STR_LIST,
+        "device_tree": _STR_LIST,
+        "jetson": bool,
+        "gpus": _STR_LIST,
+        "providers": _STR_LIST,
+    },
+    required=("arch",),
+)
+PROVIDER_SCHEMA = Table({"name": str, "options": Options()}, required=("name",))
+BACKEND_SCHEMA = Table(
+    {"name": OneOf(BACKENDS), "providers": ListOf(PROVIDER_SCHEMA), "options": Options()},
+    required=("name",),
+)
+EXPORT_SCHEMA = Table(
+    {
+        "block_size": int,
+        "accuracy_level": int,
+        "symmetric": bool,
+        "builder": OneOf(("optimum", "genai")),
+    }
+)
+PROFILE_SCHEMA = Table(
+    {
+        "id": str,
+        "name": str,
+        "description": str,
+        "threads": Either((int, OneOf(("auto",)))),
+        "preferred_formats": _STR_LIST,
+        "export": EXPORT_SCHEMA,
+        "memory_budget_mb": Either((int, OneOf(("auto",)))),
+        "memory_fraction": float,
+        "power_meter": OneOf(POWER_METERS),
+        "match": MATCH_SCHEMA,
+        "backends": ListOf(BACKEND_SCHEMA),
+    },
+    required=("id", "name", "description", "match", "backends"),
+)
+
+
+@dataclass(frozen=True)
+class MatchRules:
+    """How to recognise a device. Every listed rule must hold (see edgerun.detect for scoring).
+
+    arch / os: any of (platform.machine() / platform.system()); cpu_flags: all present;
+    cpu_model / device_tree / gpus: any is a case-insensitive substring of the CPU model, the
+    device-tree model, or a GPU name; jetson: True needs /etc/nv_tegra_release, False forbids it;
+    providers: ONNX Runtime execution providers that must be available.
+    """
+
+    arch: list[str]
+    os: list[str] = field(default_factory=list)
+    cpu_flags: list[str] = field(default_factory=list)
+    cpu_model: list[str] = field(default_factory=list)
+    device_tree: list[str] = field(default_factory=list)
+    jetson: bool | None = None
+    gpus: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProviderPref:
+    """One ONNX Runtime execution provider and its provider options."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendPref:
+    """One backend ("onnxruntime" | "genai" | "llamacpp"), its ordered providers and options."""
+
+    name: str
+    providers: list[ProviderPref] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated device profile. threads None: physical cores; memory_budget_mb None: a share
+    (memory_fraction) of the machine's RAM; backends in order of preference."""
+
+    id: str
+    name: str
+    description: str
+    match: MatchRules
+    backends: list[BackendPref]
+    threads: int | None = None
+    preferred_formats: list[str] = field(default_factory=list)
+    export: dict[str, Any] = field(default_factory=dict)
+    memory_budget_mb: int | None = None
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    power_meter: str = "auto"
+    source: str = ""
+
+    def backend(self, name: str) -> BackendPref | None:
+        """This profile's preferences for backend `name`, or None if it does not list it."""
+        return next((b for b in self.backends if b.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what `edgerun profiles show --json` prints)."""
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+def _fail(path: Path | str, text: str, error: SchemaError) -> EdgerunError:
+    line = line_of(text, error.path)
+    return EdgerunError(
+        f"{path}, line {line}: {dotted(error.path)}: {error.message}",
+        "fix the profile file; `edgerun profiles validate FILE` checks it",
+    )
+
+
+def _build(data: dict[str, Any], source: str) -> Profile:
+    backends = [
+        BackendPref(
+            name=b["name"],
+            providers=[
+                ProviderPref(p["name"], dict(p.get("options", {}))) for p in b.get("providers", [])
+            ],
+            options=dict(b.get("options", {})),
+        )
+        for b in data["backends"]
+    ]
+    threads = data.get("threads", "auto")
+    budget = data.get("memory_budget_mb", "auto")
+    return Profile(
+        id=data["id"],
+        name=data["name"],
+        description=data["description"],
+        match=MatchRules(**data["match"]),
+        backends=backends,
+        threads=None if threads == "auto" else threads,
+        preferred_formats=list(data.get("preferred_formats", [])),
+        export=dict(data.get("export", {})),
+        memory_budget_mb=None if budget == "auto" else budget,
+        memory_fraction=float(data.get("memory_fraction", DEFAULT_MEMORY_FRACTION)),
+        power_meter=data.get("power_meter", "auto"),
+        source=source,
+    )
+
+
+def parse_profile(text: str, source: str) -> Profile:
+    """Validate and build a profile from TOML `text`; `source` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgerunError(f"{source}: invalid TOML: {exc}", "fix the syntax at that line") from exc
+    try:
+        check_schema(data, PROFILE_SCHEMA)
+        _check_values(data)
+    except SchemaError as exc:
+        raise _fail(source, text, exc) from None
+    return _build(data, source)
+
+
+def _check_values(data: dict[str, Any]) -> None:
+    """Rules beyond types: positive numbers, a non-empty backend list."""
+    for key in ("threads", "memory_budget_mb"):
+        if isinstance(data.get(key), int) and data[key] < 1:
+            raise SchemaError((key,), f"must be at least 1, got {data[key]}")
+    fraction = data.get("memory_fraction", DEFAULT_MEMORY_FRACTION)
+    if not 0 < fraction <= 1:
+        raise SchemaError(("memory_fraction",), f"must be in (0, 1], got {fraction}")
+    if not data["backends"]:
+        raise SchemaError(("backends",), "list at least one backend")
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    """Read, validate and return the profile at `path` (EdgerunError naming file, key and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EdgerunError(
+            f"cannot read profile {path}: {exc.strerror or exc}", "check the path"
+        ) from exc
+    return parse_profile(text, str(path))
+
+
+def user_profiles_dir() -> Path:
+    """Where user profiles live: $EDGERUN_HOME/profiles (not created here)."""
+    return home() / "profiles"
+
+
+def _builtin_profiles() -> list[Profile]:
+    from importlib.resources import files
+
+    root = files("edgerun.profiles")
+    entries = sorted((e for e in root.iterdir() if e.name.endswith(".toml")), key=lambda e: e.name)
+    return [parse_profile(e.read_text(encoding="utf-8"), str(e)) for e in entries]
+
+
+def list_profiles() -> list[Profile]:
+    """Every profile, sorted by id: the built-ins, with user profiles overriding them by id."""
+    by_id = {p.id: p for p in _builtin_profiles()}
+    user_dir = user_profiles_dir()
+    if user_dir.is_dir():
+        for path in sorted(user_dir.glob("*.toml")):
+            profile = load_profile_file(path)
+            by_id[profile.id] = profile
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def get_profile(id_or_path: str | Path) -> Profile:
+    """The profile with this id, or the one in this .toml file; unknown ids list the known ones."""
+    text = str(id_or_path)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        return load_profile_file(text)
+    profiles = list_profiles()
+    for profile in profiles:
+        if profile.id == text:
+            return profile
+    raise EdgerunError(
+        f"unknown profile '{text}'",
+        "known profiles: " + ", ".join(p.id for p in profiles),
+    )
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """What select_providers decided: `providers` to pass to ONNX Runtime as (name, options) in
+    order, what the profile `wanted`, and one warning per wanted provider that is not there."""
+
+    providers: list[tuple[str, dict[str, Any]]]
+    wanted: list[str]
+    warnings: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        """The provider names only, in order."""
+        return [name for name, _ in self.providers]
+
+
+def select_providers(
+    profile: Profile, backend: str, available: list[str], strict: bool = False
+) -> ProviderChoice:
+    """Intersect the profile's ordered providers for `backend` with `available` (as reported by
+    onnxruntime.get_available_providers()). CPUExecutionProvider is always the last resort.
+
+    A wanted provider that is missing gives the warning "wanted X, running Y"; with `strict` it
+    raises EdgerunError instead.
+    """
+    pref = profile.backend(backend)
+    prefs = list(pref.providers) if pref else []
+    if not any(p.name == CPU_PROVIDER for p in prefs):
+        prefs.append(ProviderPref(CPU_PROVIDER))
+    chosen = [(p.name, dict(p.options)) for p in prefs if p.name in available]
+    if not chosen:  # CPU missing from `available` too: an odd build, but CPU is always compiled in
+        chosen = [(CPU_PROVIDER, {})]
+    wanted = [p.name for p in prefs]
+    running = ", ".join(name for name, _ in chosen)
+    missing = [p.name for p in prefs if p.name not in available and p.name != CPU_PROVIDER]
+    warnings = [f"profile '{profile.id}' wanted {name}, running {running}" for name in missing]
+    if strict and missing:
+        raise EdgerunError(
+            f"profile '{profile.id}' wants {', '.join(missing)}, which this onnxruntime build lacks"
+            f" (available: {', '.join(available) or 'none'})",
+            "install the onnxruntime build with that provider, or drop --strict to fall back",
+        )
+    return ProviderChoice(chosen, wanted, warnings)
+
+
+def memory_budget_bytes(profile: Profile, ram_bytes: int | None = None) -> int:
+    """The profile's memory budget in bytes: memory_budget_mb, else memory_fraction of the RAM."""
+    if profile.memory_budget_mb is not None:
+        return profile.memory_budget_mb * 2**20
+    if ram_bytes is None:
+        import psutil
+
+        ram_bytes = int(psutil.virtual_memory().total)
+    return int(ram_bytes * profile.memory_fraction)
+
+
+def check_memory(
+    profile: Profile, weights_bytes: int, kv_bytes: int, ram_bytes: int | None = None
+) -> None:
+    """Raise EdgerunError, with the numbers in MB and the fix, when weights + KV cache exceed the
+    profile's budget (`ram_bytes` overrides the machine's RAM, for tests)."""
+    budget = memory_budget_bytes(profile, ram_bytes)
+    need = weights_bytes + kv_bytes
+    if need <= budget:
+        return
+    mb = 2**20
+    source = (
+        "memory_budget_mb"
+        if profile.memory_budget_mb is not None
+        else f"{profile.memory_fraction:.0%} of RAM"
+    )
+    raise EdgerunError(
+        f"the model needs {need / mb:.0f} MB (weights {weights_bytes / mb:.0f} MB + KV cache"
+        f" {kv_bytes / mb:.0f} MB) but profile '{profile.id}' allows {budget / mb:.0f} MB ({source})",
+        "use a smaller quantization or a shorter context, or raise memory_budget_mb in a profile"
+        " under $EDGERUN_HOME/profiles",
+    )

@@ -61,7 +61,7 @@ def dequantize_gguf(path: Path, out: Path) -> None:
     apply_gguf_tokenizer_metadata(
         tokenizer, gguf_metadata(path, (*_SPECIAL_IDS, "tokenizer.ggml.add_bos_token"))
     )
-    if tokenizer.pad_token_id is not None:
+    if tokenizer.pad_token_id is not None and model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

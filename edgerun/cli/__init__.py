@@ -16,6 +16,7 @@ from edgerun.errors import EdgerunError
 COMMANDS: dict[str, str] = {
     "pull": "edgerun.cli.pull:pull",
     "info": "edgerun.cli.info:info",
+    "power": "edgerun.cli.power:power",
     "profiles": "edgerun.cli.profiles:profiles",
 }
 

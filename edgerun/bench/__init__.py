@@ -1,0 +1,1 @@
+"""Benchmark harness: workloads, per-artifact worker subprocesses, results, comparison."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from edgerun.exporters.validate import Thresholds
+
 from edgerun.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +49,7 @@ class ExportOptions:
     window: tokens per validation window; force: write failing artifacts (passed: false);
     no_validate: skip validation (validation: null); overwrite: replace existing artifact dirs;
     keep_intermediates: keep the scratch dir (fp32 ONNX before quantization, ...);
+    progress: show rich progress on stderr; thresholds: the validation gate;
     extra: family-specific options not named here (e.g. a GGUF imatrix file).
     """
 
@@ -64,6 +67,7 @@ class ExportOptions:
     overwrite: bool = False
     keep_intermediates: bool = False
     progress: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,170 @@
+"""The ONNX format family: onnx-fp32, onnx-fp16, onnx-int8, onnx-int4.
+
+fp32 comes from optimum-onnx (decoder with KV cache); fp16 is that graph cast by onnxruntime's
+float16 converter; int8 / int4 are that graph quantized weight-only to MatMulNBits (see
+onnx_quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger). With
+`--builder genai`, onnxruntime-genai's model builder makes fp32 / int4 instead (see onnx_genai).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgerun.exporters import onnx_genai, onnx_optimum
+from edgerun.exporters.formats import (
+    ALGORITHMS,
+    BUILDERS,
+    INT4_BLOCK_SIZES,
+    INT8_MODES,
+    ExportContext,
+    ExportOptions,
+)
+from edgerun.exporters.validate import LogitsFn
+
+from edgerun.errors import EdgerunError, require
+
+PRECISIONS = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8", "onnx-int4": "int4"}
+OFFERED_ALGORITHMS = ("rtn", "hqq")
+
+
+class OnnxFamily:
+    """ONNX artifacts validated through onnxruntime on the CPU execution provider."""
+
+    prefix = "onnx"
+
+    def formats(self) -> list[str]:
+        return list(PRECISIONS)
+
+    def check_options(self, fmt: str, options: ExportOptions) -> None:
+        """Raise EdgerunError on an option value that cannot make `fmt` (before any work)."""
+        require("onnx", "export")
+        if options.builder not in BUILDERS:
+            raise EdgerunError(
+                f"unknown builder '{options.builder}'", f"use one of {', '.join(BUILDERS)}"
+            )
+        if options.builder == "genai":
+            onnx_genai.check_genai(fmt)
+        if fmt in ("onnx-int4", "onnx-int8"):
+            _check_quant_options(fmt, options)
+
+    def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
+        """Raise EdgerunError when the builder cannot export this architecture."""
+        if options.builder == "genai":
+            onnx_genai.check_architecture(config)
+        else:
+            onnx_optimum.check_exportable(str(config.get("model_type", "?")))
+
+    def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
+        """Write out_dir/model.onnx (+ external data) for `fmt`; return the manifest fields."""
+        if ctx.options.builder == "genai":
+            fields = onnx_genai.genai_export(fmt, ctx, out_dir)
+        else:
+            fields = self._optimum_export(fmt, ctx, out_dir)
+        fields["onnx"] = onnx_optimum.graph_info(out_dir / fields["model_file"])
+        fields["libraries"] = _libraries(ctx.options.builder)
+        return fields
+
+    def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
+        from edgerun.exporters.onnx_runner import onnx_logits_fn
+
+        return onnx_logits_fn(Path(artifact_dir) / manifest["model_file"])
+
+    def _optimum_export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
+        fp32 = onnx_optimum.fp32_export(ctx)
+        quant: dict[str, Any] | None = None
+        if fmt == "onnx-fp32":
+            onnx_optimum.copy_model(fp32, out_dir)
+        elif fmt == "onnx-fp16":
+            with ctx.stage("cast to fp16"):
+                onnx_optimum.save_model(onnx_optimum.to_fp16(fp32), out_dir)
+        elif fmt == "onnx-int8" and ctx.options.int8_mode == "dynamic":
+            quant = _quantize_dynamic(fp32, out_dir, ctx)
+        else:
+            quant = _quantize_nbits(fmt, fp32, out_dir, ctx)
+        return {
+            "precision": PRECISIONS[fmt],
+            "quant": quant,
+            "builder": "optimum",
+            "model_file": onnx_optimum.MODEL_FILE,
+        }
+
+
+def _check_quant_options(fmt: str, options: ExportOptions) -> None:
+    if options.block_size not in INT4_BLOCK_SIZES:
+        raise EdgerunError(
+            f"block size {options.block_size} is not a power of two in 16-256",
+            f"use one of {', '.join(map(str, INT4_BLOCK_SIZES))}",
+        )
+    if not 0 <= options.accuracy_level <= 4:
+        raise EdgerunError(
+            f"accuracy level {options.accuracy_level} is out of range",
+            "use 0 (unset) or 1-4 (fp32, fp16, bf16, int8 compute)",
+        )
+    if options.algorithm not in ALGORITHMS:
+        raise EdgerunError(f"unknown algorithm '{options.algorithm}'", "use rtn or hqq")
+    if options.algorithm not in OFFERED_ALGORITHMS:
+        raise EdgerunError(
+            f"algorithm '{options.algorithm}' needs a calibration data reader, which edgerun "
+            "does not provide",
+            "use rtn (default) or hqq",
+        )
+    if options.algorithm == "hqq" and options.symmetric:
+        raise EdgerunError("HQQ quantizes asymmetrically only", "drop --symmetric, or use rtn")
+    if options.builder == "genai" and options.algorithm != "rtn":
+        raise EdgerunError("--builder genai quantizes with rtn only", "drop --algorithm")
+    if fmt == "onnx-int8" and options.int8_mode not in INT8_MODES:
+        raise EdgerunError(
+            f"unknown int8 mode '{options.int8_mode}'", f"use one of {', '.join(INT8_MODES)}"
+        )
+
+
+def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
+    import onnx
+    from edgerun.exporters.onnx_quant import WeightOnlyConfig, quantize_weight_only
+
+    opts = ctx.options
+    config = WeightOnlyConfig(
+        bits=4 if fmt == "onnx-int4" else 8,
+        block_size=opts.block_size,
+        symmetric=opts.symmetric,
+        accuracy_level=opts.accuracy_level,
+        algorithm=opts.algorithm,
+    )
+    with ctx.stage(f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm})"):
+        model, quant = quantize_weight_only(onnx.load(fp32), config)
+        onnx_optimum.save_model(model, out_dir)
+    return quant
+
+
+def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
+    """ORT dynamic quantization: int8 MatMulInteger with activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"):
+        quantize_dynamic(
+            fp32,
+            out_dir / onnx_optimum.MODEL_FILE,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=fp32.with_name(onnx_optimum.EXTERNAL_DATA).exists(),
+        )
+    return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
+
+
+def _libraries(builder: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "transformers"]
+    if builder == "genai":
+        names.append("onnxruntime-genai")
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+FAMILY = OnnxFamily()

@@ -1,0 +1,137 @@
+"""HF checkpoint -> ONNX decoder with KV cache through optimum-onnx, plus saving and fp16 casting.
+
+The fp32 export is done once per export call into the scratch directory and reused by every
+ONNX format of that call (fp16 and the quantized formats start from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgerun.exporters.formats import ExportContext
+
+from edgerun.errors import EdgerunError, require
+
+TASK = "text-generation-with-past"
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA = "model.onnx_data"
+TWO_GB = 2**31 - 1
+
+
+def supported_model_types() -> list[str]:
+    """Model types for which optimum-onnx exports `text-generation-with-past`."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
+    from optimum.exporters.tasks import TasksManager
+
+    return sorted(TasksManager.get_supported_model_type_for_task(TASK, "onnx"))
+
+
+def check_exportable(model_type: str) -> None:
+    """EdgerunError listing the supported model types when optimum cannot export `model_type`."""
+    require("optimum.exporters.onnx", "export")
+    supported = supported_model_types()
+    if model_type not in supported and model_type.replace("_", "-") not in supported:
+        raise EdgerunError(
+            f"optimum-onnx cannot export model type '{model_type}' as a decoder with KV cache",
+            f"supported: {', '.join(supported)}",
+        )
+
+
+def fp32_export(ctx: ExportContext) -> Path:
+    """Path of the fp32 decoder-with-past model.onnx in scratch, exporting it on first call."""
+    out = ctx.scratch / "optimum-fp32"
+    if (out / MODEL_FILE).is_file():
+        return out / MODEL_FILE
+    require("optimum.exporters.onnx", "export")
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    tmp = ctx.scratch / "optimum-fp32.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with ctx.stage("export (optimum, fp32)"), _quiet():
+        onnx_export_from_model(ctx.reference.model, tmp, task=TASK, do_validation=False)
+    tmp.rename(out)
+    return out / MODEL_FILE
+
+
+def copy_model(src: Path, out_dir: Path) -> None:
+    """Copy model.onnx and its external data files (if any) into out_dir."""
+    for item in src.parent.iterdir():
+        if item.name == MODEL_FILE or item.name.startswith(MODEL_FILE + "_"):
+            shutil.copyfile(item, out_dir / item.name)
+
+
+def save_model(model: Any, out_dir: Path) -> Path:
+    """Save an onnx.ModelProto as out_dir/model.onnx; weights go to external data over 2 GB."""
+    import onnx
+
+    path = out_dir / MODEL_FILE
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    external = weights > TWO_GB - (64 << 20)  # protobuf's limit, with room for the graph itself
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA,
+        size_threshold=1024,
+    )
+    return path
+
+
+def to_fp16(src: Path) -> Any:
+    """Load an fp32 model and cast it to fp16 with onnxruntime.transformers' converter; inputs and
+    outputs become fp16 too (KV cache and logits), ops without fp16 kernels stay fp32 behind casts."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(src)
+    with _quiet():
+        return convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+
+
+def graph_info(path: Path) -> dict[str, Any]:
+    """Opset, IR version, custom domains and whether weights lie in external data."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    return {
+        "opset": opsets.get("ai.onnx"),
+        "ir_version": model.ir_version,
+        "domains": opsets,
+        "external_data": any(path.parent.glob(MODEL_FILE + "_*")),
+        "io_dtype": _io_dtype(model),
+    }
+
+
+def _io_dtype(model: Any) -> str:
+    from onnx import TensorProto
+
+    for out in model.graph.output:
+        if out.name == "logits":
+            return TensorProto.DataType.Name(out.type.tensor_type.elem_type).lower()
+    return "unknown"
+
+
+class _quiet:
+    """Silence optimum's and transformers' INFO/WARNING chatter during a step (errors still show)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._levels = {}
+        for name in ("optimum", "transformers", "torch.onnx", "onnxruntime"):
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._warnings.__exit__(*exc)

@@ -1,0 +1,230 @@
+"""Weight-only quantization of an exported ONNX decoder with onnxruntime.quantization.
+
+MatMul weights become MatMulNBits (4 or 8 bit, block-wise) through ORT's MatMulNBitsQuantizer
+(RTN "default" or HQQ). Two things the stock quantizer leaves in fp32 are handled here, because
+they are a third of a small model: the lm_head, which optimum feeds through a Transpose of the
+tied embedding (so the quantizer sees no constant weight), and the token-embedding Gather. The
+lm_head weight is materialized so that it is quantized like every other MatMul; the embedding
+Gather then becomes a GatherBlockQuantized that reads the lm_head's quantized tensors when the
+embeddings are tied (one copy, as onnxruntime-genai's builder does with shared_embeddings), or
+tensors quantized by the same ORT kernel when they are not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgerun.errors import EdgerunError
+
+LOGITS = "logits"
+
+
+@dataclass(frozen=True)
+class WeightOnlyConfig:
+    """Parameters of one weight-only quantization (recorded in the manifest's `quant`)."""
+
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int = 4
+    algorithm: str = "rtn"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": "MatMulNBits",
+            "bits": self.bits,
+            "block_size": self.block_size,
+            "symmetric": self.symmetric,
+            "accuracy_level": self.accuracy_level,
+            "algorithm": self.algorithm,
+        }
+
+
+def quantize_weight_only(model: Any, config: WeightOnlyConfig) -> tuple[Any, dict[str, Any]]:
+    """Quantize an onnx.ModelProto in memory; return (quantized model, manifest `quant` dict).
+
+    Raises EdgerunError when the graph has no lm_head MatMul to quantize.
+    """
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    logging.getLogger(mnq.__name__).setLevel(logging.WARNING)
+    embed = _embedding_gather(model)
+    tied = _materialize_lm_head(model)
+    quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=_algo_config(mnq, config))
+    quantizer.process()
+    model = quantizer.model.model
+    embedding = _quantize_embedding(model, embed, tied, config) if embed is not None else None
+    _set_domain_opset(model, "com.microsoft", 1)
+    quant = config.to_json()
+    quant["embedding"] = embedding
+    quant["lm_head"] = "quantized" if _lm_head_node(model).op_type == "MatMulNBits" else "fp32"
+    return model, quant
+
+
+def _algo_config(mnq: Any, config: WeightOnlyConfig) -> Any:
+    if config.algorithm == "hqq":
+        return mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=config.bits)
+    if config.algorithm == "rtn":
+        return mnq.DefaultWeightOnlyQuantConfig(
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            accuracy_level=config.accuracy_level,
+            bits=config.bits,
+        )
+    raise EdgerunError(f"unknown quantization algorithm '{config.algorithm}'", "use rtn or hqq")
+
+
+def _initializers(model: Any) -> dict[str, Any]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _lm_head_node(model: Any) -> Any:
+    """The node that writes the logits: the lm_head MatMul (or its quantized replacement)."""
+    for node in model.graph.node:
+        if LOGITS in node.output and node.op_type in ("MatMul", "MatMulNBits"):
+            return node
+    raise EdgerunError(
+        "the exported graph has no lm_head MatMul producing 'logits'",
+        "export a causal LM with task text-generation-with-past",
+    )
+
+
+def _embedding_gather(model: Any) -> Any | None:
+    """The token-embedding Gather: a Gather of a 2-D initializer by `input_ids`."""
+    inits = _initializers(model)
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[1] == "input_ids" and node.input[0] in inits:
+            return node
+    return None
+
+
+def _materialize_lm_head(model: Any) -> bool:
+    """Replace a Transpose(initializer) feeding the lm_head by a transposed initializer, so the
+    quantizer sees a constant weight. Returns True if that initializer is the embedding (tied)."""
+    from onnx import numpy_helper
+
+    head = _lm_head_node(model)
+    producer = next((n for n in model.graph.node if head.input[1] in n.output), None)
+    inits = _initializers(model)
+    if producer is None or producer.op_type != "Transpose" or producer.input[0] not in inits:
+        return False
+    source = numpy_helper.to_array(inits[producer.input[0]])
+    weight = numpy_helper.from_array(np.ascontiguousarray(source.T), "lm_head.weight_t")
+    model.graph.initializer.append(weight)
+    head.input[1] = weight.name
+    if not any(producer.output[0] in n.input for n in model.graph.node if n is not head):
+        model.graph.node.remove(producer)
+    embed = _embedding_gather(model)
+    return embed is not None and embed.input[0] == producer.input[0]
+
+
+def _quantize_embedding(
+    model: Any, gather: Any, tied: bool, config: WeightOnlyConfig
+) -> dict[str, Any] | None:
+    """Turn the embedding Gather into GatherBlockQuantized; returns the manifest note."""
+    from onnx import helper, numpy_helper
+
+    inits = _initializers(model)
+    table = numpy_helper.to_array(inits[gather.input[0]])
+    vocab, hidden = table.shape
+    block = _embedding_block(hidden, config.block_size)
+    shared = tied and block == config.block_size and _shareable(model, vocab, hidden, config)
+    if shared:
+        head = _lm_head_node(model)
+        packed, scales = head.input[1], head.input[2]
+        zero = head.input[3] if len(head.input) > 3 and head.input[3] else None
+    else:
+        packed, scales, zero = _quantize_table(model, gather.input[0], table, block, config)
+    flat = f"{packed}_rows"
+    shape = numpy_helper.from_array(np.array([vocab, hidden * config.bits // 8]), f"{flat}_shape")
+    model.graph.initializer.append(shape)
+    reshape = helper.make_node("Reshape", [packed, shape.name], [flat], name=f"{flat}_reshape")
+    inputs = [flat, gather.input[1], scales] + ([zero] if zero else [])
+    node = helper.make_node(
+        "GatherBlockQuantized",
+        inputs,
+        list(gather.output),
+        name="/model/embed_tokens/GatherBlockQuantized",
+        domain="com.microsoft",
+        bits=config.bits,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+    nodes = list(model.graph.node)
+    index = nodes.index(gather)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:index] + [reshape, node] + nodes[index + 1 :])
+    _drop_unused_initializer(model, gather.input[0])
+    return {"block_size": block, "shared_with_lm_head": shared}
+
+
+def _embedding_block(hidden: int, block: int) -> int:
+    """The embedding's block size: the requested one when it divides the hidden size, else the
+    largest power of two >= 16 that does (GatherBlockQuantized rows cannot be padded)."""
+    while block > 16 and hidden % block:
+        block //= 2
+    if hidden % block:
+        raise EdgerunError(
+            f"hidden size {hidden} is not a multiple of 16: the embedding cannot be block-quantized",
+            "export onnx-fp16 or onnx-fp32 for this model",
+        )
+    return block
+
+
+def _shareable(model: Any, vocab: int, hidden: int, config: WeightOnlyConfig) -> bool:
+    """True when the quantized lm_head holds uint8 blocks in the layout GatherBlockQuantized reads
+    (RTN "default"; HQQ's float zero points are not)."""
+    head = _lm_head_node(model)
+    if head.op_type != "MatMulNBits":
+        return False
+    inits = _initializers(model)
+    weight = inits.get(head.input[1])
+    zero = inits.get(head.input[3]) if len(head.input) > 3 and head.input[3] else None
+    uint8 = 2  # onnx.TensorProto.UINT8
+    return (
+        weight is not None
+        and weight.data_type == uint8
+        and list(weight.dims)[0] == vocab
+        and (zero is None or zero.data_type == uint8)
+    )
+
+
+def _quantize_table(
+    model: Any, name: str, table: np.ndarray, block: int, config: WeightOnlyConfig
+) -> tuple[str, str, str | None]:
+    """Block-quantize an embedding table [vocab, hidden] with ORT's own MatMulNBits kernel (the
+    table's rows are the columns of a [hidden, vocab] MatMul weight); add the initializers."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    quantizer = mnq.DefaultWeightOnlyQuantizer(
+        mnq.DefaultWeightOnlyQuantConfig(
+            block_size=block, is_symmetric=config.symmetric, bits=config.bits
+        )
+    )
+    packed, scales, zero = quantizer.qbits_block_quant(np.ascontiguousarray(table.T))
+    names = (f"{name}_Q{config.bits}", f"{name}_scales", f"{name}_zero_points")
+    arrays = [packed, scales] + ([] if config.symmetric else [zero])
+    for array, tensor_name in zip(arrays, names, strict=False):
+        model.graph.initializer.append(numpy_helper.from_array(array, tensor_name))
+    return names[0], names[1], None if config.symmetric else names[2]
+
+
+def _drop_unused_initializer(model: Any, name: str) -> None:
+    if any(name in n.input for n in model.graph.node):
+        return
+    for tensor in list(model.graph.initializer):
+        if tensor.name == name:
+            model.graph.initializer.remove(tensor)
+
+
+def _set_domain_opset(model: Any, domain: str, version: int) -> None:
+    if not any(o.domain == domain for o in model.opset_import):
+        from onnx import helper
+
+        model.opset_import.append(helper.make_opsetid(domain, version))

@@ -1,0 +1,307 @@
+"""The export orchestrator: source -> one validated artifact directory per format.
+
+For every format: export into a temporary sibling of OUT/<format>, copy the tokenizer, generation
+and chat-template files, run the artifact against the PyTorch reference, gate it, write the
+manifest, rename into place. A format that fails the gate is not written unless `force`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgerun.exporters import report
+from edgerun.exporters.formats import (
+    ExportContext,
+    ExportOptions,
+    ReferenceModel,
+    family_of,
+    parse_formats,
+)
+from edgerun.exporters.validate import Reference, Validation
+
+from edgerun.errors import EdgerunError
+from edgerun.home import atomic_dir
+from edgerun.manifest import file_entries, write_manifest
+
+# Files an artifact needs besides the model: tokenizer, generation defaults, chat template, config.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """The outcome of one format: where it was written (None if not), its validation and cost."""
+
+    format: str
+    path: Path | None
+    written: bool
+    passed: bool | None  # None: not validated
+    validation: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    reason: str | None = None
+    size_bytes: int | None = None
+    wall_s: float | None = None
+
+    @property
+    def status(self) -> str:
+        if self.passed is None:
+            return "written, NOT validated" if self.written else f"error: {self.reason}"
+        if self.passed:
+            return "pass"
+        return "FAIL (forced, written)" if self.written else "FAIL (not written)"
+
+
+class _GateFailed(Exception):
+    def __init__(self, validation: Validation) -> None:
+        super().__init__("; ".join(validation.reasons))
+        self.validation = validation
+
+
+def export(
+    source: str,
+    formats: str | list[str],
+    out_dir: str | Path,
+    options: ExportOptions | None = None,
+    **kwargs: Any,
+) -> list[ExportResult]:
+    """Export `source` (anything `edgerun pull` accepts) to each format under out_dir/<format>.
+
+    Options come as an ExportOptions or as its fields by keyword. Bad inputs (unknown format, bad
+    option, existing output directory, eval text too short, unsupported architecture) raise
+    EdgerunError before any work starts. Returns one ExportResult per format.
+    """
+    opts = _options(options, kwargs)
+    names = parse_formats(formats)
+    families = {fmt: family_of(fmt) for fmt in names}
+    for fmt, family in families.items():
+        family.check_options(fmt, opts)
+    out = Path(out_dir)
+    _check_outputs(out, names, opts.overwrite)
+
+    from edgerun.sources import resolve
+
+    console = _console(opts)
+    ckpt = resolve(source, progress=opts.progress)
+    ref_model = ReferenceModel(ckpt.path)
+    for fmt, family in families.items():
+        check = getattr(family, "check_source", None)
+        if check is not None:
+            check(fmt, opts, ref_model.config)
+    hook = report.stage_printer(console) if console else report.no_stage
+    reference = None if opts.no_validate else _reference(ref_model, opts, hook)
+    source_info = _source_identity(ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".edgerun-scratch-", dir=out))
+    ctx = ExportContext(ckpt, ref_model, opts, scratch, stage_hook=hook)
+    try:
+        results = []
+        for fmt in names:
+            if console:
+                console.print(f"[bold]{fmt}[/]")
+            results.append(_export_one(fmt, families[fmt], ctx, out, reference, source_info))
+    finally:
+        if opts.keep_intermediates:
+            if console:
+                console.print(f"intermediates kept in {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _options(options: ExportOptions | None, kwargs: dict[str, Any]) -> ExportOptions:
+    if options is not None and kwargs:
+        return dataclasses.replace(options, **kwargs)
+    try:
+        return options or ExportOptions(**kwargs)
+    except TypeError as exc:
+        known = ", ".join(f.name for f in dataclasses.fields(ExportOptions))
+        raise EdgerunError(f"bad export option: {exc}", f"known options: {known}") from exc
+
+
+def _check_outputs(out: Path, names: list[str], overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgerunError(f"{out} exists and is not a directory", "choose another -o directory")
+    for fmt in names:
+        if (out / fmt).exists() and not overwrite:
+            raise EdgerunError(f"{out / fmt} already exists", "pass --overwrite to replace it")
+
+
+def _console(opts: ExportOptions) -> Any:
+    if not opts.progress:
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _reference(ref_model: ReferenceModel, opts: ExportOptions, hook: Any) -> Reference:
+    """Tokenize the eval text (failing early when it is too short) and run the PyTorch reference."""
+    from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn
+    from edgerun.exporters.validate import MIN_EVAL_TOKENS
+
+    text = read_eval_text(opts.eval_text)
+    ids = eval_token_ids(ref_model.tokenizer, text)
+    if len(ids) < MIN_EVAL_TOKENS:
+        raise EdgerunError(
+            f"the evaluation text has {len(ids)} tokens; validation needs at least {MIN_EVAL_TOKENS}",
+            "pass a longer --eval-text file",
+        )
+    with hook(f"reference (PyTorch fp32, {len(ids)} tokens)"):
+        return Reference(torch_logits_fn(ref_model.model), ids, text, window=opts.window)
+
+
+def _export_one(
+    fmt: str,
+    family: Any,
+    ctx: ExportContext,
+    out: Path,
+    reference: Reference | None,
+    source_info: dict[str, Any],
+) -> ExportResult:
+    opts = ctx.options
+    start = time.perf_counter()
+    try:
+        with atomic_dir(out / fmt, overwrite=opts.overwrite) as tmp, report.PeakRss() as rss:
+            fields = family.export(fmt, ctx, tmp)
+            copy_side_files(ctx.checkpoint.path, tmp)
+            validation = None
+            if reference is not None:
+                with ctx.stage("validate (onnxruntime / llama.cpp vs PyTorch)"):
+                    scored = reference.score(family.logits_fn(tmp, fields), opts.thresholds)
+                if not scored.passed and not opts.force:
+                    raise _GateFailed(scored)
+                validation = scored.to_json()
+            wall = time.perf_counter() - start
+            manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
+            write_manifest(tmp, manifest)
+    except _GateFailed as failed:
+        return ExportResult(
+            fmt,
+            None,
+            written=False,
+            passed=False,
+            validation=failed.validation.to_json(),
+            reason=str(failed),
+            wall_s=time.perf_counter() - start,
+        )
+    except EdgerunError as exc:
+        return ExportResult(
+            fmt, None, False, None, reason=str(exc), wall_s=time.perf_counter() - start
+        )
+    path = out / fmt
+    return ExportResult(
+        fmt,
+        path,
+        written=True,
+        passed=None if validation is None else bool(validation["passed"]),
+        validation=validation,
+        manifest=manifest,
+        reason="; ".join(validation["reasons"]) if validation and validation["reasons"] else None,
+        size_bytes=report.artifact_bytes(path),
+        wall_s=wall,
+    )
+
+
+def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:
+    """Copy tokenizer, generation-config, chat-template and config files the family did not
+    write itself; returns the names copied."""
+    copied = []
+    for name in SIDE_FILES:
+        src = checkpoint / name
+        if src.is_file() and not (artifact / name).exists():
+            shutil.copyfile(src, artifact / name)
+            copied.append(name)
+    return copied
+
+
+def _manifest(
+    fmt: str,
+    family: Any,
+    fields: dict[str, Any],
+    ctx: ExportContext,
+    tmp: Path,
+    source_info: dict[str, Any],
+    validation: dict[str, Any] | None,
+    wall: float,
+    rss: report.PeakRss,
+) -> dict[str, Any]:
+    """Every field of the manifest schema (edgerun.manifest), family extras included."""
+    from edgerun import __version__
+
+    extras = dict(fields)
+    libraries = {"edgerun": __version__, **extras.pop("libraries", {})}
+    config = ctx.reference.config
+    manifest: dict[str, Any] = {
+        "format": fmt,
+        "family": family.prefix,
+        "precision": extras.pop("precision"),
+        "quant": extras.pop("quant", None),
+        "builder": extras.pop("builder"),
+        "model_file": extras.pop("model_file"),
+        "source": source_info,
+        "architecture": (config.get("architectures") or [None])[0],
+        "model_type": config.get("model_type"),
+        "context_length": config.get("max_position_embeddings"),
+        "files": file_entries(tmp),
+        "libraries": libraries,
+        "export": {
+            "wall_s": round(wall, 3),
+            "peak_rss_bytes": rss.peak,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "options": _options_json(ctx.options),
+        },
+    }
+    manifest.update(extras)
+    manifest["validation"] = validation
+    return manifest
+
+
+def _options_json(opts: ExportOptions) -> dict[str, Any]:
+    data = dataclasses.asdict(opts)
+    data["eval_text"] = str(opts.eval_text) if opts.eval_text else None
+    data["thresholds"] = dataclasses.asdict(opts.thresholds)
+    for key in ("progress", "overwrite", "keep_intermediates"):
+        data.pop(key)
+    return data
+
+
+def _source_identity(ckpt: Any) -> dict[str, Any]:
+    """Where the model came from and the sha256 of its weights (one hash over all weight files)."""
+    import hashlib
+
+    from edgerun.sources import WEIGHT_GLOBS, sha256_file
+
+    files = sorted({f for g in WEIGHT_GLOBS for f in ckpt.path.glob(g) if f.is_file()})
+    hashes = {f.name: sha256_file(f) for f in files}
+    combined = (
+        next(iter(hashes.values()))
+        if len(hashes) == 1
+        else hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    )
+    return {
+        "spec": ckpt.source,
+        "kind": ckpt.kind,
+        "path": str(ckpt.path),
+        "revision": ckpt.revision,
+        "gguf_sha256": ckpt.gguf_sha256,
+        "weights_sha256": combined,
+        "weights_files": hashes,
+    }

@@ -1,0 +1,110 @@
+"""What an export shows and measures: rich progress per stage, the peak RSS of a stage, and the
+closing table (format, size, PPL ratio, KL, top-1, pass/fail, time)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+StageHook = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+def stage_printer(console: Any) -> StageHook:
+    """A stage hook: a spinner while the stage runs, then `✓ name (seconds)` on the console."""
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with console.status(f"{name} ..."):
+            yield
+        console.print(f"  [green]✓[/] {name} ({time.perf_counter() - start:.1f} s)")
+
+    return stage
+
+
+@contextlib.contextmanager
+def no_stage(name: str) -> Iterator[None]:
+    """The stage hook used without progress output."""
+    yield
+
+
+@dataclass
+class PeakRss:
+    """Samples this process's resident set size in a thread; `peak` is the maximum seen (bytes)."""
+
+    interval: float = 0.05
+    peak: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def artifact_bytes(path: Path | None) -> int | None:
+    """Total size of the files in an artifact directory."""
+    if path is None or not path.is_dir():
+        return None
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def results_table(results: list[Any]) -> Any:
+    """A rich Table of export results (ExportResult objects)."""
+    from rich.table import Table
+
+    table = Table(title="edgerun export")
+    for name, justify in [
+        ("format", "left"),
+        ("size", "right"),
+        ("PPL ratio", "right"),
+        ("mean KL", "right"),
+        ("top-1", "right"),
+        ("result", "left"),
+        ("time", "right"),
+    ]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        v = r.validation or {}
+        table.add_row(
+            r.format,
+            human_bytes(r.size_bytes),
+            _num(v.get("ppl_ratio"), "{:.4g}"),
+            _num(v.get("mean_kl"), "{:.4f}"),
+            _num(v.get("top1_agreement"), "{:.3f}"),
+            r.status,
+            f"{r.wall_s:.1f} s" if r.wall_s is not None else "-",
+        )
+    return table
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)

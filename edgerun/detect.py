@@ -93,20 +93,30 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
-    """(CPU model, flags) from /proc/cpuinfo text, for x86 ("model name", "flags") and arm64
-    ("Hardware", or the core named by "CPU implementer"/"CPU part"; "Features")."""
+def _cpuinfo_fields(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(CPU model, flags) from /proc/cpuinfo text: x86 "model name" and "flags"; arm64
+    "Hardware" (older vendor kernels) and "Features". Model is "" when the file names none."""
+    fields = _cpuinfo_fields(text)
     flags = frozenset((fields.get("flags") or fields.get("features") or "").split())
     model = fields.get("model name") or fields.get("hardware") or ""
-    if not model or model.lower().startswith("armv"):  # 32-bit ARM: "ARMv7 Processor rev 3 (v7l)"
-        core = ARM_CORES.get((fields.get("cpu implementer", ""), fields.get("cpu part", "")))
-        model = core or model
+    if model.lower().startswith("armv"):  # 32-bit ARM: "ARMv7 Processor rev 3 (v7l)" names no chip
+        model = ""
     return model, flags
+
+
+def arm_core(text: str) -> str:
+    """The core named by the first "CPU implementer" / "CPU part" pair of arm64 /proc/cpuinfo."""
+    fields = _cpuinfo_fields(text)
+    return ARM_CORES.get((fields.get("cpu implementer", ""), fields.get("cpu part", "")), "")
 
 
 def parse_jetson_release(text: str) -> str | None:
@@ -168,8 +178,9 @@ def machine_facts(root: Path = Path("/"), **overrides: Any) -> MachineFacts:
     replace any field, e.g. arch/os for a fake tree of another kind of machine."""
     root = Path(root)
     live = root == Path("/")
-    model, flags = parse_cpuinfo(_read(root / "proc/cpuinfo") or "")
-    model = model or _soc_model(root)
+    cpuinfo = _read(root / "proc/cpuinfo") or ""
+    model, flags = parse_cpuinfo(cpuinfo)
+    model = model or _soc_model(root) or arm_core(cpuinfo)
     system = platform.system() if live else ""
     if live and system == "Darwin":
         model = _run(["sysctl", "-n", "machdep.cpu.brand_string"]).strip() or model
@@ -216,6 +227,12 @@ def score_profile(rules: MatchRules, facts: MachineFacts) -> tuple[int, list[str
             return f"OS {facts.os or '?'} is not {' / '.join(rules.os)}"
         score += WEIGHTS["os"]
         reasons.append(f"OS {facts.os}")
+    if rules.jetson is not None:
+        if rules.jetson != (facts.jetson_release is not None):
+            return "no /etc/nv_tegra_release" if rules.jetson else "this is a Jetson"
+        if rules.jetson:
+            score += WEIGHTS["jetson"]
+            reasons.append(f"Jetson Linux {facts.jetson_release} (/etc/nv_tegra_release)")
     missing = [f for f in rules.cpu_flags if f not in facts.cpu_flags]
     if missing:
         return f"CPU lacks {', '.join(missing)}"
@@ -235,12 +252,6 @@ def score_profile(rules: MatchRules, facts: MachineFacts) -> tuple[int, list[str
             return f"no {label} matches {' / '.join(needles)} (have: {have})"
         score += WEIGHTS[rule]
         reasons.append(f"{label} '{hit[1]}' matches '{hit[0]}'")
-    if rules.jetson is not None:
-        if rules.jetson != (facts.jetson_release is not None):
-            return "no /etc/nv_tegra_release" if rules.jetson else "this is a Jetson"
-        if rules.jetson:
-            score += WEIGHTS["jetson"]
-            reasons.append(f"Jetson Linux {facts.jetson_release} (/etc/nv_tegra_release)")
     lacking = [p for p in rules.providers if p not in facts.ort_providers]
     if lacking:
         return f"onnxruntime lacks {', '.join(lacking)}"

@@ -12,6 +12,7 @@ file, the key and the line.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ PROFILE_SCHEMA = Table(
         "export": EXPORT_SCHEMA,
         "memory_budget_mb": Either((int, OneOf(("auto",)))),
         "memory_fraction": float,
-        "power_meter": OneOf(POWER_METERS),
+        "power_meter": str,
         "match": MATCH_SCHEMA,
         "backends": ListOf(BACKEND_SCHEMA),
     },
@@ -214,6 +215,18 @@ def _check_values(data: dict[str, Any]) -> None:
         raise SchemaError(("memory_fraction",), f"must be in (0, 1], got {fraction}")
     if not data["backends"]:
         raise SchemaError(("backends",), "list at least one backend")
+    meter = data.get("power_meter", "auto")
+    if meter not in POWER_METERS and not meter.startswith("cmd:"):
+        choices = ", ".join(POWER_METERS)
+        raise SchemaError(
+            ("power_meter",), f"expected one of {choices} or 'cmd:COMMAND', got {meter!r}"
+        )
+    for i, fmt in enumerate(data.get("preferred_formats", [])):
+        if not re.fullmatch(r"(onnx|gguf)-[a-z0-9_]+", fmt):
+            raise SchemaError(
+                ("preferred_formats", i),
+                f"'{fmt}' is not a format name like onnx-int4 or gguf-q4_0",
+            )
 
 
 def load_profile_file(path: str | Path) -> Profile:

@@ -149,7 +149,7 @@ def _run(cmd: list[str]) -> str:
         return ""
 
 
-def _gpus(root: Path, live: bool) -> list[str]:
+def _read_gpus(root: Path, live: bool) -> list[str]:
     """NVIDIA GPU names: `nvidia-smi -L` on the live machine, else /proc/driver/nvidia/gpus."""
     if live:
         names = re.findall(r"^GPU \d+: (.+?)(?: \(UUID:.*)?$", _run(["nvidia-smi", "-L"]), re.M)
@@ -192,7 +192,7 @@ def machine_facts(root: Path = Path("/"), **overrides: Any) -> MachineFacts:
         "cpu_flags": flags,
         "device_tree_model": _device_tree_model(root),
         "jetson_release": parse_jetson_release(release) if release else None,
-        "gpus": _gpus(root, live),
+        "gpus": _read_gpus(root, live),
         "ort_providers": _ort_providers() if live else [],
     }
     if live:
@@ -206,58 +206,96 @@ def machine_facts(root: Path = Path("/"), **overrides: Any) -> MachineFacts:
     return MachineFacts(**facts)
 
 
-def _any_in(needles: list[str], haystacks: list[str]) -> tuple[str, str] | None:
-    """The first (needle, haystack) where needle is a case-insensitive substring of haystack."""
-    for hay in haystacks:
+class _Mismatch(Exception):
+    """A match rule that does not hold; the message says why."""
+
+
+_Hit = tuple[int, str] | None  # (points, reason), or None when the profile does not set the rule
+
+
+def _arch(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    if facts.arch not in rules.arch:
+        raise _Mismatch(f"architecture {facts.arch or '?'} is not {' / '.join(rules.arch)}")
+    return WEIGHTS["arch"], f"architecture {facts.arch}"
+
+
+def _os(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    if not rules.os:
+        return None
+    if facts.os not in rules.os:
+        raise _Mismatch(f"OS {facts.os or '?'} is not {' / '.join(rules.os)}")
+    return WEIGHTS["os"], f"OS {facts.os}"
+
+
+def _jetson(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    if rules.jetson is None:
+        return None
+    if rules.jetson != (facts.jetson_release is not None):
+        raise _Mismatch("no /etc/nv_tegra_release" if rules.jetson else "this is a Jetson")
+    if not rules.jetson:
+        return None
+    return WEIGHTS["jetson"], f"Jetson Linux {facts.jetson_release} (/etc/nv_tegra_release)"
+
+
+def _cpu_flags(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    missing = [f for f in rules.cpu_flags if f not in facts.cpu_flags]
+    if missing:
+        raise _Mismatch(f"CPU lacks {', '.join(missing)}")
+    if not rules.cpu_flags:
+        return None
+    return WEIGHTS["cpu_flag"] * len(rules.cpu_flags), f"CPU flags {', '.join(rules.cpu_flags)}"
+
+
+def _substring(rule: str, label: str, needles: list[str], hays: list[str]) -> _Hit:
+    """Any needle, case-insensitively, inside any of the machine's strings."""
+    if not needles:
+        return None
+    hays = [h for h in hays if h]
+    for hay in hays:
         for needle in needles:
             if needle.lower() in hay.lower():
-                return needle, hay
-    return None
+                return WEIGHTS[rule], f"{label} '{hay}' matches '{needle}'"
+    have = ", ".join(repr(h) for h in hays) or "none"
+    raise _Mismatch(f"no {label} matches {' / '.join(needles)} (have: {have})")
+
+
+def _cpu_model(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    return _substring("cpu_model", "CPU model", rules.cpu_model, [facts.cpu_model])
+
+
+def _device_tree(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    model = facts.device_tree_model or ""
+    return _substring("device_tree", "device-tree model", rules.device_tree, [model])
+
+
+def _gpus(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    return _substring("gpus", "GPU", rules.gpus, facts.gpus)
+
+
+def _providers(rules: MatchRules, facts: MachineFacts) -> _Hit:
+    lacking = [p for p in rules.providers if p not in facts.ort_providers]
+    if lacking:
+        raise _Mismatch(f"onnxruntime lacks {', '.join(lacking)}")
+    if not rules.providers:
+        return None
+    return WEIGHTS["providers"], f"onnxruntime has {', '.join(rules.providers)}"
+
+
+# Checked in this order: the first rule that fails is the reason a profile is ruled out.
+RULES = (_arch, _os, _jetson, _cpu_flags, _cpu_model, _device_tree, _gpus, _providers)
 
 
 def score_profile(rules: MatchRules, facts: MachineFacts) -> tuple[int, list[str]] | str:
     """(score, reasons) when every rule holds, else the reason the first failing rule gives."""
     score, reasons = 0, []
-    if facts.arch not in rules.arch:
-        return f"architecture {facts.arch or '?'} is not {' / '.join(rules.arch)}"
-    score += WEIGHTS["arch"]
-    reasons.append(f"architecture {facts.arch}")
-    if rules.os:
-        if facts.os not in rules.os:
-            return f"OS {facts.os or '?'} is not {' / '.join(rules.os)}"
-        score += WEIGHTS["os"]
-        reasons.append(f"OS {facts.os}")
-    if rules.jetson is not None:
-        if rules.jetson != (facts.jetson_release is not None):
-            return "no /etc/nv_tegra_release" if rules.jetson else "this is a Jetson"
-        if rules.jetson:
-            score += WEIGHTS["jetson"]
-            reasons.append(f"Jetson Linux {facts.jetson_release} (/etc/nv_tegra_release)")
-    missing = [f for f in rules.cpu_flags if f not in facts.cpu_flags]
-    if missing:
-        return f"CPU lacks {', '.join(missing)}"
-    if rules.cpu_flags:
-        score += WEIGHTS["cpu_flag"] * len(rules.cpu_flags)
-        reasons.append(f"CPU flags {', '.join(rules.cpu_flags)}")
-    for rule, needles, hays, label in (
-        ("cpu_model", rules.cpu_model, [facts.cpu_model], "CPU model"),
-        ("device_tree", rules.device_tree, [facts.device_tree_model or ""], "device-tree model"),
-        ("gpus", rules.gpus, facts.gpus, "GPU"),
-    ):
-        if not needles:
-            continue
-        hit = _any_in(needles, [h for h in hays if h])
-        if hit is None:
-            have = ", ".join(repr(h) for h in hays if h) or "none"
-            return f"no {label} matches {' / '.join(needles)} (have: {have})"
-        score += WEIGHTS[rule]
-        reasons.append(f"{label} '{hit[1]}' matches '{hit[0]}'")
-    lacking = [p for p in rules.providers if p not in facts.ort_providers]
-    if lacking:
-        return f"onnxruntime lacks {', '.join(lacking)}"
-    if rules.providers:
-        score += WEIGHTS["providers"]
-        reasons.append(f"onnxruntime has {', '.join(rules.providers)}")
+    for rule in RULES:
+        try:
+            hit = rule(rules, facts)
+        except _Mismatch as exc:
+            return str(exc)
+        if hit is not None:
+            score += hit[0]
+            reasons.append(hit[1])
     return score, reasons
 
 

@@ -31,6 +31,13 @@ from edgerun.profile_schema import (
     line_of,
 )
 from edgerun.profile_schema import check as check_schema
+from edgerun.selection import (
+    CPU_PROVIDER,
+    ProviderChoice,
+    check_memory,
+    memory_budget_bytes,
+    select_providers,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,9 +46,23 @@ else:  # pragma: no cover
 
 BACKENDS = ("onnxruntime", "genai", "llamacpp")
 POWER_METERS = ("auto", "rapl", "nvml", "jetson", "rpi5", "battery", "none")
-CPU_PROVIDER = "CPUExecutionProvider"
 # Used when a profile sets no memory_budget_mb: this share of the machine's RAM.
 DEFAULT_MEMORY_FRACTION = 0.8
+__all__ = [
+    "CPU_PROVIDER",
+    "BackendPref",
+    "MatchRules",
+    "Profile",
+    "ProviderChoice",
+    "ProviderPref",
+    "check_memory",
+    "get_profile",
+    "list_profiles",
+    "load_profile_file",
+    "memory_budget_bytes",
+    "parse_profile",
+    "select_providers",
+]
 
 _STR_LIST = ListOf(str)
 MATCH_SCHEMA = Table(
@@ -277,82 +298,4 @@ def get_profile(id_or_path: str | Path) -> Profile:
     raise EdgerunError(
         f"unknown profile '{text}'",
         "known profiles: " + ", ".join(p.id for p in profiles),
-    )
-
-
-@dataclass(frozen=True)
-class ProviderChoice:
-    """What select_providers decided: `providers` to pass to ONNX Runtime as (name, options) in
-    order, what the profile `wanted`, and one warning per wanted provider that is not there."""
-
-    providers: list[tuple[str, dict[str, Any]]]
-    wanted: list[str]
-    warnings: list[str]
-
-    @property
-    def names(self) -> list[str]:
-        """The provider names only, in order."""
-        return [name for name, _ in self.providers]
-
-
-def select_providers(
-    profile: Profile, backend: str, available: list[str], strict: bool = False
-) -> ProviderChoice:
-    """Intersect the profile's ordered providers for `backend` with `available` (as reported by
-    onnxruntime.get_available_providers()). CPUExecutionProvider is always the last resort.
-
-    A wanted provider that is missing gives the warning "wanted X, running Y"; with `strict` it
-    raises EdgerunError instead.
-    """
-    pref = profile.backend(backend)
-    prefs = list(pref.providers) if pref else []
-    if not any(p.name == CPU_PROVIDER for p in prefs):
-        prefs.append(ProviderPref(CPU_PROVIDER))
-    chosen = [(p.name, dict(p.options)) for p in prefs if p.name in available]
-    if not chosen:  # CPU missing from `available` too: an odd build, but CPU is always compiled in
-        chosen = [(CPU_PROVIDER, {})]
-    wanted = [p.name for p in prefs]
-    running = ", ".join(name for name, _ in chosen)
-    missing = [p.name for p in prefs if p.name not in available and p.name != CPU_PROVIDER]
-    warnings = [f"profile '{profile.id}' wanted {name}, running {running}" for name in missing]
-    if strict and missing:
-        raise EdgerunError(
-            f"profile '{profile.id}' wants {', '.join(missing)}, which this onnxruntime build lacks"
-            f" (available: {', '.join(available) or 'none'})",
-            "install the onnxruntime build with that provider, or drop --strict to fall back",
-        )
-    return ProviderChoice(chosen, wanted, warnings)
-
-
-def memory_budget_bytes(profile: Profile, ram_bytes: int | None = None) -> int:
-    """The profile's memory budget in bytes: memory_budget_mb, else memory_fraction of the RAM."""
-    if profile.memory_budget_mb is not None:
-        return profile.memory_budget_mb * 2**20
-    if ram_bytes is None:
-        import psutil
-
-        ram_bytes = int(psutil.virtual_memory().total)
-    return int(ram_bytes * profile.memory_fraction)
-
-
-def check_memory(
-    profile: Profile, weights_bytes: int, kv_bytes: int, ram_bytes: int | None = None
-) -> None:
-    """Raise EdgerunError, with the numbers in MB and the fix, when weights + KV cache exceed the
-    profile's budget (`ram_bytes` overrides the machine's RAM, for tests)."""
-    budget = memory_budget_bytes(profile, ram_bytes)
-    need = weights_bytes + kv_bytes
-    if need <= budget:
-        return
-    mb = 2**20
-    source = (
-        "memory_budget_mb"
-        if profile.memory_budget_mb is not None
-        else f"{profile.memory_fraction:.0%} of RAM"
-    )
-    raise EdgerunError(
-        f"the model needs {need / mb:.0f} MB (weights {weights_bytes / mb:.0f} MB + KV cache"
-        f" {kv_bytes / mb:.0f} MB) but profile '{profile.id}' allows {budget / mb:.0f} MB ({source})",
-        "use a smaller quantization or a shorter context, or raise memory_budget_mb in a profile"
-        " under $EDGERUN_HOME/profiles",
     )

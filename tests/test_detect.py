@@ -185,3 +185,10 @@ def test_cli_detect(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (data["profile"], data["score"]) == ("raspberry-pi-5", 11)
     assert data["facts"]["device_tree_model"] == "Raspberry Pi 5 Model B Rev 1.0"
     assert [r["id"] for r in data["ranking"]] == ["raspberry-pi-5", "generic-aarch64"]
+
+
+def test_cli_detect_on_this_machine() -> None:
+    result = runner.invoke(cli, ["profiles", "detect"])
+    assert result.exit_code == 0, result.output
+    assert f"profile: {detect().profile.id} (score " in result.output
+    assert result.output.startswith(f"machine: {platform.machine()} {platform.system()}, ")

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "pull": "edgerun.cli.pull:pull",
     "info": "edgerun.cli.info:info",
     "power": "edgerun.cli.power:power",
+    "bench": "edgerun.cli.bench:bench",
     "profiles": "edgerun.cli.profiles:profiles",
 }
 

@@ -1,0 +1,86 @@
+"""Memory of the current process: sampled peak RSS, ru_maxrss, USS / PSS, and file-backed versus
+anonymous pages (mmap'ed weights count as file-backed and can be dropped by the kernel)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def smaps_rollup(path: Path = Path("/proc/self/smaps_rollup")) -> dict[str, int] | None:
+    """{rss, anonymous, file} in bytes from /proc/self/smaps_rollup (Linux 4.14+), else None."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] == "kB":
+            fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    if "Rss" not in fields or "Anonymous" not in fields:
+        return None
+    return {
+        "rss": fields["Rss"],
+        "anonymous": fields["Anonymous"],
+        "file": fields["Rss"] - fields["Anonymous"],
+    }
+
+
+def ru_maxrss_bytes() -> int:
+    """The kernel's high-water mark of this process's RSS (KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class PeakRss:
+    """A thread that samples this process's RSS with psutil and keeps the maximum."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edgerun-rss", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def start(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current and peak memory of this process, bytes; None where the OS does not say."""
+        rss = self.process.memory_info().rss
+        self.peak = max(self.peak, rss)
+        maxrss = ru_maxrss_bytes()
+        snap: dict[str, Any] = {
+            "rss": rss,
+            "peak_rss_sampled": self.peak,
+            "ru_maxrss": maxrss,
+            # ru_maxrss is the kernel's exact high-water mark; the sampler cross-checks it
+            "peak_rss": max(self.peak, maxrss),
+            "uss": None,
+            "pss": None,
+        }
+        try:
+            full = self.process.memory_full_info()
+            snap["uss"] = getattr(full, "uss", None)
+            snap["pss"] = getattr(full, "pss", None)
+        except (psutil.AccessDenied, psutil.Error):
+            pass
+        rollup = smaps_rollup()
+        snap["anonymous"] = rollup["anonymous"] if rollup else None
+        snap["file_backed"] = rollup["file"] if rollup else None
+        return snap

@@ -1,0 +1,87 @@
+"""Terminal rendering of bench rows with rich, plus the notes that keep energy numbers honest."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from edgerun.bench.results import COLUMNS, fmt
+
+#: The terminal shows fewer columns than the files (the energy label is printed under it).
+TERMINAL = [
+    c
+    for c in COLUMNS
+    if c[0]
+    not in (
+        "device",
+        "profile",
+        "threads",
+        "file_backed_mb",
+        "anonymous_mb",
+        "mean_kl",
+        "energy_method",
+    )
+]
+
+
+def table(
+    rows: list[dict[str, Any]],
+    title: str,
+    columns: list[tuple[str, str]] = TERMINAL,
+    extra: list[tuple[str, str]] | None = None,
+) -> Table:
+    """A rich Table of `rows`; `extra` columns (e.g. ratios) are appended."""
+    cols = columns + (extra or [])
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for key, header in cols:
+        t.add_column(
+            header,
+            justify="left"
+            if key in ("artifact", "backend", "device", "profile", "energy_method")
+            else "right",
+        )
+    for row in rows:
+        t.add_row(*(fmt(row.get(k)) for k, _ in cols))
+    return t
+
+
+def energy_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per run saying where energy numbers come from, or why there are none."""
+    notes = []
+    for run in runs:
+        p = run.get("power") or {}
+        if p.get("estimate"):
+            notes.append(f"energy: ESTIMATE, {p['source']}")
+        elif p.get("available"):
+            idle = (
+                f", idle {p['idle_watts']:.2f} W subtracted for net"
+                if p.get("idle_watts") is not None
+                else ""
+            )
+            bound = " (a lower bound)" if p.get("lower_bound") else ""
+            notes.append(f"energy: {p['source']} [scope {p['scope']}, {p['method']}]{bound}{idle}")
+            if p.get("error"):
+                notes.append(f"energy: the meter failed during the run: {p['error']}")
+        else:
+            hint = f" ({p['hint']})" if p.get("hint") else ""
+            notes.append(f"energy: null: {p.get('reason')}{hint}")
+    return notes
+
+
+def print_rows(
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    title: str,
+    console: Console | None = None,
+    extra: list[tuple[str, str]] | None = None,
+) -> None:
+    """Print the table and the energy notes."""
+    # piped output (a file, CI log) gets a fixed width instead of rich's 80-column default
+    console = console or (Console() if sys.stdout.isatty() else Console(width=150))
+    console.print(table(rows, title, extra=extra))
+    for note in dict.fromkeys(energy_notes(runs)):
+        console.print(note, highlight=False, soft_wrap=True)

@@ -1,0 +1,133 @@
+"""`edgerun bench ARTIFACT...`: tokens/s, latency, memory and energy, interleaved over artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgerun.power.registry import CHOICES
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _refuse_existing(paths: list[Path | None], append: bool) -> None:
+    from edgerun.errors import EdgerunError
+
+    for path in paths:
+        if path is not None and path.exists() and not append:
+            raise EdgerunError(
+                f"{path} already exists",
+                "pass --append to add this run to it, or choose a new name",
+            )
+
+
+@click.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--prompt-tokens", default="128,512", show_default=True, help="Prompt lengths, comma-separated."
+)
+@click.option(
+    "--gen-tokens", default=128, show_default=True, help="Tokens generated per repetition."
+)
+@click.option("--reps", default=5, show_default=True, help="Measured repetitions per artifact.")
+@click.option("--warmup", default=1, show_default=True, help="Unmeasured repetitions first.")
+@click.option("--threads", type=int, help="CPU threads (default: the profile's).")
+@click.option("--profile", help="Device profile id or TOML path (default: detected).")
+@click.option("--ctx", type=int, help="Context length to check the workload against.")
+@click.option(
+    "--power", "power_spec", default="auto", show_default=True, help=f"Power meter: {CHOICES}."
+)
+@click.option(
+    "--idle-seconds", default=10.0, show_default=True, help="Idle baseline before the run."
+)
+@click.option(
+    "--assume-watts", type=float, help="No meter: estimate energy at this power (labelled)."
+)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write results JSON.")
+@click.option("--append", is_flag=True, help="Add this run to existing result files.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
+@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a Markdown table.")
+@click.option("--loader", default="edgerun:load", hidden=True, help="Model loader (tests).")
+def bench(
+    artifacts: tuple[Path, ...],
+    prompt_tokens: str,
+    gen_tokens: int,
+    reps: int,
+    warmup: int,
+    threads: int | None,
+    profile: str | None,
+    ctx: int | None,
+    power_spec: str,
+    idle_seconds: float,
+    assume_watts: float | None,
+    json_path: Path | None,
+    append: bool,
+    csv_path: Path | None,
+    md_path: Path | None,
+    loader: str,
+) -> None:
+    """Benchmark artifacts: load time, TTFT, prefill and decode tok/s, per-token latency, peak
+    RSS (file-backed vs anonymous), and energy from the best meter (or null with the reason).
+
+    Each artifact runs in its own subprocess; repetitions are interleaved (A B A B ...)."""
+    from rich.console import Console
+
+    from edgerun.bench.device import fingerprint, library_versions
+    from edgerun.bench.render import print_rows
+    from edgerun.bench.results import new_run, rows, to_csv, to_markdown, write_results, write_table
+    from edgerun.bench.workload import Workload
+    from edgerun.power.account import EnergyAccount
+    from edgerun.power.registry import select
+
+    workload = Workload(_ints(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx)
+    _refuse_existing([json_path, csv_path, md_path], append)
+    console = Console(stderr=True)
+    device = fingerprint(profile)
+    if assume_watts is not None and power_spec == "auto":
+        power_spec = "none"
+    preferred = (device.get("profile") or {}).get("power_meter")
+    selection = select(power_spec, preferred=preferred)
+    if assume_watts is not None and selection.meter is None:
+        selection.reason = f"estimated at {assume_watts:g} W on request (--assume-watts)"
+    energy = EnergyAccount(selection, assume_watts)
+    body = _run_with_progress(console, list(artifacts), workload, energy, idle_seconds, loader)
+    run = new_run(body, device, library_versions())
+    data = write_results(json_path, run, append) if json_path else {"runs": [run]}
+    table = rows(data if append else {"runs": [run]})
+    for path, render in ((csv_path, to_csv), (md_path, to_markdown)):
+        if path is not None:
+            write_table(path, render(table))
+    print_rows(
+        rows({"runs": [run]}),
+        [run],
+        f"edgerun bench ({reps} reps, {gen_tokens} new tokens, medians)",
+    )
+
+
+def _run_with_progress(console, artifacts, workload, energy, idle_seconds, loader):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgerun.bench.harness import run_bench
+
+    n_prompts = len(workload.prompt_tokens)
+    total = 1 + len(artifacts) * (1 + (workload.warmup + workload.reps) * n_prompts)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("bench", total=total)
+
+        def step(message: str) -> None:
+            progress.update(task, description=message, advance=1)
+
+        return run_bench(artifacts, workload, energy, idle_seconds, loader, step)

@@ -1,0 +1,135 @@
+"""A fake runtime for bench tests: sleeps known durations, logs its calls, needs no model.
+
+Its timings come from the artifact's manifest ("fake" block), so each test artifact can differ:
+prefill_s_per_token x prompt length before the first token, decode_s between tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgerun.manifest import read_manifest, write_manifest
+
+
+def make_artifact(
+    path: Path,
+    name: str,
+    decode_s: float = 0.004,
+    prefill_s_per_token: float = 1e-4,
+    load_s: float = 0.02,
+    context_length: int = 1024,
+    fail: str | None = None,
+) -> Path:
+    """Write a fake artifact dir with a manifest the harness accepts."""
+    path.mkdir(parents=True)
+    (path / "model.bin").write_bytes(b"\0" * 1000)
+    write_manifest(
+        path,
+        {
+            "format": name,
+            "family": "onnx",
+            "precision": "int4",
+            "model_file": "model.bin",
+            "context_length": context_length,
+            "files": [{"name": "model.bin", "bytes": 1000, "sha256": "0" * 64}],
+            "validation": {
+                "ppl_ref": 10.0,
+                "ppl": 10.5,
+                "ppl_ratio": 1.05,
+                "mean_kl": 0.02,
+                "top1_agreement": 0.93,
+                "passed": True,
+            },
+            "fake": {
+                "decode_s": decode_s,
+                "prefill_s_per_token": prefill_s_per_token,
+                "load_s": load_s,
+                "fail": fail,
+            },
+        },
+    )
+    return path
+
+
+class Tokenizer:
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) % 251 + 3 for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+@dataclass
+class Chunk:
+    token_id: int
+    text: str
+
+
+@dataclass
+class Info:
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.data
+
+
+class FakeModel:
+    def __init__(self, path: str, profile: str | None, threads: int | None) -> None:
+        self.manifest = read_manifest(Path(path))
+        self.fake = self.manifest["fake"]
+        self.name = self.manifest["format"]
+        self.tokenizer = Tokenizer()
+        self.context_length = self.manifest["context_length"]
+        self.info = Info(
+            {
+                "backend": "fake",
+                "providers": ["FakeCPU"],
+                "threads": threads or 2,
+                "profile_id": profile or "fake-profile",
+                "profile_reason": "test",
+                "manifest": self.manifest,
+            }
+        )
+        self.ballast = bytearray(8 * 1024 * 1024)  # 8 MiB of anonymous memory, touched
+        for i in range(0, len(self.ballast), 4096):
+            self.ballast[i] = 1
+
+    def _log(self, what: str) -> None:
+        log = os.environ.get("EDGERUN_FAKE_LOG")
+        if log:
+            with open(log, "a") as fh:
+                fh.write(json.dumps({"model": self.name, "what": what}) + "\n")
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        temperature: float = 0.0,
+        ignore_eos: bool = False,
+    ) -> Iterator[Chunk]:
+        assert temperature == 0.0 and ignore_eos
+        self._log(f"generate {len(prompt_ids)}")
+        if self.fake.get("fail") == "generate":
+            raise RuntimeError("fake backend exploded")
+        time.sleep(self.fake["prefill_s_per_token"] * len(prompt_ids))
+        for i in range(max_tokens):
+            if i:
+                time.sleep(self.fake["decode_s"])
+            yield Chunk(i, "x")
+
+    def close(self) -> None:
+        self._log("close")
+
+
+def load(path: str, profile: str | None = None, threads: int | None = None) -> FakeModel:
+    manifest = read_manifest(Path(path))
+    if manifest["fake"].get("fail") == "load":
+        raise RuntimeError("fake load failure")
+    time.sleep(manifest["fake"]["load_s"])
+    print("noise on stdout from a chatty library")  # must not break the protocol
+    return FakeModel(path, profile, threads)

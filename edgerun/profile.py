@@ -8,6 +8,26 @@ file, the key and the line.
     profile = get_profile("raspberry-pi-5")            # or a path to a .toml file
     choice = select_providers(profile, "onnxruntime", onnxruntime.get_available_providers())
     check_memory(profile, weights_bytes, kv_bytes)
+
+A profile file (see profiles/*.toml for complete ones)::
+
+    id = "my-board"                  # required: id, name, description, [match], [[backends]]
+    name = "My board"
+    description = "One line shown by `edgerun profiles list`."
+    threads = 4                      # or "auto" (physical cores)
+    preferred_formats = ["gguf-q4_0", "onnx-int4"]
+    memory_budget_mb = 3000          # or "auto": memory_fraction (0.8) of the RAM
+    power_meter = "auto"             # auto|rapl|nvml|jetson|rpi5|battery|none|cmd:COMMAND
+    [export]                         # export defaults: block_size, accuracy_level, symmetric, builder
+    [match]                          # see MatchRules; arch is required
+    arch = ["aarch64"]
+    device_tree = ["My Board"]
+    [[backends]]                     # in order of preference: onnxruntime, genai, llamacpp
+    name = "onnxruntime"
+    options = { graph_optimization_level = "ORT_ENABLE_ALL" }
+    [[backends.providers]]           # ONNX Runtime execution providers, in order
+    name = "CUDAExecutionProvider"
+    options = { device_id = 0 }
 """
 
 from __future__ import annotations

@@ -338,3 +338,14 @@ def test_cli_validate(tmp_path: Path) -> None:
         " cpu_model, device_tree, jetson, gpus, providers) (fix the profile file; `edgerun"
         " profiles validate FILE` checks it)\n"
     )
+
+
+def test_docstring_example_is_a_valid_profile() -> None:
+    import textwrap
+
+    import edgerun.profile
+
+    example = textwrap.dedent((edgerun.profile.__doc__ or "").split("::\n\n", 1)[1])
+    profile = parse_profile(example, "docstring")
+    assert (profile.id, profile.threads, profile.memory_budget_mb) == ("my-board", 4, 3000)
+    assert profile.backends[0].providers[0].options == {"device_id": 0}

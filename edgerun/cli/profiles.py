@@ -28,7 +28,10 @@ def _origin(profile: Profile) -> str:
 @profiles.command("list")
 @json_option
 def list_cmd(as_json: bool) -> None:
-    """List every profile (user profiles in $EDGERUN_HOME/profiles override built-ins by id)."""
+    """List the built-in and user profiles.
+
+    User profiles in $EDGERUN_HOME/profiles/*.toml override built-ins with the same id.
+    """
     from edgerun.profile import list_profiles
 
     items = list_profiles()
@@ -87,7 +90,7 @@ def _kv(options: dict[str, Any]) -> str:
 @click.argument("profile_id")
 @json_option
 def show_cmd(profile_id: str, as_json: bool) -> None:
-    """Show one profile by id (or a .toml path)."""
+    """Show one profile, by id or .toml path."""
     from edgerun.profile import get_profile
 
     profile = get_profile(profile_id)
@@ -123,7 +126,11 @@ def render_detection(facts: MachineFacts, d: Detection) -> list[str]:
 @profiles.command("detect")
 @json_option
 def detect_cmd(as_json: bool) -> None:
-    """Score every profile against this machine and say why the winner won."""
+    """Detect this machine's profile and say why.
+
+    Every profile is scored against the CPU architecture and flags, device-tree model, Jetson
+    release, GPUs, OS and ONNX Runtime providers; the highest score wins.
+    """
     from edgerun.detect import detect, machine_facts
 
     facts = machine_facts()
@@ -147,7 +154,10 @@ def detect_cmd(as_json: bool) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @json_option
 def validate_cmd(file: Path, as_json: bool) -> None:
-    """Check a profile file against the schema (errors name the key and the line)."""
+    """Check a profile file against the schema.
+
+    Errors name the file, the key and the line.
+    """
     from edgerun.profile import load_profile_file
 
     profile = load_profile_file(file)

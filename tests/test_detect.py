@@ -192,3 +192,24 @@ def test_cli_detect_on_this_machine() -> None:
     assert result.exit_code == 0, result.output
     assert f"profile: {detect().profile.id} (score " in result.output
     assert result.output.startswith(f"machine: {platform.machine()} {platform.system()}, ")
+
+
+def test_live_nvidia_smi_and_sysctl_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-smi -L and macOS sysctl output, recorded, through the live code path."""
+    outputs = {
+        "nvidia-smi": (
+            "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1f0c6a55-2b9e-4c1d-8e0f-3a7b9c2d4e61)\n"
+            "GPU 1: NVIDIA GeForce RTX 4090 (UUID: GPU-9a8b7c6d-5e4f-3a2b-1c0d-efab12345678)\n"
+        ),
+        "sysctl": "Apple M3 Max\n",
+    }
+    monkeypatch.setattr("edgerun.detect._run", lambda cmd: outputs[cmd[0]])
+    facts = machine_facts()
+    assert facts.gpus == ["NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]
+    if facts.arch in ("x86_64", "aarch64"):
+        assert detect(facts).profile.id == "nvidia-desktop-gpu"
+    monkeypatch.setattr("platform.system", lambda: "Darwin")
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    facts = machine_facts()
+    assert (facts.arch, facts.os, facts.cpu_model) == ("arm64", "Darwin", "Apple M3 Max")
+    assert detect(facts).profile.id == "apple-silicon"

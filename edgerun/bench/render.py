@@ -32,10 +32,9 @@ def table(
     rows: list[dict[str, Any]],
     title: str,
     columns: list[tuple[str, str]] = TERMINAL,
-    extra: list[tuple[str, str]] | None = None,
 ) -> Table:
-    """A rich Table of `rows`; `extra` columns (e.g. ratios) are appended."""
-    cols = columns + (extra or [])
+    """A rich Table of `rows`."""
+    cols = columns
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for key, header in cols:
         t.add_column(
@@ -77,11 +76,11 @@ def print_rows(
     runs: list[dict[str, Any]],
     title: str,
     console: Console | None = None,
-    extra: list[tuple[str, str]] | None = None,
+    columns: list[tuple[str, str]] = TERMINAL,
 ) -> None:
-    """Print the table and the energy notes."""
+    """Print the table of `columns` and the energy notes."""
     # piped output (a file, CI log) gets a fixed width instead of rich's 80-column default
     console = console or (Console() if sys.stdout.isatty() else Console(width=150))
-    console.print(table(rows, title, extra=extra))
+    console.print(table(rows, title, columns))
     for note in dict.fromkeys(energy_notes(runs)):
         console.print(note, highlight=False, soft_wrap=True)

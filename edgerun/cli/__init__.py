@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "info": "edgerun.cli.info:info",
     "power": "edgerun.cli.power:power",
     "bench": "edgerun.cli.bench:bench",
+    "compare": "edgerun.cli.compare:compare",
     "profiles": "edgerun.cli.profiles:profiles",
 }
 

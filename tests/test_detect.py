@@ -203,7 +203,7 @@ def test_live_nvidia_smi_and_sysctl_are_parsed(monkeypatch: pytest.MonkeyPatch) 
         ),
         "sysctl": "Apple M3 Max\n",
     }
-    monkeypatch.setattr("edgerun.detect._run", lambda cmd: outputs[cmd[0]])
+    monkeypatch.setattr("edgerun.machine._run", lambda cmd: outputs[cmd[0]])
     facts = machine_facts()
     assert facts.gpus == ["NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]
     if facts.arch in ("x86_64", "aarch64"):
@@ -213,3 +213,25 @@ def test_live_nvidia_smi_and_sysctl_are_parsed(monkeypatch: pytest.MonkeyPatch) 
     facts = machine_facts()
     assert (facts.arch, facts.os, facts.cpu_model) == ("arm64", "Darwin", "Apple M3 Max")
     assert detect(facts).profile.id == "apple-silicon"
+
+
+def test_windows_on_snapdragon_reads_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import types
+
+    values = {
+        "ProcessorNameString": ("Snapdragon(R) X Elite - X1E78100 - Qualcomm(R) Oryon(TM) CPU", 1)
+    }
+    winreg = types.SimpleNamespace(
+        HKEY_LOCAL_MACHINE=object(),
+        OpenKey=lambda hive, key: contextlib.nullcontext(key),
+        QueryValueEx=lambda handle, name: values[name],
+    )
+    monkeypatch.setitem(sys.modules, "winreg", winreg)
+    monkeypatch.setattr("platform.system", lambda: "Windows")
+    monkeypatch.setattr("platform.machine", lambda: "ARM64")
+    facts = machine_facts()
+    assert facts.cpu_model.startswith("Snapdragon(R) X Elite")
+    d = detect(facts)
+    assert d.profile.id == "snapdragon"
+    assert d.reasons[1] == f"CPU model '{facts.cpu_model}' matches 'Snapdragon'"

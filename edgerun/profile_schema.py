@@ -56,8 +56,8 @@ class Either:
 
 @dataclass(frozen=True)
 class Options:
-    """A free-form table of scalars or arrays of scalars (provider and backend options, whose
-    names belong to the library that reads them)."""
+    """A free-form table of scalars, arrays of scalars, and tables of those one level deep
+    (provider and backend options, whose names belong to the library that reads them)."""
 
     note: str = field(default="options")
 
@@ -130,10 +130,14 @@ def _check_table(value: Any, spec: Table, path: Path_) -> None:
         check(item, spec.fields[key], (*path, key))
 
 
-def _check_options(value: Any, path: Path_) -> None:
+def _check_options(value: Any, path: Path_, nested: bool = True) -> None:
+    """Scalars, arrays of scalars, and (one level down) tables of those, e.g. session_config."""
     if not isinstance(value, dict):
         raise SchemaError(path, f"expected a table, got {_type_name(value)}")
     for key, item in value.items():
+        if isinstance(item, dict) and nested:
+            _check_options(item, (*path, key), nested=False)
+            continue
         items = item if isinstance(item, list) else [item]
         if not all(isinstance(i, SCALARS) for i in items):
             raise SchemaError((*path, key), "expected a string, number, boolean or array of them")

@@ -349,3 +349,37 @@ def test_docstring_example_is_a_valid_profile() -> None:
     profile = parse_profile(example, "docstring")
     assert (profile.id, profile.threads, profile.memory_budget_mb) == ("my-board", 4, 3000)
     assert profile.backends[0].providers[0].options == {"device_id": 0}
+
+
+def test_options_allow_one_nested_table() -> None:
+    text = MINIMAL + '[backends.options.session_config]\n"session.intra_op.allow_spinning" = "0"\n'
+    profile = parse_profile(text, "t.toml")
+    assert profile.backends[0].options == {
+        "session_config": {"session.intra_op.allow_spinning": "0"}
+    }
+    deeper = MINIMAL + "[backends.options.a.b]\nc = 1\n"
+    with pytest.raises(EdgerunError, match=r"line 10: backends\[0\]\.options\.a\.b: expected a"):
+        parse_profile(deeper, "t.toml")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_backend_options_are_real_library_options(path: Path) -> None:
+    """Options are passed straight to onnxruntime.SessionOptions and llama_cpp.Llama: check the
+    names against the installed libraries so that a typo in a profile fails here, not on a device."""
+    import inspect
+
+    import onnxruntime
+
+    profile = load_profile_file(path)
+    ort = profile.backend("onnxruntime")
+    session_options = onnxruntime.SessionOptions()
+    for key in ort.options if ort else {}:
+        assert key in ("graph_optimization_level", "session_config") or hasattr(
+            session_options, key
+        ), key
+    llama = profile.backend("llamacpp")
+    if llama is None:
+        return
+    llama_cpp = pytest.importorskip("llama_cpp")
+    known = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
+    assert set(llama.options) <= known, set(llama.options) - known

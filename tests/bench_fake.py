@@ -114,6 +114,10 @@ class FakeModel:
     ) -> Iterator[Chunk]:
         assert temperature == 0.0 and ignore_eos
         self._log(f"generate {len(prompt_ids)}")
+        self.calls = getattr(self, "calls", 0) + 1
+        unplug = os.environ.get("EDGERUN_FAKE_UNPLUG")  # a power meter's file, removed mid-run
+        if unplug and self.calls == 3 and os.path.exists(unplug):
+            os.unlink(unplug)
         if self.fake.get("fail") == "generate":
             raise RuntimeError("fake backend exploded")
         time.sleep(self.fake["prefill_s_per_token"] * len(prompt_ids))

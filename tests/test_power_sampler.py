@@ -259,3 +259,24 @@ def test_cli_power_nothing_found(tmp_path: Path, no_real_meters: None) -> None:
     rows = json.loads(result.output)
     assert [r["meter"] for r in rows] == list(registry.METERS)
     assert not any(r["available"] for r in rows)
+
+
+def test_select_named_meter_without_permission_says_which_file_and_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rapl_tree(tmp_path)
+    real = Path.read_text
+
+    def deny(self: Path, *a: Any, **k: Any) -> str:
+        if self.name == "energy_uj":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    with pytest.raises(EdgerunError) as err:
+        select("rapl", root=tmp_path)
+    assert str(err.value) == (
+        "power meter 'rapl' is unavailable: /sys/class/powercap/intel-rapl:0/energy_uj is not "
+        "readable (RAPL counters are root-only since Linux 5.10: run as root or "
+        "`sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj`)"
+    )

@@ -124,6 +124,7 @@ def _run_with_progress(console, artifacts, workload, energy, idle_seconds, loade
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # no bar in logs and pipes
     ) as progress:
         task = progress.add_task("bench", total=total)
 

@@ -155,6 +155,8 @@ class Sampler:
             if self.failed_at is not None and self.failed_at <= t1:
                 return None, f"the meter stopped working during the run: {self.error}"
             a, b = self._at(t0), self._at(t1)
+        if (a is None or b is None) and self.error is not None:
+            return None, f"the meter stopped working during the run: {self.error}"
         if a is None or b is None:
             return None, "the meter has no samples around this phase"
         return b - a, None

@@ -1,0 +1,178 @@
+"""`edgerun compare` on two result files, one hand-edited to come from another device."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgerun.bench.compare import load, pick_baseline
+from edgerun.cli import cli
+from edgerun.errors import EdgerunError
+from tests.bench_fake import make_artifact
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """r1.json from a real (fake-runtime) bench run; r2.json: the same, edited to be a Jetson
+    at half the decode speed, twice the J/token and another profile."""
+    tmp = tmp_path_factory.mktemp("compare")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", str(ROOT))
+    mp.setenv("EDGERUN_HOME", str(tmp / "home"))
+    try:
+        arts = [
+            make_artifact(tmp / "a", "fake-a"),
+            make_artifact(tmp / "b", "fake-b", decode_s=0.006),
+        ]
+        r1 = tmp / "r1.json"
+        result = CliRunner().invoke(
+            cli,
+            [
+                "bench",
+                *map(str, arts),
+                "--loader",
+                "tests.bench_fake:load",
+                "--idle-seconds",
+                "0",
+                "--reps",
+                "2",
+                "--warmup",
+                "0",
+                "--gen-tokens",
+                "5",
+                "--prompt-tokens",
+                "8,16",
+                "--assume-watts",
+                "10",
+                "--json",
+                str(r1),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        mp.undo()
+    data = json.loads(r1.read_text())
+    run = data["runs"][0]
+    run["device"]["name"] = "jetson-orin-nano"
+    run["device"]["profile"]["id"] = "jetson-orin"
+    for art in run["artifacts"]:
+        art["profile_id"] = "jetson-orin"
+        for s in art["summary"]["by_prompt"].values():
+            s["decode_tok_s"]["median"] *= 0.5
+            s["decode_j_per_token"]["median"] *= 2
+    r2 = tmp / "r2.json"
+    r2.write_text(json.dumps(data))
+    return r1, r2
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["compare", *args])
+    return result.exit_code, result.output
+
+
+def test_join_and_ratios(results: tuple[Path, Path]) -> None:
+    table, runs = load(list(results))
+    assert len(runs) == 2 and len(table) == 8  # 2 devices x 2 artifacts x 2 prompt lengths
+    base = pick_baseline(table, "orin-nano/jetson-orin/fake-a")
+    from edgerun.bench.compare import add_ratios
+
+    add_ratios(table, base)
+    for row in table:
+        twin = next(
+            r
+            for r in table
+            if r["device"] == "jetson-orin-nano"
+            and r["artifact"] == row["artifact"]
+            and r["prompt_tokens"] == row["prompt_tokens"]
+        )
+        if row["device"] != "jetson-orin-nano":
+            assert row["decode_tok_s"] == pytest.approx(2 * twin["decode_tok_s"])
+        if row["artifact"] == "fake-a":
+            expected = 1.0 if row["device"] == "jetson-orin-nano" else 2.0
+            assert row["decode_ratio"] == pytest.approx(expected)
+            assert row["energy_ratio"] == pytest.approx(1 / expected)
+    assert [r["row"] for r in table] == list(range(1, 9))
+    assert table[0]["device"] == "jetson-orin-nano"  # sorted by device, then artifact
+
+
+def test_cli_compare_writes_md_csv_html_and_plot(
+    results: tuple[Path, Path], tmp_path: Path
+) -> None:
+    md, csv_path, html, png = (tmp_path / n for n in ("c.md", "c.csv", "c.html", "c.png"))
+    code, out = _run(
+        *map(str, results),
+        "--baseline",
+        "orin-nano/jetson-orin/fake-a",
+        "--md",
+        str(md),
+        "--csv",
+        str(csv_path),
+        "--html",
+        str(html),
+        "--plot",
+        str(png),
+    )
+    assert code == 0, out
+    assert "edgerun compare (baseline: row 1, jetson-orin-nano/jetson-orin/fake-a/fake)" in out
+    assert "energy: ESTIMATE, assumed 10 W (--assume-watts): not measured" in out
+
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith(
+        "| # | device | profile | artifact | backend | prompt | decode tok/s |"
+    )
+    assert len(lines) == 2 + 8
+    assert lines[2].startswith("| 1 | jetson-orin-nano | jetson-orin | fake-a | fake | 8 |")
+    assert lines[2].endswith("| 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |")
+
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert len(rows) == 8
+    other = [r for r in rows if r["device"] != "jetson-orin-nano" and r["artifact"] == "fake-a"]
+    assert [float(r["decode_ratio"]) for r in other] == pytest.approx([2.0, 2.0])
+    assert {r["ppl_ratio"] for r in rows} == {"1.05"}
+
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
+    assert "jetson-orin-nano" in page and '<tr class="base">' in page
+    assert "<script" not in page and "src=" not in page and "<link" not in page  # self-contained
+    assert "decode tok/s" in page and "tok/s versus size" in page
+    pytest.importorskip("matplotlib")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_refuses_other_schema_versions_and_non_results(
+    results: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data = json.loads(results[0].read_text())
+    data["schema_version"] = 2
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps(data))
+    code, out = _run(str(future))
+    assert code == 2
+    assert out == (
+        f"error: {future} is a bench result of schema version 2; this edgerun reads version 1 "
+        "(re-run `edgerun bench` with this edgerun, or use the edgerun version that wrote it)\n"
+    )
+    manifest = tmp_path / "edgerun.json"
+    manifest.write_text('{"schema_version": 1, "format": "onnx-int4"}')
+    code, out = _run(str(manifest))
+    assert out == (
+        f'error: {manifest} is not an edgerun bench result (no "schema": "edgerun-bench") '
+        "(pass a file written by `edgerun bench --json`)\n"
+    )
+
+
+def test_bad_baseline(results: tuple[Path, Path]) -> None:
+    table, _ = load(list(results))
+    with pytest.raises(EdgerunError, match="--baseline 99 is not a row"):
+        pick_baseline(table, "99")
+    with pytest.raises(EdgerunError, match="--baseline 'fake' matches 4 row groups"):
+        pick_baseline(table, "fake")
+    with pytest.raises(EdgerunError, match="--baseline 'nowhere' matches no row"):
+        pick_baseline(table, "nowhere")

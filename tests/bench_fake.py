@@ -130,7 +130,9 @@ class FakeModel:
         self._log("close")
 
 
-def load(path: str, profile: str | None = None, threads: int | None = None) -> FakeModel:
+def load(
+    path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
+) -> FakeModel:
     manifest = read_manifest(Path(path))
     if manifest["fake"].get("fail") == "load":
         raise RuntimeError("fake load failure")

@@ -280,3 +280,11 @@ def test_select_named_meter_without_permission_says_which_file_and_how(
         "readable (RAPL counters are root-only since Linux 5.10: run as root or "
         "`sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj`)"
     )
+
+
+def test_select_auto_tries_the_profiles_meter_first(tmp_path: Path, no_real_meters: None) -> None:
+    sel = select("auto", root=rapl_tree(tmp_path), preferred="cmd:echo 9")
+    assert sel.meter is not None and sel.meter.describe().meter == "cmd"
+    sel = select("auto", root=rapl_tree(tmp_path), preferred="battery")
+    assert sel.meter is not None and sel.meter.describe().meter == "rapl"
+    assert list(sel.tried or {}) == ["battery", "jetson", "rpi5"]

@@ -83,6 +83,8 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     """Manifest facts recorded with every result: format, size, digest, validation."""
     import hashlib
 
+    if path.is_file() and path.suffix in (".gguf", ".onnx"):
+        return _bare_file(path)
     manifest = read_manifest(path)
     raw = (path / MANIFEST_NAME).read_bytes()
     return {
@@ -99,12 +101,32 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     }
 
 
+def _bare_file(path: Path) -> dict[str, Any]:
+    """A bare .gguf / .onnx file: no manifest, so no digest of it and no validation."""
+    from edgerun.sources import sha256_file
+
+    return {
+        "path": str(path),
+        "name": path.stem,
+        "format": path.suffix[1:],
+        "family": path.suffix[1:],
+        "precision": None,
+        "size_bytes": path.stat().st_size,
+        "manifest_sha256": None,
+        "file_sha256": sha256_file(path),
+        "context_length": None,
+        "source": None,
+        "validation": None,
+    }
+
+
 def _load(worker: WorkerProcess, workload: Workload, loader: str) -> dict[str, Any]:
     reply = worker.call(
         op="load",
         path=str(worker.artifact),
         profile=workload.profile,
         threads=workload.threads,
+        context=workload.ctx,
         loader=loader,
     )
     workload.check_context(reply.get("context_length"), str(worker.artifact))

@@ -6,7 +6,7 @@ protocol: the original stdout is kept for it and fd 1 is pointed at stderr.
 
 Requests and replies (one JSON object per line)::
 
-    {"op": "load", "path", "profile", "threads", "loader"}  -> {"ok", "load_s", "info", "context_length", "memory"}
+    {"op": "load", "path", "profile", "threads", "context", "loader"}  -> {"ok", "load_s", "info", "context_length", "memory"}
     {"op": "run", "prompt_tokens", "gen_tokens", "seed"}    -> {"ok", "t_start", "token_times", "memory"}
     {"op": "quit"}
     failures                                               -> {"ok": false, "error", "hint", "traceback"}
@@ -39,7 +39,7 @@ class Worker:
     def load(self, req: dict[str, Any]) -> dict[str, Any]:
         module, attr = req.get("loader", DEFAULT_LOADER).split(":")
         loader = getattr(importlib.import_module(module), attr)
-        options = {k: req[k] for k in ("threads",) if req.get(k) is not None}
+        options = {k: req[k] for k in ("threads", "context") if req.get(k) is not None}
         t0 = time.perf_counter()
         self.model = loader(req["path"], profile=req.get("profile"), **options)
         load_s = time.perf_counter() - t0

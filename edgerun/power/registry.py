@@ -53,7 +53,8 @@ def _why(exc: MeterUnavailable) -> str:
 
 def select(spec: str = "auto", root: Path = Path("/"), preferred: str | None = None) -> Selection:
     """Resolve a --power value. An explicitly named meter that is unavailable is an error;
-    `auto` returns the first meter that works (the profile's `preferred` first) or the reasons."""
+    `auto` returns the first meter that works (the profile's `preferred` meter first, which may
+    be a ``cmd:`` meter) or the reasons."""
     if spec == "none":
         return Selection(None, "power measurement was turned off (--power none)")
     if spec != "auto":
@@ -63,7 +64,10 @@ def select(spec: str = "auto", root: Path = Path("/"), preferred: str | None = N
             raise EdgerunError(
                 f"power meter '{spec}' is unavailable: {exc.message}", exc.hint
             ) from exc
-    order = ([preferred] if preferred in METERS else []) + [m for m in AUTO_ORDER if m != preferred]
+    first = (
+        [preferred] if preferred and (preferred in METERS or preferred.startswith("cmd:")) else []
+    )
+    order = first + [m for m in AUTO_ORDER if m != preferred]
     tried: dict[str, str] = {}
     for name in order:
         try:

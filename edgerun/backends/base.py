@@ -1,0 +1,191 @@
+"""The interface every backend implements, and the artifact / settings objects it receives.
+
+A backend turns token ids into next-token logits and keeps its own KV cache; everything else
+(tokenization, sampling, stop handling, timing) is shared in edgerun.model, so every backend has
+the same semantics. A third-party backend subclasses Backend and registers itself under the
+entry-point group "edgerun.backends" (see edgerun.backends.registry).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgerun.errors import EdgerunError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from edgerun.tokenizer import Tokenizer
+
+
+@dataclass
+class Artifact:
+    """A model on disk: its directory, main file and manifest (synthesised for bare files)."""
+
+    path: Path
+    model_file: Path
+    manifest: dict[str, Any]
+
+    @property
+    def family(self) -> str:
+        return str(self.manifest.get("family", ""))
+
+    @property
+    def builder(self) -> str:
+        return str(self.manifest.get("builder", ""))
+
+    @property
+    def format(self) -> str:
+        return str(self.manifest.get("format", ""))
+
+    def config(self) -> dict[str, Any]:
+        """The HF config.json next to the model, or {} when there is none."""
+        path = self.path / "config.json"
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EdgerunError(
+                f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
+            ) from exc
+        return data if isinstance(data, dict) else {}
+
+    def weights_bytes(self) -> int:
+        """Bytes of the model file plus its external-data files (model.onnx.data, ...)."""
+        name = self.model_file.name
+        return sum(
+            f.stat().st_size
+            for f in self.path.iterdir()
+            if f.is_file() and (f.name == name or f.name.startswith((name + ".", name + "_")))
+        )
+
+
+def resolve_artifact(path: str | Path) -> Artifact:
+    """An artifact directory (with edgerun.json) or a bare .gguf / .onnx file.
+
+    Raises EdgerunError when the path is missing, the manifest is missing / corrupt / too new, or
+    a listed file is missing or has a different size from the manifest (truncated copy).
+    """
+    from edgerun.manifest import read_manifest
+
+    path = Path(path).expanduser()
+    if path.is_file():
+        return _bare_file(path)
+    if not path.exists():
+        raise EdgerunError(
+            f"{path} does not exist", "pass an artifact directory, .gguf or .onnx file"
+        )
+    manifest = read_manifest(path)
+    model_file = path / str(manifest["model_file"])
+    for entry in manifest.get("files", []):
+        file = path / entry["name"]
+        if not file.is_file():
+            raise EdgerunError(f"{file} is missing", "re-export the artifact")
+        size = file.stat().st_size
+        if size != entry.get("bytes", size):
+            raise EdgerunError(
+                f"{file} is {size} bytes but the manifest says {entry['bytes']} (truncated or replaced)",
+                "re-export or re-copy the artifact; `edgerun verify` checks every hash",
+            )
+    if not model_file.is_file():
+        raise EdgerunError(f"{model_file} is missing", "re-export the artifact")
+    return Artifact(path, model_file, manifest)
+
+
+def _bare_file(path: Path) -> Artifact:
+    """A manifest synthesised for a lone model file, with the defaults its format implies."""
+    suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        manifest = {"format": "gguf", "family": "gguf", "builder": "gguf"}
+    elif suffix == ".onnx":
+        genai = (path.parent / "genai_config.json").is_file()
+        builder = "genai" if genai else "optimum"
+        manifest = {"format": "onnx", "family": "onnx", "builder": builder}
+    else:
+        raise EdgerunError(
+            f"{path} is neither .gguf nor .onnx", "pass an artifact directory or a model file"
+        )
+    return Artifact(path.parent, path, {**manifest, "model_file": path.name, "bare_file": True})
+
+
+@dataclass
+class Settings:
+    """What the runtime asks of a backend: threads (None: backend default), the execution
+    providers to try in order as (name, options), backend options from the profile merged with
+    the caller's, and the context length to allocate for."""
+
+    threads: int | None = None
+    providers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    context: int | None = None  # None: the backend's default (llama.cpp: the trained context)
+
+
+class Backend(ABC):
+    """One loaded model in one runtime, generating a single sequence.
+
+    Call order: prefill(prompt ids) once per generation, then decode(token) per new token; each
+    returns the next-token logits as a 1-D array that stays valid until the next call.
+    """
+
+    name: ClassVar[str]
+    # (module to import, pip extra that provides it)
+    requires: ClassVar[tuple[str, str] | None] = None
+    # Whether Settings.providers (ONNX Runtime execution providers) mean anything here.
+    uses_providers: ClassVar[bool] = False
+
+    providers: list[str]
+    threads: int | None
+    # What the backend could not honour ("wanted GPU offload, running CPU"); strict makes it fatal.
+    fallbacks: list[str] = []
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, artifact: Artifact) -> bool:
+        """Whether this backend can run `artifact`."""
+
+    @classmethod
+    def available_providers(cls) -> list[str]:
+        """Execution providers this installation offers (for profile provider selection)."""
+        return []
+
+    @abstractmethod
+    def __init__(self, artifact: Artifact, settings: Settings) -> None:
+        """Load the model; raise EdgerunError if the file is corrupt or unsupported."""
+
+    @abstractmethod
+    def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
+        """Start a new sequence with `ids` (one pass); `total` is the most tokens it will hold.
+        Returns the logits for the token after the prompt."""
+
+    @abstractmethod
+    def decode(self, token_id: int) -> np.ndarray:
+        """Append one token and return the logits for the next."""
+
+    def tokenizer(self) -> Tokenizer | None:
+        """A tokenizer embedded in the model file (GGUF), or None."""
+        return None
+
+    def kv_bytes_per_token(self) -> int | None:
+        """KV-cache bytes per context position, when the backend knows it."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends override it
+        """Free the model's memory; the object is unusable afterwards."""
+
+
+def kv_bytes_per_token(config: dict[str, Any], dtype_bytes: int = 4) -> int | None:
+    """KV-cache bytes per position from an HF config (keys and values, every layer)."""
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return 2 * layers * kv_heads * head_dim * dtype_bytes

@@ -1,0 +1,132 @@
+"""llama.cpp backend through llama-cpp-python, for GGUF files.
+
+Uses Llama.eval() (llama_decode in n_batch chunks, KV cache kept in the llama.cpp context) and
+reads the last position's logits straight from llama.cpp's buffer as a zero-copy numpy view, so
+sampling is edgerun's own (edgerun.sampling): the same seed means the same draw on every backend.
+Threads, n_batch and n_gpu_layers come from the profile; any other Llama() keyword in the
+profile's options is passed through, an unknown one is an error.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgerun.backends.base import Artifact, Backend, Settings
+from edgerun.errors import EdgerunError
+from edgerun.tokenizer import Tokenizer
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model in a llama.cpp context."""
+
+    name = "llamacpp"
+    requires = ("llama_cpp", "gguf")
+
+    @classmethod
+    def accepts(cls, artifact: Artifact) -> bool:
+        return artifact.family == "gguf" or artifact.model_file.suffix.lower() == ".gguf"
+
+    def __init__(self, artifact: Artifact, settings: Settings) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        kwargs = self._llama_kwargs(llama_cpp.Llama, settings)
+        try:
+            self.llm = llama_cpp.Llama(str(artifact.model_file), **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise EdgerunError(
+                f"llama.cpp cannot load {artifact.model_file}: {exc}",
+                "the file is corrupt, truncated or not GGUF: re-export it (edgerun verify checks hashes)",
+            ) from exc
+        self.threads = kwargs["n_threads"]
+        self.context_length = int(self.llm.n_ctx())
+        self.vocab_size = int(self.llm.n_vocab())
+        layers = int(kwargs.get("n_gpu_layers", 0))
+        offload = layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self.providers = [f"GPU offload (n_gpu_layers={layers})", "CPU"] if offload else ["CPU"]
+        if layers != 0 and not offload:
+            self.fallbacks = [
+                f"wanted GPU offload (n_gpu_layers={layers}), but this llama-cpp-python build is"
+                " CPU-only; running CPU"
+            ]
+
+    @staticmethod
+    def _llama_kwargs(llama: Any, settings: Settings) -> dict[str, Any]:
+        known = set(inspect.signature(llama.__init__).parameters) - {"self", "model_path"}
+        unknown = sorted(set(settings.options) - known)
+        if unknown:
+            raise EdgerunError(
+                f"unknown llama.cpp option(s): {', '.join(unknown)}",
+                "use keyword arguments of llama_cpp.Llama (n_gpu_layers, n_batch, use_mmap, ...)",
+            )
+        return {
+            "n_ctx": settings.context or 0,  # 0: the context the model was trained with
+            "n_threads": settings.threads,
+            "n_threads_batch": settings.threads,
+            "logits_all": False,
+            "verbose": False,
+            **settings.options,
+        }
+
+    def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(list(ids))
+        return self._logits()
+
+    def decode(self, token_id: int) -> np.ndarray:
+        self.llm.eval([token_id])
+        return self._logits()
+
+    def _logits(self) -> np.ndarray:
+        # llama.cpp may move its output buffer between decodes: fetch the pointer every time.
+        ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+
+    def kv_bytes_per_token(self) -> int | None:
+        meta = self.llm.metadata
+        arch = meta.get("general.architecture", "")
+        try:
+            layers = int(meta[f"{arch}.block_count"])
+            heads = int(meta[f"{arch}.attention.head_count"])
+            kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+            head_dim = int(meta[f"{arch}.embedding_length"]) // heads
+        except (KeyError, ValueError):
+            return None
+        return 2 * layers * kv_heads * head_dim * 2  # f16 cache
+
+    def tokenizer(self) -> Tokenizer:
+        return LlamaCppTokenizer(self.llm, self._lib)
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.close()
+
+
+class LlamaCppTokenizer(Tokenizer):
+    """The tokenizer embedded in a GGUF file (used when no tokenizer.json lies next to it)."""
+
+    def __init__(self, llm: Any, lib: Any) -> None:
+        self._llm = llm
+        vocab = lib.llama_model_get_vocab(llm.model)
+        eos = {int(llm.token_eos()), int(lib.llama_vocab_eot(vocab))}
+        self.eos_ids = frozenset(i for i in eos if i >= 0)
+        self.chat_template = llm.metadata.get("tokenizer.chat_template")
+        specials = {"bos_token": llm.token_bos(), "eos_token": llm.token_eos()}
+        self.special_tokens = {
+            key: self.decode([tid]) for key, tid in specials.items() if tid is not None and tid >= 0
+        }
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        # special=True parses "<|im_start|>" etc. as single tokens, as HF tokenizers do.
+        return list(
+            self._llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True)
+        )
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        raw = self._llm.detokenize(list(ids), special=not skip_special_tokens)
+        return bytes(raw).decode("utf-8", errors="replace")

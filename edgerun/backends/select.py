@@ -1,0 +1,205 @@
+"""From an artifact and a device profile to an open backend: which backend, which execution
+providers, how many threads, how much context, whether it fits in memory, and which tokenizer.
+
+Every fallback is a warning on stderr naming what was wanted and what runs; strict makes it an
+error.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgerun.backends.base import Artifact, Backend, Settings, kv_bytes_per_token
+from edgerun.backends.registry import (
+    backend_names,
+    backends_for,
+    get_backend,
+    is_installed,
+    require_installed,
+)
+from edgerun.errors import EdgerunError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.profile import BackendPref, Profile
+    from edgerun.tokenizer import Tokenizer
+
+DEFAULT_CONTEXT = 2048
+
+
+@dataclass
+class Opened:
+    """An open backend and everything the runtime decided on the way."""
+
+    backend: Backend
+    tokenizer: Tokenizer
+    profile_id: str | None
+    profile_reason: str
+    context_length: int
+    requested_providers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_profile(profile: str | Path | None) -> tuple[Profile | None, str]:
+    """(profile, why): the named one, or the best match for this machine."""
+    from edgerun.profile import get_profile
+
+    if profile is not None:
+        return get_profile(str(profile)), "chosen with --profile"
+    from edgerun.detect import detect
+
+    found = detect()
+    why = "; ".join(found.reasons) or f"best match (score {found.score})"
+    return found.profile, f"auto-detected: {why}"
+
+
+def choose_backend(
+    artifact: Artifact, profile: Profile | None, name: str | None
+) -> tuple[type[Backend], BackendPref | None, list[str]]:
+    """(backend class, the profile's preferences for it, warnings).
+
+    An explicit name wins; else the first backend in the profile's order that accepts the
+    artifact and is installed; else the first registered backend that accepts it.
+    """
+    if name is not None:
+        cls = get_backend(name)
+        if not cls.accepts(artifact):
+            names = ", ".join(c.name for c in backends_for(artifact)) or "none"
+            raise EdgerunError(
+                f"backend '{name}' cannot run {artifact.model_file.name} ({artifact.format or artifact.family})",
+                f"backends that can: {names}",
+            )
+        require_installed(cls)
+        return cls, profile.backend(name) if profile else None, []
+    registered = set(backend_names())
+    for pref in profile.backends if profile else []:
+        if pref.name in registered:
+            cls = get_backend(pref.name)
+            if cls.accepts(artifact) and is_installed(cls):
+                return cls, pref, []
+    able = backends_for(artifact)
+    if not able:
+        raise EdgerunError(
+            f"no backend can run {artifact.model_file} (family '{artifact.family}', builder '{artifact.builder}')",
+            f"registered backends: {', '.join(sorted(registered))}",
+        )
+    cls = able[0]
+    require_installed(cls)
+    warnings = []
+    if profile is not None:
+        wanted = ", ".join(b.name for b in profile.backends)
+        warnings.append(
+            f"profile '{profile.id}' lists {wanted} for other artifacts; running {cls.name}"
+        )
+    return cls, profile.backend(cls.name) if profile else None, warnings
+
+
+def open_backend(
+    artifact: Artifact,
+    profile_spec: str | Path | None,
+    threads: int | None,
+    backend_name: str | None,
+    strict: bool,
+    context: int | None,
+    options: dict[str, Any],
+) -> Opened:
+    """Do the whole selection and load the model (see the module docstring)."""
+    profile, reason = resolve_profile(profile_spec)
+    cls, pref, warnings = choose_backend(artifact, profile, backend_name)
+    settings = Settings(
+        threads=threads or (profile.threads if profile else None) or _physical_cores(),
+        options={**(pref.options if pref else {}), **options},
+        context=context or _model_context(artifact),
+    )
+    wanted: list[str] = []
+    if cls.uses_providers and profile is not None:
+        from edgerun.profile import select_providers
+
+        choice = select_providers(profile, cls.name, cls.available_providers(), strict)
+        settings.providers, wanted = choice.providers, choice.wanted
+        warnings += choice.warnings
+    if settings.context is not None and settings.context < 1:
+        raise EdgerunError(
+            f"context must be at least 1, got {settings.context}", "pass a positive context"
+        )
+    _check_memory(artifact, profile, settings)
+    backend = cls(artifact, settings)
+    try:
+        warnings += _check_active(backend, settings, strict)
+        tokenizer = _tokenizer(artifact, backend)
+    except BaseException:
+        backend.close()
+        raise
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return Opened(
+        backend=backend,
+        tokenizer=tokenizer,
+        profile_id=profile.id if profile else None,
+        profile_reason=reason,
+        context_length=int(
+            getattr(backend, "context_length", None) or settings.context or DEFAULT_CONTEXT
+        ),
+        requested_providers=wanted,
+        warnings=warnings,
+    )
+
+
+def _physical_cores() -> int | None:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or None
+
+
+def _model_context(artifact: Artifact) -> int | None:
+    """The trained context: manifest, then config.json; None lets the backend decide (GGUF)."""
+    value = artifact.manifest.get("context_length") or artifact.config().get(
+        "max_position_embeddings"
+    )
+    if value:
+        return int(value)
+    return None if artifact.family == "gguf" else DEFAULT_CONTEXT
+
+
+def _check_memory(artifact: Artifact, profile: Profile | None, settings: Settings) -> None:
+    """Refuse before loading when weights + KV cache for the context exceed the budget."""
+    if profile is None or not settings.context:
+        return
+    half = artifact.family == "gguf" or artifact.manifest.get("precision") in {"fp16", "bf16"}
+    per_token = kv_bytes_per_token(artifact.config(), 2 if half else 4)
+    if per_token is None:
+        return
+    from edgerun.profile import check_memory
+
+    check_memory(profile, artifact.weights_bytes(), per_token * settings.context)
+
+
+def _check_active(backend: Backend, settings: Settings, strict: bool) -> list[str]:
+    """The session may drop a provider it could not initialise: compare with what was asked."""
+    problems = list(backend.fallbacks)
+    if backend.uses_providers and settings.providers:
+        first = settings.providers[0][0]
+        if first not in backend.providers:
+            problems.append(
+                f"asked {backend.name} for {first}, but the session runs {', '.join(backend.providers)}"
+            )
+    if strict and problems:
+        raise EdgerunError(problems[0], "fix that installation, or drop --strict to fall back")
+    return problems
+
+
+def _tokenizer(artifact: Artifact, backend: Backend) -> Tokenizer:
+    """tokenizer.json next to the model (same ids on every backend), else the model's own."""
+    if (artifact.path / "tokenizer.json").is_file():
+        from edgerun.tokenizer import HFTokenizer
+
+        return HFTokenizer(artifact.path)
+    embedded = backend.tokenizer()
+    if embedded is None:
+        raise EdgerunError(
+            f"no tokenizer.json next to {artifact.model_file}",
+            "copy the model's tokenizer files into that directory, or re-export the artifact",
+        )
+    return embedded

@@ -1,0 +1,102 @@
+"""`edgerun run ARTIFACT PROMPT`: stream tokens to stdout, then one stats line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def stats_line(info: Any, stats: Any) -> str:
+    """backend, active providers, threads, profile, prefill and decode speed, TTFT, finish."""
+
+    def rate(value: float | None) -> str:
+        return f"{value:.1f} tok/s" if value is not None else "n/a"
+
+    ttft = f"{stats.ttft_s * 1000:.0f} ms" if stats.ttft_s is not None else "n/a"
+    return (
+        f"[{info.backend} {','.join(info.providers)} threads={info.threads}"
+        f" profile={info.profile_id}] prompt {stats.prompt_tokens} tok, prefill"
+        f" {rate(stats.prefill_tok_s)}; generated {stats.generated_tokens} tok, decode"
+        f" {rate(stats.decode_tok_s)}; ttft {ttft}; finish {stats.finish_reason}"
+    )
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@click.option(
+    "--profile",
+    envvar="EDGERUN_PROFILE",
+    help="Device profile id or TOML file (default: auto-detect).",
+)
+@click.option("--max-tokens", "-n", default=128, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", "-t", default=0.0, show_default=True, help="0 is greedy.")
+@click.option(
+    "--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0: all)."
+)
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (1: off).")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
+@click.option(
+    "--chat", is_flag=True, help="Send the prompt as a user message through the chat template."
+)
+@click.option("--strict", is_flag=True, help="Fail instead of falling back to another provider.")
+@click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
+@click.option("--backend", default=None, help="Force a backend: onnxruntime, genai, llamacpp.")
+@click.option("--context", type=int, default=None, help="Context length (default: the model's).")
+@click.option(
+    "--truncate",
+    type=click.Choice(["left"]),
+    default=None,
+    help="Drop the oldest prompt tokens when too long.",
+)
+@click.option("--ignore-eos", is_flag=True, help="Generate exactly --max-tokens tokens.")
+def run(
+    artifact: Path,
+    prompt: str,
+    profile: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    stop: tuple[str, ...],
+    chat: bool,
+    strict: bool,
+    threads: int | None,
+    backend: str | None,
+    context: int | None,
+    truncate: str | None,
+    ignore_eos: bool,
+) -> None:
+    """Stream a completion of PROMPT ("-" reads stdin) from ARTIFACT: an artifact directory or a
+    bare .gguf / .onnx file."""
+    from edgerun.model import load
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    options: dict[str, Any] = dict(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=list(stop) or None,
+        ignore_eos=ignore_eos,
+        truncate=truncate,
+    )
+    with load(
+        artifact, profile, threads=threads, backend=backend, strict=strict, context=context
+    ) as model:
+        if chat:
+            chunks = model.chat([{"role": "user", "content": prompt}], **options)
+        else:
+            chunks = model.generate(prompt, **options)
+        for chunk in chunks:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        click.echo(stats_line(model.info, model.last_stats), err=True)

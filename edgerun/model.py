@@ -1,0 +1,311 @@
+"""The library API: ``edgerun.load(path, profile)`` -> Model, one streaming interface for every
+backend.
+
+    with edgerun.load("out/onnx-int4") as model:           # profile auto-detected
+        for chunk in model.generate("The capital of France is", max_tokens=32):
+            print(chunk.text, end="", flush=True)
+        print(model.last_stats.decode_tok_s, model.info.providers)
+
+Tokenization, sampling, stop handling and timing live here, shared by all backends; a backend
+only maps token ids to next-token logits (edgerun.backends.base.Backend).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerun.backends.base import Artifact, Backend, resolve_artifact
+from edgerun.backends.select import open_backend
+from edgerun.errors import EdgerunError
+from edgerun.sampling import Sampler, SamplingParams
+from edgerun.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One generated token and the text it completed (may be "" mid-character or while the
+    text could still turn into a stop string). A last chunk with token_id None carries text that
+    was held back for a stop string that never completed."""
+
+    token_id: int | None
+    text: str
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last generate() call. Time the caller spends between chunks is excluded."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    ttft_s: float | None = None
+    decode_s: float = 0.0
+    token_latencies_s: list[float] = field(default_factory=list)
+    finish_reason: str | None = None  # "length" | "eos" | "stop" | "cancelled"
+
+    @property
+    def prefill_tok_s(self) -> float | None:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens after the first, over the time they took (the first one belongs to TTFT)."""
+        n = len(self.token_latencies_s) - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "prefill_tok_s": self.prefill_tok_s,
+            "decode_tok_s": self.decode_tok_s,
+        }
+
+
+@dataclass
+class ModelInfo:
+    """What actually runs: backend, ACTIVE execution providers (read back from the session),
+    threads, the profile and why it was chosen, and the artifact."""
+
+    backend: str
+    providers: list[str]
+    threads: int | None
+    profile_id: str | None
+    profile_reason: str
+    artifact: str
+    format: str
+    manifest: dict[str, Any]
+    context_length: int
+    requested_providers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    load_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Model:
+    """A loaded artifact. Use edgerun.load() to make one; close() (or `with`) frees it."""
+
+    def __init__(
+        self, artifact: Artifact, backend: Backend, tokenizer: Tokenizer, info: ModelInfo
+    ) -> None:
+        self.artifact = artifact
+        self.tokenizer = tokenizer
+        self.info = info
+        self.context_length = info.context_length
+        self.last_stats = GenerationStats()
+        self._backend: Backend | None = backend
+        self._generation = 0
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str | int] | None = None,
+        ignore_eos: bool = False,
+        truncate: str | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the continuation of `prompt` (text, or token ids used as they are).
+
+        Greedy when temperature is 0; else temperature, top-k, top-p and a seeded draw. `stop`:
+        strings that end generation (not included in the text) and/or extra stop token ids.
+        `ignore_eos` generates exactly max_tokens (benchmarks). `truncate="left"` drops the
+        oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
+        error. Arguments are checked here, before the first chunk is requested.
+        """
+        backend = self._open_backend()
+        if max_tokens <= 0:
+            raise EdgerunError(
+                f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more"
+            )
+        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
+        ids = self._prompt_ids(prompt)
+        ids = self._fit(ids, max_tokens, truncate)
+        stops = _Stops(stop)
+        eos = frozenset() if ignore_eos else self.tokenizer.eos_ids | stops.ids
+        self._generation += 1
+        return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
+
+    def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
+        """generate() on `messages` ([{"role", "content"}]) rendered with the chat template."""
+        return self.generate(self.tokenizer.encode_chat(messages), **kwargs)
+
+    def _open_backend(self) -> Backend:
+        if self._backend is None:
+            raise EdgerunError("this model was closed", "load it again with edgerun.load()")
+        return self._backend
+
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+            vocab = getattr(self._backend, "vocab_size", None)
+            bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
+            if bad:
+                raise EdgerunError(
+                    f"token id {bad[0]} is outside the vocabulary (0..{vocab})",
+                    "pass ids from model.tokenizer.encode()",
+                )
+        if not ids:
+            raise EdgerunError("the prompt is empty", "pass some text or at least one token id")
+        return ids
+
+    def _fit(self, ids: list[int], max_tokens: int, truncate: str | None) -> list[int]:
+        """Apply the context limit: error, or keep the newest tokens with truncate='left'."""
+        if len(ids) + max_tokens <= self.context_length:
+            return ids
+        if truncate == "left" and max_tokens < self.context_length:
+            return ids[len(ids) + max_tokens - self.context_length :]
+        if truncate not in (None, "left"):
+            raise EdgerunError(f"unknown truncate mode '{truncate}'", "use truncate='left' or none")
+        raise EdgerunError(
+            f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the context"
+            f" length {self.context_length}",
+            "shorten the prompt, lower --max-tokens, pass --truncate left, or load with a larger context",
+        )
+
+    def _stream(
+        self,
+        backend: Backend,
+        ids: list[int],
+        max_tokens: int,
+        sampler: Sampler,
+        stops: _Stops,
+        eos: frozenset[int],
+        generation: int,
+    ) -> Iterator[Chunk]:
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        clock = time.perf_counter
+        start = clock()
+        logits = backend.prefill(ids, len(ids) + max_tokens)
+        stats.prefill_s = clock() - start
+        detok = self.tokenizer.stream(ids)
+        stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
+        for i in range(max_tokens):
+            token = sampler(logits)
+            if token in eos:
+                stats.finish_reason = "stop" if token in stops.ids else "eos"
+                break
+            text, hit = stops.feed(detok.push(token))
+            last = hit or i == max_tokens - 1
+            if last and not hit:
+                text += stops.flush()
+            ready = clock()
+            stats.token_latencies_s.append(ready - start)
+            if i == 0:
+                stats.ttft_s = ready - start
+            else:
+                stats.decode_s += ready - start
+            stats.generated_tokens += 1
+            if last:
+                stats.finish_reason = "stop" if hit else "length"
+            yield Chunk(token, text)
+            if last:
+                return
+            start = clock()  # the caller's time between chunks is not counted
+            if generation != self._generation:
+                raise EdgerunError(
+                    "another generate() started on this model while this one was running",
+                    "finish or close the first iterator, or load a second Model",
+                )
+            logits = backend.decode(token)
+        pending = stops.flush()
+        if pending:
+            yield Chunk(None, pending)
+
+    def close(self) -> None:
+        """Free the backend (model weights, KV cache); further calls raise EdgerunError."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<edgerun.Model {self.info.format} via {self.info.backend} {self.info.providers}>"
+
+
+class _Stops:
+    """Stop strings (matched on the generated text, held back while they may still match) and
+    stop token ids."""
+
+    def __init__(self, stop: str | Sequence[str | int] | None) -> None:
+        items = [stop] if isinstance(stop, (str, int)) else list(stop or [])
+        self.strings = [s for s in items if isinstance(s, str) and s]
+        self.ids = frozenset(int(s) for s in items if isinstance(s, int))
+        self._pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to emit now, whether a stop string completed)."""
+        if not self.strings:
+            return text, False
+        buf = self._pending + text
+        hits = [buf.find(s) for s in self.strings if s in buf]
+        if hits:
+            self._pending = ""
+            return buf[: min(hits)], True
+        keep = max((_overlap(buf, s) for s in self.strings), default=0)
+        self._pending = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        pending, self._pending = self._pending, ""
+        return pending
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+def load(
+    path: str | Path,
+    profile: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    backend: str | None = None,
+    strict: bool = False,
+    context: int | None = None,
+    **options: Any,
+) -> Model:
+    """Load an artifact and pick its backend and execution providers from a device profile.
+
+    path: artifact directory (edgerun.json) or a bare .gguf / .onnx file. profile: an id, a TOML
+    path, or None to auto-detect. threads / context override the profile and the model; backend
+    forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
+    fallback into an error; options are backend options (e.g. n_gpu_layers). Raises EdgerunError.
+    """
+    started = time.perf_counter()
+    artifact = resolve_artifact(path)
+    opened = open_backend(artifact, profile, threads, backend, strict, context, options)
+    info = ModelInfo(
+        backend=opened.backend.name,
+        providers=list(opened.backend.providers),
+        threads=opened.backend.threads,
+        profile_id=opened.profile_id,
+        profile_reason=opened.profile_reason,
+        artifact=str(artifact.model_file if artifact.manifest.get("bare_file") else artifact.path),
+        format=artifact.format,
+        manifest=artifact.manifest,
+        context_length=opened.context_length,
+        requested_providers=opened.requested_providers,
+        warnings=opened.warnings,
+        load_s=time.perf_counter() - started,
+    )
+    return Model(artifact, opened.backend, opened.tokenizer, info)

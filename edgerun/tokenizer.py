@@ -1,0 +1,187 @@
+"""Tokenizers for the runtime: Hugging Face tokenizer.json through the `tokenizers` library, chat
+templates through jinja2 (sandboxed, as transformers renders them), and UTF-8-safe streaming
+detokenization. No transformers import: this is what runs on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError
+
+# Prompt tokens kept as left context when streaming, so decoders that strip a leading space
+# (SentencePiece "▁") or merge bytes across tokens see the same text as a full decode.
+_STREAM_CONTEXT = 5
+
+
+class Tokenizer(ABC):
+    """What the runtime needs from a tokenizer; one subclass per tokenizer source."""
+
+    eos_ids: frozenset[int] = frozenset()
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = {}
+
+    @abstractmethod
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; `add_special_tokens` adds BOS etc. as the model's tokenizer does."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids`."""
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """Render `messages` ([{role, content}]) with the model's chat template."""
+        if not self.chat_template:
+            raise EdgerunError(
+                "this model has no chat template",
+                "pass a plain prompt instead of --chat / Model.chat()",
+            )
+        try:
+            return _compiled(self.chat_template).render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
+            )
+        except Exception as exc:  # jinja2 raises many types; the template is user data
+            raise EdgerunError(
+                f"the chat template failed to render: {exc}",
+                "check the messages' roles and contents, or pass a plain prompt",
+            ) from exc
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """Token ids of the rendered chat, special tokens parsed from the template text."""
+        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+
+    def stream(self, context: Sequence[int] = ()) -> DetokenizeStream:
+        """A streaming detokenizer seeded with the last few ids of `context` (the prompt)."""
+        return DetokenizeStream(
+            lambda ids: self.decode(ids, skip_special_tokens=True), context[-_STREAM_CONTEXT:]
+        )
+
+
+class DetokenizeStream:
+    """Incremental detokenization: push one id, get the new text (possibly "").
+
+    Text is released only when it no longer ends in U+FFFD, so a multi-byte character split over
+    several byte-level tokens comes out whole. The diff against a short left context keeps
+    leading-space handling identical to decoding the whole sequence.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], context: Sequence[int] = ()) -> None:
+        self._decode = decode
+        self._ids = list(context)
+        self._prefix = 0
+        self._read = len(self._ids)
+
+    def push(self, token_id: int) -> str:
+        """Add `token_id`; return the text that became final."""
+        self._ids.append(token_id)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face fast tokenizer directory: tokenizer.json (+ tokenizer_config.json,
+    chat_template.jinja, generation_config.json / config.json for the end-of-sequence ids)."""
+
+    def __init__(self, directory: Path) -> None:
+        from tokenizers import Tokenizer as _Tok
+
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        try:
+            self._tok = _Tok.from_file(str(path))
+        except Exception as exc:
+            raise EdgerunError(
+                f"cannot read the tokenizer {path}: {exc}", "re-export the artifact"
+            ) from exc
+        config = _read_json(directory / "tokenizer_config.json")
+        self.special_tokens = _special_tokens(config)
+        template_file = directory / "chat_template.jinja"
+        template = config.get("chat_template")
+        if template_file.is_file():
+            template = template_file.read_text(encoding="utf-8")
+        if isinstance(template, list):  # named templates: [{name, template}]
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.chat_template = template
+        self.eos_ids = frozenset(self._eos_ids(directory, config))
+
+    def _eos_ids(self, directory: Path, config: dict[str, Any]) -> list[int]:
+        # Same precedence as transformers' generate(): generation_config, then the model config,
+        # then the tokenizer's eos_token.
+        for name in ("generation_config.json", "config.json"):
+            eos = _read_json(directory / name).get("eos_token_id")
+            if eos is not None:
+                return [eos] if isinstance(eos, int) else [int(e) for e in eos]
+        token = self.special_tokens.get("eos_token")
+        tid = self._tok.token_to_id(token) if token else None
+        return [tid] if tid is not None else []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EdgerunError(
+            f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
+        ) from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _special_tokens(config: dict[str, Any]) -> dict[str, str]:
+    """bos_token, eos_token, ... as plain strings (the config may hold AddedToken dicts)."""
+    out = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+_TEMPLATES: dict[str, Any] = {}
+
+
+def _compiled(source: str) -> Any:
+    """Compile a chat template once, in the sandbox transformers uses, with its helpers."""
+    if source not in _TEMPLATES:
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise ValueError(message)
+
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+        )
+        env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(
+            x, ensure_ascii=False, indent=indent
+        )
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        _TEMPLATES[source] = env.from_string(source)
+    return _TEMPLATES[source]

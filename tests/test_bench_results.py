@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgerun.bench.memory import smaps_rollup
+from edgerun.bench.memory import smaps_rollup, vm_hwm_bytes
 from edgerun.bench.metrics import summarize_artifact
 from edgerun.bench.results import new_run, read_results, rows, to_csv, to_markdown, write_results
 from edgerun.errors import EdgerunError
@@ -117,3 +117,10 @@ def test_smaps_rollup_file_backed_is_rss_minus_anonymous(tmp_path: Path) -> None
         "file": 153600 * 1024,
     }
     assert smaps_rollup(tmp_path / "none") is None
+
+
+def test_vm_hwm(tmp_path: Path) -> None:
+    f = tmp_path / "status"
+    f.write_text("Name:\tpython\nVmPeak:\t  900000 kB\nVmHWM:\t  123456 kB\nVmRSS:\t  100000 kB\n")
+    assert vm_hwm_bytes(f) == 123456 * 1024
+    assert vm_hwm_bytes(tmp_path / "none") is None

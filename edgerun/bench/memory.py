@@ -1,5 +1,6 @@
-"""Memory of the current process: sampled peak RSS, ru_maxrss, USS / PSS, and file-backed versus
-anonymous pages (mmap'ed weights count as file-backed and can be dropped by the kernel)."""
+"""Memory of the current process: sampled peak RSS checked against the kernel's high-water marks
+(VmHWM, ru_maxrss), USS / PSS, and file-backed versus anonymous pages (mmap'ed weights count as
+file-backed: the kernel can drop and re-read them, so they hide model weights from "used" RAM)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def smaps_rollup(path: Path = Path("/proc/self/smaps_rollup")) -> dict[str, int]
         "anonymous": fields["Anonymous"],
         "file": fields["Rss"] - fields["Anonymous"],
     }
+
+
+def vm_hwm_bytes(path: Path = Path("/proc/self/status")) -> int | None:
+    """VmHWM, the peak RSS of this process image (Linux; reset by execve, unlike ru_maxrss)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def ru_maxrss_bytes() -> int:
@@ -65,12 +77,18 @@ class PeakRss:
         rss = self.process.memory_info().rss
         self.peak = max(self.peak, rss)
         maxrss = ru_maxrss_bytes()
+        hwm = vm_hwm_bytes()
+        # The kernel's exact high-water mark: VmHWM on Linux. ru_maxrss is kept as a cross-check
+        # but Linux carries it across execve, so a worker spawned by a big parent (pytest with
+        # torch loaded) starts with the parent's peak; then it says nothing about the model.
+        kernel_peak = hwm if hwm is not None else maxrss
         snap: dict[str, Any] = {
             "rss": rss,
+            "peak_rss": max(self.peak, kernel_peak),
             "peak_rss_sampled": self.peak,
+            "vm_hwm": hwm,
             "ru_maxrss": maxrss,
-            # ru_maxrss is the kernel's exact high-water mark; the sampler cross-checks it
-            "peak_rss": max(self.peak, maxrss),
+            "ru_maxrss_inherited": hwm is not None and maxrss > 1.1 * max(hwm, self.peak),
             "uss": None,
             "pss": None,
         }

@@ -1,0 +1,124 @@
+"""The GGUF format family: HF -> GGUF with gguf-py (gguf-f32 / gguf-f16 / gguf-bf16), then any
+llama.cpp quantization type through llama.cpp's own quantizer (gguf-q8_0, gguf-q4_k_m, ...).
+Validation runs the artifact in llama.cpp (llama-cpp-python).
+
+Importing this module is cheap: gguf, torch and llama_cpp are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgerun.errors import EdgerunError, require
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.exporters.formats import ExportContext, ExportOptions
+    from edgerun.exporters.validate import LogitsFn
+
+MODEL_FILE = "model.gguf"
+FLOAT_FORMATS = ("f32", "f16", "bf16")
+PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+# Quantization starts from this float GGUF, kept in the export's scratch dir and shared by every
+# quant format of one call (llama.cpp's documented convert-to-f16-then-quantize workflow).
+INTERMEDIATE = "f16"
+
+
+class GGUFFamily:
+    """FormatFamily for GGUF (see edgerun.exporters.formats.FormatFamily)."""
+
+    prefix = "gguf"
+
+    def formats(self) -> list[str]:
+        """gguf-f32, gguf-f16, gguf-bf16, then every quant type the installed llama.cpp has."""
+        from edgerun.exporters.gguf.quantize import quant_types
+
+        return [f"gguf-{t}" for t in (*FLOAT_FORMATS, *quant_types())]
+
+    def check_options(self, fmt: str, options: ExportOptions) -> None:
+        """Fail before any work when a needed library is missing or `fmt` is not ours."""
+        kind = _kind(fmt)
+        from edgerun.exporters.gguf.quantize import quant_types
+
+        if kind not in FLOAT_FORMATS and kind not in quant_types():
+            raise EdgerunError(
+                f"unknown GGUF format '{fmt}'",
+                f"available: {', '.join(self.formats())}",
+            )
+        require("gguf", "export")
+        if kind not in FLOAT_FORMATS or not options.no_validate:
+            require("llama_cpp", "gguf")
+
+    def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
+        """Fail before any work when the architecture (or its rope scaling) is not supported."""
+        from edgerun.exporters.gguf.arch import for_model_type
+
+        for_model_type(config)
+
+    def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
+        """Write out_dir/model.gguf; return the manifest fields."""
+        kind = _kind(fmt)
+        out = Path(out_dir) / MODEL_FILE
+        if kind in FLOAT_FORMATS:
+            _convert(ctx, out, kind)
+            quant = None
+        else:
+            from edgerun.exporters.gguf.quantize import quantize
+
+            source = Path(ctx.scratch) / f"intermediate-{INTERMEDIATE}.gguf"
+            if not source.is_file():
+                _convert(ctx, source, INTERMEDIATE)
+            with ctx.stage(f"llama.cpp quantize {kind}"):
+                quantize(source, out, kind, ctx.options.threads)
+            quant = {
+                "type": kind,
+                "quantizer": "llama.cpp llama_model_quantize",
+                "from": INTERMEDIATE,
+                "imatrix": None,
+            }
+        from edgerun.exporters.gguf.quantize import describe
+
+        extras = {"file_type": kind, **describe(out)}
+        return {
+            "precision": PRECISION.get(kind, kind),
+            "quant": quant,
+            "builder": "gguf-py",
+            "model_file": MODEL_FILE,
+            "gguf": extras,
+            "libraries": _libraries(),
+        }
+
+    def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
+        """Logits of the artifact computed by llama.cpp (llama-cpp-python, logits_all)."""
+        from edgerun.exporters.gguf.runtime import logits_fn
+
+        return logits_fn(Path(artifact_dir) / manifest.get("model_file", MODEL_FILE))
+
+
+def _libraries() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in ("gguf", "llama_cpp_python"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _kind(fmt: str) -> str:
+    if not fmt.startswith("gguf-"):
+        raise EdgerunError(f"'{fmt}' is not a GGUF format", "GGUF formats start with 'gguf-'")
+    return fmt.removeprefix("gguf-")
+
+
+def _convert(ctx: ExportContext, out: Path, kind: str) -> dict[str, Any]:
+    from edgerun.exporters.gguf.convert import convert
+
+    ref = ctx.reference
+    with ctx.stage(f"gguf-py convert {kind}"):
+        return convert(ref.model, ref.tokenizer, Path(ref.path), out, kind)
+
+
+FAMILY = GGUFFamily()

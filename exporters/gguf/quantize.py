@@ -1,0 +1,172 @@
+"""llama.cpp quantization types and the call into llama.cpp's own quantizer (llama-cpp-python).
+
+The available types are read from the installed llama.cpp (`LLAMA_FTYPE_MOSTLY_*` constants of
+llama-cpp-python); when it is not installed, from gguf-py's mirror of the same enum, so the
+format list stays stable and the missing extra is reported by `check_options`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError, require
+
+FLOAT_FTYPES = {"F16", "BF16"}  # written directly by the converter, not quantized
+# Types llama.cpp offers that edgerun does not export, and why (name -> reason).
+EXCLUDED: dict[str, str] = {
+    # llama.cpp tools/quantize refuses these without an importance matrix (--imatrix).
+    "iq1_s": "needs an importance matrix",
+    "iq1_m": "needs an importance matrix",
+    "iq2_xxs": "needs an importance matrix",
+    "iq2_xs": "needs an importance matrix",
+    "iq2_s": "needs an importance matrix",
+    "q2_k_s": "needs an importance matrix",
+    # Ternary types, meaningful only for BitNet-style ternary-trained weights.
+    "tq1_0": "for ternary (BitNet) models only",
+    "tq2_0": "for ternary (BitNet) models only",
+    # Quantizes only mixture-of-experts expert tensors.
+    "mxfp4_moe": "for mixture-of-experts models only",
+    # Newer experimental types: llama.cpp's quantizer failed on the tiny test fixtures (nvfp4,
+    # q1_0: rows must be multiples of 128), and gguf-py 0.19 cannot read q2_0 back.
+    "nvfp4": "experimental (NVIDIA FP4); quantizer failed on the test fixtures",
+    "q1_0": "experimental 1-bit type",
+    "q2_0": "experimental 2-bit type gguf-py cannot read back",
+}
+
+
+def _ftype_constants() -> dict[str, int]:
+    try:
+        import llama_cpp
+    except ImportError:
+        try:
+            import gguf
+        except ImportError:
+            return {}
+        return {
+            m.name.removeprefix("MOSTLY_"): m.value
+            for m in gguf.LlamaFileType
+            if m.name.startswith("MOSTLY_")
+        }
+    prefix = "LLAMA_FTYPE_MOSTLY_"
+    return {
+        k.removeprefix(prefix): getattr(llama_cpp, k)
+        for k in dir(llama_cpp)
+        if k.startswith(prefix)
+    }
+
+
+def quant_types() -> dict[str, int]:
+    """Lower-case llama.cpp quant type name -> llama_ftype value, best quality first."""
+    types = {
+        name.lower(): value
+        for name, value in _ftype_constants().items()
+        if name not in FLOAT_FTYPES and name.lower() not in EXCLUDED
+    }
+    return dict(sorted(types.items(), key=lambda kv: (-_bits(kv[0]), kv[0])))
+
+
+def _bits(name: str) -> int:
+    digits = "".join(c for c in name.split("_")[0] if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def quantize(src: Path, dst: Path, qtype: str, threads: int | None) -> None:
+    """Quantize GGUF `src` to `dst` with llama.cpp's llama_model_quantize.
+
+    Writes `<dst>.partial` and renames it when complete. Raises EdgerunError for an unknown
+    type or when llama.cpp reports failure.
+    """
+    require("llama_cpp", "gguf")
+    import llama_cpp
+
+    types = quant_types()
+    if qtype not in types:
+        raise EdgerunError(
+            f"unknown GGUF quantization type '{qtype}'",
+            f"available: {', '.join(types)}",
+        )
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = types[qtype]
+    params.nthread = threads or os.cpu_count() or 1
+    partial = dst.with_name(dst.name + ".partial")
+    try:
+        quiet_llama()
+        with captured_stderr(partial.with_name(partial.name + ".log")) as log:
+            rc = llama_cpp.llama_model_quantize(
+                str(src).encode(), str(partial).encode(), ctypes.byref(params)
+            )
+        if rc != 0:
+            last = next((line for line in reversed(log) if line.strip()), "no log")
+            raise EdgerunError(
+                f"llama.cpp could not quantize to {qtype}: {last.strip()}",
+                f"try another type; available: {', '.join(types)}",
+            )
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What a GGUF file holds, read back from it: architecture, tokenizer facts, and how many
+    tensors of each ggml type (k-quants fall back per tensor when a row is not a multiple of
+    256, so the file type alone does not say what was written)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+
+    def field(key: str) -> Any:
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    counts: dict[str, int] = {}
+    for tensor in reader.tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return {
+        "architecture": field("general.architecture"),
+        "tokenizer_pre": field("tokenizer.ggml.pre"),
+        "bos_token_id": field("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": field("tokenizer.ggml.eos_token_id"),
+        "add_bos": field("tokenizer.ggml.add_bos_token"),
+        "tensor_types": dict(sorted(counts.items())),
+    }
+
+
+@contextlib.contextmanager
+def captured_stderr(log: Path) -> Iterator[list[str]]:
+    """Send file descriptor 2 (where llama.cpp's quantizer prints its per-tensor fallback
+    warnings) to a temporary `log` for the duration; yields a list that holds the captured
+    lines afterwards. With EDGERUN_LLAMA_VERBOSE set, nothing is captured."""
+    lines: list[str] = []
+    if os.environ.get("EDGERUN_LLAMA_VERBOSE"):
+        yield lines
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "wb") as fh:
+            os.dup2(fh.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+        lines.extend(log.read_text(errors="replace").splitlines())
+    finally:
+        os.close(saved)
+        log.unlink(missing_ok=True)
+
+
+def quiet_llama() -> None:
+    """Route llama.cpp's log through llama-cpp-python's logger at ERROR level (what
+    `Llama(verbose=False)` does) unless EDGERUN_LLAMA_VERBOSE is set."""
+    import logging
+
+    import llama_cpp._logger  # noqa: F401 - installs the log callback that reads this logger
+
+    verbose = bool(os.environ.get("EDGERUN_LLAMA_VERBOSE"))
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)

@@ -1,0 +1,51 @@
+"""Running a GGUF in llama.cpp (llama-cpp-python) for validation and tokenizer checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgerun.exporters.gguf.quantize import quiet_llama
+from edgerun.exporters.validate import LogitsFn
+
+from edgerun.errors import require
+
+
+def load(path: Path, **kwargs: Any) -> Any:
+    """llama_cpp.Llama for `path`, quiet; EdgerunError naming the extra if not installed."""
+    require("llama_cpp", "gguf")
+    import llama_cpp
+
+    quiet_llama()
+    return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+
+
+def tokenize(path: Path, text: str, special: bool = False) -> list[int]:
+    """llama.cpp's tokenization of `text` with the GGUF's vocabulary, no BOS added."""
+    llm = load(path, vocab_only=True)
+    ids: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+    return ids
+
+
+def logits_fn(path: Path, threads: int | None = None) -> LogitsFn:
+    """A LogitsFn evaluating one window in llama.cpp: token ids -> logits [len, vocab] float32.
+
+    The context is sized on the first window and re-created if a longer one comes.
+    """
+    state: dict[str, Any] = {"llm": None, "n_ctx": 0}
+
+    def logits(ids: np.ndarray) -> np.ndarray:
+        n = len(ids)
+        if n > state["n_ctx"]:
+            state["llm"] = None  # free the previous context before allocating a larger one
+            state["llm"] = load(
+                path, logits_all=True, n_ctx=n, n_batch=n, n_ubatch=n, n_threads=threads
+            )
+            state["n_ctx"] = n
+        llm = state["llm"]
+        llm.reset()
+        llm.eval([int(t) for t in ids])
+        return np.array(llm.scores[:n], dtype=np.float32)
+
+    return logits

@@ -1,0 +1,231 @@
+"""GGUF family: conversion agrees with the PyTorch reference, quant types load, bad input fails."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("llama_cpp")
+
+from edgerun.exporters.formats import (  # noqa: E402
+    ExportContext,
+    ExportOptions,
+    ReferenceModel,
+    family_of,
+)
+from edgerun.exporters.gguf import FAMILY, MODEL_FILE  # noqa: E402
+from edgerun.exporters.gguf.arch import for_model_type  # noqa: E402
+from edgerun.exporters.gguf.quantize import EXCLUDED, quant_types, quantize  # noqa: E402
+from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn  # noqa: E402
+from edgerun.exporters.validate import Reference  # noqa: E402
+
+from edgerun.errors import EdgerunError, MissingExtraError  # noqa: E402
+from edgerun.sources import Checkpoint  # noqa: E402
+
+
+class Exporter:
+    """One tiny model: its reference, a shared scratch dir (the f16 intermediate is reused)."""
+
+    def __init__(self, ckpt: Path, root: Path) -> None:
+        self.ref = ReferenceModel(ckpt)
+        self.root = root
+        options = ExportOptions(progress=False)
+        checkpoint = Checkpoint(path=ckpt, source=str(ckpt), kind="local")
+        (root / "scratch").mkdir()
+        self.ctx = ExportContext(checkpoint, self.ref, options, root / "scratch")
+        text = read_eval_text(None)
+        # 4 windows of the shipped eval text keep the file fast; the pipeline scores all of it.
+        ids = eval_token_ids(self.ref.tokenizer, text)[:1024]
+        self.reference = Reference(torch_logits_fn(self.ref.model), ids, text, window=256)
+
+    def export(self, fmt: str) -> tuple[Path, dict]:
+        out = self.root / fmt
+        out.mkdir()
+        FAMILY.check_options(fmt, self.ctx.options)
+        fields = FAMILY.export(fmt, self.ctx, out)
+        return out, fields
+
+    def score(self, out: Path, fields: dict):
+        return self.reference.score(FAMILY.logits_fn(out, fields))
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def exporter(request, tiny_model_dirs, tmp_path_factory) -> Exporter:
+    return Exporter(tiny_model_dirs[request.param], tmp_path_factory.mktemp(request.param))
+
+
+def test_registered_in_the_format_registry():
+    assert family_of("gguf-q4_k_m") is FAMILY
+    formats = FAMILY.formats()
+    assert formats[:3] == ["gguf-f32", "gguf-f16", "gguf-bf16"]
+    for required in (
+        "q8_0",
+        "q6_k",
+        "q5_k_m",
+        "q5_0",
+        "q4_k_m",
+        "q4_k_s",
+        "q4_0",
+        "q3_k_m",
+        "q2_k",
+    ):
+        assert f"gguf-{required}" in formats
+    assert not any(f"gguf-{name}" in formats for name in EXCLUDED)
+
+
+@pytest.mark.parametrize("fmt,max_kl", [("gguf-f32", 1e-6), ("gguf-f16", 1e-3)])
+def test_float_gguf_agrees_with_reference(exporter, fmt, max_kl):
+    out, fields = exporter.export(fmt)
+    assert fields["model_file"] == MODEL_FILE and fields["builder"] == "gguf-py"
+    assert fields["quant"] is None
+    v = exporter.score(out, fields)
+    assert v.mean_kl < max_kl
+    assert abs(v.ppl_ratio - 1.0) < 1e-3
+    assert v.top1_agreement > 0.98  # near-uniform random logits: the odd near-tie flips
+    assert v.passed
+
+
+def test_logits_shape_and_dtype(exporter):
+    out, fields = exporter.export("gguf-bf16")
+    ids = np.arange(40, dtype=np.int64)
+    logits = FAMILY.logits_fn(out, fields)(ids)
+    assert logits.shape == (40, 384) and logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+
+
+def test_every_quant_type_loads_and_runs(exporter, tmp_path):
+    """Each listed type quantizes with llama.cpp and runs; k-quants fall back per tensor on the
+    tiny fixture (rows of 64/128 are not multiples of 256), which the manifest records."""
+    for qtype in quant_types():
+        out, fields = exporter.export(f"gguf-{qtype}")
+        assert fields["precision"] == qtype and fields["quant"]["type"] == qtype
+        types = fields["gguf"]["tensor_types"]
+        assert types.get("F32", 0) >= 5 and not {"F16", "BF16"} & set(types)
+        logits = FAMILY.logits_fn(out, fields)(np.arange(16, dtype=np.int64))
+        assert logits.shape == (16, 384) and np.isfinite(logits).all(), qtype
+    assert (exporter.ctx.scratch / "intermediate-f16.gguf").is_file()
+
+
+def test_more_bits_track_the_reference_closer(exporter):
+    kl = {}
+    for fmt in ("gguf-q8_0", "gguf-q4_0"):
+        out = exporter.root / fmt
+        if not out.exists():
+            exporter.export(fmt)
+        kl[fmt] = exporter.score(out, {"model_file": MODEL_FILE}).mean_kl
+    assert kl["gguf-q8_0"] < kl["gguf-q4_0"] / 10
+
+
+def _tensor_names(path: Path) -> set[str]:
+    import gguf
+
+    return {t.name for t in gguf.GGUFReader(path).tensors}
+
+
+def test_untied_embeddings_write_output_weight(tiny_untied, tiny_llama, tmp_path):
+    from edgerun.exporters.gguf.convert import convert
+
+    for ckpt, tied in ((tiny_untied, False), (tiny_llama, True)):
+        ref = ReferenceModel(ckpt)
+        out = tmp_path / f"{ckpt.name}.gguf"
+        convert(ref.model, ref.tokenizer, ckpt, out, "f32")
+        names = _tensor_names(out)
+        assert "token_embd.weight" in names
+        assert ("output.weight" in names) is not tied
+
+
+def test_untied_model_agrees_with_reference(tiny_untied, tmp_path):
+    exp = Exporter(tiny_untied, tmp_path)
+    out, fields = exp.export("gguf-f16")
+    v = exp.score(out, fields)
+    assert v.mean_kl < 1e-3 and v.passed
+
+
+def test_unsupported_architecture_lists_supported():
+    with pytest.raises(EdgerunError, match="does not support architecture 'gpt2'") as err:
+        for_model_type({"model_type": "gpt2"})
+    assert "llama, qwen2" in str(err.value)
+    with pytest.raises(EdgerunError, match="does not support"):
+        FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": "mamba"})
+
+
+def test_unsupported_rope_scaling_is_refused():
+    config = {
+        "model_type": "qwen2",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "rope_scaling": {"rope_type": "longrope"},
+    }
+    with pytest.raises(EdgerunError, match="rope scaling 'longrope'"):
+        for_model_type(config)
+
+
+def test_unknown_quant_type_lists_available(tmp_path):
+    with pytest.raises(EdgerunError, match="unknown GGUF format 'gguf-q7_x'") as err:
+        FAMILY.check_options("gguf-q7_x", ExportOptions())
+    assert "gguf-q4_k_m" in str(err.value)
+    with pytest.raises(EdgerunError, match="unknown GGUF quantization type 'iq2_xs'"):
+        quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "iq2_xs", 1)
+
+
+def test_missing_llama_cpp_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real(name, *a),
+    )
+    with pytest.raises(MissingExtraError, match=r"edgerun\[gguf\]"):
+        FAMILY.check_options("gguf-q4_0", ExportOptions())
+    with pytest.raises(MissingExtraError):
+        FAMILY.check_options("gguf-f16", ExportOptions())  # validation runs in llama.cpp
+    FAMILY.check_options("gguf-f16", ExportOptions(no_validate=True))  # conversion needs gguf only
+
+
+def test_failed_quantization_leaves_nothing(tmp_path):
+    bad = tmp_path / "not.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(EdgerunError, match="could not quantize to q4_0"):
+        quantize(bad, tmp_path / "out.gguf", "q4_0", 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not.gguf"]
+
+
+def test_interrupted_conversion_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
+    import gguf
+    from edgerun.exporters.gguf.convert import convert
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", interrupt)
+    ref = ReferenceModel(tiny_llama)
+    with pytest.raises(KeyboardInterrupt):
+        convert(ref.model, ref.tokenizer, tiny_llama, tmp_path / "m.gguf", "f16")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_smollm2_q4_k_m_says_paris(smollm2_dir, tmp_path):
+    exp_root = tmp_path / "smol"
+    exp_root.mkdir()
+    ref = ReferenceModel(smollm2_dir)
+    ctx = ExportContext(
+        Checkpoint(path=smollm2_dir, source="smollm2-135m", kind="demo"),
+        ref,
+        ExportOptions(progress=False),
+        exp_root,
+    )
+    out = tmp_path / "gguf-q4_k_m"
+    out.mkdir()
+    fields = FAMILY.export("gguf-q4_k_m", ctx, out)
+    assert fields["gguf"]["tensor_types"].get("Q4_K", 0) > 100  # real k-quants, no fallback
+    from edgerun.exporters.gguf.runtime import load
+
+    llm = load(out / MODEL_FILE, n_ctx=128)
+    text = llm("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
+    assert "Paris" in text

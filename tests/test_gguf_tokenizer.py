@@ -1,0 +1,161 @@
+"""GGUF tokenizer metadata: llama.cpp must tokenize exactly like the HF tokenizer it came from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("llama_cpp")
+
+from edgerun.exporters.gguf import pretokenizers, vocab  # noqa: E402
+from edgerun.exporters.gguf.convert import convert  # noqa: E402
+from edgerun.exporters.gguf.runtime import tokenize  # noqa: E402
+from edgerun.exporters.reference import read_eval_text  # noqa: E402
+
+from edgerun.errors import EdgerunError  # noqa: E402
+
+HARD_TEXT = (
+    "Ünïcödé — naïve café, 東京, Привет 🙂🦙 emoji\u200d joins\n"
+    "digits 0 12 345 6789 3.14159 1,000,000 2024-11-23\n"
+    "runs of spaces:  two   three    four\t\ttabs\n\n\nblank lines \n"
+    "def f(x):\n    return {'k': x ** 2}  # code\n"
+    "I've 'RE we'll don't"
+)
+
+
+def _hf(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def converted(request, tiny_model_dirs, tmp_path_factory):
+    """(checkpoint dir, HF tokenizer, GGUF path) for a tiny fixture, converted once to f16."""
+    from edgerun.exporters.formats import ReferenceModel
+
+    ckpt = tiny_model_dirs[request.param]
+    ref = ReferenceModel(ckpt)
+    out = tmp_path_factory.mktemp(f"tok-{request.param}") / "model.gguf"
+    convert(ref.model, ref.tokenizer, ckpt, out, "f16")
+    return ckpt, ref.tokenizer, out
+
+
+@pytest.mark.parametrize("which", ["eval", "hard"])
+def test_llama_cpp_tokenizes_like_hf(converted, which):
+    _, tokenizer, gguf_path = converted
+    text = read_eval_text(None) if which == "eval" else HARD_TEXT
+    assert tokenize(gguf_path, text) == _hf(tokenizer, text)
+
+
+def test_special_tokens_in_text_are_parsed_like_hf(converted):
+    _, tokenizer, gguf_path = converted
+    text = "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenize(gguf_path, text, special=True)
+    assert ids == _hf(tokenizer, text)
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
+def test_metadata_written(converted):
+    import gguf
+
+    ckpt, tokenizer, gguf_path = converted
+    reader = gguf.GGUFReader(gguf_path)
+
+    def field(key):
+        return reader.get_field(key).contents()
+
+    assert field("tokenizer.ggml.model") == "gpt2"
+    # The fixture tokenizer is GPT-2 style ByteLevel: mapped from its pre-tokenizer shape.
+    assert field("tokenizer.ggml.pre") == "gpt-2"
+    assert len(field("tokenizer.ggml.tokens")) == 384
+    assert field("tokenizer.ggml.bos_token_id") == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    generation = json.loads((ckpt / "generation_config.json").read_text())
+    assert field("tokenizer.ggml.eos_token_id") == generation["eos_token_id"]
+    assert field("tokenizer.ggml.add_bos_token") is False  # the fixture adds no BOS
+    assert "<|im_start|>" in field("tokenizer.chat_template")
+    merges = field("tokenizer.ggml.merges")
+    assert merges and all(len(m.split(" ")) == 2 for m in merges)
+
+
+def test_shape_table_maps_known_pre_tokenizers():
+    gpt2 = {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
+    smollm = {
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+            ],
+        }
+    }
+    qwen2 = {
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pretokenizers.QWEN2_REGEX}},
+                {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False},
+            ],
+        }
+    }
+    table = pretokenizers.PRE_TOKENIZER_SHAPES
+    assert table[pretokenizers.shape(gpt2)] == "gpt-2"
+    assert table[pretokenizers.shape(smollm)] == "smollm"
+    assert table[pretokenizers.shape(qwen2)] == "qwen2"
+
+
+def _save_tokenizer(tok, out: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(out)
+    return PreTrainedTokenizerFast.from_pretrained(out)
+
+
+def _trained(pre_tokenizer, model=None):
+    from tokenizers import Tokenizer, models, trainers
+
+    from tests.tiny_models import training_corpus
+
+    tok = Tokenizer(model or models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = (trainers.BpeTrainer if model is None else trainers.UnigramTrainer)(
+        vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False
+    )
+    tok.train_from_iterator(training_corpus(), trainer=trainer)
+    return tok
+
+
+def test_unknown_pre_tokenizer_is_refused(tmp_path):
+    from tokenizers import pre_tokenizers
+
+    # ByteLevel after a whitespace split: no llama.cpp pre-tokenizer does this.
+    tok = _trained(
+        pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    )
+    hf = _save_tokenizer(tok, tmp_path)
+    with pytest.raises(EdgerunError, match="matches no llama.cpp pre-tokenizer"):
+        vocab.build(hf, tmp_path, 300)
+
+
+def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
+    from tokenizers import models, pre_tokenizers
+
+    tok = _trained(pre_tokenizers.Metaspace(), models.Unigram())
+    hf = _save_tokenizer(tok, tmp_path)
+    with pytest.raises(EdgerunError, match="only for byte-level BPE"):
+        vocab.build(hf, tmp_path, 300)
+
+
+@pytest.mark.slow
+def test_smollm2_parity_and_pre_name(smollm2_dir, tmp_path):
+    from edgerun.exporters.formats import ReferenceModel
+
+    ref = ReferenceModel(smollm2_dir)
+    out = tmp_path / "smollm2-f16.gguf"
+    summary = convert(ref.model, ref.tokenizer, smollm2_dir, out, "f16")
+    assert summary["pre_tokenizer"] == "smollm"  # found by llama.cpp's hash table
+    for text in (read_eval_text(None), HARD_TEXT):
+        assert tokenize(out, text) == _hf(ref.tokenizer, text)

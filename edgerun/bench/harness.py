@@ -175,12 +175,13 @@ def run_bench(
     entries = [describe_artifact(Path(a)) for a in artifacts]
     for entry in entries:
         workload.check_context(entry["context_length"], entry["path"])
-    energy.start()
-    step("idle baseline")
-    energy.measure_idle(idle_seconds)
-    workers = [WorkerProcess(Path(e["path"])) for e in entries]
+    workers: list[WorkerProcess] = []
     order: list[list[int]] = []
     try:
+        energy.start()
+        step("idle baseline")
+        energy.measure_idle(idle_seconds)
+        workers = [WorkerProcess(Path(e["path"])) for e in entries]
         for entry, worker in zip(entries, workers, strict=True):
             step(f"load {entry['name']}")
             entry.update(_load(worker, workload, loader))

@@ -39,7 +39,7 @@ def _refuse_existing(paths: list[Path | None], append: bool) -> None:
 @click.option("--warmup", default=1, show_default=True, help="Unmeasured repetitions first.")
 @click.option("--threads", type=int, help="CPU threads (default: the profile's).")
 @click.option("--profile", help="Device profile id or TOML path (default: detected).")
-@click.option("--ctx", type=int, help="Context length to check the workload against.")
+@click.option("--ctx", type=int, help="Context length to load with (the workload must fit it).")
 @click.option(
     "--power", "power_spec", default="auto", show_default=True, help=f"Power meter: {CHOICES}."
 )
@@ -50,7 +50,11 @@ def _refuse_existing(paths: list[Path | None], append: bool) -> None:
     "--assume-watts", type=float, help="No meter: estimate energy at this power (labelled)."
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write results JSON.")
-@click.option("--append", is_flag=True, help="Add this run to existing result files.")
+@click.option(
+    "--append",
+    is_flag=True,
+    help="Add this run to an existing --json file (--csv / --md are then rewritten from all its runs).",
+)
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a Markdown table.")
 @click.option("--loader", default="edgerun:load", hidden=True, help="Model loader (tests).")
@@ -87,6 +91,10 @@ def bench(
 
     workload = Workload(_ints(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx)
     _refuse_existing([json_path, csv_path, md_path], append)
+    if profile is not None:
+        from edgerun.profile import get_profile
+
+        get_profile(profile)  # an unknown profile fails here, before anything runs
     console = Console(stderr=True)
     device = fingerprint(profile)
     if assume_watts is not None and power_spec == "auto":

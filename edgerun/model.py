@@ -117,7 +117,8 @@ class Model:
 
         Greedy when temperature is 0; else temperature, top-k, top-p and a seeded draw. `stop`:
         strings that end generation (not included in the text) and/or extra stop token ids.
-        `ignore_eos` generates exactly max_tokens (benchmarks). `truncate="left"` drops the
+        `ignore_eos` does not stop on the model's end-of-sequence tokens, so generation runs to
+        max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
         error. Arguments are checked here, before the first chunk is requested.
         """
@@ -130,7 +131,7 @@ class Model:
         ids = self._prompt_ids(prompt)
         ids = self._fit(ids, max_tokens, truncate)
         stops = _Stops(stop)
-        eos = frozenset() if ignore_eos else self.tokenizer.eos_ids | stops.ids
+        eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
         self._generation += 1
         return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
 
@@ -195,7 +196,10 @@ class Model:
             if token in eos:
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
                 break
-            text, hit = stops.feed(detok.push(token))
+            text = detok.push(token)
+            if i == max_tokens - 1:
+                text += detok.flush()
+            text, hit = stops.feed(text)
             last = hit or i == max_tokens - 1
             if last and not hit:
                 text += stops.flush()
@@ -218,7 +222,9 @@ class Model:
                     "finish or close the first iterator, or load a second Model",
                 )
             logits = backend.decode(token)
-        pending = stops.flush()
+        # Ended on an end-of-sequence / stop id: release what was held back.
+        tail, hit = stops.feed(detok.flush())
+        pending = tail if hit else tail + stops.flush()
         if pending:
             yield Chunk(None, pending)
 

@@ -90,6 +90,13 @@ class DetokenizeStream:
             return after[len(before) :]
         return ""
 
+    def flush(self) -> str:
+        """Text still held back at the end (an incomplete character decodes as U+FFFD)."""
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :] if len(after) > len(before) else ""
+
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face fast tokenizer directory: tokenizer.json (+ tokenizer_config.json,

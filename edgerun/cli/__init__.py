@@ -16,6 +16,7 @@ from edgerun.errors import EdgerunError
 COMMANDS: dict[str, str] = {
     "pull": "edgerun.cli.pull:pull",
     "info": "edgerun.cli.info:info",
+    "run": "edgerun.cli.run:run",
     "power": "edgerun.cli.power:power",
     "bench": "edgerun.cli.bench:bench",
     "compare": "edgerun.cli.compare:compare",

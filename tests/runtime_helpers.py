@@ -1,0 +1,55 @@
+"""Helpers shared by the runtime tests: export tiny artifacts, PyTorch reference generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROFILE = "generic-x86_64"
+
+
+def export_artifact(checkpoint: Path, fmt: str, out_dir: Path, **options: Any) -> Path:
+    """Export `checkpoint` to `fmt` with edgerun.exporters (validation skipped: the exporter's
+    tests cover it; these tests compare the runtime with PyTorch directly)."""
+    from edgerun.exporters import export
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGERUN_HOME", str(out_dir / ".home"))
+        (result,) = export(
+            str(checkpoint), [fmt], out_dir, no_validate=True, progress=False, **options
+        )
+    assert result.written and result.path is not None, result.reason
+    return result.path
+
+
+def torch_model(checkpoint: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+
+
+def torch_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from transformers' generate(), end-of-sequence disabled."""
+    import torch
+
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return [int(t) for t in out[0, len(prompt) :]]
+
+
+def torch_logits(model: Any, ids: list[int]) -> Any:
+    """[len(ids), vocab] logits of one full forward pass (no cache), as numpy float32."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()

@@ -1,0 +1,234 @@
+"""Every backend against PyTorch on the tiny fixtures (llama.cpp on a GGUF f32 export,
+onnxruntime-genai on a genai-builder export), identical seeded sampling across backends, profile
+driven provider fallback / strict / memory budget, the backend plugin registry, tokenizer and chat
+template against transformers."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edgerun
+from edgerun.backends import Artifact, Backend, Settings, backend_names, get_backend
+from edgerun.errors import EdgerunError
+from edgerun.manifest import write_manifest
+from edgerun.tokenizer import HFTokenizer
+from tests.runtime_helpers import PROFILE, export_artifact, torch_greedy, torch_model
+
+PROMPTS = [[7], [12, 40, 41, 3, 200, 17, 99, 301, 6], list(range(10, 45))]
+SAMPLED = dict(max_tokens=16, temperature=0.8, top_k=40, top_p=0.9, seed=21, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny llama exported once per backend."""
+    root = tmp_path_factory.mktemp("backends")
+    arts = {"onnxruntime": export_artifact(tiny_llama, "onnx-fp32", root / "ort")}
+    if importlib.util.find_spec("llama_cpp"):
+        arts["llamacpp"] = export_artifact(tiny_llama, "gguf-f32", root / "gguf")
+    if importlib.util.find_spec("onnxruntime_genai"):
+        arts["genai"] = export_artifact(tiny_llama, "onnx-fp32", root / "genai", builder="genai")
+    return arts
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "genai"])
+def test_backend_greedy_equals_pytorch(
+    backend: str, artifacts: dict[str, Path], tiny_llama: Path
+) -> None:
+    if backend not in artifacts:
+        pytest.skip(f"{backend} is not installed")
+    reference = torch_model(tiny_llama)
+    with edgerun.load(artifacts[backend], PROFILE) as m:
+        assert m.info.backend == backend
+        for prompt in PROMPTS:
+            got = [c.token_id for c in m.generate(prompt, max_tokens=12, ignore_eos=True)]
+            assert got == torch_greedy(reference, prompt, 12), len(prompt)
+
+
+def test_seeded_sampling_is_identical_across_backends(artifacts: dict[str, Path]) -> None:
+    runs = {}
+    for backend, path in artifacts.items():
+        with edgerun.load(path, PROFILE) as m:
+            runs[backend] = [c.token_id for c in m.generate("The quick brown fox", **SAMPLED)]
+            assert m.last_stats.generated_tokens == 16
+    if len(runs) < 3:
+        pytest.skip("needs llama-cpp-python and onnxruntime-genai")
+    first = runs["onnxruntime"]
+    assert len(set(first)) > 4
+    assert all(tokens == first for tokens in runs.values()), runs
+
+
+def test_llamacpp_reports_threads_and_cpu(artifacts: dict[str, Path]) -> None:
+    if "llamacpp" not in artifacts:
+        pytest.skip("llama-cpp-python is not installed")
+    with edgerun.load(artifacts["llamacpp"], PROFILE, threads=1) as m:
+        assert (m.info.backend, m.info.providers, m.info.threads) == ("llamacpp", ["CPU"], 1)
+        assert m.context_length == 256
+
+
+def _profile(tmp_path: Path, backends: str, top: str = "") -> Path:
+    """A valid profile file: `top` adds top-level keys, `backends` the [[backends]] tables."""
+    path = tmp_path / "test.toml"
+    path.write_text(
+        'id = "test-profile"\nname = "Test"\ndescription = "for tests"\nthreads = 1\n'
+        f'{top}[match]\narch = ["x86_64", "aarch64", "arm64", "AMD64"]\n{backends}'
+    )
+    return path
+
+
+CUDA_FIRST = """
+[[backends]]
+name = "onnxruntime"
+[[backends.providers]]
+name = "CUDAExecutionProvider"
+[backends.providers.options]
+device_id = 0
+[[backends.providers]]
+name = "CPUExecutionProvider"
+"""
+
+
+def test_missing_provider_falls_back_with_a_warning(
+    artifacts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    profile = _profile(tmp_path, CUDA_FIRST)
+    with edgerun.load(artifacts["onnxruntime"], profile) as m:
+        assert m.info.providers == ["CPUExecutionProvider"]
+        assert m.info.requested_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert m.info.threads == 1 and m.info.profile_id == "test-profile"
+    err = capsys.readouterr().err
+    assert (
+        "warning: profile 'test-profile' wanted CUDAExecutionProvider, running CPUExecutionProvider"
+        in err
+    )
+    with pytest.raises(EdgerunError, match="wants CUDAExecutionProvider"):
+        edgerun.load(artifacts["onnxruntime"], profile, strict=True)
+
+
+def test_memory_budget_refuses_with_the_numbers(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    profile = _profile(tmp_path, '[[backends]]\nname = "onnxruntime"\n', "memory_budget_mb = 1\n")
+    with edgerun.load(artifacts["onnxruntime"], profile, context=64):
+        pass  # weights ~0.4 MB + KV 64 positions fit in 1 MB
+    with pytest.raises(
+        EdgerunError, match=r"needs \d+ MB .* but profile 'test-profile' allows 1 MB"
+    ):
+        edgerun.load(artifacts["onnxruntime"], profile, context=4096)
+
+
+def test_unknown_profile_lists_the_known_ones(artifacts: dict[str, Path]) -> None:
+    with pytest.raises(EdgerunError, match="unknown profile 'nope'.*generic-x86_64"):
+        edgerun.load(artifacts["onnxruntime"], "nope")
+
+
+def test_forcing_a_backend_that_cannot_run_the_artifact(artifacts: dict[str, Path]) -> None:
+    with pytest.raises(EdgerunError, match="backend 'llamacpp' cannot run model.onnx"):
+        edgerun.load(artifacts["onnxruntime"], PROFILE, backend="llamacpp")
+    with pytest.raises(EdgerunError, match="unknown backend 'nope'.*onnxruntime"):
+        edgerun.load(artifacts["onnxruntime"], PROFILE, backend="nope")
+
+
+class CountingBackend(Backend):
+    """A third-party backend for the registry test: the next token is always the last one + 1."""
+
+    name = "counting"
+
+    @classmethod
+    def accepts(cls, artifact: Artifact) -> bool:
+        return artifact.family == "counting"
+
+    def __init__(self, artifact: Artifact, settings: Settings) -> None:
+        self.providers, self.threads, self.vocab_size = ["abacus"], settings.threads, 384
+
+    def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
+        return self.decode(ids[-1])
+
+    def decode(self, token_id: int) -> np.ndarray:
+        logits = np.zeros(self.vocab_size, np.float32)
+        logits[(token_id + 1) % self.vocab_size] = 10.0
+        return logits
+
+
+def test_a_plugin_backend_registers_through_the_entry_point_group(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_llama: Path
+) -> None:
+    assert {"onnxruntime", "genai", "llamacpp"} <= set(backend_names())
+    original = importlib.metadata.entry_points
+
+    def entry_points(group: str) -> Any:
+        extra = importlib.metadata.EntryPoint(
+            "counting", "tests.test_runtime_backends:CountingBackend", group
+        )
+        return [*original(group=group), extra]
+
+    monkeypatch.setattr("edgerun.backends.registry.entry_points", entry_points)
+    assert get_backend("counting") is CountingBackend
+    art = tmp_path / "counting"
+    art.mkdir()
+    (art / "weights.txt").write_text("1 2 3")
+    (art / "tokenizer.json").write_bytes((tiny_llama / "tokenizer.json").read_bytes())
+    write_manifest(art, {"format": "counting", "family": "counting", "model_file": "weights.txt"})
+    with edgerun.load(art, PROFILE) as m:
+        assert (m.info.backend, m.info.providers) == ("counting", ["abacus"])
+        assert [c.token_id for c in m.generate([10], max_tokens=5, ignore_eos=True)] == [
+            11,
+            12,
+            13,
+            14,
+            15,
+        ]
+
+
+TEXTS = [
+    "Hello, world! 12345",
+    "Ünïcödé — naïve café, 東京 🙂",
+    "spaces:    four\n\ttab",
+    "€€ unseen ∮",
+]
+
+
+def test_tokenizer_matches_transformers(tiny_llama: Path) -> None:
+    from transformers import AutoTokenizer
+
+    ours, theirs = HFTokenizer(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
+    for text in TEXTS:
+        ids = ours.encode(text)
+        assert ids == theirs(text).input_ids
+        assert ours.decode(ids) == theirs.decode(ids)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🙂"}]
+    assert ours.encode_chat(messages) == theirs.apply_chat_template(
+        messages, add_generation_prompt=True
+    )
+    assert ours.eos_ids == {theirs.convert_tokens_to_ids("<|im_end|>")}
+
+
+def test_streaming_detokenizer_never_splits_a_character(tiny_llama: Path) -> None:
+    tok = HFTokenizer(tiny_llama)
+    for text in TEXTS:
+        ids = tok.encode(text)
+        stream = tok.stream()
+        pieces = [stream.push(i) for i in ids]
+        assert "".join(pieces) + stream.flush() == text
+        assert not any("\ufffd" in p for p in pieces)
+    euro = tok.encode("€")
+    assert len(euro) == 3  # three byte-level tokens for one character...
+    stream = tok.stream()
+    assert [stream.push(i) for i in euro] == ["", "", "€"]  # ...released once complete
+
+
+def test_chat_applies_the_template(artifacts: dict[str, Path]) -> None:
+    messages = [{"role": "user", "content": "Hello"}]
+    with edgerun.load(artifacts["onnxruntime"], PROFILE) as m:
+        list(m.chat(messages, max_tokens=2, ignore_eos=True))
+        assert m.last_stats.prompt_tokens == len(m.tokenizer.encode_chat(messages))
+        rendered = m.tokenizer.apply_chat_template(messages)
+        assert rendered == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"

@@ -229,3 +229,43 @@ def test_smollm2_q4_k_m_says_paris(smollm2_dir, tmp_path):
     llm = load(out / MODEL_FILE, n_ctx=128)
     text = llm("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
     assert "Paris" in text
+
+
+def test_cli_export_writes_validated_gguf_artifacts(tiny_qwen2, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgerun.cli import cli
+    from edgerun.manifest import read_manifest, verify
+
+    out = tmp_path / "out"
+    args = ["export", str(tiny_qwen2), "-f", "gguf-f16,gguf-q4_0", "-o", str(out), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["format"], r["status"]) for r in rows] == [
+        ("gguf-f16", "pass"),
+        ("gguf-q4_0", "pass"),
+    ]
+    for fmt, precision in (("gguf-f16", "fp16"), ("gguf-q4_0", "q4_0")):
+        manifest = read_manifest(out / fmt)
+        assert manifest["family"] == "gguf" and manifest["precision"] == precision
+        assert manifest["model_file"] == MODEL_FILE
+        assert manifest["gguf"]["tokenizer_pre"] == "gpt-2"
+        assert manifest["validation"]["passed"] is True
+        assert "llama_cpp_python" in manifest["libraries"]
+        assert verify(out / fmt).passed
+    assert read_manifest(out / "gguf-q4_0")["quant"]["type"] == "q4_0"
+    assert sorted(p.name for p in out.iterdir()) == ["gguf-f16", "gguf-q4_0"]  # scratch removed
+
+
+def test_cli_lists_gguf_formats():
+    from click.testing import CliRunner
+
+    from edgerun.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", "--list"])
+    assert result.exit_code == 0
+    listed = result.output.split()
+    assert "gguf-q4_k_m" in listed and "gguf-f16" in listed and "gguf-iq2_xs" not in listed

@@ -99,6 +99,7 @@ class OrtBackend(Backend):
         self._kv_heads, self._head_dim = int(first.shape[1]), int(first.shape[3])
         self._kv_dtype = _NP_TYPES.get(first.type, np.float32)
         self._logits_dtype = _NP_TYPES.get(outputs["logits"].type, np.float32)
+        self._logits_type = _ONNX_TYPES[self._logits_dtype]
         self._has_positions = "position_ids" in inputs
         vocab = outputs["logits"].shape[-1]
         self.vocab_size = (
@@ -124,15 +125,18 @@ class OrtBackend(Backend):
         self._capacity = cap
 
     def _bind_cache(self, past: int, new: int) -> None:
+        """Bind past (read) and present (written) for this step: 4 x layers binds, the main
+        per-token Python cost, so the loop body is kept to bare calls."""
         b, dtype = self._binding, _ONNX_TYPES[self._kv_dtype]
+        bind_input, bind_output, dev = b.bind_input, b.bind_output, b.dev
         src, dst = self._pointers[self._flip], self._pointers[1 - self._flip]
         past_shape = (1, self._kv_heads, past, self._head_dim)
         present_shape = (1, self._kv_heads, past + new, self._head_dim)
         for name, ptr in zip(self._past, src, strict=True):
-            b.input(name, dtype, past_shape, ptr)
+            bind_input(name, dev, dtype, past_shape, ptr)
         for name, ptr in zip(self._present, dst, strict=True):
-            b.output(name, dtype, present_shape, ptr)
-        b.cpu_input("attention_mask", 7, (1, past + new), self._mask_ptr)
+            bind_output(name, dev, dtype, present_shape, ptr)
+        bind_input("attention_mask", b.cpu, 7, (1, past + new), self._mask_ptr)
 
     def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
         n = len(ids)
@@ -142,18 +146,20 @@ class OrtBackend(Backend):
         pos_arr = np.arange(n, dtype=np.int64).reshape(1, n)
         logits = np.empty((1, n, self.vocab_size), self._logits_dtype)
         b = self._binding
-        b.cpu_input("input_ids", np.int64, (1, n), ids_arr.ctypes.data)
+        b.bind_input("input_ids", b.cpu, 7, (1, n), ids_arr.ctypes.data)
         if self._has_positions:
-            b.cpu_input("position_ids", np.int64, (1, n), pos_arr.ctypes.data)
-        b.cpu_output("logits", self._logits_dtype, logits.shape, logits.ctypes.data)
+            b.bind_input("position_ids", b.cpu, 7, (1, n), pos_arr.ctypes.data)
+        b.bind_output("logits", b.cpu, self._logits_type, logits.shape, logits.ctypes.data)
         self._bind_cache(0, n)
         b.run()
         self._advance(n)
         # From here on every step has one new token: bind the fixed-size decode arrays once.
-        b.cpu_input("input_ids", np.int64, (1, 1), self._ids.ctypes.data)
+        b.bind_input("input_ids", b.cpu, 7, (1, 1), self._ids.ctypes.data)
         if self._has_positions:
-            b.cpu_input("position_ids", np.int64, (1, 1), self._pos.ctypes.data)
-        b.cpu_output("logits", self._logits_dtype, self._logits.shape, self._logits.ctypes.data)
+            b.bind_input("position_ids", b.cpu, 7, (1, 1), self._pos.ctypes.data)
+        b.bind_output(
+            "logits", b.cpu, self._logits_type, self._logits.shape, self._logits.ctypes.data
+        )
         return logits[0, -1]
 
     def decode(self, token_id: int) -> np.ndarray:
@@ -191,20 +197,17 @@ class _Binding:
         public = session.io_binding()
         self._public = public
         try:
-            dev = ort.OrtDevice.make(device, 0)._get_c_device()
-            cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
+            self.dev = ort.OrtDevice.make(device, 0)._get_c_device()
+            self.cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
             raw, run = public._iobinding, session._sess.run_with_iobinding
         except AttributeError:  # pragma: no cover - a future onnxruntime renamed its internals
-            self.input = lambda n, t, s, p: public.bind_input(n, device, 0, t, s, p)
-            self.output = lambda n, t, s, p: public.bind_output(n, device, 0, t, s, p)
-            self.cpu_input = lambda n, t, s, p: public.bind_input(n, "cpu", 0, t, s, p)
-            self.cpu_output = lambda n, t, s, p: public.bind_output(n, "cpu", 0, t, s, p)
+            self.dev, self.cpu = device, "cpu"
+            self.bind_input = lambda n, d, t, s, p: public.bind_input(n, d, 0, t, s, p)
+            self.bind_output = lambda n, d, t, s, p: public.bind_output(n, d, 0, t, s, p)
             self.run = lambda: session.run_with_iobinding(public)
             return
-        self.input = lambda n, t, s, p: raw.bind_input(n, dev, t, s, p)
-        self.output = lambda n, t, s, p: raw.bind_output(n, dev, t, s, p)
-        self.cpu_input = lambda n, t, s, p: raw.bind_input(n, cpu, t, s, p)
-        self.cpu_output = lambda n, t, s, p: raw.bind_output(n, cpu, t, s, p)
+        # bound pybind methods, called without a Python wrapper in between
+        self.bind_input, self.bind_output = raw.bind_input, raw.bind_output
         self.run = lambda: run(raw, None)
 
 

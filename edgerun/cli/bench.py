@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgerun.power.registry import CHOICES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from edgerun.bench.workload import Workload
+    from edgerun.power.account import EnergyAccount
 
 
 def _ints(text: str) -> list[int]:
@@ -118,7 +125,15 @@ def bench(
     )
 
 
-def _run_with_progress(console, artifacts, workload, energy, idle_seconds, loader):  # type: ignore[no-untyped-def]
+def _run_with_progress(
+    console: Console,
+    artifacts: list[Path],
+    workload: Workload,
+    energy: EnergyAccount,
+    idle_seconds: float,
+    loader: str,
+) -> dict[str, Any]:
+    """run_bench with a rich progress bar over the repetitions (terminal only)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgerun.bench.harness import run_bench

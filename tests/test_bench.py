@@ -124,7 +124,7 @@ def test_harness_metrics_interleaving_and_energy(
             assert rep["gen_tokens"] == 12
             assert rep["ttft_s"] >= per_tok * rep["prompt_tokens"]  # sleep never returns early
             assert rep["latency_ms"]["p50"] >= decode_s * 1e3
-            assert 0.25 / decode_s < rep["decode_tok_s"] <= 1 / decode_s
+            assert 0.1 / decode_s < rep["decode_tok_s"] <= 1 / decode_s  # loose: shared CPU
             mem = rep["memory"]
             assert mem["peak_rss"] >= mem["rss"] > 8 * 2**20  # the fake holds 8 MiB of ballast
             assert mem["anonymous"] + mem["file_backed"] > 0 and mem["uss"] > 0

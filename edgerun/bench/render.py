@@ -28,23 +28,24 @@ TERMINAL = [
 ]
 
 
+LABELS = ("artifact", "backend", "device", "profile", "energy_method")
+
+
 def table(
     rows: list[dict[str, Any]],
     title: str,
     columns: list[tuple[str, str]] = TERMINAL,
 ) -> Table:
-    """A rich Table of `rows`."""
-    cols = columns
+    """A rich Table of `rows`; label columns keep their full text, numbers wrap their headers."""
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    for key, header in cols:
-        t.add_column(
-            header,
-            justify="left"
-            if key in ("artifact", "backend", "device", "profile", "energy_method")
-            else "right",
-        )
+    for key, header in columns:
+        if key in LABELS:
+            widest = max([len(fmt(r.get(key))) for r in rows] + [len(header)])
+            t.add_column(header, justify="left", no_wrap=True, min_width=min(widest, 28))
+        else:
+            t.add_column(header, justify="right")
     for row in rows:
-        t.add_row(*(fmt(row.get(k)) for k, _ in cols))
+        t.add_row(*(fmt(row.get(k)) for k, _ in columns))
     return t
 
 

@@ -1,0 +1,112 @@
+"""From per-repetition timings to the table: medians, ratio to the best peer, roofline fraction.
+
+Pure functions over plain dicts (the rows of the results JSON), so they are tested on fake rows.
+A row dict holds: name, kind ("peer" | "edgerun"), fmt, status ("ok" | "skipped" | "failed"),
+reason, size_bytes, touched_bytes, peak_rss_bytes, and ``reps[str(prompt_len)]``: a list of
+``{"ttft_s", "prefill_tok_s", "decode_tok_s", "n_tokens"}``, plus ``tokens[str(prompt_len)]``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+REFERENCE_ROW = "pytorch fp32"  # greedy tokens of the other rows are compared with this row's
+
+
+def measure(t_start: float, stamps: list[float], prompt_len: int) -> dict[str, Any]:
+    """One repetition: TTFT is call -> first token (the prompt's forward pass); decode tok/s counts
+    the tokens after the first over the time after the first."""
+    if not stamps:
+        raise ValueError("no token was produced")
+    ttft = stamps[0] - t_start
+    decode_s = stamps[-1] - stamps[0]
+    return {
+        "ttft_s": ttft,
+        "prefill_tok_s": prompt_len / ttft if ttft > 0 else None,
+        "decode_tok_s": (len(stamps) - 1) / decode_s if decode_s > 0 else None,
+        "n_tokens": len(stamps),
+    }
+
+
+def _median(values: list[float | None]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def agreement(tokens: list[int] | None, reference: list[int] | None) -> int | None:
+    """How many leading greedy tokens equal the reference row's (None when either is missing)."""
+    if tokens is None or reference is None:
+        return None
+    n = 0
+    for a, b in zip(tokens, reference, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def summarize(rows: list[dict[str, Any]], bandwidth_gb_s: float | None) -> list[dict[str, Any]]:
+    """One summary line per (prompt length, row that ran): medians, ratios, roofline fraction."""
+    lengths = sorted({int(k) for r in rows for k in r.get("reps", {})})
+    ref = next((r for r in rows if r["name"] == REFERENCE_ROW and r["status"] == "ok"), None)
+    out: list[dict[str, Any]] = []
+    for length in lengths:
+        key = str(length)
+        lines = []
+        for row in rows:
+            reps = row.get("reps", {}).get(key)
+            if row["status"] != "ok" or not reps:
+                continue
+            touched = row.get("touched_bytes")
+            roof = bandwidth_gb_s * 1e9 / touched if bandwidth_gb_s and touched else None
+            decode = _median([r["decode_tok_s"] for r in reps])
+            validation = (row.get("meta") or {}).get("validation") or {}
+            lines.append({
+                "prompt_tokens": length,
+                "name": row["name"],
+                "kind": row["kind"],
+                "fmt": row["fmt"],
+                "reps": len(reps),
+                "decode_tok_s": decode,
+                "prefill_tok_s": _median([r["prefill_tok_s"] for r in reps]),
+                "ttft_s": _median([r["ttft_s"] for r in reps]),
+                "peak_rss_bytes": row.get("peak_rss_bytes"),
+                "size_bytes": row.get("size_bytes"),
+                "roofline_tok_s": roof,
+                "roofline_frac": decode / roof if decode and roof else None,
+                "valid": validation.get("passed"),
+                "agree": agreement(
+                    row.get("tokens", {}).get(key), (ref or {}).get("tokens", {}).get(key)
+                ),
+            })  # fmt: skip
+        peers = [x["decode_tok_s"] for x in lines if x["kind"] == "peer" and x["decode_tok_s"]]
+        best = max(peers) if peers else None
+        for x in lines:
+            x["vs_best_peer"] = x["decode_tok_s"] / best if best and x["decode_tok_s"] else None
+        out.extend(lines)
+    return out
+
+
+def head_to_head(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Decode-speed ratios of edgerun's ONNX int4, GGUF q4_k_m and best row to every peer."""
+    out: list[dict[str, Any]] = []
+    for length in sorted({x["prompt_tokens"] for x in summary}):
+        lines = [x for x in summary if x["prompt_tokens"] == length and x["decode_tok_s"]]
+        ours = [x for x in lines if x["kind"] == "edgerun"]
+        peers = [x for x in lines if x["kind"] == "peer"]
+        picks: dict[str, dict[str, Any]] = {}
+        for x in ours:
+            if x["fmt"] in ("onnx-int4", "gguf-q4_k_m") and x["name"] == f"edgerun {x['fmt']}":
+                picks[x["name"]] = x
+        if ours:
+            best = max(ours, key=lambda x: x["decode_tok_s"])
+            picks[f"edgerun best ({best['name']})"] = best
+        for label, x in picks.items():
+            out.append({
+                "prompt_tokens": length,
+                "edgerun": label,
+                "decode_tok_s": x["decode_tok_s"],
+                "vs": {p["name"]: x["decode_tok_s"] / p["decode_tok_s"] for p in peers},
+            })  # fmt: skip
+    return out

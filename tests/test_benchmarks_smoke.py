@@ -1,0 +1,152 @@
+"""benchmarks/: the table, ratio and roofline logic on fake rows, the README block, the prompt ids
+and the weight-bytes estimate on a tiny GGUF-free ONNX graph. No model is run here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import render, report, weights
+from benchmarks.workload import RowSpec, Workload, select
+
+
+def rep(decode: float, ttft: float = 0.1, prompt: int = 128) -> dict[str, Any]:
+    return {"ttft_s": ttft, "prefill_tok_s": prompt / ttft, "decode_tok_s": decode, "n_tokens": 8}
+
+
+def row(name: str, kind: str, fmt: str, decodes: list[float], **extra: Any) -> dict[str, Any]:
+    base = {
+        "name": name, "kind": kind, "fmt": fmt, "status": "ok", "reason": None,
+        "size_bytes": 100_000_000, "touched_bytes": 50_000_000, "peak_rss_bytes": 300_000_000,
+        "reps": {"128": [rep(d) for d in decodes]}, "tokens": {"128": [1, 2, 3, 4]}, "meta": {},
+    }  # fmt: skip
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    return [
+        row("llama.cpp q4_1 (source gguf)", "peer", "gguf q4_1", [90, 92, 91, 10, 95]),
+        row("onnxruntime-genai int4", "peer", "genai int4", [80, 81, 82]),
+        row("pytorch fp32", "peer", "safetensors fp32", [13, 13, 13], touched_bytes=None),
+        row("edgerun onnx-int4", "edgerun", "onnx-int4", [100, 101, 99],
+            tokens={"128": [1, 2, 9, 9]}, meta={"validation": {"passed": True}}),
+        row("edgerun gguf-q4_k_m", "edgerun", "gguf-q4_k_m", [46, 45, 47],
+            meta={"validation": {"passed": False}}),
+        row("edgerun onnx-int8", "edgerun", "onnx-int8", [], status="skipped",
+            reason="edgerun has no 'export' command"),
+    ]  # fmt: skip
+
+
+def test_measure_splits_ttft_and_decode() -> None:
+    m = report.measure(10.0, [10.5, 10.6, 10.7, 10.9], prompt_len=100)
+    assert m["ttft_s"] == pytest.approx(0.5)
+    assert m["prefill_tok_s"] == pytest.approx(200.0)
+    assert m["decode_tok_s"] == pytest.approx(3 / 0.4)
+    assert m["n_tokens"] == 4
+    with pytest.raises(ValueError):
+        report.measure(1.0, [], 10)
+
+
+def test_summary_medians_ratios_and_roofline(rows: list[dict[str, Any]]) -> None:
+    summary = {x["name"]: x for x in report.summarize(rows, bandwidth_gb_s=10.0)}
+    assert "edgerun onnx-int8" not in summary  # skipped rows have no line
+    llama = summary["llama.cpp q4_1 (source gguf)"]
+    assert llama["decode_tok_s"] == 91  # the median, not the mean dragged down by the outlier
+    assert llama["vs_best_peer"] == pytest.approx(1.0)
+    assert summary["onnxruntime-genai int4"]["vs_best_peer"] == pytest.approx(81 / 91)
+    ours = summary["edgerun onnx-int4"]
+    assert ours["vs_best_peer"] == pytest.approx(100 / 91)
+    assert ours["roofline_tok_s"] == pytest.approx(10e9 / 50e6)  # 200 tok/s
+    assert ours["roofline_frac"] == pytest.approx(100 / 200)
+    assert ours["agree"] == 2 and summary["pytorch fp32"]["agree"] == 4
+    assert ours["valid"] is True and summary["edgerun gguf-q4_k_m"]["valid"] is False
+    assert summary["pytorch fp32"]["roofline_frac"] is None  # unknown bytes: no roofline
+
+
+def test_head_to_head_quotes_int4_q4km_and_best(rows: list[dict[str, Any]]) -> None:
+    h2h = report.head_to_head(report.summarize(rows, 10.0))
+    labels = [h["edgerun"] for h in h2h]
+    assert labels == [
+        "edgerun onnx-int4", "edgerun gguf-q4_k_m", "edgerun best (edgerun onnx-int4)",
+    ]  # fmt: skip
+    q4km = h2h[1]["vs"]
+    assert q4km["llama.cpp q4_1 (source gguf)"] == pytest.approx(46 / 91)
+    assert q4km["pytorch fp32"] == pytest.approx(46 / 13)
+
+
+def test_markdown_block_and_readme_update(rows: list[dict[str, Any]], tmp_path: Path) -> None:
+    summary = report.summarize(rows, 10.0)
+    results = {
+        "command": "python -m benchmarks.peers", "created": "2026-11-23T20:00:00Z",
+        "workload": Workload().to_json() | {"gen_tokens": 4}, "rows": rows, "summary": summary,
+        "head_to_head": report.head_to_head(summary),
+        "bandwidth": {"median_gb_s": 10.0, "method": "numpy sum"},
+        "machine": {"cpu": "Test CPU", "arch": "x86_64", "logical_cores": 2, "flags": ["avx2"],
+                    "ram_bytes": 8 * 2**30, "kernel": "Linux 6", "python": "3.11",
+                    "loadavg": [0.1, 0.1, 0.1], "libraries": {"onnxruntime": "1.32"}, "git": "abc"},
+    }  # fmt: skip
+    block = render.markdown(results)
+    assert "Test CPU (x86_64), 2 logical cores, flags avx2, 8.0 GiB RAM" in block
+    assert (
+        "| edgerun onnx-int4 | onnx-int4 | 100.0 | 1280 | 100 | 300 | 100 | 1.10 | 50% | 2/4 | pass |"
+        in block
+    )
+    assert "- edgerun onnx-int8: skipped: edgerun has no 'export' command" in block
+    assert "prompt 128, edgerun gguf-q4_k_m: llama.cpp q4_1 (source gguf) 0.51x" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n{render.START}\nold\n{render.END}\ntail\n")
+    render.update_readme(readme, block)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{render.END}\ntail\n") and block in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="markers"):
+        render.update_readme(bare, block)
+
+
+def test_select_rows_by_name_or_kind() -> None:
+    specs = [RowSpec("llama.cpp q4_1", "peer", "llama_cpp", "q4_1"),
+             RowSpec("edgerun onnx-int4", "edgerun", "edgerun", "onnx-int4")]  # fmt: skip
+    assert [s.name for s in select(specs, "edgerun")] == ["edgerun onnx-int4"]
+    assert [s.name for s in select(specs, "LLAMA, nothing")] == ["llama.cpp q4_1"]
+    assert select(specs, None) == specs
+
+
+def test_prompt_ids_have_the_exact_length_and_are_stable(tiny_llama: Path) -> None:
+    from benchmarks.workload import prompt_ids
+
+    ids = prompt_ids(tiny_llama / "tokenizer.json", 512, seed=1)
+    assert len(ids) == 512
+    assert ids == prompt_ids(tiny_llama / "tokenizer.json", 512, seed=1)
+    assert ids != prompt_ids(tiny_llama / "tokenizer.json", 512, seed=2)
+
+
+def test_onnx_touched_bytes_skip_gather_only_tables(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    embed = numpy_helper.from_array(np.zeros((100, 8), np.float32), "embed")  # gathered only
+    tied = numpy_helper.from_array(np.zeros((50, 8), np.float32), "tied")  # gathered and matmul
+    proj = numpy_helper.from_array(np.zeros((8, 8), np.float32), "proj")
+    nodes = [
+        helper.make_node("Gather", ["embed", "ids"], ["h0"]),
+        helper.make_node("Gather", ["tied", "ids"], ["h1"]),
+        helper.make_node("MatMul", ["h0", "proj"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "tiedT"], ["out"]),
+        helper.make_node("Transpose", ["tied"], ["tiedT"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+        initializer=[embed, tied, proj],
+    )  # fmt: skip
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert weights.touched_bytes(tmp_path) == (50 * 8 + 8 * 8) * 4
+    assert weights.artifact_bytes(tmp_path) == path.stat().st_size

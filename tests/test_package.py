@@ -103,3 +103,17 @@ def test_wheel_contains_packages_and_data(tmp_path: Path) -> None:
     for p in data:
         assert f"edgerun/exporters/data/{p.name}" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "exporters/")) for n in names)
+
+
+def test_atomic_write_honours_umask(tmp_path: Path) -> None:
+    import os
+
+    from edgerun.home import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -19,7 +19,13 @@ from edgerun.backends import Artifact, Backend, Settings, backend_names, get_bac
 from edgerun.errors import EdgerunError
 from edgerun.manifest import write_manifest
 from edgerun.tokenizer import HFTokenizer
-from tests.runtime_helpers import PROFILE, export_artifact, torch_greedy, torch_model
+from tests.runtime_helpers import (
+    PROFILE,
+    export_artifact,
+    torch_greedy,
+    torch_logits,
+    torch_model,
+)
 
 PROMPTS = [[7], [12, 40, 41, 3, 200, 17, 99, 301, 6], list(range(10, 45))]
 SAMPLED = dict(max_tokens=16, temperature=0.8, top_k=40, top_p=0.9, seed=21, ignore_eos=True)
@@ -37,14 +43,18 @@ def artifacts(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return arts
 
 
-@pytest.mark.parametrize("backend", ["llamacpp", "genai"])
+# (artifact, backend): the genai builder's graph also runs in edgerun's own ORT loop
+PAIRS = [("llamacpp", "llamacpp"), ("genai", "genai"), ("genai", "onnxruntime")]
+
+
+@pytest.mark.parametrize(("artifact", "backend"), PAIRS)
 def test_backend_greedy_equals_pytorch(
-    backend: str, artifacts: dict[str, Path], tiny_llama: Path
+    artifact: str, backend: str, artifacts: dict[str, Path], tiny_llama: Path
 ) -> None:
-    if backend not in artifacts:
-        pytest.skip(f"{backend} is not installed")
+    if artifact not in artifacts:
+        pytest.skip(f"{artifact} is not installed")
     reference = torch_model(tiny_llama)
-    with edgerun.load(artifacts[backend], PROFILE) as m:
+    with edgerun.load(artifacts[artifact], PROFILE, backend=backend) as m:
         assert m.info.backend == backend
         for prompt in PROMPTS:
             got = [c.token_id for c in m.generate(prompt, max_tokens=12, ignore_eos=True)]
@@ -53,15 +63,35 @@ def test_backend_greedy_equals_pytorch(
 
 def test_seeded_sampling_is_identical_across_backends(artifacts: dict[str, Path]) -> None:
     runs = {}
-    for backend, path in artifacts.items():
-        with edgerun.load(path, PROFILE) as m:
-            runs[backend] = [c.token_id for c in m.generate("The quick brown fox", **SAMPLED)]
-            assert m.last_stats.generated_tokens == 16
-    if len(runs) < 3:
+    for artifact, backend in [("onnxruntime", "onnxruntime"), *PAIRS]:
+        if artifact in artifacts:
+            with edgerun.load(artifacts[artifact], PROFILE, backend=backend) as m:
+                tokens = [c.token_id for c in m.generate("The quick brown fox", **SAMPLED)]
+                runs[f"{artifact} artifact via {backend}"] = tokens
+                assert m.last_stats.generated_tokens == 16
+    if len(runs) < 4:
         pytest.skip("needs llama-cpp-python and onnxruntime-genai")
-    first = runs["onnxruntime"]
+    first = runs["onnxruntime artifact via onnxruntime"]
     assert len(set(first)) > 4
     assert all(tokens == first for tokens in runs.values()), runs
+
+
+def test_ort_loop_on_a_genai_graph_shares_the_cache_buffer(
+    artifacts: dict[str, Path], tiny_llama: Path
+) -> None:
+    """GroupQueryAttention updates one max-length buffer in place: step logits still equal a
+    full PyTorch forward pass over a non-repetitive sequence."""
+    if "genai" not in artifacts:
+        pytest.skip("onnxruntime-genai is not installed")
+    ids = [int(i) for i in np.random.default_rng(2).integers(3, 384, 40)]
+    expected = torch_logits(torch_model(tiny_llama), ids)
+    with edgerun.load(artifacts["genai"], PROFILE, backend="onnxruntime") as m:
+        backend = m._backend
+        assert backend._shared
+        rows = [backend.prefill(ids[:7], len(ids)).copy()]
+        rows += [backend.decode(t).copy() for t in ids[7:]]
+        assert len(backend._buffers) == 1  # one buffer set, not a ping-pong pair
+    assert np.abs(np.stack(rows) - expected[6:]).max() < 1e-4
 
 
 def test_llamacpp_reports_threads_and_cpu(artifacts: dict[str, Path]) -> None:

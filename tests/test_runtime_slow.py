@@ -4,6 +4,7 @@ same first 16 greedy tokens as transformers on "The capital of France is"."""
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from tests.runtime_helpers import PROFILE, export_artifact, torch_greedy, torch_
 
 pytestmark = pytest.mark.slow
 PROMPT = "The capital of France is"
-# (format, export options, backend); skipped when the backend's library is missing
+# (format, builder, backend); skipped when the backend's library is missing. The genai builder's
+# graph runs both in onnxruntime-genai and in edgerun's own ORT loop.
 ARTIFACTS = [
-    ("onnx-fp32", {}, "onnxruntime"),
-    ("gguf-f16", {}, "llamacpp"),
-    ("onnx-fp32", {"builder": "genai"}, "genai"),
+    ("onnx-fp32", "optimum", "onnxruntime"),
+    ("gguf-f16", None, "llamacpp"),
+    ("onnx-fp32", "genai", "genai"),
+    ("onnx-fp32", "genai", "onnxruntime"),
 ]
 MODULES = {"onnxruntime": "onnxruntime", "llamacpp": "llama_cpp", "genai": "onnxruntime_genai"}
 
@@ -30,14 +33,35 @@ def reference(smollm2_dir: Path) -> list[int]:
     return torch_greedy(torch_model(smollm2_dir), ids, 16)
 
 
-@pytest.mark.parametrize(("fmt", "options", "backend"), ARTIFACTS, ids=[a[2] for a in ARTIFACTS])
+@pytest.fixture(scope="module")
+def exported(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Export on first use, shared by the tests of one module."""
+    cache: dict[tuple[str, str | None], Path] = {}
+    root = tmp_path_factory.mktemp("smollm2-artifacts")
+
+    def get(fmt: str, builder: str | None) -> Path:
+        if (fmt, builder) not in cache:
+            options = {"builder": builder} if builder else {}
+            out = root / f"{fmt}-{builder}"
+            cache[fmt, builder] = export_artifact(smollm2_dir, fmt, out, **options)
+        return cache[fmt, builder]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    ("fmt", "builder", "backend"), ARTIFACTS, ids=[f"{a[0]}-{a[1]}-{a[2]}" for a in ARTIFACTS]
+)
 def test_first_16_greedy_tokens_equal_transformers(
-    fmt: str, options: dict, backend: str, smollm2_dir: Path, reference: list[int], tmp_path: Path
+    fmt: str,
+    builder: str | None,
+    backend: str,
+    exported: Callable[..., Path],
+    reference: list[int],
 ) -> None:
     if importlib.util.find_spec(MODULES[backend]) is None:
         pytest.skip(f"{backend} is not installed")
-    art = export_artifact(smollm2_dir, fmt, tmp_path / backend, **options)
-    with edgerun.load(art, PROFILE) as m:
+    with edgerun.load(exported(fmt, builder), PROFILE, backend=backend) as m:
         assert m.info.backend == backend
         got = [c.token_id for c in m.generate(PROMPT, max_tokens=16)]
         assert got == reference

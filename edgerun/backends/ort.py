@@ -1,4 +1,5 @@
-"""ONNX Runtime backend for optimum-built decoder graphs (task text-generation-with-past).
+"""ONNX Runtime backend: our own IOBinding generation loop over optimum-built decoder graphs
+(task text-generation-with-past) and over onnxruntime-genai builder graphs.
 
 Graph contract: inputs input_ids, attention_mask, [position_ids], past_key_values.N.key/value
 [batch, kv_heads, past, head_dim]; outputs logits, present.N.key/value [.., past + new, ..].
@@ -10,6 +11,11 @@ and copy the whole buffer. So the cache lives in two sets of buffers allocated o
 (ping-pong): step t reads past from set A and ORT writes present straight into set B, which is
 step t+1's past. Binding is by raw pointer with the current shape, so no per-token allocation and
 no Python copy of the cache happens; the only per-token copy is the Concat the graph itself does.
+
+Graphs from the onnxruntime-genai builder use GroupQueryAttention, which can update the cache in
+place (genai_config "past_present_share_buffer"): there each K/V gets one max-length buffer,
+bound once as both past and present; per step only the attention mask (whose length tells the op
+the sequence length) is re-bound. That is genai's own memory scheme, minus its generator.
 
 Logits: decode steps write them into one pre-allocated [1, 1, vocab] array. Prefill computes all
 prompt positions' logits because the graph's lm_head has no "last position only" input; doing
@@ -41,7 +47,9 @@ class OrtBackend(Backend):
 
     @classmethod
     def accepts(cls, artifact: Artifact) -> bool:
-        return artifact.family == "onnx" and artifact.builder != "genai"
+        if artifact.family != "onnx":
+            return False
+        return artifact.builder != "genai" or _shared_buffer_graph(artifact)
 
     @classmethod
     def available_providers(cls) -> list[str]:
@@ -69,6 +77,7 @@ class OrtBackend(Backend):
             ) from exc
         self.providers = list(self.session.get_providers())
         self._layout(artifact)
+        self._shared = artifact.builder == "genai"
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._binding = _Binding(ort, self.session, self._device)
         self._capacity = 0
@@ -116,18 +125,30 @@ class OrtBackend(Backend):
         cap = -(-total // _CAPACITY_STEP) * _CAPACITY_STEP
         size = [self._kv_heads * cap * self._head_dim]
         make = self._binding.ort.OrtValue.ortvalue_from_shape_and_type
+        sets = 1 if self._shared else 2
         self._buffers = [
-            [make(size, self._kv_dtype, self._device, 0) for _ in self._past] for _ in range(2)
+            [make(size, self._kv_dtype, self._device, 0) for _ in self._past] for _ in range(sets)
         ]
         self._pointers = [[b.data_ptr() for b in bufs] for bufs in self._buffers]
         self._mask = np.ones((1, cap), np.int64)
         self._mask_ptr = self._mask.ctypes.data
         self._capacity = cap
+        if self._shared:  # one buffer per K/V, same pointer and shape for past and present
+            b, dtype = self._binding, _ONNX_TYPES[self._kv_dtype]
+            shape = (1, self._kv_heads, cap, self._head_dim)
+            for past, present, ptr in zip(
+                self._past, self._present, self._pointers[0], strict=True
+            ):
+                b.bind_input(past, b.dev, dtype, shape, ptr)
+                b.bind_output(present, b.dev, dtype, shape, ptr)
 
     def _bind_cache(self, past: int, new: int) -> None:
         """Bind past (read) and present (written) for this step: 4 x layers binds, the main
         per-token Python cost, so the loop body is kept to bare calls."""
         b, dtype = self._binding, _ONNX_TYPES[self._kv_dtype]
+        if self._shared:
+            b.bind_input("attention_mask", b.cpu, 7, (1, past + new), self._mask_ptr)
+            return
         bind_input, bind_output, dev = b.bind_input, b.bind_output, b.dev
         src, dst = self._pointers[self._flip], self._pointers[1 - self._flip]
         past_shape = (1, self._kv_heads, past, self._head_dim)
@@ -177,7 +198,8 @@ class OrtBackend(Backend):
 
     def _advance(self, n: int) -> None:
         self._length += n
-        self._flip = 1 - self._flip
+        if not self._shared:
+            self._flip = 1 - self._flip
 
     def close(self) -> None:
         self._buffers = []
@@ -209,6 +231,32 @@ class _Binding:
         # bound pybind methods, called without a Python wrapper in between
         self.bind_input, self.bind_output = raw.bind_input, raw.bind_output
         self.run = lambda: run(raw, None)
+
+
+def _shared_buffer_graph(artifact: Artifact) -> bool:
+    """Whether a genai-built graph is a plain decoder this loop can drive: GroupQueryAttention
+    with in-place cache, the standard input / output names, nothing but a decoder."""
+    import json
+
+    path = artifact.path / "genai_config.json"
+    try:
+        config = json.loads(path.read_text())
+        model, decoder = config["model"], config["model"]["decoder"]
+        shared = bool(config["search"]["past_present_share_buffer"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    expected = {
+        "input_ids": "input_ids",
+        "attention_mask": "attention_mask",
+        "past_key_names": "past_key_values.%d.key",
+        "past_value_names": "past_key_values.%d.value",
+        "logits": "logits",
+        "present_key_names": "present.%d.key",
+        "present_value_names": "present.%d.value",
+    }
+    names = {**decoder.get("inputs", {}), **decoder.get("outputs", {})}
+    only_decoder = not (set(model) & {"vision", "speech", "embedding", "encoder"})
+    return shared and only_decoder and names == expected
 
 
 def _layer_order(name: str) -> tuple[int, str]:

@@ -81,7 +81,7 @@ def genai_export(fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
             "accuracy_level": opts.accuracy_level,
             "algorithm": "rtn",
             "embedding": {"block_size": opts.block_size, "shared_with_lm_head": tied},
-            "lm_head": "quantized",
+            "lm_head": "rtn",
         }
     cache = ctx.scratch / "genai-cache"
     build = ctx.scratch / f"genai-{fmt}"

@@ -6,8 +6,10 @@ ONNX format of that call (fp16 and the quantized formats start from it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,22 +118,19 @@ def _io_dtype(model: Any) -> str:
     return "unknown"
 
 
-class _quiet:
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     """Silence optimum's and transformers' INFO/WARNING chatter during a step (errors still show)."""
+    import warnings
 
-    def __enter__(self) -> None:
-        import warnings
-
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("ignore")
-        self._levels = {}
-        for name in ("optimum", "transformers", "torch.onnx", "onnxruntime"):
-            logger = logging.getLogger(name)
-            self._levels[name] = logger.level
-            logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        for name, level in self._levels.items():
+    names = ("optimum", "transformers", "torch.onnx", "onnxruntime")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in names:
+                logging.getLogger(name).setLevel(logging.ERROR)
+            yield
+    finally:
+        for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        self._warnings.__exit__(*exc)

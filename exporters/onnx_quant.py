@@ -12,6 +12,7 @@ tensors quantized by the same ORT kernel when they are not.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -54,15 +55,40 @@ def quantize_weight_only(model: Any, config: WeightOnlyConfig) -> tuple[Any, dic
     logging.getLogger(mnq.__name__).setLevel(logging.WARNING)
     embed = _embedding_gather(model)
     tied = _materialize_lm_head(model)
-    quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=_algo_config(mnq, config))
-    quantizer.process()
-    model = quantizer.model.model
+    # HQQ's float zero points cannot feed GatherBlockQuantized: with tied embeddings the lm_head
+    # is quantized by RTN in a second pass, so that one quantized copy serves both.
+    head_rtn = tied and config.algorithm != "rtn"
+    exclude = [_lm_head_node(model).name] if head_rtn else []
+    model = _run_quantizer(mnq, model, config, _algo_config(mnq, config), exclude)
+    if head_rtn:
+        rtn = dataclasses.replace(config, algorithm="rtn")
+        model = _run_quantizer(mnq, model, rtn, _algo_config(mnq, rtn), [])
     embedding = _quantize_embedding(model, embed, tied, config) if embed is not None else None
     _set_domain_opset(model, "com.microsoft", 1)
     quant = config.to_json()
+    # what the graph really says (HQQ leaves accuracy_level unset)
+    levels = {_attr(n, "accuracy_level", 0) for n in model.graph.node if n.op_type == "MatMulNBits"}
+    quant["accuracy_level"] = levels.pop() if len(levels) == 1 else sorted(levels)
     quant["embedding"] = embedding
-    quant["lm_head"] = "quantized" if _lm_head_node(model).op_type == "MatMulNBits" else "fp32"
+    quantized = _lm_head_node(model).op_type == "MatMulNBits"
+    quant["lm_head"] = ("rtn" if head_rtn else config.algorithm) if quantized else "fp32"
     return model, quant
+
+
+def _run_quantizer(
+    mnq: Any, model: Any, config: WeightOnlyConfig, algo: Any, exclude: list[str]
+) -> Any:
+    quantizer = mnq.MatMulNBitsQuantizer(
+        model,
+        bits=config.bits,
+        block_size=config.block_size,
+        is_symmetric=config.symmetric,
+        accuracy_level=config.accuracy_level,
+        nodes_to_exclude=exclude,
+        algo_config=algo,
+    )
+    quantizer.process()
+    return quantizer.model.model
 
 
 def _algo_config(mnq: Any, config: WeightOnlyConfig) -> Any:
@@ -76,6 +102,15 @@ def _algo_config(mnq: Any, config: WeightOnlyConfig) -> Any:
             bits=config.bits,
         )
     raise EdgerunError(f"unknown quantization algorithm '{config.algorithm}'", "use rtn or hqq")
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
 
 
 def _initializers(model: Any) -> dict[str, Any]:

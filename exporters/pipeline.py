@@ -184,7 +184,7 @@ def _export_one(
             copy_side_files(ctx.checkpoint.path, tmp)
             validation = None
             if reference is not None:
-                with ctx.stage("validate (onnxruntime / llama.cpp vs PyTorch)"):
+                with ctx.stage("validate (artifact vs PyTorch fp32)"):
                     scored = reference.score(family.logits_fn(tmp, fields), opts.thresholds)
                 if not scored.passed and not opts.force:
                     raise _GateFailed(scored)

@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "pull": "edgerun.cli.pull:pull",
     "info": "edgerun.cli.info:info",
     "run": "edgerun.cli.run:run",
+    "export": "edgerun.cli.export:export",
+    "verify": "edgerun.cli.verify:verify",
     "power": "edgerun.cli.power:power",
     "bench": "edgerun.cli.bench:bench",
     "compare": "edgerun.cli.compare:compare",

@@ -1,0 +1,142 @@
+"""`edgerun export SOURCE -f FORMATS -o OUTDIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgerun.cli.options import echo_json, json_option
+from edgerun.errors import EdgerunError
+
+
+class GateFailed(EdgerunError):
+    """An artifact failed validation and was not written (exit 1, not 2: the input was fine)."""
+
+    exit_code = 1
+
+
+def _formats_help() -> str:
+    return "Comma list of formats, e.g. onnx-int4,gguf-q4_k_m (see `edgerun export --list`)."
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("-f", "--formats", "formats", help=_formats_help())
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--list", "list_formats", is_flag=True, help="List the formats and exit.")
+@click.option("--block-size", default=32, show_default=True, help="int4/int8 block size (16-256).")
+@click.option(
+    "--symmetric/--asymmetric", default=False, show_default=True, help="int4/int8 zero point."
+)
+@click.option("--accuracy-level", default=4, show_default=True, help="MatMulNBits compute (0-4).")
+@click.option(
+    "--algorithm", default="rtn", show_default=True, help="int4/int8 algorithm: rtn | hqq."
+)
+@click.option(
+    "--int8-mode",
+    default="weight-only",
+    show_default=True,
+    help="weight-only | dynamic (MatMulInteger).",
+)
+@click.option(
+    "--builder", default="optimum", show_default=True, help="ONNX graph: optimum | genai."
+)
+@click.option("--eval-text", type=click.Path(path_type=Path), help="Validate on this UTF-8 text.")
+@click.option("--max-ppl-ratio", type=float, help="Gate: highest PPL ratio that passes.")
+@click.option("--max-kl", type=float, help="Gate: highest mean KL divergence that passes.")
+@click.option("--min-top1", type=float, help="Gate: lowest top-1 agreement that passes.")
+@click.option("--force", is_flag=True, help="Write artifacts that fail validation (passed: false).")
+@click.option("--no-validate", is_flag=True, help="Skip validation (manifest validation: null).")
+@click.option("--overwrite", is_flag=True, help="Replace existing OUTDIR/<format> directories.")
+@click.option("--keep-intermediates", is_flag=True, help="Keep the scratch directory.")
+@json_option
+def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: Any) -> None:
+    """Export SOURCE to one validated artifact directory per format: OUTDIR/<format>/.
+
+    SOURCE is anything `edgerun pull` accepts. Each artifact is run for real (onnxruntime,
+    llama.cpp) on an evaluation text and compared with the PyTorch fp32 reference (PPL ratio, mean
+    KL, top-1 agreement); one that fails the gate is not written unless --force.
+    """
+    from edgerun.exporters.formats import UNAVAILABLE, all_formats
+
+    if kw.pop("list_formats"):
+        click.echo("\n".join(all_formats()))
+        for prefix, why in UNAVAILABLE.items():
+            click.echo(f"{prefix}-*: unavailable ({why})")
+        return
+    if not source or not formats or not out_dir:
+        raise click.UsageError("SOURCE, -f/--formats and -o/--out are required")
+    as_json = kw.pop("as_json")
+    results = _run(source, formats, out_dir, kw, progress=not as_json)
+    if as_json:
+        echo_json([_result_json(r) for r in results])
+    else:
+        _print_results(results)
+    _exit_status(results)
+
+
+def _run(source: str, formats: str, out_dir: Path, kw: dict[str, Any], progress: bool) -> list[Any]:
+    from dataclasses import replace
+
+    from edgerun.exporters.formats import ExportOptions
+    from edgerun.exporters.pipeline import export as run_export
+    from edgerun.exporters.validate import Thresholds
+
+    gate = {"max_ppl_ratio": kw.pop("max_ppl_ratio"), "max_mean_kl": kw.pop("max_kl")}
+    gate["min_top1_agreement"] = kw.pop("min_top1")
+    thresholds = replace(Thresholds(), **{k: v for k, v in gate.items() if v is not None})
+    if kw["no_validate"]:
+        click.echo("warning: --no-validate: artifacts are written with validation: null", err=True)
+    options = ExportOptions(**kw, progress=progress, thresholds=thresholds)
+    return run_export(source, formats, out_dir, options)
+
+
+def _print_results(results: list[Any]) -> None:
+    from rich.console import Console
+
+    from edgerun.exporters.report import results_table
+
+    console = Console()
+    console.print(results_table(results))
+    for r in results:
+        if r.written:
+            click.echo(f"{r.format}: {r.path}")
+
+
+def _result_json(r: Any) -> dict[str, Any]:
+    return {
+        "format": r.format,
+        "path": str(r.path) if r.path else None,
+        "written": r.written,
+        "passed": r.passed,
+        "status": r.status,
+        "reason": r.reason,
+        "size_bytes": r.size_bytes,
+        "wall_s": r.wall_s,
+        "validation": r.validation,
+    }
+
+
+def _exit_status(results: list[Any]) -> None:
+    """One line per problem on stderr; exit 1 when an artifact was not written."""
+    for r in results:
+        if r.written and r.passed is False:
+            click.echo(
+                f"warning: {r.format} failed validation ({r.reason}); written anyway (--force)",
+                err=True,
+            )
+    failed = [r for r in results if not r.written]
+    if not failed:
+        return
+    first = failed[0]
+    more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+    if first.passed is False:
+        raise GateFailed(
+            f"{first.format} failed validation: {first.reason}; not written{more}",
+            "pass --force to write it with passed: false",
+        )
+    raise GateFailed(
+        f"{first.format} was not exported: {first.reason}{more}", "see the message above"
+    )

@@ -1,0 +1,282 @@
+"""`edgerun export` through click: bad inputs, the gate, --force, --no-validate, interruptions."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from edgerun.exporters.formats import all_formats
+
+from edgerun.cli import cli
+from edgerun.manifest import read_manifest
+
+TINY_GATE = ["--max-ppl-ratio", "1.1", "--max-kl", "0.1", "--min-top1", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def eval_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgerun.exporters.reference import read_eval_text
+
+    path = tmp_path_factory.mktemp("eval") / "eval.txt"
+    path.write_text(read_eval_text(None)[:2000], encoding="utf-8")
+    return path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["export", *args])
+
+
+def last_line(text: str) -> str:
+    """The last line of stderr: the one-line verdict after the progress lines."""
+    return text.splitlines()[-1] + "\n"
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir()) if out.exists() else []
+
+
+def test_list_names_the_onnx_formats() -> None:
+    result = run("--list")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[:4] == ["onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int4"]
+
+
+def test_unknown_format_lists_the_valid_ones(tiny_llama: Path, tmp_path: Path) -> None:
+    result = run(str(tiny_llama), "-f", "onnx-fp32,onnx-int3", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"error: unknown format 'onnx-int3' (valid formats: {', '.join(all_formats())})\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--block-size", "48"],
+            "block size 48 is not a power of two in 16-256 (use one of 16, 32, 64, 128, 256)",
+        ),
+        (
+            ["--block-size", "512"],
+            "block size 512 is not a power of two in 16-256 (use one of 16, 32, 64, 128, 256)",
+        ),
+        (
+            ["--accuracy-level", "5"],
+            "accuracy level 5 is out of range (use 0 (unset) or 1-4 (fp32, fp16, bf16, int8 compute))",
+        ),
+        (["--algorithm", "awq"], "unknown algorithm 'awq' (use rtn or hqq)"),
+        (["--int8-mode", "static"], "unknown int8 mode 'static' (use one of weight-only, dynamic)"),
+        (["--builder", "tvm"], "unknown builder 'tvm' (use one of optimum, genai)"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(
+    tiny_llama: Path, tmp_path: Path, option: list[str], message: str
+) -> None:
+    result = run(str(tiny_llama), "-f", "onnx-int4,onnx-int8", "-o", str(tmp_path / "out"), *option)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_directory_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    (tmp_path / "onnx-int4").mkdir()
+    (tmp_path / "onnx-int4" / "keep.txt").write_text("mine")
+    result = run(str(tiny_llama), "-f", "onnx-int4", "-o", str(tmp_path))
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"error: {tmp_path / 'onnx-int4'} already exists (pass --overwrite to replace it)\n"
+    )
+    assert (tmp_path / "onnx-int4" / "keep.txt").read_text() == "mine"
+
+
+def test_eval_text_too_short_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.", encoding="utf-8")
+    n = len(
+        AutoTokenizer.from_pretrained(tiny_llama)(short.read_text(), add_special_tokens=False)[
+            "input_ids"
+        ]
+    )
+    result = run(
+        str(tiny_llama), "-f", "onnx-fp32", "-o", str(tmp_path / "out"), "--eval-text", str(short)
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: the evaluation text has {n} tokens; validation needs at least 256 (pass a longer --eval-text file)\n"
+    )
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_missing_eval_text_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    result = run(
+        str(tiny_llama), "-f", "onnx-fp32", "-o", str(tmp_path / "o"), "--eval-text", "nope.txt"
+    )
+    assert result.exit_code == 2
+    assert (
+        result.stderr == "error: evaluation text not found: nope.txt (check the --eval-text path)\n"
+    )
+
+
+def test_unsupported_architecture_lists_the_supported_ones(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    odd = Path(shutil.copytree(tiny_llama, tmp_path / "odd"))
+    config = json.loads((odd / "config.json").read_text())
+    config.update(model_type="oddformer", architectures=["OddformerForCausalLM"])
+    (odd / "config.json").write_text(json.dumps(config))
+    result = run(str(odd), "-f", "onnx-fp32", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert re.fullmatch(
+        r"error: optimum-onnx cannot export model type 'oddformer' as a decoder with KV cache "
+        r"\(supported: [a-z0-9_, -]*\bllama\b[a-z0-9_, -]*\bqwen2\b[a-z0-9_, -]*\)\n",
+        result.stderr,
+    )
+    genai = run(str(odd), "-f", "onnx-int4", "-o", str(tmp_path / "out"), "--builder", "genai")
+    assert genai.exit_code == 2
+    assert genai.stderr.startswith(
+        "error: onnxruntime-genai's builder does not support OddformerForCausalLM"
+    )
+
+
+def test_genai_builder_refuses_formats_it_cannot_make(tiny_llama: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime_genai")
+    result = run(str(tiny_llama), "-f", "onnx-int8", "-o", str(tmp_path), "--builder", "genai")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --builder genai cannot make onnx-int8 for the CPU execution provider "
+        "(use it for onnx-fp32, onnx-int4, or --builder optimum)\n"
+    )
+
+
+def test_gate_refusal_writes_nothing_and_exits_1(
+    tiny_llama: Path, tmp_path: Path, eval_text: Path
+) -> None:
+    result = run(
+        str(tiny_llama),
+        "-f",
+        "onnx-int4",
+        "-o",
+        str(tmp_path),
+        "--eval-text",
+        str(eval_text),
+        "--max-kl",
+        "0",
+    )
+    assert result.exit_code == 1
+    assert re.fullmatch(
+        r"error: onnx-int4 failed validation: mean KL [0-9.e-]+ > 0\.0; not written "
+        r"\(pass --force to write it with passed: false\)\n",
+        last_line(result.stderr),
+    ), result.stderr
+    assert "✓ quantize (onnx-int4, MatMulNBits 4-bit, rtn)" in result.stderr
+    assert "FAIL (not written)" in result.stdout
+    assert _leftovers(tmp_path) == []
+
+
+def test_force_writes_a_failing_artifact_marked_failed(
+    tiny_llama: Path, tmp_path: Path, eval_text: Path
+) -> None:
+    result = run(
+        str(tiny_llama),
+        "-f",
+        "onnx-int4",
+        "-o",
+        str(tmp_path),
+        "--eval-text",
+        str(eval_text),
+        "--max-kl",
+        "0",
+        "--force",
+    )
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"warning: onnx-int4 failed validation \(mean KL [0-9.e-]+ > 0\.0\); written anyway \(--force\)\n",
+        last_line(result.stderr),
+    )
+    validation = read_manifest(tmp_path / "onnx-int4")["validation"]
+    assert validation["passed"] is False and validation["reasons"][0].startswith("mean KL")
+    assert "FAIL (forced, written)" in result.stdout
+
+
+def test_no_validate_writes_null_validation_and_says_so(tiny_llama: Path, tmp_path: Path) -> None:
+    result = run(str(tiny_llama), "-f", "onnx-fp32", "-o", str(tmp_path), "--no-validate", "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "warning: --no-validate: artifacts are written with validation: null\n"
+    (entry,) = json.loads(result.stdout)
+    assert entry["status"] == "written, NOT validated" and entry["passed"] is None
+    assert read_manifest(tmp_path / "onnx-fp32")["validation"] is None
+
+
+def test_json_output_and_overwrite(tiny_qwen2: Path, tmp_path: Path, eval_text: Path) -> None:
+    args = [
+        str(tiny_qwen2),
+        "-f",
+        "onnx-fp32",
+        "-o",
+        str(tmp_path),
+        "--eval-text",
+        str(eval_text),
+        "--json",
+        *TINY_GATE,
+    ]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    (entry,) = json.loads(first.stdout)
+    assert entry["format"] == "onnx-fp32" and entry["written"] and entry["passed"] is True
+    assert entry["path"] == str(tmp_path / "onnx-fp32")
+    assert set(entry["validation"]) >= {"ppl_ref", "ppl", "ppl_ratio", "mean_kl", "top1_agreement"}
+    created = read_manifest(tmp_path / "onnx-fp32")["export"]["created"]
+    again = run(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert read_manifest(tmp_path / "onnx-fp32")["export"]["created"] >= created
+    assert _leftovers(tmp_path) == ["onnx-fp32"]
+
+
+def test_ctrl_c_mid_export_leaves_nothing(
+    tiny_llama: Path, tmp_path: Path, eval_text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgerun.exporters.onnx_quant as onnx_quant
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_quant, "quantize_weight_only", interrupted)
+    result = run(
+        str(tiny_llama),
+        "-f",
+        "onnx-fp32,onnx-int4",
+        "-o",
+        str(tmp_path),
+        "--eval-text",
+        str(eval_text),
+        *TINY_GATE,
+    )
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == "Interrupted: nothing partial was kept.\n"
+    # onnx-fp32 finished before the interruption and is complete; nothing else is left
+    assert _leftovers(tmp_path) == ["onnx-fp32"]
+    assert read_manifest(tmp_path / "onnx-fp32")["validation"]["passed"] is True
+
+
+def test_exception_after_model_written_leaves_no_directory(
+    tiny_llama: Path, tmp_path: Path, eval_text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgerun.exporters.pipeline as pipeline
+
+    def disk_full(checkpoint: Path, artifact: Path) -> list[str]:
+        assert (artifact / "model.onnx").is_file()  # the model was already written in the temp dir
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "copy_side_files", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        pipeline.export(str(tiny_llama), "onnx-fp32", tmp_path, eval_text=eval_text, progress=False)
+    assert _leftovers(tmp_path) == []

@@ -1,0 +1,127 @@
+"""The shared validation metrics and gate, on synthetic logits (no model needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from edgerun.exporters.validate import (
+    MIN_EVAL_TOKENS,
+    Reference,
+    Thresholds,
+    log_softmax,
+    windows,
+)
+
+from edgerun.errors import EdgerunError
+
+VOCAB = 50
+
+
+def _table(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 3, size=(VOCAB, VOCAB)).astype(np.float32)
+
+
+def _bigram(table: np.ndarray):
+    """A LogitsFn whose next-token logits depend on the current token only."""
+    return lambda ids: table[ids]
+
+
+def _ids(n: int = 600) -> list[int]:
+    return list(np.random.default_rng(1).integers(0, VOCAB, size=n))
+
+
+def test_windows_are_non_overlapping_and_keep_a_long_enough_tail() -> None:
+    chunks = windows(range(10), 4)
+    assert [c.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [c.tolist() for c in windows(range(9), 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_log_softmax_normalises_in_float64() -> None:
+    out = log_softmax(np.array([[1000.0, 1000.0], [0.0, math.log(3.0)]], dtype=np.float32))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(np.exp(out).sum(-1), [1.0, 1.0])
+    np.testing.assert_allclose(out[1], np.log([0.25, 0.75]))
+
+
+def test_identical_model_scores_perfectly() -> None:
+    table = _table()
+    ref = Reference(_bigram(table), _ids(), "text", window=100)
+    v = ref.score(_bigram(table))
+    assert v.tokens == 600 - 6  # six windows of 100, one prediction fewer each
+    assert v.ppl == pytest.approx(v.ppl_ref)
+    assert v.ppl_ratio == pytest.approx(1.0)
+    assert v.mean_kl == pytest.approx(0.0, abs=1e-12)
+    assert v.top1_agreement == 1.0
+    assert v.passed and v.reasons == []
+
+
+def test_perplexity_is_exp_of_mean_nll() -> None:
+    table = _table()
+    ids = _ids(300)
+    ref = Reference(_bigram(table), ids, "t", window=300)
+    lp = log_softmax(table[np.array(ids[:-1])])
+    nll = -lp[np.arange(299), np.array(ids[1:])].mean()
+    assert ref.score(_bigram(table)).ppl_ref == pytest.approx(math.exp(nll))
+
+
+def test_more_noise_scores_worse_and_strict_gate_fails() -> None:
+    table = _table()
+    ref = Reference(_bigram(table), _ids(), "text")
+    rng = np.random.default_rng(2)
+    small = ref.score(_bigram(table + rng.normal(0, 0.3, table.shape).astype(np.float32)))
+    large = ref.score(_bigram(table + rng.normal(0, 3.0, table.shape).astype(np.float32)))
+    assert 0 < small.mean_kl < large.mean_kl
+    assert small.top1_agreement > large.top1_agreement
+    strict = Thresholds(max_ppl_ratio=0.5, max_mean_kl=1e-6, min_top1_agreement=0.9999)
+    failed = ref.score(_bigram(table + 0.5 * rng.normal(size=table.shape)), strict)
+    assert not failed.passed
+    assert len(failed.reasons) == 3
+    assert failed.thresholds == {
+        "max_ppl_ratio": 0.5,
+        "max_mean_kl": 1e-6,
+        "min_top1_agreement": 0.9999,
+    }
+
+
+def test_gate_treats_nan_as_failure() -> None:
+    reasons = Thresholds().check(float("nan"), 0.0, 1.0)
+    assert reasons == ["PPL ratio nan > 1.3"]
+
+
+def test_garbage_model_overflowing_perplexity_fails_without_inf() -> None:
+    table = _table()
+    ref = Reference(_bigram(table), _ids(), "text")
+    garbage = ref.score(lambda ids: -1e4 * table[ids])  # confidently wrong everywhere
+    assert not garbage.passed
+    assert math.isfinite(garbage.ppl) and garbage.ppl_ratio > 1e3
+
+
+def test_eval_text_shorter_than_minimum_is_refused() -> None:
+    with pytest.raises(EdgerunError, match=f"needs at least {MIN_EVAL_TOKENS}"):
+        Reference(_bigram(_table()), _ids(MIN_EVAL_TOKENS - 1), "short")
+
+
+def test_vocabulary_mismatch_is_an_error() -> None:
+    ref = Reference(_bigram(_table()), _ids(), "text")
+    with pytest.raises(EdgerunError, match="vocabulary"):
+        ref.score(lambda ids: np.zeros((len(ids), VOCAB + 1), np.float32))
+
+
+def test_text_hash_is_recorded() -> None:
+    import hashlib
+
+    v = Reference(_bigram(_table()), _ids(), "héllo").score(_bigram(_table()))
+    assert v.eval_text_sha256 == hashlib.sha256("héllo".encode()).hexdigest()
+    assert set(v.to_json()) >= {
+        "ppl_ref",
+        "ppl",
+        "ppl_ratio",
+        "mean_kl",
+        "top1_agreement",
+        "tokens",
+        "eval_text_sha256",
+        "thresholds",
+        "passed",
+    }

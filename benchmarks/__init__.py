@@ -8,9 +8,26 @@ Not part of the installed wheel. Work files (artifacts, logs, quick results) go 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-WORK = ROOT / "work"
 RESULTS = ROOT / "results"
 README = ROOT / "README.md"
+
+
+def work_dir() -> Path:
+    """Where artifacts, logs and quick results go: $EDGERUN_BENCH_WORK, else benchmarks/work."""
+    env = os.environ.get("EDGERUN_BENCH_WORK")
+    return Path(env) if env else ROOT / "work"
+
+
+def model_key(model: str) -> str:
+    """A directory name for a model source: a demo name as it is, a path as name + short hash."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", model) and not Path(model).exists():
+        return model
+    digest = hashlib.sha256(str(Path(model).expanduser().resolve()).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or "model").strip("-")
+    return f"{name}-{digest}"

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from benchmarks import README, RESULTS, WORK, artifacts, machine, weights
+from benchmarks import README, RESULTS, artifacts, machine, weights, work_dir
 from benchmarks.proc import failure_line, run_measured
 
 START, END = "<!-- export-cost:start -->", "<!-- export-cost:end -->"
@@ -92,7 +92,7 @@ def run_pipeline(p: Pipeline, root: Path) -> dict[str, Any]:
     steps = []
     try:
         for i, cmd in enumerate(p.steps):
-            log = WORK / "logs" / f"export-cost-{root.name}-{i}.log"
+            log = work_dir() / "logs" / f"export-cost-{root.name}-{i}.log"
             result = run_measured(_expand(cmd, out, tmp), log)
             steps.append(result.to_json())
             if result.rc != 0:
@@ -112,13 +112,15 @@ def measure_all(src: Path, only: str | None, reps: int) -> list[dict[str, Any]]:
     """Every selected pipeline, `reps` times each (interleaved); medians of wall time and RSS."""
     terms = [t.strip().lower() for t in (only or "").split(",") if t.strip()]
     chosen = [p for p in pipelines(src) if not terms or any(t in p.name.lower() for t in terms)]
-    rows = {p.name: {"name": p.name, "runs": [], "reason": _missing(p)} for p in chosen}
+    rows: dict[str, dict[str, Any]] = {
+        p.name: {"name": p.name, "runs": [], "reason": _missing(p)} for p in chosen
+    }
     for _ in range(reps):
         for i, p in enumerate(chosen):
             row = rows[p.name]
             if row["reason"] is None:
                 print(f"exporting: {p.name} ...", flush=True)
-                row["runs"].append(run_pipeline(p, WORK / "export-cost" / f"p{i}"))
+                row["runs"].append(run_pipeline(p, work_dir() / "export-cost" / f"p{i}"))
     for row in rows.values():
         ok = [r for r in row["runs"] if r["status"] == "ok"]
         row["status"] = "skipped" if row["reason"] else ("ok" if ok else "failed")

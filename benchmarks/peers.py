@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from benchmarks import README, RESULTS, WORK, machine, render, report
+from benchmarks import README, RESULTS, machine, model_key, render, report, work_dir
 from benchmarks.workload import Workload, ids_digest, prompt_ids
 from edgerun.errors import EdgerunError
 
@@ -41,7 +41,9 @@ def run(w: Workload, only: str | None, build: bool, refresh: bool, quick: bool) 
 
     checkpoint = resolve(w.model).path
     started = time.time()
-    prep = Prep(checkpoint=checkpoint, work=WORK / w.model, build=build, refresh=refresh)
+    prep = Prep(
+        checkpoint=checkpoint, work=work_dir() / model_key(w.model), build=build, refresh=refresh
+    )
     specs = plan(prep, only)
     prompts = {n: prompt_ids(checkpoint / "tokenizer.json", n, w.seed) for n in w.prompt_tokens}
     desc = machine.describe()
@@ -52,7 +54,7 @@ def run(w: Workload, only: str | None, build: bool, refresh: bool, quick: bool) 
         )
     mib = 128 if quick else 512
     before = machine.bandwidth_probe(w.threads, mib=mib)
-    rows = run_rows(specs, prompts, w, WORK / "logs")
+    rows = run_rows(specs, prompts, w, work_dir() / "logs")
     bandwidth = merge_bandwidth(before, machine.bandwidth_probe(w.threads, mib=mib))
     summary = report.summarize(rows, bandwidth["median_gb_s"])
     return {
@@ -79,7 +81,7 @@ def save(results: dict[str, Any], quick: bool, out: Path | None, readme: bool) -
     from edgerun.home import atomic_write_json
 
     stamp = results["created"].replace(":", "").replace("-", "")
-    path = out or (WORK / "results" if quick else RESULTS) / f"peers-{stamp}.json"
+    path = out or (work_dir() / "results" if quick else RESULTS) / f"peers-{stamp}.json"
     atomic_write_json(path, results)
     if readme and not quick:
         render.update_readme(README, render.markdown(results))
@@ -136,7 +138,9 @@ def _dry_run(w: Workload, only: str | None, build: bool) -> None:
     from edgerun.sources import resolve
 
     checkpoint = resolve(w.model).path
-    for spec in plan(Prep(checkpoint=checkpoint, work=WORK / w.model, build=build), only):
+    for spec in plan(
+        Prep(checkpoint=checkpoint, work=work_dir() / model_key(w.model), build=build), only
+    ):
         state = f"skip: {spec.skip}" if spec.skip else f"run: {spec.artifact}"
         click.echo(f"{spec.kind:8} {spec.name:36} {state}")
 

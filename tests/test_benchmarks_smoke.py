@@ -150,3 +150,39 @@ def test_onnx_touched_bytes_skip_gather_only_tables(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), str(path))
     assert weights.touched_bytes(tmp_path) == (50 * 8 + 8 * 8) * 4
     assert weights.artifact_bytes(tmp_path) == path.stat().st_size
+
+
+def test_quick_run_end_to_end_on_a_tiny_model(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole orchestration for real (row process, protocol, JSON), on the PyTorch row of a
+    tiny checkpoint; rows without artifacts must be listed as skipped with their reason."""
+    import json
+
+    from click.testing import CliRunner
+
+    from benchmarks.peers import main
+
+    monkeypatch.setenv("EDGERUN_BENCH_WORK", str(tmp_path / "work"))
+    out = tmp_path / "r.json"
+    args = ["--quick", "--no-build", "--no-readme", "--only", "pytorch,edgerun onnx-int4,source"]
+    result = CliRunner().invoke(main, [*args, "--model", str(tiny_llama), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert set(rows) == {
+        "llama.cpp q4_1 (source gguf)", "pytorch fp32", "edgerun onnx-int4",
+        "edgerun onnx-int4 (genai builder)",
+    }  # fmt: skip
+    torch_row = rows["pytorch fp32"]
+    assert torch_row["status"] == "ok", torch_row["reason"]
+    (measured,) = torch_row["reps"]["32"]
+    assert measured["n_tokens"] == 16 and measured["decode_tok_s"] > 0 and measured["ttft_s"] > 0
+    assert torch_row["peak_rss_bytes"] > torch_row["touched_bytes"] > 0
+    assert len(torch_row["tokens"]["32"]) == 16
+    assert "not pulled from a GGUF" in rows["llama.cpp q4_1 (source gguf)"]["reason"]
+    assert "not built yet" in rows["edgerun onnx-int4"]["reason"]
+    (line,) = data["summary"]
+    assert line["name"] == "pytorch fp32" and line["vs_best_peer"] == 1.0 and line["agree"] == 16
+    assert data["bandwidth"]["median_gb_s"] > 0 and data["machine"]["logical_cores"] >= 1
+    assert "skipped: edgerun onnx-int4: " in result.output

@@ -72,8 +72,11 @@ def run(
     truncate: str | None,
     ignore_eos: bool,
 ) -> None:
-    """Stream a completion of PROMPT ("-" reads stdin) from ARTIFACT: an artifact directory or a
-    bare .gguf / .onnx file."""
+    """Stream a completion of PROMPT from ARTIFACT, then one stats line on stderr.
+
+    ARTIFACT is an artifact directory or a bare .gguf / .onnx file; PROMPT "-" reads stdin. The
+    backend and execution providers come from the device profile (auto-detected by default).
+    """
     from edgerun.model import load
 
     if prompt == "-":

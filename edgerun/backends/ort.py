@@ -78,7 +78,9 @@ class OrtBackend(Backend):
         self.providers = list(self.session.get_providers())
         self._layout(artifact)
         self._shared = artifact.builder == "genai"
-        self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        # The cache lives where attention runs (untested on GPUs here: no CUDA build on this box).
+        gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.providers[:1])
+        self._device = "cuda" if gpu else "cpu"
         self._binding = _Binding(ort, self.session, self._device)
         self._capacity = 0
         self._length = 0

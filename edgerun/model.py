@@ -218,8 +218,9 @@ class Model:
             start = clock()  # the caller's time between chunks is not counted
             if generation != self._generation:
                 raise EdgerunError(
-                    "another generate() started on this model while this one was running",
-                    "finish or close the first iterator, or load a second Model",
+                    "this generation was cut off: the model was closed or another generate()"
+                    " started on it",
+                    "finish one iterator before starting the next, or load a second Model",
                 )
             logits = backend.decode(token)
         # Ended on an end-of-sequence / stop id: release what was held back.
@@ -231,6 +232,7 @@ class Model:
     def close(self) -> None:
         """Free the backend (model weights, KV cache); further calls raise EdgerunError."""
         if self._backend is not None:
+            self._generation += 1  # a generator still running stops with an error
             self._backend.close()
             self._backend = None
 

@@ -199,6 +199,15 @@ def test_a_second_generate_invalidates_the_first(model: edgerun.model.Model) -> 
         next(first)
 
 
+def test_closing_the_model_stops_a_running_generation(llama_onnx: Path) -> None:
+    m = edgerun.load(llama_onnx, PROFILE)
+    chunks = m.generate([5, 6], max_tokens=10, ignore_eos=True)
+    next(chunks)
+    m.close()
+    with pytest.raises(EdgerunError, match="the model was closed"):
+        next(chunks)
+
+
 def test_token_ids_outside_the_vocabulary(model: edgerun.model.Model) -> None:
     with pytest.raises(EdgerunError, match="token id 384 is outside the vocabulary"):
         model.generate([5, 384])

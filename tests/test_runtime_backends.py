@@ -262,3 +262,22 @@ def test_chat_applies_the_template(artifacts: dict[str, Path]) -> None:
         assert m.last_stats.prompt_tokens == len(m.tokenizer.encode_chat(messages))
         rendered = m.tokenizer.apply_chat_template(messages)
         assert rendered == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_default_context_is_the_trained_one_capped(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    from edgerun.backends.select import MAX_DEFAULT_CONTEXT, _model_context
+
+    long = Artifact(tmp_path, tmp_path / "model.onnx", {"family": "onnx", "context_length": 32768})
+    assert _model_context(long) == MAX_DEFAULT_CONTEXT == 4096
+    if "llamacpp" not in artifacts:
+        pytest.skip("llama-cpp-python is not installed")
+    bare = tmp_path / "lonely.gguf"  # no config.json beside it: llama.cpp reads n_ctx_train
+    bare.write_bytes((artifacts["llamacpp"] / "model.gguf").read_bytes())
+    with edgerun.load(bare, PROFILE) as m:
+        assert (m.info.backend, m.context_length) == ("llamacpp", 256)
+        assert m.tokenizer.eos_ids  # the GGUF's own tokenizer
+        assert len(list(m.generate("Hello", max_tokens=4, ignore_eos=True))) == 4
+    with edgerun.load(bare, PROFILE, context=64) as m:
+        assert m.context_length == 64

@@ -19,6 +19,8 @@ from edgerun.backends.base import Artifact, Backend, Settings
 from edgerun.errors import EdgerunError
 from edgerun.tokenizer import Tokenizer
 
+_MAX_DEFAULT_CONTEXT = 4096  # as edgerun.backends.select.MAX_DEFAULT_CONTEXT
+
 
 class LlamaCppBackend(Backend):
     """A GGUF model in a llama.cpp context."""
@@ -35,6 +37,8 @@ class LlamaCppBackend(Backend):
 
         self._lib = llama_cpp
         kwargs = self._llama_kwargs(llama_cpp.Llama, settings)
+        if not kwargs["n_ctx"]:
+            kwargs["n_ctx"] = min(_trained_context(llama_cpp, artifact), _MAX_DEFAULT_CONTEXT)
         try:
             self.llm = llama_cpp.Llama(str(artifact.model_file), **kwargs)
         except (ValueError, RuntimeError) as exc:
@@ -43,7 +47,8 @@ class LlamaCppBackend(Backend):
                 "the file is corrupt, truncated or not GGUF: re-export it (edgerun verify checks hashes)",
             ) from exc
         self.threads = kwargs["n_threads"]
-        self.context_length = int(self.llm.n_ctx())
+        # llama.cpp rounds n_ctx up (to 256s); hold to what was asked so backends agree
+        self.context_length = min(int(self.llm.n_ctx()), settings.context or 1 << 30)
         self.vocab_size = int(self.llm.n_vocab())
         layers = int(kwargs.get("n_gpu_layers", 0))
         offload = layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
@@ -64,7 +69,7 @@ class LlamaCppBackend(Backend):
                 "use keyword arguments of llama_cpp.Llama (n_gpu_layers, n_batch, use_mmap, ...)",
             )
         return {
-            "n_ctx": settings.context or 0,  # 0: the context the model was trained with
+            "n_ctx": settings.context,
             "n_threads": settings.threads,
             "n_threads_batch": settings.threads,
             "logits_all": False,
@@ -105,6 +110,27 @@ class LlamaCppBackend(Backend):
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.close()
+
+
+def _trained_context(lib: Any, artifact: Artifact) -> int:
+    """n_ctx_train of a GGUF with no config.json beside it: load the weights (memory-mapped, no
+    context, no KV cache) just to read it."""
+    import logging
+
+    # what Llama(verbose=False) does: llama.cpp's log goes through this logger at ERROR level
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0
+    model = lib.llama_model_load_from_file(str(artifact.model_file).encode(), params)
+    if not model:
+        raise EdgerunError(
+            f"llama.cpp cannot load {artifact.model_file}",
+            "the file is corrupt, truncated or not GGUF: re-export it (edgerun verify checks hashes)",
+        )
+    try:
+        return int(lib.llama_model_n_ctx_train(model)) or _MAX_DEFAULT_CONTEXT
+    finally:
+        lib.llama_model_free(model)
 
 
 class LlamaCppTokenizer(Tokenizer):

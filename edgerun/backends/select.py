@@ -26,7 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgerun.profile import BackendPref, Profile
     from edgerun.tokenizer import Tokenizer
 
-DEFAULT_CONTEXT = 2048
+DEFAULT_CONTEXT = 2048  # when neither the manifest nor config.json says
+# Without an explicit context, allocate at most this many positions (llama.cpp's own default):
+# a 32k-trained model would otherwise reserve its whole KV cache on a small device.
+MAX_DEFAULT_CONTEXT = 4096
 
 
 @dataclass
@@ -124,9 +127,11 @@ def open_backend(
         raise EdgerunError(
             f"context must be at least 1, got {settings.context}", "pass a positive context"
         )
-    _check_memory(artifact, profile, settings)
+    checked = _check_memory(artifact, profile, settings)
     backend = cls(artifact, settings)
     try:
+        if not checked:  # no config.json (bare GGUF): ask the loaded model
+            _check_memory_loaded(artifact, profile, backend)
         warnings += _check_active(backend, settings, strict)
         tokenizer = _tokenizer(artifact, backend)
     except BaseException:
@@ -154,26 +159,39 @@ def _physical_cores() -> int | None:
 
 
 def _model_context(artifact: Artifact) -> int | None:
-    """The trained context: manifest, then config.json; None lets the backend decide (GGUF)."""
+    """The trained context (manifest, then config.json) capped at MAX_DEFAULT_CONTEXT; None lets
+    the backend read it from the model file (bare GGUF)."""
     value = artifact.manifest.get("context_length") or artifact.config().get(
         "max_position_embeddings"
     )
     if value:
-        return int(value)
+        return min(int(value), MAX_DEFAULT_CONTEXT)
     return None if artifact.family == "gguf" else DEFAULT_CONTEXT
 
 
-def _check_memory(artifact: Artifact, profile: Profile | None, settings: Settings) -> None:
-    """Refuse before loading when weights + KV cache for the context exceed the budget."""
-    if profile is None or not settings.context:
-        return
+def _check_memory(artifact: Artifact, profile: Profile | None, settings: Settings) -> bool:
+    """Refuse before loading when weights + KV cache for the context exceed the budget.
+    Returns False when config.json is missing, so the check has to wait for the loaded model."""
+    if profile is None:
+        return True
     half = artifact.family == "gguf" or artifact.manifest.get("precision") in {"fp16", "bf16"}
     per_token = kv_bytes_per_token(artifact.config(), 2 if half else 4)
-    if per_token is None:
-        return
+    if per_token is None or not settings.context:
+        return False
     from edgerun.profile import check_memory
 
     check_memory(profile, artifact.weights_bytes(), per_token * settings.context)
+    return True
+
+
+def _check_memory_loaded(artifact: Artifact, profile: Profile | None, backend: Backend) -> None:
+    per_token = backend.kv_bytes_per_token()
+    context = getattr(backend, "context_length", None)
+    if profile is None or per_token is None or not context:
+        return
+    from edgerun.profile import check_memory
+
+    check_memory(profile, artifact.weights_bytes(), per_token * int(context))
 
 
 def _check_active(backend: Backend, settings: Settings, strict: bool) -> list[str]:

@@ -149,7 +149,9 @@ class FormatFamily(Protocol):
         ...
 
     def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
-        """Run the artifact for real: token ids of one window -> logits [len, vocab]."""
+        """Run the artifact for real: token ids of one window -> logits [len, vocab].
+        During an export, `manifest` is the dict `export` returned plus "threads" (None or the
+        CPU thread count to use)."""
         ...
 
 

@@ -68,7 +68,8 @@ class OnnxFamily:
     def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
         from edgerun.exporters.onnx_runner import onnx_logits_fn
 
-        return onnx_logits_fn(Path(artifact_dir) / manifest["model_file"])
+        threads = manifest.get("threads")  # set by the pipeline from --threads during export
+        return onnx_logits_fn(Path(artifact_dir) / manifest["model_file"], threads=threads)
 
     def _optimum_export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
         fp32 = onnx_optimum.fp32_export(ctx)
@@ -131,7 +132,8 @@ def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> 
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
     )
-    with ctx.stage(f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm})"):
+    stage = f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm})"
+    with ctx.stage(stage), onnx_optimum.quiet():
         model, quant = quantize_weight_only(onnx.load(fp32), config)
         onnx_optimum.save_model(model, out_dir)
     return quant
@@ -141,7 +143,7 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     """ORT dynamic quantization: int8 MatMulInteger with activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"):
+    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), onnx_optimum.quiet():
         quantize_dynamic(
             fp32,
             out_dir / onnx_optimum.MODEL_FILE,

@@ -52,7 +52,7 @@ def fp32_export(ctx: ExportContext) -> Path:
 
     tmp = ctx.scratch / "optimum-fp32.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    with ctx.stage("export (optimum, fp32)"), _quiet():
+    with ctx.stage("export (optimum, fp32)"), quiet():
         onnx_export_from_model(ctx.reference.model, tmp, task=TASK, do_validation=False)
     tmp.rename(out)
     return out / MODEL_FILE
@@ -90,7 +90,7 @@ def to_fp16(src: Path) -> Any:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(src)
-    with _quiet():
+    with quiet():
         return convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
 
 
@@ -119,11 +119,12 @@ def _io_dtype(model: Any) -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence optimum's and transformers' INFO/WARNING chatter during a step (errors still show)."""
+def quiet() -> Iterator[None]:
+    """Silence the INFO/WARNING chatter of optimum, transformers and onnxruntime.quantization
+    (which logs on the root logger) during a step; errors still show."""
     import warnings
 
-    names = ("optimum", "transformers", "torch.onnx", "onnxruntime")
+    names = ("", "optimum", "transformers", "torch.onnx", "onnxruntime", "neural_compressor")
     levels = {name: logging.getLogger(name).level for name in names}
     try:
         with warnings.catch_warnings():

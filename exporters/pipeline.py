@@ -63,10 +63,10 @@ class ExportResult:
     @property
     def status(self) -> str:
         if self.passed is None:
-            return "written, NOT validated" if self.written else f"error: {self.reason}"
+            return "not validated" if self.written else "error"
         if self.passed:
             return "pass"
-        return "FAIL (forced, written)" if self.written else "FAIL (not written)"
+        return "FAIL, forced" if self.written else "FAIL, not written"
 
 
 class _GateFailed(Exception):
@@ -164,8 +164,16 @@ def _reference(ref_model: ReferenceModel, opts: ExportOptions, hook: Any) -> Ref
             f"the evaluation text has {len(ids)} tokens; validation needs at least {MIN_EVAL_TOKENS}",
             "pass a longer --eval-text file",
         )
-    with hook(f"reference (PyTorch fp32, {len(ids)} tokens)"):
-        return Reference(torch_logits_fn(ref_model.model), ids, text, window=opts.window)
+    import torch
+
+    threads = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        with hook(f"reference (PyTorch fp32, {len(ids)} tokens)"):
+            return Reference(torch_logits_fn(ref_model.model), ids, text, window=opts.window)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _export_one(
@@ -185,7 +193,8 @@ def _export_one(
             validation = None
             if reference is not None:
                 with ctx.stage("validate (artifact vs PyTorch fp32)"):
-                    scored = reference.score(family.logits_fn(tmp, fields), opts.thresholds)
+                    run_fields = {**fields, "threads": opts.threads}
+                    scored = reference.score(family.logits_fn(tmp, run_fields), opts.thresholds)
                 if not scored.passed and not opts.force:
                     raise _GateFailed(scored)
                 validation = scored.to_json()

@@ -91,7 +91,7 @@ def results_table(results: list[Any]) -> Any:
         ("result", "left"),
         ("time", "right"),
     ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in results:
         v = r.validation or {}
         table.add_row(

@@ -24,13 +24,26 @@ MIN_EVAL_TOKENS = 256
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The pass / fail gate. Calibrated on SmolLM2-135M (see the ONNX export issue): int4 RTN
-    block 32 gives PPL ratio 1.09-1.16 and mean KL 0.36-0.47; 8-bit weight-only 1.00 and 0.006;
-    ORT dynamic int8 about 1e6 and 14."""
+    """The pass / fail gate, calibrated on SmolLM2-135M-Instruct (the fp32 checkpoint dequantized
+    from the Q4_1 GGUF) over the shipped eval text (2,815 tokens), artifacts run in onnxruntime
+    1.32 on an AVX-512 VNNI CPU:
 
-    max_ppl_ratio: float = 1.30
-    max_mean_kl: float = 0.75
-    min_top1_agreement: float = 0.55
+        format (options)                          PPL ratio   mean KL   top-1
+        onnx-fp32                                 1.000       0.0000    1.000
+        onnx-fp16                                 0.9997      0.0001    0.995
+        onnx-int8 (8-bit MatMulNBits, block 32)   1.006       0.0042    0.960
+        onnx-int4 (HQQ, block 32)                 1.105       0.0915    0.771
+        onnx-int4 (RTN, block 32, asym: default)  1.392       0.373     0.609
+        onnx-int8 --int8-mode dynamic             1.708       0.556     0.576
+
+    The gate passes every weight-only format and refuses dynamic int8 on both PPL ratio and KL.
+    (On the AVX2 reference machine dynamic int8 was measured at PPL ratio ~1e6, KL ~14: garbage;
+    u8s8 MatMulInteger saturating without VNNI is the likely cause, not verified here.) Tiny
+    random fixtures have other statistics: their tests set their own thresholds."""
+
+    max_ppl_ratio: float = 1.50
+    max_mean_kl: float = 0.50
+    min_top1_agreement: float = 0.50
 
     def check(self, ppl_ratio: float, mean_kl: float, top1: float) -> list[str]:
         """Reasons the metrics fail this gate (empty when they pass)."""

@@ -178,7 +178,7 @@ def test_gate_refusal_writes_nothing_and_exits_1(
         last_line(result.stderr),
     ), result.stderr
     assert "✓ quantize (onnx-int4, MatMulNBits 4-bit, rtn)" in result.stderr
-    assert "FAIL (not written)" in result.stdout
+    assert "FAIL, not written" in result.stdout
     assert _leftovers(tmp_path) == []
 
 
@@ -204,7 +204,7 @@ def test_force_writes_a_failing_artifact_marked_failed(
     )
     validation = read_manifest(tmp_path / "onnx-int4")["validation"]
     assert validation["passed"] is False and validation["reasons"][0].startswith("mean KL")
-    assert "FAIL (forced, written)" in result.stdout
+    assert "FAIL, forced" in result.stdout
 
 
 def test_no_validate_writes_null_validation_and_says_so(tiny_llama: Path, tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_no_validate_writes_null_validation_and_says_so(tiny_llama: Path, tmp_pa
     assert result.exit_code == 0, result.output
     assert result.stderr == "warning: --no-validate: artifacts are written with validation: null\n"
     (entry,) = json.loads(result.stdout)
-    assert entry["status"] == "written, NOT validated" and entry["passed"] is None
+    assert entry["status"] == "not validated" and entry["passed"] is None
     assert read_manifest(tmp_path / "onnx-fp32")["validation"] is None
 
 
@@ -226,6 +226,8 @@ def test_json_output_and_overwrite(tiny_qwen2: Path, tmp_path: Path, eval_text: 
         "--eval-text",
         str(eval_text),
         "--json",
+        "--threads",
+        "1",
         *TINY_GATE,
     ]
     first = run(*args)
@@ -234,7 +236,9 @@ def test_json_output_and_overwrite(tiny_qwen2: Path, tmp_path: Path, eval_text: 
     assert entry["format"] == "onnx-fp32" and entry["written"] and entry["passed"] is True
     assert entry["path"] == str(tmp_path / "onnx-fp32")
     assert set(entry["validation"]) >= {"ppl_ref", "ppl", "ppl_ratio", "mean_kl", "top1_agreement"}
-    created = read_manifest(tmp_path / "onnx-fp32")["export"]["created"]
+    manifest = read_manifest(tmp_path / "onnx-fp32")
+    assert manifest["export"]["options"]["threads"] == 1
+    created = manifest["export"]["created"]
     again = run(*args, "--overwrite")
     assert again.exit_code == 0, again.output
     assert read_manifest(tmp_path / "onnx-fp32")["export"]["created"] >= created

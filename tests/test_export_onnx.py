@@ -270,8 +270,15 @@ def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(tmp_path: 
     assert int4.size_bytes is not None and int4.size_bytes <= 100_000_000
     model_bytes = os.path.getsize(int4.path / "model.onnx")  # type: ignore[operator]
     assert model_bytes <= 100_000_000
-    # refused by the gate: not written, and the reason names the metrics
+    # refused by the gate: not written, and the reason names the metrics. (On this machine's
+    # VNNI CPU dynamic int8 is poor, PPL ratio ~1.7; on the AVX2 reference machine it was ~1e6.)
     assert not dyn.written and dyn.passed is False and not (tmp_path / "onnx-int8").exists()
-    assert dyn.validation is not None and dyn.validation["ppl_ratio"] > 10
-    assert "PPL ratio" in (dyn.reason or "")
-    assert np.isfinite(dyn.validation["mean_kl"]) and dyn.validation["mean_kl"] > 1
+    gate = Thresholds()
+    assert dyn.validation is not None and dyn.validation["ppl_ratio"] > gate.max_ppl_ratio
+    assert dyn.validation["mean_kl"] > gate.max_mean_kl
+    assert (dyn.reason or "").startswith("PPL ratio")
+    assert np.isfinite(dyn.validation["mean_kl"])
+    # the default int4 is clearly better than dynamic int8 on every metric
+    assert int4.validation is not None
+    assert int4.validation["mean_kl"] < dyn.validation["mean_kl"]
+    assert int4.validation["ppl_ratio"] < dyn.validation["ppl_ratio"]

@@ -87,7 +87,7 @@ def test_more_noise_scores_worse_and_strict_gate_fails() -> None:
 
 def test_gate_treats_nan_as_failure() -> None:
     reasons = Thresholds().check(float("nan"), 0.0, 1.0)
-    assert reasons == ["PPL ratio nan > 1.3"]
+    assert reasons == [f"PPL ratio nan > {Thresholds().max_ppl_ratio}"]
 
 
 def test_garbage_model_overflowing_perplexity_fails_without_inf() -> None:

@@ -43,6 +43,7 @@ def _formats_help() -> str:
 @click.option(
     "--builder", default="optimum", show_default=True, help="ONNX graph: optimum | genai."
 )
+@click.option("--threads", type=int, help="CPU threads for the reference and validation runs.")
 @click.option("--eval-text", type=click.Path(path_type=Path), help="Validate on this UTF-8 text.")
 @click.option("--max-ppl-ratio", type=float, help="Gate: highest PPL ratio that passes.")
 @click.option("--max-kl", type=float, help="Gate: highest mean KL divergence that passes.")

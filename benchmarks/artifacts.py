@@ -127,6 +127,36 @@ class Prep:
             label, [edgerun_export_cmd(self.checkpoint, fmt, Path("{out}"), extra)], True
         )
 
+    def prebuild_edgerun(self, fmts: list[str]) -> None:
+        """Export every missing format of `fmts` in ONE `edgerun export` call, so the PyTorch
+        reference that validation needs is computed once instead of once per format. Formats the
+        call did not produce are skipped with the failing line of its log."""
+        if edgerun_can_export() or not self.build:
+            return
+        labels = {f: f"edgerun/{f}" for f in fmts if f"edgerun/{f}" not in self._done}
+        for label in labels.values():
+            if self.refresh and (self.work / label).exists():
+                shutil.rmtree(self.work / label)
+        missing = [f for f, label in labels.items() if not (self.work / label).exists()]
+        if not missing:
+            return
+        batch = self.work / "edgerun" / ".batch"
+        shutil.rmtree(batch, ignore_errors=True)
+        print(f"building edgerun {','.join(missing)} (once) ...", file=sys.stderr, flush=True)
+        log = self.work.parent / "logs" / "build-edgerun-batch.log"
+        cmd = edgerun_export_cmd(self.checkpoint, ",".join(missing), batch, ["--force"])
+        self.builds["edgerun/batch"] = run_measured(cmd, log)
+        for fmt in missing:
+            made = find_manifest_dir(batch / fmt) if (batch / fmt).is_dir() else None
+            if made is None:
+                self._done[labels[fmt]] = Skip(f"exporting {fmt} failed: {failure_line(log)}")
+                continue
+            final = self.work / labels[fmt]
+            final.mkdir(parents=True)
+            made.rename(final / fmt)  # complete: the exporter renames each artifact into place
+            self._done[labels[fmt]] = final / fmt
+        shutil.rmtree(batch, ignore_errors=True)
+
     def edgerun_gguf(self, fmt: str) -> Path:
         return model_file(self.edgerun(fmt), ".gguf")
 

@@ -51,6 +51,15 @@ def plan(prep: Prep, only: str | None = None) -> list[RowSpec]:
     """The selected rows with their artifacts prepared (or their skip reason set)."""
     entries = catalog()
     chosen = {id(s) for s in select([s for s, _ in entries], only)}
+    needed = [
+        s.fmt
+        for s, _ in entries
+        if id(s) in chosen
+        and s.fmt in EDGERUN_FORMATS
+        and s.name in (f"edgerun {s.fmt}", f"llama.cpp {s.fmt}")  # not the genai-builder row
+        and runners.missing(s.runner) is None
+    ]
+    prep.prebuild_edgerun(list(dict.fromkeys(needed)))
     out: list[RowSpec] = []
     for spec, prepare in entries:
         if id(spec) not in chosen:

@@ -186,3 +186,34 @@ def test_quick_run_end_to_end_on_a_tiny_model(
     assert line["name"] == "pytorch fp32" and line["vs_best_peer"] == 1.0 and line["agree"] == 16
     assert data["bandwidth"]["median_gb_s"] > 0 and data["machine"]["logical_cores"] >= 1
     assert "skipped: edgerun onnx-int4: " in result.output
+
+
+def test_export_cost_pipeline_measures_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from benchmarks.export_cost import Pipeline, markdown, run_pipeline
+
+    monkeypatch.setenv("EDGERUN_BENCH_WORK", str(tmp_path / "work"))
+    write = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_bytes(b'w' * 1000)"
+    hold = "import time; b = b'x' * 300_000_000; time.sleep(0.5)"  # 300 MB, held for the poller
+    ok = Pipeline("fake", [[sys.executable, "-c", write, "{out}/model.gguf"],
+                           [sys.executable, "-c", hold]])  # fmt: skip
+    result = run_pipeline(ok, tmp_path / "work" / "p0")
+    assert result["status"] == "ok" and result["output_bytes"] == 1000
+    small, big = result["steps"]
+    assert big["peak_rss_bytes"] > 300e6 > small["peak_rss_bytes"]
+    assert result["peak_rss_bytes"] == big["peak_rss_bytes"]
+    assert result["wall_s"] == pytest.approx(small["wall_s"] + big["wall_s"])
+    assert not (tmp_path / "work" / "p0").exists()  # outputs are deleted once measured
+    boom = "import sys; print('working'); print('error: boom'); sys.exit(3)"
+    bad = run_pipeline(Pipeline("bad", [[sys.executable, "-c", boom]]), tmp_path / "w" / "p1")
+    assert bad["status"] == "failed" and bad["reason"] == "error: boom"
+    rows = [{"name": "fake", "status": "ok", "runs": [result], **{k: result[k] for k in (
+        "wall_s", "peak_rss_bytes", "output_bytes")}},
+        {"name": "bad", "status": "failed", "reason": "error: boom", "runs": [bad]}]  # fmt: skip
+    machine = {"cpu": "Test CPU", "logical_cores": 2, "loadavg": [0.5, 0, 0]}
+    text = markdown({"created": "now", "machine": machine, "model": "m", "reps": 1, "rows": rows})
+    assert f"| fake | {result['wall_s']:.0f} | {big['peak_rss_bytes'] / 1e6:.0f} | 0 |" in text
+    assert "| bad | failed: error: boom | | | |" in text

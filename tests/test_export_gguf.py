@@ -223,7 +223,10 @@ def test_smollm2_q4_k_m_says_paris(smollm2_dir, tmp_path):
     out = tmp_path / "gguf-q4_k_m"
     out.mkdir()
     fields = FAMILY.export("gguf-q4_k_m", ctx, out)
-    assert fields["gguf"]["tensor_types"].get("Q4_K", 0) > 100  # real k-quants, no fallback
+    # SmolLM2's hidden size 576 is not a multiple of 256: llama.cpp keeps Q4_K/Q6_K only for the
+    # 1536-wide ffn_down rows and falls back per tensor to Q5_0 / Q8_0 elsewhere.
+    types = fields["gguf"]["tensor_types"]
+    assert types.get("Q4_K", 0) > 0 and types.get("Q5_0", 0) > 0
     from edgerun.exporters.gguf.runtime import load
 
     llm = load(out / MODEL_FILE, n_ctx=128)

@@ -93,3 +93,4 @@ def describe_artifact(spec: RowSpec) -> None:
         data = json.loads(manifest.read_text())
         spec.meta["validation"] = data.get("validation")
         spec.meta["edgerun_version"] = (data.get("libraries") or {}).get("edgerun")
+        spec.meta["exported"] = (data.get("export") or {}).get("created")  # stale artifact?

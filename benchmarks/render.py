@@ -80,11 +80,23 @@ def markdown(results: dict[str, Any]) -> str:
         for h in results["head_to_head"]:
             vs = ", ".join(f"{k} {v:.2f}x" for k, v in h["vs"].items())
             lines.append(f"- prompt {h['prompt_tokens']}, {h['edgerun']}: {vs}")
+    if results.get("same_file"):
+        lines += ["", "**edgerun vs llama.cpp's raw loop on the same GGUF file (decode)**", ""]
+        lines += [f"- {same_file_line(s)}" for s in results["same_file"]]
     not_run = [r for r in results["rows"] if r["status"] != "ok"]
     if not_run:
         lines += ["", "**Rows that did not run**", ""]
         lines += [f"- {r['name']}: {r['status']}: {r['reason']}" for r in not_run]
     return "\n".join(lines)
+
+
+def same_file_line(s: dict[str, Any]) -> str:
+    """One line of the same-file comparison: per-token times and what edgerun adds."""
+    return (
+        f"prompt {s['prompt_tokens']}, {s['fmt']}: edgerun {s['edgerun_ms_per_token']:.2f} ms/token,"
+        f" llama.cpp {s['llama_cpp_ms_per_token']:.2f} ms/token:"
+        f" {s['overhead_ms_per_token']:+.2f} ms/token"
+    )
 
 
 def update_readme(readme: Path, block: str, start: str = START, end: str = END) -> None:
@@ -116,6 +128,8 @@ def print_table(results: dict[str, Any]) -> None:
     for h in results.get("head_to_head", []):
         vs = ", ".join(f"{k} {v:.2f}x" for k, v in h["vs"].items())
         console.print(f"prompt {h['prompt_tokens']}, {h['edgerun']}: {vs}")
+    for s in results.get("same_file", []):
+        console.print(same_file_line(s), highlight=False)
     for r in results["rows"]:
         if r["status"] != "ok":
             console.print(f"[yellow]{r['status']}[/]: {r['name']}: {r['reason']}", highlight=False)

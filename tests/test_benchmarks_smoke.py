@@ -36,6 +36,8 @@ def rows() -> list[dict[str, Any]]:
             tokens={"128": [1, 2, 9, 9]}, meta={"validation": {"passed": True}}),
         row("edgerun gguf-q4_k_m", "edgerun", "gguf-q4_k_m", [46, 45, 47],
             meta={"validation": {"passed": False}}),
+        row("edgerun onnx-int4 (genai builder)", "edgerun", "onnx-int4", [120, 121, 122],
+            meta={"validation": {"passed": False}}),
         row("edgerun onnx-int8", "edgerun", "onnx-int8", [], status="skipped",
             reason="edgerun has no 'export' command"),
     ]  # fmt: skip
@@ -70,12 +72,27 @@ def test_summary_medians_ratios_and_roofline(rows: list[dict[str, Any]]) -> None
 def test_head_to_head_quotes_int4_q4km_and_best(rows: list[dict[str, Any]]) -> None:
     h2h = report.head_to_head(report.summarize(rows, 10.0))
     labels = [h["edgerun"] for h in h2h]
+    # the faster genai-builder row failed validation, so it is not the "best"
     assert labels == [
         "edgerun onnx-int4", "edgerun gguf-q4_k_m", "edgerun best (edgerun onnx-int4)",
     ]  # fmt: skip
     q4km = h2h[1]["vs"]
     assert q4km["llama.cpp q4_1 (source gguf)"] == pytest.approx(46 / 91)
     assert q4km["pytorch fp32"] == pytest.approx(46 / 13)
+
+
+def test_same_file_overhead_pairs_edgerun_with_llama_on_one_gguf() -> None:
+    rows = [
+        row("llama.cpp gguf-q4_k_m", "peer", "gguf-q4_k_m", [100.0]),
+        row("edgerun gguf-q4_k_m", "edgerun", "gguf-q4_k_m", [80.0]),
+        row("edgerun onnx-int4", "edgerun", "onnx-int4", [90.0]),  # no same-file peer
+    ]
+    (pair,) = report.same_file(report.summarize(rows, None))
+    assert pair["fmt"] == "gguf-q4_k_m"
+    assert pair["overhead_ms_per_token"] == pytest.approx(12.5 - 10.0)
+    assert render.same_file_line(pair) == (
+        "prompt 128, gguf-q4_k_m: edgerun 12.50 ms/token, llama.cpp 10.00 ms/token: +2.50 ms/token"
+    )
 
 
 def test_markdown_block_and_readme_update(rows: list[dict[str, Any]], tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ def run(w: Workload, only: str | None, build: bool, refresh: bool, quick: bool) 
         checkpoint=checkpoint, work=work_dir() / model_key(w.model), build=build, refresh=refresh
     )
     specs = plan(prep, only)
+    if not specs:
+        raise EdgerunError(f"no row matches --only {only!r}", "see the row names with --dry-run")
     prompts = {n: prompt_ids(checkpoint / "tokenizer.json", n, w.seed) for n in w.prompt_tokens}
     desc = machine.describe()
     busy = bool(desc["loadavg"] and desc["loadavg"][0] > 0.5 * (desc["logical_cores"] or 1))

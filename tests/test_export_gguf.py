@@ -272,3 +272,20 @@ def test_cli_lists_gguf_formats():
     assert result.exit_code == 0
     listed = result.output.split()
     assert "gguf-q4_k_m" in listed and "gguf-f16" in listed and "gguf-iq2_xs" not in listed
+
+
+def test_one_f16_conversion_serves_every_format_of_a_call(tiny_llama, tmp_path, monkeypatch):
+    import edgerun.exporters.gguf as family_module
+
+    exp = Exporter(tiny_llama, tmp_path)
+    out, _ = exp.export("gguf-f16")
+    intermediate = exp.ctx.scratch / "intermediate-f16.gguf"
+    assert intermediate.read_bytes() == (out / MODEL_FILE).read_bytes()
+
+    def no_second_conversion(*args, **kwargs):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(family_module, "_convert", no_second_conversion)
+    out, fields = exp.export("gguf-q8_0")
+    assert fields["gguf"]["tensor_types"]["Q8_0"] == 15
+    assert exp.score(out, fields).passed

@@ -59,13 +59,19 @@ class GGUFFamily:
         """Write out_dir/model.gguf; return the manifest fields."""
         kind = _kind(fmt)
         out = Path(out_dir) / MODEL_FILE
+        intermediate = Path(ctx.scratch) / f"intermediate-{INTERMEDIATE}.gguf"
         if kind in FLOAT_FORMATS:
-            _convert(ctx, out, kind)
+            if kind == INTERMEDIATE and intermediate.is_file():
+                _link_or_copy(intermediate, out)  # same bytes: converted earlier in this call
+            else:
+                _convert(ctx, out, kind)
+            if kind == INTERMEDIATE and not intermediate.is_file():
+                _link_or_copy(out, intermediate)  # later quant formats start from it
             quant = None
         else:
             from edgerun.exporters.gguf.quantize import quantize
 
-            source = Path(ctx.scratch) / f"intermediate-{INTERMEDIATE}.gguf"
+            source = intermediate
             if not source.is_file():
                 _convert(ctx, source, INTERMEDIATE)
             with ctx.stage(f"llama.cpp quantize {kind}"):
@@ -93,6 +99,21 @@ class GGUFFamily:
         from edgerun.exporters.gguf.runtime import logits_fn
 
         return logits_fn(Path(artifact_dir) / manifest.get("model_file", MODEL_FILE))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (scratch and artifact share the output directory's file
+    system); copy when linking is not possible. Atomic: `dst` appears complete or not at all."""
+    import os
+    import shutil
+
+    partial = dst.with_name(dst.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(src, partial)
+    except OSError:
+        shutil.copyfile(src, partial)
+    os.replace(partial, dst)
 
 
 def _libraries() -> dict[str, str]:

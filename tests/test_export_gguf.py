@@ -289,3 +289,26 @@ def test_one_f16_conversion_serves_every_format_of_a_call(tiny_llama, tmp_path, 
     out, fields = exp.export("gguf-q8_0")
     assert fields["gguf"]["tensor_types"]["Q8_0"] == 15
     assert exp.score(out, fields).passed
+
+
+def test_gguf_source_round_trips(tiny_llama, tmp_path):
+    """A .gguf SOURCE (dequantized to an HF checkpoint by transformers) exports again, and the
+    round-tripped file holds the same vocabulary and tokenizes the same."""
+    import gguf
+    from edgerun.exporters.gguf.convert import convert
+    from edgerun.exporters.gguf.runtime import tokenize
+    from edgerun.exporters.pipeline import export
+
+    ref = ReferenceModel(tiny_llama)
+    first = tmp_path / "tiny-llama-f32.gguf"
+    convert(ref.model, ref.tokenizer, tiny_llama, first, "f32")
+    (result,) = export(str(first), "gguf-f16", tmp_path / "out", progress=False)
+    assert result.status == "pass", result.reason
+    again = result.path / MODEL_FILE
+
+    def tokens(path):
+        return gguf.GGUFReader(path).get_field("tokenizer.ggml.tokens").contents()
+
+    assert tokens(again) == tokens(first)
+    text = read_eval_text(None)[:2000]
+    assert tokenize(again, text) == tokenize(first, text)

@@ -112,10 +112,12 @@ def pre_tokenizer_name(tokenizer: Any, checkpoint: Path) -> str:
         if (name := CHKHSH.get(chkhsh(tokenizer, with_special))) is not None:
             return name
     data = json.loads((checkpoint / "tokenizer.json").read_text(encoding="utf-8"))
-    if data.get("normalizer") and data["normalizer"].get("normalizers", [data["normalizer"]]):
+    normalizer = data.get("normalizer") or {}
+    if steps := normalizer.get("normalizers", [normalizer] if normalizer else []):
+        kinds = ", ".join(step.get("type", "?") for step in steps)
         raise EdgerunError(
-            "the tokenizer normalizes text before byte-level BPE, which llama.cpp's BPE "
-            "tokenizer cannot reproduce",
+            f"the tokenizer normalizes text ({kinds}) before byte-level BPE and is not a "
+            "tokenizer llama.cpp knows; llama.cpp's BPE tokenizer does not normalize",
             "export this model to ONNX instead",
         )
     steps = shape(data)

@@ -61,6 +61,17 @@ def _tensor_type(name: str, data: np.ndarray, out_type: str) -> str:
     return out_type
 
 
+def _write_general(writer: Any, model: Any, checkpoint: Path) -> None:
+    """general.* keys (name, basename, size label, license ...) from the model card and config,
+    with gguf-py's Metadata heuristics, as llama.cpp's prepare_metadata does."""
+    import gguf
+
+    n_params = sum(p.numel() for p in model.parameters())
+    metadata = gguf.Metadata.load(None, checkpoint, None, n_params)
+    metadata.name = metadata.name or checkpoint.name
+    metadata.set_gguf_meta_model(writer)
+
+
 def convert(
     model: Any, tokenizer: Any, checkpoint: Path, out: Path, out_type: str
 ) -> dict[str, Any]:
@@ -81,7 +92,7 @@ def convert(
         partial, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_arch)]
     )
     try:
-        writer.add_name(config.get("_name_or_path") or checkpoint.name)
+        _write_general(writer, model, checkpoint)
         arch.write_hparams(writer)
         writer.add_file_type(getattr(gguf.LlamaFileType, file_type))
         vocab.write(writer, meta)

@@ -105,7 +105,8 @@ def genai_export(fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _capture() -> Any:
-    """The builder prints progress with print(): keep it off the terminal, but keep it for errors."""
+    """The builder prints progress (print() and tqdm bars): keep it off the terminal, but keep it
+    for error messages."""
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         yield buffer

@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from edgerun.exporters.formats import all_formats
 
 from edgerun.cli import cli
+from edgerun.errors import EdgerunError
 from edgerun.manifest import read_manifest
 
 TINY_GATE = ["--max-ppl-ratio", "1.1", "--max-kl", "0.1", "--min-top1", "0.3"]
@@ -284,3 +285,25 @@ def test_exception_after_model_written_leaves_no_directory(
     with pytest.raises(OSError, match="No space left"):
         pipeline.export(str(tiny_llama), "onnx-fp32", tmp_path, eval_text=eval_text, progress=False)
     assert _leftovers(tmp_path) == []
+
+
+def test_a_family_that_cannot_load_is_listed_as_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgerun.exporters import formats
+
+    monkeypatch.setattr(
+        formats, "FAMILY_MODULES", {**formats.FAMILY_MODULES, "tflite": "edgerun.exporters.no_such"}
+    )
+    monkeypatch.setattr(formats, "FAMILIES", dict(formats.FAMILIES))
+    monkeypatch.setattr(formats, "UNAVAILABLE", {})
+    assert not any(f.startswith("tflite-") for f in formats.all_formats())
+    why = (
+        "edgerun.exporters.no_such cannot be imported: No module named 'edgerun.exporters.no_such'"
+    )
+    assert formats.UNAVAILABLE["tflite"] == why
+    with pytest.raises(EdgerunError, match="format 'tflite-int8' is unavailable"):
+        formats.family_of("tflite-int8")
+    result = run("--list")
+    assert result.exit_code == 0
+    assert f"tflite-*: unavailable ({why})" in result.stdout.splitlines()

@@ -23,7 +23,6 @@ from edgerun.manifest import read_manifest
 # agreement is fragile there; this gate is for the fixtures, SmolLM2 uses the shipped defaults.
 TINY_GATE = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)
 ALL = ["onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int4"]
-SMOLLM2 = Path("/tmp/eh/models/smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +213,28 @@ def _node_inputs(artifact: Path, op: str) -> list[list[str]]:
     return [list(n.input) for n in model.graph.node if n.op_type == op]
 
 
+def test_large_models_use_external_data(
+    tiny_llama: Path, short_eval_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over protobuf's 2 GB limit weights go to model.onnx_data; simulated with a lower limit."""
+    from edgerun.exporters import onnx_optimum
+
+    monkeypatch.setattr(onnx_optimum, "TWO_GB", (64 << 20) + 1000)
+    (r,) = export(
+        str(tiny_llama),
+        "onnx-fp16",
+        tmp_path,
+        eval_text=short_eval_text,
+        thresholds=TINY_GATE,
+        progress=False,
+    )
+    assert r.written and r.passed, r.reason
+    manifest = read_manifest(r.path)  # type: ignore[arg-type]
+    assert manifest["onnx"]["external_data"] is True
+    files = {f["name"]: f["bytes"] for f in manifest["files"]}
+    assert files["model.onnx_data"] > files["model.onnx"]
+
+
 def test_dynamic_int8_uses_matmulinteger(
     tiny_qwen2: Path, short_eval_text: Path, tmp_path: Path
 ) -> None:
@@ -260,10 +281,11 @@ def test_genai_builder(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2.is_dir(), reason="SmolLM2-135M not pulled into /tmp/eh")
-def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(tmp_path: Path) -> None:
+def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
     results = export(
-        str(SMOLLM2), ["onnx-int4", "onnx-int8"], tmp_path, int8_mode="dynamic", progress=False
+        str(smollm2_dir), ["onnx-int4", "onnx-int8"], tmp_path, int8_mode="dynamic", progress=False
     )
     int4, dyn = results
     assert int4.written and int4.passed, int4.reason

@@ -131,7 +131,12 @@ class ExportContext:
 
 @runtime_checkable
 class FormatFamily(Protocol):
-    """One family of export formats (see the module docstring)."""
+    """One family of export formats (see the module docstring).
+
+    Optional: ``check_source(fmt, options, config) -> None``, called with the checkpoint's
+    config.json (a dict) before any work starts, to refuse an architecture the family cannot
+    export (EdgerunError listing the supported ones).
+    """
 
     prefix: str
 

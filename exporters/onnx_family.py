@@ -112,6 +112,11 @@ def _check_quant_options(fmt: str, options: ExportOptions) -> None:
         )
     if options.algorithm == "hqq" and options.symmetric:
         raise EdgerunError("HQQ quantizes asymmetrically only", "drop --symmetric, or use rtn")
+    if fmt == "onnx-int8" and options.algorithm == "hqq" and options.int8_mode != "dynamic":
+        raise EdgerunError(
+            "HQQ's 8-bit MatMulNBits has float zero points, which onnxruntime's CPU kernel rejects",
+            "use --algorithm rtn for onnx-int8",
+        )
     if options.builder == "genai" and options.algorithm != "rtn":
         raise EdgerunError("--builder genai quantizes with rtn only", "drop --algorithm")
     if fmt == "onnx-int8" and options.int8_mode not in INT8_MODES:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from edgerun.exporters.formats import all_formats
+from edgerun.exporters.validate import Thresholds
 
 from edgerun.cli import cli
 from edgerun.errors import EdgerunError
@@ -74,6 +75,15 @@ def test_unknown_format_lists_the_valid_ones(tiny_llama: Path, tmp_path: Path) -
         (["--algorithm", "awq"], "unknown algorithm 'awq' (use rtn or hqq)"),
         (["--int8-mode", "static"], "unknown int8 mode 'static' (use one of weight-only, dynamic)"),
         (["--builder", "tvm"], "unknown builder 'tvm' (use one of optimum, genai)"),
+        (
+            ["--algorithm", "hqq", "--symmetric"],
+            "HQQ quantizes asymmetrically only (drop --symmetric, or use rtn)",
+        ),
+        (
+            ["--algorithm", "gptq"],
+            "algorithm 'gptq' needs a calibration data reader, which edgerun does not provide "
+            "(use rtn (default) or hqq)",
+        ),
     ],
 )
 def test_bad_options_are_refused_before_any_work(
@@ -307,3 +317,50 @@ def test_a_family_that_cannot_load_is_listed_as_unavailable(
     result = run("--list")
     assert result.exit_code == 0
     assert f"tflite-*: unavailable ({why})" in result.stdout.splitlines()
+
+
+def test_hqq_int8_is_refused_early(tiny_llama: Path, tmp_path: Path) -> None:
+    result = run(str(tiny_llama), "-f", "onnx-int8", "-o", str(tmp_path), "--algorithm", "hqq")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: HQQ's 8-bit MatMulNBits has float zero points, which onnxruntime's CPU kernel "
+        "rejects (use --algorithm rtn for onnx-int8)\n"
+    )
+
+
+def test_a_format_that_errors_is_reported_and_the_others_are_kept(
+    tiny_llama: Path, tmp_path: Path, eval_text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgerun.exporters import onnx_optimum
+
+    def broken(src: Path) -> None:
+        raise EdgerunError("fp16 cast failed", "try onnx-fp32")
+
+    monkeypatch.setattr(onnx_optimum, "to_fp16", broken)
+    args = ["-o", str(tmp_path), "--eval-text", str(eval_text), *TINY_GATE]
+    result = run(str(tiny_llama), "-f", "onnx-fp16,onnx-fp32", *args)
+    assert result.exit_code == 1
+    assert last_line(result.stderr) == (
+        "error: onnx-fp16 was not exported: fp16 cast failed (try onnx-fp32)\n"
+    )
+    assert _leftovers(tmp_path) == ["onnx-fp32"]
+
+
+def test_keep_intermediates_keeps_the_fp32_graph(
+    tiny_llama: Path, tmp_path: Path, eval_text: Path
+) -> None:
+    from edgerun.exporters.pipeline import export
+
+    gate = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)
+    (r,) = export(
+        str(tiny_llama),
+        "onnx-int4",
+        tmp_path,
+        eval_text=eval_text,
+        thresholds=gate,
+        keep_intermediates=True,
+        progress=False,
+    )
+    assert r.written
+    (scratch,) = [p for p in tmp_path.iterdir() if p.name.startswith(".edgerun-scratch-")]
+    assert (scratch / "optimum-fp32" / "model.onnx").is_file()

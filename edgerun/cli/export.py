@@ -138,6 +138,4 @@ def _exit_status(results: list[Any]) -> None:
             f"{first.format} failed validation: {first.reason}; not written{more}",
             "pass --force to write it with passed: false",
         )
-    raise GateFailed(
-        f"{first.format} was not exported: {first.reason}{more}", "see the message above"
-    )
+    raise GateFailed(f"{first.format} was not exported: {first.reason}{more}")

@@ -161,12 +161,16 @@ def captured_stderr(log: Path) -> Iterator[list[str]]:
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with open(log, "wb") as fh:
+        # Both in append mode: llama.cpp writes to fd 2, llama-cpp-python's log callback to
+        # sys.stderr (which pytest or a notebook may have replaced).
+        with open(log, "ab") as fh, open(log, "a", encoding="utf-8") as text:
             os.dup2(fh.fileno(), 2)
+            python_stderr, sys.stderr = sys.stderr, text
             try:
                 yield lines
             finally:
-                sys.stderr.flush()  # llama-cpp-python prints llama.cpp's errors via sys.stderr
+                sys.stderr.flush()
+                sys.stderr = python_stderr
                 os.dup2(saved, 2)
         lines.extend(log.read_text(errors="replace").splitlines())
     finally:

@@ -312,3 +312,11 @@ def test_gguf_source_round_trips(tiny_llama, tmp_path):
     assert tokens(again) == tokens(first)
     text = read_eval_text(None)[:2000]
     assert tokenize(again, text) == tokenize(first, text)
+
+
+def test_unloadable_gguf_is_an_edgerun_error(tmp_path):
+    bad = tmp_path / MODEL_FILE
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    logits = FAMILY.logits_fn(tmp_path, {"model_file": MODEL_FILE})
+    with pytest.raises(EdgerunError, match="llama.cpp cannot load"):
+        logits(np.arange(8, dtype=np.int64))

@@ -9,7 +9,7 @@ import numpy as np
 from edgerun.exporters.gguf.quantize import quiet_llama
 from edgerun.exporters.validate import LogitsFn
 
-from edgerun.errors import require
+from edgerun.errors import EdgerunError, require
 
 
 def load(path: Path, **kwargs: Any) -> Any:
@@ -18,7 +18,13 @@ def load(path: Path, **kwargs: Any) -> Any:
     import llama_cpp
 
     quiet_llama()
-    return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+    try:
+        return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+        raise EdgerunError(
+            f"llama.cpp cannot load {path}: {exc}",
+            "re-export the artifact; set EDGERUN_LLAMA_VERBOSE=1 to see llama.cpp's log",
+        ) from exc
 
 
 def tokenize(path: Path, text: str, special: bool = False) -> list[int]:

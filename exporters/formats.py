@@ -34,7 +34,7 @@ FAMILY_MODULES: dict[str, str] = {
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 ALGORITHMS = ("rtn", "hqq", "gptq")
 INT8_MODES = ("weight-only", "dynamic")
-BUILDERS = ("optimum", "genai")
+BUILDERS = ("auto", "optimum", "genai")
 
 
 @dataclass
@@ -43,7 +43,8 @@ class ExportOptions:
 
     block_size / symmetric / accuracy_level / algorithm: ONNX int4 (MatMulNBits) parameters;
     int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
-    builder: "optimum" or "genai" (onnxruntime-genai's model builder);
+    builder: "auto" (genai for onnx-int4 where installed and supported, else optimum),
+        "optimum" or "genai" (onnxruntime-genai's model builder);
     threads: CPU threads for export-time inference (None: library default);
     eval_text: a text file to validate on (None: the shipped exporters/data/eval.txt);
     window: tokens per validation window; force: write failing artifacts (passed: false);
@@ -58,7 +59,7 @@ class ExportOptions:
     accuracy_level: int = 4
     algorithm: str = "rtn"
     int8_mode: str = "weight-only"
-    builder: str = "optimum"
+    builder: str = "auto"
     threads: int | None = None
     eval_text: Path | None = None
     window: int = 256
@@ -67,7 +68,10 @@ class ExportOptions:
     overwrite: bool = False
     keep_intermediates: bool = False
     progress: bool = True
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    # None: the default gate for each artifact's precision (Thresholds.for_precision), with
+    # gate_overrides (field name -> value) applied on top; a Thresholds object: one gate for all.
+    thresholds: Thresholds | None = None
+    gate_overrides: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

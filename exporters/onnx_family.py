@@ -8,6 +8,7 @@ onnx_quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulIntege
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +51,20 @@ class OnnxFamily:
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
         """Raise EdgerunError when the builder cannot export this architecture."""
-        if options.builder == "genai":
+        if resolve_builder(fmt, options, config) == "genai":
             onnx_genai.check_architecture(config)
         else:
             onnx_optimum.check_exportable(str(config.get("model_type", "?")))
 
     def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
         """Write out_dir/model.onnx (+ external data) for `fmt`; return the manifest fields."""
-        if ctx.options.builder == "genai":
+        builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
+        if builder == "genai":
             fields = onnx_genai.genai_export(fmt, ctx, out_dir)
         else:
             fields = self._optimum_export(fmt, ctx, out_dir)
         fields["onnx"] = onnx_optimum.graph_info(out_dir / fields["model_file"])
-        fields["libraries"] = _libraries(ctx.options.builder)
+        fields["libraries"] = _libraries(builder)
         return fields
 
     def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
@@ -157,6 +159,23 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
             use_external_data_format=fp32.with_name(onnx_optimum.EXTERNAL_DATA).exists(),
         )
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
+
+
+def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) -> str:
+    """The builder that makes `fmt`. "auto" picks onnxruntime-genai's builder for onnx-int4 when
+    it is installed and supports the architecture: on SmolLM2-135M its fused int4 graph took 9.9 ms
+    of onnxruntime time per decoded token against 15.8 ms for optimum's graph at the same size and
+    validation numbers (PPL ratio 1.392 both). Every other case uses optimum."""
+    if options.builder != "auto":
+        return options.builder
+    arch = (config.get("architectures") or ["?"])[0]
+    genai_fits = (
+        fmt == "onnx-int4"
+        and options.algorithm == "rtn"
+        and arch in onnx_genai.GENAI_ARCHITECTURES
+        and importlib.util.find_spec("onnxruntime_genai") is not None
+    )
+    return "genai" if genai_fits else "optimum"
 
 
 def _libraries(builder: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from edgerun.exporters.formats import (
     family_of,
     parse_formats,
 )
-from edgerun.exporters.validate import Reference, Validation
+from edgerun.exporters.validate import Reference, Thresholds, Validation
 
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_dir
@@ -194,7 +194,7 @@ def _export_one(
             if reference is not None:
                 with ctx.stage("validate (artifact vs PyTorch fp32)"):
                     run_fields = {**fields, "threads": opts.threads}
-                    scored = reference.score(family.logits_fn(tmp, run_fields), opts.thresholds)
+                    scored = reference.score(family.logits_fn(tmp, run_fields), _gate(opts, fields))
                 if not scored.passed and not opts.force:
                     raise _GateFailed(scored)
                 validation = scored.to_json()
@@ -283,10 +283,17 @@ def _manifest(
     return manifest
 
 
+def _gate(opts: ExportOptions, fields: dict[str, Any]) -> Thresholds:
+    """The explicit gate, else the default for this artifact's precision plus any overrides."""
+    if opts.thresholds is not None:
+        return opts.thresholds
+    return dataclasses.replace(Thresholds.for_precision(fields["precision"]), **opts.gate_overrides)
+
+
 def _options_json(opts: ExportOptions) -> dict[str, Any]:
     data = dataclasses.asdict(opts)
     data["eval_text"] = str(opts.eval_text) if opts.eval_text else None
-    data["thresholds"] = dataclasses.asdict(opts.thresholds)
+    data["thresholds"] = dataclasses.asdict(opts.thresholds) if opts.thresholds else None
     for key in ("progress", "overwrite", "keep_intermediates"):
         data.pop(key)
     return data

@@ -10,6 +10,7 @@ computed by really running the artifact (onnxruntime, llama.cpp), never by fake 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +46,20 @@ class Thresholds:
     max_mean_kl: float = 0.50
     min_top1_agreement: float = 0.50
 
+    @classmethod
+    def for_precision(cls, precision: str) -> Thresholds:
+        """The default gate for an artifact of `precision` ("fp16", "int8", "q4_k_m", ...).
+
+        One gate for every precision would let a broken 8-bit artifact pass with an error that
+        is normal for 4 bits; the gate tightens with the bit width (table: GATES_BY_BITS).
+        """
+        match = re.search(r"\d+", precision)
+        bits = int(match.group()) if match else 0
+        for min_bits, gate in GATES_BY_BITS:
+            if bits >= min_bits:
+                return gate
+        return cls()
+
     def check(self, ppl_ratio: float, mean_kl: float, top1: float) -> list[str]:
         """Reasons the metrics fail this gate (empty when they pass)."""
         reasons = []
@@ -55,6 +70,19 @@ class Thresholds:
         if not top1 >= self.min_top1_agreement:
             reasons.append(f"top-1 agreement {top1:.3f} < {self.min_top1_agreement}")
         return reasons
+
+
+# Lowest bit width of a class -> its gate, widest first. Calibrated on the SmolLM2-135M measurements
+# (PPL ratio / mean KL / top-1), with margin: 16+ bits fp32, fp16, bf16, f16: <= 1.0000 / 0.0001 /
+# >= 0.993; 8 bits int8 weight-only 1.006 / 0.0042 / 0.960, q8_0 1.005 / 0.0042 / 0.951 (dynamic int8,
+# 1.71 / 0.56, is refused); 5-6 bits q6_k 1.009 / 0.010 / 0.937, q5_* <= 1.141 / 0.123 / >= 0.791;
+# 4 bits and below: the class default (int4 RTN 1.392 / 0.373 / 0.609, q4_0 1.206 / 0.282 / 0.694,
+# q3_k_s 1.358 / 0.418 / 0.636; iq3_m 2.09 / 0.73 is refused).
+GATES_BY_BITS: tuple[tuple[int, Thresholds], ...] = (
+    (16, Thresholds(max_ppl_ratio=1.02, max_mean_kl=0.01, min_top1_agreement=0.95)),
+    (8, Thresholds(max_ppl_ratio=1.05, max_mean_kl=0.05, min_top1_agreement=0.85)),
+    (5, Thresholds(max_ppl_ratio=1.25, max_mean_kl=0.25, min_top1_agreement=0.70)),
+)
 
 
 @dataclass

@@ -41,7 +41,7 @@ def exported(
     short_eval_text: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, dict[str, ExportResult]]:
-    """Every ONNX format of every tiny fixture, exported once with default options."""
+    """Every ONNX format of every tiny fixture, exported once through optimum's graphs."""
     out: dict[str, dict[str, ExportResult]] = {}
     for name, path in tiny_model_dirs.items():
         results = export(
@@ -50,6 +50,7 @@ def exported(
             tmp_path_factory.mktemp(f"onnx-{name}"),
             eval_text=short_eval_text,
             thresholds=TINY_GATE,
+            builder="optimum",
             progress=False,
         )
         out[name] = {r.format: r for r in results}
@@ -183,6 +184,7 @@ def test_int4_options_reach_the_graph(
         tmp_path,
         eval_text=short_eval_text,
         thresholds=TINY_GATE,
+        builder="optimum",
         progress=False,
         **options,
     )
@@ -295,7 +297,7 @@ def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(
     # refused by the gate: not written, and the reason names the metrics. (On this machine's
     # VNNI CPU dynamic int8 is poor, PPL ratio ~1.7; on the AVX2 reference machine it was ~1e6.)
     assert not dyn.written and dyn.passed is False and not (tmp_path / "onnx-int8").exists()
-    gate = Thresholds()
+    gate = Thresholds.for_precision("int8")
     assert dyn.validation is not None and dyn.validation["ppl_ratio"] > gate.max_ppl_ratio
     assert dyn.validation["mean_kl"] > gate.max_mean_kl
     assert (dyn.reason or "").startswith("PPL ratio")
@@ -304,3 +306,22 @@ def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(
     assert int4.validation is not None
     assert int4.validation["mean_kl"] < dyn.validation["mean_kl"]
     assert int4.validation["ppl_ratio"] < dyn.validation["ppl_ratio"]
+
+
+def test_auto_builder_picks_genai_for_int4_only(
+    tiny_qwen2: Path, short_eval_text: Path, tmp_path: Path
+) -> None:
+    """--builder auto (default): the genai graph for onnx-int4 when onnxruntime-genai is
+    installed, optimum's for every other format; the manifest says which."""
+    pytest.importorskip("onnxruntime_genai")
+    results = export(
+        str(tiny_qwen2),
+        "onnx-int8,onnx-int4",
+        tmp_path,
+        eval_text=short_eval_text,
+        thresholds=TINY_GATE,
+        progress=False,
+    )
+    builders = {r.format: read_manifest(r.path)["builder"] for r in results if r.path}
+    assert builders == {"onnx-int8": "optimum", "onnx-int4": "genai"}
+    assert (tmp_path / "onnx-int4" / "genai_config.json").is_file()

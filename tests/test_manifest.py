@@ -27,7 +27,13 @@ def artifact(tiny_untied: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     text.write_text(read_eval_text(None)[:2000], encoding="utf-8")
     out = tmp_path_factory.mktemp("manifest")
     (r,) = export(
-        str(tiny_untied), "onnx-int4", out, eval_text=text, thresholds=GATE, progress=False
+        str(tiny_untied),
+        "onnx-int4",
+        out,
+        eval_text=text,
+        thresholds=GATE,
+        builder="optimum",
+        progress=False,
     )
     assert r.written and r.path is not None
     return r.path

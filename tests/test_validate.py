@@ -125,3 +125,30 @@ def test_text_hash_is_recorded() -> None:
         "thresholds",
         "passed",
     }
+
+
+@pytest.mark.parametrize(
+    ("precision", "ratio"),
+    [
+        ("fp32", 1.02),
+        ("fp16", 1.02),
+        ("bf16", 1.02),
+        ("int8", 1.05),
+        ("q8_0", 1.05),
+        ("q6_k", 1.25),
+        ("q5_k_m", 1.25),
+        ("int4", 1.5),
+        ("q4_k_m", 1.5),
+        ("iq3_m", 1.5),
+        ("q2_k", 1.5),
+    ],
+)
+def test_gate_tightens_with_bit_width(precision: str, ratio: float) -> None:
+    assert Thresholds.for_precision(precision).max_ppl_ratio == ratio
+
+
+def test_dynamic_int8_refused_by_the_8bit_gate_with_margin() -> None:
+    # SmolLM2 on a VNNI CPU: dynamic int8 measured at PPL ratio 1.708, KL 0.556, top-1 0.576.
+    reasons = Thresholds.for_precision("int8").check(1.708, 0.556, 0.576)
+    assert len(reasons) == 3
+    assert Thresholds.for_precision("int8").check(1.006, 0.0042, 0.960) == []

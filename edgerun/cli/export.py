@@ -41,11 +41,18 @@ def _formats_help() -> str:
     help="weight-only | dynamic (MatMulInteger).",
 )
 @click.option(
-    "--builder", default="optimum", show_default=True, help="ONNX graph: optimum | genai."
+    "--builder",
+    default="auto",
+    show_default=True,
+    help="ONNX graph: auto (genai for onnx-int4 when installed and supported, else optimum) | optimum | genai.",
 )
 @click.option("--threads", type=int, help="CPU threads for the reference and validation runs.")
 @click.option("--eval-text", type=click.Path(path_type=Path), help="Validate on this UTF-8 text.")
-@click.option("--max-ppl-ratio", type=float, help="Gate: highest PPL ratio that passes.")
+@click.option(
+    "--max-ppl-ratio",
+    type=float,
+    help="Gate: highest PPL ratio that passes (default by bit width: 1.02 for 16+ bits, 1.05 for 8, 1.25 for 5-6, 1.5 below).",
+)
 @click.option("--max-kl", type=float, help="Gate: highest mean KL divergence that passes.")
 @click.option("--min-top1", type=float, help="Gate: lowest top-1 agreement that passes.")
 @click.option("--force", is_flag=True, help="Write artifacts that fail validation (passed: false).")
@@ -79,18 +86,15 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
 
 
 def _run(source: str, formats: str, out_dir: Path, kw: dict[str, Any], progress: bool) -> list[Any]:
-    from dataclasses import replace
-
     from edgerun.exporters.formats import ExportOptions
     from edgerun.exporters.pipeline import export as run_export
-    from edgerun.exporters.validate import Thresholds
 
     gate = {"max_ppl_ratio": kw.pop("max_ppl_ratio"), "max_mean_kl": kw.pop("max_kl")}
     gate["min_top1_agreement"] = kw.pop("min_top1")
-    thresholds = replace(Thresholds(), **{k: v for k, v in gate.items() if v is not None})
+    overrides = {k: v for k, v in gate.items() if v is not None}
     if kw["no_validate"]:
         click.echo("warning: --no-validate: artifacts are written with validation: null", err=True)
-    options = ExportOptions(**kw, progress=progress, thresholds=thresholds)
+    options = ExportOptions(**kw, progress=progress, gate_overrides=overrides)
     return run_export(source, formats, out_dir, options)
 
 

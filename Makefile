@@ -31,9 +31,16 @@ lint:
 docs:
 	$(BIN)/python -m edgerun.cli.reference README.md
 
+DEMO_OUT ?= out/demo
+
 demo: setup
 	$(BIN)/edgerun pull smollm2-135m
 	$(BIN)/edgerun info $$($(BIN)/edgerun pull smollm2-135m 2>/dev/null)
+	$(BIN)/edgerun export smollm2-135m -f onnx-int4,gguf-q4_k_m -o $(DEMO_OUT) --overwrite
+	$(BIN)/edgerun run $(DEMO_OUT)/onnx-int4 "The capital of France is" --max-tokens 24
+	$(BIN)/edgerun run $(DEMO_OUT)/gguf-q4_k_m "Write a haiku about the sea." --chat --max-tokens 48
+	$(BIN)/edgerun bench $(DEMO_OUT)/onnx-int4 $(DEMO_OUT)/gguf-q4_k_m --prompt-tokens 128 \
+		--gen-tokens 64 --reps 3 --json $(DEMO_OUT)/bench-$$(date +%Y%m%d-%H%M%S).json
 
 bench-peers:
 	$(BIN)/python -m benchmarks.peers

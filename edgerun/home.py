@@ -91,3 +91,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON atomically (see atomic_write_text)."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when the file is missing or holds no object.
+
+    Raises EdgerunError when the file is not valid JSON (a damaged artifact)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EdgerunError(
+            f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
+        ) from exc
+    return data if isinstance(data, dict) else {}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import EdgerunError
+from edgerun.home import read_json_object
 
 # Prompt tokens kept as left context when streaming, so decoders that strip a leading space
 # (SentencePiece "▁") or merge bytes across tokens see the same text as a full decode.
@@ -113,7 +114,7 @@ class HFTokenizer(Tokenizer):
             raise EdgerunError(
                 f"cannot read the tokenizer {path}: {exc}", "re-export the artifact"
             ) from exc
-        config = _read_json(directory / "tokenizer_config.json")
+        config = read_json_object(directory / "tokenizer_config.json")
         self.special_tokens = _special_tokens(config)
         template_file = directory / "chat_template.jinja"
         template = config.get("chat_template")
@@ -128,7 +129,7 @@ class HFTokenizer(Tokenizer):
         # Same precedence as transformers' generate(): generation_config, then the model config,
         # then the tokenizer's eos_token.
         for name in ("generation_config.json", "config.json"):
-            eos = _read_json(directory / name).get("eos_token_id")
+            eos = read_json_object(directory / name).get("eos_token_id")
             if eos is not None:
                 return [eos] if isinstance(eos, int) else [int(e) for e in eos]
         token = self.special_tokens.get("eos_token")
@@ -144,18 +145,6 @@ class HFTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EdgerunError(
-            f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
-        ) from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _special_tokens(config: dict[str, Any]) -> dict[str, str]:

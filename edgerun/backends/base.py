@@ -8,7 +8,6 @@ entry-point group "edgerun.backends" (see edgerun.backends.registry).
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgerun.errors import EdgerunError
+from edgerun.home import read_json_object
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -45,16 +45,7 @@ class Artifact:
 
     def config(self) -> dict[str, Any]:
         """The HF config.json next to the model, or {} when there is none."""
-        path = self.path / "config.json"
-        if not path.is_file():
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EdgerunError(
-                f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
-            ) from exc
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.path / "config.json")
 
     def weights_bytes(self) -> int:
         """Bytes of the model file plus its external-data files (model.onnx.data, ...)."""

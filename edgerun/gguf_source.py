@@ -64,4 +64,6 @@ def dequantize_gguf(path: Path, out: Path) -> None:
     if tokenizer.pad_token_id is not None and model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    # Fast tokenizer files only: with sentencepiece installed, the "slow" save would copy the
+    # tokenizer's vocab_file (the whole GGUF) into the checkpoint as tokenizer.model.
+    tokenizer.save_pretrained(out, legacy_format=False)

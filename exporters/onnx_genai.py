@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,18 @@ def genai_export(fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _capture() -> Any:
     """The builder prints progress (print() and tqdm bars): keep it off the terminal, but keep it
-    for error messages."""
+    for error messages. onnx_ir, which the builder uses, logs warnings about intermediate graphs
+    (e.g. the shared int4 embedding referenced before it is declared) through handlers that hold
+    the original stderr: those go into the same buffer; the finished graph is validated by running it."""
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        yield buffer
+    ir_logger = logging.getLogger("onnx_ir")
+    handler = logging.StreamHandler(buffer)
+    propagate = ir_logger.propagate
+    ir_logger.addHandler(handler)
+    ir_logger.propagate = False
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield buffer
+    finally:
+        ir_logger.removeHandler(handler)
+        ir_logger.propagate = propagate

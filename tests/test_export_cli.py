@@ -369,3 +369,19 @@ def test_keep_intermediates_keeps_the_fp32_graph(
     assert r.written
     (scratch,) = [p for p in tmp_path.iterdir() if p.name.startswith(".edgerun-scratch-")]
     assert (scratch / "optimum-fp32" / "model.onnx").is_file()
+
+
+def test_genai_build_keeps_onnx_ir_warnings_off_the_terminal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The genai builder's onnx_ir warnings about intermediate graphs (seen on SmolLM2's shared
+    int4 embedding) go into the build log, not to the terminal's logging handlers."""
+    import logging
+
+    from edgerun.exporters.onnx_genai import _capture
+
+    with caplog.at_level(logging.WARNING), _capture() as log:
+        logging.getLogger("onnx_ir.serde").warning("Input 'x' cannot be found in any scope.")
+    assert "cannot be found in any scope" in log.getvalue()
+    assert caplog.records == []
+    assert logging.getLogger("onnx_ir").propagate is True

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 DATA = Path(__file__).parent / "data" / "power"
 
@@ -112,3 +115,15 @@ def battery_tree(
     if power_uw is not None:
         files[f"{b}/power_now"] = power_uw
     return write_tree(root, files)
+
+
+def deny_energy_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every RAPL energy_uj read fail as it does for non-root users since Linux 5.10."""
+    real = Path.read_text
+
+    def deny(self: Path, *a: Any, **k: Any) -> str:
+        if self.name == "energy_uj":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", deny)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,6 +12,7 @@ from edgerun.power import MeterError, MeterUnavailable, battery, command, jetson
 from tests.power_fakes import (
     DATA,
     battery_tree,
+    deny_energy_counters,
     jetson_agx_orin_hwmon,
     jetson_nano_iio,
     jetson_orin_hwmon,
@@ -47,14 +47,7 @@ def test_rapl_root_only_counters_name_the_file_and_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rapl_tree(tmp_path)
-    real = Path.read_text
-
-    def deny(self: Path, *a: Any, **k: Any) -> str:
-        if self.name == "energy_uj":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Path, "read_text", deny)
+    deny_energy_counters(monkeypatch)
     with pytest.raises(MeterUnavailable) as err:
         rapl.probe(tmp_path)
     assert err.value.message == f"/{ENERGY} is not readable"

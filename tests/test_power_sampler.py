@@ -17,7 +17,7 @@ from edgerun.errors import EdgerunError
 from edgerun.power import Meter, MeterError, MeterInfo, Sampler, registry, select
 from edgerun.power.account import EnergyAccount
 from edgerun.power.registry import Selection
-from tests.power_fakes import rapl_tree
+from tests.power_fakes import deny_energy_counters, rapl_tree
 
 
 class Watts(Meter):
@@ -265,14 +265,7 @@ def test_select_named_meter_without_permission_says_which_file_and_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rapl_tree(tmp_path)
-    real = Path.read_text
-
-    def deny(self: Path, *a: Any, **k: Any) -> str:
-        if self.name == "energy_uj":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Path, "read_text", deny)
+    deny_energy_counters(monkeypatch)
     with pytest.raises(EdgerunError) as err:
         select("rapl", root=tmp_path)
     assert str(err.value) == (

@@ -47,3 +47,16 @@ def pad_id(config: Any) -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+class HFGenerateRunner:
+    """A row that times ``model.generate`` of a transformers-style model; subclasses add info()."""
+
+    def __init__(self, model: Any, path: str, threads: int) -> None:
+        self.model = model
+        self.path = path
+        self.threads = threads
+        self.pad = pad_id(model.config)
+
+    def run(self, ids: list[int], max_new: int, stamp: Stamp) -> None:
+        generate(self.model, ids, max_new, stamp, self.pad)

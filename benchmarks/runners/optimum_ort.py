@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.runners import Stamp, hf_generate
+from benchmarks.runners import hf_generate
 from benchmarks.workload import RowSpec
 
 REQUIRES = {
@@ -13,16 +13,7 @@ REQUIRES = {
 }
 
 
-class OptimumRunner:
-    def __init__(self, model: Any, path: str, threads: int) -> None:
-        self.model = model
-        self.path = path
-        self.threads = threads
-        self.pad = hf_generate.pad_id(model.config)
-
-    def run(self, ids: list[int], max_new: int, stamp: Stamp) -> None:
-        hf_generate.generate(self.model, ids, max_new, stamp, self.pad)
-
+class OptimumRunner(hf_generate.HFGenerateRunner):
     def info(self) -> dict[str, Any]:
         import onnxruntime
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from edgerun.errors import EdgerunError
 from edgerun.manifest import MANIFEST_NAME as MANIFEST
+from edgerun.manifest import read_manifest
 
 _ST_BYTES = {
     "F64": 8,
@@ -101,12 +102,7 @@ def describe(path: Path) -> dict[str, Any]:
 
 def describe_artifact(path: Path) -> dict[str, Any]:
     """Summary of an exported artifact, from its manifest."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgerunError(
-            f"{path / MANIFEST} is not valid JSON: {exc}", "re-export the artifact"
-        ) from exc
+    manifest = read_manifest(path)
     files = _files(path)
     return {
         "kind": "artifact",

@@ -207,3 +207,24 @@ def test_demo_model_pull_continues_with_paris() -> None:
         tokenizer.eos_token == "<|im_end|>" and ids.input_ids[0, 0].item() != tokenizer.bos_token_id
     )
     assert run("pull", "smollm2-135m").output.endswith(f"{path}\n")
+
+
+def test_info_artifact_and_damaged_manifests(tiny_llama: Path, tmp_path: Path) -> None:
+    from edgerun.exporters import export
+
+    (r,) = export(str(tiny_llama), "onnx-fp32", tmp_path, no_validate=True, progress=False)
+    data = json.loads(run("info", str(r.path), "--json").output)
+    assert (data["kind"], data["format"], data["precision"]) == ("artifact", "onnx-fp32", "fp32")
+    assert data["validation"] is None and "model.onnx" in {f["name"] for f in data["files"]}
+    manifest = r.path / "edgerun.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "schema_version": 99}))
+    result = run("info", str(r.path))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {manifest} has manifest schema version 99; this edgerun reads up to 1 "
+        "(upgrade edgerun: pip install -U edgerun)\n"
+    )
+    manifest.write_text("{not json")
+    result = run("info", str(r.path))
+    assert result.output.startswith(f"error: {manifest} is not valid JSON (")
+    assert result.output.endswith("(re-export the artifact)\n")

@@ -15,6 +15,7 @@ import bisect
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,14 @@ class Sampler:
     across processes: the bench worker reports phase boundaries, the parent integrates here.
     """
 
-    def __init__(self, meter: Meter, interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.meter = meter
+        self.clock = clock
         self.interval_s = interval_s if interval_s is not None else meter.interval_s
         self.times: list[float] = []
         self.energy: list[float] = []  # cumulative joules at each time
@@ -99,13 +106,16 @@ class Sampler:
         with self._lock:
             if self.error is not None:
                 return
+            before = self.clock()
             try:
                 value = self.meter.read()
             except (MeterError, OSError) as exc:
                 self.error = str(exc)
-                self.failed_at = time.monotonic()
+                self.failed_at = self.clock()
                 return
-            now = time.monotonic()
+            # A reading belongs to the middle of the read: a slow meter (a subprocess, an NVML
+            # call) would otherwise be stamped late by half its own latency.
+            now = 0.5 * (before + self.clock())
             if self.meter.kind == "counter":
                 self.energy.append(value)
             elif not self.energy:

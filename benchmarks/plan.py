@@ -17,6 +17,7 @@ from benchmarks.workload import RowSpec, select
 EDGERUN_FORMATS = ("onnx-fp32", "onnx-int8", "onnx-int4", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0")
 LLAMA_ON_EDGERUN = ("gguf-q4_k_m", "gguf-q4_0", "gguf-q8_0")  # llama.cpp's loop on edgerun's files
 INT4 = "int4 b32 acc4"
+GENAI_BUILT = ("onnx-fp32", "onnx-int4")  # formats onnxruntime-genai's builder also makes
 
 Prepare = Callable[[Prep], Path]
 
@@ -41,9 +42,9 @@ def catalog() -> list[tuple[RowSpec, Prepare]]:
     for fmt in EDGERUN_FORMATS:
         spec = RowSpec(f"edgerun {fmt}", "edgerun", "edgerun", fmt)
         rows.append((spec, lambda p, f=fmt: p.edgerun(f)))  # type: ignore[misc]
-        if fmt == "onnx-int4":
-            spec = RowSpec("edgerun onnx-int4 (genai builder)", "edgerun", "edgerun", fmt)
-            rows.append((spec, lambda p: p.edgerun("onnx-int4", builder="genai")))
+        if fmt in GENAI_BUILT:
+            spec = RowSpec(f"edgerun {fmt} (genai builder)", "edgerun", "edgerun", fmt)
+            rows.append((spec, lambda p, f=fmt: p.edgerun(f, builder="genai")))  # type: ignore[misc]
     return rows
 
 

@@ -43,7 +43,7 @@ class ExportOptions:
 
     block_size / symmetric / accuracy_level / algorithm: ONNX int4 (MatMulNBits) parameters;
     int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
-    builder: "auto" (genai for onnx-int4 where installed and supported, else optimum),
+    builder: "auto" (genai for onnx-fp32 and onnx-int4 where installed and supported, else optimum),
         "optimum" or "genai" (onnxruntime-genai's model builder);
     threads: CPU threads for export-time inference (None: library default);
     eval_text: a text file to validate on (None: the shipped exporters/data/eval.txt);

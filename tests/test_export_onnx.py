@@ -308,20 +308,21 @@ def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(
     assert int4.validation["ppl_ratio"] < dyn.validation["ppl_ratio"]
 
 
-def test_auto_builder_picks_genai_for_int4_only(
+def test_auto_builder_picks_genai_for_fp32_and_int4(
     tiny_qwen2: Path, short_eval_text: Path, tmp_path: Path
 ) -> None:
-    """--builder auto (default): the genai graph for onnx-int4 when onnxruntime-genai is
-    installed, optimum's for every other format; the manifest says which."""
+    """--builder auto (default): the genai graph for onnx-fp32 and onnx-int4 when
+    onnxruntime-genai is installed, optimum's for every other format; the manifest says which."""
     pytest.importorskip("onnxruntime_genai")
     results = export(
         str(tiny_qwen2),
-        "onnx-int8,onnx-int4",
+        "onnx-fp32,onnx-int8,onnx-int4",
         tmp_path,
         eval_text=short_eval_text,
         thresholds=TINY_GATE,
         progress=False,
     )
     builders = {r.format: read_manifest(r.path)["builder"] for r in results if r.path}
-    assert builders == {"onnx-int8": "optimum", "onnx-int4": "genai"}
+    assert builders == {"onnx-fp32": "genai", "onnx-int8": "optimum", "onnx-int4": "genai"}
     assert (tmp_path / "onnx-int4" / "genai_config.json").is_file()
+    assert (tmp_path / "onnx-fp32" / "genai_config.json").is_file()

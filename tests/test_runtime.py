@@ -3,6 +3,7 @@ sampling, stop handling, context limits, bad inputs, model info, close / reload.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,22 +19,31 @@ from tests.runtime_helpers import PROFILE, export_artifact, torch_greedy, torch_
 from tests.tiny_models import SPECS
 
 PROMPTS = [[7], [5, 9], [12, 40, 41, 3, 200, 17, 99, 301, 6], list(range(10, 50))]
+BUILDERS = ["optimum", *(["genai"] if importlib.util.find_spec("onnxruntime_genai") else [])]
+# every tiny model through every builder (genai's builder takes the llama and qwen2 families)
+CASES = [f"{name}/{builder}" for name in sorted(SPECS) for builder in BUILDERS]
 
 
 @pytest.fixture(scope="module")
 def onnx_fp32(
     tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
+    """Each tiny model exported with each ONNX builder: optimum's graph (past/present KV
+    ping-pong) and, where installed, onnxruntime-genai's (shared-buffer KV), both run by edgerun's
+    ORT loop."""
     root = tmp_path_factory.mktemp("onnx")
     return {
-        name: export_artifact(ckpt, "onnx-fp32", root / name)
+        f"{name}/{builder}": export_artifact(
+            ckpt, "onnx-fp32", root / name / builder, builder=builder
+        )
         for name, ckpt in tiny_model_dirs.items()
+        for builder in BUILDERS
     }
 
 
 @pytest.fixture(scope="module")
 def llama_onnx(onnx_fp32: dict[str, Path]) -> Path:
-    return onnx_fp32["llama"]
+    return onnx_fp32["llama/optimum"]
 
 
 @pytest.fixture
@@ -42,12 +52,14 @@ def model(llama_onnx: Path) -> edgerun.model.Model:
         yield m
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("case", CASES)
 def test_greedy_tokens_equal_pytorch(
-    name: str, onnx_fp32: dict[str, Path], tiny_model_dirs: dict[str, Path]
+    case: str, onnx_fp32: dict[str, Path], tiny_model_dirs: dict[str, Path]
 ) -> None:
+    name = case.split("/")[0]
     reference = torch_model(tiny_model_dirs[name])
-    with edgerun.load(onnx_fp32[name], PROFILE) as m:
+    with edgerun.load(onnx_fp32[case], PROFILE) as m:
+        assert m.info.backend == "onnxruntime"
         for prompt in PROMPTS:
             got = [c.token_id for c in m.generate(prompt, max_tokens=12, ignore_eos=True)]
             assert got == torch_greedy(reference, prompt, 12), (name, len(prompt))
@@ -55,15 +67,15 @@ def test_greedy_tokens_equal_pytorch(
             assert m.last_stats.finish_reason == "length"
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("case", CASES)
 def test_step_logits_equal_pytorch(
-    name: str, onnx_fp32: dict[str, Path], tiny_model_dirs: dict[str, Path]
+    case: str, onnx_fp32: dict[str, Path], tiny_model_dirs: dict[str, Path]
 ) -> None:
     """Prefill then one decode step per token, against a full no-cache forward pass: checks the
     KV ping-pong, positions and masks over a non-repetitive sequence."""
     ids = [int(i) for i in np.random.default_rng(1).integers(3, 384, 30)]
-    expected = torch_logits(torch_model(tiny_model_dirs[name]), ids)
-    with edgerun.load(onnx_fp32[name], PROFILE) as m:
+    expected = torch_logits(torch_model(tiny_model_dirs[case.split("/")[0]]), ids)
+    with edgerun.load(onnx_fp32[case], PROFILE) as m:
         backend = m._backend
         assert backend is not None
         rows = [backend.prefill(ids[:5], len(ids)).copy()]

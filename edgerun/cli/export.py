@@ -44,7 +44,7 @@ def _formats_help() -> str:
     "--builder",
     default="auto",
     show_default=True,
-    help="ONNX graph: auto (genai for onnx-int4 when installed and supported, else optimum) | optimum | genai.",
+    help="ONNX graph: auto (genai for onnx-fp32 and onnx-int4 when installed and supported, else optimum) | optimum | genai.",
 )
 @click.option("--threads", type=int, help="CPU threads for the reference and validation runs.")
 @click.option("--eval-text", type=click.Path(path_type=Path), help="Validate on this UTF-8 text.")

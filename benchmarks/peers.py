@@ -76,6 +76,7 @@ def run(w: Workload, only: str | None, build: bool, refresh: bool, quick: bool) 
         "summary": summary,
         "head_to_head": report.head_to_head(summary),
         "same_file": report.same_file(summary),
+        "targets": report.targets(rows),
     }
 
 

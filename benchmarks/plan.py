@@ -42,9 +42,9 @@ def catalog() -> list[tuple[RowSpec, Prepare]]:
     for fmt in EDGERUN_FORMATS:
         spec = RowSpec(f"edgerun {fmt}", "edgerun", "edgerun", fmt)
         rows.append((spec, lambda p, f=fmt: p.edgerun(f)))  # type: ignore[misc]
-        if fmt in GENAI_BUILT:
-            spec = RowSpec(f"edgerun {fmt} (genai builder)", "edgerun", "edgerun", fmt)
-            rows.append((spec, lambda p, f=fmt: p.edgerun(f, builder="genai")))  # type: ignore[misc]
+        if fmt in GENAI_BUILT:  # the default builds these with genai's builder where it can
+            spec = RowSpec(f"edgerun {fmt} (optimum builder)", "edgerun", "edgerun", fmt)
+            rows.append((spec, lambda p, f=fmt: p.edgerun(f, builder="optimum")))  # type: ignore[misc]
     return rows
 
 
@@ -57,7 +57,7 @@ def plan(prep: Prep, only: str | None = None) -> list[RowSpec]:
         for s, _ in entries
         if id(s) in chosen
         and s.fmt in EDGERUN_FORMATS
-        and s.name in (f"edgerun {s.fmt}", f"llama.cpp {s.fmt}")  # not the genai-builder row
+        and s.name in (f"edgerun {s.fmt}", f"llama.cpp {s.fmt}")  # not the other-builder rows
         and runners.missing(s.runner) is None
     ]
     prep.prebuild_edgerun(list(dict.fromkeys(needed)))

@@ -80,6 +80,9 @@ def markdown(results: dict[str, Any]) -> str:
         for h in results["head_to_head"]:
             vs = ", ".join(f"{k} {v:.2f}x" for k, v in h["vs"].items())
             lines.append(f"- prompt {h['prompt_tokens']}, {h['edgerun']}: {vs}")
+    if results.get("targets"):
+        lines += ["", "**Speed targets (median of per-round decode tok/s ratios)**", ""]
+        lines += [f"- {target_line(t)}" for t in results["targets"]]
     if results.get("same_file"):
         lines += ["", "**edgerun vs llama.cpp's raw loop on the same GGUF file (decode)**", ""]
         lines += [f"- {same_file_line(s)}" for s in results["same_file"]]
@@ -88,6 +91,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "**Rows that did not run**", ""]
         lines += [f"- {r['name']}: {r['status']}: {r['reason']}" for r in not_run]
     return "\n".join(lines)
+
+
+def target_line(t: dict[str, Any]) -> str:
+    """One speed target: the paired ratio, its spread, the ratio of medians, met or not."""
+    return (
+        f"prompt {t['prompt_tokens']}, {t['edgerun']} / {t['peer']}: {t['ratio']:.2f}x"
+        f" (rounds {t['paired_min']:.2f}-{t['paired_max']:.2f}, ratio of medians"
+        f" {t['ratio_of_medians']:.2f}x), target >= {t['goal']:.2f}x:"
+        f" {'met' if t['met'] else 'NOT met'}"
+    )
 
 
 def same_file_line(s: dict[str, Any]) -> str:
@@ -128,6 +141,8 @@ def print_table(results: dict[str, Any]) -> None:
     for h in results.get("head_to_head", []):
         vs = ", ".join(f"{k} {v:.2f}x" for k, v in h["vs"].items())
         console.print(f"prompt {h['prompt_tokens']}, {h['edgerun']}: {vs}")
+    for t in results.get("targets", []):
+        console.print(target_line(t), highlight=False)
     for s in results.get("same_file", []):
         console.print(same_file_line(s), highlight=False)
     for r in results["rows"]:

@@ -135,3 +135,46 @@ def same_file(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "overhead_ms_per_token": 1e3 / x["decode_tok_s"] - 1e3 / peer["decode_tok_s"],
             })  # fmt: skip
     return out
+
+
+# Issue 5's speed targets: (edgerun row, peer row, lowest decode tok/s ratio that meets it).
+TARGETS = [
+    ("edgerun onnx-int4", "onnxruntime-genai int4", 1.0),
+    ("edgerun gguf-q8_0", "llama.cpp gguf-q8_0", 0.97),
+    ("edgerun gguf-q4_k_m", "llama.cpp gguf-q4_k_m", 0.97),
+    ("edgerun gguf-q4_0", "llama.cpp gguf-q4_0", 0.97),
+    ("edgerun onnx-fp32", "optimum fp32", 2.0),
+]
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each speed target at each prompt length, judged on the median of per-round ratios: the
+    rows are interleaved, so round i of both ran within seconds of each other and a slow spell
+    of this shared machine hits both. The ratio of the two medians is kept beside it."""
+    by_name = {r["name"]: r for r in rows if r["status"] == "ok"}
+    out: list[dict[str, Any]] = []
+    for ours_name, peer_name, goal in TARGETS:
+        ours, peer = by_name.get(ours_name), by_name.get(peer_name)
+        if ours is None or peer is None:
+            continue
+        for key in sorted(set(ours.get("reps", {})) & set(peer.get("reps", {})), key=int):
+            a = [r["decode_tok_s"] for r in ours["reps"][key]]
+            b = [r["decode_tok_s"] for r in peer["reps"][key]]
+            paired = [x / y for x, y in zip(a, b, strict=False) if x and y]
+            ma, mb = _median(a), _median(b)
+            if not paired or not ma or not mb:
+                continue
+            ratio = statistics.median(paired)
+            out.append({
+                "prompt_tokens": int(key),
+                "edgerun": ours_name,
+                "peer": peer_name,
+                "goal": goal,
+                "ratio": ratio,
+                "ratio_of_medians": ma / mb,
+                "rounds": len(paired),
+                "paired_min": min(paired),
+                "paired_max": max(paired),
+                "met": ratio >= goal,
+            })  # fmt: skip
+    return out

@@ -3,6 +3,7 @@ and the weight-bytes estimate on a tiny GGUF-free ONNX graph. No model is run he
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def rows() -> list[dict[str, Any]]:
             tokens={"128": [1, 2, 9, 9]}, meta={"validation": {"passed": True}}),
         row("edgerun gguf-q4_k_m", "edgerun", "gguf-q4_k_m", [46, 45, 47],
             meta={"validation": {"passed": False}}),
-        row("edgerun onnx-int4 (genai builder)", "edgerun", "onnx-int4", [120, 121, 122],
+        row("edgerun onnx-int4 (optimum builder)", "edgerun", "onnx-int4", [120, 121, 122],
             meta={"validation": {"passed": False}}),
         row("edgerun onnx-int8", "edgerun", "onnx-int8", [], status="skipped",
             reason="edgerun has no 'export' command"),
@@ -72,13 +73,37 @@ def test_summary_medians_ratios_and_roofline(rows: list[dict[str, Any]]) -> None
 def test_head_to_head_quotes_int4_q4km_and_best(rows: list[dict[str, Any]]) -> None:
     h2h = report.head_to_head(report.summarize(rows, 10.0))
     labels = [h["edgerun"] for h in h2h]
-    # the faster genai-builder row failed validation, so it is not the "best"
+    # the faster optimum-builder row failed validation, so it is not the "best"
     assert labels == [
         "edgerun onnx-int4", "edgerun gguf-q4_k_m", "edgerun best (edgerun onnx-int4)",
     ]  # fmt: skip
     q4km = h2h[1]["vs"]
     assert q4km["llama.cpp q4_1 (source gguf)"] == pytest.approx(46 / 91)
     assert q4km["pytorch fp32"] == pytest.approx(46 / 13)
+
+
+def test_targets_judge_the_median_of_paired_round_ratios() -> None:
+    rows = [
+        # round 2 was a slow spell for both: the paired ratio shrugs it off
+        row("optimum fp32", "peer", "onnx fp32", [20.0, 10.0, 20.0, 21.0]),
+        row("edgerun onnx-fp32", "edgerun", "onnx-fp32", [39.0, 20.0, 41.0, 30.0]),
+        row("onnxruntime-genai int4", "peer", "genai int4", [100.0, 100.0, 100.0]),
+        row("edgerun onnx-int4", "edgerun", "onnx-int4", [101.0, 99.0, 102.0]),
+        row("llama.cpp gguf-q4_0", "peer", "gguf-q4_0", [100.0]),
+        row("edgerun gguf-q4_0", "edgerun", "gguf-q4_0", [50.0], status="failed"),  # not judged
+    ]
+    got = {t["edgerun"]: t for t in report.targets(rows)}
+    assert set(got) == {"edgerun onnx-fp32", "edgerun onnx-int4"}
+    fp32 = got["edgerun onnx-fp32"]
+    assert fp32["ratio"] == pytest.approx(statistics.median([39 / 20, 2.0, 41 / 20, 30 / 21]))
+    assert fp32["ratio_of_medians"] == pytest.approx(statistics.median([39, 20, 41, 30]) / 20)
+    assert fp32["met"] is False and fp32["goal"] == 2.0 and fp32["rounds"] == 4
+    int4 = got["edgerun onnx-int4"]
+    assert int4["ratio"] == pytest.approx(1.01) and int4["met"] is True
+    assert render.target_line(int4) == (
+        "prompt 128, edgerun onnx-int4 / onnxruntime-genai int4: 1.01x (rounds 0.99-1.02,"
+        " ratio of medians 1.01x), target >= 1.00x: met"
+    )
 
 
 def test_same_file_overhead_pairs_edgerun_with_llama_on_one_gguf() -> None:
@@ -189,7 +214,7 @@ def test_quick_run_end_to_end_on_a_tiny_model(
     rows = {r["name"]: r for r in data["rows"]}
     assert set(rows) == {
         "llama.cpp q4_1 (source gguf)", "pytorch fp32", "edgerun onnx-int4",
-        "edgerun onnx-int4 (genai builder)",
+        "edgerun onnx-int4 (optimum builder)",
     }  # fmt: skip
     torch_row = rows["pytorch fp32"]
     assert torch_row["status"] == "ok", torch_row["reason"]

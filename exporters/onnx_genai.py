@@ -98,10 +98,36 @@ def genai_export(fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
                 f"onnxruntime-genai's builder failed on {fmt}: {exc or tail}",
                 "use --builder optimum",
             ) from exc
+    if precision == "int4" and tied and opts.symmetric:
+        _drop_missing_zero_points(build / "model.onnx")
     for item in build.iterdir():
         if item.name.startswith("model.onnx") or item.name == GENAI_CONFIG:
             shutil.move(str(item), out_dir / item.name)
     return {"precision": precision, "quant": quant, "builder": "genai", "model_file": "model.onnx"}
+
+
+def _drop_missing_zero_points(model_file: Path) -> None:
+    """Work around a builder bug (0.11): with symmetric int4 and shared embeddings, its
+    GatherBlockQuantized still names `lm_head.MatMul.weight_zp`, which the symmetric lm_head
+    quantization never makes, and onnxruntime refuses the graph. zero_points is optional there
+    (absent: symmetric, as for MatMulNBits), so the dangling name is dropped."""
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
+    known = {i.name for i in graph.initializer} | {i.name for i in graph.input}
+    known |= {o for n in graph.node for o in n.output}
+    dangling = [
+        node
+        for node in graph.node
+        if node.op_type == "GatherBlockQuantized"
+        and len(node.input) > 3
+        and node.input[3] not in known | {""}
+    ]
+    for node in dangling:
+        del node.input[3]
+    if dangling:
+        onnx.save(model, str(model_file))
 
 
 @contextlib.contextmanager

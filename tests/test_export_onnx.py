@@ -279,6 +279,33 @@ def test_genai_builder(
     assert "MatMulNBits" in _ops(by_fmt["onnx-int4"].path)  # type: ignore[arg-type]
 
 
+def test_genai_builder_symmetric_int4_with_tied_embeddings(
+    tiny_llama: Path, short_eval_text: Path, tmp_path: Path
+) -> None:
+    """The 0.11 builder names a zero-point tensor it never makes when int4 is symmetric and the
+    embedding is shared with the lm_head; the exporter drops the dangling input so the graph
+    loads, and the symmetric kernels (no zero points anywhere) are what runs."""
+    pytest.importorskip("onnxruntime_genai")
+    import onnx
+
+    (r,) = export(
+        str(tiny_llama),
+        "onnx-int4",
+        tmp_path,
+        builder="genai",
+        symmetric=True,
+        eval_text=short_eval_text,
+        thresholds=TINY_GATE,
+        progress=False,
+    )
+    assert r.written and r.passed, r.reason
+    graph = onnx.load(str(r.path / "model.onnx"), load_external_data=False).graph  # type: ignore[operator]
+    gather = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gather) == 1 and len(gather[0].input) == 3
+    assert all(len(n.input) <= 3 for n in graph.node if n.op_type == "MatMulNBits")
+    assert read_manifest(r.path)["quant"]["symmetric"] is True  # type: ignore[arg-type]
+
+
 # --- slow: the real SmolLM2-135M ---------------------------------------------------------------
 
 

@@ -34,4 +34,6 @@ def load(spec: RowSpec, threads: int, max_len: int) -> EdgerunRunner:
     import edgerun
 
     assert spec.artifact is not None
-    return EdgerunRunner(edgerun.load(spec.artifact, threads=threads), spec.artifact)
+    return EdgerunRunner(
+        edgerun.load(spec.artifact, threads=threads, context=max_len), spec.artifact
+    )

@@ -116,13 +116,13 @@ def _drop_missing_zero_points(model_file: Path) -> None:
     model = onnx.load(str(model_file), load_external_data=False)
     graph = model.graph
     known = {i.name for i in graph.initializer} | {i.name for i in graph.input}
-    known |= {o for n in graph.node for o in n.output}
+    known |= {o for n in graph.node for o in n.output} | {""}  # "": an omitted optional input
     dangling = [
         node
         for node in graph.node
         if node.op_type == "GatherBlockQuantized"
         and len(node.input) > 3
-        and node.input[3] not in known | {""}
+        and node.input[3] not in known
     ]
     for node in dangling:
         del node.input[3]

@@ -33,9 +33,12 @@ SAMPLED = dict(max_tokens=16, temperature=0.8, top_k=40, top_p=0.9, seed=21, ign
 
 @pytest.fixture(scope="module")
 def artifacts(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny llama exported once per backend."""
+    """The tiny llama exported once per backend: optimum's graph for edgerun's ORT loop (the
+    auto builder would pick genai's, the same graph as the "genai" artifact below)."""
     root = tmp_path_factory.mktemp("backends")
-    arts = {"onnxruntime": export_artifact(tiny_llama, "onnx-fp32", root / "ort")}
+    arts = {
+        "onnxruntime": export_artifact(tiny_llama, "onnx-fp32", root / "ort", builder="optimum")
+    }
     if importlib.util.find_spec("llama_cpp"):
         arts["llamacpp"] = export_artifact(tiny_llama, "gguf-f32", root / "gguf")
     if importlib.util.find_spec("onnxruntime_genai"):

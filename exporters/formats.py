@@ -43,8 +43,9 @@ class ExportOptions:
 
     block_size / symmetric / accuracy_level / algorithm: ONNX int4 (MatMulNBits) parameters;
     int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
-    builder: "auto" (genai for onnx-fp32 and onnx-int4 where installed and supported, else optimum),
-        "optimum" or "genai" (onnxruntime-genai's model builder);
+    builder: who makes the fp32 graph the other formats start from: "auto" (genai for onnx-fp32,
+        onnx-int8 and onnx-int4 where installed and supported, else optimum), "optimum" or
+        "genai" (onnxruntime-genai's model builder);
     threads: CPU threads for export-time inference (None: library default);
     eval_text: a text file to validate on (None: the shipped exporters/data/eval.txt);
     window: tokens per validation window; force: write failing artifacts (passed: false);
@@ -55,7 +56,7 @@ class ExportOptions:
     """
 
     block_size: int = 32
-    symmetric: bool = False
+    symmetric: bool | None = None  # None: symmetric for rtn, asymmetric for hqq
     accuracy_level: int = 4
     algorithm: str = "rtn"
     int8_mode: str = "weight-only"

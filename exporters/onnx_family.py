@@ -1,9 +1,9 @@
 """The ONNX format family: onnx-fp32, onnx-fp16, onnx-int8, onnx-int4.
 
-fp32 comes from optimum-onnx (decoder with KV cache); fp16 is that graph cast by onnxruntime's
-float16 converter; int8 / int4 are that graph quantized weight-only to MatMulNBits (see
-onnx_quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger). With
-`--builder genai`, onnxruntime-genai's model builder makes fp32 / int4 instead (see onnx_genai).
+The fp32 graph comes from optimum-onnx (decoder with KV cache) or, with `--builder genai`, from
+onnxruntime-genai's model builder (see onnx_genai; fp16 is optimum-only). fp16 is that graph cast
+by onnxruntime's float16 converter; int8 / int4 are that graph quantized weight-only to MatMulNBits
+(see onnx_quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger).
 """
 
 from __future__ import annotations
@@ -57,12 +57,24 @@ class OnnxFamily:
             onnx_optimum.check_exportable(str(config.get("model_type", "?")))
 
     def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
-        """Write out_dir/model.onnx (+ external data) for `fmt`; return the manifest fields."""
+        """Write out_dir/model.onnx (+ external data) for `fmt`; return the manifest fields.
+
+        The builder makes the fp32 graph; every other format is made from it by the same code."""
         builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
         if builder == "genai":
-            fields = onnx_genai.genai_export(fmt, ctx, out_dir)
+            fp32 = onnx_genai.genai_fp32(ctx)
+            onnx_genai.copy_graph(fp32, out_dir, weights=fmt == "onnx-fp32")
         else:
-            fields = self._optimum_export(fmt, ctx, out_dir)
+            fp32 = onnx_optimum.fp32_export(ctx)
+            if fmt == "onnx-fp32":
+                onnx_optimum.copy_model(fp32, out_dir)
+        quant = None if fmt == "onnx-fp32" else _from_fp32(fmt, fp32, out_dir, ctx)
+        fields = {
+            "precision": PRECISIONS[fmt],
+            "quant": quant,
+            "builder": builder,
+            "model_file": onnx_optimum.MODEL_FILE,
+        }
         fields["onnx"] = onnx_optimum.graph_info(out_dir / fields["model_file"])
         fields["libraries"] = _libraries(builder)
         return fields
@@ -73,24 +85,16 @@ class OnnxFamily:
         threads = manifest.get("threads")  # set by the pipeline from --threads during export
         return onnx_logits_fn(Path(artifact_dir) / manifest["model_file"], threads=threads)
 
-    def _optimum_export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
-        fp32 = onnx_optimum.fp32_export(ctx)
-        quant: dict[str, Any] | None = None
-        if fmt == "onnx-fp32":
-            onnx_optimum.copy_model(fp32, out_dir)
-        elif fmt == "onnx-fp16":
-            with ctx.stage("cast to fp16"):
-                onnx_optimum.save_model(onnx_optimum.to_fp16(fp32), out_dir)
-        elif fmt == "onnx-int8" and ctx.options.int8_mode == "dynamic":
-            quant = _quantize_dynamic(fp32, out_dir, ctx)
-        else:
-            quant = _quantize_nbits(fmt, fp32, out_dir, ctx)
-        return {
-            "precision": PRECISIONS[fmt],
-            "quant": quant,
-            "builder": "optimum",
-            "model_file": onnx_optimum.MODEL_FILE,
-        }
+
+def _from_fp32(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any] | None:
+    """Make `fmt` (not fp32) from the fp32 graph; return the manifest's `quant`."""
+    if fmt == "onnx-fp16":
+        with ctx.stage("cast to fp16"):
+            onnx_optimum.save_model(onnx_optimum.to_fp16(fp32), out_dir)
+        return None
+    if fmt == "onnx-int8" and ctx.options.int8_mode == "dynamic":
+        return _quantize_dynamic(fp32, out_dir, ctx)
+    return _quantize_nbits(fmt, fp32, out_dir, ctx)
 
 
 def _check_quant_options(fmt: str, options: ExportOptions) -> None:
@@ -112,15 +116,13 @@ def _check_quant_options(fmt: str, options: ExportOptions) -> None:
             "does not provide",
             "use rtn (default) or hqq",
         )
-    if options.algorithm == "hqq" and options.symmetric:
+    if options.algorithm == "hqq" and options.symmetric is True:
         raise EdgerunError("HQQ quantizes asymmetrically only", "drop --symmetric, or use rtn")
     if fmt == "onnx-int8" and options.algorithm == "hqq" and options.int8_mode != "dynamic":
         raise EdgerunError(
             "HQQ's 8-bit MatMulNBits has float zero points, which onnxruntime's CPU kernel rejects",
             "use --algorithm rtn for onnx-int8",
         )
-    if options.builder == "genai" and options.algorithm != "rtn":
-        raise EdgerunError("--builder genai quantizes with rtn only", "drop --algorithm")
     if fmt == "onnx-int8" and options.int8_mode not in INT8_MODES:
         raise EdgerunError(
             f"unknown int8 mode '{options.int8_mode}'", f"use one of {', '.join(INT8_MODES)}"
@@ -135,7 +137,7 @@ def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> 
     config = WeightOnlyConfig(
         bits=4 if fmt == "onnx-int4" else 8,
         block_size=opts.block_size,
-        symmetric=opts.symmetric,
+        symmetric=resolve_symmetric(opts),
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
     )
@@ -161,20 +163,28 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 
 
+def resolve_symmetric(options: ExportOptions) -> bool:
+    """--symmetric / --asymmetric, or when neither is given: symmetric for RTN, asymmetric for HQQ
+    (whose optimisation is of the zero points). Symmetric RTN (ORT's MLAS quantizer: each block's
+    largest-magnitude weight maps to -8, as llama.cpp's Q4_0) is both the faster kernel and, on
+    SmolLM2-135M, the more accurate int4: PPL ratio 1.32 against 1.39 asymmetric."""
+    if options.symmetric is not None:
+        return options.symmetric
+    return options.algorithm != "hqq"
+
+
 def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) -> str:
-    """The builder that makes `fmt`. "auto" picks onnxruntime-genai's builder for the formats it
-    makes on CPU (onnx-fp32, onnx-int4 with RTN) when it is installed and supports the
-    architecture: its fused graph (GroupQueryAttention, rotary, skip-norms) decodes faster at the
-    same validation numbers. On SmolLM2-135M, 2 threads, edgerun's loop, medians of 5 interleaved
-    runs: fp32 38.4 against 25.8 tok/s for optimum's graph (PPL ratio 1.000 both); int4 9.9 ms of
-    onnxruntime time per token against 15.8 ms (PPL ratio 1.392 both). Every other case uses
-    optimum."""
+    """The builder of the fp32 graph `fmt` is made from. "auto" picks onnxruntime-genai's builder
+    for onnx-fp32, onnx-int8 and onnx-int4 when it is installed and supports the architecture:
+    its fused graph (GroupQueryAttention, rotary, skip-norms) decodes faster at the same
+    validation numbers. On SmolLM2-135M, 2 threads, edgerun's loop, medians of 5 interleaved runs:
+    fp32 38.4 against 25.8 tok/s for optimum's graph (PPL ratio 1.000 both); int8 66.7 against
+    37.3; int4 9.9 ms of onnxruntime time per token against 15.8 ms. fp16 uses optimum."""
     if options.builder != "auto":
         return options.builder
     arch = (config.get("architectures") or ["?"])[0]
     genai_fits = (
-        fmt in onnx_genai.GENAI_PRECISIONS
-        and (fmt != "onnx-int4" or options.algorithm == "rtn")
+        fmt in onnx_genai.GENAI_FORMATS
         and arch in onnx_genai.GENAI_ARCHITECTURES
         and importlib.util.find_spec("onnxruntime_genai") is not None
     )

@@ -7,7 +7,9 @@ tied embedding (so the quantizer sees no constant weight), and the token-embeddi
 lm_head weight is materialized so that it is quantized like every other MatMul; the embedding
 Gather then becomes a GatherBlockQuantized that reads the lm_head's quantized tensors when the
 embeddings are tied (one copy, as onnxruntime-genai's builder does with shared_embeddings), or
-tensors quantized by the same ORT kernel when they are not.
+tensors quantized by the same ORT kernel when they are not. Both ways of tying are recognised:
+optimum's (lm_head = Transpose(embedding)) and onnxruntime-genai's builder's (embedding =
+Transpose(lm_head weight)).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class WeightOnlyConfig:
 
     bits: int = 4
     block_size: int = 32
-    symmetric: bool = False
+    symmetric: bool = True
     accuracy_level: int = 4
     algorithm: str = "rtn"
 
@@ -53,8 +55,9 @@ def quantize_weight_only(model: Any, config: WeightOnlyConfig) -> tuple[Any, dic
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     logging.getLogger(mnq.__name__).setLevel(logging.WARNING)
+    tied = _untie_transposed_embedding(model)
     embed = _embedding_gather(model)
-    tied = _materialize_lm_head(model)
+    tied = _materialize_lm_head(model) or tied
     # HQQ's float zero points cannot feed GatherBlockQuantized: with tied embeddings the lm_head
     # is quantized by RTN in a second pass, so that one quantized copy serves both.
     head_rtn = tied and config.algorithm != "rtn"
@@ -135,6 +138,38 @@ def _embedding_gather(model: Any) -> Any | None:
         if node.op_type == "Gather" and node.input[1] == "input_ids" and node.input[0] in inits:
             return node
     return None
+
+
+def _untie_transposed_embedding(model: Any) -> bool:
+    """onnxruntime-genai's builder ties the embedding to the lm_head as Gather(Transpose(W)), W
+    the lm_head MatMul's [hidden, vocab] weight. Give the Gather its own [vocab, hidden] table, so
+    that the lm_head is quantized as usual and the embedding then shares its quantized copy.
+    Returns True when the graph was tied that way."""
+    from onnx import numpy_helper
+
+    head = _lm_head_node(model)
+    inits = _initializers(model)
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.input[1] != "input_ids":
+            continue
+        producer = next((n for n in model.graph.node if node.input[0] in n.output), None)
+        if (
+            producer is None
+            or producer.op_type != "Transpose"
+            or producer.input[0] != head.input[1]
+        ):
+            continue
+        weight = inits.get(head.input[1])
+        if weight is None:
+            return False
+        table = numpy_helper.to_array(weight).T
+        name = f"{head.input[1]}_embedding"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table), name))
+        node.input[0] = name
+        if not any(producer.output[0] in n.input for n in model.graph.node):
+            model.graph.node.remove(producer)
+        return True
+    return False
 
 
 def _materialize_lm_head(model: Any) -> bool:

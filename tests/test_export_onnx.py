@@ -8,6 +8,7 @@ ops the options ask for), not SmolLM2's numbers.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,13 @@ def test_fp16_has_fp16_io_and_int8_is_8_bit(exported: dict[str, dict[str, Export
             {"block_size": 128, "accuracy_level": 1},
             {"block_size": 64, "shared_with_lm_head": False},
         ),
+        (
+            {"block_size": 32, "symmetric": False},
+            {"block_size": 32, "shared_with_lm_head": True},
+        ),
         ({"block_size": 64, "algorithm": "hqq"}, {"block_size": 64, "shared_with_lm_head": True}),
     ],
-    ids=["b16-sym-acc0", "b128-acc1", "b64-hqq"],
+    ids=["b16-sym-acc0", "b128-acc1", "b32-asym", "b64-hqq"],
 )
 def test_int4_options_reach_the_graph(
     tiny_llama: Path,
@@ -204,8 +209,10 @@ def test_int4_options_reach_the_graph(
     assert {a.get("accuracy_level", 0) for a in attrs} == (
         {0, 4} if hqq else {quant["accuracy_level"]}
     )
+    # unset, --symmetric resolves by algorithm: symmetric RTN, asymmetric HQQ
+    assert quant["symmetric"] == options.get("symmetric", not hqq)
     zero_points = [n for n in _node_inputs(r.path, "MatMulNBits") if len(n) > 3 and n[3]]  # type: ignore[arg-type]
-    assert bool(zero_points) == (not options.get("symmetric", False))
+    assert bool(zero_points) == (not quant["symmetric"])
 
 
 def _node_inputs(artifact: Path, op: str) -> list[list[str]]:
@@ -248,6 +255,7 @@ def test_dynamic_int8_uses_matmulinteger(
         thresholds=TINY_GATE,
         progress=False,
         int8_mode="dynamic",
+        builder="optimum",  # 14 MatMuls unfused (the genai graph fuses q/k/v)
         force=True,
     )
     assert r.written and r.validation is not None
@@ -263,7 +271,7 @@ def test_genai_builder(
     pytest.importorskip("onnxruntime_genai")
     results = export(
         str(tiny_model_dirs[arch]),
-        ["onnx-fp32", "onnx-int4"],
+        ["onnx-fp32", "onnx-int8", "onnx-int4"],
         tmp_path,
         builder="genai",
         eval_text=short_eval_text,
@@ -276,15 +284,18 @@ def test_genai_builder(
         assert (r.path / "genai_config.json").is_file()  # type: ignore[operator]
         assert read_manifest(r.path)["builder"] == "genai"  # type: ignore[arg-type]
     assert by_fmt["onnx-fp32"].validation["mean_kl"] < 1e-4  # type: ignore[index]
-    assert "MatMulNBits" in _ops(by_fmt["onnx-int4"].path)  # type: ignore[arg-type]
+    for fmt, bits in (("onnx-int8", 8), ("onnx-int4", 4)):
+        assert {a["bits"] for a in _attrs(by_fmt[fmt].path, "MatMulNBits")} == {bits}  # type: ignore[arg-type]
+        assert "GroupQueryAttention" in _ops(by_fmt[fmt].path)  # type: ignore[arg-type]
 
 
-def test_genai_builder_symmetric_int4_with_tied_embeddings(
-    tiny_llama: Path, short_eval_text: Path, tmp_path: Path
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_genai_graph_int4_shares_the_tied_embedding(
+    tiny_llama: Path, short_eval_text: Path, tmp_path: Path, symmetric: bool
 ) -> None:
-    """The 0.11 builder names a zero-point tensor it never makes when int4 is symmetric and the
-    embedding is shared with the lm_head; the exporter drops the dangling input so the graph
-    loads, and the symmetric kernels (no zero points anywhere) are what runs."""
+    """The builder ties the embedding as Gather(Transpose(lm_head weight)); after quantization
+    one int4 copy serves both: the embedding gathers from the lm_head's blocks (and its zero
+    points when asymmetric), and no fp32 table or Transpose is left in the graph."""
     pytest.importorskip("onnxruntime_genai")
     import onnx
 
@@ -293,17 +304,25 @@ def test_genai_builder_symmetric_int4_with_tied_embeddings(
         "onnx-int4",
         tmp_path,
         builder="genai",
-        symmetric=True,
+        symmetric=symmetric,
         eval_text=short_eval_text,
         thresholds=TINY_GATE,
         progress=False,
     )
     assert r.written and r.passed, r.reason
     graph = onnx.load(str(r.path / "model.onnx"), load_external_data=False).graph  # type: ignore[operator]
-    gather = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
-    assert len(gather) == 1 and len(gather[0].input) == 3
-    assert all(len(n.input) <= 3 for n in graph.node if n.op_type == "MatMulNBits")
-    assert read_manifest(r.path)["quant"]["symmetric"] is True  # type: ignore[arg-type]
+    (head,) = [n for n in graph.node if "logits" in n.output]
+    (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    (reshape,) = [n for n in graph.node if gather.input[0] in n.output]
+    assert head.op_type == "MatMulNBits" and reshape.input[0] == head.input[1]
+    assert gather.input[2:] == head.input[2:]  # the same scales (and zero points)
+    assert len(head.input) == (3 if symmetric else 4)
+    assert "Transpose" not in {n.op_type for n in graph.node}
+    config = json.loads((r.path / "config.json").read_text())  # type: ignore[operator]
+    table = sorted([config["vocab_size"], config["hidden_size"]])
+    assert not [t.name for t in graph.initializer if sorted(t.dims) == table]  # no fp32 copy
+    quant = read_manifest(r.path)["quant"]  # type: ignore[arg-type]
+    assert quant["symmetric"] is symmetric and quant["embedding"]["shared_with_lm_head"] is True
 
 
 # --- slow: the real SmolLM2-135M ---------------------------------------------------------------
@@ -335,21 +354,23 @@ def test_smollm2_int4_is_small_and_passes_and_dynamic_int8_is_refused(
     assert int4.validation["ppl_ratio"] < dyn.validation["ppl_ratio"]
 
 
-def test_auto_builder_picks_genai_for_fp32_and_int4(
+def test_auto_builder_picks_genai_for_fp32_int8_and_int4(
     tiny_qwen2: Path, short_eval_text: Path, tmp_path: Path
 ) -> None:
-    """--builder auto (default): the genai graph for onnx-fp32 and onnx-int4 when
-    onnxruntime-genai is installed, optimum's for every other format; the manifest says which."""
+    """--builder auto (default): the genai graph for onnx-fp32, onnx-int8 and onnx-int4 when
+    onnxruntime-genai is installed, optimum's for fp16; the manifest says which."""
     pytest.importorskip("onnxruntime_genai")
     results = export(
         str(tiny_qwen2),
-        "onnx-fp32,onnx-int8,onnx-int4",
+        "onnx-fp32,onnx-fp16,onnx-int8,onnx-int4",
         tmp_path,
         eval_text=short_eval_text,
         thresholds=TINY_GATE,
         progress=False,
     )
     builders = {r.format: read_manifest(r.path)["builder"] for r in results if r.path}
-    assert builders == {"onnx-fp32": "genai", "onnx-int8": "optimum", "onnx-int4": "genai"}
-    assert (tmp_path / "onnx-int4" / "genai_config.json").is_file()
-    assert (tmp_path / "onnx-fp32" / "genai_config.json").is_file()
+    genai = {"onnx-fp32": "genai", "onnx-int8": "genai", "onnx-int4": "genai"}
+    assert builders == {**genai, "onnx-fp16": "optimum"}
+    for fmt in genai:
+        assert (tmp_path / fmt / "genai_config.json").is_file()
+    assert not (tmp_path / "onnx-fp16" / "genai_config.json").exists()

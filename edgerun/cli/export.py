@@ -28,7 +28,9 @@ def _formats_help() -> str:
 @click.option("--list", "list_formats", is_flag=True, help="List the formats and exit.")
 @click.option("--block-size", default=32, show_default=True, help="int4/int8 block size (16-256).")
 @click.option(
-    "--symmetric/--asymmetric", default=False, show_default=True, help="int4/int8 zero point."
+    "--symmetric/--asymmetric",
+    default=None,
+    help="int4/int8 zero point (default: symmetric for rtn, asymmetric for hqq).",
 )
 @click.option("--accuracy-level", default=4, show_default=True, help="MatMulNBits compute (0-4).")
 @click.option(
@@ -44,7 +46,7 @@ def _formats_help() -> str:
     "--builder",
     default="auto",
     show_default=True,
-    help="ONNX graph: auto (genai for onnx-fp32 and onnx-int4 when installed and supported, else optimum) | optimum | genai.",
+    help="ONNX graph: auto (genai for onnx-fp32, onnx-int8 and onnx-int4 when installed and supported, else optimum) | optimum | genai.",
 )
 @click.option("--threads", type=int, help="CPU threads for the reference and validation runs.")
 @click.option("--eval-text", type=click.Path(path_type=Path), help="Validate on this UTF-8 text.")

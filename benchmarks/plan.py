@@ -17,7 +17,11 @@ from benchmarks.workload import RowSpec, select
 EDGERUN_FORMATS = ("onnx-fp32", "onnx-int8", "onnx-int4", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0")
 LLAMA_ON_EDGERUN = ("gguf-q4_k_m", "gguf-q4_0", "gguf-q8_0")  # llama.cpp's loop on edgerun's files
 INT4 = "int4 b32 acc4"
-GENAI_BUILT = ("onnx-fp32", "onnx-int8", "onnx-int4")  # formats made from the genai graph by default
+GENAI_BUILT = (
+    "onnx-fp32",
+    "onnx-int8",
+    "onnx-int4",
+)  # formats made from the genai graph by default
 
 Prepare = Callable[[Prep], Path]
 

@@ -69,13 +69,13 @@ class OnnxFamily:
             if fmt == "onnx-fp32":
                 onnx_optimum.copy_model(fp32, out_dir)
         quant = None if fmt == "onnx-fp32" else _from_fp32(fmt, fp32, out_dir, ctx)
-        fields = {
+        fields: dict[str, Any] = {
             "precision": PRECISIONS[fmt],
             "quant": quant,
             "builder": builder,
             "model_file": onnx_optimum.MODEL_FILE,
         }
-        fields["onnx"] = onnx_optimum.graph_info(out_dir / fields["model_file"])
+        fields["onnx"] = onnx_optimum.graph_info(out_dir / onnx_optimum.MODEL_FILE)
         fields["libraries"] = _libraries(builder)
         return fields
 

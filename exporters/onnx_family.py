@@ -158,7 +158,7 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
             out_dir / onnx_optimum.MODEL_FILE,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
-            use_external_data_format=fp32.with_name(onnx_optimum.EXTERNAL_DATA).exists(),
+            use_external_data_format=onnx_optimum.has_external_data(fp32),
         )
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 

@@ -65,6 +65,14 @@ def copy_model(src: Path, out_dir: Path) -> None:
             shutil.copyfile(item, out_dir / item.name)
 
 
+def has_external_data(model_file: Path) -> bool:
+    """Whether model_file keeps weights beside it (optimum's model.onnx_data, the genai builder's
+    model.onnx.data)."""
+    return any(
+        p.name != MODEL_FILE and p.name.startswith(MODEL_FILE) for p in model_file.parent.iterdir()
+    )
+
+
 def save_model(model: Any, out_dir: Path) -> Path:
     """Save an onnx.ModelProto as out_dir/model.onnx; weights go to external data over 2 GB."""
     import onnx

@@ -289,13 +289,18 @@ def test_genai_builder(
         assert "GroupQueryAttention" in _ops(by_fmt[fmt].path)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize(
+    "options",
+    [{"symmetric": True}, {"symmetric": False}, {"algorithm": "hqq"}],
+    ids=["sym", "asym", "hqq"],
+)
 def test_genai_graph_int4_shares_the_tied_embedding(
-    tiny_llama: Path, short_eval_text: Path, tmp_path: Path, symmetric: bool
+    tiny_llama: Path, short_eval_text: Path, tmp_path: Path, options: dict[str, Any]
 ) -> None:
     """The builder ties the embedding as Gather(Transpose(lm_head weight)); after quantization
     one int4 copy serves both: the embedding gathers from the lm_head's blocks (and its zero
-    points when asymmetric), and no fp32 table or Transpose is left in the graph."""
+    points when asymmetric), and no fp32 table or Transpose is left in the graph. HQQ (float zero
+    points) quantizes the layers; the shared lm_head is then asymmetric RTN."""
     pytest.importorskip("onnxruntime_genai")
     import onnx
 
@@ -304,12 +309,13 @@ def test_genai_graph_int4_shares_the_tied_embedding(
         "onnx-int4",
         tmp_path,
         builder="genai",
-        symmetric=symmetric,
         eval_text=short_eval_text,
         thresholds=TINY_GATE,
         progress=False,
+        **options,
     )
     assert r.written and r.passed, r.reason
+    symmetric = options.get("symmetric", False)
     graph = onnx.load(str(r.path / "model.onnx"), load_external_data=False).graph  # type: ignore[operator]
     (head,) = [n for n in graph.node if "logits" in n.output]
     (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
@@ -323,6 +329,7 @@ def test_genai_graph_int4_shares_the_tied_embedding(
     assert not [t.name for t in graph.initializer if sorted(t.dims) == table]  # no fp32 copy
     quant = read_manifest(r.path)["quant"]  # type: ignore[arg-type]
     assert quant["symmetric"] is symmetric and quant["embedding"]["shared_with_lm_head"] is True
+    assert quant["lm_head"] == "rtn" and quant["algorithm"] == options.get("algorithm", "rtn")
 
 
 # --- slow: the real SmolLM2-135M ---------------------------------------------------------------
@@ -374,3 +381,22 @@ def test_auto_builder_picks_genai_for_fp32_int8_and_int4(
     for fmt in genai:
         assert (tmp_path / fmt / "genai_config.json").is_file()
     assert not (tmp_path / "onnx-fp16" / "genai_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (["model.onnx"], False),
+        (["model.onnx", "model.onnx_data"], True),
+        (["model.onnx", "model.onnx.data"], True),
+    ],
+    ids=["inline", "optimum-external", "genai-external"],
+)
+def test_has_external_data_knows_both_builders_names(
+    tmp_path: Path, files: list[str], expected: bool
+) -> None:
+    from edgerun.exporters.onnx_optimum import has_external_data
+
+    for name in files:
+        (tmp_path / name).write_bytes(b"x")
+    assert has_external_data(tmp_path / "model.onnx") is expected

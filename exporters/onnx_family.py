@@ -63,11 +63,11 @@ class OnnxFamily:
         builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
         if builder == "genai":
             fp32 = onnx_genai.genai_fp32(ctx)
-            onnx_genai.copy_graph(fp32, out_dir, weights=fmt == "onnx-fp32")
+            onnx_genai.copy_config(fp32, out_dir)
         else:
             fp32 = onnx_optimum.fp32_export(ctx)
-            if fmt == "onnx-fp32":
-                onnx_optimum.copy_model(fp32, out_dir)
+        if fmt == "onnx-fp32":
+            onnx_optimum.copy_model(fp32, out_dir)
         quant = None if fmt == "onnx-fp32" else _from_fp32(fmt, fp32, out_dir, ctx)
         fields: dict[str, Any] = {
             "precision": PRECISIONS[fmt],

@@ -90,12 +90,10 @@ def genai_fp32(ctx: ExportContext) -> Path:
     return build / MODEL_FILE
 
 
-def copy_graph(fp32: Path, out_dir: Path, weights: bool) -> None:
-    """Copy the builder's genai_config.json (which lets the runtime pick the onnxruntime-genai
-    backend) into out_dir, and with `weights` its model.onnx and external data too."""
-    for item in fp32.parent.iterdir():
-        if item.name == GENAI_CONFIG or (weights and item.name.startswith(MODEL_FILE)):
-            shutil.copyfile(item, out_dir / item.name)
+def copy_config(fp32: Path, out_dir: Path) -> None:
+    """Copy the builder's genai_config.json, which lets the runtime pick the onnxruntime-genai
+    backend, from beside the fp32 graph into out_dir."""
+    shutil.copyfile(fp32.with_name(GENAI_CONFIG), out_dir / GENAI_CONFIG)
 
 
 @contextlib.contextmanager

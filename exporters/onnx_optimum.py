@@ -58,19 +58,21 @@ def fp32_export(ctx: ExportContext) -> Path:
     return out / MODEL_FILE
 
 
+def _model_files(model_file: Path) -> list[Path]:
+    """model.onnx and the external data files beside it (optimum's model.onnx_data, the genai
+    builder's model.onnx.data)."""
+    return [p for p in model_file.parent.iterdir() if p.name.startswith(MODEL_FILE)]
+
+
 def copy_model(src: Path, out_dir: Path) -> None:
     """Copy model.onnx and its external data files (if any) into out_dir."""
-    for item in src.parent.iterdir():
-        if item.name == MODEL_FILE or item.name.startswith(MODEL_FILE + "_"):
-            shutil.copyfile(item, out_dir / item.name)
+    for item in _model_files(src):
+        shutil.copyfile(item, out_dir / item.name)
 
 
 def has_external_data(model_file: Path) -> bool:
-    """Whether model_file keeps weights beside it (optimum's model.onnx_data, the genai builder's
-    model.onnx.data)."""
-    return any(
-        p.name != MODEL_FILE and p.name.startswith(MODEL_FILE) for p in model_file.parent.iterdir()
-    )
+    """Whether model_file keeps weights beside it."""
+    return any(p.name != MODEL_FILE for p in _model_files(model_file))
 
 
 def save_model(model: Any, out_dir: Path) -> Path:

@@ -120,6 +120,11 @@ def _initializers(model: Any) -> dict[str, Any]:
     return {t.name: t for t in model.graph.initializer}
 
 
+def _producer(model: Any, name: str) -> Any | None:
+    """The node that writes tensor `name` (None for initializers and graph inputs)."""
+    return next((n for n in model.graph.node if name in n.output), None)
+
+
 def _lm_head_node(model: Any) -> Any:
     """The node that writes the logits: the lm_head MatMul (or its quantized replacement)."""
     for node in model.graph.node:
@@ -152,7 +157,7 @@ def _untie_transposed_embedding(model: Any) -> bool:
     for node in model.graph.node:
         if node.op_type != "Gather" or node.input[1] != "input_ids":
             continue
-        producer = next((n for n in model.graph.node if node.input[0] in n.output), None)
+        producer = _producer(model, node.input[0])
         if (
             producer is None
             or producer.op_type != "Transpose"
@@ -178,7 +183,7 @@ def _materialize_lm_head(model: Any) -> bool:
     from onnx import numpy_helper
 
     head = _lm_head_node(model)
-    producer = next((n for n in model.graph.node if head.input[1] in n.output), None)
+    producer = _producer(model, head.input[1])
     inits = _initializers(model)
     if producer is None or producer.op_type != "Transpose" or producer.input[0] not in inits:
         return False

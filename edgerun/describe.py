@@ -12,6 +12,7 @@ from typing import Any
 from edgerun.errors import EdgerunError
 from edgerun.manifest import MANIFEST_NAME as MANIFEST
 from edgerun.manifest import read_manifest
+from edgerun.untrusted import read_json_object
 
 _ST_BYTES = {
     "F64": 8,
@@ -37,7 +38,16 @@ def safetensors_header(path: Path) -> dict[str, Any]:
         if len(raw) < 8:
             raise EdgerunError(f"{path} is truncated", "re-create the checkpoint")
         (length,) = struct.unpack("<Q", raw)
-        header: dict[str, Any] = json.loads(fh.read(length))
+        if length > path.stat().st_size - 8:
+            raise EdgerunError(
+                f"{path} is truncated (header of {length} bytes)", "re-create the checkpoint"
+            )
+        try:
+            header = json.loads(fh.read(length))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise EdgerunError(f"{path} has a damaged header", "re-create the checkpoint") from exc
+    if not isinstance(header, dict):
+        raise EdgerunError(f"{path} has a damaged header", "re-create the checkpoint")
     header.pop("__metadata__", None)
     return header
 
@@ -80,7 +90,7 @@ def describe(path: Path) -> dict[str, Any]:
             f"{path} is neither a checkpoint (no config.json) nor an artifact (no {MANIFEST})",
             "pass a directory made by `edgerun pull` or `edgerun export`",
         )
-    config = json.loads((path / "config.json").read_text())
+    config = read_json_object(path / "config.json", "point to a Hugging Face model directory")
     params, dtype = count_parameters(path)
     files = _files(path)
     return {

@@ -23,11 +23,11 @@ _SPECIAL_IDS = {
 
 
 def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The scalar values of `keys` present in the GGUF file's metadata."""
-    from gguf import GGUFReader
+    """The scalar values of `keys` present in the GGUF file's metadata (bounded reader)."""
+    from edgerun.gguf_header import read_header
 
-    reader = GGUFReader(path)
-    return {k: reader.fields[k].contents() for k in keys if k in reader.fields}
+    metadata = read_header(path).metadata
+    return {k: metadata[k] for k in keys if metadata.get(k) is not None}
 
 
 def apply_gguf_tokenizer_metadata(tokenizer: Any, meta: dict[str, Any]) -> None:

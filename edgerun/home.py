@@ -96,13 +96,10 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from `path`; {} when the file is missing or holds no object.
 
-    Raises EdgerunError when the file is not valid JSON (a damaged artifact)."""
+    Raises EdgerunError when the file is not valid UTF-8 JSON (a damaged artifact)."""
+    from edgerun.untrusted import read_json
+
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EdgerunError(
-            f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
-        ) from exc
+    data = read_json(path, "re-export the artifact")
     return data if isinstance(data, dict) else {}

@@ -25,34 +25,50 @@ Schema (version 1)::
 
 from __future__ import annotations
 
-import json
+import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_write_json
+from edgerun.integrity import blocks_ok
+from edgerun.untrusted import (
+    check_fields,
+    contained,
+    is_int,
+    is_number,
+    json_type,
+    read_json_object,
+)
 
 MANIFEST_NAME = "edgerun.json"
 SCHEMA_VERSION = 1
 
 
+REEXPORT = "re-export the artifact, or re-copy it from where it was made"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_VALIDATION_NUMBERS = ("ppl_ref", "ppl", "ppl_ratio", "mean_kl", "top1_agreement", "tokens")
+
+
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:
-    """Read and check an artifact's manifest; raise EdgerunError if missing, corrupt or too new."""
+    """Read and check an artifact's manifest; raise EdgerunError if it is missing, corrupt, of
+    the wrong shape, too new, or names a file outside the artifact directory."""
     path = Path(artifact_dir) / MANIFEST_NAME
     if not path.is_file():
         raise EdgerunError(
             f"{artifact_dir} is not an edgerun artifact (no {MANIFEST_NAME})",
             "pass a directory written by `edgerun export`, or a bare .gguf / .onnx file",
         )
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgerunError(
-            f"{path} is not valid JSON ({exc.msg})", "re-export the artifact"
-        ) from exc
+    data = read_json_object(path, "re-export the artifact")
     version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 1 <= version <= SCHEMA_VERSION
+    ):
         raise EdgerunError(
             f"{path} has manifest schema version {version}; this edgerun reads up to {SCHEMA_VERSION}",
             "upgrade edgerun: pip install -U edgerun",
@@ -60,7 +76,77 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     for key in ("format", "family", "model_file"):
         if key not in data:
             raise EdgerunError(f"{path} lacks the key '{key}'", "re-export the artifact")
+    check_manifest(data, Path(artifact_dir))
     return data
+
+
+def check_manifest(data: dict[str, Any], artifact_dir: Path) -> None:
+    """Raise EdgerunError unless the manifest's fields have the types edgerun reads and every
+    file it names lies inside `artifact_dir` (no absolute paths, '..' or escaping symlinks)."""
+    where = artifact_dir / MANIFEST_NAME
+
+    def fail(message: str) -> EdgerunError:
+        return EdgerunError(f"{where}: {message}", REEXPORT)
+
+    check_fields(data, _TOP, fail)
+    contained(artifact_dir, data["model_file"], f"{where}: model_file", REEXPORT)
+    for i, entry in enumerate(data.get("files", [])):
+        if not isinstance(entry, dict):
+            raise fail(f"files[{i}] must be an object, not {json_type(entry)}")
+        for key in ("name", "bytes", "sha256"):
+            if key not in entry:
+                raise fail(f"files[{i}] lacks '{key}'")
+        check_fields(entry, _FILE, functools.partial(_fail_at, fail, f"files[{i}]: "))
+        if "blocks" in entry and not blocks_ok(entry["blocks"], entry["bytes"]):
+            raise fail(f"files[{i}].blocks does not match a file of {entry['bytes']} bytes")
+        contained(artifact_dir, entry["name"], f"{where}: files[{i}]", REEXPORT)
+    validation = data.get("validation")
+    if validation is not None:
+        check_fields(validation, _VALIDATION, functools.partial(_fail_at, fail, "validation: "))
+
+
+def _fail_at(fail: Callable[[str], EdgerunError], prefix: str, message: str) -> EdgerunError:
+    return fail(prefix + message)
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or is_number(value)
+
+
+def _str_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _dict_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+Check = tuple[Callable[[Any], bool], str]
+_VALIDATION: dict[str, Check] = {
+    **{k: (_number_or_null, "a number or null") for k in _VALIDATION_NUMBERS},
+    "passed": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+}
+_TOP: dict[str, Check] = {
+    "format": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "family": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "model_file": (lambda v: isinstance(v, str), "a string"),
+    "precision": (_str_or_null, "a string or null"),
+    "builder": (_str_or_null, "a string or null"),
+    "architecture": (_str_or_null, "a string or null"),
+    "model_type": (_str_or_null, "a string or null"),
+    "context_length": (lambda v: v is None or is_int(v, 1), "a positive integer or null"),
+    "quant": (_dict_or_null, "an object or null"),
+    "source": (_dict_or_null, "an object or null"),
+    "libraries": (_dict_or_null, "an object or null"),
+    "export": (_dict_or_null, "an object or null"),
+    "validation": (_dict_or_null, "an object or null"),
+    "files": (lambda v: isinstance(v, list), "an array"),
+}
+_FILE: dict[str, Check] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "bytes": (is_int, "a non-negative integer"),
+    "sha256": (lambda v: isinstance(v, str) and bool(_HEX64.fullmatch(v)), "64 hex digits"),
+}
 
 
 def write_manifest(artifact_dir: Path, manifest: dict[str, Any]) -> Path:
@@ -72,12 +158,14 @@ def write_manifest(artifact_dir: Path, manifest: dict[str, Any]) -> Path:
 
 
 def file_entries(artifact_dir: Path) -> list[dict[str, Any]]:
-    """[{name, bytes, sha256}] for every file in the artifact except the manifest itself."""
-    from edgerun.sources import sha256_file
+    """[{name, bytes, sha256[, blocks]}] for every file in the artifact except the manifest
+    itself; large files also get per-block hashes for the sampled check on load
+    (see edgerun.integrity)."""
+    from edgerun.integrity import file_entry
 
     root = Path(artifact_dir)
     return [
-        {"name": str(f.relative_to(root)), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        file_entry(f, str(f.relative_to(root)))
         for f in sorted(root.rglob("*"))
         if f.is_file() and f.name != MANIFEST_NAME
     ]

@@ -290,6 +290,7 @@ def load(
     backend: str | None = None,
     strict: bool = False,
     context: int | None = None,
+    verify: bool = False,
     **options: Any,
 ) -> Model:
     """Load an artifact and pick its backend and execution providers from a device profile.
@@ -297,10 +298,17 @@ def load(
     path: artifact directory (edgerun.json) or a bare .gguf / .onnx file. profile: an id, a TOML
     path, or None to auto-detect. threads / context override the profile and the model; backend
     forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
-    fallback into an error; options are backend options (e.g. n_gpu_layers). Raises EdgerunError.
+    fallback into an error; verify hashes every file of the artifact in full instead of the
+    default check (small files hashed, large ones sampled: edgerun.integrity); options are
+    backend options (e.g. n_gpu_layers). Raises EdgerunError.
     """
     started = time.perf_counter()
-    artifact = resolve_artifact(path)
+    for name, value in (("threads", threads), ("context", context)):
+        if value is not None and value < 1:
+            raise EdgerunError(
+                f"{name} must be at least 1, got {value}", f"pass --{name} 1 or more, or omit it"
+            )
+    artifact = resolve_artifact(path, verify=verify)
     opened = open_backend(artifact, profile, threads, backend, strict, context, options)
     info = ModelInfo(
         backend=opened.backend.name,

@@ -32,6 +32,7 @@ A profile file (see profiles/*.toml for complete ones)::
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -248,9 +249,11 @@ def parse_profile(text: str, source: str) -> Profile:
 
 def _check_values(data: dict[str, Any]) -> None:
     """Rules beyond types: positive numbers, a non-empty backend list."""
-    for key in ("threads", "memory_budget_mb"):
+    for key, most in (("threads", 4096), ("memory_budget_mb", 1 << 30)):
         if isinstance(data.get(key), int) and data[key] < 1:
             raise SchemaError((key,), f"must be at least 1, got {data[key]}")
+        if isinstance(data.get(key), int) and data[key] > most:
+            raise SchemaError((key,), f"must be at most {most}, got {data[key]}")
     fraction = data.get("memory_fraction", DEFAULT_MEMORY_FRACTION)
     if not 0 < fraction <= 1:
         raise SchemaError(("memory_fraction",), f"must be in (0, 1], got {fraction}")
@@ -274,10 +277,14 @@ def load_profile_file(path: str | Path) -> Profile:
     """Read, validate and return the profile at `path` (EdgerunError naming file, key and line)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise EdgerunError(
             f"cannot read profile {path}: {exc.strerror or exc}", "check the path"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise EdgerunError(
+            f"{path} is not UTF-8 text (byte {exc.start})", "save the profile as UTF-8 TOML"
         ) from exc
     return parse_profile(text, str(path))
 
@@ -296,14 +303,31 @@ def _builtin_profiles() -> list[Profile]:
 
 
 def list_profiles() -> list[Profile]:
-    """Every profile, sorted by id: the built-ins, with user profiles overriding them by id."""
+    """Every profile, sorted by id: the built-ins, with user profiles overriding them by id.
+
+    A user profile file that cannot be loaded is skipped with a warning naming the file (logged
+    once per process), so one broken file does not stop every command; `edgerun profiles
+    validate FILE` still fails on it."""
     by_id = {p.id: p for p in _builtin_profiles()}
     user_dir = user_profiles_dir()
     if user_dir.is_dir():
         for path in sorted(user_dir.glob("*.toml")):
-            profile = load_profile_file(path)
+            try:
+                profile = load_profile_file(path)
+            except EdgerunError as exc:
+                _warn_once(f"skipping the user profile {path}: {exc}")
+                continue
             by_id[profile.id] = profile
     return [by_id[k] for k in sorted(by_id)]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("edgerun.profile").warning(message)
 
 
 def get_profile(id_or_path: str | Path) -> Profile:

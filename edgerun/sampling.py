@@ -29,9 +29,14 @@ class SamplingParams:
 
     def check(self) -> None:
         """Raise EdgerunError for out-of-range values."""
-        if not self.temperature >= 0:
+        if not 0 <= self.temperature < float("inf"):
             raise EdgerunError(
-                f"temperature must be >= 0, got {self.temperature}", "use 0 for greedy decoding"
+                f"temperature must be >= 0 and finite, got {self.temperature}",
+                "use 0 for greedy decoding",
+            )
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise EdgerunError(
+                f"seed must be between 0 and 2^63-1, got {self.seed}", "pass --seed 0 or more"
             )
         if self.top_k < 0:
             raise EdgerunError(f"top_k must be >= 0, got {self.top_k}", "use 0 to disable top-k")

@@ -8,7 +8,6 @@ so an interrupted pull leaves nothing that looks like a checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -98,9 +97,13 @@ def resolve(source: str, progress: bool = True) -> Checkpoint:
 
 
 def check_checkpoint_dir(path: Path) -> None:
-    """Raise EdgerunError naming the first missing piece of an HF checkpoint directory."""
+    """Raise EdgerunError naming the first missing piece of an HF checkpoint directory, or a
+    config.json that is not a JSON object."""
+    from edgerun.untrusted import read_json_object
+
     if not (path / "config.json").is_file():
         raise EdgerunError(f"{path} has no config.json", "point to a Hugging Face model directory")
+    read_json_object(path / "config.json", "point to a Hugging Face model directory")
     if not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
         raise EdgerunError(
             f"{path} has no weights (model.safetensors or pytorch_model.bin)",
@@ -139,10 +142,17 @@ def _step(message: str, progress: bool) -> Iterator[None]:
 
 
 def _cached(entry: Path, source: str, progress: bool) -> Checkpoint | None:
+    from edgerun.untrusted import read_json_object
+
     marker = entry / SOURCE_MARKER
     if not marker.is_file():
         return None
-    meta = json.loads(marker.read_text())
+    hint = f"delete the damaged cache entry and pull again: rm -rf {entry}"
+    meta = read_json_object(marker, hint)
+    if not isinstance(meta.get("kind"), str) or not all(
+        isinstance(meta.get(k), (str, type(None))) for k in ("revision", "gguf_sha256")
+    ):
+        raise EdgerunError(f"{marker} is damaged (kind, revision or gguf_sha256)", hint)
     if progress:
         print(f"{source}: cached at {entry}", file=sys.stderr)
     return Checkpoint(
@@ -164,14 +174,13 @@ def _finish(tmp: Path, ckpt: Checkpoint) -> Checkpoint:
 
 
 def check_gguf_file(path: Path) -> None:
-    """Raise EdgerunError unless `path` starts with the GGUF magic and has a plausible size."""
-    with open(path, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 24 or head[:4] != b"GGUF":
-        raise EdgerunError(
-            f"{path} is not a GGUF file (bad magic or truncated)",
-            "check the download; a GGUF file starts with the bytes 'GGUF'",
-        )
+    """Raise EdgerunError unless `path` is a GGUF file whose header is consistent with its size.
+
+    Every count and length in the header is checked before anything is allocated (see
+    edgerun.gguf_header), so a crafted header cannot exhaust memory in transformers / gguf-py."""
+    from edgerun.gguf_header import read_header
+
+    read_header(path)
 
 
 def _pull_gguf(

@@ -261,7 +261,7 @@ def test_cli_bench_assume_watts_is_labelled(tmp_path: Path) -> None:
         (["--reps", "0"], "error: --reps must be at least 1, got 0 (use --reps 5)\n"),
         (
             ["--power", "wattmeter"],
-            "error: unknown power meter 'wattmeter' (choose one of: auto, none, "
+            "error: unknown power meter 'wattmeter' (choose one of: auto, none, profile, "
             'jetson, rpi5, rapl, nvml, battery, cmd:"COMMAND")\n',
         ),
         (

@@ -99,7 +99,7 @@ def test_writers(tmp_path: Path) -> None:
 def test_read_results_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    with pytest.raises(EdgerunError, match="is not JSON"):
+    with pytest.raises(EdgerunError, match="is not valid JSON"):
         read_results(bad)
     with pytest.raises(EdgerunError, match="does not exist"):
         read_results(tmp_path / "missing.json")

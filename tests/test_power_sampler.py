@@ -301,8 +301,14 @@ def test_select_named_meter_without_permission_says_which_file_and_how(
 
 
 def test_select_auto_tries_the_profiles_meter_first(tmp_path: Path, no_real_meters: None) -> None:
-    sel = select("auto", root=rapl_tree(tmp_path), preferred="cmd:echo 9")
-    assert sel.meter is not None and sel.meter.describe().meter == "cmd"
+    marker = tmp_path / "ran"
+    command = f"cmd:touch {marker}; echo 9"
+    sel = select("auto", root=rapl_tree(tmp_path), preferred=command)
+    assert sel.meter is not None and sel.meter.describe().meter == "rapl"
+    assert (sel.tried or {})[command].startswith("not run: a command named by a profile file")
+    assert not marker.exists()  # a profile's command never runs without being asked for
+    sel = select("profile", root=rapl_tree(tmp_path), preferred=command)
+    assert sel.meter is not None and sel.meter.describe().meter == "cmd" and marker.exists()
     sel = select("auto", root=rapl_tree(tmp_path), preferred="battery")
     assert sel.meter is not None and sel.meter.describe().meter == "rapl"
     assert list(sel.tried or {}) == ["battery", "jetson", "rpi5"]

@@ -176,7 +176,7 @@ def test_user_profile_overrides_builtin_by_id(edgerun_home: Path) -> None:
 def test_broken_user_profile_is_reported(edgerun_home: Path) -> None:
     path = _write_user_profile(edgerun_home, "bad.toml", MINIMAL + "extra = 1\n")
     with pytest.raises(EdgerunError, match=f"{path}, line 10: backends\\[0\\].extra: unknown key"):
-        list_profiles()
+        load_profile_file(path)
 
 
 def test_unknown_profile_lists_known_ids() -> None:

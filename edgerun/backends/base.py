@@ -57,12 +57,15 @@ class Artifact:
         )
 
 
-def resolve_artifact(path: str | Path) -> Artifact:
+def resolve_artifact(path: str | Path, verify: bool = False) -> Artifact:
     """An artifact directory (with edgerun.json) or a bare .gguf / .onnx file.
 
-    Raises EdgerunError when the path is missing, the manifest is missing / corrupt / too new, or
-    a listed file is missing or has a different size from the manifest (truncated copy).
+    Raises EdgerunError when the path is missing, the manifest is missing / corrupt / too new /
+    names a file outside the directory, a listed file is missing or has a different size from
+    the manifest (truncated copy), or its content fails the integrity check (small files hashed,
+    large ones sampled; every file hashed in full with `verify`, see edgerun.integrity).
     """
+    from edgerun.integrity import check_files
     from edgerun.manifest import read_manifest
 
     path = Path(path).expanduser()
@@ -86,6 +89,7 @@ def resolve_artifact(path: str | Path) -> Artifact:
             )
     if not model_file.is_file():
         raise EdgerunError(f"{model_file} is missing", "re-export the artifact")
+    check_files(path, manifest.get("files", []), full=verify)
     return Artifact(path, model_file, manifest)
 
 

@@ -165,7 +165,13 @@ def _model_context(artifact: Artifact) -> int | None:
         "max_position_embeddings"
     )
     if value:
-        return min(int(value), MAX_DEFAULT_CONTEXT)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EdgerunError(
+                f"{artifact.path}: the context length {value!r} in config.json is not a"
+                " positive integer",
+                "re-export the artifact, or pass --context N",
+            )
+        return min(value, MAX_DEFAULT_CONTEXT)
     return None if artifact.family == "gguf" else DEFAULT_CONTEXT
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgerun.bench.results import COLUMNS, fmt
 
@@ -37,7 +38,7 @@ def table(
     columns: list[tuple[str, str]] = TERMINAL,
 ) -> Table:
     """A rich Table of `rows`; label columns keep their full text, numbers wrap their headers."""
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    t = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False)
     for key, header in columns:
         if key in LABELS:
             widest = max([len(fmt(r.get(key))) for r in rows] + [len(header)])
@@ -45,7 +46,8 @@ def table(
         else:
             t.add_column(header, justify="right")
     for row in rows:
-        t.add_row(*(fmt(row.get(k)) for k, _ in columns))
+        # Text, not str: a '[' in a shared results file is data, not rich markup.
+        t.add_row(*(Text(fmt(row.get(k))) for k, _ in columns))
     return t
 
 
@@ -84,4 +86,4 @@ def print_rows(
     console = console or (Console() if sys.stdout.isatty() else Console(width=150))
     console.print(table(rows, title, columns))
     for note in dict.fromkeys(energy_notes(runs)):
-        console.print(note, highlight=False, soft_wrap=True)
+        console.print(Text(note), highlight=False, soft_wrap=True)

@@ -3,11 +3,13 @@ embedded as inline SVG; no scripts, no network)."""
 
 from __future__ import annotations
 
-import html
 import importlib.util
 import io
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from edgerun.bench.compare import COMPARE_COLUMNS, label
 from edgerun.bench.render import energy_notes
@@ -33,7 +35,7 @@ def figure(table: list[dict[str, Any]]) -> Any:
     import matplotlib.pyplot as plt
 
     chart, prompt = _chart_rows(table)
-    names = [f"{r['device']}\n{r['artifact']}\n{r['backend']}" for r in chart]
+    names = [_plain(f"{r['device']}\n{r['artifact']}\n{r['backend']}") for r in chart]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
     axes[0].bar(names, [r["decode_tok_s"] or 0 for r in chart], color="#3b7dd8")
     axes[0].set_title(f"decode tok/s (prompt {prompt})")
@@ -49,7 +51,7 @@ def figure(table: list[dict[str, Any]]) -> Any:
         if row["size_mb"] and row["decode_tok_s"]:
             axes[2].scatter(row["size_mb"], row["decode_tok_s"])
             axes[2].annotate(
-                f"{row['device']} {row['artifact']}",
+                _plain(f"{row['device']} {row['artifact']}"),
                 (row["size_mb"], row["decode_tok_s"]),
                 fontsize=8,
             )
@@ -59,6 +61,11 @@ def figure(table: list[dict[str, Any]]) -> Any:
     for ax in axes[:2]:
         ax.tick_params(axis="x", labelsize=7)
     return fig
+
+
+def _plain(text: str) -> str:
+    """`text` shown as it is: a '$' would start matplotlib mathtext (and can fail to parse)."""
+    return text.replace("$", r"\$")
 
 
 def write_png(table: list[dict[str, Any]], path: Path) -> None:
@@ -82,49 +89,91 @@ def _svg(table: list[dict[str, Any]]) -> str:
     return text[text.index("<svg") :]
 
 
-def _table_html(table: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in COMPARE_COLUMNS)
-    body = []
-    for row in table:
-        cells = "".join(
-            f'<td class="{"n" if isinstance(row.get(k), (int, float)) else ""}">{html.escape(fmt(row.get(k)))}</td>'
-            for k, _ in COMPARE_COLUMNS
-        )
-        body.append(f'<tr class="{"base" if row.get("baseline") else ""}">{cells}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
+    """<!DOCTYPE html><html><head><meta charset="utf-8"><title>edgerun comparison</title>
+<style>{{ style }}</style></head><body><h1>edgerun comparison</h1>
+<h2>Devices and runs</h2><ul>
+{%- for d in devices %}
+<li><b>{{ d.name }}</b>: {{ d.cpu }}, {{ d.cores }} cores, {{ d.ram }} GiB RAM, {{ d.os }},
+kernel {{ d.kernel }}; profile {{ d.profile }}; run {{ d.run }} at {{ d.created }},
+{{ d.reps }} reps x {{ d.gen_tokens }} tokens, prompts {{ d.prompts }}</li>
+{%- endfor %}</ul>
+<h2>Results</h2><p class="note">Medians over repetitions. Ratios against row {{ base_row }}
+({{ base_label }}), same prompt length.</p>
+<table><thead><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{%- for row in rows %}
+<tr class="{{ 'base' if row.base else '' }}">
+{%- for cell, numeric in row.cells %}<td class="{{ 'n' if numeric else '' }}">{{ cell }}</td>{% endfor -%}
+</tr>
+{%- endfor %}</tbody></table>
+<h2>Energy</h2><ul class="note">{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>
+<h2>Charts</h2>{{ charts }}</body></html>
+"""
+)
 
 
-def _devices_html(runs: list[dict[str, Any]]) -> str:
-    items = []
+def _table_rows(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "base": bool(row.get("baseline")),
+            "cells": [
+                (fmt(row.get(k)), isinstance(row.get(k), (int, float))) for k, _ in COMPARE_COLUMNS
+            ],
+        }
+        for row in table
+    ]
+
+
+def _devices(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
     for run in runs:
-        d = run.get("device", {})
-        wl = run.get("workload", {})
-        ram = (d.get("ram_bytes") or 0) / 2**30
-        items.append(
-            f"<li><b>{html.escape(str(d.get('name')))}</b>: {html.escape(str(d.get('cpu_model')))}, "
-            f"{d.get('physical_cores')} cores, {ram:.1f} GiB RAM, {html.escape(str(d.get('os_release') or d.get('os')))}, "
-            f"kernel {html.escape(str(d.get('kernel')))}; profile {html.escape(str((d.get('profile') or {}).get('id')))}; "
-            f"run {html.escape(str(run.get('id')))} at {html.escape(str(run.get('created')))}, "
-            f"{wl.get('reps')} reps x {wl.get('gen_tokens')} tokens, prompts {wl.get('prompt_tokens')}</li>"
+        d = run.get("device") or {}
+        wl = run.get("workload") or {}
+        out.append(
+            {
+                "name": d.get("name"),
+                "cpu": d.get("cpu_model"),
+                "cores": d.get("physical_cores"),
+                "ram": f"{(d.get('ram_bytes') or 0) / 2**30:.1f}",
+                "os": d.get("os_release") or d.get("os"),
+                "kernel": d.get("kernel"),
+                "profile": (d.get("profile") or {}).get("id"),
+                "run": run.get("id"),
+                "created": run.get("created"),
+                "reps": wl.get("reps"),
+                "gen_tokens": wl.get("gen_tokens"),
+                "prompts": wl.get("prompt_tokens"),
+            }
         )
-    return "<ul>" + "".join(items) + "</ul>"
+    return out
 
 
 def to_html(
-    table: list[dict[str, Any]], runs: list[dict[str, Any]], baseline: dict[str, Any]
+    table: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    baseline: dict[str, Any],
+    charts: bool = True,
 ) -> str:
-    """A complete HTML page: devices, the joined table with ratios, energy notes, charts."""
-    if importlib.util.find_spec("matplotlib") is not None:
-        charts = f'<div class="charts">{_svg(table)}</div>'
+    """A complete HTML page: devices, the joined table with ratios, energy notes, charts (unless
+    `charts` is False).
+
+    Every value from the results files is escaped by the template (autoescape); the only markup
+    inserted as is, the charts, is matplotlib's SVG, which escapes the text it draws."""
+    if not charts:
+        chart_html = Markup("")
+    elif importlib.util.find_spec("matplotlib") is not None:
+        chart_html = Markup(f'<div class="charts">{_svg(table)}</div>')
     else:
-        charts = "<p class=\"note\">Charts need matplotlib: pip install 'edgerun[plot]'.</p>"
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(energy_notes(runs)))
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>edgerun comparison</title>'
-        f"<style>{STYLE}</style></head><body><h1>edgerun comparison</h1>"
-        f"<h2>Devices and runs</h2>{_devices_html(runs)}"
-        f'<h2>Results</h2><p class="note">Medians over repetitions. Ratios against row '
-        f"{baseline['row']} ({html.escape(label(baseline))}), same prompt length.</p>"
-        f'{_table_html(table)}<h2>Energy</h2><ul class="note">{notes}</ul>'
-        f"<h2>Charts</h2>{charts}</body></html>\n"
+        chart_html = Markup(
+            "<p class=\"note\">Charts need matplotlib: pip install 'edgerun[plot]'.</p>"
+        )
+    return PAGE.render(
+        style=Markup(STYLE),
+        devices=_devices(runs),
+        base_row=baseline["row"],
+        base_label=label(baseline),
+        headers=[h for _, h in COMPARE_COLUMNS],
+        rows=_table_rows(table),
+        notes=list(dict.fromkeys(energy_notes(runs))),
+        charts=chart_html,
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_write_json, atomic_write_text
+from edgerun.untrusted import read_json
 
 SCHEMA = "edgerun-bench"
 SCHEMA_VERSION = 1
@@ -68,29 +68,22 @@ def new_run(
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """Read a results file; refuse (EdgerunError) anything that is not one, or another version."""
+    """Read a results file; refuse (EdgerunError) anything that is not one, another version, or
+    of the wrong shape (see edgerun.bench.results_check), so that nothing after this fails."""
+    from edgerun.bench.results_check import check_results
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise EdgerunError(
-            f"{path} does not exist", "pass a file written by `edgerun bench --json`"
-        ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgerunError(
-            f"{path} is not JSON", "pass a file written by `edgerun bench --json`"
-        ) from exc
+    hint = "pass a file written by `edgerun bench --json`"
+    data = read_json(path, hint)
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise EdgerunError(
-            f'{path} is not an edgerun bench result (no "schema": "{SCHEMA}")',
-            "pass a file written by `edgerun bench --json`",
-        )
+        raise EdgerunError(f'{path} is not an edgerun bench result (no "schema": "{SCHEMA}")', hint)
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise EdgerunError(
-            f"{path} is a bench result of schema version {version}; this edgerun reads version {SCHEMA_VERSION}",
+            f"{path} is a bench result of schema version {version!r:.20}; this edgerun reads version {SCHEMA_VERSION}",
             "re-run `edgerun bench` with this edgerun, or use the edgerun version that wrote it",
         )
+    check_results(data, str(path))
     return data
 
 

@@ -19,6 +19,11 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _num(value: Any, spec: str) -> str:
+    """A recorded number, or n/a when the manifest holds null there."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _render(desc: dict[str, Any]) -> list[str]:
     skip = {"files", "kind", "validation", "source"}
     lines = [f"{desc['kind']}: {desc['path']}"]
@@ -35,8 +40,8 @@ def _render(desc: dict[str, Any]) -> list[str]:
         lines.append(
             "  validation: "
             + ("passed" if v.get("passed") else "FAILED")
-            + f" (ppl ratio {v.get('ppl_ratio'):.3f}, mean KL {v.get('mean_kl'):.4f},"
-            f" top-1 {v.get('top1_agreement'):.3f})"
+            + f" (ppl ratio {_num(v.get('ppl_ratio'), '.3f')}, mean KL"
+            f" {_num(v.get('mean_kl'), '.4f')}, top-1 {_num(v.get('top1_agreement'), '.3f')})"
         )
     lines.append("  files:")
     lines += [f"    {f['name']}  {human_bytes(f['bytes'])}" for f in desc["files"]]

@@ -24,6 +24,21 @@ def stats_line(info: Any, stats: Any) -> str:
     )
 
 
+def _read_prompt(prompt: str) -> str:
+    """The prompt text ("-": stdin), refused with one line unless it is valid UTF-8."""
+    from edgerun.errors import EdgerunError
+
+    where = "the prompt"
+    try:
+        if prompt == "-":
+            where = "the prompt on stdin"
+            return sys.stdin.buffer.read().decode("utf-8")
+        prompt.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+        return prompt
+    except UnicodeError as exc:
+        raise EdgerunError(f"{where} is not valid UTF-8 text", "pass the prompt as UTF-8") from exc
+
+
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("prompt")
@@ -54,6 +69,9 @@ def stats_line(info: Any, stats: Any) -> str:
     help="Drop the oldest prompt tokens when too long.",
 )
 @click.option("--ignore-eos", is_flag=True, help="Generate exactly --max-tokens tokens.")
+@click.option(
+    "--verify", is_flag=True, help="Hash every file of the artifact first (default: a quick check)."
+)
 def run(
     artifact: Path,
     prompt: str,
@@ -71,6 +89,7 @@ def run(
     context: int | None,
     truncate: str | None,
     ignore_eos: bool,
+    verify: bool,
 ) -> None:
     """Stream a completion of PROMPT from ARTIFACT, then one stats line on stderr.
 
@@ -79,8 +98,7 @@ def run(
     """
     from edgerun.model import load
 
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    prompt = _read_prompt(prompt)
     options: dict[str, Any] = dict(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -92,7 +110,13 @@ def run(
         truncate=truncate,
     )
     with load(
-        artifact, profile, threads=threads, backend=backend, strict=strict, context=context
+        artifact,
+        profile,
+        threads=threads,
+        backend=backend,
+        strict=strict,
+        context=context,
+        verify=verify,
     ) as model:
         if chat:
             chunks = model.chat([{"role": "user", "content": prompt}], **options)

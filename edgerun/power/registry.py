@@ -20,7 +20,7 @@ METERS: dict[str, tuple[str, bool]] = {
 }
 #: `auto` tries these in order: the most specific whole-device meter first.
 AUTO_ORDER = ("jetson", "rpi5", "rapl", "nvml", "battery")
-CHOICES = "auto, none, " + ", ".join(METERS) + ', cmd:"COMMAND"'
+CHOICES = "auto, none, profile, " + ", ".join(METERS) + ', cmd:"COMMAND"'
 
 
 @dataclass
@@ -53,10 +53,17 @@ def _why(exc: MeterUnavailable) -> str:
 
 def select(spec: str = "auto", root: Path = Path("/"), preferred: str | None = None) -> Selection:
     """Resolve a --power value. An explicitly named meter that is unavailable is an error;
-    `auto` returns the first meter that works (the profile's `preferred` meter first, which may
-    be a ``cmd:`` meter) or the reasons."""
+    `auto` returns the first meter that works (the profile's `preferred` meter first) or the
+    reasons. A ``cmd:`` meter named by the profile is never run by `auto`, only by
+    ``--power profile`` or the same ``--power cmd:...`` on the command line."""
     if spec == "none":
         return Selection(None, "power measurement was turned off (--power none)")
+    if spec == "profile":  # the user asked on the command line for what the profile names
+        if not preferred or preferred == "auto":
+            raise EdgerunError(
+                "--power profile: the device profile names no power meter", f"use one of: {CHOICES}"
+            )
+        spec = preferred
     if spec != "auto":
         try:
             return Selection(probe(spec, root))
@@ -64,11 +71,15 @@ def select(spec: str = "auto", root: Path = Path("/"), preferred: str | None = N
             raise EdgerunError(
                 f"power meter '{spec}' is unavailable: {exc.message}", exc.hint
             ) from exc
-    first = (
-        [preferred] if preferred and (preferred in METERS or preferred.startswith("cmd:")) else []
-    )
+    first = [preferred] if preferred in METERS else []
     order = first + [m for m in AUTO_ORDER if m != preferred]
     tried: dict[str, str] = {}
+    if preferred and preferred.startswith("cmd:"):
+        # A profile file may come from anyone: its command runs only when asked for by name.
+        tried[preferred] = (
+            "not run: a command named by a profile file runs only on request"
+            f" (--power profile, or --power '{preferred}')"
+        )
     for name in order:
         try:
             return Selection(probe(name, root), tried=tried)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.errors import EdgerunError
+from edgerun.leftovers import SCRATCH_PREFIX, owner_tag, sweep_stale
+
+_swept: set[Path] = set()
 
 
 def home() -> Path:
@@ -29,35 +33,123 @@ def ensure_dir(path: Path) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as exc:
+        raise describe_os_error(exc, path, "set EDGERUN_HOME to a writable directory") from exc
+    return path
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(directory: Path) -> None:
+    """Raise EdgerunError unless files can be created in `directory`, or, when it does not exist
+    yet, in its nearest existing parent (where it would be created). Nothing is left behind.
+
+    Call it before expensive work whose result goes to `directory`; it does not create it."""
+    directory = Path(directory)
+    where = _existing_ancestor(directory)
+    if not where.is_dir():
         raise EdgerunError(
-            f"cannot write to {path}: {exc.strerror or exc}",
-            "set EDGERUN_HOME to a writable directory",
-        ) from exc
+            f"cannot write to {directory}: {where} is not a directory",
+            "choose another output directory",
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgerun-write-test-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise describe_os_error(exc, directory) from exc
+
+
+#: errno values that can only come from writing, whichever file an OSError names.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+@contextlib.contextmanager
+def write_errors_reported(directory: Path) -> Iterator[None]:
+    """Within the block, an OSError from writing under `directory` (full disk, quota, read-only
+    file system, or a permission error on a file inside it) becomes describe_os_error's one line.
+    Other OSErrors pass through unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        inside = exc.filename is None or Path(os.fsdecode(exc.filename)).is_relative_to(directory)
+        if exc.errno in _WRITE_ERRNOS or (exc.errno in (errno.EACCES, errno.EPERM) and inside):
+            raise describe_os_error(exc, directory) from exc
+        raise
+
+
+def _free_mb(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(_existing_ancestor(path)).free / 1e6:.0f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
+def describe_os_error(exc: OSError, path: Path | str, hint: str | None = None) -> EdgerunError:
+    """The one-line EdgerunError for an OSError met while writing to `path` (return it, then
+    `raise ... from exc`): a full disk or quota names the free space, a permission or read-only
+    file system says so. `hint` replaces the default fix."""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
+        return EdgerunError(
+            f"{what} on {path} ({_free_mb(Path(path))})",
+            hint or "free some space, or write to another disk",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        problem = "permission denied"
+    elif code == errno.EROFS:
+        problem = "read-only file system"
+    else:
+        problem = exc.strerror or str(exc)
+    return EdgerunError(
+        f"cannot write to {path}: {problem}", hint or "choose a directory you can write to"
+    )
+
+
+def cache_dir(name: str) -> Path:
+    """`$EDGERUN_HOME/<name>`, created on demand; the first use in a process also removes the
+    leftovers of interrupted or killed runs in it (see edgerun.leftovers.sweep_stale)."""
+    path = ensure_dir(home() / name)
+    if path not in _swept:
+        _swept.add(path)
+        sweep_stale(path)
     return path
 
 
 def models_dir() -> Path:
-    """The directory of pulled model checkpoints, created on demand."""
-    return ensure_dir(home() / "models")
+    """The directory of pulled model checkpoints, created on demand (and swept of leftovers)."""
+    return cache_dir("models")
+
+
+def make_scratch_dir(parent: Path) -> Path:
+    """A new `.edgerun-scratch-*` directory in `parent` whose name records this process, so
+    `sweep_stale(parent)` can tell a live export's scratch from a killed one's."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{owner_tag()}.", dir=parent))
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; rename it into place only if the block completes.
 
-    On any exception (Ctrl-C included) the temporary directory is removed, so nothing that looks
-    complete is left behind. With `overwrite`, an existing `final` is replaced at the very end.
+    On any exception (Ctrl-C included, and SIGTERM under the CLI) the temporary directory is
+    removed, so nothing that looks complete is left behind. With `overwrite`, an existing `final`
+    is replaced at the very end. The name records this process for `sweep_stale` (SIGKILL).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".{final.name}.tmp-{owner_tag()}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
             if not overwrite:
                 raise EdgerunError(f"{final} already exists", "pass --overwrite to replace it")
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            old = final.parent / f".{final.name}.old-{owner_tag()}.{uuid.uuid4().hex[:8]}"
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)

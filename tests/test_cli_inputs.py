@@ -73,7 +73,7 @@ def test_corrupt_cache_marker(tmp_path: Path, edgerun_home: Path, marker: str) -
     entry.mkdir(parents=True)
     (entry / ".edgerun-source.json").write_bytes(marker.encode("utf-8", "surrogateescape"))
     out = one_line_error(["pull", str(src)])
-    assert out.endswith(f"(delete the damaged cache entry and pull again: rm -rf {entry})\n")
+    assert out.endswith(f"(rebuild it with: edgerun pull --refresh {src.resolve()})\n")
 
 
 def test_truncated_safetensors_header(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 from typing import Any
 
 import click
@@ -44,17 +45,25 @@ class LazyGroup(click.Group):
         return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the sub-command; an EdgerunError becomes one line on stderr and an exit code."""
-        try:
-            return super().invoke(ctx)
-        except EdgerunError as exc:
-            if ctx.obj and ctx.obj.get("verbose"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: nothing partial was kept.", err=True)
-            ctx.exit(130)
+        """Run the sub-command; an EdgerunError becomes one line on stderr and an exit code.
+
+        Ctrl-C, SIGTERM and SIGHUP all unwind through the same cleanup (temporary directories
+        removed) and exit with 128 + the signal number."""
+        from edgerun.leftovers import terminate_as_interrupt
+
+        with terminate_as_interrupt():
+            try:
+                return super().invoke(ctx)
+            except EdgerunError as exc:
+                if ctx.obj and ctx.obj.get("verbose"):
+                    raise
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exc.exit_code)
+            except KeyboardInterrupt as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                what = "Interrupted" if signum == signal.SIGINT else f"Stopped by {exc}"
+                click.echo(f"{what}: nothing partial was kept.", err=True)
+                ctx.exit(128 + signum)
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)

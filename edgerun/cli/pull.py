@@ -9,17 +9,24 @@ from edgerun.cli.options import echo_json, json_option
 
 @click.command()
 @click.argument("source")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Rebuild the cache entry even if one exists (e.g. one reported as damaged).",
+)
 @json_option
-def pull(source: str, as_json: bool) -> None:
+def pull(source: str, refresh: bool, as_json: bool) -> None:
     """Resolve SOURCE to a local Hugging Face checkpoint and print its path.
 
     SOURCE is a hub id (org/name[@revision]), a local HF model directory, a .gguf file (dequantized
     through transformers' GGUF loader) or a demo name (smollm2-135m). Pulls are cached in
-    $EDGERUN_HOME/models and atomic: an interrupted pull leaves no partial entry.
+    $EDGERUN_HOME/models and atomic: an interrupted or terminated pull leaves no partial entry,
+    and leftovers of killed pulls are removed at the next start. A cache entry whose files have
+    gone missing is reported as damaged; --refresh rebuilds it.
     """
     from edgerun.sources import resolve
 
-    ckpt = resolve(source, progress=not as_json)
+    ckpt = resolve(source, progress=not as_json, refresh=refresh)
     if as_json:
         echo_json(ckpt.to_json())
     else:

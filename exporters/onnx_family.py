@@ -21,6 +21,7 @@ from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
 )
+from edgerun.exporters.onnx_recipes import DEFAULT_RECIPE, get_recipe, plan_summary
 from edgerun.exporters.validate import LogitsFn
 
 from edgerun.errors import EdgerunError, require
@@ -48,6 +49,8 @@ class OnnxFamily:
             onnx_genai.check_genai(fmt)
         if fmt in ("onnx-int4", "onnx-int8"):
             _check_quant_options(fmt, options)
+        if fmt == "onnx-int4":
+            _check_recipe_options(options)
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
         """Raise EdgerunError when the builder cannot export this architecture."""
@@ -97,6 +100,38 @@ def _from_fp32(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[
     return _quantize_nbits(fmt, fp32, out_dir, ctx)
 
 
+def _check_recipe_options(options: ExportOptions) -> None:
+    """A known recipe, or one positive target (not both); targets search RTN plans."""
+    targets = [t for t in (options.target_kl, options.target_ppl_ratio) if t is not None]
+    if not targets:
+        get_recipe(options.recipe or DEFAULT_RECIPE)
+        return
+    if len(targets) > 1 or options.recipe is not None:
+        raise EdgerunError(
+            "give one of --recipe, --target-kl and --target-ppl-ratio",
+            "a target chooses the recipe itself",
+        )
+    if options.target_kl is not None and not 0 < options.target_kl < 10:
+        raise EdgerunError(
+            f"--target-kl {options.target_kl} is out of range", "use a mean KL such as 0.05"
+        )
+    if options.target_ppl_ratio is not None and not 1 < options.target_ppl_ratio < 10:
+        raise EdgerunError(
+            f"--target-ppl-ratio {options.target_ppl_ratio} is out of range",
+            "use a ratio above 1, such as 1.05",
+        )
+    if options.algorithm != "rtn":
+        raise EdgerunError(
+            f"a quality target searches RTN plans; --algorithm {options.algorithm} is not one",
+            "drop --algorithm, or use --recipe",
+        )
+    if options.no_validate:
+        raise EdgerunError(
+            "a quality target is checked by validation, which --no-validate skips",
+            "drop --no-validate",
+        )
+
+
 def _check_quant_options(fmt: str, options: ExportOptions) -> None:
     if options.block_size not in INT4_BLOCK_SIZES:
         raise EdgerunError(
@@ -141,11 +176,37 @@ def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> 
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
     )
-    stage = f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm})"
+    model = onnx.load(fp32)
+    plan, recipe = (None, None) if fmt != "onnx-int4" else _int4_plan(model, config, ctx)
+    name = f", recipe {recipe['name']}" if recipe else ""
+    stage = f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
     with ctx.stage(stage), onnx_optimum.quiet():
-        model, quant = quantize_weight_only(onnx.load(fp32), config)
+        model, quant = quantize_weight_only(model, config, plan)
         onnx_optimum.save_model(model, out_dir)
+    if recipe is not None:
+        quant["recipe"] = recipe
+    quant["bits_summary"] = plan_summary(quant["nodes"])
     return quant
+
+
+def _int4_plan(
+    model: Any, config: Any, ctx: ExportContext
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """The per-node bits of onnx-int4: the named recipe's, or the target search's."""
+    opts = ctx.options
+    nodes = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    if opts.target_kl is None and opts.target_ppl_ratio is None:
+        recipe = get_recipe(opts.recipe or DEFAULT_RECIPE)
+        if recipe.budget is None:
+            return recipe.plan(nodes), {"name": recipe.name, "description": recipe.description}
+        from edgerun.exporters.target import budget_plan
+
+        with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)"):
+            return budget_plan(ctx, nodes, config, recipe)
+    from edgerun.exporters.target import search_plan
+
+    with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):
+        return search_plan(ctx, nodes, config)
 
 
 def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,40 +48,91 @@ class WeightOnlyConfig:
         }
 
 
-def quantize_weight_only(model: Any, config: WeightOnlyConfig) -> tuple[Any, dict[str, Any]]:
+def prepare_graph(model: Any) -> tuple[Any | None, bool]:
+    """Make the lm_head a MatMul of a constant weight (both ways of tying undone); return the
+    embedding Gather (or None) and whether the embedding is tied to the lm_head."""
+    tied = _untie_transposed_embedding(model)
+    embed = _embedding_gather(model)
+    tied = _materialize_lm_head(model) or tied
+    return embed, tied
+
+
+def matmul_nodes(model: Any) -> list[str]:
+    """Names of the MatMul nodes with a constant 2-D weight (what the quantizer would take)."""
+    inits = _initializers(model)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
+    ]
+
+
+def quantize_weight_only(
+    model: Any,
+    config: WeightOnlyConfig,
+    plan: dict[str, int] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Quantize an onnx.ModelProto in memory; return (quantized model, manifest `quant` dict).
 
-    Raises EdgerunError when the graph has no lm_head MatMul to quantize.
+    plan: node name -> bits (4 or 8) for a mixed-precision recipe (edgerun.exporters.
+    onnx_recipes); nodes it does not name get `config.bits`. The embedding shares the lm_head's
+    quantized copy (and bits) when tied. Raises EdgerunError when the graph has no lm_head MatMul.
     """
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     logging.getLogger(mnq.__name__).setLevel(logging.WARNING)
-    tied = _untie_transposed_embedding(model)
-    embed = _embedding_gather(model)
-    tied = _materialize_lm_head(model) or tied
+    embed, tied = prepare_graph(model)
+    head_name = _lm_head_node(model).name
+    plan = dict(plan or {})
+    # Nodes whose bits differ from config.bits go first, in their own pass per width (the
+    # quantizer only takes MatMul nodes, so later passes skip them).
+    for bits in sorted({b for b in plan.values() if b != config.bits}):
+        nodes = [name for name, b in plan.items() if b == bits]
+        wide = dataclasses.replace(config, bits=bits, algorithm="rtn")
+        model = _run_quantizer(mnq, model, wide, _algo_config(mnq, wide), [], include=nodes)
     # HQQ's float zero points cannot feed GatherBlockQuantized: with tied embeddings the lm_head
     # is quantized by RTN in a second pass, so that one quantized copy serves both.
-    head_rtn = tied and config.algorithm != "rtn"
-    exclude = [_lm_head_node(model).name] if head_rtn else []
+    head_rtn = (
+        tied and config.algorithm == "hqq" and plan.get(head_name, config.bits) == config.bits
+    )
+    exclude = [head_name] if head_rtn else []
     model = _run_quantizer(mnq, model, config, _algo_config(mnq, config), exclude)
     if head_rtn:
         rtn = dataclasses.replace(config, algorithm="rtn")
         model = _run_quantizer(mnq, model, rtn, _algo_config(mnq, rtn), [])
-    embedding = _quantize_embedding(model, embed, tied, config) if embed is not None else None
+    head_bits = _attr(_lm_head_node(model), "bits", config.bits)
+    embed_config = dataclasses.replace(config, bits=head_bits) if tied else config
+    embedding = _quantize_embedding(model, embed, tied, embed_config) if embed is not None else None
     _set_domain_opset(model, "com.microsoft", 1)
     quant = config.to_json()
+    quant["nodes"] = {
+        _source_name(n.name): _attr(n, "bits", 4)
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits"
+    }
     # what the graph really says (HQQ leaves accuracy_level unset)
     levels = {_attr(n, "accuracy_level", 0) for n in model.graph.node if n.op_type == "MatMulNBits"}
     quant["accuracy_level"] = levels.pop() if len(levels) == 1 else sorted(levels)
     quant["embedding"] = embedding
     quantized = _lm_head_node(model).op_type == "MatMulNBits"
-    quant["lm_head"] = ("rtn" if head_rtn else config.algorithm) if quantized else "fp32"
+    wide_head = plan.get(head_name, config.bits) != config.bits  # in a wider RTN pass
+    quant["lm_head"] = (
+        ("rtn" if head_rtn or wide_head else config.algorithm) if quantized else "fp32"
+    )
     return model, quant
 
 
 def _run_quantizer(
-    mnq: Any, model: Any, config: WeightOnlyConfig, algo: Any, exclude: list[str]
+    mnq: Any,
+    model: Any,
+    config: WeightOnlyConfig,
+    algo: Any,
+    exclude: list[str],
+    include: list[str] | None = None,
 ) -> Any:
+    """One quantizer pass; with `include`, only those nodes (every other MatMul is excluded)."""
+    if include is not None:
+        exclude = [*exclude, *(n for n in matmul_nodes(model) if n not in set(include))]
     quantizer = mnq.MatMulNBitsQuantizer(
         model,
         bits=config.bits,
@@ -105,6 +157,11 @@ def _algo_config(mnq: Any, config: WeightOnlyConfig) -> Any:
             bits=config.bits,
         )
     raise EdgerunError(f"unknown quantization algorithm '{config.algorithm}'", "use rtn or hqq")
+
+
+def _source_name(name: str) -> str:
+    """The MatMul node's name before the quantizer appended its _Q4 / _Q8 suffix."""
+    return re.sub(r"_Q\d+$", "", name)
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:

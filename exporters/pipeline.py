@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,8 @@ from edgerun.exporters.formats import (
 from edgerun.exporters.validate import Reference, Thresholds, Validation
 
 from edgerun.errors import EdgerunError
-from edgerun.home import atomic_dir
+from edgerun.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
+from edgerun.leftovers import sweep_stale
 from edgerun.manifest import file_entries, write_manifest
 
 # Files an artifact needs besides the model: tokenizer, generation defaults, chat template, config.
@@ -95,6 +95,7 @@ def export(
         family.check_options(fmt, opts)
     out = Path(out_dir)
     _check_outputs(out, names, opts.overwrite)
+    check_writable(out)  # before the expensive reference run, not after it
 
     from edgerun.sources import resolve
 
@@ -106,10 +107,11 @@ def export(
         if check is not None:
             check(fmt, opts, ref_model.config)
     hook = report.stage_printer(console) if console else report.no_stage
-    reference = None if opts.no_validate else _reference(ref_model, opts, hook)
     source_info = _source_identity(ckpt)
+    reference = None if opts.no_validate else _reference(ref_model, opts, hook, source_info)
     out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".edgerun-scratch-", dir=out))
+    sweep_stale(out)  # scratch and temporary dirs of killed exports into the same directory
+    scratch = make_scratch_dir(out)
     ctx = ExportContext(ckpt, ref_model, opts, scratch, stage_hook=hook)
     try:
         results = []
@@ -152,13 +154,36 @@ def _console(opts: ExportOptions) -> Any:
     return Console(stderr=True)
 
 
-def _reference(ref_model: ReferenceModel, opts: ExportOptions, hook: Any) -> Reference:
-    """Tokenize the eval text (failing early when it is too short) and run the PyTorch reference."""
-    from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn
-    from edgerun.exporters.validate import MIN_EVAL_TOKENS
+# The last reference computed in this process, keyed by the source's weight hash, the eval text,
+# its tokens and the window: export() called again on the same source (benchmarks, notebooks)
+# does not re-run the PyTorch reference.
+_LAST_REFERENCE: dict[tuple[Any, ...], Reference] = {}
+
+
+def _reference(
+    ref_model: ReferenceModel, opts: ExportOptions, hook: Any, source_info: dict[str, Any]
+) -> Reference:
+    """Tokenize the eval text (failing early when it is too short) and run the PyTorch reference
+    (or reuse the last one, for the same weights, text and window)."""
+    from edgerun.exporters.reference import eval_token_ids, read_eval_text
 
     text = read_eval_text(opts.eval_text)
     ids = eval_token_ids(ref_model.tokenizer, text)
+    key = (source_info["path"], source_info["weights_sha256"], text, tuple(ids), opts.window)
+    if key in _LAST_REFERENCE:
+        return _LAST_REFERENCE[key]
+    reference = _run_reference(ref_model, opts, hook, text, ids)
+    _LAST_REFERENCE.clear()
+    _LAST_REFERENCE[key] = reference
+    return reference
+
+
+def _run_reference(
+    ref_model: ReferenceModel, opts: ExportOptions, hook: Any, text: str, ids: list[int]
+) -> Reference:
+    from edgerun.exporters.reference import torch_logits_fn
+    from edgerun.exporters.validate import MIN_EVAL_TOKENS
+
     if len(ids) < MIN_EVAL_TOKENS:
         raise EdgerunError(
             f"the evaluation text has {len(ids)} tokens; validation needs at least {MIN_EVAL_TOKENS}",
@@ -187,7 +212,11 @@ def _export_one(
     opts = ctx.options
     start = time.perf_counter()
     try:
-        with atomic_dir(out / fmt, overwrite=opts.overwrite) as tmp, report.PeakRss() as rss:
+        with (
+            write_errors_reported(out),  # a full disk is reported as one, after the cleanup
+            atomic_dir(out / fmt, overwrite=opts.overwrite) as tmp,
+            report.PeakRss() as rss,
+        ):
             fields = family.export(fmt, ctx, tmp)
             copy_side_files(ctx.checkpoint.path, tmp)
             validation = None
@@ -200,7 +229,11 @@ def _export_one(
                 validation = scored.to_json()
             wall = time.perf_counter() - start
             manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
+            manifest["size"] = report.model_size(tmp, manifest["model_file"], ctx.checkpoint.path)
             write_manifest(tmp, manifest)
+            if opts.probe:
+                manifest["probe"] = _probe(tmp, ctx)
+                write_manifest(tmp, manifest)
     except _GateFailed as failed:
         return ExportResult(
             fmt,
@@ -227,6 +260,18 @@ def _export_one(
         size_bytes=report.artifact_bytes(path),
         wall_s=wall,
     )
+
+
+def _probe(artifact: Path, ctx: ExportContext) -> dict[str, Any]:
+    """The decode-speed probe of a written artifact, or why it could not run."""
+    from edgerun.exporters.probe import decode_probe
+    from edgerun.exporters.reference import read_eval_text
+
+    with ctx.stage("probe decode speed (edgerun.load, 32 greedy tokens)"):
+        try:
+            return decode_probe(artifact, ctx.options.threads, read_eval_text(None))
+        except EdgerunError as exc:
+            return {"error": str(exc)}
 
 
 def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:
@@ -284,10 +329,16 @@ def _manifest(
 
 
 def _gate(opts: ExportOptions, fields: dict[str, Any]) -> Thresholds:
-    """The explicit gate, else the default for this artifact's precision plus any overrides."""
-    if opts.thresholds is not None:
-        return opts.thresholds
-    return dataclasses.replace(Thresholds.for_precision(fields["precision"]), **opts.gate_overrides)
+    """The explicit gate, else the default for this artifact's precision plus any overrides;
+    a quality target (--target-kl / --target-ppl-ratio) replaces its metric's bound."""
+    gate = opts.thresholds or dataclasses.replace(
+        Thresholds.for_precision(fields["precision"]), **opts.gate_overrides
+    )
+    target = ((fields.get("quant") or {}).get("recipe") or {}).get("target")
+    if target is not None:  # the held-out check of a quality-targeted export
+        field_name = "max_mean_kl" if target["metric"] == "kl" else "max_ppl_ratio"
+        gate = dataclasses.replace(gate, **{field_name: target["value"]})
+    return gate
 
 
 def _options_json(opts: ExportOptions) -> dict[str, Any]:

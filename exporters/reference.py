@@ -49,17 +49,23 @@ def torch_logits_fn(model: Any) -> LogitsFn:
 def read_eval_text(path: Path | None) -> str:
     """The evaluation text: `path`, or the one shipped with edgerun (comment lines `#` dropped
     from the shipped file only: they carry its provenance)."""
+    return read_text_file(path, DEFAULT_EVAL_TEXT, "evaluation text", "--eval-text")
+
+
+def read_text_file(path: Path | None, shipped: Path, what: str, option: str) -> str:
+    """A user's text file (`path`; `what` it is and the `option` that names it, for errors) or
+    the `shipped` one, whose `#` comment lines (its provenance) are dropped."""
     if path is None:
-        lines = DEFAULT_EVAL_TEXT.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = shipped.read_text(encoding="utf-8").splitlines(keepends=True)
         return "".join(line for line in lines if not line.startswith("#"))
     path = Path(path)
     if not path.is_file():
-        raise EdgerunError(f"evaluation text not found: {path}", "check the --eval-text path")
+        raise EdgerunError(f"{what} not found: {path}", f"check the {option} path")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise EdgerunError(
-            f"{path} is not UTF-8 text", "pass a plain UTF-8 text file as --eval-text"
+            f"{path} is not UTF-8 text", f"pass a plain UTF-8 text file as {option}"
         ) from exc
 
 

@@ -67,6 +67,54 @@ def artifact_bytes(path: Path | None) -> int | None:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def model_size(artifact: Path, model_file: str, checkpoint: Path) -> dict[str, Any]:
+    """The manifest's `size`: bytes of the model files (`model_file` and its external data, not
+    tokenizer or config), the source's parameter count, and bits per weight (the two divided;
+    the same definition for ONNX and GGUF, so quantizations compare by it)."""
+    stem = Path(model_file).name
+    model_bytes = sum(
+        f.stat().st_size for f in artifact.iterdir() if f.is_file() and f.name.startswith(stem)
+    )
+    params = parameter_count(checkpoint)
+    return {
+        "model_bytes": model_bytes,
+        "parameters": params,
+        "bits_per_weight": round(model_bytes * 8 / params, 3) if params else None,
+    }
+
+
+def parameter_count(checkpoint: Path) -> int | None:
+    """Parameters of a safetensors checkpoint, from the files' JSON headers (no weights read;
+    a tied lm_head is stored once). None when there is no safetensors file or a header is bad."""
+    import json
+    import struct
+
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (length,) = struct.unpack("<Q", head)
+            if length > min(path.stat().st_size, 100 << 20):
+                return None
+            try:
+                header = json.loads(f.read(length))
+            except (ValueError, UnicodeDecodeError):
+                return None
+        for name, entry in header.items() if isinstance(header, dict) else ():
+            if name == "__metadata__" or not isinstance(entry, dict):
+                continue
+            count = 1
+            for dim in entry.get("shape", []):
+                count *= int(dim)
+            total += count
+    return total
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -79,29 +127,42 @@ def human_bytes(n: int | None) -> str:
 
 def results_table(results: list[Any]) -> Any:
     """A rich Table of export results (ExportResult objects)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="edgerun export")
+    # No vertical rules, so that nine columns fit an 80-column terminal without wrapping.
+    table = Table(
+        title="edgerun export",
+        caption="PPL×, KL: perplexity ratio and mean KL against the fp32 reference (top-1 in"
+        " --json); ms/tok: a 32-token decode probe on this machine, not a benchmark",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
     for name, justify in [
         ("format", "left"),
         ("size", "right"),
-        ("PPL ratio", "right"),
-        ("mean KL", "right"),
-        ("top-1", "right"),
+        ("bits/w", "right"),
+        ("PPL×", "right"),
+        ("KL", "right"),
+        ("ms/tok", "right"),
         ("result", "left"),
         ("time", "right"),
     ]:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in results:
         v = r.validation or {}
+        manifest = r.manifest or {}
+        probe = manifest.get("probe") or {}
         table.add_row(
             r.format,
             human_bytes(r.size_bytes),
+            _num((manifest.get("size") or {}).get("bits_per_weight"), "{:.2f}"),
             _num(v.get("ppl_ratio"), "{:.4g}"),
             _num(v.get("mean_kl"), "{:.4f}"),
-            _num(v.get("top1_agreement"), "{:.3f}"),
+            _num(probe.get("decode_ms_per_token"), "{:.2f}"),
             r.status,
-            f"{r.wall_s:.1f} s" if r.wall_s is not None else "-",
+            f"{r.wall_s:.0f} s" if r.wall_s is not None else "-",
         )
     return table
 

@@ -27,6 +27,16 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 
 @pytest.fixture(scope="session")
+def short_eval_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first part of the shipped eval text: about 700 tokens of the tiny tokenizers."""
+    from edgerun.exporters.reference import read_eval_text
+
+    path = tmp_path_factory.mktemp("eval") / "eval.txt"
+    path.write_text(read_eval_text(None)[:2000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["llama"]
 

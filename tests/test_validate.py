@@ -137,7 +137,7 @@ def test_text_hash_is_recorded() -> None:
         ("q8_0", 1.05),
         ("q6_k", 1.25),
         ("q5_k_m", 1.25),
-        ("int4", 1.5),
+        ("int4", 1.35),  # edgerun's own int4 recipes: INT4_GATE
         ("q4_k_m", 1.5),
         ("iq3_m", 1.5),
         ("q2_k", 1.5),
@@ -145,6 +145,16 @@ def test_text_hash_is_recorded() -> None:
 )
 def test_gate_tightens_with_bit_width(precision: str, ratio: float) -> None:
     assert Thresholds.for_precision(precision).max_ppl_ratio == ratio
+
+
+def test_int4_gate_refuses_all_4_bit_rtn_and_passes_the_default_recipe_on_both_references() -> None:
+    gate = Thresholds.for_precision("int4")
+    # SmolLM2-135M: q4-pure on the demo checkpoint and on the off-grid reference
+    assert gate.check(1.316, 0.376, 0.628) and gate.check(1.616, 0.527, 0.582)
+    # the default q4-mixed on both (benchmarks/README.md, "Fidelity")
+    assert gate.check(1.173, 0.182, 0.721) == [] and gate.check(1.233, 0.229, 0.701) == []
+    # llama.cpp's q4_0 off grid (0.429) still passes its own class gate
+    assert Thresholds.for_precision("q4_0").check(1.443, 0.429, 0.646) == []
 
 
 def test_dynamic_int8_refused_by_the_8bit_gate_with_margin() -> None:

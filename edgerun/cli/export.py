@@ -26,6 +26,7 @@ def _formats_help() -> str:
 @click.option("-f", "--formats", "formats", help=_formats_help())
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--list", "list_formats", is_flag=True, help="List the formats and exit.")
+@click.option("--list-recipes", is_flag=True, help="List the onnx-int4 recipes and exit.")
 @click.option("--block-size", default=32, show_default=True, help="int4/int8 block size (16-256).")
 @click.option(
     "--symmetric/--asymmetric",
@@ -35,6 +36,29 @@ def _formats_help() -> str:
 @click.option("--accuracy-level", default=4, show_default=True, help="MatMulNBits compute (0-4).")
 @click.option(
     "--algorithm", default="rtn", show_default=True, help="int4/int8 algorithm: rtn | hqq."
+)
+@click.option(
+    "--recipe",
+    help="onnx-int4 mixed-precision recipe: which MatMuls get 8 bits (see --list-recipes; default q4-mixed).",
+)
+@click.option(
+    "--target-kl",
+    type=float,
+    help="onnx-int4: the smallest mixed int4/int8 artifact whose mean KL meets this (calibrated, then checked on the eval text).",
+)
+@click.option(
+    "--target-ppl-ratio", type=float, help="onnx-int4: as --target-kl, for the PPL ratio."
+)
+@click.option(
+    "--calib-text",
+    type=click.Path(path_type=Path),
+    help="Calibration text of a target search (UTF-8; never the eval text).",
+)
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_default=True,
+    help="Time a short greedy decode of each artifact on this machine (manifest 'probe').",
 )
 @click.option(
     "--int8-mode",
@@ -53,7 +77,7 @@ def _formats_help() -> str:
 @click.option(
     "--max-ppl-ratio",
     type=float,
-    help="Gate: highest PPL ratio that passes (default by bit width: 1.02 for 16+ bits, 1.05 for 8, 1.25 for 5-6, 1.5 below).",
+    help="Gate: highest PPL ratio that passes (default by bit width: 1.02 for 16+ bits, 1.05 for 8, 1.25 for 5-6, 1.35 for onnx-int4, 1.5 below).",
 )
 @click.option("--max-kl", type=float, help="Gate: highest mean KL divergence that passes.")
 @click.option("--min-top1", type=float, help="Gate: lowest top-1 agreement that passes.")
@@ -71,6 +95,13 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
     """
     from edgerun.exporters.formats import UNAVAILABLE, all_formats
 
+    if kw.pop("list_recipes"):
+        from edgerun.exporters.onnx_recipes import DEFAULT_RECIPE, RECIPES
+
+        for recipe in RECIPES.values():
+            mark = " (default)" if recipe.name == DEFAULT_RECIPE else ""
+            click.echo(f"{recipe.name}{mark}: {recipe.description}")
+        return
     if kw.pop("list_formats"):
         click.echo("\n".join(all_formats()))
         for prefix, why in UNAVAILABLE.items():
@@ -123,6 +154,8 @@ def _result_json(r: Any) -> dict[str, Any]:
         "size_bytes": r.size_bytes,
         "wall_s": r.wall_s,
         "validation": r.validation,
+        "size": (r.manifest or {}).get("size"),
+        "probe": (r.manifest or {}).get("probe"),
     }
 
 
@@ -142,6 +175,16 @@ def _exit_status(results: list[Any]) -> None:
     if first.passed is False:
         raise GateFailed(
             f"{first.format} failed validation: {first.reason}; not written{more}",
-            "pass --force to write it with passed: false",
+            _gate_hint(first.format),
         )
     raise GateFailed(f"{first.format} was not exported: {first.reason}{more}")
+
+
+def _gate_hint(fmt: str) -> str:
+    """What to try before --force: for onnx-int4 a more faithful recipe or a quality target."""
+    force = "pass --force to write it with passed: false"
+    if fmt == "onnx-int4":
+        return (
+            f"try the default --recipe q4-mixed, or --target-kl 0.1 (more 8-bit layers); or {force}"
+        )
+    return force

@@ -1,0 +1,265 @@
+"""Per-layer quantization sensitivity and the search behind `--target-kl`.
+
+Sensitivity is measured, not guessed: each group of weights (one decoder projection of one layer,
+or the lm_head; the groups are the graph's MatMul nodes, see onnx_recipes.node_role) is quantized
+alone to 4 bits *with onnxruntime's own quantizer* (the MLAS kernel that writes MatMulNBits; the
+blocks are dequantized back to float here), the PyTorch reference runs the calibration text, and
+the mean KL divergence from the fp32 reference is the group's sensitivity. The calibration text
+(exporters/data/calib.txt) is never the validation text, so the export gate stays held out.
+
+The search ranks groups by sensitivity per extra byte that 8 bits would cost and raises the first
+k of them to 8 bits, bisecting on k for the smallest plan whose calibration KL meets the target
+(the KL is close to monotone in k; the search records every probe). Heavy imports stay inside the
+functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgerun.exporters.onnx_recipes import NodeRole, node_role
+from edgerun.exporters.validate import log_softmax
+
+CALIB_TEXT = Path(__file__).parent / "data" / "calib.txt"
+# torch Linear role -> the fused graph roles that contain it (onnxruntime-genai packs some).
+FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
+
+
+def dequantize(weight_kn: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np.ndarray:
+    """`weight_kn` [K, N] (a MatMul's B) quantized by onnxruntime's MatMulNBits quantizer and
+    dequantized back to float32: exactly the weights the MatMulNBits kernel computes with."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    config = mnq.DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=symmetric, bits=bits
+    )
+    packed, scales, zero = mnq.DefaultWeightOnlyQuantizer(config).qbits_block_quant(
+        np.ascontiguousarray(weight_kn, dtype=np.float32)
+    )
+    k, n = weight_kn.shape
+    blocks = scales.shape[1]
+    q = _unpack(packed, bits).reshape(n, blocks, block_size).astype(np.float32)
+    if symmetric:
+        zp = np.full((n, blocks), 1 << (bits - 1), dtype=np.float32)
+    else:
+        zp = _unpack(zero, bits)[:, :blocks].astype(np.float32)
+    values = (q - zp[:, :, None]) * scales[:, :, None]
+    return np.ascontiguousarray(values.reshape(n, blocks * block_size)[:, :k].T)
+
+
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 bytes -> one value per element along the last axis (low nibble first)."""
+    if bits == 8:
+        return packed.reshape(packed.shape[0], -1)
+    flat = packed.reshape(packed.shape[0], -1)
+    out = np.empty((flat.shape[0], flat.shape[1] * 2), dtype=np.uint8)
+    out[:, 0::2] = flat & 0x0F
+    out[:, 1::2] = flat >> 4
+    return out
+
+
+@dataclass
+class Group:
+    """One quantization group: a graph node and the torch Linear modules it computes."""
+
+    role: NodeRole
+    modules: list[Any]
+    params: int
+    sensitivity: float | None = None
+
+    @property
+    def extra_bytes(self) -> float:
+        """Bytes that 8 bits cost over 4 (block 32, fp32 scales: 9 against 5 bits per weight)."""
+        return self.params * 4 / 8
+
+
+def torch_groups(model: Any, node_names: Sequence[str]) -> list[Group]:
+    """Pair each decoder projection node of the graph with the reference's Linear modules."""
+    import torch
+
+    keys: dict[str, NodeRole] = {}
+    for name in node_names:
+        role = node_role(name)
+        if role is not None:
+            keys[role.key] = role
+    modules: dict[str, list[Any]] = {k: [] for k in keys}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        role = node_role(name)
+        if role is None:
+            continue
+        key = role.key
+        if key not in keys and role.role in FUSED:
+            key = key.rsplit(".", 1)[0] + "." + FUSED[role.role]
+        if key in modules:
+            modules[key].append(module)
+    return [
+        Group(keys[k], mods, sum(m.weight.numel() for m in mods))
+        for k, mods in modules.items()
+        if mods
+    ]
+
+
+@dataclass
+class Calibration:
+    """The reference's log-probabilities on calibration windows, and fake-quantized forwards."""
+
+    model: Any
+    windows: list[np.ndarray]
+    block_size: int = 32
+    symmetric: bool = True
+    reference: list[np.ndarray] = field(default_factory=list)
+    _saved: dict[int, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reference = [log_softmax(self._logits(w)) for w in self.windows]
+
+    def _logits(self, ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(ids[None, :]), use_cache=False)
+        return np.asarray(out.logits[0].float().numpy())
+
+    def kl(self, plan: dict[int, int]) -> float:
+        """Mean KL(reference || model with module id -> bits applied) over the windows."""
+        return self.score(plan)[0]
+
+    def score(self, plan: dict[int, int]) -> tuple[float, float]:
+        """(mean KL, PPL ratio) of the model with module id -> bits applied, over the windows."""
+        self._apply(plan)
+        try:
+            kl = nll = nll_ref = 0.0
+            count = 0
+            for ids, ref in zip(self.windows, self.reference, strict=True):
+                cand = log_softmax(self._logits(ids))
+                kl += float((np.exp(ref[:-1]) * (ref[:-1] - cand[:-1])).sum())
+                rows, target = np.arange(len(ids) - 1), ids[1:]
+                nll -= float(cand[rows, target].sum())
+                nll_ref -= float(ref[rows, target].sum())
+                count += len(ids) - 1
+            return kl / count, float(np.exp(min((nll - nll_ref) / count, 700.0)))
+        finally:
+            self._restore()
+
+    def _apply(self, plan: dict[int, int]) -> None:
+        import torch
+
+        by_id = {id(m): m for m in self.model.modules()}
+        with torch.no_grad():
+            for module_id, bits in plan.items():
+                module = by_id[module_id]
+                self._saved[module_id] = module.weight.detach().clone()
+                weight_kn = module.weight.detach().float().numpy().T
+                values = dequantize(weight_kn, bits, self.block_size, self.symmetric)
+                module.weight.copy_(torch.from_numpy(values.T.copy()))
+
+    def _restore(self) -> None:
+        import torch
+
+        by_id = {id(m): m for m in self.model.modules()}
+        with torch.no_grad():
+            for module_id, weight in self._saved.items():
+                by_id[module_id].weight.copy_(weight)
+        self._saved.clear()
+
+
+def measure_sensitivity(
+    calib: Calibration, groups: list[Group], progress: Callable[[int, int], None] | None = None
+) -> None:
+    """Set each group's sensitivity: calibration KL with that group alone in 4 bits."""
+    for i, group in enumerate(groups):
+        group.sensitivity = calib.kl({id(m): 4 for m in group.modules})
+        if progress is not None:
+            progress(i + 1, len(groups))
+
+
+def fisher_sensitivity(
+    model: Any, windows: list[np.ndarray], groups: list[Group], block_size: int, symmetric: bool
+) -> None:
+    """Set each group's sensitivity to a second-order estimate of the KL its 4-bit error costs:
+    0.5 * sum(F * dW^2), F the diagonal Fisher information of the reference's own next-token
+    distribution (per-window gradients of the log-likelihood of tokens sampled from the model,
+    squared), dW the exact error of onnxruntime's 4-bit quantizer. One backward pass per window
+    instead of one forward per group; the search then measures real KLs. Memory: the gradients
+    of one window (no Fisher or error tensors are kept)."""
+    import torch
+
+    def error(module: Any) -> Any:
+        # recomputed per window (a fast C++ quantizer) rather than kept: a model's worth of memory
+        w = module.weight.detach().float().numpy()
+        return torch.from_numpy(np.square(dequantize(w.T, 4, block_size, symmetric).T - w))
+
+    totals = {id(g): 0.0 for g in groups}
+    generator = torch.Generator().manual_seed(0)
+    tokens = 0
+    for ids in windows:
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=torch.from_numpy(ids[None, :]), use_cache=False).logits[0]
+        with torch.no_grad():
+            probs = torch.softmax(logits.detach().float(), -1)
+            sampled = torch.multinomial(probs, 1, generator=generator)
+        torch.log_softmax(logits.float(), -1).gather(1, sampled).sum().backward()
+        with torch.no_grad():
+            for group in groups:
+                for m in group.modules:
+                    if m.weight.grad is not None:
+                        totals[id(group)] += float((m.weight.grad.square() * error(m)).sum())
+        tokens += len(ids)
+    model.zero_grad(set_to_none=True)
+    for group in groups:
+        group.sensitivity = 0.5 * totals[id(group)] / max(tokens, 1)
+
+
+def rank(groups: list[Group]) -> list[Group]:
+    """Groups by sensitivity per extra byte of 8 bits, most worth raising first."""
+    return sorted(groups, key=lambda g: -(g.sensitivity or 0.0) / g.extra_bytes)
+
+
+def plan_for(ranked: list[Group], k: int) -> dict[str, int]:
+    """Node name -> bits: the first k ranked groups in 8 bits, the rest in 4."""
+    return {g.role.name: 8 if i < k else 4 for i, g in enumerate(ranked)}
+
+
+def module_plan(ranked: list[Group], k: int) -> dict[int, int]:
+    """The same plan over the torch modules (for a calibration KL)."""
+    return {id(m): 8 if i < k else 4 for i, g in enumerate(ranked) for m in g.modules}
+
+
+@dataclass
+class Probe:
+    """One step of the search: k groups in 8 bits and the calibration KL it gave."""
+
+    k: int
+    kl: float
+
+
+def search_k(
+    kl_of: Callable[[int], float], n: int, target: float
+) -> tuple[int | None, list[Probe]]:
+    """The smallest k in 0..n with kl_of(k) <= target, by bisection (kl_of is taken as
+    non-increasing in k). Returns (k or None when even k = n misses, the probes made)."""
+    probes: list[Probe] = []
+
+    def probe(k: int) -> float:
+        value = kl_of(k)
+        probes.append(Probe(k, value))
+        return value
+
+    if probe(n) > target:
+        return None, probes
+    lo, hi = 0, n  # kl(hi) <= target
+    if probe(0) <= target:
+        return 0, probes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if probe(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, probes

@@ -1,0 +1,145 @@
+"""`--target-kl` / `--target-ppl-ratio`: the smallest mixed int4/int8 plan that meets a quality target.
+
+1. Calibrate: the PyTorch reference runs the calibration text (exporters/data/calib.txt or
+   --calib-text; never the evaluation text) (edgerun.exporters.sensitivity).
+   Sensitivity is the second-order (Fisher) estimate of the KL each group's exact 4-bit error
+   costs: one backward pass per calibration window, not one forward per group (on SmolLM2-135M
+   its ranking was checked against per-group measured KLs, benchmarks/README.md "Fidelity").
+2. Search: groups ranked by sensitivity per extra byte; bisect on how many go to 8 bits for the
+   smallest plan whose measured calibration metric is within `MARGIN` of the target.
+3. Hold out: the export pipeline then validates the real artifact on the evaluation text with the
+   target as its gate, so what the manifest reports as passed met the target on text the search
+   never saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from edgerun.exporters import sensitivity as sens
+from edgerun.exporters.formats import ExportContext
+from edgerun.exporters.onnx_recipes import Recipe
+
+from edgerun.errors import EdgerunError
+
+# Aim below the target on the calibration text: held-out text scores differently. On SmolLM2-135M
+# the held-out KL of a plan was 0.83-1.12x its calibration KL (benchmarks/README.md, "Fidelity").
+MARGIN = 0.8
+WINDOW = 256
+SEARCH_WINDOWS = 4  # 1,024 tokens per real KL measurement of a plan
+FISHER_WINDOW = 128
+FISHER_WINDOWS = 8  # 8 backward passes of 128 tokens for the sensitivity estimate
+
+
+def calibration_ids(ctx: ExportContext) -> np.ndarray:
+    """Token ids of the calibration text (the shipped one unless --calib-text)."""
+    from edgerun.exporters.reference import eval_token_ids, read_text_file
+
+    text = read_text_file(
+        ctx.options.calib_text, sens.CALIB_TEXT, "calibration text", "--calib-text"
+    )
+    ids = np.asarray(eval_token_ids(ctx.reference.tokenizer, text), dtype=np.int64)
+    if len(ids) < WINDOW * SEARCH_WINDOWS:
+        raise EdgerunError(
+            f"the calibration text has {len(ids)} tokens; the search needs at least"
+            f" {WINDOW * SEARCH_WINDOWS}",
+            "pass a longer --calib-text file",
+        )
+    return ids
+
+
+def ranked_groups(
+    ctx: ExportContext, nodes: list[str], config: Any, ids: np.ndarray
+) -> list[sens.Group]:
+    """The graph's projection groups with their Fisher sensitivity, most worth 8 bits first."""
+    groups = sens.torch_groups(ctx.reference.model, nodes)
+    if not groups:
+        raise EdgerunError(
+            "no decoder projection of the graph matches a layer of the reference model",
+            "use --recipe q4-pure or q4-head8 for this architecture",
+        )
+    step = FISHER_WINDOW
+    short = [ids[i : i + step] for i in range(0, len(ids) - step + 1, step)][:FISHER_WINDOWS]
+    sens.fisher_sensitivity(ctx.reference.model, short, groups, config.block_size, config.symmetric)
+    return sens.rank(groups)
+
+
+def budget_plan(
+    ctx: ExportContext, nodes: list[str], config: Any, recipe: Recipe
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """A budget recipe's plan: its rules, then 8 bits for the most sensitive groups (per byte)
+    while their extra bytes fit `recipe.budget` x the all-4-bit weight bytes."""
+    ids = calibration_ids(ctx)
+    ranked = ranked_groups(ctx, nodes, config, ids)
+    plan = recipe.plan(nodes)
+    per_weight = (config.bits + 32 / config.block_size) / 8  # bytes: codes + an fp32 scale
+    budget = (recipe.budget or 0.0) * per_weight * sum(g.params for g in ranked)
+    chosen, spent = [], 0.0
+    for group in ranked:
+        if plan.get(group.role.name) == 8:
+            continue
+        if spent + group.extra_bytes <= budget:
+            plan[group.role.name] = 8
+            spent += group.extra_bytes
+            chosen.append(group.role.key)
+    record = {
+        "name": recipe.name,
+        "description": recipe.description,
+        "budget": recipe.budget,
+        "calibration": {
+            "sensitivity": "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)",
+            "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
+            "extra_bytes": int(spent),
+            "budget_bytes": int(budget),
+        },
+        "raised": chosen,
+        "sensitivity": {g.role.key: round(g.sensitivity or 0.0, 6) for g in ranked},
+    }
+    return plan, record
+
+
+def search_plan(
+    ctx: ExportContext, nodes: list[str], config: Any
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """(node name -> bits, the manifest's recipe record) for the options' target."""
+    opts = ctx.options
+    metric = "kl" if opts.target_kl is not None else "ppl_ratio"
+    target = float(opts.target_kl if opts.target_kl is not None else opts.target_ppl_ratio or 0)
+    ids = calibration_ids(ctx)
+    windows = [ids[i : i + WINDOW] for i in range(0, len(ids) - WINDOW + 1, WINDOW)]
+    model = ctx.reference.model
+    ranked = ranked_groups(ctx, nodes, config, ids)
+    calib = sens.Calibration(
+        model, windows[:SEARCH_WINDOWS], block_size=config.block_size, symmetric=config.symmetric
+    )
+    aim = target * MARGIN if metric == "kl" else 1 + (target - 1) * MARGIN
+
+    def measure(k: int) -> float:
+        kl, ppl_ratio = calib.score(sens.module_plan(ranked, k))
+        return kl if metric == "kl" else ppl_ratio
+
+    k, probes = sens.search_k(measure, len(ranked), aim)
+    if k is None:
+        best = min(p.kl for p in probes)
+        raise EdgerunError(
+            f"target {metric.replace('_', ' ')} {target:g} is out of reach: with every layer in"
+            f" 8 bits the calibration {metric.replace('_', ' ')} is {best:.4g}",
+            "raise the target, or export onnx-int8",
+        )
+    record = {
+        "name": f"target-{metric.replace('_', '-')}",
+        "description": f"smallest mixed int4/int8 plan with calibration {metric} <= {aim:.4g}"
+        f" (target {target:g} x margin {MARGIN})",
+        "target": {"metric": metric, "value": target, "margin": MARGIN, "aim": aim},
+        "calibration": {
+            "tokens": int(sum(len(w) for w in windows[:SEARCH_WINDOWS])),
+            "sensitivity": "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)",
+            "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
+            "groups_in_8_bits": k,
+            "groups": len(ranked),
+            "probes": [{"k": p.k, metric: round(p.kl, 6)} for p in probes],
+        },
+        "sensitivity": {g.role.key: round(g.sensitivity or 0.0, 6) for g in ranked},
+    }
+    return sens.plan_for(ranked, k), record

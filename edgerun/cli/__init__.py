@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "bench": "edgerun.cli.bench:bench",
     "compare": "edgerun.cli.compare:compare",
     "profiles": "edgerun.cli.profiles:profiles",
+    "serve": "edgerun.cli.serve:serve",
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

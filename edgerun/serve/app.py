@@ -1,0 +1,280 @@
+"""The Starlette app: OpenAI's /v1/models, /v1/completions and /v1/chat/completions (with and
+without server-sent events), /health and /metrics, over engine.Slot."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edgerun.model import Chunk
+from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error
+from edgerun.serve.schema import ApiError, GenerationRequest, parse_json, parse_request
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ServeState:
+    """What the routes share: the slots by model id, the key, limits and metrics."""
+
+    def __init__(
+        self,
+        slots: dict[str, Slot],
+        metrics: Metrics,
+        api_key: str | None = None,
+        max_body: int = 1 << 20,
+        drain_s: float = 30.0,
+    ) -> None:
+        self.slots, self.metrics, self.api_key = slots, metrics, api_key
+        self.max_body, self.drain_s = max_body, drain_s
+        self.created = int(time.time())
+
+    def slot(self, model: str) -> Slot:
+        slot = self.slots.get(model)
+        if slot is None:
+            raise ApiError(
+                404,
+                f"the model '{model}' is not served here; served: {', '.join(self.slots)}",
+                "model",
+                "model_not_found",
+            )
+        return slot
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            slot.close()
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def endpoint(name: str, public: bool = False) -> Callable[[Handler], Handler]:
+    """Wrap a route: bearer auth, OpenAI-style errors (never a traceback), request metrics."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            state: ServeState = request.app.state.serve
+            try:
+                if not public:
+                    _authorize(request, state.api_key)
+                response = await handler(request)
+            except Exception as exc:
+                api = as_api_error(exc)
+                if api is None:
+                    log.exception("%s failed", name)
+                    api = ApiError(
+                        500, f"internal error: {type(exc).__name__}", None, None, "server_error"
+                    )
+                state.metrics.errors.labels(str(api.status), str(api.code)).inc()
+                response = _error(api)
+            state.metrics.requests.labels(name, str(response.status_code)).inc()
+            return response
+
+        return run
+
+    return wrap
+
+
+def _authorize(request: Request, key: str | None) -> None:
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise ApiError(
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            None,
+            "invalid_api_key",
+        )
+
+
+async def _body(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON body, refused with 413 past `limit` bytes before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413,
+            f"the request body is {declared} bytes; the limit is {limit}",
+            None,
+            "request_too_large",
+        )
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise ApiError(
+                413,
+                f"the request body exceeds the limit of {limit} bytes",
+                None,
+                "request_too_large",
+            )
+    return parse_json(bytes(raw))
+
+
+@endpoint("health", public=True)
+async def health(request: Request) -> Response:
+    state: ServeState = request.app.state.serve
+    return JSONResponse({"status": "ok", "models": list(state.slots)})
+
+
+@endpoint("metrics", public=True)
+async def metrics(request: Request) -> Response:
+    body = request.app.state.serve.metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@endpoint("models")
+async def list_models(request: Request) -> Response:
+    state: ServeState = request.app.state.serve
+    data = [
+        {"id": name, "object": "model", "created": state.created, "owned_by": "edgerun"}
+        for name in state.slots
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@endpoint("completions")
+async def completions(request: Request) -> Response:
+    return await _generate(request, chat=False)
+
+
+@endpoint("chat")
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, chat=True)
+
+
+async def _generate(request: Request, chat: bool) -> Response:
+    state: ServeState = request.app.state.serve
+    req = parse_request(await _body(request, state.max_body), chat)
+    slot = state.slot(req.model)
+    shape = _Shape(req, chat)
+    if req.stream:
+        chunks = slot.stream(req)
+        # The first item comes before any byte is sent, so 429, 400 (context), 503 stay JSON.
+        first = await anext(chunks)
+        return _sse(_events(shape, first, chunks), state.drain_s)
+    cancel = threading.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    try:
+        text, item = [], await anext(chunks := slot.stream(req, cancel))
+        while not isinstance(item, Outcome):
+            text.append(item.text)
+            item = await anext(chunks)
+    finally:
+        watcher.cancel()
+    return JSONResponse(shape.full("".join(text), item))
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set `cancel` when the client goes away (the SSE response watches streams itself)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
+async def _events(
+    shape: _Shape, first: Chunk | Outcome, chunks: AsyncGenerator[Chunk | Outcome, None]
+) -> AsyncIterator[str]:
+    """The SSE data lines: a role delta (chat), text deltas, the finish, usage, [DONE]."""
+    import json
+
+    try:
+        if shape.chat:
+            yield json.dumps(shape.delta({"role": "assistant", "content": ""}))
+        item = first
+        while not isinstance(item, Outcome):
+            if item.text:
+                yield json.dumps(shape.delta(item.text))
+            item = await anext(chunks)
+        yield json.dumps(shape.delta(None, item.finish_reason))
+        if shape.req.include_usage:
+            yield json.dumps({**shape.head(), "choices": [], "usage": _usage(item)})
+    except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI does
+        log.exception("generation failed mid-stream")
+        api = as_api_error(exc) or ApiError(500, f"internal error: {type(exc).__name__}")
+        yield json.dumps(api.body())
+    else:
+        yield "[DONE]"
+    finally:
+        await chunks.aclose()  # a disconnect lands here: the generation stops at the next token
+
+
+def _sse(events: AsyncIterator[str], drain_s: float) -> Response:
+    from sse_starlette.sse import EventSourceResponse
+
+    # On shutdown a running stream gets drain_s to finish before it is closed.
+    return EventSourceResponse(events, sep="\n", ping=0, shutdown_grace_period=drain_s)
+
+
+def _usage(outcome: Outcome) -> dict[str, int]:
+    p, c = outcome.prompt_tokens, outcome.completion_tokens
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+class _Shape:
+    """The OpenAI response objects of one request (completion or chat, whole or chunked)."""
+
+    def __init__(self, req: GenerationRequest, chat: bool) -> None:
+        self.req, self.chat = req, chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    def head(self, chunk: bool = True) -> dict[str, Any]:
+        kind = ("chat.completion" + (".chunk" if chunk else "")) if self.chat else "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.req.model}
+
+    def delta(
+        self, content: str | dict[str, str] | None, finish: str | None = None
+    ) -> dict[str, Any]:
+        if self.chat:
+            delta = (
+                content if isinstance(content, dict) else ({"content": content} if content else {})
+            )
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+        return {**self.head(), "choices": [choice]}
+
+    def full(self, text: str, outcome: Outcome) -> dict[str, Any]:
+        if self.chat:
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = outcome.finish_reason
+        return {**self.head(chunk=False), "choices": [choice], "usage": _usage(outcome)}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = {404: "no such endpoint", 405: "method not allowed"}.get(status, str(exc))
+    return _error(ApiError(status, f"{message}: {request.method} {request.url.path}"))
+
+
+def build_app(state: ServeState) -> Starlette:
+    """The ASGI app serving `state`'s models."""
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.serve = state
+    return app

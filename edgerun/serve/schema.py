@@ -1,0 +1,199 @@
+"""OpenAI request bodies checked by hand into dataclasses, and the OpenAI error shape.
+
+No web framework here: the checks are plain Python so every bad field becomes a 400 with the
+OpenAI error body (`{"error": {message, type, param, code}}`), never a 422 or a traceback.
+Unknown fields are ignored, as the OpenAI API does for fields a server does not implement.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_STOP = 4  # as OpenAI
+MAX_SEED = 2**63 - 1
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {...}}` with HTTP `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status,
+            message,
+            param,
+            code,
+            kind,
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass
+class GenerationRequest:
+    """What a completion or chat request asks for; `prompt` is text or token ids, `messages`
+    a chat (one of the two is set)."""
+
+    model: str
+    prompt: str | list[int] | None
+    messages: list[dict[str, str]] | None
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    stream: bool
+    include_usage: bool
+    ignore_eos: bool  # an extension (as vLLM's): generate exactly max_tokens tokens
+
+    def options(self, max_tokens: int) -> dict[str, Any]:
+        """Keyword arguments for Model.generate / Model.chat."""
+        return dict(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=self.stop or None,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or ApiError 400."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _typed(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    # bool is an int subclass in Python, never a number in the API.
+    is_bool = isinstance(value, bool) and bool not in kinds
+    if value is not None and (is_bool or not isinstance(value, kinds)):
+        raise ApiError(400, f"'{key}' must be {what}, got {json.dumps(value)[:60]}", key)
+    return value
+
+
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = _typed(body, key, (int, float), "a number")
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise ApiError(400, f"'{key}' must be between {low:g} and {high:g}, got {value}", key)
+    return float(value)
+
+
+def _top_p(body: dict[str, Any]) -> float:
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0:
+        raise ApiError(400, "'top_p' must be above 0 (use temperature 0 for greedy)", "top_p")
+    return top_p
+
+
+def _stop(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise ApiError(400, "'stop' must be a string or a list of strings", "stop")
+    if len(items) > MAX_STOP:
+        raise ApiError(400, f"'stop' takes at most {MAX_STOP} strings, got {len(items)}", "stop")
+    return [s for s in items if s]
+
+
+def _max_tokens(body: dict[str, Any], chat: bool) -> int | None:
+    key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    value = _typed(body, key, (int,), "an integer")
+    if value is not None and value < 1:
+        raise ApiError(400, f"'{key}' must be at least 1, got {value}", key)
+    return value
+
+
+def _prompt(body: dict[str, Any]) -> str | list[int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return list(prompt)
+    if prompt is None:
+        raise ApiError(400, "'prompt' is required", "prompt")
+    raise ApiError(
+        400, "'prompt' must be a non-empty string or list of token ids (one prompt)", "prompt"
+    )
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if messages is None:
+        raise ApiError(400, "'messages' is required", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(400, f"'{where}' must be an object with a string 'role'", where)
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: only text is served
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise ApiError(400, f"'{where}.content' may hold only text parts", where)
+            content = "".join(str(p.get("text", "")) for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"'{where}.content' must be a string", f"{where}.content")
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def parse_request(body: dict[str, Any], chat: bool) -> GenerationRequest:
+    """Check a /v1/completions (`chat` False) or /v1/chat/completions body; raise ApiError."""
+    model = _typed(body, "model", (str,), "a string")
+    if not model:
+        raise ApiError(400, "'model' is required", "model")
+    n = _typed(body, "n", (int,), "an integer")
+    if n not in (None, 1):
+        raise ApiError(400, f"only n=1 is served, got n={n}", "n")
+    seed = _typed(body, "seed", (int,), "an integer")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ApiError(400, f"'seed' must be between 0 and 2^63-1, got {seed}", "seed")
+    stream_options = _typed(body, "stream_options", (dict,), "an object") or {}
+    return GenerationRequest(
+        model=model,
+        prompt=None if chat else _prompt(body),
+        messages=_messages(body) if chat else None,
+        max_tokens=_max_tokens(body, chat),
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),  # OpenAI's default, not greedy
+        top_p=_top_p(body),
+        seed=seed,
+        stop=_stop(body),
+        stream=bool(_typed(body, "stream", (bool,), "a boolean")),
+        include_usage=bool(stream_options.get("include_usage")),
+        ignore_eos=bool(_typed(body, "ignore_eos", (bool,), "a boolean")),
+    )

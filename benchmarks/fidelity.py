@@ -29,16 +29,17 @@ from benchmarks import README, RESULTS, machine, work_dir
 START, END = "<!-- fidelity:start -->", "<!-- fidelity:end -->"
 # (label, export format, ExportOptions fields)
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
-    ("onnx-int4 q4-pure (RTN sym)", "onnx-int4", {"recipe": "q4-pure"}),
+    ("onnx-int4 q4-pure (RTN sym)", "onnx-int4", {"recipe": "q4-pure", "symmetric": True}),
     ("onnx-int4 q4-pure asym", "onnx-int4", {"recipe": "q4-pure", "symmetric": False}),
-    ("onnx-int4 q4-head8", "onnx-int4", {"recipe": "q4-head8"}),
-    ("onnx-int4 q4-mixed (default)", "onnx-int4", {"recipe": "q4-mixed"}),
-    ("onnx-int4 q4-mixed asym", "onnx-int4", {"recipe": "q4-mixed", "symmetric": False}),
+    ("onnx-int4 q4-head8 sym", "onnx-int4", {"recipe": "q4-head8", "symmetric": True}),
+    ("onnx-int4 q4-mixed sym", "onnx-int4", {"recipe": "q4-mixed", "symmetric": True}),
+    ("onnx-int4 q4-mixed asym (default)", "onnx-int4", {"recipe": "q4-mixed"}),
     ("onnx-int4 hqq (q4-pure)", "onnx-int4", {"recipe": "q4-pure", "algorithm": "hqq"}),
-    ("onnx-int4 --target-kl 0.1", "onnx-int4", {"target_kl": 0.1}),
+    ("onnx-int4 --target-kl 0.1 sym", "onnx-int4", {"target_kl": 0.1, "symmetric": True}),
     ("onnx-int8", "onnx-int8", {}),
 ]
 GGUF = ["gguf-q4_0", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q8_0"]
+BASELINE = VARIANTS[0][0]  # speeds are also given as paired ratios against this row
 
 
 def export_variants(source: str, out: Path, threads: int) -> list[dict[str, Any]]:
@@ -81,13 +82,17 @@ def _row(label: str, result: Any) -> dict[str, Any]:
     }
 
 
-def interleaved_speed(rows: list[dict[str, Any]], rounds: int, tokens: int, threads: int) -> None:
-    """Decode ms/token of every written artifact, interleaved rounds in one process (median)."""
+def interleaved_speed(
+    rows: list[dict[str, Any]], rounds: int, tokens: int, threads: int, only: list[str]
+) -> None:
+    """Decode ms/token of every written artifact (or those whose label contains a term of
+    `only`), interleaved rounds in one process: the median, and the median of per-round ratios
+    against the q4-pure row."""
     from edgerun.exporters.reference import read_eval_text
 
     import edgerun
 
-    paths = [r for r in rows if r["path"]]
+    paths = [r for r in rows if r["path"] and (not only or any(t in r["label"] for t in only))]
     models = [edgerun.load(r["path"], threads=threads) for r in paths]
     prompt = read_eval_text(None)
     ids = [m.tokenizer.encode(prompt, add_special_tokens=False)[:128] for m in models]
@@ -103,6 +108,12 @@ def interleaved_speed(rows: list[dict[str, Any]], rounds: int, tokens: int, thre
         row["decode_ms"] = statistics.median(samples) if samples else None
         row["decode_ms_rounds"] = samples
         model.close()
+    base = next((t for r, t in zip(paths, times, strict=True) if r["label"] == BASELINE), None)
+    for row, samples in zip(paths, times, strict=True):
+        if base and len(samples) == len(base):  # per-round paired ratio: speed against q4-pure
+            row["speed_vs_q4_pure"] = statistics.median(
+                b / t for b, t in zip(base, samples, strict=True)
+            )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -112,14 +123,15 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"**{ref['name']}** ({ref['source']})",
             "",
-            "| artifact | bits/weight | PPL ratio | mean KL | top-1 | decode ms/token | 8-bit nodes |",
-            "|---|---|---|---|---|---|---|",
+            "| artifact | bits/weight | PPL ratio | mean KL | top-1 | decode ms/token | speed vs q4-pure | 8-bit nodes |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(ref["rows"], key=lambda r: r["bits_per_weight"] or 99):
             n8 = (r.get("bits_summary") or {}).get("8", 0) if r["format"] == "onnx-int4" else "-"
             lines.append(
                 f"| {r['label']} | {_f(r['bits_per_weight'], 2)} | {_f(r['ppl_ratio'], 3)} |"
-                f" {_f(r['mean_kl'], 4)} | {_f(r['top1'], 3)} | {_f(r.get('decode_ms'), 2)} | {n8} |"
+                f" {_f(r['mean_kl'], 4)} | {_f(r['top1'], 3)} | {_f(r.get('decode_ms'), 2)} |"
+                f" {_f(r.get('speed_vs_q4_pure'), 2)} | {n8} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -184,6 +196,7 @@ def _replace_readme(table: str, stamp: str) -> None:
 )
 @click.option("--tokens", default=64, show_default=True, help="New tokens per speed round.")
 @click.option("--threads", default=2, show_default=True)
+@click.option("--only", default="", help="Time only rows whose label contains one of these terms.")
 @click.option("--readme/--no-readme", default=False, help="Rewrite the README table.")
 @click.option(
     "--reuse",
@@ -200,6 +213,7 @@ def main(
     readme: bool,
     reuse: Path | None,
     draw: bool,
+    only: str,
 ) -> None:
     """Export every recipe and GGUF type on each reference; score, time, tabulate."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -217,7 +231,7 @@ def main(
             rows = export_variants(source, work_dir() / "fidelity" / stamp / str(i), threads)
         if rounds > 0:
             click.echo(f"{name}: timing {len(rows)} artifacts", err=True)
-            interleaved_speed(rows, rounds, tokens, threads)
+            interleaved_speed(rows, rounds, tokens, threads, [t for t in only.split(",") if t])
         results["references"].append(
             {"name": name, "source": source, "rows": rows, "wall_s": time.perf_counter() - started}
         )

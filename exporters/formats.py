@@ -62,7 +62,7 @@ class ExportOptions:
     """
 
     block_size: int = 32
-    symmetric: bool | None = None  # None: symmetric for rtn, asymmetric for hqq
+    symmetric: bool | None = None  # None: asymmetric for onnx-int4 and hqq, else symmetric
     accuracy_level: int = 4
     algorithm: str = "rtn"
     recipe: str | None = None  # None: onnx_recipes.DEFAULT_RECIPE

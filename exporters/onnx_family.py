@@ -172,7 +172,7 @@ def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> 
     config = WeightOnlyConfig(
         bits=4 if fmt == "onnx-int4" else 8,
         block_size=opts.block_size,
-        symmetric=resolve_symmetric(opts),
+        symmetric=resolve_symmetric(opts, fmt),
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
     )
@@ -224,14 +224,17 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 
 
-def resolve_symmetric(options: ExportOptions) -> bool:
-    """--symmetric / --asymmetric, or when neither is given: symmetric for RTN, asymmetric for HQQ
-    (whose optimisation is of the zero points). Symmetric RTN (ORT's MLAS quantizer: each block's
-    largest-magnitude weight maps to -8, as llama.cpp's Q4_0) is both the faster kernel and, on
-    SmolLM2-135M, the more accurate int4: PPL ratio 1.32 against 1.39 asymmetric."""
+def resolve_symmetric(options: ExportOptions, fmt: str = "onnx-int4") -> bool:
+    """--symmetric / --asymmetric, or when neither is given: asymmetric for onnx-int4 and for
+    HQQ, symmetric for onnx-int8 RTN. On SmolLM2-135M with the default recipe q4-mixed,
+    asymmetric blocks (uint8 zero points: still MatMulNBits' integer path) were more faithful on
+    both references (mean KL 0.174 / 0.212 against 0.182 / 0.229 symmetric) for 0.15 more bits
+    per weight and 3-6% of decode speed (0.95 / 0.92 of all-4-bit symmetric RTN against 0.98 /
+    0.98, paired interleaved rounds; benchmarks/README.md, "Fidelity"). For all-4-bit RTN alone
+    symmetric had the better PPL ratio (1.32 against 1.40) on the demo checkpoint only."""
     if options.symmetric is not None:
         return options.symmetric
-    return options.algorithm != "hqq"
+    return options.algorithm != "hqq" and fmt != "onnx-int4"
 
 
 def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) -> str:

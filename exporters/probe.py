@@ -26,7 +26,7 @@ def decode_probe(artifact: Path, threads: int | None, prompt: str) -> dict[str, 
     import edgerun
     from edgerun.machine import machine_facts
 
-    with edgerun.load(artifact, threads=threads) as model:
+    with edgerun.load(str(artifact), threads=threads) as model:
         ids = model.tokenizer.encode(prompt, add_special_tokens=False)[:PROMPT_TOKENS]
         if not ids:
             raise EdgerunError("the probe prompt tokenized to nothing", "report this as a bug")

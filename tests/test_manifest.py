@@ -56,7 +56,8 @@ def test_manifest_has_every_schema_field(artifact: Path, tiny_untied: Path) -> N
     )
     assert m["model_file"] == "model.onnx"
     assert m["quant"]["bits"] == 4 and m["quant"]["block_size"] == 32
-    assert m["quant"]["symmetric"] is True and m["quant"]["algorithm"] == "rtn"  # RTN default
+    # onnx-int4's default: asymmetric RTN blocks (uint8 zero points)
+    assert m["quant"]["symmetric"] is False and m["quant"]["algorithm"] == "rtn"
     assert m["architecture"] == "LlamaForCausalLM" and m["model_type"] == "llama"
     assert m["context_length"] == 256
     source = m["source"]

@@ -149,9 +149,11 @@ def test_gate_tightens_with_bit_width(precision: str, ratio: float) -> None:
 
 def test_int4_gate_refuses_all_4_bit_rtn_and_passes_the_default_recipe_on_both_references() -> None:
     gate = Thresholds.for_precision("int4")
-    # SmolLM2-135M: q4-pure on the demo checkpoint and on the off-grid reference
-    assert gate.check(1.316, 0.376, 0.628) and gate.check(1.616, 0.527, 0.582)
-    # the default q4-mixed on both (benchmarks/README.md, "Fidelity")
+    # SmolLM2-135M: q4-pure sym / asym on the demo checkpoint and on the off-grid reference
+    assert gate.check(1.316, 0.376, 0.628) and gate.check(1.401, 0.374, 0.608)
+    assert gate.check(1.616, 0.527, 0.582) and gate.check(1.534, 0.445, 0.595)
+    # the default q4-mixed (asymmetric) and its symmetric variant on both ("Fidelity")
+    assert gate.check(1.186, 0.174, 0.725) == [] and gate.check(1.222, 0.212, 0.693) == []
     assert gate.check(1.173, 0.182, 0.721) == [] and gate.check(1.233, 0.229, 0.701) == []
     # llama.cpp's q4_0 off grid (0.429) still passes its own class gate
     assert Thresholds.for_precision("q4_0").check(1.443, 0.429, 0.646) == []

@@ -31,7 +31,7 @@ def _formats_help() -> str:
 @click.option(
     "--symmetric/--asymmetric",
     default=None,
-    help="int4/int8 zero point (default: symmetric for rtn, asymmetric for hqq).",
+    help="int4/int8 zero point (default: asymmetric for onnx-int4 and hqq, symmetric for onnx-int8).",
 )
 @click.option("--accuracy-level", default=4, show_default=True, help="MatMulNBits compute (0-4).")
 @click.option(

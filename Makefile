@@ -12,17 +12,24 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Stamp of a complete install: `make test` on a fresh clone sets itself up first.
+STAMP := $(VENV)/.installed
+
 setup: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[all,dev]"
+	touch $(STAMP)
 
-test:
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(MAKE) setup
+
+test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
-test-fast:
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
-lint:
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	rm -rf build/typecheck && $(BIN)/pip install -q --no-deps --no-build-isolation --target build/typecheck .

@@ -10,7 +10,7 @@ and ``--plot`` draws the quality-vs-speed plot beside it (matplotlib).
 
     .venv/bin/python -m benchmarks.fidelity --offgrid $EDGERUN_HOME/offgrid/smollm2-135m-offgrid
 
-About 25 minutes on 2 cores (the PyTorch reference is re-run by each export call).
+About 25 minutes on 2 cores (each export call re-runs the PyTorch reference).
 """
 
 from __future__ import annotations

@@ -200,8 +200,9 @@ def make_offgrid(
 
 
 def _text() -> str:
-    lines = FINETUNE_TEXT.read_text(encoding="utf-8").splitlines(keepends=True)
-    return "".join(line for line in lines if not line.startswith("#"))
+    from edgerun.exporters.reference import read_text_file
+
+    return read_text_file(None, FINETUNE_TEXT, "fine-tune text", "--text")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -224,7 +224,7 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 
 
-def resolve_symmetric(options: ExportOptions, fmt: str = "onnx-int4") -> bool:
+def resolve_symmetric(options: ExportOptions, fmt: str) -> bool:
     """--symmetric / --asymmetric, or when neither is given: asymmetric for onnx-int4 and for
     HQQ, symmetric for onnx-int8 RTN. On SmolLM2-135M with the default recipe q4-mixed,
     asymmetric blocks (uint8 zero points: still MatMulNBits' integer path) were more faithful on

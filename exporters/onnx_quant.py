@@ -132,7 +132,8 @@ def _run_quantizer(
 ) -> Any:
     """One quantizer pass; with `include`, only those nodes (every other MatMul is excluded)."""
     if include is not None:
-        exclude = [*exclude, *(n for n in matmul_nodes(model) if n not in set(include))]
+        keep = set(include)
+        exclude = [*exclude, *(n for n in matmul_nodes(model) if n not in keep)]
     quantizer = mnq.MatMulNBitsQuantizer(
         model,
         bits=config.bits,

@@ -108,7 +108,7 @@ def export(
             check(fmt, opts, ref_model.config)
     hook = report.stage_printer(console) if console else report.no_stage
     source_info = _source_identity(ckpt)
-    reference = None if opts.no_validate else _reference(ref_model, opts, hook, source_info)
+    reference = None if opts.no_validate else _reference(ref_model, opts, hook)
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale(out)  # scratch and temporary dirs of killed exports into the same directory
     scratch = make_scratch_dir(out)
@@ -154,36 +154,13 @@ def _console(opts: ExportOptions) -> Any:
     return Console(stderr=True)
 
 
-# The last reference computed in this process, keyed by the source's weight hash, the eval text,
-# its tokens and the window: export() called again on the same source (benchmarks, notebooks)
-# does not re-run the PyTorch reference.
-_LAST_REFERENCE: dict[tuple[Any, ...], Reference] = {}
-
-
-def _reference(
-    ref_model: ReferenceModel, opts: ExportOptions, hook: Any, source_info: dict[str, Any]
-) -> Reference:
-    """Tokenize the eval text (failing early when it is too short) and run the PyTorch reference
-    (or reuse the last one, for the same weights, text and window)."""
-    from edgerun.exporters.reference import eval_token_ids, read_eval_text
+def _reference(ref_model: ReferenceModel, opts: ExportOptions, hook: Any) -> Reference:
+    """Tokenize the eval text (failing early when it is too short) and run the PyTorch reference."""
+    from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn
+    from edgerun.exporters.validate import MIN_EVAL_TOKENS
 
     text = read_eval_text(opts.eval_text)
     ids = eval_token_ids(ref_model.tokenizer, text)
-    key = (source_info["path"], source_info["weights_sha256"], text, tuple(ids), opts.window)
-    if key in _LAST_REFERENCE:
-        return _LAST_REFERENCE[key]
-    reference = _run_reference(ref_model, opts, hook, text, ids)
-    _LAST_REFERENCE.clear()
-    _LAST_REFERENCE[key] = reference
-    return reference
-
-
-def _run_reference(
-    ref_model: ReferenceModel, opts: ExportOptions, hook: Any, text: str, ids: list[int]
-) -> Reference:
-    from edgerun.exporters.reference import torch_logits_fn
-    from edgerun.exporters.validate import MIN_EVAL_TOKENS
-
     if len(ids) < MIN_EVAL_TOKENS:
         raise EdgerunError(
             f"the evaluation text has {len(ids)} tokens; validation needs at least {MIN_EVAL_TOKENS}",

@@ -1,16 +1,17 @@
 """Per-layer quantization sensitivity and the search behind `--target-kl`.
 
-Sensitivity is measured, not guessed: each group of weights (one decoder projection of one layer,
-or the lm_head; the groups are the graph's MatMul nodes, see onnx_recipes.node_role) is quantized
-alone to 4 bits *with onnxruntime's own quantizer* (the MLAS kernel that writes MatMulNBits; the
-blocks are dequantized back to float here), the PyTorch reference runs the calibration text, and
-the mean KL divergence from the fp32 reference is the group's sensitivity. The calibration text
-(exporters/data/calib.txt) is never the validation text, so the export gate stays held out.
+A group of weights is one decoder projection of one layer, or the lm_head (the graph's MatMul
+nodes, see onnx_recipes.node_role). Its sensitivity is the KL divergence from the fp32 reference
+that its 4-bit error costs, estimated to second order from the Fisher information of the
+PyTorch reference on the calibration text (fisher_sensitivity), with the error of onnxruntime's
+own quantizer (the MLAS kernel that writes MatMulNBits, dequantized back to float here). The
+calibration text (exporters/data/calib.txt) is never the validation text, so the export gate
+stays held out.
 
 The search ranks groups by sensitivity per extra byte that 8 bits would cost and raises the first
-k of them to 8 bits, bisecting on k for the smallest plan whose calibration KL meets the target
-(the KL is close to monotone in k; the search records every probe). Heavy imports stay inside the
-functions.
+k of them to 8 bits, bisecting on k for the smallest plan whose *measured* calibration KL (the
+reference with the plan's fake-quantized weights, Calibration.score) meets the target (the KL is
+close to monotone in k; the search records every probe). Heavy imports stay inside the functions.
 """
 
 from __future__ import annotations
@@ -126,10 +127,6 @@ class Calibration:
             out = self.model(input_ids=torch.from_numpy(ids[None, :]), use_cache=False)
         return np.asarray(out.logits[0].float().numpy())
 
-    def kl(self, plan: dict[int, int]) -> float:
-        """Mean KL(reference || model with module id -> bits applied) over the windows."""
-        return self.score(plan)[0]
-
     def score(self, plan: dict[int, int]) -> tuple[float, float]:
         """(mean KL, PPL ratio) of the model with module id -> bits applied, over the windows."""
         self._apply(plan)
@@ -167,16 +164,6 @@ class Calibration:
             for module_id, weight in self._saved.items():
                 by_id[module_id].weight.copy_(weight)
         self._saved.clear()
-
-
-def measure_sensitivity(
-    calib: Calibration, groups: list[Group], progress: Callable[[int, int], None] | None = None
-) -> None:
-    """Set each group's sensitivity: calibration KL with that group alone in 4 bits."""
-    for i, group in enumerate(groups):
-        group.sensitivity = calib.kl({id(m): 4 for m in group.modules})
-        if progress is not None:
-            progress(i + 1, len(groups))
 
 
 def fisher_sensitivity(

@@ -183,11 +183,29 @@ def _producer(model: Any, name: str) -> Any | None:
     return next((n for n in model.graph.node if name in n.output), None)
 
 
+# Element-wise ops some families apply after the lm_head: phi's bias (Add), granite's logits
+# scaling (Div / Mul), gemma2's soft-capping (Div, Tanh, Mul), casts.
+_AFTER_HEAD = {"Add", "Sub", "Mul", "Div", "Tanh", "Cast", "Identity"}
+
+
 def _lm_head_node(model: Any) -> Any:
-    """The node that writes the logits: the lm_head MatMul (or its quantized replacement)."""
-    for node in model.graph.node:
-        if LOGITS in node.output and node.op_type in ("MatMul", "MatMulNBits"):
+    """The lm_head MatMul (or its quantized replacement): the MatMul that writes the logits, or
+    that feeds them through a chain of element-wise ops with constant other operands."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    constants = _initializers(model).keys() | {
+        out for n in model.graph.node if n.op_type == "Constant" for out in n.output
+    }
+    name = LOGITS
+    for _ in range(8):
+        node = producers.get(name)
+        if node is None:
+            break
+        if node.op_type in ("MatMul", "MatMulNBits"):
             return node
+        varying = [i for i in node.input if i and i not in constants]
+        if node.op_type not in _AFTER_HEAD or len(varying) != 1:
+            break
+        name = varying[0]
     raise EdgerunError(
         "the exported graph has no lm_head MatMul producing 'logits'",
         "export a causal LM with task text-generation-with-past",

@@ -40,7 +40,14 @@ def onnx_logits_fn(model_path: Path, threads: int | None = None) -> LogitsFn:
 
     def logits(ids: np.ndarray) -> np.ndarray:
         feeds = {i.name: _feed(i, ids) for i in inputs}
-        out = session.run(["logits"], feeds)[0]
+        try:
+            out = session.run(["logits"], feeds)[0]
+        except Exception as exc:  # onnxruntime's own Fail / InvalidArgument types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise EdgerunError(
+                f"onnxruntime cannot run {model_path}: {first[:300]}",
+                "try --builder optimum (the other graph builder) for this architecture",
+            ) from exc
         return np.asarray(out[0], dtype=np.float32)
 
     return logits

@@ -102,10 +102,7 @@ def export(
     console = _console(opts)
     ckpt = resolve(source, progress=opts.progress)
     ref_model = ReferenceModel(ckpt.path)
-    for fmt, family in families.items():
-        check = getattr(family, "check_source", None)
-        if check is not None:
-            check(fmt, opts, ref_model.config)
+    refused = _check_sources(families, opts, ref_model.config)
     hook = report.stage_printer(console) if console else report.no_stage
     source_info = _source_identity(ckpt)
     reference = None if opts.no_validate else _reference(ref_model, opts, hook)
@@ -116,6 +113,9 @@ def export(
     try:
         results = []
         for fmt in names:
+            if fmt in refused:
+                results.append(ExportResult(fmt, None, False, None, reason=refused[fmt]))
+                continue
             if console:
                 console.print(f"[bold]{fmt}[/]")
             results.append(_export_one(fmt, families[fmt], ctx, out, reference, source_info))
@@ -126,6 +126,27 @@ def export(
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     return results
+
+
+def _check_sources(
+    families: dict[str, Any], opts: ExportOptions, config: dict[str, Any]
+) -> dict[str, str]:
+    """Ask each family whether it can export this architecture. Returns format -> why not for
+    the ones that cannot (reported per format while the others are made); raises the first
+    refusal when no format can be made, before any work."""
+    refused: dict[str, str] = {}
+    first: EdgerunError | None = None
+    for fmt, family in families.items():
+        check = getattr(family, "check_source", None)
+        try:
+            if check is not None:
+                check(fmt, opts, config)
+        except EdgerunError as exc:
+            refused[fmt] = str(exc)
+            first = first or exc
+    if first is not None and len(refused) == len(families):
+        raise first
+    return refused
 
 
 def _options(options: ExportOptions | None, kwargs: dict[str, Any]) -> ExportOptions:

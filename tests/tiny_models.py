@@ -88,12 +88,15 @@ def build_tokenizer(out_dir: Path) -> Any:
     return fast
 
 
-def build_tiny_model(name: str, out_dir: Path, seed: int = 0) -> Path:
-    """Build the tiny model `name` (a key of SPECS) with its tokenizer into `out_dir`."""
+def build_tiny_model(
+    name: str, out_dir: Path, seed: int = 0, spec: tuple[str, dict[str, Any]] | None = None
+) -> Path:
+    """Build the tiny model `name` (a key of SPECS, or any name with its own `spec`: model_type
+    and config overrides) with its tokenizer into `out_dir`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    model_type, overrides = SPECS[name]
+    model_type, overrides = spec or SPECS[name]
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -250,6 +250,7 @@ def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) ->
     genai_fits = (
         fmt in onnx_genai.GENAI_FORMATS
         and arch in onnx_genai.GENAI_ARCHITECTURES
+        and arch not in onnx_genai.GENAI_NOT_AUTO
         and importlib.util.find_spec("onnxruntime_genai") is not None
     )
     return "genai" if genai_fits else "optimum"

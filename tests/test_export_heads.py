@@ -90,3 +90,21 @@ def test_a_graph_onnxruntime_cannot_run_is_a_per_format_error_naming_the_other_b
     assert not result.written
     assert (result.reason or "").startswith("onnxruntime cannot run ")
     assert not (tmp_path / "out" / "onnx-fp32").exists()
+
+
+def test_auto_builder_skips_the_genai_graph_that_differs_from_transformers(
+    short_eval_text: Path, tmp_path: Path
+) -> None:
+    """gemma2: onnxruntime-genai's fp32 graph is measurably not the model (the KL below), so
+    --builder auto takes optimum's, which matches; --builder genai still builds it on request."""
+    pytest.importorskip("onnxruntime_genai")
+    src = build_tiny_model("gemma2", tmp_path / "src", spec=HEADS["gemma2"])
+    common: dict[str, Any] = {"eval_text": short_eval_text, "thresholds": LOOSE, "probe": False}
+    (auto,) = export(str(src), "onnx-fp32", tmp_path / "auto", progress=False, **common)
+    (genai,) = export(
+        str(src), "onnx-fp32", tmp_path / "genai", builder="genai", progress=False, **common
+    )
+    assert read_manifest(auto.path)["builder"] == "optimum"
+    assert auto.validation["mean_kl"] < 1e-6
+    assert read_manifest(genai.path)["builder"] == "genai"
+    assert genai.validation["mean_kl"] > 0.01  # the reason auto does not pick it

@@ -71,48 +71,22 @@ def model_size(artifact: Path, model_file: str, checkpoint: Path) -> dict[str, A
     """The manifest's `size`: bytes of the model files (`model_file` and its external data, not
     tokenizer or config), the source's parameter count, and bits per weight (the two divided;
     the same definition for ONNX and GGUF, so quantizations compare by it)."""
+    from edgerun.describe import count_parameters
+    from edgerun.errors import EdgerunError
+
     stem = Path(model_file).name
     model_bytes = sum(
         f.stat().st_size for f in artifact.iterdir() if f.is_file() and f.name.startswith(stem)
     )
-    params = parameter_count(checkpoint)
+    try:
+        params = count_parameters(checkpoint)[0]
+    except EdgerunError:  # a damaged header: the size is still reported, bits per weight not
+        params = None
     return {
         "model_bytes": model_bytes,
         "parameters": params,
         "bits_per_weight": round(model_bytes * 8 / params, 3) if params else None,
     }
-
-
-def parameter_count(checkpoint: Path) -> int | None:
-    """Parameters of a safetensors checkpoint, from the files' JSON headers (no weights read;
-    a tied lm_head is stored once). None when there is no safetensors file or a header is bad."""
-    import json
-    import struct
-
-    files = sorted(checkpoint.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for path in files:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                return None
-            (length,) = struct.unpack("<Q", head)
-            if length > min(path.stat().st_size, 100 << 20):
-                return None
-            try:
-                header = json.loads(f.read(length))
-            except (ValueError, UnicodeDecodeError):
-                return None
-        for name, entry in header.items() if isinstance(header, dict) else ():
-            if name == "__metadata__" or not isinstance(entry, dict):
-                continue
-            count = 1
-            for dim in entry.get("shape", []):
-                count *= int(dim)
-            total += count
-    return total
 
 
 def human_bytes(n: int | None) -> str:

@@ -26,6 +26,22 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     return {name: build_tiny_model(name, root / name) for name in SPECS}
 
 
+@pytest.fixture
+def fake_dequantize(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """GGUF pulls "dequantize" by copying the tiny llama checkpoint; returns the GGUF paths seen."""
+    import shutil
+
+    calls: list[Path] = []
+
+    def dequantize(path: Path, out: Path) -> None:
+        calls.append(path)
+        for f in tiny_llama.iterdir():
+            shutil.copy(f, out / f.name)
+
+    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", dequantize)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def short_eval_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first part of the shipped eval text: about 700 tokens of the tiny tokenizers."""

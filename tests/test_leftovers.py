@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
+from tests.pull_fakes import fake_gguf
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +36,6 @@ g.dequantize_gguf = slow
 """
 
 
-def _fake_gguf(directory: Path, name: str = "fake") -> Path:
-    path = directory / f"{name}.gguf"
-    path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64 + name.encode())
-    return path
-
-
 def _start_slow_pull(tmp_path: Path, edgerun_home: Path) -> tuple[subprocess.Popen[str], Path]:
     inject = tmp_path / "inject"
     inject.mkdir()
@@ -54,7 +48,7 @@ def _start_slow_pull(tmp_path: Path, edgerun_home: Path) -> tuple[subprocess.Pop
         "EDGERUN_TEST_READY": str(ready),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgerun", "pull", str(_fake_gguf(tmp_path))],
+        [sys.executable, "-m", "edgerun", "pull", str(fake_gguf(tmp_path))],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -84,20 +78,15 @@ def test_sigterm_during_pull_removes_the_partial_entry(tmp_path: Path, edgerun_h
 
 
 def test_sigkilled_pull_is_swept_at_the_next_start(
-    tmp_path: Path, edgerun_home: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama: Path
+    tmp_path: Path, edgerun_home: Path, request: pytest.FixtureRequest
 ) -> None:
     proc, models = _start_slow_pull(tmp_path, edgerun_home)
     proc.kill()  # SIGKILL: no cleanup can run
     proc.communicate(timeout=30)
     (left,) = models.iterdir()
     assert f".{proc.pid}." in left.name  # the owner is recorded in the name
-
-    def fake_dequantize(path: Path, out: Path) -> None:
-        for f in tiny_llama.iterdir():
-            shutil.copy(f, out / f.name)
-
-    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", fake_dequantize)
-    result = runner.invoke(cli, ["pull", str(_fake_gguf(tmp_path, "other"))])
+    request.getfixturevalue("fake_dequantize")  # only now: the killed pull used the real one
+    result = runner.invoke(cli, ["pull", str(fake_gguf(tmp_path, "other"))])
     assert result.exit_code == 0, result.output
     assert [p.name.startswith("gguf--other--") for p in models.iterdir()] == [True]
 
@@ -163,26 +152,18 @@ def test_sigterm_becomes_terminated_only_inside_the_block() -> None:
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def _pulled_entry(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
-    calls: list[Path] = []
-
-    def fake_dequantize(path: Path, out: Path) -> None:
-        calls.append(path)
-        for f in tiny_llama.iterdir():
-            shutil.copy(f, out / f.name)
-
-    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", fake_dequantize)
-    src = _fake_gguf(tmp_path)
+def _pulled_entry(tmp_path: Path) -> tuple[Path, Path]:
+    src = fake_gguf(tmp_path)
     result = runner.invoke(cli, ["pull", str(src)])
     assert result.exit_code == 0, result.output
-    return src, Path(result.output.strip().splitlines()[-1]), calls
+    return src, Path(result.output.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "delete-old-marker", "no-marker"])
 def test_damaged_cache_entry_is_reported_then_refreshed(
-    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+    tmp_path: Path, tiny_llama: Path, fake_dequantize: list[Path], damage: str
 ) -> None:
-    src, entry, calls = _pulled_entry(tmp_path, tiny_llama, monkeypatch)
+    src, entry = _pulled_entry(tmp_path)
     weights, marker = entry / "model.safetensors", entry / ".edgerun-source.json"
     problem = "model.safetensors is missing"
     if damage == "truncate":
@@ -209,6 +190,9 @@ def test_damaged_cache_entry_is_reported_then_refreshed(
     )
     result = runner.invoke(cli, ["pull", "--refresh", str(src)])
     assert result.exit_code == 0, result.output
-    assert len(calls) == 2 and weights.stat().st_size == (tiny_llama / weights.name).stat().st_size
+    assert (
+        len(fake_dequantize) == 2
+        and weights.stat().st_size == (tiny_llama / weights.name).stat().st_size
+    )
     assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]  # no .old-/.tmp- left
     assert f"{src.resolve()}: cached at {entry}\n" in runner.invoke(cli, ["pull", str(src)]).output

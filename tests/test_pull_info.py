@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from edgerun.cli import cli
 from edgerun.describe import count_parameters
+from tests.pull_fakes import fake_gguf
 
 runner = CliRunner()
 
@@ -121,39 +122,23 @@ def test_unwritable_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.output.endswith("(set EDGERUN_HOME to a writable directory)\n")
 
 
-def _fake_gguf(tmp_path: Path) -> Path:
-    path = tmp_path / "fake.gguf"
-    path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
-    return path
-
-
 def test_interrupted_pull_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(path: Path, out: Path) -> None:
         (out / "model.safetensors").write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", interrupted)
-    result = run("pull", str(_fake_gguf(tmp_path)))
+    result = run("pull", str(fake_gguf(tmp_path)))
     assert result.exit_code == 130
     assert result.output == "Interrupted: nothing partial was kept.\n"
     assert list((Path(os.environ["EDGERUN_HOME"]) / "models").iterdir()) == []
 
 
-def test_gguf_pull_is_cached_and_idempotent(
-    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
-
-    def fake_dequantize(path: Path, out: Path) -> None:
-        calls.append(path)
-        for f in tiny_llama.iterdir():
-            shutil.copy(f, out / f.name)
-
-    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", fake_dequantize)
-    src = _fake_gguf(tmp_path)
+def test_gguf_pull_is_cached_and_idempotent(tmp_path: Path, fake_dequantize: list[Path]) -> None:
+    src = fake_gguf(tmp_path)
     first = json.loads(run("pull", str(src), "--json").output)
     second = json.loads(run("pull", str(src), "--json").output)
-    assert len(calls) == 1
+    assert len(fake_dequantize) == 1
     assert (first["cached"], second["cached"]) == (False, True)
     assert first["path"] == second["path"] and (Path(first["path"]) / "config.json").is_file()
     assert len(first["gguf_sha256"]) == 64

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -136,13 +136,14 @@ class ExportContext:
     stage_hook: Any = None
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Mark a long stage of the export so the progress display names it."""
+    def stage(self, name: str) -> Iterator[Callable[[str], None]]:
+        """Mark a long stage of the export so the progress display names it; yields a callable
+        that shows a detail of its progress ("12 tensors")."""
         if self.stage_hook is None:
-            yield
+            yield lambda detail: None
         else:
-            with self.stage_hook(name):
-                yield
+            with self.stage_hook(name) as detail:
+                yield detail
 
 
 @runtime_checkable

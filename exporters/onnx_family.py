@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters import onnx_genai, onnx_optimum
+from edgerun.exporters import families, onnx_genai, onnx_optimum
 from edgerun.exporters.formats import (
     ALGORITHMS,
     BUILDERS,
@@ -239,18 +239,19 @@ def resolve_symmetric(options: ExportOptions, fmt: str) -> bool:
 
 def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) -> str:
     """The builder of the fp32 graph `fmt` is made from. "auto" picks onnxruntime-genai's builder
-    for onnx-fp32, onnx-int8 and onnx-int4 when it is installed and supports the architecture:
-    its fused graph (GroupQueryAttention, rotary, skip-norms) decodes faster at the same
-    validation numbers. On SmolLM2-135M, 2 threads, edgerun's loop, medians of 5 interleaved runs:
-    fp32 38.4 against 25.8 tok/s for optimum's graph (PPL ratio 1.000 both); int8 66.7 against
-    37.3; int4 9.9 ms of onnxruntime time per token against 15.8 ms. fp16 uses optimum."""
+    for onnx-fp32, onnx-int8 and onnx-int4 when it is installed and its graph is proven equal to
+    transformers for the family (edgerun.exporters.families, tested per family): its fused graph
+    (GroupQueryAttention, rotary, skip-norms) decodes faster at the same validation numbers. On
+    SmolLM2-135M, 2 threads, edgerun's loop, medians of 5 interleaved runs: fp32 38.4 against
+    25.8 tok/s for optimum's graph (PPL ratio 1.000 both); int8 66.7 against 37.3; int4 9.9 ms
+    of onnxruntime time per token against 15.8 ms. fp16 uses optimum."""
     if options.builder != "auto":
         return options.builder
     arch = (config.get("architectures") or ["?"])[0]
     genai_fits = (
         fmt in onnx_genai.GENAI_FORMATS
         and arch in onnx_genai.GENAI_ARCHITECTURES
-        and arch not in onnx_genai.GENAI_NOT_AUTO
+        and families.genai_proven(config)
         and importlib.util.find_spec("onnxruntime_genai") is not None
     )
     return "genai" if genai_fits else "optimum"

@@ -23,12 +23,36 @@ EXTERNAL_DATA = "model.onnx_data"
 TWO_GB = 2**31 - 1
 
 
+# Model types optimum-onnx has no ONNX config for, exported with the config of a family whose
+# decoder inputs and KV cache are laid out the same way (standard past_key_values per layer,
+# position_ids, GQA head counts from the config); tests/test_families.py proves each equal to
+# transformers. One line per family.
+BORROWED_CONFIGS: dict[str, str] = {
+    "starcoder2": "qwen2",
+}
+
+
 def supported_model_types() -> list[str]:
-    """Model types for which optimum-onnx exports `text-generation-with-past`."""
+    """Model types for which optimum-onnx exports `text-generation-with-past` (with the ones
+    edgerun exports through a borrowed config)."""
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
     from optimum.exporters.tasks import TasksManager
 
-    return sorted(TasksManager.get_supported_model_type_for_task(TASK, "onnx"))
+    native = set(TasksManager.get_supported_model_type_for_task(TASK, "onnx"))
+    return sorted(native | set(BORROWED_CONFIGS))
+
+
+def _custom_configs(model: Any) -> dict[str, Any] | None:
+    """optimum's custom_onnx_configs for a model type in BORROWED_CONFIGS, else None."""
+    borrowed = BORROWED_CONFIGS.get(str(model.config.model_type))
+    if borrowed is None:
+        return None
+    from optimum.exporters.tasks import TasksManager
+
+    constructor = TasksManager.get_exporter_config_constructor(
+        exporter="onnx", task=TASK, model_type=borrowed, library_name="transformers"
+    )
+    return {"model": constructor(model.config)}
 
 
 def check_exportable(model_type: str) -> None:
@@ -53,7 +77,10 @@ def fp32_export(ctx: ExportContext) -> Path:
     tmp = ctx.scratch / "optimum-fp32.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     with ctx.stage("export (optimum, fp32)"), quiet():
-        onnx_export_from_model(ctx.reference.model, tmp, task=TASK, do_validation=False)
+        model = ctx.reference.model
+        onnx_export_from_model(
+            model, tmp, task=TASK, do_validation=False, custom_onnx_configs=_custom_configs(model)
+        )
     tmp.rename(out)
     return out / MODEL_FILE
 

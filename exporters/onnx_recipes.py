@@ -19,20 +19,23 @@ from dataclasses import dataclass
 
 from edgerun.errors import EdgerunError
 
-# node-name fragment -> role; the first match wins (qkv before q, gate_up before gate).
+# node-name pattern -> role; the first match wins (qkv before q, gate_up before gate). Names of
+# the llama / qwen / gemma style and of the GPT-NeoX, Falcon, Phi and StarCoder2 style; the same
+# patterns read ONNX node names (/) and PyTorch module names (.).
 ROLE_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("qkv_proj", "qkv"),
-    ("q_proj", "q"),
-    ("k_proj", "k"),
-    ("v_proj", "v"),
-    ("o_proj", "o"),
-    ("gate_up_proj", "gate_up"),
-    ("gate_proj", "gate"),
-    ("up_proj", "up"),
-    ("down_proj", "down"),
-    ("lm_head", "lm_head"),
+    (r"qkv_proj|query_key_value", "qkv"),
+    (r"q_proj", "q"),
+    (r"k_proj", "k"),
+    (r"v_proj", "v"),
+    (r"o_proj|(?:attn|attention)[/.](?:dense|c_proj)(?:[/.]|$)", "o"),
+    (r"gate_up_proj", "gate_up"),
+    (r"gate_proj", "gate"),
+    (r"up_proj|dense_h_to_4h|mlp[/.](?:fc1|c_fc)(?:[/.]|$)", "up"),
+    (r"down_proj|dense_4h_to_h|mlp[/.](?:fc2|c_proj)(?:[/.]|$)", "down"),
+    (r"lm_head|embed_out", "lm_head"),
 )
-_LAYER = re.compile(r"layers\.(\d+)[/.]")
+_ROLES = tuple((re.compile(pattern), role) for pattern, role in ROLE_PATTERNS)
+_LAYER = re.compile(r"(?:^|[/.])(?:layers|h)\.(\d+)[/.]")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class NodeRole:
 
 def node_role(name: str) -> NodeRole | None:
     """The role of a MatMul node from its name; None when it is not a decoder projection."""
-    role = next((r for frag, r in ROLE_PATTERNS if frag in name), None)
+    role = next((r for pattern, r in _ROLES if pattern.search(name)), None)
     if role is None:
         return None
     match = _LAYER.search(name)

@@ -11,26 +11,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-StageHook = Callable[[str], contextlib.AbstractContextManager[None]]
+# A stage yields a callable that shows a detail line ("12 tensors") while the stage runs.
+StageDetail = Callable[[str], None]
+StageHook = Callable[[str], contextlib.AbstractContextManager[StageDetail]]
 
 
 def stage_printer(console: Any) -> StageHook:
     """A stage hook: a spinner while the stage runs, then `✓ name (seconds)` on the console."""
 
     @contextlib.contextmanager
-    def stage(name: str) -> Iterator[None]:
+    def stage(name: str) -> Iterator[StageDetail]:
         start = time.perf_counter()
-        with console.status(f"{name} ..."):
-            yield
+        with console.status(f"{name} ...") as status:
+            yield lambda detail: status.update(f"{name}: {detail}")
         console.print(f"  [green]✓[/] {name} ({time.perf_counter() - start:.1f} s)")
 
     return stage
 
 
 @contextlib.contextmanager
-def no_stage(name: str) -> Iterator[None]:
+def no_stage(name: str) -> Iterator[StageDetail]:
     """The stage hook used without progress output."""
-    yield
+    yield _ignore
+
+
+def _ignore(detail: str) -> None:
+    return None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,23 @@ import pytest
 from tests.tiny_models import SPECS, build_tiny_model
 
 
+@pytest.fixture(scope="session")
+def converters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `converters/` cache per session (llama.cpp's GGUF converter is fetched at most once),
+    or EDGERUN_TEST_CONVERTERS to keep it between sessions."""
+    kept = os.environ.get("EDGERUN_TEST_CONVERTERS")
+    path = Path(kept) if kept else tmp_path_factory.getbasetemp() / "converters"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def edgerun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point EDGERUN_HOME at a fresh directory so no test touches the user's cache."""
-    home = tmp_path / "edgerun-home"
+def edgerun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, converters_dir: Path) -> Path:
+    """Point EDGERUN_HOME at a fresh directory so no test touches the user's cache; only the
+    fetched GGUF converter is shared (a link to the session's converters_dir)."""
+    home = tmp_path.with_name(tmp_path.name + "-edgerun-home")  # beside tmp_path, not in it
+    home.mkdir()
+    (home / "converters").symlink_to(converters_dir, target_is_directory=True)
     monkeypatch.setenv("EDGERUN_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home

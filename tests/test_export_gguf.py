@@ -18,7 +18,6 @@ from edgerun.exporters.formats import (  # noqa: E402
     family_of,
 )
 from edgerun.exporters.gguf import FAMILY, MODEL_FILE  # noqa: E402
-from edgerun.exporters.gguf.arch import for_model_type  # noqa: E402
 from edgerun.exporters.gguf.quantize import EXCLUDED, quant_types, quantize  # noqa: E402
 from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn  # noqa: E402
 from edgerun.exporters.validate import Reference  # noqa: E402
@@ -80,7 +79,9 @@ def test_registered_in_the_format_registry():
 @pytest.mark.parametrize("fmt,max_kl", [("gguf-f32", 1e-6), ("gguf-f16", 1e-3)])
 def test_float_gguf_agrees_with_reference(exporter, fmt, max_kl):
     out, fields = exporter.export(fmt)
-    assert fields["model_file"] == MODEL_FILE and fields["builder"] == "gguf-py"
+    assert fields["model_file"] == MODEL_FILE
+    assert fields["builder"] == "llama.cpp convert_hf_to_gguf"
+    assert fields["gguf"]["converter"] == "llama.cpp convert_hf_to_gguf.py"
     assert fields["quant"] is None
     v = exporter.score(out, fields)
     assert v.mean_kl < max_kl
@@ -127,12 +128,12 @@ def _tensor_names(path: Path) -> set[str]:
 
 
 def test_untied_embeddings_write_output_weight(tiny_untied, tiny_llama, tmp_path):
+    from edgerun.exporters.gguf import converter
     from edgerun.exporters.gguf.convert import convert
 
     for ckpt, tied in ((tiny_untied, False), (tiny_llama, True)):
-        ref = ReferenceModel(ckpt)
         out = tmp_path / f"{ckpt.name}.gguf"
-        convert(ref.model, ref.tokenizer, ckpt, out, "f32")
+        convert(converter.ensure(), ckpt, out, "f32")
         names = _tensor_names(out)
         assert "token_embd.weight" in names
         assert ("output.weight" in names) is not tied
@@ -145,24 +146,36 @@ def test_untied_model_agrees_with_reference(tiny_untied, tmp_path):
     assert v.mean_kl < 1e-3 and v.passed
 
 
-def test_unsupported_architecture_lists_supported():
-    with pytest.raises(EdgerunError, match="does not support architecture 'gpt2'") as err:
-        for_model_type({"model_type": "gpt2"})
-    assert "llama, qwen2" in str(err.value)
-    with pytest.raises(EdgerunError, match="does not support"):
-        FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": "mamba"})
+def test_an_architecture_llama_cpp_lacks_is_one_line_naming_it(tmp_path):
+    import json
+
+    from edgerun.exporters.gguf import converter
+    from edgerun.exporters.gguf.convert import convert
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"architectures": ["NoSuchForCausalLM"]}))
+    with pytest.raises(EdgerunError, match="does not support the architecture NoSuchForCausalLM"):
+        convert(converter.ensure(), ckpt, tmp_path / "m.gguf", "f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_unsupported_rope_scaling_is_refused():
-    config = {
-        "model_type": "qwen2",
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "rope_scaling": {"rope_type": "longrope"},
-    }
-    with pytest.raises(EdgerunError, match="rope scaling 'longrope'"):
-        for_model_type(config)
+def test_checkpoints_llama_cpp_would_run_wrongly_are_refused_before_work():
+    wrong = {
+        "gemma3_text": {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]},
+        "smollm3": {"no_rope_layers": [1, 0]},
+        "phi": {"hidden_size": 64, "intermediate_size": 128},
+    }  # fmt: skip
+    for model_type, knobs in wrong.items():
+        with pytest.raises(EdgerunError, match="would run wrongly in llama.cpp"):
+            FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **knobs})
+    right = {
+        "gemma3_text": {"sliding_window": 16, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
+        "smollm3": {"no_rope_layers": [1, 1, 1, 0]},
+        "phi": {"hidden_size": 64, "intermediate_size": 256},
+    }  # fmt: skip
+    for model_type, knobs in right.items():
+        FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **knobs})
 
 
 def test_unknown_quant_type_lists_available(tmp_path):
@@ -182,9 +195,8 @@ def test_missing_llama_cpp_names_the_extra(monkeypatch):
     )
     with pytest.raises(MissingExtraError, match=r"edgerun\[gguf\]"):
         FAMILY.check_options("gguf-q4_0", ExportOptions())
-    with pytest.raises(MissingExtraError):
-        FAMILY.check_options("gguf-f16", ExportOptions())  # validation runs in llama.cpp
-    FAMILY.check_options("gguf-f16", ExportOptions(no_validate=True))  # conversion needs gguf only
+    with pytest.raises(MissingExtraError):  # its sdist carries the converter
+        FAMILY.check_options("gguf-f16", ExportOptions(no_validate=True))
 
 
 def test_failed_quantization_leaves_nothing(tmp_path):
@@ -195,17 +207,15 @@ def test_failed_quantization_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not.gguf"]
 
 
-def test_interrupted_conversion_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
-    import gguf
+def test_interrupted_conversion_leaves_nothing(tiny_llama, tmp_path):
+    from edgerun.exporters.gguf import converter
     from edgerun.exporters.gguf.convert import convert
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
+    def interrupt(detail: str) -> None:
+        raise KeyboardInterrupt  # at the first tensor the converter reports
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", interrupt)
-    ref = ReferenceModel(tiny_llama)
     with pytest.raises(KeyboardInterrupt):
-        convert(ref.model, ref.tokenizer, tiny_llama, tmp_path / "m.gguf", "f16")
+        convert(converter.ensure(), tiny_llama, tmp_path / "m.gguf", "f16", show=interrupt)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -295,13 +305,13 @@ def test_gguf_source_round_trips(tiny_llama, tmp_path):
     """A .gguf SOURCE (dequantized to an HF checkpoint by transformers) exports again, and the
     round-tripped file holds the same vocabulary and tokenizes the same."""
     import gguf
+    from edgerun.exporters.gguf import converter
     from edgerun.exporters.gguf.convert import convert
     from edgerun.exporters.gguf.runtime import tokenize
     from edgerun.exporters.pipeline import export
 
-    ref = ReferenceModel(tiny_llama)
     first = tmp_path / "tiny-llama-f32.gguf"
-    convert(ref.model, ref.tokenizer, tiny_llama, first, "f32")
+    convert(converter.ensure(), tiny_llama, first, "f32")
     (result,) = export(str(first), "gguf-f16", tmp_path / "out", progress=False)
     assert result.status == "pass", result.reason
     again = result.path / MODEL_FILE

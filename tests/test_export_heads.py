@@ -61,17 +61,18 @@ def test_a_format_the_family_cannot_make_is_reported_while_the_others_are_made(
 ) -> None:
     from edgerun.errors import EdgerunError
 
-    src = build_tiny_model("granite", tmp_path / "src", spec=HEADS["granite"])
+    # phi with a feed-forward width other than 4 x hidden: llama.cpp would run it wrongly
+    src = build_tiny_model("phi", tmp_path / "src", spec=HEADS["phi"])
     onnx, gguf = export(
         str(src), "onnx-fp32,gguf-f16", tmp_path / "out", eval_text=short_eval_text,
         thresholds=LOOSE, builder="optimum", progress=False, probe=False,
     )  # fmt: skip
     assert onnx.written and onnx.passed, onnx.reason
     assert not gguf.written and gguf.status == "error"
-    assert "GGUF export does not support architecture 'granite'" in (gguf.reason or "")
+    assert "would run wrongly in llama.cpp: intermediate_size 128" in (gguf.reason or "")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["onnx-fp32"]
     # when no requested format can be made, the refusal comes before any work
-    with pytest.raises(EdgerunError, match="does not support architecture 'granite'"):
+    with pytest.raises(EdgerunError, match="would run wrongly in llama.cpp"):
         export(str(src), "gguf-f16", tmp_path / "none", progress=False)
     assert not (tmp_path / "none").exists()
 

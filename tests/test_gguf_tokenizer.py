@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
-from edgerun.exporters.gguf import pretokenizers, vocab  # noqa: E402
+from edgerun.exporters.gguf import converter, pretokenizers  # noqa: E402
 from edgerun.exporters.gguf.convert import convert  # noqa: E402
 from edgerun.exporters.gguf.runtime import tokenize  # noqa: E402
 from edgerun.exporters.reference import read_eval_text  # noqa: E402
@@ -30,16 +30,19 @@ def _hf(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def converted(request, tiny_model_dirs, tmp_path_factory):
-    """(checkpoint dir, HF tokenizer, GGUF path) for a tiny fixture, converted once to f16."""
-    from edgerun.exporters.formats import ReferenceModel
+# byte-level BPE (GPT-2 / Qwen style) and SentencePiece with byte fallback (Llama 2 / Gemma style)
+@pytest.fixture(scope="module", params=["llama", "qwen2", "llama-spm", "gemma"])
+def converted(request, tmp_path_factory):
+    """(checkpoint dir, HF tokenizer, GGUF path) for a tiny family checkpoint, converted to f16."""
+    from transformers import AutoTokenizer
 
-    ckpt = tiny_model_dirs[request.param]
-    ref = ReferenceModel(ckpt)
-    out = tmp_path_factory.mktemp(f"tok-{request.param}") / "model.gguf"
-    convert(ref.model, ref.tokenizer, ckpt, out, "f16")
-    return ckpt, ref.tokenizer, out
+    from tests.tiny_models import build_tiny_model
+
+    root = tmp_path_factory.mktemp(f"tok-{request.param}")
+    ckpt = build_tiny_model(request.param, root / "src")
+    out = root / "model.gguf"
+    convert(converter.ensure(), ckpt, out, "f16")
+    return ckpt, AutoTokenizer.from_pretrained(ckpt), out
 
 
 @pytest.mark.parametrize("which", ["eval", "hard"])
@@ -66,6 +69,11 @@ def test_metadata_written(converted):
     def field(key):
         return reader.get_field(key).contents()
 
+    if (ckpt / "tokenizer.model").is_file():
+        assert field("tokenizer.ggml.model") in ("llama", "gemma")  # llama.cpp's SPM vocab
+        assert field("tokenizer.ggml.tokens")[3] == "<|endoftext|>"  # user-defined tokens kept
+        assert "<|im_start|>" in field("tokenizer.chat_template")
+        return
     assert field("tokenizer.ggml.model") == "gpt2"
     # The fixture tokenizer is GPT-2 style ByteLevel: mapped from its pre-tokenizer shape.
     assert field("tokenizer.ggml.pre") == "gpt-2"
@@ -137,25 +145,18 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path):
     )
     hf = _save_tokenizer(tok, tmp_path)
     with pytest.raises(EdgerunError, match="matches no llama.cpp pre-tokenizer"):
-        vocab.build(hf, tmp_path, 300)
-
-
-def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
-    from tokenizers import models, pre_tokenizers
-
-    tok = _trained(pre_tokenizers.Metaspace(), models.Unigram())
-    hf = _save_tokenizer(tok, tmp_path)
-    with pytest.raises(EdgerunError, match="only for byte-level BPE"):
-        vocab.build(hf, tmp_path, 300)
+        pretokenizers.pre_tokenizer_name(hf, tmp_path)
 
 
 @pytest.mark.slow
 def test_smollm2_parity_and_pre_name(smollm2_dir, tmp_path):
+    import gguf
     from edgerun.exporters.formats import ReferenceModel
 
     ref = ReferenceModel(smollm2_dir)
     out = tmp_path / "smollm2-f16.gguf"
-    summary = convert(ref.model, ref.tokenizer, smollm2_dir, out, "f16")
-    assert summary["pre_tokenizer"] == "smollm"  # found by llama.cpp's hash table
+    summary = convert(converter.ensure(), smollm2_dir, out, "f16")
+    assert summary["pre_tokenizer_note"] is None  # llama.cpp's own hash table knows it
+    assert gguf.GGUFReader(out).get_field("tokenizer.ggml.pre").contents() == "smollm"
     for text in (read_eval_text(None), HARD_TEXT):
         assert tokenize(out, text) == _hf(ref.tokenizer, text)

@@ -37,6 +37,58 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-untied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": False}),
 }
 
+# One tiny checkpoint per family of edgerun.exporters.families, with the knobs that make the family
+# what it is set away from their defaults (tests/test_families.py checks that every registered
+# family has one): registry name -> (model_type, config overrides, tokenizer kind).
+# Tokenizer kinds: "bpe" (byte-level BPE, GPT-2 / Llama 3 / Qwen style) or "spm" (SentencePiece
+# with byte fallback: Llama 2 / Gemma / Phi-3 style, a tokenizer.model beside tokenizer.json).
+_LONGROPE = {"short_factor": [1.0 + i / 16 for i in range(8)], "long_factor": [2.0 + i / 8 for i in range(8)]}  # fmt: skip
+FAMILY_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "llama": ("llama", {
+        "num_key_value_heads": 2, "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+    }, "bpe"),
+    "llama-spm": ("llama", {"num_key_value_heads": 4, "tie_word_embeddings": False}, "spm"),
+    "mistral": ("mistral", {"num_key_value_heads": 2, "sliding_window": None}, "spm"),
+    "qwen2": ("qwen2", {"num_key_value_heads": 2, "tie_word_embeddings": True}, "bpe"),
+    "qwen3": ("qwen3", {"num_key_value_heads": 2, "head_dim": 32, "tie_word_embeddings": True}, "bpe"),
+    "phi3": ("phi3", {
+        # llama.cpp picks long factors by context size, padded to 256, transformers by sequence
+        # length: an original context of 256 keeps both on the short factors for short windows
+        "num_key_value_heads": 2, "original_max_position_embeddings": 256,
+        "max_position_embeddings": 1024, "pad_token_id": None,
+        "rope_scaling": {"type": "longrope", **_LONGROPE},
+    }, "spm"),
+    # llama.cpp's phi2 takes the feed-forward width as 4 x hidden, as in the real phi-1/1.5/2
+    "phi": ("phi", {"num_key_value_heads": 4, "partial_rotary_factor": 0.5, "intermediate_size": 256}, "bpe"),
+    "gemma": ("gemma", {"num_key_value_heads": 1, "head_dim": 16}, "spm"),
+    "gemma2": ("gemma2", {
+        "num_key_value_heads": 2, "head_dim": 16, "final_logit_softcapping": 5.0,
+        "attn_logit_softcapping": 20.0, "sliding_window": 16, "query_pre_attn_scalar": 16,
+    }, "spm"),
+    "gemma3": ("gemma3_text", {
+        "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16,
+        "rope_local_base_freq": 10000.0, "rope_theta": 1000000.0,
+    }, "spm"),
+    "granite": ("granite", {
+        "num_key_value_heads": 2, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+        "attention_multiplier": 0.0625, "logits_scaling": 4.0,
+    }, "bpe"),
+    "olmo2": ("olmo2", {"num_key_value_heads": 4}, "bpe"),
+    "stablelm": ("stablelm", {
+        "num_key_value_heads": 4, "partial_rotary_factor": 0.25, "use_qkv_bias": True,
+    }, "bpe"),
+    "starcoder2": ("starcoder2", {"num_key_value_heads": 2, "sliding_window": None}, "bpe"),
+    "gpt-neox": ("gpt_neox", {"rotary_pct": 0.25, "use_parallel_residual": True}, "bpe"),
+    "falcon": ("falcon", {
+        "new_decoder_architecture": False, "multi_query": True, "num_kv_heads": 1, "parallel_attn": True,
+        "bias": False, "alibi": False,
+    }, "bpe"),
+    # NoPE on every 4th layer (the real family's interval; llama.cpp fixes it at 4): 4 layers
+    "smollm3": ("smollm3", {"num_key_value_heads": 2, "num_hidden_layers": 4, "pad_token_id": None}, "bpe"),
+}  # fmt: skip
+
 
 _CORPUS = """The quick brown fox jumps over the lazy dog near the river bank.
 In 1969, 600 million people watched the first landing on the Moon; it lasted 21 hours.
@@ -88,19 +140,61 @@ def build_tokenizer(out_dir: Path) -> Any:
     return fast
 
 
+def build_spm_tokenizer(out_dir: Path, dummy_prefix: bool = True) -> Any:
+    """Train a SentencePiece BPE model with byte fallback and save it as tokenizer.model plus the
+    HF fast tokenizer converted from it: with a dummy prefix (a "▁" before the text) like Llama 2,
+    Mistral and Phi-3, or without like Gemma."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizerFast
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_corpus()), model_writer=model, vocab_size=VOCAB_SIZE,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=SPECIAL_TOKENS,
+        add_dummy_prefix=dummy_prefix, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        minloglevel=2,
+    )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.model").write_bytes(model.getvalue())
+    fast = LlamaTokenizerFast(
+        vocab_file=str(out_dir / "tokenizer.model"), add_bos_token=True, add_prefix_space=dummy_prefix,
+        eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE,
+    )  # fmt: skip
+    fast.save_pretrained(out_dir)
+    return fast
+
+
 def build_tiny_model(
-    name: str, out_dir: Path, seed: int = 0, spec: tuple[str, dict[str, Any]] | None = None
+    name: str,
+    out_dir: Path,
+    seed: int = 0,
+    spec: tuple[str, dict[str, Any]] | None = None,
+    tokenizer_kind: str | None = None,
 ) -> Path:
-    """Build the tiny model `name` (a key of SPECS, or any name with its own `spec`: model_type
-    and config overrides) with its tokenizer into `out_dir`."""
+    """Build the tiny model `name` (a key of SPECS or FAMILY_SPECS, or any name with its own
+    `spec`: model_type and config overrides) with its tokenizer into `out_dir`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    model_type, overrides = spec or SPECS[name]
+    if spec is None and name in FAMILY_SPECS:
+        model_type, overrides, kind = FAMILY_SPECS[name]
+    else:
+        model_type, overrides = spec or SPECS[name]
+        kind = "bpe"
+    kind = tokenizer_kind or kind
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out_dir)
+    if kind == "spm":
+        tokenizer = build_spm_tokenizer(out_dir, dummy_prefix=not model_type.startswith("gemma"))
+    else:
+        tokenizer = build_tokenizer(out_dir)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    config = AutoConfig.for_model(model_type, **{**_COMMON, **overrides, "eos_token_id": eos})
+    bos = tokenizer.bos_token_id
+    config = AutoConfig.for_model(
+        model_type, **{**_COMMON, **overrides, "eos_token_id": eos, "bos_token_id": bos}
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Random init with std 0.02 gives near-uniform logits; widen it so greedy decoding and
@@ -110,6 +204,6 @@ def build_tiny_model(
             if param.dim() >= 2:
                 param.normal_(0.0, 0.08)
     model.eval()
-    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=eos)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos)
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

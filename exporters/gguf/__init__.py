@@ -1,6 +1,7 @@
-"""The GGUF format family: HF -> GGUF with gguf-py (gguf-f32 / gguf-f16 / gguf-bf16), then any
-llama.cpp quantization type through llama.cpp's own quantizer (gguf-q8_0, gguf-q4_k_m, ...).
-Validation runs the artifact in llama.cpp (llama-cpp-python).
+"""The GGUF format family: HF -> GGUF with llama.cpp's own converter (gguf-f32 / gguf-f16 /
+gguf-bf16), at the version of the installed llama-cpp-python, then any llama.cpp quantization
+type through llama.cpp's own quantizer (gguf-q8_0, gguf-q4_k_m, ...). Validation runs the
+artifact in llama.cpp (llama-cpp-python).
 
 Importing this module is cheap: gguf, torch and llama_cpp are imported inside the functions.
 """
@@ -46,14 +47,14 @@ class GGUFFamily:
                 f"available: {', '.join(self.formats())}",
             )
         require("gguf", "export")
-        if kind not in FLOAT_FORMATS or not options.no_validate:
-            require("llama_cpp", "gguf")
+        require("llama_cpp", "gguf")  # its sdist carries the converter; it runs the artifacts
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
-        """Fail before any work when the architecture (or its rope scaling) is not supported."""
-        from edgerun.exporters.gguf.arch import for_model_type
+        """Fail before any work for a family edgerun knows llama.cpp cannot convert or run;
+        a family not in the registry is left to llama.cpp's converter to accept or refuse."""
+        from edgerun.exporters.families import check_format
 
-        for_model_type(config)
+        check_format(config, "gguf")
 
     def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
         """Write out_dir/model.gguf; return the manifest fields."""
@@ -82,13 +83,14 @@ class GGUFFamily:
                 "from": INTERMEDIATE,
                 "imatrix": None,
             }
+        from edgerun.exporters.gguf.converter import ensure
         from edgerun.exporters.gguf.quantize import describe
 
-        extras = {"file_type": kind, **describe(out)}
+        extras = {"file_type": kind, **describe(out), **ensure().provenance()}
         return {
             "precision": PRECISION.get(kind, kind),
             "quant": quant,
-            "builder": "gguf-py",
+            "builder": "llama.cpp convert_hf_to_gguf",
             "model_file": MODEL_FILE,
             "gguf": extras,
             "libraries": _libraries(),
@@ -135,11 +137,13 @@ def _kind(fmt: str) -> str:
 
 
 def _convert(ctx: ExportContext, out: Path, kind: str) -> dict[str, Any]:
+    from edgerun.exporters.gguf import converter
     from edgerun.exporters.gguf.convert import convert
 
-    ref = ctx.reference
-    with ctx.stage(f"gguf-py convert {kind}"):
-        return convert(ref.model, ref.tokenizer, Path(ref.path), out, kind)
+    with ctx.stage("llama.cpp converter (fetched once per llama-cpp-python version)"):
+        tool = converter.ensure()
+    with ctx.stage(f"llama.cpp convert_hf_to_gguf {kind}") as show:
+        return convert(tool, Path(ctx.checkpoint.path), out, kind, show)
 
 
 FAMILY = GGUFFamily()

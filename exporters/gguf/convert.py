@@ -1,120 +1,147 @@
-"""HF checkpoint (loaded PyTorch model + tokenizer) -> GGUF file in f32, f16 or bf16, with gguf-py.
+"""HF checkpoint directory -> GGUF (f32 / f16 / bf16) with llama.cpp's own converter.
 
-The steps follow llama.cpp's convert_hf_to_gguf.py: hparams, tokenizer, then every tensor renamed
-through gguf-py's TensorNameMap, with 1-D tensors and norms kept in f32. The file is written to
-`<path>.partial` and renamed when complete, so an interrupted write never leaves a file that
-looks finished.
+The converter (edgerun.exporters.gguf.converter) runs in a subprocess
+(edgerun.exporters.gguf.convert_main) so its gguf-py, the one matching the llama.cpp that will run
+the file, never meets the installed one. It writes `<out>.partial`, renamed when complete, so an
+interrupted conversion never leaves a file that looks finished. Its log is read line by line:
+tensors written feed the progress display, the last error line becomes a one-line EdgerunError.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import re
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from edgerun.exporters.gguf import vocab
-from edgerun.exporters.gguf.arch import Architecture, for_model_type
+from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX
+from edgerun.exporters.gguf.converter import Converter
 
-from edgerun.errors import EdgerunError, require
+from edgerun.errors import EdgerunError
 
-# Float output types: format suffix -> (gguf.LlamaFileType member, gguf.GGMLQuantizationType member)
-FLOAT_TYPES: dict[str, tuple[str, str]] = {
-    "f32": ("ALL_F32", "F32"),
-    "f16": ("MOSTLY_F16", "F16"),
-    "bf16": ("MOSTLY_BF16", "BF16"),
-}
-
-
-def hf_tensors(model: Any, config: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, float32 array) of every weight, without lm_head when embeddings are tied."""
-    tied = config.get("tie_word_embeddings", False)
-    for name, tensor in model.state_dict().items():
-        if tied and name == "lm_head.weight":
-            continue  # llama.cpp reuses token_embd.weight when output.weight is absent
-        yield name, tensor.detach().float().cpu().numpy()
-
-
-def gguf_tensors(arch: Architecture, model: Any) -> Iterator[tuple[str, np.ndarray]]:
-    """(GGUF name, array) pairs: renamed, per-architecture quirks applied, extras added."""
-    import gguf
-
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf_arch), arch.n_layer)
-    for hf_name, data in hf_tensors(model, arch.config):
-        if hf_name.endswith(arch.skip_suffixes):
-            continue
-        new_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new_name is None:
-            raise EdgerunError(
-                f"cannot map tensor '{hf_name}' of this {arch.model_type} checkpoint to GGUF",
-                "the checkpoint has parts llama.cpp's architecture does not know",
-            )
-        yield new_name, arch.transform(hf_name, data)
-    yield from arch.extra_tensors()
-
-
-def _tensor_type(name: str, data: np.ndarray, out_type: str) -> str:
-    # llama.cpp ModelBase.prepare_tensors: 1-D tensors, norms and rope factors stay f32.
-    if data.ndim <= 1 or name.endswith("_norm.weight") or name == "rope_freqs.weight":
-        return "F32"
-    return out_type
-
-
-def _write_general(writer: Any, model: Any, checkpoint: Path) -> None:
-    """general.* keys (name, basename, size label, license ...) from the model card and config,
-    with gguf-py's Metadata heuristics, as llama.cpp's prepare_metadata does."""
-    import gguf
-
-    n_params = sum(p.numel() for p in model.parameters())
-    metadata = gguf.Metadata.load(None, checkpoint, None, n_params)
-    metadata.name = metadata.name or checkpoint.name
-    metadata.set_gguf_meta_model(writer)
+OUT_TYPES = ("f32", "f16", "bf16")
+# "INFO:hf-to-gguf:blk.0.attn_q.weight,  torch.float32 --> F16, shape = {64, 64}"
+_TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:(\S+),\s+\S+ --> (\S+), shape")
+_ARCH_LINE = re.compile(r"^INFO:hf-to-gguf:Model architecture: (\S+)")
+_UNSUPPORTED = re.compile(r"Model (\S+) is not supported")
 
 
 def convert(
-    model: Any, tokenizer: Any, checkpoint: Path, out: Path, out_type: str
+    converter: Converter,
+    checkpoint: Path,
+    out: Path,
+    out_type: str,
+    show: Callable[[str], None] = lambda detail: None,
 ) -> dict[str, Any]:
-    """Write `out` as a GGUF of the model in `out_type` ("f32", "f16", "bf16").
+    """Write `out` as a GGUF of the checkpoint directory in `out_type`.
 
-    Returns a summary (architecture, pre-tokenizer, tensor count, vocab notes).
-    Raises EdgerunError for an unsupported architecture or tokenizer.
+    Returns a summary (HF architecture, tensors written, pre-tokenizer note, converter
+    provenance). Raises EdgerunError naming the converter's reason on failure.
     """
-    require("gguf", "export")
-    import gguf
-
-    config: dict[str, Any] = model.config.to_dict()
-    arch = for_model_type(config)
-    meta = vocab.build(tokenizer, checkpoint, config["vocab_size"])
-    file_type, tensor_type = FLOAT_TYPES[out_type]
+    if out_type not in OUT_TYPES:
+        raise EdgerunError(
+            f"unknown GGUF float type '{out_type}'", f"one of {', '.join(OUT_TYPES)}"
+        )
     partial = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(
-        partial, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_arch)]
-    )
+    partial.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=out.parent) as view:
+        source = _checkpoint_view(Path(checkpoint), Path(view))
+        return _run(converter, source, out, partial, out_type, show)
+
+
+def _checkpoint_view(checkpoint: Path, view: Path) -> Path:
+    """The checkpoint as the converter should read it. transformers (4.57) rebuilds a GGUF's
+    byte-level BPE vocabulary with `byte_fallback: true`, which llama.cpp's converter takes for
+    a SentencePiece-style vocabulary (writing one llama.cpp cannot load). Byte-level BPE holds
+    every byte in its alphabet, so the flag never changes a tokenization: such a checkpoint is
+    shown to the converter as links to its files with the flag cleared in tokenizer.json."""
+    tokenizer_json = checkpoint / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return checkpoint
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    byte_level = "ByteLevel" in json.dumps(data.get("pre_tokenizer"))
+    if not (model.get("type") == "BPE" and model.get("byte_fallback") and byte_level):
+        return checkpoint
+    shown = view / checkpoint.name  # the converter names the model after its directory
+    shown.mkdir()
+    for item in checkpoint.iterdir():
+        if item.name != "tokenizer.json":
+            (shown / item.name).symlink_to(item.resolve())
+    model["byte_fallback"] = False
+    (shown / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return shown
+
+
+def _run(
+    converter: Converter,
+    checkpoint: Path,
+    out: Path,
+    partial: Path,
+    out_type: str,
+    show: Callable[[str], None],
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "edgerun.exporters.gguf.convert_main",
+        str(converter.root), str(checkpoint), str(partial), out_type,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
+    verbose = bool(os.environ.get("EDGERUN_LLAMA_VERBOSE"))
+    tail: deque[str] = deque(maxlen=40)
+    summary: dict[str, Any] = {"tensors": 0, "pre_tokenizer_note": None, "hf_architecture": None}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        errors="replace",
+    )  # fmt: skip
     try:
-        _write_general(writer, model, checkpoint)
-        arch.write_hparams(writer)
-        writer.add_file_type(getattr(gguf.LlamaFileType, file_type))
-        vocab.write(writer, meta)
-        count = 0
-        for name, data in gguf_tensors(arch, model):
-            qtype = getattr(gguf.GGMLQuantizationType, _tensor_type(name, data, tensor_type))
-            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
-            count += 1
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
-        os.replace(partial, out)
-    except BaseException:  # Ctrl-C or disk full included: no half-written file stays behind
-        writer.close()
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if verbose:
+                print(line, file=sys.stderr)
+            if match := _TENSOR_LINE.match(line):
+                summary["tensors"] += 1
+                show(f"{summary['tensors']} tensors ({match.group(1)})")
+            elif match := _ARCH_LINE.match(line):
+                summary["hf_architecture"] = match.group(1)
+            elif line.startswith(PRE_NOTE_PREFIX):
+                summary["pre_tokenizer_note"] = line.removeprefix(PRE_NOTE_PREFIX)
+        code = proc.wait()
+    except BaseException:  # Ctrl-C: stop the converter, leave nothing behind
+        proc.kill()
+        proc.wait()
         partial.unlink(missing_ok=True)
         raise
-    return {
-        "architecture": arch.gguf_arch.lower(),
-        "pre_tokenizer": meta.pre,
-        "tensors": count,
-        "vocab_notes": meta.notes,
-        "add_bos": meta.add_bos,
-    }
+    if code != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise _failure(list(tail), code)
+    os.replace(partial, out)
+    return {**summary, **converter.provenance()}
+
+
+def _failure(tail: list[str], code: int) -> EdgerunError:
+    for line in reversed(tail):
+        if line.startswith(ERROR_PREFIX):
+            message, _, hint = line.removeprefix(ERROR_PREFIX).partition(" | ")
+            return EdgerunError(
+                f"llama.cpp's converter failed: {message}",
+                hint or "this family or checkpoint is not one llama.cpp converts; export to ONNX",
+            )
+        if match := _UNSUPPORTED.search(line):
+            return EdgerunError(
+                f"llama.cpp's converter does not support the architecture {match.group(1)}",
+                "export to ONNX instead (edgerun export --list-architectures)",
+            )
+    last = next((line for line in reversed(tail) if line.strip()), "no output")
+    return EdgerunError(
+        f"llama.cpp's converter exited with code {code}: {last.strip()}",
+        "run with EDGERUN_LLAMA_VERBOSE=1 for its full log, or export to ONNX",
+    )

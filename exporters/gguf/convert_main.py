@@ -1,0 +1,71 @@
+"""Subprocess entry: run llama.cpp's convert_hf_to_gguf.py from an extracted converter directory.
+
+    python -m edgerun.exporters.gguf.convert_main CONVERTER_DIR MODEL_DIR OUTFILE OUTTYPE
+
+One edgerun addition, made by wrapping a method, not by editing llama.cpp's files: when
+llama.cpp does not recognise a BPE pre-tokenizer by its hash (any tokenizer trained after the
+converter was released, every tiny test tokenizer), edgerun's shape-based detection
+(edgerun.exporters.gguf.pretokenizers) names it, or refuses it with a one-line reason. The last
+stderr line of a failure is `edgerun-error: <message> | <hint>` for the parent to report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+ERROR_PREFIX = "edgerun-error: "
+PRE_NOTE_PREFIX = "edgerun-pre-tokenizer: "
+
+
+def _wrap_pre_tokenizer_detection(text_model: Any) -> None:
+    original = text_model.get_vocab_base_pre
+
+    def get_vocab_base_pre(self: Any, tokenizer: Any) -> str:
+        try:
+            name: str = original(self, tokenizer)
+            return name
+        except NotImplementedError:
+            from edgerun.exporters.gguf.pretokenizers import pre_tokenizer_name
+
+            name = pre_tokenizer_name(tokenizer, Path(self.dir_model))
+            print(f"{PRE_NOTE_PREFIX}{name} (by the pre-tokenizer's shape)", file=sys.stderr)
+            return name
+
+    text_model.get_vocab_base_pre = get_vocab_base_pre
+
+
+def main(argv: list[str]) -> int:
+    converter_dir, model_dir, outfile, outtype = argv
+    if "gguf" in sys.modules:  # the installed gguf-py would shadow the converter's own
+        print(
+            f"{ERROR_PREFIX}gguf imported before the converter | a bug in edgerun", file=sys.stderr
+        )
+        return 3
+    sys.path.insert(0, converter_dir)  # the script puts its gguf-py right after this
+    from edgerun.errors import EdgerunError
+
+    try:
+        import convert_hf_to_gguf
+        from conversion import base
+
+        _wrap_pre_tokenizer_detection(base.TextModel)
+        sys.argv = [
+            "convert_hf_to_gguf.py", model_dir, "--outfile", outfile, "--outtype", outtype,
+        ]  # fmt: skip
+        convert_hf_to_gguf.main()
+    except EdgerunError as exc:
+        print(f"{ERROR_PREFIX}{exc.message} | {exc.hint}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # llama.cpp's errors: one line for the parent
+        text = str(exc).strip().splitlines()
+        print(f"{ERROR_PREFIX}{type(exc).__name__}: {text[0] if text else ''}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -102,12 +102,8 @@ def table() -> list[dict[str, Any]]:
             {
                 "family": family.name,
                 "model_type": family.model_type,
-                "onnx_builder": (
-                    f"genai (rope: {', '.join(family.genai)}), else optimum"
-                    if family.genai
-                    else "optimum"
-                ),
-                "gguf": "llama.cpp converter" if family.gguf is None else f"no: {family.gguf}",
+                "onnx_builder": f"genai ({', '.join(family.genai)})" if family.genai else "optimum",
+                "gguf": "llama.cpp" if family.gguf is None else f"no: {family.gguf}",
                 "formats": [f for f in FORMATS if not (f.startswith("gguf") and family.gguf)],
                 "tokenizer": family.tokenizer,
                 "covers": family.covers,

@@ -30,7 +30,7 @@ from edgerun.exporters.pipeline import export  # noqa: E402
 from edgerun.exporters.validate import Thresholds  # noqa: E402
 
 from edgerun.manifest import read_manifest  # noqa: E402
-from tests.tiny_models import FAMILY_SPECS, build_tiny_model  # noqa: E402
+from tests.tiny_models import FAMILY_SPECS, build_family_model  # noqa: E402
 
 FP32_TOL = 1e-3
 F16_TOL = 0.05
@@ -56,7 +56,7 @@ class Matrix:
         from transformers import AutoModelForCausalLM
 
         self.family = families.BY_NAME[name]
-        self.src = build_tiny_model(name, root / "src")
+        self.src = build_family_model(name, root / "src")
         self.model = AutoModelForCausalLM.from_pretrained(self.src, dtype=torch.float32).eval()
         rng = np.random.default_rng(0)
         self.ids = rng.integers(5, self.model.config.vocab_size, size=48).astype(np.int64)
@@ -80,9 +80,7 @@ class Matrix:
             src = self.src
             if families.rope_type(self.model.config.to_dict()) != rope:
                 assert rope == "default", f"{name}: no tiny checkpoint with {rope} rope scaling"
-                src = build_tiny_model(
-                    name, root / "src-default-rope", spec=_without_rope_scaling(name)
-                )
+                src = build_family_model(name, root / "src-default-rope", without_rope_scaling=True)
             (result,) = export(
                 str(src), "onnx-fp32", root / f"genai-{rope}", builder="genai",
                 eval_text=eval_text, thresholds=OPEN_GATE, progress=False, probe=False, window=128,
@@ -100,11 +98,6 @@ class Matrix:
         result = result or self.results[fmt]
         assert result.written, f"{self.family.name} {fmt}: {result.reason}"
         return family_of(fmt).logits_fn(result.path, read_manifest(result.path))
-
-
-def _without_rope_scaling(name: str) -> tuple[str, dict[str, Any]]:
-    model_type, overrides, _ = FAMILY_SPECS[name]
-    return model_type, {k: v for k, v in overrides.items() if k != "rope_scaling"}
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -128,6 +121,9 @@ def test_every_format_is_written_and_recorded(matrix: Matrix) -> None:
         manifest = read_manifest(result.path)
         assert manifest["format"] == fmt
         assert manifest["validation"]["tokens"] > 0
+        if fmt.startswith("gguf"):  # llama.cpp tokenizes the eval text as transformers does
+            parity = manifest["gguf"]["tokenizer_parity"]
+            assert parity["identical"] and parity["first_difference"] is None, parity
 
 
 def test_onnx_fp32_reproduces_transformers(matrix: Matrix) -> None:

@@ -36,10 +36,10 @@ def converted(request, tmp_path_factory):
     """(checkpoint dir, HF tokenizer, GGUF path) for a tiny family checkpoint, converted to f16."""
     from transformers import AutoTokenizer
 
-    from tests.tiny_models import build_tiny_model
+    from tests.tiny_models import build_family_model
 
     root = tmp_path_factory.mktemp(f"tok-{request.param}")
-    ckpt = build_tiny_model(request.param, root / "src")
+    ckpt = build_family_model(request.param, root / "src")
     out = root / "model.gguf"
     convert(converter.ensure(), ckpt, out, "f16")
     return ckpt, AutoTokenizer.from_pretrained(ckpt), out
@@ -160,3 +160,25 @@ def test_smollm2_parity_and_pre_name(smollm2_dir, tmp_path):
     assert gguf.GGUFReader(out).get_field("tokenizer.ggml.pre").contents() == "smollm"
     for text in (read_eval_text(None), HARD_TEXT):
         assert tokenize(out, text) == _hf(ref.tokenizer, text)
+
+
+def test_parity_reports_the_first_difference(converted, monkeypatch):
+    from edgerun.exporters.gguf import runtime
+
+    _, tokenizer, gguf_path = converted
+    text = read_eval_text(None)[:400]
+    same = runtime.tokenizer_parity(gguf_path, tokenizer, text, "eval")
+    assert same["identical"] and same["hf_tokens"] == same["llama_cpp_tokens"] > 0
+    real = runtime.tokenize
+
+    def one_token_split(path, text, special=False):
+        ids = real(path, text, special)
+        return ids[:5] + [ids[5], ids[5]] + ids[6:]  # as if llama.cpp split token 5 in two
+
+    monkeypatch.setattr(runtime, "tokenize", one_token_split)
+    differs = runtime.tokenizer_parity(gguf_path, tokenizer, text, "eval")
+    assert not differs["identical"]
+    assert differs["llama_cpp_tokens"] == differs["hf_tokens"] + 1
+    first = differs["first_difference"]
+    assert first["token_index"] == 6
+    assert first["text"] and first["text"] in text

@@ -172,19 +172,15 @@ def build_tiny_model(
     out_dir: Path,
     seed: int = 0,
     spec: tuple[str, dict[str, Any]] | None = None,
-    tokenizer_kind: str | None = None,
+    tokenizer_kind: str = "bpe",
 ) -> Path:
-    """Build the tiny model `name` (a key of SPECS or FAMILY_SPECS, or any name with its own
-    `spec`: model_type and config overrides) with its tokenizer into `out_dir`."""
+    """Build the tiny model `name` (a key of SPECS, or any name with its own `spec`: model_type
+    and config overrides) with its tokenizer ("bpe" or "spm") into `out_dir`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    if spec is None and name in FAMILY_SPECS:
-        model_type, overrides, kind = FAMILY_SPECS[name]
-    else:
-        model_type, overrides = spec or SPECS[name]
-        kind = "bpe"
-    kind = tokenizer_kind or kind
+    model_type, overrides = spec or SPECS[name]
+    kind = tokenizer_kind
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "spm":
         tokenizer = build_spm_tokenizer(out_dir, dummy_prefix=not model_type.startswith("gemma"))
@@ -207,3 +203,12 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos)
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+def build_family_model(name: str, out_dir: Path, without_rope_scaling: bool = False) -> Path:
+    """Build the tiny checkpoint of the registered family `name` (a key of FAMILY_SPECS); with
+    `without_rope_scaling`, the same family with its rope scaling removed."""
+    model_type, overrides, kind = FAMILY_SPECS[name]
+    if without_rope_scaling:
+        overrides = {k: v for k, v in overrides.items() if k != "rope_scaling"}
+    return build_tiny_model(name, out_dir, spec=(model_type, overrides), tokenizer_kind=kind)

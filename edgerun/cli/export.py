@@ -27,6 +27,11 @@ def _formats_help() -> str:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--list", "list_formats", is_flag=True, help="List the formats and exit.")
 @click.option("--list-recipes", is_flag=True, help="List the onnx-int4 recipes and exit.")
+@click.option(
+    "--list-architectures",
+    is_flag=True,
+    help="List the tested model families (family x format x builder) and exit; with --json, as JSON.",
+)
 @click.option("--block-size", default=32, show_default=True, help="int4/int8 block size (16-256).")
 @click.option(
     "--symmetric/--asymmetric",
@@ -102,6 +107,9 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
             mark = " (default)" if recipe.name == DEFAULT_RECIPE else ""
             click.echo(f"{recipe.name}{mark}: {recipe.description}")
         return
+    if kw.pop("list_architectures"):
+        _print_architectures(kw["as_json"])
+        return
     if kw.pop("list_formats"):
         click.echo("\n".join(all_formats()))
         for prefix, why in UNAVAILABLE.items():
@@ -129,6 +137,29 @@ def _run(source: str, formats: str, out_dir: Path, kw: dict[str, Any], progress:
         click.echo("warning: --no-validate: artifacts are written with validation: null", err=True)
     options = ExportOptions(**kw, progress=progress, gate_overrides=overrides)
     return run_export(source, formats, out_dir, options)
+
+
+def _print_architectures(as_json: bool) -> None:
+    from edgerun.exporters.families import FORMATS, table
+
+    rows = table()
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(title=f"Tested families: {', '.join(FORMATS)} each, against transformers")
+    for column in ("family", "model_type", "ONNX builder (auto)", "GGUF", "tokenizer"):
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(
+            row["family"], row["model_type"], row["onnx_builder"], row["gguf"], row["tokenizer"]
+        )
+    Console().print(grid)
+    click.echo("genai (X): onnxruntime-genai's graph where the rope scaling is X, else optimum's.")
+    click.echo("Other families: tried with optimum's exporter and llama.cpp's converter, untested.")
+    click.echo("What each family's test covers: --list-architectures --json.")
 
 
 def _print_results(results: list[Any]) -> None:

@@ -87,6 +87,7 @@ class GGUFFamily:
         from edgerun.exporters.gguf.quantize import describe
 
         extras = {"file_type": kind, **describe(out), **ensure().provenance()}
+        extras["tokenizer_parity"] = _parity(out, ctx)
         return {
             "precision": PRECISION.get(kind, kind),
             "quant": quant,
@@ -101,6 +102,17 @@ class GGUFFamily:
         from edgerun.exporters.gguf.runtime import logits_fn
 
         return logits_fn(Path(artifact_dir) / manifest.get("model_file", MODEL_FILE))
+
+
+def _parity(path: Path, ctx: ExportContext) -> dict[str, Any]:
+    """llama.cpp's tokenization of the evaluation text against the HF tokenizer's (manifest
+    gguf.tokenizer_parity): reported, never hidden, since it changes what the model is fed."""
+    from edgerun.exporters.gguf.runtime import tokenizer_parity
+    from edgerun.exporters.reference import read_eval_text
+
+    text = read_eval_text(ctx.options.eval_text)
+    label = str(ctx.options.eval_text) if ctx.options.eval_text else "shipped eval text"
+    return tokenizer_parity(path, ctx.reference.tokenizer, text, label)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -55,3 +55,30 @@ def logits_fn(path: Path, threads: int | None = None) -> LogitsFn:
         return np.array(llm.scores[:n], dtype=np.float32)
 
     return logits
+
+
+def tokenizer_parity(path: Path, hf_tokenizer: Any, text: str, label: str) -> dict[str, Any]:
+    """Whether llama.cpp, with the GGUF's vocabulary, tokenizes `text` exactly as the HF tokenizer
+    does (no special tokens added either side); where not, the first difference: its token
+    index, the next few ids of each, and the text there."""
+    hf: list[int] = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    runtime = tokenize(path, text)
+    parity: dict[str, Any] = {
+        "text": label,
+        "hf_tokens": len(hf),
+        "llama_cpp_tokens": len(runtime),
+        "identical": hf == runtime,
+        "first_difference": None,
+    }
+    if hf != runtime:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(hf, runtime)) if a != b), min(len(hf), len(runtime))
+        )
+        offset = len(hf_tokenizer.decode(hf[:at]))
+        parity["first_difference"] = {
+            "token_index": at,
+            "hf": hf[at : at + 4],
+            "llama_cpp": runtime[at : at + 4],
+            "text": text[max(0, offset - 10) : offset + 20],
+        }
+    return parity

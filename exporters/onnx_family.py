@@ -54,6 +54,7 @@ class OnnxFamily:
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
         """Raise EdgerunError when the builder cannot export this architecture."""
+        families.check_format(config, "onnx")
         if resolve_builder(fmt, options, config) == "genai":
             onnx_genai.check_architecture(config)
         else:

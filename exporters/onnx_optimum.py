@@ -29,6 +29,8 @@ TWO_GB = 2**31 - 1
 # transformers. One line per family.
 BORROWED_CONFIGS: dict[str, str] = {
     "starcoder2": "qwen2",
+    "exaone4": "qwen3",
+    "olmoe": "olmo2",
 }
 
 

@@ -8,7 +8,8 @@ Tolerances (tiny checkpoints: hidden 64, logits of magnitude ~3):
 - gguf-f16: per-step logits within 0.05 (f16 weights and llama.cpp's f16 KV cache), and the same
   greedy tokens wherever transformers' top-2 margin exceeds twice that;
 - onnx-int4 and gguf-q8_0: the looser check, the RMS of the logit error relative to the RMS of
-  the centred reference logits, at most 0.35 (int4) / 0.05 (q8_0). (Top-1 agreement says little
+  the centred reference logits, at most 0.35 (int4) / 0.05 (q8_0; 0.1 for mixtures of experts,
+  whose routing flips under quantization). (Top-1 agreement says little
   here: random tiny models have near-flat logits.)
 - genai's graph, under each rope scaling the registry says it is proven for: like onnx-fp32.
 """
@@ -35,6 +36,7 @@ from tests.tiny_models import FAMILY_SPECS, build_family_model  # noqa: E402
 FP32_TOL = 1e-3
 F16_TOL = 0.05
 MAX_REL_ERROR = {"onnx-int4": 0.35, "gguf-q8_0": 0.05}
+MOE_MAX_REL_ERROR = {"onnx-int4": 0.35, "gguf-q8_0": 0.1}  # expert routing flips widen the error
 GREEDY_STEPS = 12
 # The pipeline's own gate is not what is under test here: the comparisons below are.
 OPEN_GATE = Thresholds(max_ppl_ratio=10.0, max_mean_kl=10.0, min_top1_agreement=0.0)
@@ -95,6 +97,8 @@ class Matrix:
         return out.logits[0].float().numpy()
 
     def artifact(self, fmt: str, result: Any = None) -> Any:
+        if result is None and fmt not in self.family.formats():
+            pytest.skip(f"{self.family.name} does not export to {fmt}")
         result = result or self.results[fmt]
         assert result.written, f"{self.family.name} {fmt}: {result.reason}"
         return family_of(fmt).logits_fn(result.path, read_manifest(result.path))
@@ -117,6 +121,10 @@ def _greedy(logits_fn: Any, prompt: np.ndarray, steps: int) -> list[int]:
 
 def test_every_format_is_written_and_recorded(matrix: Matrix) -> None:
     for fmt, result in matrix.results.items():
+        if fmt not in matrix.family.formats():  # refused, with the registry's reason
+            reason = matrix.family.gguf if fmt.startswith("gguf") else matrix.family.onnx
+            assert not result.written and reason and reason in (result.reason or ""), result
+            continue
         assert result.written, f"{fmt}: {result.reason}"
         manifest = read_manifest(result.path)
         assert manifest["format"] == fmt
@@ -178,4 +186,5 @@ def test_quantized_formats_pass_the_looser_check(matrix: Matrix, fmt: str) -> No
     ref = matrix.reference(matrix.ids)
     centred = ref - ref.mean(axis=-1, keepdims=True)
     rel = float(np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean(centred**2)))
-    assert rel <= MAX_REL_ERROR[fmt], f"{fmt}: relative logit error {rel:.3f}"
+    bound = (MOE_MAX_REL_ERROR if matrix.family.moe else MAX_REL_ERROR)[fmt]
+    assert rel <= bound, f"{fmt}: relative logit error {rel:.3f}"

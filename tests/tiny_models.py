@@ -87,6 +87,28 @@ FAMILY_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     }, "bpe"),
     # NoPE on every 4th layer (the real family's interval; llama.cpp fixes it at 4): 4 layers
     "smollm3": ("smollm3", {"num_key_value_heads": 2, "num_hidden_layers": 4, "pad_token_id": None}, "bpe"),
+    "olmo": ("olmo", {"num_key_value_heads": 4, "clip_qkv": 8.0}, "bpe"),
+    "cohere": ("cohere", {"num_key_value_heads": 2, "logit_scale": 0.5}, "bpe"),
+    # the real gpt2 config.json carries n_ctx, which llama.cpp's converter reads
+    "gpt2": ("gpt2", {"n_positions": 256, "n_ctx": 256}, "bpe"),
+    "starcoder": ("gpt_bigcode", {"n_positions": 256, "multi_query": True}, "bpe"),
+    "exaone4": ("exaone4", {"num_key_value_heads": 2}, "bpe"),
+    "olmoe": ("olmoe", {"num_key_value_heads": 4, "num_experts": 4, "num_experts_per_tok": 2}, "bpe"),
+    "mixtral": ("mixtral", {
+        "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
+        "sliding_window": None,
+    }, "bpe"),
+    "qwen2-moe": ("qwen2_moe", {
+        "num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64,
+        "decoder_sparse_step": 1, "mlp_only_layers": [],
+    }, "bpe"),
+    "granitemoe": ("granitemoe", {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2}, "bpe"),
+    "qwen3-moe": ("qwen3_moe", {
+        "num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2, "head_dim": 16,
+        "moe_intermediate_size": 64, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "norm_topk_prob": True,
+    }, "bpe"),
 }  # fmt: skip
 
 

@@ -72,7 +72,8 @@ def tokenizer_parity(path: Path, hf_tokenizer: Any, text: str, label: str) -> di
     }
     if hf != runtime:
         at = next(
-            (i for i, (a, b) in enumerate(zip(hf, runtime)) if a != b), min(len(hf), len(runtime))
+            (i for i, (a, b) in enumerate(zip(hf, runtime, strict=False)) if a != b),
+            min(len(hf), len(runtime)),
         )
         offset = len(hf_tokenizer.decode(hf[:at]))
         parity["first_difference"] = {

@@ -179,5 +179,6 @@ def select_devices(
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
     unknown = [w for w in wanted if w not in by_id]
     if unknown or not wanted:
-        raise EdgerunError(f"unknown device {', '.join(unknown) or spec!r}", f"connected: {known}")
+        named = ", ".join(unknown) or repr(spec)
+        raise EdgerunError(f"unknown device {named}", f"connected: {known}")
     return [by_id[w] for w in wanted]

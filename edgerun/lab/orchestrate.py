@@ -60,6 +60,7 @@ class Lab:
         self.on_progress = on_progress or (lambda _d, _m: None)
         self.cancelled = threading.Event()
         self.seen: dict[str, float] = {}
+        self.attempts: dict[str, int] = {}
         self._workers: dict[str, str] = {}
         self._polled = 0.0
         self._lock = threading.Lock()
@@ -81,7 +82,7 @@ class Lab:
 
     def _event(self, event: Any) -> None:
         msg = event[1] if isinstance(event, tuple) else event
-        if isinstance(msg, dict) and msg.get("run") == self.spec.run_id:
+        if isinstance(msg, dict) and str(msg.get("run")).startswith(self.spec.run_id):
             self.progress(str(msg.get("device")), str(msg.get("message")))
 
     def wait(self, device_id: str, address: str, future: Any) -> Any:
@@ -107,12 +108,17 @@ class Lab:
                 self.stop_device(device_id)
                 raise why
 
+    def run_key(self, device_id: str) -> str:
+        """This run's id and the device's attempt: a retry is not stopped by the first's flag."""
+        return f"{self.spec.run_id}-{self.attempts.get(device_id, 1)}"
+
     def stop_device(self, device_id: str) -> None:
         """Ask a device to stop this run's bench at its next step (between repetitions)."""
         from distributed import Event
 
+        name = cancel_event_name(self.run_key(device_id), device_id)
         with contextlib.suppress(Exception):  # the scheduler is gone: nothing left to stop
-            Event(cancel_event_name(self.spec.run_id, device_id), client=self.client).set()
+            Event(name, client=self.client).set()
 
     def cancel(self, device_ids: list[str]) -> None:
         """Stop every device's work (between two repetitions on the device)."""
@@ -164,7 +170,7 @@ class Lab:
         fut = self.client.submit(
             bench_on_device,
             device["id"],
-            self.spec.run_id,
+            self.run_key(device["id"]),
             [a.artifact_id for a in arts],
             [a.info for a in arts],
             self.spec.options,
@@ -190,6 +196,7 @@ class Lab:
         address, attempts, reasons = device["address"], 0, []
         while True:
             attempts += 1
+            self.attempts[device["id"]] = attempts
             self.seen[device["id"]] = time.monotonic()
             try:
                 run = self._attempt(device, address)

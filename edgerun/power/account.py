@@ -127,9 +127,7 @@ class EnergyAccount:
         }, None
 
 
-def energy_for(
-    power_spec: str, assume_watts: float | None, preferred: str | None
-) -> EnergyAccount:
+def energy_for(power_spec: str, assume_watts: float | None, preferred: str | None) -> EnergyAccount:
     """The EnergyAccount `edgerun bench --power SPEC [--assume-watts W]` uses: the profile's
     `preferred` meter first under auto; an estimate only with --assume-watts and no meter."""
     from edgerun.power.registry import select

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "compare": "edgerun.cli.compare:compare",
     "profiles": "edgerun.cli.profiles:profiles",
     "serve": "edgerun.cli.serve:serve",
+    "lab": "edgerun.cli.lab:lab",
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

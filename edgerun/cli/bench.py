@@ -93,8 +93,7 @@ def bench(
     from edgerun.bench.render import print_rows
     from edgerun.bench.results import new_run, rows, to_csv, to_markdown, write_results, write_table
     from edgerun.bench.workload import Workload
-    from edgerun.power.account import EnergyAccount
-    from edgerun.power.registry import select
+    from edgerun.power.account import energy_for
 
     workload = Workload(_ints(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx)
     _refuse_existing([json_path, csv_path, md_path], append)
@@ -104,13 +103,8 @@ def bench(
         get_profile(profile)  # an unknown profile fails here, before anything runs
     console = Console(stderr=True)
     device = fingerprint(profile)
-    if assume_watts is not None and power_spec == "auto":
-        power_spec = "none"
     preferred = (device.get("profile") or {}).get("power_meter")
-    selection = select(power_spec, preferred=preferred)
-    if assume_watts is not None and selection.meter is None:
-        selection.reason = f"estimated at {assume_watts:g} W on request (--assume-watts)"
-    energy = EnergyAccount(selection, assume_watts)
+    energy = energy_for(power_spec, assume_watts, preferred)
     body = _run_with_progress(console, list(artifacts), workload, energy, idle_seconds, loader)
     run = new_run(body, device, library_versions())
     data = write_results(json_path, run, append) if json_path else {"runs": [run]}

@@ -125,3 +125,16 @@ class EnergyAccount:
             "decode": self._phase(t_first, t_end, decoded),
             "total": self._phase(t_start, t_end, prompt + decoded),
         }, None
+
+
+def energy_for(power_spec: str, assume_watts: float | None, preferred: str | None) -> EnergyAccount:
+    """The EnergyAccount `edgerun bench --power SPEC [--assume-watts W]` uses: the profile's
+    `preferred` meter first under auto; an estimate only with --assume-watts and no meter."""
+    from edgerun.power.registry import select
+
+    if assume_watts is not None and power_spec == "auto":
+        power_spec = "none"
+    selection = select(power_spec, preferred=preferred)
+    if assume_watts is not None and selection.meter is None:
+        selection.reason = f"estimated at {assume_watts:g} W on request (--assume-watts)"
+    return EnergyAccount(selection, assume_watts)

@@ -1,0 +1,206 @@
+"""`edgerun lab scheduler|worker|devices|bench`: benchmark many devices at once on Dask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgerun.cli.options import echo_json, json_option
+
+
+def _tls_options(f: Any) -> Any:
+    """`--tls-ca-file/--tls-cert/--tls-key`: Dask TLS (all three, or none)."""
+    for name, what in (
+        ("--tls-key", "This node's TLS private key (PEM)."),
+        ("--tls-cert", "This node's TLS certificate (PEM), signed by the lab CA."),
+        ("--tls-ca-file", "The lab's CA certificate (PEM); with --tls-cert/--tls-key: TLS only."),
+    ):
+        f = click.option(name, type=click.Path(exists=True, dir_okay=False), help=what)(f)
+    return f
+
+
+def _tls(kwargs: dict[str, Any]) -> Any:
+    from edgerun.lab.cluster import tls_from_options
+
+    return tls_from_options(kwargs["tls_ca_file"], kwargs["tls_cert"], kwargs["tls_key"])
+
+
+@click.group()
+def lab() -> None:
+    """Benchmark many devices at once on Dask distributed (needs `pip install 'edgerun[lab]'`).
+
+    A Dask cluster runs any code it is sent: keep it on the lab network and use TLS."""
+
+
+@lab.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8786, show_default=True, help="Port to listen on.")
+@_tls_options
+def scheduler(host: str, port: int, **kwargs: Any) -> None:
+    """Start a Dask scheduler for the lab (`dask scheduler` works as well)."""
+    from edgerun.lab.cluster import run_scheduler
+
+    if host not in ("127.0.0.1", "localhost", "::1") and _tls(kwargs) is None:
+        click.echo(f"warning: listening on {host} without TLS: anyone there can run code", err=True)
+    run_scheduler(host, port, _tls(kwargs), lambda a: click.echo(f"scheduler at {a}", err=True))
+
+
+@lab.command()
+@click.argument("scheduler")
+@click.option("--name", help="Device id (default: this host's name).")
+@click.option(
+    "--machine",
+    envvar="EDGERUN_LAB_MACHINE",
+    hidden=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Pose as the machine-facts directory DIR (tests).",
+)
+@_tls_options
+def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any) -> None:
+    """Serve this device to the lab: one Dask worker with a single task slot, advertising the
+    detected profile, CPU, cores, memory, OS, accelerators and library versions."""
+    import os
+    import platform
+
+    from edgerun.lab.cluster import run_worker
+
+    if machine:
+        os.environ["EDGERUN_LAB_MACHINE"] = machine
+
+    def ready(address: str, info: dict[str, Any]) -> None:
+        click.echo(f"device {info['id']} ({info['profile']}) serving at {address}", err=True)
+
+    run_worker(scheduler, name or platform.node(), _tls(kwargs), ready)
+
+
+@lab.command()
+@click.argument("scheduler")
+@json_option
+@_tls_options
+def devices(scheduler: str, as_json: bool, **kwargs: Any) -> None:
+    """List the connected devices, and warn about version skew between them."""
+    from edgerun.bench.device import library_versions
+    from edgerun.lab.cluster import connect, list_devices
+    from edgerun.lab.device import version_skew
+
+    with connect(scheduler, _tls(kwargs)) as client:
+        found = list_devices(client)
+    skew = version_skew([d for d in found if "error" not in d], library_versions())
+    if as_json:
+        echo_json({"devices": [_brief(d) for d in found], "warnings": skew})
+        return
+    from edgerun.lab.render import print_devices
+
+    print_devices(found, skew)
+
+
+def _brief(device: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in device.items() if k != "fingerprint"}
+
+
+@lab.command()
+@click.argument("scheduler")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--devices",
+    "device_spec",
+    default="all",
+    show_default=True,
+    help="all, ID,ID,... or profile:ID.",
+)
+@click.option(
+    "--prompt-tokens", default="128,512", show_default=True, help="Prompt lengths, comma-separated."
+)
+@click.option(
+    "--gen-tokens", default=128, show_default=True, help="Tokens generated per repetition."
+)
+@click.option("--reps", default=5, show_default=True, help="Measured repetitions per artifact.")
+@click.option("--warmup", default=1, show_default=True, help="Unmeasured repetitions first.")
+@click.option("--threads", type=int, help="CPU threads (default: each device's profile's).")
+@click.option("--profile", help="Profile id for every device (default: each device's own).")
+@click.option("--ctx", type=int, help="Context length to load with.")
+@click.option(
+    "--power", "power_spec", default="auto", show_default=True, help="Power meter on each device."
+)
+@click.option(
+    "--idle-seconds", default=10.0, show_default=True, help="Idle baseline before the run."
+)
+@click.option("--assume-watts", type=float, help="No meter: estimate energy at this power.")
+@click.option(
+    "--stall-timeout",
+    default=300.0,
+    show_default=True,
+    help="Fail a device silent this many seconds.",
+)
+@click.option(
+    "--rejoin-wait",
+    default=60.0,
+    show_default=True,
+    help="Wait this long for a lost device to rejoin (retried once).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    help="Write results JSON (as each device ends).",
+)
+@click.option("--append", is_flag=True, help="Add these runs to an existing --json file.")
+@click.option("--loader", default="edgerun:load", hidden=True, help="Model loader (tests).")
+@_tls_options
+def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
+    """Ship artifacts to every device (content-addressed, verified on arrival), run the same
+    `edgerun bench` workload on each at once, and write one results file for `edgerun compare`.
+
+    A device may decline an artifact (no backend, memory budget); a device that disconnects is
+    recorded as failed (and retried once if it rejoins); Ctrl-C cancels every device."""
+    from rich.console import Console
+
+    from edgerun.bench.device import library_versions
+    from edgerun.bench.workload import Workload
+    from edgerun.cli.bench import _ints
+    from edgerun.lab.cluster import connect, list_devices, select_devices
+    from edgerun.lab.device import version_skew
+    from edgerun.lab.orchestrate import Lab, LabRun
+    from edgerun.lab.render import print_status, progress_display
+    from edgerun.lab.results import ResultsFile
+    from edgerun.lab.ship import local_artifact
+
+    workload = Workload(
+        _ints(kw["prompt_tokens"]),
+        kw["gen_tokens"],
+        kw["reps"],
+        kw["warmup"],
+        kw["threads"],
+        kw["profile"],
+        kw["ctx"],
+    )
+    local = [local_artifact(a) for a in artifacts]
+    results = ResultsFile(kw["json_path"], kw["append"])
+    first = len(results.data["runs"])
+    console = Console(stderr=True)
+    options = {
+        "workload": workload.to_json(),
+        "power": kw["power_spec"],
+        "assume_watts": kw["assume_watts"],
+        "idle_seconds": kw["idle_seconds"],
+        "loader": kw["loader"],
+    }
+    spec = LabRun(local, options, kw["stall_timeout"], kw["rejoin_wait"])
+    with connect(scheduler, _tls(kw)) as client:
+        chosen = select_devices(list_devices(client), kw["device_spec"], scheduler)
+        for warning in version_skew(chosen, library_versions()):
+            console.print(f"[yellow]warning:[/] {warning}")
+        with progress_display(console, [d["id"] for d in chosen]) as on_progress:
+            lab_run = Lab(client, spec, on_progress)
+            try:
+                lab_run.run(chosen, results)
+            except KeyboardInterrupt:
+                done = len(results.data["runs"]) - first
+                where = f" in {kw['json_path']}" if kw["json_path"] else ""
+                console.print(
+                    f"Interrupted: every device cancelled; {done} device runs kept{where}."
+                )
+                raise click.exceptions.Exit(130) from None
+    print_status(results.status_rows(first), kw["json_path"])

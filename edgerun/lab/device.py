@@ -1,0 +1,143 @@
+"""What a lab worker advertises about its device, and version skew between devices.
+
+A worker describes the machine it runs on with edgerun.bench.device.fingerprint and
+edgerun.detect. It can instead pose as another machine: ``EDGERUN_LAB_MACHINE`` names a
+machine-facts directory like those in tests/data/machines (``root/`` with /proc files, and
+``machine.toml`` with arch / os / other MachineFacts fields), which is how the tests run three
+different "devices" on one host. ``EDGERUN_LAB_LIBRARIES`` (JSON) overrides advertised library
+versions; it exists so a test can stage version skew and is never needed on real devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError
+
+MACHINE_ENV = "EDGERUN_LAB_MACHINE"
+LIBRARIES_ENV = "EDGERUN_LAB_LIBRARIES"
+#: Libraries whose versions change the numbers: a device with another one is not comparable.
+SKEW_LIBRARIES = ("edgerun", "onnxruntime", "onnxruntime-genai", "llama-cpp-python")
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def posed_facts() -> Any:
+    """MachineFacts of the machine named by $EDGERUN_LAB_MACHINE, or None (this machine)."""
+    where = os.environ.get(MACHINE_ENV)
+    if not where:
+        return None
+    from edgerun.machine import machine_facts
+
+    spec_path = Path(where) / "machine.toml"
+    try:
+        spec = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise EdgerunError(
+            f"{MACHINE_ENV}: cannot read {spec_path}: {exc}",
+            "point it at a machine-facts directory (root/ and machine.toml)",
+        ) from exc
+    spec.pop("expected", None)
+    try:
+        return machine_facts(Path(where) / "root", **spec)
+    except TypeError as exc:
+        raise EdgerunError(f"{spec_path}: {exc}", "use MachineFacts field names") from exc
+
+
+def _libraries() -> dict[str, Any]:
+    from edgerun.bench.device import library_versions
+
+    versions: dict[str, Any] = dict(library_versions())
+    override = os.environ.get(LIBRARIES_ENV)
+    if override:
+        versions.update(json.loads(override))
+    return versions
+
+
+def device_fingerprint(device_id: str) -> dict[str, Any]:
+    """The results' `device` block for this worker: fingerprint() of this machine, or of the
+    posed machine's facts and detected profile; `name` is the lab device id."""
+    from edgerun.bench.device import _simd, fingerprint
+
+    facts = posed_facts()
+    if facts is None:
+        data = fingerprint()
+    else:
+        from edgerun.detect import detect
+
+        found = detect(facts)
+        data = fingerprint(found.profile.id)
+        data["profile"].update(how="detected", reasons=found.reasons)
+        data.update(
+            arch=facts.arch,
+            os=facts.os,
+            cpu_model=facts.cpu_model,
+            cpu_flags=_simd(sorted(facts.cpu_flags)),
+            device_tree_model=facts.device_tree_model,
+            jetson_release=facts.jetson_release,
+            accelerators=list(facts.gpus),
+            posed_as=os.environ[MACHINE_ENV],
+        )
+        for key in ("physical_cores", "ram_bytes"):
+            if getattr(facts, key) is not None:
+                data[key] = getattr(facts, key)
+    data["name"] = device_id
+    return data
+
+
+_cache: dict[str, dict[str, Any]] = {}
+
+
+def advertise(device_id: str) -> dict[str, Any]:
+    """What `edgerun lab devices` shows for this worker: id, profile, CPU, cores, memory, OS,
+    accelerators and library versions (computed once per process)."""
+    if device_id not in _cache:
+        fp = device_fingerprint(device_id)
+        _cache[device_id] = {
+            "id": device_id,
+            "profile": (fp.get("profile") or {}).get("id"),
+            "cpu": fp.get("cpu_model"),
+            "arch": fp.get("arch"),
+            "cores": fp.get("physical_cores") or fp.get("logical_cores"),
+            "ram_bytes": fp.get("ram_bytes"),
+            "os": fp.get("os"),
+            "accelerators": fp.get("accelerators") or [],
+            "libraries": _libraries(),
+            "fingerprint": fp,
+        }
+    return _cache[device_id]
+
+
+def version_skew(devices: list[dict[str, Any]], host: dict[str, Any]) -> list[str]:
+    """Warnings for version skew: a device whose edgerun or backend versions differ from most
+    devices' (its numbers are not comparable with theirs), and an edgerun on this host that
+    differs from the devices' (results are written by another version than measured them)."""
+    from collections import Counter
+
+    common = {
+        name: Counter(str((d.get("libraries") or {}).get(name)) for d in devices).most_common(1)
+        for name in SKEW_LIBRARIES
+    }
+    warnings = []
+    for dev in devices:
+        theirs = dev.get("libraries") or {}
+        diffs = [
+            f"{name} {theirs.get(name) or 'absent'} (most devices: {common[name][0][0]})"
+            for name in SKEW_LIBRARIES
+            if str(theirs.get(name)) != common[name][0][0]
+        ]
+        if diffs:
+            warnings.append(f"version skew on {dev['id']}: {', '.join(diffs)}")
+    if devices and str(host.get("edgerun")) != common["edgerun"][0][0]:
+        warnings.append(
+            f"version skew: this host has edgerun {host.get('edgerun')}, "
+            f"the devices {common['edgerun'][0][0]}"
+        )
+    return warnings

@@ -1,0 +1,111 @@
+"""What runs on a device, inside a Dask task: may it run an artifact, and the bench itself.
+
+The bench is edgerun.bench.harness.run_bench, the same code as `edgerun bench`, on the copies in
+the device's content store (edgerun.lab.store). Each progress step is published to the lab host
+(a Dask event topic) and checks the run's cancel flag, so Ctrl-C on the host, a timeout or a
+lost host stop the device between two measured repetitions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from edgerun.errors import EdgerunError
+
+PROGRESS_TOPIC = "edgerun-lab-progress"
+MB = 1 << 20
+#: Artifact family -> the backends (profile names, Python modules) that can run it.
+FAMILY_BACKENDS = {
+    "onnx": {"onnxruntime": "onnxruntime", "genai": "onnxruntime_genai"},
+    "gguf": {"llamacpp": "llama_cpp"},
+}
+
+
+def cancel_event_name(run_id: str, device_id: str) -> str:
+    """The Dask Event a lab run sets to stop its work on one device."""
+    return f"edgerun-lab-cancel-{run_id}-{device_id}"
+
+
+def decline_reason(device_id: str, info: dict[str, Any], profile_id: str | None) -> str | None:
+    """Why this device will not run the artifact described by `info` (harness.describe_artifact)
+    under profile `profile_id` (default: its own), or None when it can: no backend in its profile
+    for the artifact's family, none of those installed, or weights over its memory budget."""
+    from edgerun.lab.device import advertise
+    from edgerun.profile import get_profile, memory_budget_bytes
+
+    ad = advertise(device_id)
+    profile = get_profile(profile_id or ad["profile"])
+    family = str(info.get("family"))
+    backends = FAMILY_BACKENDS.get(family)
+    if backends is None:
+        return f"unsupported format {info.get('format')}: no backend runs family {family!r}"
+    listed = [b.name for b in profile.backends if b.name in backends]
+    if not listed:
+        return f"profile {profile.id} lists no backend for {family} ({', '.join(backends)})"
+    if not any(importlib.util.find_spec(backends[name]) for name in listed):
+        return f"none of {', '.join(listed)} is installed on this device"
+    budget = memory_budget_bytes(profile, ad.get("ram_bytes"))
+    size = int(info.get("size_bytes") or 0)
+    if size > budget:
+        return (
+            f"its {size / MB:.1f} MiB of weights exceed the memory budget of {budget / MB:.1f} "
+            f"MiB (profile {profile.id})"
+        )
+    return None
+
+
+def _step(device_id: str, run_id: str) -> Any:
+    from distributed import Event, get_worker
+
+    worker = get_worker()
+    cancel = Event(cancel_event_name(run_id, device_id))
+
+    def step(message: str) -> None:
+        worker.log_event(PROGRESS_TOPIC, {"device": device_id, "run": run_id, "message": message})
+        if cancel.is_set():
+            raise EdgerunError("cancelled by the lab host", "nothing of this run was measured")
+
+    return step
+
+
+def bench_on_device(
+    device_id: str,
+    run_id: str,
+    artifact_ids: list[str],
+    infos: list[dict[str, Any]],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Run the `edgerun bench` workload on stored artifacts; return one results run.
+
+    `options`: workload (Workload fields; profile None means this device's profile), power,
+    assume_watts, idle_seconds, loader."""
+    from pathlib import Path
+
+    from edgerun.bench.harness import run_bench
+    from edgerun.bench.results import new_run
+    from edgerun.bench.workload import Workload
+    from edgerun.lab import store
+    from edgerun.lab.device import advertise
+    from edgerun.power.account import energy_for
+
+    ad = advertise(device_id)
+    paths = [store.artifact_path(a) for a in artifact_ids]
+    if any(p is None for p in paths):
+        raise EdgerunError("an artifact left this device's store before its bench", store.HINT)
+    workload = Workload(**options["workload"])
+    workload.profile = workload.profile or ad["profile"]
+    device = ad["fingerprint"]
+    preferred = (device.get("profile") or {}).get("power_meter")
+    energy = energy_for(options["power"], options.get("assume_watts"), preferred)
+    body = run_bench(
+        [Path(str(p)) for p in paths],
+        workload,
+        energy,
+        options["idle_seconds"],
+        options["loader"],
+        _step(device_id, run_id),
+    )
+    for entry, info in zip(body["artifacts"], infos, strict=True):
+        entry["device_path"], entry["path"] = entry["path"], info["path"]
+    return new_run(body, device, ad["libraries"])

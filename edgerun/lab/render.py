@@ -1,0 +1,83 @@
+"""Terminal output of lab mode (rich): the device table, live progress per device, and the
+status of every device x artifact pair at the end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+GiB = 1 << 30
+
+
+def print_devices(devices: list[dict[str, Any]], warnings: list[str]) -> None:
+    """The connected devices as a table, then the version-skew warnings."""
+    console = Console()
+    table = Table(title=f"{len(devices)} lab devices")
+    for header in ("device", "profile", "CPU", "arch", "cores", "RAM GiB", "OS", "accelerators", "edgerun", "onnxruntime", "llama-cpp"):  # fmt: skip
+        table.add_column(header)
+    for d in devices:
+        if "error" in d:
+            table.add_row(d["id"], f"[red]{d['error']:.60}[/]")
+            continue
+        libs = d.get("libraries") or {}
+        ram = f"{d['ram_bytes'] / GiB:.1f}" if d.get("ram_bytes") else "—"
+        table.add_row(
+            d["id"], str(d.get("profile")), str(d.get("cpu") or "—"), str(d.get("arch")),
+            str(d.get("cores") or "—"), ram, str(d.get("os")), ", ".join(d["accelerators"]) or "—",
+            str(libs.get("edgerun")), str(libs.get("onnxruntime")), str(libs.get("llama-cpp-python")),
+        )  # fmt: skip
+    console.print(table)
+    for warning in warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+
+
+@contextlib.contextmanager
+def progress_display(
+    console: Console, device_ids: list[str]
+) -> Iterator[Callable[[str, str], None]]:
+    """A live line per device (rich); yields the callback that updates a device's line. Off a
+    terminal each update is printed as one line instead."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.fields[device]:<14}"), TextColumn("{task.description}"),
+        TimeElapsedColumn(), console=console, disable=not console.is_terminal,
+    ) as progress:  # fmt: skip
+        tasks = {d: progress.add_task("waiting", device=d, total=None) for d in device_ids}
+
+        def update(device: str, message: str) -> None:
+            if device in tasks:
+                progress.update(tasks[device], description=message)
+            if not console.is_terminal:
+                console.print(f"{device}: {message}", highlight=False)
+
+        yield update
+
+
+def print_status(rows: list[dict[str, Any]], json_path: Path | None) -> None:
+    """Every device x artifact pair: measured, or failed / declined / refused with the reason."""
+    console = Console()
+    table = Table(title="edgerun lab bench")
+    for header in ("device", "artifact", "status", "shipped", "reason"):
+        table.add_column(header)
+    for r in rows:
+        colour = "green" if r["status"] == "ok" else "red"
+        sent = r["shipped_bytes"]
+        shipped = (
+            "—" if sent is None else ("had it" if sent == 0 else f"{sent / (1 << 20):.1f} MiB")
+        )
+        table.add_row(
+            str(r["device"]),
+            r["artifact"],
+            f"[{colour}]{r['status']}[/]",
+            shipped,
+            r["reason"] or "",
+        )
+    console.print(table)
+    if json_path:
+        console.print(f"results: {json_path}  (edgerun compare {json_path} --html report.html)")

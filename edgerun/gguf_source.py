@@ -8,6 +8,8 @@ re-applied here after loading.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,32 @@ def apply_gguf_tokenizer_metadata(tokenizer: Any, meta: dict[str, Any]) -> None:
         tokenizer.add_bos_token = bool(add_bos)  # LlamaTokenizerFast rebuilds its post-processor
 
 
+@contextlib.contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    """Without transformers' raw tqdm bar ("Converting and de-quantizing GGUF tensors") and its
+    notices (the LlamaTokenizerFast "legacy behaviour" one) while loading a GGUF; restored after."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    bar = gguf_utils.tqdm  # 4.57 calls tqdm directly there, ignoring disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = _no_bar
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _no_bar(iterable: Any, *args: Any, **kwargs: Any) -> Any:
+    return iterable
+
+
 def dequantize_gguf(path: Path, out: Path) -> None:
     """Load a GGUF file through transformers' GGUF loader and save it as an fp32 HF checkpoint."""
     require("torch", "export")
@@ -48,10 +76,11 @@ def dequantize_gguf(path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
+        with _transformers_quiet():  # edgerun's own progress line is shown by the caller
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32
+            )
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgerunError(

@@ -6,8 +6,7 @@ the schema in ``PROFILE_SCHEMA``: an unknown key or a wrong type is an EdgerunEr
 file, the key and the line.
 
     profile = get_profile("raspberry-pi-5")            # or a path to a .toml file
-    choice = select_providers(profile, "onnxruntime", onnxruntime.get_available_providers())
-    check_memory(profile, weights_bytes, kv_bytes)
+    # choosing what runs from it: edgerun.backends.providers (select_providers, check_memory)
 
 A profile file (see profiles/*.toml for complete ones)::
 
@@ -52,37 +51,28 @@ from edgerun.profile_schema import (
     line_of,
 )
 from edgerun.profile_schema import check as check_schema
-from edgerun.selection import (
-    CPU_PROVIDER,
-    ProviderChoice,
-    check_memory,
-    memory_budget_bytes,
-    select_providers,
-)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BACKENDS = ("onnxruntime", "genai", "llamacpp")
-POWER_METERS = ("auto", "rapl", "nvml", "jetson", "rpi5", "battery", "none")
+# Names a profile may use come from the registries, never from lists kept here: backends from the
+# "edgerun.backends" entry points (package metadata, nothing imported, so a plugin's name is
+# accepted), power meters from edgerun.power.registry, format prefixes from the exporters' family
+# table.
+METER_KEYWORDS = ("auto", "none")
 # Used when a profile sets no memory_budget_mb: this share of the machine's RAM.
 DEFAULT_MEMORY_FRACTION = 0.8
 __all__ = [
-    "CPU_PROVIDER",
     "BackendPref",
     "MatchRules",
     "Profile",
-    "ProviderChoice",
     "ProviderPref",
-    "check_memory",
     "get_profile",
     "list_profiles",
     "load_profile_file",
-    "memory_budget_bytes",
     "parse_profile",
-    "select_providers",
 ]
 
 _STR_LIST = ListOf(str)
@@ -101,7 +91,7 @@ MATCH_SCHEMA = Table(
 )
 PROVIDER_SCHEMA = Table({"name": str, "options": Options()}, required=("name",))
 BACKEND_SCHEMA = Table(
-    {"name": OneOf(BACKENDS), "providers": ListOf(PROVIDER_SCHEMA), "options": Options()},
+    {"name": str, "providers": ListOf(PROVIDER_SCHEMA), "options": Options()},
     required=("name",),
 )
 EXPORT_SCHEMA = Table(
@@ -259,18 +249,49 @@ def _check_values(data: dict[str, Any]) -> None:
         raise SchemaError(("memory_fraction",), f"must be in (0, 1], got {fraction}")
     if not data["backends"]:
         raise SchemaError(("backends",), "list at least one backend")
+    backends = backend_names()
+    for i, backend in enumerate(data["backends"]):
+        if backend["name"] not in backends:
+            raise SchemaError(
+                ("backends", i, "name"),
+                f"expected one of {', '.join(sorted(backends))} (registered backends), "
+                f"got {backend['name']!r}",
+            )
+    meters = power_meter_names()
     meter = data.get("power_meter", "auto")
-    if meter not in POWER_METERS and not meter.startswith("cmd:"):
-        choices = ", ".join(POWER_METERS)
+    if meter not in meters and not meter.startswith("cmd:"):
+        choices = ", ".join(meters)
         raise SchemaError(
             ("power_meter",), f"expected one of {choices} or 'cmd:COMMAND', got {meter!r}"
         )
+    pattern = rf"({'|'.join(map(re.escape, format_prefixes()))})-[a-z0-9_]+"
     for i, fmt in enumerate(data.get("preferred_formats", [])):
-        if not re.fullmatch(r"(onnx|gguf)-[a-z0-9_]+", fmt):
+        if not re.fullmatch(pattern, fmt):
             raise SchemaError(
                 ("preferred_formats", i),
                 f"'{fmt}' is not a format name like onnx-int4 or gguf-q4_0",
             )
+
+
+def backend_names() -> list[str]:
+    """The registered backends (entry points, read from metadata without importing them)."""
+    from edgerun.backends.registry import backend_names as registered
+
+    return registered()
+
+
+def power_meter_names() -> list[str]:
+    """auto, none, and every meter in edgerun.power.registry."""
+    from edgerun.power.registry import METERS
+
+    return [*METER_KEYWORDS, *METERS]
+
+
+def format_prefixes() -> list[str]:
+    """The export format families ("onnx", "gguf", ...) of edgerun.exporters.formats."""
+    from edgerun.exporters.formats import FAMILY_MODULES
+
+    return list(FAMILY_MODULES)
 
 
 def load_profile_file(path: str | Path) -> Profile:

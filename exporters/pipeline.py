@@ -25,6 +25,7 @@ from edgerun.exporters.formats import (
 )
 from edgerun.exporters.validate import Reference, Thresholds, Validation
 
+from edgerun.bench.memory import PeakRss
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
 from edgerun.leftovers import sweep_stale
@@ -213,7 +214,7 @@ def _export_one(
         with (
             write_errors_reported(out),  # a full disk is reported as one, after the cleanup
             atomic_dir(out / fmt, overwrite=opts.overwrite) as tmp,
-            report.PeakRss() as rss,
+            PeakRss(interval_s=0.05) as rss,
         ):
             fields = family.export(fmt, ctx, tmp)
             copy_side_files(ctx.checkpoint.path, tmp)
@@ -293,7 +294,7 @@ def _manifest(
     source_info: dict[str, Any],
     validation: dict[str, Any] | None,
     wall: float,
-    rss: report.PeakRss,
+    rss: PeakRss,
 ) -> dict[str, Any]:
     """Every field of the manifest schema (edgerun.manifest), family extras included."""
     from edgerun import __version__

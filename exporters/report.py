@@ -4,10 +4,8 @@ closing table (format, size, PPL ratio, KL, top-1, pass/fail, time)."""
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +35,6 @@ def no_stage(name: str) -> Iterator[StageDetail]:
 
 def _ignore(detail: str) -> None:
     return None
-
-
-@dataclass
-class PeakRss:
-    """Samples this process's resident set size in a thread; `peak` is the maximum seen (bytes)."""
-
-    interval: float = 0.05
-    peak: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> PeakRss:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def artifact_bytes(path: Path | None) -> int | None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from edgerun.cli import cli
 from edgerun.errors import EdgerunError
-from edgerun.power import Meter, MeterError, MeterInfo, Sampler, registry, select
+from edgerun.power import Meter, MeterError, MeterInfo, PowerSampler, registry, select
 from edgerun.power.account import EnergyAccount
 from edgerun.power.registry import Selection
 from tests.power_fakes import deny_energy_counters, rapl_tree
@@ -63,7 +63,7 @@ def no_real_meters(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sampler_integrates_constant_power_with_the_trapezoid_rule() -> None:
-    sampler = Sampler(Watts(5.0)).start()
+    sampler = PowerSampler(Watts(5.0)).start()
     t0 = time.monotonic()
     time.sleep(0.1)
     t1 = time.monotonic()
@@ -81,7 +81,7 @@ def test_sampler_counter_differences() -> None:
     counts = iter([100.0, 101.5, 106.0])  # 3 W: 1.5 J over 0.5 s, 4.5 J over 1.5 s
     meter = Joules()
     meter.read = lambda: next(counts)  # type: ignore[method-assign]
-    sampler = Sampler(meter, clock=clock)
+    sampler = PowerSampler(meter, clock=clock)
     for _ in range(3):
         sampler.sample()
     assert sampler.times == [10.0, 10.5, 12.0]
@@ -92,13 +92,13 @@ def test_sampler_counter_differences() -> None:
 
 def test_sampler_stamps_a_reading_at_the_middle_of_a_slow_read() -> None:
     clock = iter([5.0, 5.4]).__next__
-    sampler = Sampler(Watts(1.0), clock=clock)
+    sampler = PowerSampler(Watts(1.0), clock=clock)
     sampler.sample()
     assert sampler.times == [5.2]
 
 
 def test_sampler_counter_on_its_thread() -> None:
-    sampler = Sampler(Joules()).start()
+    sampler = PowerSampler(Joules()).start()
     t0 = time.monotonic()
     time.sleep(0.08)
     t1 = time.monotonic()
@@ -112,7 +112,7 @@ def test_sampler_counter_on_its_thread() -> None:
 
 
 def test_sampler_meter_disappears_mid_run() -> None:
-    sampler = Sampler(Watts(4.0, fail_after=3), interval_s=10)
+    sampler = PowerSampler(Watts(4.0, fail_after=3), interval_s=10)
     for _ in range(3):
         sampler.sample()
         time.sleep(0.01)
@@ -128,7 +128,7 @@ def test_sampler_meter_disappears_mid_run() -> None:
 
 
 def test_sampler_outside_samples_is_not_guessed() -> None:
-    sampler = Sampler(Watts(1.0))
+    sampler = PowerSampler(Watts(1.0))
     sampler.sample()
     joules, reason = sampler.energy_between(time.monotonic() + 1, time.monotonic() + 2)
     assert joules is None and reason == "the meter has no samples around this phase"

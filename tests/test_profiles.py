@@ -9,17 +9,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgerun.backends.providers import CPU_PROVIDER, check_memory, select_providers
 from edgerun.cli import cli
 from edgerun.errors import EdgerunError
 from edgerun.profile import (
-    BACKENDS,
-    CPU_PROVIDER,
-    check_memory,
+    backend_names,
     get_profile,
     list_profiles,
     load_profile_file,
     parse_profile,
-    select_providers,
 )
 from edgerun.profile_schema import key_lines
 
@@ -57,7 +55,7 @@ def test_every_shipped_profile_loads(path: Path) -> None:
     profile = load_profile_file(path)
     assert profile.id == path.stem, "a profile's file name must be its id"
     assert profile.name and profile.description and profile.preferred_formats
-    assert {b.name for b in profile.backends} <= set(BACKENDS)
+    assert {b.name for b in profile.backends} <= set(backend_names())
     ort = profile.backend("onnxruntime")
     if ort is not None:
         assert ort.providers[-1].name == CPU_PROVIDER, "CPU must be the last resort"
@@ -98,8 +96,8 @@ def test_minimal_profile_defaults() -> None:
         ),
         (
             ('name = "onnxruntime"', 'name = "tensorflow"'),
-            "bad.toml, line 9: backends[0].name: expected one of 'onnxruntime', 'genai', 'llamacpp',"
-            " got 'tensorflow'",
+            "bad.toml, line 9: backends[0].name: expected one of genai, llamacpp, onnxruntime"
+            " (registered backends), got 'tensorflow'",
         ),
         (
             ('name = "Tiny"', 'name = "Tiny"\nthreads = "four"'),
@@ -112,8 +110,8 @@ def test_minimal_profile_defaults() -> None:
         ),
         (
             ('name = "Tiny"', 'name = "Tiny"\npower_meter = "wattmeter"'),
-            "bad.toml, line 3: power_meter: expected one of auto, rapl, nvml, jetson, rpi5,"
-            " battery, none or 'cmd:COMMAND', got 'wattmeter'",
+            "bad.toml, line 3: power_meter: expected one of auto, none, jetson, rpi5, rapl,"
+            " nvml, battery or 'cmd:COMMAND', got 'wattmeter'",
         ),
         (
             ('name = "Tiny"', 'name = "Tiny"\npreferred_formats = ["onnx-int4", "q4"]'),
@@ -383,3 +381,34 @@ def test_backend_options_are_real_library_options(path: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     known = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
     assert set(llama.options) <= known, set(llama.options) - known
+
+
+def test_a_plugin_backend_registered_by_a_distribution_is_accepted_by_a_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Profiles take backend names from the entry points, so a third-party backend works."""
+    dist = tmp_path / "edgerun_fpga-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgerun-fpga\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[edgerun.backends]\nfpga = edgerun_fpga.backend:FpgaBackend\n"
+    )
+    text = MINIMAL.replace('name = "onnxruntime"', 'name = "fpga"')
+    with pytest.raises(EdgerunError, match="got 'fpga'"):
+        parse_profile(text, "before.toml")  # not installed yet
+    monkeypatch.syspath_prepend(str(tmp_path))
+    profile = parse_profile(text, "fpga.toml")
+    assert [b.name for b in profile.backends] == ["fpga"]
+    assert "fpga" in backend_names()
+
+
+def test_profile_names_come_from_the_registries() -> None:
+    from edgerun.exporters.formats import FAMILY_MODULES
+
+    from edgerun.power.registry import METERS
+    from edgerun.profile import format_prefixes, power_meter_names
+
+    assert set(METERS) <= set(power_meter_names())
+    assert format_prefixes() == list(FAMILY_MODULES)
+    text = MINIMAL.replace('name = "Tiny"', 'name = "Tiny"\npower_meter = "battery"')
+    assert parse_profile(text, "t.toml").power_meter == "battery"

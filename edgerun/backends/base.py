@@ -174,6 +174,13 @@ class Backend(ABC):
         """Free the model's memory; the object is unusable afterwards."""
 
 
+# Context sizes when the caller gives none: the trained context (manifest, then config.json),
+# else DEFAULT_CONTEXT, and never more than MAX_DEFAULT_CONTEXT positions (llama.cpp's own
+# default): a 32k-trained model would otherwise reserve its whole KV cache on a small device.
+DEFAULT_CONTEXT = 2048
+MAX_DEFAULT_CONTEXT = 4096
+
+
 def kv_bytes_per_token(config: dict[str, Any], dtype_bytes: int = 4) -> int | None:
     """KV-cache bytes per position from an HF config (keys and values, every layer)."""
     try:

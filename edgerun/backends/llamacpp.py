@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import Artifact, Backend, Settings
+from edgerun.backends.base import MAX_DEFAULT_CONTEXT, Artifact, Backend, Settings
 from edgerun.errors import EdgerunError
 from edgerun.tokenizer import Tokenizer
-
-_MAX_DEFAULT_CONTEXT = 4096  # as edgerun.backends.select.MAX_DEFAULT_CONTEXT
 
 
 class LlamaCppBackend(Backend):
@@ -38,7 +36,7 @@ class LlamaCppBackend(Backend):
         self._lib = llama_cpp
         kwargs = self._llama_kwargs(llama_cpp.Llama, settings)
         if not kwargs["n_ctx"]:
-            kwargs["n_ctx"] = min(_trained_context(llama_cpp, artifact), _MAX_DEFAULT_CONTEXT)
+            kwargs["n_ctx"] = min(_trained_context(llama_cpp, artifact), MAX_DEFAULT_CONTEXT)
         try:
             self.llm = llama_cpp.Llama(str(artifact.model_file), **kwargs)
         except (ValueError, RuntimeError) as exc:
@@ -128,7 +126,7 @@ def _trained_context(lib: Any, artifact: Artifact) -> int:
             "the file is corrupt, truncated or not GGUF: re-export it (edgerun verify checks hashes)",
         )
     try:
-        return int(lib.llama_model_n_ctx_train(model)) or _MAX_DEFAULT_CONTEXT
+        return int(lib.llama_model_n_ctx_train(model)) or MAX_DEFAULT_CONTEXT
     finally:
         lib.llama_model_free(model)
 

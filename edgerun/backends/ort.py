@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.backends.base import Artifact, Backend, Settings, kv_bytes_per_token
+from edgerun.backends.base import Artifact, Backend, Settings
 from edgerun.errors import EdgerunError
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -295,9 +295,3 @@ def _session_options(ort: Any, settings: Settings) -> Any:
                 )
             setattr(opts, key, value)
     return opts
-
-
-def config_kv_bytes(artifact: Artifact) -> int | None:
-    """KV bytes per position from config.json, before loading (fp32 cache unless fp16 export)."""
-    itemsize = 2 if artifact.manifest.get("precision") in {"fp16", "bf16"} else 4
-    return kv_bytes_per_token(artifact.config(), itemsize)

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgerun.backends.base import Artifact, Backend, Settings, kv_bytes_per_token
+from edgerun.backends.base import (
+    DEFAULT_CONTEXT,
+    MAX_DEFAULT_CONTEXT,
+    Artifact,
+    Backend,
+    Settings,
+    kv_bytes_per_token,
+)
 from edgerun.backends.registry import (
     backend_names,
     backends_for,
@@ -25,11 +32,6 @@ from edgerun.errors import EdgerunError
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.profile import BackendPref, Profile
     from edgerun.tokenizer import Tokenizer
-
-DEFAULT_CONTEXT = 2048  # when neither the manifest nor config.json says
-# Without an explicit context, allocate at most this many positions (llama.cpp's own default):
-# a 32k-trained model would otherwise reserve its whole KV cache on a small device.
-MAX_DEFAULT_CONTEXT = 4096
 
 
 @dataclass
@@ -118,7 +120,7 @@ def open_backend(
     )
     wanted: list[str] = []
     if cls.uses_providers and profile is not None:
-        from edgerun.profile import select_providers
+        from edgerun.backends.providers import select_providers
 
         choice = select_providers(profile, cls.name, cls.available_providers(), strict)
         settings.providers, wanted = choice.providers, choice.wanted
@@ -184,7 +186,7 @@ def _check_memory(artifact: Artifact, profile: Profile | None, settings: Setting
     per_token = kv_bytes_per_token(artifact.config(), 2 if half else 4)
     if per_token is None or not settings.context:
         return False
-    from edgerun.profile import check_memory
+    from edgerun.backends.providers import check_memory
 
     check_memory(profile, artifact.weights_bytes(), per_token * settings.context)
     return True
@@ -195,7 +197,7 @@ def _check_memory_loaded(artifact: Artifact, profile: Profile | None, backend: B
     context = getattr(backend, "context_length", None)
     if profile is None or per_token is None or not context:
         return
-    from edgerun.profile import check_memory
+    from edgerun.backends.providers import check_memory
 
     check_memory(profile, artifact.weights_bytes(), per_token * int(context))
 

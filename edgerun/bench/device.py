@@ -90,21 +90,6 @@ def _os_release() -> str | None:
 
 def library_versions() -> dict[str, str | None]:
     """Versions of edgerun and every runtime library it may use (None: not installed)."""
-    from importlib import metadata
+    from edgerun.versions import RUNTIME, versions
 
-    names = (
-        "edgerun",
-        "onnxruntime",
-        "onnxruntime-genai",
-        "llama-cpp-python",
-        "numpy",
-        "psutil",
-        "nvidia-ml-py",
-    )
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return versions(RUNTIME, missing=True)

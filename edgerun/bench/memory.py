@@ -71,6 +71,13 @@ class PeakRss:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def snapshot(self) -> dict[str, Any]:
         """Current and peak memory of this process, bytes; None where the OS does not say."""

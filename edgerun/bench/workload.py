@@ -90,7 +90,7 @@ _WORDS = [
 ]
 
 
-class Tokenizer(Protocol):
+class TextEncoder(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
@@ -150,7 +150,7 @@ class Workload:
         return asdict(self)
 
 
-def synthetic_prompt(tokenizer: Tokenizer, n_tokens: int, seed: int = 0) -> list[int]:
+def synthetic_prompt(tokenizer: TextEncoder, n_tokens: int, seed: int = 0) -> list[int]:
     """Exactly `n_tokens` token ids of seeded random English words (same ids on every run)."""
     rng = random.Random(f"edgerun-bench-{seed}")
     ids: list[int] = []

@@ -31,8 +31,9 @@ def decline_reason(device_id: str, info: dict[str, Any], profile_id: str | None)
     """Why this device will not run the artifact described by `info` (harness.describe_artifact)
     under profile `profile_id` (default: its own), or None when it can: no backend in its profile
     for the artifact's family, none of those installed, or weights over its memory budget."""
+    from edgerun.backends.providers import memory_budget_bytes
     from edgerun.lab.device import advertise
-    from edgerun.profile import get_profile, memory_budget_bytes
+    from edgerun.profile import get_profile
 
     ad = advertise(device_id)
     profile = get_profile(profile_id or ad["profile"])

@@ -5,7 +5,7 @@ Lean: no meter imports anything heavy at module level (NVML's bindings load on p
 
 from __future__ import annotations
 
-from edgerun.power.base import Meter, MeterError, MeterInfo, MeterUnavailable, Sampler
+from edgerun.power.base import Meter, MeterError, MeterInfo, MeterUnavailable, PowerSampler
 from edgerun.power.registry import CHOICES, METERS, Selection, probe, select, survey
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "MeterError",
     "MeterInfo",
     "MeterUnavailable",
-    "Sampler",
+    "PowerSampler",
     "Selection",
     "probe",
     "select",

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from edgerun.errors import EdgerunError
-from edgerun.power.base import Sampler
+from edgerun.power.base import PowerSampler
 from edgerun.power.registry import Selection
 
 
@@ -27,7 +27,7 @@ class EnergyAccount:
             raise EdgerunError(f"--assume-watts must be positive, got {assume_watts}")
         self.selection = selection
         self.assume_watts = assume_watts
-        self.sampler = Sampler(selection.meter) if selection.meter is not None else None
+        self.sampler = PowerSampler(selection.meter) if selection.meter is not None else None
         self.info = selection.meter.describe().to_json() if selection.meter is not None else None
         self.idle_watts: float | None = None
         self.idle_seconds = 0.0

@@ -2,7 +2,7 @@
 
 A meter is either a *counter* (it reports cumulative joules, like RAPL or NVML's total-energy
 counter) or a *power* meter (it reports instantaneous watts, like INA3221 rails or a battery).
-The :class:`Sampler` reads either kind at the meter's rate on a background thread and keeps one
+The :class:`PowerSampler` reads either kind at the meter's rate on a background thread and keeps one
 cumulative-energy series: counters as read (unwrapped by the meter), power samples integrated with
 the trapezoid rule. Energy between two instants is then a difference of that series,
 interpolated linearly between samples, so phases shorter than the sampling interval are
@@ -76,7 +76,7 @@ class Meter(ABC):
         return None
 
 
-class Sampler:
+class PowerSampler:
     """Reads a meter on a background thread and answers "how many joules between t0 and t1".
 
     Times are ``time.monotonic()`` values, which on Linux are CLOCK_MONOTONIC and so comparable
@@ -132,7 +132,7 @@ class Sampler:
             self.sample()
             self._stop.wait(self.interval_s)
 
-    def start(self) -> Sampler:
+    def start(self) -> PowerSampler:
         """Start the sampling thread (idempotent)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="edgerun-power", daemon=True)

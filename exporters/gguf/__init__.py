@@ -130,16 +130,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(partial, dst)
 
 
-def _libraries() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+def _libraries() -> dict[str, str | None]:
+    from edgerun.versions import versions
 
-    found = {}
-    for dist in ("gguf", "llama_cpp_python"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return found
+    return versions(("gguf", "llama_cpp_python"))
 
 
 def _kind(fmt: str) -> str:

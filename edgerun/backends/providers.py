@@ -1,7 +1,7 @@
 """Fitting a profile to this machine's runtime: which ONNX Runtime execution providers to ask for
 (the profile's ordered list intersected with what the installed onnxruntime offers, falling back
 with a warning, or refusing under --strict), and whether a model fits the profile's memory budget.
-Re-exported by edgerun.profile, which is where callers import them from."""
+Profiles are data (edgerun.profile); choosing what runs lives here, with the backends."""
 
 from __future__ import annotations
 

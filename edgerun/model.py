@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
-from edgerun.backends.select import open_backend
+from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.errors import EdgerunError
 from edgerun.sampling import Sampler, SamplingParams
 from edgerun.tokenizer import Tokenizer
@@ -82,6 +82,8 @@ class ModelInfo:
     requested_providers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     load_s: float = 0.0
+    # when `path` was an export directory of several formats: which one was picked, and why
+    artifact_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,6 +310,7 @@ def load(
             raise EdgerunError(
                 f"{name} must be at least 1, got {value}", f"pass --{name} 1 or more, or omit it"
             )
+    path, picked = pick_from_export_dir(Path(path), profile)
     artifact = resolve_artifact(path, verify=verify)
     opened = open_backend(artifact, profile, threads, backend, strict, context, options)
     info = ModelInfo(
@@ -323,5 +326,6 @@ def load(
         requested_providers=opened.requested_providers,
         warnings=opened.warnings,
         load_s=time.perf_counter() - started,
+        artifact_reason=picked,
     )
     return Model(artifact, opened.backend, opened.tokenizer, info)

@@ -58,6 +58,7 @@ class ExportOptions:
     no_validate: skip validation (validation: null); overwrite: replace existing artifact dirs;
     keep_intermediates: keep the scratch dir (fp32 ONNX before quantization, ...);
     progress: show rich progress on stderr; thresholds: the validation gate;
+    profile_plan: the device profile's plan when export() was given a profile (manifest record);
     extra: family-specific options not named here (e.g. a GGUF imatrix file).
     """
 
@@ -85,6 +86,8 @@ class ExportOptions:
     thresholds: Thresholds | None = None
     gate_overrides: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # set by export(profile=...): which device profile chose formats and settings, and why
+    profile_plan: dict[str, Any] | None = None
 
 
 class ReferenceModel:

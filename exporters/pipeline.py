@@ -78,17 +78,34 @@ class _GateFailed(Exception):
 
 def export(
     source: str,
-    formats: str | list[str],
+    formats: str | list[str] | None,
     out_dir: str | Path,
     options: ExportOptions | None = None,
+    *,
+    profile: str | None = None,
+    explicit: set[str] | None = None,
     **kwargs: Any,
 ) -> list[ExportResult]:
     """Export `source` (anything `edgerun pull` accepts) to each format under out_dir/<format>.
 
-    Options come as an ExportOptions or as its fields by keyword. Bad inputs (unknown format, bad
-    option, existing output directory, eval text too short, unsupported architecture) raise
-    EdgerunError before any work starts. Returns one ExportResult per format.
+    Options come as an ExportOptions or as its fields by keyword. With `profile` (an id, a TOML
+    path, or "detect"), formats default to the device's preferred ones and its [export] settings
+    apply to the options not in `explicit` (default: the keyword options given, or the fields of
+    `options` that differ from the defaults); the plan and its reasons go into each manifest.
+    Bad inputs (unknown format, bad option, existing output directory, eval text too short,
+    unsupported architecture) raise EdgerunError before any work starts. Returns one
+    ExportResult per format.
     """
+    if profile is not None:
+        from edgerun.exporters.profile_plan import plan as profile_plan
+
+        if explicit is None:
+            explicit = set(kwargs) if options is None else _changed_fields(options)
+        plan = profile_plan(profile, parse_formats(formats) if formats else None, explicit)
+        formats = plan.formats
+        kwargs = {**plan.settings, **kwargs, "profile_plan": plan.to_json()}
+    elif not formats:
+        raise EdgerunError("no formats to export", "pass -f FORMATS, or --profile ID|detect")
     opts = _options(options, kwargs)
     names = parse_formats(formats)
     families = {fmt: family_of(fmt) for fmt in names}
@@ -101,6 +118,9 @@ def export(
     from edgerun.sources import resolve
 
     console = _console(opts)
+    if console and opts.profile_plan:
+        for reason in opts.profile_plan["reasons"]:
+            console.print(f"[dim]{reason}[/]")
     ckpt = resolve(source, progress=opts.progress)
     ref_model = ReferenceModel(ckpt.path)
     refused = _check_sources(families, opts, ref_model.config)
@@ -158,6 +178,16 @@ def _options(options: ExportOptions | None, kwargs: dict[str, Any]) -> ExportOpt
     except TypeError as exc:
         known = ", ".join(f.name for f in dataclasses.fields(ExportOptions))
         raise EdgerunError(f"bad export option: {exc}", f"known options: {known}") from exc
+
+
+def _changed_fields(options: ExportOptions) -> set[str]:
+    """The fields of `options` that differ from ExportOptions' defaults."""
+    default = ExportOptions()
+    return {
+        f.name
+        for f in dataclasses.fields(ExportOptions)
+        if getattr(options, f.name) != getattr(default, f.name)
+    }
 
 
 def _check_outputs(out: Path, names: list[str], overwrite: bool) -> None:

@@ -17,6 +17,7 @@ def converters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     kept = os.environ.get("EDGERUN_TEST_CONVERTERS")
     path = Path(kept) if kept else tmp_path_factory.getbasetemp() / "converters"
     path.mkdir(parents=True, exist_ok=True)
+    os.environ["EDGERUN_TEST_CONVERTERS"] = str(path)  # for homes made outside this fixture
     return path
 
 

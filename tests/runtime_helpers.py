@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,13 @@ def export_artifact(checkpoint: Path, fmt: str, out_dir: Path, **options: Any) -
     tests cover it; these tests compare the runtime with PyTorch directly)."""
     from edgerun.exporters import export
 
+    home = out_dir / ".home"
+    converters = os.environ.get("EDGERUN_TEST_CONVERTERS")  # set for the session by conftest
+    if converters and not (home / "converters").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "converters").symlink_to(converters, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGERUN_HOME", str(out_dir / ".home"))
+        mp.setenv("EDGERUN_HOME", str(home))
         (result,) = export(
             str(checkpoint), [fmt], out_dir, no_validate=True, progress=False, **options
         )

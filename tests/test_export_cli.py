@@ -390,3 +390,39 @@ def test_genai_build_keeps_onnx_ir_warnings_off_the_terminal(
     assert "cannot be found in any scope" in log.getvalue()
     assert caplog.records == []
     assert logging.getLogger("onnx_ir").propagate is True
+
+
+def test_a_profile_picks_formats_and_settings_and_says_why(tiny_llama, tmp_path):
+    """--profile raspberry-pi-5: its preferred formats and [export] block_size / accuracy_level;
+    an option given on the command line wins over the profile's, and the manifest records why."""
+    from click.testing import CliRunner
+
+    from edgerun.cli import cli
+    from edgerun.manifest import read_manifest
+
+    out = tmp_path / "out"
+    args = ["export", str(tiny_llama), "-o", str(out), "--profile", "raspberry-pi-5"]
+    args += ["--accuracy-level", "0", "--no-probe", "--max-kl", "5", "--max-ppl-ratio", "9"]
+    args += ["--min-top1", "0"]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    made = sorted(p.name for p in out.iterdir())
+    assert made == ["gguf-q4_0", "gguf-q4_k_m", "onnx-int4"]  # the Pi 5's preferred_formats
+    plan = read_manifest(out / "onnx-int4")["export"]["options"]["profile_plan"]
+    assert plan["profile"] == "raspberry-pi-5"
+    assert plan["settings"] == {"block_size": 32}  # accuracy_level was given: not the profile's
+    assert any("accuracy_level: given on the command line" in r for r in plan["reasons"])
+    quant = read_manifest(out / "onnx-int4")["quant"]
+    assert quant["accuracy_level"] == 0 and quant["block_size"] == 32
+
+
+def test_a_profile_whose_formats_this_install_lacks_is_one_line(tiny_llama, tmp_path, monkeypatch):
+    from edgerun.exporters import formats
+    from edgerun.exporters.pipeline import export
+
+    from edgerun.errors import EdgerunError
+
+    monkeypatch.setattr(formats, "all_formats", lambda: ["onnx-fp32"])
+    with pytest.raises(EdgerunError, match="prefers gguf-q4_0, gguf-q4_k_m, onnx-int4, none of"):
+        export(str(tiny_llama), None, tmp_path / "out", profile="raspberry-pi-5", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -131,3 +131,21 @@ def test_run_unknown_profile_and_missing_artifact(artifact: Path, tmp_path: Path
         result.stderr
         == f"error: {tmp_path / 'missing'} does not exist (pass an artifact directory, .gguf or .onnx file)\n"
     )
+
+
+def test_run_over_an_export_directory_picks_the_format_the_profile_prefers(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """OUT/ holds onnx-fp32 and gguf-q8_0: a profile preferring GGUF runs gguf-q8_0, one
+    preferring ONNX runs onnx-fp32 (stderr says why); a profile preferring neither runs the
+    first exported one that passed, and says so."""
+    out = tmp_path / "out"
+    export_artifact(tiny_llama, "onnx-fp32", out)
+    export_artifact(tiny_llama, "gguf-q8_0", out)
+    for profile, picked in (("raspberry-pi-5", "gguf-q8_0"), ("generic-x86_64", "onnx-fp32")):
+        with edgerun.load(out, profile) as model:
+            assert model.info.format == picked, model.info.artifact_reason
+            assert model.info.artifact_reason is not None
+    result = CliRunner().invoke(cli, ["run", str(out), "Hi", "--profile", "jetson-orin", "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert "none of profile jetson-orin's preferred formats" in result.stderr

@@ -60,6 +60,43 @@ def resolve_profile(profile: str | Path | None) -> tuple[Profile | None, str]:
     return found.profile, f"auto-detected: {why}"
 
 
+def pick_from_export_dir(path: Path, profile: str | Path | None) -> tuple[Path, str | None]:
+    """An export directory (OUT/<format>/edgerun.json, several formats) -> the artifact the
+    device profile prefers, with why; any other path is returned as it is (reason None).
+    Preference: the first of the profile's preferred_formats that was exported and passed
+    validation; else the first exported format (sorted) that passed."""
+    from edgerun.manifest import MANIFEST_NAME, read_manifest
+
+    path = Path(path)
+    if not path.is_dir() or (path / MANIFEST_NAME).is_file():
+        return path, None
+    found: dict[str, tuple[Path, bool]] = {}
+    for sub in sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file()):
+        try:
+            manifest = read_manifest(sub)
+        except EdgerunError:
+            continue  # unreadable: not a candidate; loading it by name still reports why
+        passed = bool((manifest.get("validation") or {}).get("passed", True))
+        found.setdefault(str(manifest.get("format") or sub.name), (sub, passed))
+    if not found:
+        return path, None
+    chosen, why = resolve_profile(profile)
+    preferred = chosen.preferred_formats if chosen else []
+    exported = ", ".join(found)
+    for fmt in preferred:
+        if fmt in found and found[fmt][1]:
+            return found[fmt][0], (
+                f"{fmt} of {exported}: first of profile {chosen.id}'s preferred_formats exported"
+                f" ({why})"
+            )
+    passing = [fmt for fmt, (_, ok) in found.items() if ok] or list(found)
+    owner = f"profile {chosen.id}" if chosen else "the profile"
+    return found[passing[0]][0], (
+        f"{passing[0]} of {exported}: none of {owner}'s preferred formats"
+        f" ({', '.join(preferred) or 'none'}) was exported and passed validation"
+    )
+
+
 def choose_backend(
     artifact: Artifact, profile: Profile | None, name: str | None
 ) -> tuple[type[Backend], BackendPref | None, list[str]]:

@@ -25,6 +25,13 @@ def _formats_help() -> str:
 @click.argument("source", required=False)
 @click.option("-f", "--formats", "formats", help=_formats_help())
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output directory.")
+@click.option(
+    "--profile",
+    "profile",
+    default=None,
+    help="Device profile id or TOML file, or 'detect': its preferred formats (when -f is not given)"
+    " and its [export] settings (where no option is given), with the reasons printed.",
+)
 @click.option("--list", "list_formats", is_flag=True, help="List the formats and exit.")
 @click.option("--list-recipes", is_flag=True, help="List the onnx-int4 recipes and exit.")
 @click.option(
@@ -115,10 +122,16 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
         for prefix, why in UNAVAILABLE.items():
             click.echo(f"{prefix}-*: unavailable ({why})")
         return
-    if not source or not formats or not out_dir:
-        raise click.UsageError("SOURCE, -f/--formats and -o/--out are required")
+    if not source or not out_dir or not (formats or kw["profile"]):
+        raise click.UsageError("SOURCE, -o/--out and -f/--formats (or --profile) are required")
     as_json = kw.pop("as_json")
-    results = _run(source, formats, out_dir, kw, progress=not as_json)
+    ctx = click.get_current_context()
+    explicit = {
+        name
+        for name in kw
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    results = _run(source, formats, out_dir, kw, explicit, progress=not as_json)
     if as_json:
         echo_json([_result_json(r) for r in results])
     else:
@@ -126,7 +139,14 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
     _exit_status(results)
 
 
-def _run(source: str, formats: str, out_dir: Path, kw: dict[str, Any], progress: bool) -> list[Any]:
+def _run(
+    source: str,
+    formats: str | None,
+    out_dir: Path,
+    kw: dict[str, Any],
+    explicit: set[str],
+    progress: bool,
+) -> list[Any]:
     from edgerun.exporters.formats import ExportOptions
     from edgerun.exporters.pipeline import export as run_export
 
@@ -135,8 +155,9 @@ def _run(source: str, formats: str, out_dir: Path, kw: dict[str, Any], progress:
     overrides = {k: v for k, v in gate.items() if v is not None}
     if kw["no_validate"]:
         click.echo("warning: --no-validate: artifacts are written with validation: null", err=True)
+    profile = kw.pop("profile")
     options = ExportOptions(**kw, progress=progress, gate_overrides=overrides)
-    return run_export(source, formats, out_dir, options)
+    return run_export(source, formats, out_dir, options, profile=profile, explicit=explicit)
 
 
 def _print_architectures(as_json: bool) -> None:

@@ -93,8 +93,10 @@ def run(
 ) -> None:
     """Stream a completion of PROMPT from ARTIFACT, then one stats line on stderr.
 
-    ARTIFACT is an artifact directory or a bare .gguf / .onnx file; PROMPT "-" reads stdin. The
-    backend and execution providers come from the device profile (auto-detected by default).
+    ARTIFACT is an artifact directory, an export directory of several formats (the one the
+    device profile prefers runs, and stderr says why), or a bare .gguf / .onnx file; PROMPT "-"
+    reads stdin. The backend and execution providers come from the device profile
+    (auto-detected by default).
     """
     from edgerun.model import load
 
@@ -118,6 +120,8 @@ def run(
         context=context,
         verify=verify,
     ) as model:
+        if model.info.artifact_reason:
+            click.echo(f"picked {model.info.artifact_reason}", err=True)
         if chat:
             chunks = model.chat([{"role": "user", "content": prompt}], **options)
         else:

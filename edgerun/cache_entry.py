@@ -74,7 +74,7 @@ def _missing(entry: Path, files: Any) -> str | None:
 
 
 def _missing_checkpoint_part(entry: Path) -> str | None:
-    from edgerun.sources import check_checkpoint_dir
+    from edgerun.checkpoint import check_checkpoint_dir
 
     try:
         check_checkpoint_dir(entry)

@@ -288,8 +288,8 @@ def power_meter_names() -> list[str]:
 
 
 def format_prefixes() -> list[str]:
-    """The export format families ("onnx", "gguf", ...) of edgerun.exporters.formats."""
-    from edgerun.exporters.formats import FAMILY_MODULES
+    """The export format families ("onnx", "gguf", ...) of edgerun.format_registry."""
+    from edgerun.format_registry import FAMILY_MODULES
 
     return list(FAMILY_MODULES)
 

@@ -21,13 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgerun.cache_entry import read_entry, report_hit, write_marker
+from edgerun.checkpoint import check_checkpoint_dir
 from edgerun.errors import EdgerunError, require
 from edgerun.home import atomic_dir, cache_dir, models_dir, write_errors_reported
 from edgerun.leftovers import owner_tag
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
-WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
 
 
@@ -97,27 +96,6 @@ def resolve(source: str, progress: bool = True, refresh: bool = False) -> Checkp
         "use a hub id (org/name[@revision]), a local HF directory, a .gguf file, "
         f"or a demo name ({', '.join(DEMO_MODELS)})",
     )
-
-
-def check_checkpoint_dir(path: Path) -> None:
-    """Raise EdgerunError naming the first missing piece of an HF checkpoint directory, or a
-    config.json that is not a JSON object."""
-    from edgerun.untrusted import read_json_object
-
-    if not (path / "config.json").is_file():
-        raise EdgerunError(f"{path} has no config.json", "point to a Hugging Face model directory")
-    read_json_object(path / "config.json", "point to a Hugging Face model directory")
-    if not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
-        raise EdgerunError(
-            f"{path} has no weights (model.safetensors or pytorch_model.bin)",
-            "save the model with save_pretrained() first",
-        )
-    has_bpe = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
-    if not has_bpe and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise EdgerunError(
-            f"{path} has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json + merges.txt)",
-            "save the tokenizer with tokenizer.save_pretrained() into the same directory",
-        )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -4,7 +4,7 @@ module exposing ``FAMILY`` that writes artifacts of its formats and runs them fo
 Families are found through a small table of module paths imported lazily, so listing formats
 never imports torch. A family whose module or dependency is missing is listed as unavailable with
 the reason, never silently dropped. A third-party family is one more line in ``FAMILY_MODULES``
-or a call to :func:`register`.
+(edgerun.format_registry) or a call to :func:`register`.
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from edgerun.exporters.validate import Thresholds
 
 from edgerun.errors import EdgerunError
+from edgerun.format_registry import FAMILY_MODULES
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.validate import LogitsFn
 
     from edgerun.sources import Checkpoint
 
-# family prefix -> module exposing FAMILY; one line per family.
-FAMILY_MODULES: dict[str, str] = {
-    "onnx": "edgerun.exporters.onnx_family",
-    "gguf": "edgerun.exporters.gguf",
-}
 
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 ALGORITHMS = ("rtn", "hqq", "gptq")

@@ -383,7 +383,8 @@ def _source_identity(ckpt: Any) -> dict[str, Any]:
     """Where the model came from and the sha256 of its weights (one hash over all weight files)."""
     import hashlib
 
-    from edgerun.sources import WEIGHT_GLOBS, sha256_file
+    from edgerun.checkpoint import WEIGHT_GLOBS
+    from edgerun.sources import sha256_file
 
     files = sorted({f for g in WEIGHT_GLOBS for f in ckpt.path.glob(g) if f.is_file()})
     hashes = {f.name: sha256_file(f) for f in files}

@@ -56,7 +56,7 @@ def scheduler(host: str, port: int, **kwargs: Any) -> None:
     hidden=True,
     type=click.Path(exists=True, file_okay=False),
     help="Pose as the machine-facts directory DIR (tests).",
-)
+)  # a lab-simulation aid, hidden: results then record `posing` (see edgerun.lab.device)
 @_tls_options
 def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any) -> None:
     """Serve this device to the lab: one Dask worker with a single task slot, advertising the
@@ -97,7 +97,7 @@ def devices(scheduler: str, as_json: bool, **kwargs: Any) -> None:
 
 
 def _brief(device: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in device.items() if k != "fingerprint"}
+    return {k: v for k, v in device.items() if k not in ("fingerprint", "installed")}
 
 
 @lab.command()
@@ -200,7 +200,8 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
                 done = len(results.data["runs"]) - first
                 where = f" in {kw['json_path']}" if kw["json_path"] else ""
                 console.print(
-                    f"Interrupted: every device cancelled; {done} device runs kept{where}."
+                    f"Interrupted: every device cancelled; {done} device runs kept{where}.",
+                    soft_wrap=True,  # one line, whatever the path's length
                 )
                 raise click.exceptions.Exit(130) from None
     print_status(results.status_rows(first), kw["json_path"])

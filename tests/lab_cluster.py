@@ -3,7 +3,9 @@ processes on loopback, each posing as a device of tests/data/machines; fake-back
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,23 @@ class LocalLab(local.LocalLab):
 
     def __init__(self, root: Path, env: dict[str, str] | None = None, **kw: Any) -> None:
         super().__init__(root, {"PYTHONPATH": str(ROOT), **(env or {})}, **kw)
+
+
+@contextlib.contextmanager
+def running_lab(root: Path, machines: dict[str, Path]) -> Iterator[tuple[LocalLab, Any]]:
+    """A LocalLab with a worker per {name: machine-facts dir}, all joined, and a client on it;
+    every process killed on exit."""
+    from edgerun.lab.cluster import connect
+
+    cluster = LocalLab(root)
+    try:
+        for name, machine in machines.items():
+            cluster.add_worker(name, machine)
+        with connect(cluster.address) as client:
+            cluster.wait_for(client, set(machines))
+            yield cluster, client
+    finally:
+        cluster.close()
 
 
 def tiny_machine(root: Path, ram_bytes: int) -> Path:

@@ -23,7 +23,7 @@ from edgerun.lab.local import free_port  # noqa: E402
 from edgerun.lab.orchestrate import Lab, LabRun  # noqa: E402
 from edgerun.lab.results import ResultsFile  # noqa: E402
 from edgerun.lab.ship import local_artifact  # noqa: E402
-from tests.lab_cluster import LOADER, MACHINES, LocalLab, artifact, tiny_machine  # noqa: E402
+from tests.lab_cluster import LOADER, MACHINES, LocalLab, artifact, running_lab, tiny_machine  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 DEVICES = {"pi5": "raspberry-pi-5", "orin": "jetson-orin", "x86": "generic-x86_64", "mcu": "generic-x86_64"}  # fmt: skip
@@ -37,18 +37,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalLab, An
     """Scheduler + four devices: a Pi 5, a Jetson Orin, an x86 desktop, and an x86 board with
     100 bytes of RAM (whose memory budget declines every artifact)."""
     root = tmp_path_factory.mktemp("lab")
-    cluster = LocalLab(root)
-    try:
-        cluster.add_worker("pi5", MACHINES / "raspberry-pi-5")
-        cluster.add_worker("orin", MACHINES / "jetson-orin-nano")
-        cluster.add_worker("x86", MACHINES / "x86-avx2-i7-8700")
-        cluster.add_worker("mcu", tiny_machine(root, ram_bytes=100))
-        client = connect(cluster.address)
-        cluster.wait_for(client, set(DEVICES))
-        yield cluster, client
-        client.close()
-    finally:
-        cluster.close()
+    machines = {name: MACHINES / m for name, m in (("pi5", "raspberry-pi-5"), ("orin", "jetson-orin-nano"), ("x86", "x86-avx2-i7-8700"))}  # fmt: skip
+    with running_lab(root, {**machines, "mcu": tiny_machine(root, ram_bytes=100)}) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +218,8 @@ def test_version_skew_reported(lab: tuple[LocalLab, Any]) -> None:
             "no connected device has profile 'x'",
         ),  # fmt: skip
         (["lab", "devices", "SCHED", "--tls-ca-file", __file__], "TLS needs all of"),
+        (["lab", "bench", "SCHED", "ART", "--profile", "my.toml", *FAST], "takes a profile id"),
+        (["lab", "bench", "SCHED", "ART", "--profile", "pi9", *FAST], "unknown profile 'pi9'"),
     ],
 )
 def test_bad_input_is_one_line(

@@ -25,11 +25,11 @@ from edgerun.bench.device import fingerprint  # noqa: E402
 from edgerun.bench.results import read_results, rows  # noqa: E402
 from edgerun.bench.workload import Workload  # noqa: E402
 from edgerun.cli import cli  # noqa: E402
-from edgerun.lab.cluster import connect, list_devices, select_devices  # noqa: E402
+from edgerun.lab.cluster import list_devices, select_devices  # noqa: E402
 from edgerun.lab.orchestrate import Lab, LabRun  # noqa: E402
 from edgerun.lab.results import ResultsFile  # noqa: E402
 from edgerun.lab.ship import local_artifact  # noqa: E402
-from tests.lab_cluster import LOADER, MACHINES, ROOT, LocalLab, artifact  # noqa: E402
+from tests.lab_cluster import LOADER, MACHINES, ROOT, LocalLab, artifact, running_lab  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 POSING = {"pi5": "raspberry-pi-5", "orin": "jetson-orin-nano", "x86": "x86-avx2-i7-8700"}
@@ -39,21 +39,13 @@ POSING = {"pi5": "raspberry-pi-5", "orin": "jetson-orin-nano", "x86": "x86-avx2-
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalLab, Any]]:
     """A scheduler and three devices posing as a Pi 5, a Jetson Orin Nano and an x86 desktop."""
     root = tmp_path_factory.mktemp("lab-real")
-    cluster = LocalLab(root)
-    try:
-        for name, machine in POSING.items():
-            cluster.add_worker(name, MACHINES / machine)
-        client = connect(cluster.address)
-        cluster.wait_for(client, set(POSING))
-        yield cluster, client
-        client.close()
-    finally:
-        cluster.close()
+    with running_lab(root, {name: MACHINES / m for name, m in POSING.items()}) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random llama exported to onnx-fp32 (validated, no speed probe)."""
+    """The tiny random llama exported to onnx-fp32 (no validation, no speed probe)."""
     pytest.importorskip("torch")
     from edgerun.exporters.pipeline import export
 
@@ -64,7 +56,10 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("EDGERUN_HOME", str(root / "home"))
         mp.setenv("HF_HUB_OFFLINE", "1")
         src = build_tiny_model("llama", root / "src")
-        [result] = export(str(src), "onnx-fp32", root / "out", progress=False, probe=False)
+        # validation is the exporter tests' business; here it would double the setup time
+        [result] = export(
+            str(src), "onnx-fp32", root / "out", progress=False, probe=False, no_validate=True
+        )
     assert result.written and result.path is not None, result.reason
     return Path(result.path)
 

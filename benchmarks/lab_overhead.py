@@ -1,10 +1,11 @@
 """What lab mode costs against plain `edgerun bench` on the same machine.
 
-Same artifact (a fake-backend artifact of --mib MiB from tests/bench_fake.py, so the model's own
-speed is fixed and known), same workload, medians over --rounds:
+Same artifact (a fixed-speed artifact of --mib MiB from benchmarks/fixed_speed.py, so the model's
+own speed is fixed and known), same workload, medians over --rounds:
 
 - plain: edgerun.bench.harness.run_bench in this process (what `edgerun bench` runs);
-- lab, cached: edgerun lab bench on one local worker that already has the artifact
+- lab, cached: edgerun lab bench on one local worker (edgerun.lab.local, this host as itself)
+  that already has the artifact
   (scheduling, the decline check, the store lookup, the result coming back);
 - lab, ship: the same with a fresh artifact each round (its id changes), so it is shipped in
   chunks and verified on arrival first.
@@ -23,31 +24,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.fixed_speed import LOADER, make_artifact
 from edgerun.bench.harness import run_bench
 from edgerun.bench.workload import Workload
 from edgerun.lab.cluster import connect, list_devices
+from edgerun.lab.local import LocalLab
 from edgerun.lab.orchestrate import Lab, LabRun
 from edgerun.lab.results import ResultsFile
 from edgerun.lab.ship import local_artifact
 from edgerun.power.account import energy_for
-from tests.lab_cluster import LOADER, MACHINES, LocalLab, artifact
 
+ROOT = Path(__file__).resolve().parent.parent
 WORKLOAD = Workload([32], 16, 2, 0)
 
 
 def _artifact(root: Path, i: int, mib: int) -> Path:
-    path = artifact(root / f"a{i}", "fake", bytes([i % 256]) * 1024)
-    (path / "model.bin").write_bytes(bytes([i % 256]) * (mib << 20))
-    return artifact_refresh(path)
-
-
-def artifact_refresh(path: Path) -> Path:
-    from edgerun.manifest import file_entries, read_manifest, write_manifest
-
-    manifest = read_manifest(path)
-    manifest["files"] = file_entries(path)
-    write_manifest(path, {k: v for k, v in manifest.items() if k != "schema_version"})
-    return path
+    return make_artifact(root / f"a{i}", bytes([i % 256]) * (mib << 20))
 
 
 def main() -> None:
@@ -56,8 +48,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lab-overhead-"))
-    lab = LocalLab(root)
-    lab.add_worker("dev", MACHINES / "x86-avx2-i7-8700")
+    lab = LocalLab(root, {"PYTHONPATH": str(ROOT)})  # the worker imports LOADER
+    lab.add_worker("dev")
     options = {"workload": WORKLOAD.to_json(), "power": "none", "assume_watts": None, "idle_seconds": 0.0, "loader": LOADER}  # fmt: skip
     times: dict[str, list[float]] = {"plain": [], "lab_cached": [], "lab_ship": []}
     try:
@@ -83,7 +75,7 @@ def main() -> None:
                 [device], ResultsFile(None)
             )
             times["lab_ship"].append(time.perf_counter() - t0)
-            assert run["lab"]["shipped"]["fake"] == args.mib << 20, run["lab"]
+            assert run["lab"]["shipped"]["fixed-speed"] == args.mib << 20, run["lab"]
         client.close()
     finally:
         lab.close()

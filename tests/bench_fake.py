@@ -1,7 +1,8 @@
 """A fake runtime for bench tests: sleeps known durations, logs its calls, needs no model.
 
 Its timings come from the artifact's manifest ("fake" block), so each test artifact can differ:
-prefill_s_per_token x prompt length before the first token, decode_s between tokens."""
+prefill_s_per_token x prompt length before the first token, decode_s between tokens
+($EDGERUN_FAKE_DECODE_S overrides decode_s, so one lab worker can be slower than the others)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,10 @@ class Info:
 class FakeModel:
     def __init__(self, path: str, profile: str | None, threads: int | None) -> None:
         self.manifest = read_manifest(Path(path))
-        self.fake = self.manifest["fake"]
+        self.fake = dict(self.manifest["fake"])
+        slow = os.environ.get("EDGERUN_FAKE_DECODE_S")  # one lab device slower than the others
+        if slow:
+            self.fake["decode_s"] = float(slow)
         self.name = self.manifest["format"]
         self.tokenizer = Tokenizer()
         self.context_length = self.manifest["context_length"]

@@ -1,19 +1,15 @@
-"""A real local Dask lab for tests: one scheduler and `edgerun lab worker` processes on
-loopback ports chosen at runtime, each posing as a device of tests/data/machines, each with
-its own EDGERUN_HOME (its own content store). Everything is killed at teardown."""
+"""A real local Dask lab for tests (edgerun.lab.local): one scheduler and `edgerun lab worker`
+processes on loopback, each posing as a device of tests/data/machines; fake-backend artifacts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgerun.lab import local
 from edgerun.manifest import file_entries, read_manifest, write_manifest
 from tests.bench_fake import make_artifact
 
@@ -22,74 +18,29 @@ MACHINES = ROOT / "tests" / "data" / "machines"
 LOADER = "tests.bench_fake:load"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class LocalLab(local.LocalLab):
+    """edgerun.lab.local.LocalLab with this checkout on every process's PYTHONPATH (for the
+    fake backend, LOADER)."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None, **kw: Any) -> None:
+        super().__init__(root, {"PYTHONPATH": str(ROOT), **(env or {})}, **kw)
 
 
-class LocalLab:
-    """Scheduler and worker processes; `add_worker` starts one posing as a machine."""
+@contextlib.contextmanager
+def running_lab(root: Path, machines: dict[str, Path]) -> Iterator[tuple[LocalLab, Any]]:
+    """A LocalLab with a worker per {name: machine-facts dir}, all joined, and a client on it;
+    every process killed on exit."""
+    from edgerun.lab.cluster import connect
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._start("scheduler", ["scheduler", "--port", self.address.rsplit(":", 1)[1]], {})
-        self._wait_port()
-
-    def _start(self, key: str, args: list[str], env: dict[str, str]) -> None:
-        home = self.root / key
-        home.mkdir(exist_ok=True)
-        full_env = {**os.environ, "EDGERUN_HOME": str(home), "PYTHONPATH": str(ROOT), **env}
-        log = open(self.root / f"{key}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.procs[key] = subprocess.Popen(
-            [sys.executable, "-m", "edgerun", "lab", *args],
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-    def _wait_port(self, timeout: float = 30) -> None:
-        port = int(self.address.rsplit(":", 1)[1])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"scheduler did not start: {self.log('scheduler')}")
-
-    def add_worker(self, name: str, machine: Path, **env: str) -> None:
-        """Start `edgerun lab worker` named `name`, posing as machine-facts dir `machine`."""
-        self._start(name, ["worker", self.address, "--name", name, "--machine", str(machine)], env)
-
-    def wait_for(self, client: Any, names: set[str], timeout: float = 60) -> None:
-        """Until exactly the workers `names` are connected (or fail naming what is missing)."""
-        deadline = time.monotonic() + timeout
-        have: set[str] = set()
-        while time.monotonic() < deadline:
-            workers = client.scheduler_info(n_workers=-1)["workers"]
-            have = {str(w.get("name")) for w in workers.values()}
-            if names <= have:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"workers {names - have} did not join: " + self.log(*(names - have)))
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
-
-    def log(self, *keys: str) -> str:
-        return " | ".join((self.root / f"{k}.log").read_text()[-1500:] for k in keys)
-
-    def close(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM if name == "scheduler" else signal.SIGKILL)
+    cluster = LocalLab(root)
+    try:
+        for name, machine in machines.items():
+            cluster.add_worker(name, machine)
+        with connect(cluster.address) as client:
+            cluster.wait_for(client, set(machines))
+            yield cluster, client
+    finally:
+        cluster.close()
 
 
 def tiny_machine(root: Path, ram_bytes: int) -> Path:

@@ -19,10 +19,11 @@ from edgerun.bench.workload import Workload  # noqa: E402
 from edgerun.cli import cli  # noqa: E402
 from edgerun.errors import EdgerunError  # noqa: E402
 from edgerun.lab.cluster import connect, list_devices, select_devices  # noqa: E402
+from edgerun.lab.local import free_port  # noqa: E402
 from edgerun.lab.orchestrate import Lab, LabRun  # noqa: E402
 from edgerun.lab.results import ResultsFile  # noqa: E402
 from edgerun.lab.ship import local_artifact  # noqa: E402
-from tests.lab_cluster import LOADER, MACHINES, LocalLab, artifact, free_port, tiny_machine  # noqa: E402
+from tests.lab_cluster import LOADER, MACHINES, LocalLab, artifact, running_lab, tiny_machine  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 DEVICES = {"pi5": "raspberry-pi-5", "orin": "jetson-orin", "x86": "generic-x86_64", "mcu": "generic-x86_64"}  # fmt: skip
@@ -36,18 +37,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalLab, An
     """Scheduler + four devices: a Pi 5, a Jetson Orin, an x86 desktop, and an x86 board with
     100 bytes of RAM (whose memory budget declines every artifact)."""
     root = tmp_path_factory.mktemp("lab")
-    cluster = LocalLab(root)
-    try:
-        cluster.add_worker("pi5", MACHINES / "raspberry-pi-5")
-        cluster.add_worker("orin", MACHINES / "jetson-orin-nano")
-        cluster.add_worker("x86", MACHINES / "x86-avx2-i7-8700")
-        cluster.add_worker("mcu", tiny_machine(root, ram_bytes=100))
-        client = connect(cluster.address)
-        cluster.wait_for(client, set(DEVICES))
-        yield cluster, client
-        client.close()
-    finally:
-        cluster.close()
+    machines = {name: MACHINES / m for name, m in (("pi5", "raspberry-pi-5"), ("orin", "jetson-orin-nano"), ("x86", "x86-avx2-i7-8700"))}  # fmt: skip
+    with running_lab(root, {**machines, "mcu": tiny_machine(root, ram_bytes=100)}) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def test_devices_listed_with_profiles(lab: tuple[LocalLab, Any]) -> None:
     cluster, client = lab
     found = {d["id"]: d for d in list_devices(client)}
     assert {k: found[k]["profile"] for k in DEVICES} == DEVICES
-    assert found["pi5"]["cpu"] == "ARM Cortex-A76" and found["pi5"]["arch"] == "aarch64"
+    assert found["pi5"]["cpu"] == "posing as ARM Cortex-A76" and found["pi5"]["arch"] == "aarch64"
     assert found["mcu"]["ram_bytes"] == 100
     result = runner.invoke(cli, ["lab", "devices", cluster.address, "--json"])
     assert result.exit_code == 0, result.output
@@ -78,7 +70,7 @@ def test_bench_every_device_and_artifact_then_ships_nothing(
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     data = read_results(out)  # the existing schema, checked field by field
-    by_device = {run["device"]["name"]: run for run in data["runs"]}
+    by_device = {run["lab"]["device"]: run for run in data["runs"]}
     assert set(by_device) == set(DEVICES)
     for dev in ("pi5", "orin", "x86"):
         run = by_device[dev]
@@ -205,7 +197,11 @@ def test_version_skew_reported(lab: tuple[LocalLab, Any]) -> None:
     cluster.add_worker("old", MACHINES / "graviton2", EDGERUN_LAB_LIBRARIES='{"edgerun": "0.0.9"}')
     cluster.wait_for(client, {"old"})
     result = runner.invoke(cli, ["lab", "devices", cluster.address, "--json"])
+    [old] = [d for d in list_devices(client) if d["id"] == "old"]
     cluster.kill("old")
+    # the staged version is advertised, never recorded as what measured (results use `installed`)
+    assert old["libraries"]["edgerun"] == "0.0.9" != old["installed"]["edgerun"]
+    assert old["fingerprint"]["posing"]["libraries"] == {"edgerun": "0.0.9"}
     assert result.exit_code == 0, result.output
     warnings = json.loads(result.output)["warnings"]
     assert warnings == ["version skew on old: edgerun 0.0.9 (most devices: 0.1.0)"]
@@ -222,6 +218,8 @@ def test_version_skew_reported(lab: tuple[LocalLab, Any]) -> None:
             "no connected device has profile 'x'",
         ),  # fmt: skip
         (["lab", "devices", "SCHED", "--tls-ca-file", __file__], "TLS needs all of"),
+        (["lab", "bench", "SCHED", "ART", "--profile", "my.toml", *FAST], "takes a profile id"),
+        (["lab", "bench", "SCHED", "ART", "--profile", "pi9", *FAST], "unknown profile 'pi9'"),
     ],
 )
 def test_bad_input_is_one_line(

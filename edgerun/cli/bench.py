@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgerun.power.registry import CHOICES
+from edgerun.cli.options import workload_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -36,26 +36,7 @@ def _refuse_existing(paths: list[Path | None], append: bool) -> None:
 
 @click.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--prompt-tokens", default="128,512", show_default=True, help="Prompt lengths, comma-separated."
-)
-@click.option(
-    "--gen-tokens", default=128, show_default=True, help="Tokens generated per repetition."
-)
-@click.option("--reps", default=5, show_default=True, help="Measured repetitions per artifact.")
-@click.option("--warmup", default=1, show_default=True, help="Unmeasured repetitions first.")
-@click.option("--threads", type=int, help="CPU threads (default: the profile's).")
-@click.option("--profile", help="Device profile id or TOML path (default: detected).")
-@click.option("--ctx", type=int, help="Context length to load with (the workload must fit it).")
-@click.option(
-    "--power", "power_spec", default="auto", show_default=True, help=f"Power meter: {CHOICES}."
-)
-@click.option(
-    "--idle-seconds", default=10.0, show_default=True, help="Idle baseline before the run."
-)
-@click.option(
-    "--assume-watts", type=float, help="No meter: estimate energy at this power (labelled)."
-)
+@workload_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write results JSON.")
 @click.option(
     "--append",
@@ -64,7 +45,6 @@ def _refuse_existing(paths: list[Path | None], append: bool) -> None:
 )
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a Markdown table.")
-@click.option("--loader", default="edgerun:load", hidden=True, help="Model loader (tests).")
 def bench(
     artifacts: tuple[Path, ...],
     prompt_tokens: str,

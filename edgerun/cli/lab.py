@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgerun.cli.options import echo_json, json_option
+from edgerun.cli.options import echo_json, json_option, workload_options
 
 
 def _tls_options(f: Any) -> Any:
@@ -56,7 +56,7 @@ def scheduler(host: str, port: int, **kwargs: Any) -> None:
     hidden=True,
     type=click.Path(exists=True, file_okay=False),
     help="Pose as the machine-facts directory DIR (tests).",
-)
+)  # a lab-simulation aid, hidden: results then record `posing` (see edgerun.lab.device)
 @_tls_options
 def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any) -> None:
     """Serve this device to the lab: one Dask worker with a single task slot, advertising the
@@ -97,7 +97,7 @@ def devices(scheduler: str, as_json: bool, **kwargs: Any) -> None:
 
 
 def _brief(device: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in device.items() if k != "fingerprint"}
+    return {k: v for k, v in device.items() if k not in ("fingerprint", "installed")}
 
 
 @lab.command()
@@ -110,24 +110,7 @@ def _brief(device: dict[str, Any]) -> dict[str, Any]:
     show_default=True,
     help="all, ID,ID,... or profile:ID.",
 )
-@click.option(
-    "--prompt-tokens", default="128,512", show_default=True, help="Prompt lengths, comma-separated."
-)
-@click.option(
-    "--gen-tokens", default=128, show_default=True, help="Tokens generated per repetition."
-)
-@click.option("--reps", default=5, show_default=True, help="Measured repetitions per artifact.")
-@click.option("--warmup", default=1, show_default=True, help="Unmeasured repetitions first.")
-@click.option("--threads", type=int, help="CPU threads (default: each device's profile's).")
-@click.option("--profile", help="Profile id for every device (default: each device's own).")
-@click.option("--ctx", type=int, help="Context length to load with.")
-@click.option(
-    "--power", "power_spec", default="auto", show_default=True, help="Power meter on each device."
-)
-@click.option(
-    "--idle-seconds", default=10.0, show_default=True, help="Idle baseline before the run."
-)
-@click.option("--assume-watts", type=float, help="No meter: estimate energy at this power.")
+@workload_options
 @click.option(
     "--stall-timeout",
     default=300.0,
@@ -147,14 +130,16 @@ def _brief(device: dict[str, Any]) -> dict[str, Any]:
     help="Write results JSON (as each device ends).",
 )
 @click.option("--append", is_flag=True, help="Add these runs to an existing --json file.")
-@click.option("--loader", default="edgerun:load", hidden=True, help="Model loader (tests).")
 @_tls_options
 def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
     """Ship artifacts to every device (content-addressed, verified on arrival), run the same
     `edgerun bench` workload on each at once, and write one results file for `edgerun compare`.
 
-    A device may decline an artifact (no backend, memory budget); a device that disconnects is
-    recorded as failed (and retried once if it rejoins); Ctrl-C cancels every device."""
+    The workload options are `edgerun bench`'s; --threads and --profile (a shipped profile id
+    here: devices do not have this host's files) apply to every device, each device's own by
+    default. A device may decline an artifact (no backend, memory budget); a device that
+    disconnects is recorded as failed (and retried once if it rejoins); Ctrl-C cancels every
+    device."""
     from rich.console import Console
 
     from edgerun.bench.device import library_versions
@@ -162,7 +147,7 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
     from edgerun.cli.bench import _ints
     from edgerun.lab.cluster import connect, list_devices, select_devices
     from edgerun.lab.device import version_skew
-    from edgerun.lab.orchestrate import Lab, LabRun
+    from edgerun.lab.orchestrate import Lab, LabRun, check_profile
     from edgerun.lab.render import print_status, progress_display
     from edgerun.lab.results import ResultsFile
     from edgerun.lab.ship import local_artifact
@@ -176,6 +161,7 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
         kw["profile"],
         kw["ctx"],
     )
+    check_profile(kw["profile"])
     local = [local_artifact(a) for a in artifacts]
     results = ResultsFile(kw["json_path"], kw["append"])
     first = len(results.data["runs"])
@@ -200,7 +186,8 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
                 done = len(results.data["runs"]) - first
                 where = f" in {kw['json_path']}" if kw["json_path"] else ""
                 console.print(
-                    f"Interrupted: every device cancelled; {done} device runs kept{where}."
+                    f"Interrupted: every device cancelled; {done} device runs kept{where}.",
+                    soft_wrap=True,  # one line, whatever the path's length
                 )
                 raise click.exceptions.Exit(130) from None
     print_status(results.status_rows(first), kw["json_path"])

@@ -16,6 +16,53 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
 
+def workload_options(f: F) -> F:
+    """The bench workload, shared by `edgerun bench` and `edgerun lab bench` (which runs it on
+    every device): --prompt-tokens, --gen-tokens, --reps, --warmup, --threads, --profile,
+    --ctx, --power, --idle-seconds, --assume-watts, and the hidden --loader (tests)."""
+    from edgerun.power.registry import CHOICES
+
+    options = [
+        click.option(
+            "--prompt-tokens",
+            default="128,512",
+            show_default=True,
+            help="Prompt lengths, comma-separated.",
+        ),
+        click.option(
+            "--gen-tokens", default=128, show_default=True, help="Tokens generated per repetition."
+        ),
+        click.option(
+            "--reps", default=5, show_default=True, help="Measured repetitions per artifact."
+        ),
+        click.option(
+            "--warmup", default=1, show_default=True, help="Unmeasured repetitions first."
+        ),
+        click.option("--threads", type=int, help="CPU threads (default: the profile's)."),
+        click.option("--profile", help="Device profile id or TOML path (default: detected)."),
+        click.option(
+            "--ctx", type=int, help="Context length to load with (the workload must fit it)."
+        ),
+        click.option(
+            "--power",
+            "power_spec",
+            default="auto",
+            show_default=True,
+            help=f"Power meter: {CHOICES}.",
+        ),
+        click.option(
+            "--idle-seconds", default=10.0, show_default=True, help="Idle baseline before the run."
+        ),
+        click.option(
+            "--assume-watts", type=float, help="No meter: estimate energy at this power (labelled)."
+        ),
+        click.option("--loader", default="edgerun:load", hidden=True, help="Model loader (tests)."),
+    ]
+    for option in reversed(options):  # click lists options in decorator order, top first
+        f = option(f)
+    return f
+
+
 def echo_json(data: Any) -> None:
     """Print `data` as indented JSON on stdout."""
     click.echo(json.dumps(data, indent=2, default=str))

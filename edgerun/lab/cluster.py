@@ -16,6 +16,7 @@ from edgerun.lab import require_dask
 
 DEFAULT_PORT = 8786
 CONNECT_TIMEOUT_S = 10
+TLS_OPTIONS = "--tls-ca-file/--tls-cert/--tls-key"
 START_HINT = "start one with `edgerun lab scheduler` (or `dask scheduler`) and check the address"
 
 
@@ -72,9 +73,11 @@ def connect(scheduler: str, tls: Tls | None = None, timeout: float = CONNECT_TIM
     try:
         return Client(address, security=security, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
+        # a TLS-only scheduler resets a plain-TCP client: say what it may be missing
+        hint = START_HINT if tls else f"{START_HINT}; a TLS lab needs {TLS_OPTIONS} here too"
         raise EdgerunError(
             f"cannot reach the Dask scheduler at {address}: {str(exc).splitlines()[0]:.160}",
-            START_HINT,
+            hint,
         ) from exc
 
 

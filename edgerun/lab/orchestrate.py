@@ -40,6 +40,21 @@ class Cancelled(EdgerunError):
     """The lab run was cancelled on the host."""
 
 
+def check_profile(profile: str | None) -> None:
+    """Refuse, before anything is shipped, a --profile that is not a shipped profile id: a
+    TOML path names a file on this host, which the devices do not have."""
+    if profile is None:
+        return
+    from edgerun.profile import get_profile
+
+    if profile.endswith(".toml") or "/" in profile or "\\" in profile:
+        raise EdgerunError(
+            f"lab bench takes a profile id, not a file ({profile!r:.80}): devices lack this host's files",
+            "pass a shipped profile id (`edgerun profiles list`), or leave each device its own",
+        )
+    get_profile(profile)  # an unknown id: EdgerunError listing the known ones
+
+
 @dataclass
 class LabRun:
     """Options of one lab bench (see edgerun.lab.remote.bench_on_device for `options`)."""

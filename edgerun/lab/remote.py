@@ -109,4 +109,4 @@ def bench_on_device(
     )
     for entry, info in zip(body["artifacts"], infos, strict=True):
         entry["device_path"], entry["path"] = entry["path"], info["path"]
-    return new_run(body, device, ad["libraries"])
+    return new_run(body, device, ad["installed"])  # never the staged skew versions

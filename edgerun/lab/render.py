@@ -80,4 +80,7 @@ def print_status(rows: list[dict[str, Any]], json_path: Path | None) -> None:
         )
     console.print(table)
     if json_path:
-        console.print(f"results: {json_path}  (edgerun compare {json_path} --html report.html)")
+        console.print(
+            f"results: {json_path}  (edgerun compare {json_path} --html report.html)",
+            soft_wrap=True,
+        )

@@ -42,7 +42,8 @@ def failed_run(
         "order": [],
         "artifacts": [unmeasured(i, status, reason) for i in infos],
     }
-    return new_run(body, device.get("fingerprint") or {"name": device["id"]}, device["libraries"])
+    libraries = device.get("installed") or device["libraries"]  # not the staged skew versions
+    return new_run(body, device.get("fingerprint") or {"name": device["id"]}, libraries)
 
 
 class ResultsFile:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,22 +161,26 @@ def test_an_architecture_llama_cpp_lacks_is_one_line_naming_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_checkpoints_llama_cpp_would_run_wrongly_are_refused_before_work():
-    wrong = {
-        "gemma3_text": {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]},
-        "smollm3": {"no_rope_layers": [1, 0]},
-        "phi": {"hidden_size": 64, "intermediate_size": 128},
-    }  # fmt: skip
-    for model_type, knobs in wrong.items():
-        with pytest.raises(EdgerunError, match="would run wrongly in llama.cpp"):
-            FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **knobs})
-    right = {
-        "gemma3_text": {"sliding_window": 16, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
-        "smollm3": {"no_rope_layers": [1, 1, 1, 0]},
-        "phi": {"hidden_size": 64, "intermediate_size": 256},
-    }  # fmt: skip
-    for model_type, knobs in right.items():
-        FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **knobs})
+# Each GGUF quirk (edgerun.exporters.gguf.quirks) -> knobs llama.cpp runs wrongly, and right ones.
+QUIRK_CHECKPOINTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "gemma3_text": (
+        {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]},
+        {"sliding_window": 16, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
+    ),
+    "smollm3": ({"no_rope_layers": [1, 0]}, {"no_rope_layers": [1, 1, 1, 0]}),
+    "phi": (
+        {"hidden_size": 64, "intermediate_size": 128},
+        {"hidden_size": 64, "intermediate_size": 256},
+    ),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(QUIRK_CHECKPOINTS))
+def test_checkpoints_llama_cpp_would_run_wrongly_are_refused_before_work(model_type):
+    wrong, right = QUIRK_CHECKPOINTS[model_type]
+    with pytest.raises(EdgerunError, match="would run wrongly in llama.cpp"):
+        FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **wrong})
+    FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **right})
 
 
 def test_unknown_quant_type_lists_available(tmp_path):

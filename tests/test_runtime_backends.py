@@ -31,19 +31,25 @@ PROMPTS = [[7], [12, 40, 41, 3, 200, 17, 99, 301, 6], list(range(10, 45))]
 SAMPLED = dict(max_tokens=16, temperature=0.8, top_k=40, top_p=0.9, seed=21, ignore_eos=True)
 
 
+# Every registered backend -> (library it needs, format, builder) of its tiny artifact here
+# (tests/test_registries.py fails when a backend has none).
+BACKEND_ARTIFACTS: dict[str, tuple[str, str, str]] = {
+    # optimum's graph for edgerun's ORT loop (auto would pick genai's, the "genai" one below)
+    "onnxruntime": ("onnxruntime", "onnx-fp32", "optimum"),
+    "llamacpp": ("llama_cpp", "gguf-f32", "auto"),
+    "genai": ("onnxruntime_genai", "onnx-fp32", "genai"),
+}
+
+
 @pytest.fixture(scope="module")
 def artifacts(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny llama exported once per backend: optimum's graph for edgerun's ORT loop (the
-    auto builder would pick genai's, the same graph as the "genai" artifact below)."""
+    """The tiny llama exported once per backend whose library is installed."""
     root = tmp_path_factory.mktemp("backends")
-    arts = {
-        "onnxruntime": export_artifact(tiny_llama, "onnx-fp32", root / "ort", builder="optimum")
+    return {
+        name: export_artifact(tiny_llama, fmt, root / name, builder=builder)
+        for name, (library, fmt, builder) in BACKEND_ARTIFACTS.items()
+        if importlib.util.find_spec(library)
     }
-    if importlib.util.find_spec("llama_cpp"):
-        arts["llamacpp"] = export_artifact(tiny_llama, "gguf-f32", root / "gguf")
-    if importlib.util.find_spec("onnxruntime_genai"):
-        arts["genai"] = export_artifact(tiny_llama, "onnx-fp32", root / "genai", builder="genai")
-    return arts
 
 
 # (artifact, backend): the genai builder's graph also runs in edgerun's own ORT loop

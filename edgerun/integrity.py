@@ -73,7 +73,7 @@ def check_files(root: Path, entries: list[dict[str, Any]], full: bool = False) -
     for entry in entries:
         path = root / entry["name"]
         if full or entry["bytes"] <= SMALL_FILE:
-            if _sha256(path) != entry["sha256"]:
+            if sha256_file(path) != entry["sha256"]:
                 raise _changed(path, "its sha256 differs from the manifest")
         elif "blocks" in entry:
             _check_sampled(path, entry["blocks"])
@@ -94,11 +94,12 @@ def _check_sampled(path: Path, blocks: dict[str, Any]) -> None:
                 raise _changed(path, f"block {i} of {last + 1} differs from the manifest")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (the one file-hash helper of edgerun)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+        while block := fh.read(chunk):
+            digest.update(block)
     return digest.hexdigest()
 
 

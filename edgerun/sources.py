@@ -7,7 +7,6 @@ so an interrupted pull leaves nothing that looks like a checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from edgerun.cache_entry import read_entry, report_hit, write_marker
 from edgerun.checkpoint import check_checkpoint_dir
 from edgerun.errors import EdgerunError, require
 from edgerun.home import atomic_dir, cache_dir, models_dir, write_errors_reported
+from edgerun.integrity import sha256_file
 from edgerun.leftovers import owner_tag
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -96,15 +96,6 @@ def resolve(source: str, progress: bool = True, refresh: bool = False) -> Checkp
         "use a hub id (org/name[@revision]), a local HF directory, a .gguf file, "
         f"or a demo name ({', '.join(DEMO_MODELS)})",
     )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

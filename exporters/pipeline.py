@@ -384,7 +384,7 @@ def _source_identity(ckpt: Any) -> dict[str, Any]:
     import hashlib
 
     from edgerun.checkpoint import WEIGHT_GLOBS
-    from edgerun.sources import sha256_file
+    from edgerun.integrity import sha256_file
 
     files = sorted({f for g in WEIGHT_GLOBS for f in ckpt.path.glob(g) if f.is_file()})
     hashes = {f.name: sha256_file(f) for f in files}

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from edgerun.cli import cli
 from edgerun.errors import EdgerunError
+from edgerun.integrity import sha256_file
 from edgerun.sampling import SamplingParams
-from edgerun.sources import sha256_file
 
 runner = CliRunner()
 

@@ -12,8 +12,8 @@ from edgerun.exporters.pipeline import export
 from edgerun.exporters.validate import Thresholds
 
 from edgerun.cli import cli
+from edgerun.integrity import sha256_file
 from edgerun.manifest import MANIFEST_NAME, SCHEMA_VERSION, read_manifest, verify
-from edgerun.sources import sha256_file
 
 GATE = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)
 

@@ -16,8 +16,8 @@ from edgerun.cli import cli
 from edgerun.cli.info import _render
 from edgerun.describe import describe
 from edgerun.errors import EdgerunError
+from edgerun.integrity import sha256_file
 from edgerun.manifest import MANIFEST_NAME, read_manifest, verify
-from edgerun.sources import sha256_file
 from tests.fuzz import FUZZ, hypothesis
 
 st = hypothesis.strategies

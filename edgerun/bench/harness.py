@@ -103,7 +103,7 @@ def describe_artifact(path: Path) -> dict[str, Any]:
 
 def _bare_file(path: Path) -> dict[str, Any]:
     """A bare .gguf / .onnx file: no manifest, so no digest of it and no validation."""
-    from edgerun.sources import sha256_file
+    from edgerun.integrity import sha256_file
 
     return {
         "path": str(path),

@@ -12,7 +12,6 @@ Offline machines: set EDGERUN_LLAMA_CPP_SDIST to a downloaded `llama_cpp_python-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_dir, atomic_write_json, cache_dir
+from edgerun.integrity import sha256_file
 
 DIST = "llama_cpp_python"
 SDIST_ENV = "EDGERUN_LLAMA_CPP_SDIST"
@@ -84,7 +84,7 @@ def ensure(progress: bool = False) -> Converter:
         return Converter(root, version, str(info["sha256"]), bool(info["pinned"]))
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=root.parent) as tmp:
         sdist = _sdist(version, Path(tmp), progress)
-        digest = _sha256(sdist)
+        digest = sha256_file(sdist)
         pinned = PINNED_SHA256.get(version)
         if pinned is not None and digest != pinned:
             raise EdgerunError(
@@ -124,14 +124,6 @@ def _sdist(version: str, tmp: Path, progress: bool) -> Path:
             f"check the package index, or set {SDIST_ENV} to a downloaded {DIST}-{version}.tar.gz",
         )
     return found[0]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _kept(relative: PurePosixPath) -> bool:

@@ -101,7 +101,7 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
     from edgerun.exporters.formats import UNAVAILABLE, all_formats
 
     if kw.pop("list_recipes"):
-        from edgerun.exporters.onnx_recipes import DEFAULT_RECIPE, RECIPES
+        from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, RECIPES
 
         for recipe in RECIPES.values():
             mark = " (default)" if recipe.name == DEFAULT_RECIPE else ""

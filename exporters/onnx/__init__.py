@@ -1,9 +1,9 @@
 """The ONNX format family: onnx-fp32, onnx-fp16, onnx-int8, onnx-int4.
 
 The fp32 graph comes from optimum-onnx (decoder with KV cache) or, with `--builder genai`, from
-onnxruntime-genai's model builder (see onnx_genai; fp16 is optimum-only). fp16 is that graph cast
+onnxruntime-genai's model builder (see genai; fp16 is optimum-only). fp16 is that graph cast
 by onnxruntime's float16 converter; int8 / int4 are that graph quantized weight-only to MatMulNBits
-(see onnx_quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger).
+(see quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters import families, onnx_genai, onnx_optimum
+from edgerun.exporters import families
 from edgerun.exporters.formats import (
     ALGORITHMS,
     BUILDERS,
@@ -21,7 +21,8 @@ from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
 )
-from edgerun.exporters.onnx_recipes import DEFAULT_RECIPE, get_recipe, plan_summary
+from edgerun.exporters.onnx import genai, optimum
+from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe, plan_summary
 from edgerun.exporters.validate import LogitsFn
 
 from edgerun.errors import EdgerunError, require
@@ -46,7 +47,7 @@ class OnnxFamily:
                 f"unknown builder '{options.builder}'", f"use one of {', '.join(BUILDERS)}"
             )
         if options.builder == "genai":
-            onnx_genai.check_genai(fmt)
+            genai.check_genai(fmt)
         if fmt in ("onnx-int4", "onnx-int8"):
             _check_quant_options(fmt, options)
         if fmt == "onnx-int4":
@@ -56,9 +57,9 @@ class OnnxFamily:
         """Raise EdgerunError when the builder cannot export this architecture."""
         families.check_format(config, "onnx")
         if resolve_builder(fmt, options, config) == "genai":
-            onnx_genai.check_architecture(config)
+            genai.check_architecture(config)
         else:
-            onnx_optimum.check_exportable(str(config.get("model_type", "?")))
+            optimum.check_exportable(str(config.get("model_type", "?")))
 
     def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
         """Write out_dir/model.onnx (+ external data) for `fmt`; return the manifest fields.
@@ -66,25 +67,25 @@ class OnnxFamily:
         The builder makes the fp32 graph; every other format is made from it by the same code."""
         builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
         if builder == "genai":
-            fp32 = onnx_genai.genai_fp32(ctx)
-            onnx_genai.copy_config(fp32, out_dir)
+            fp32 = genai.genai_fp32(ctx)
+            genai.copy_config(fp32, out_dir)
         else:
-            fp32 = onnx_optimum.fp32_export(ctx)
+            fp32 = optimum.fp32_export(ctx)
         if fmt == "onnx-fp32":
-            onnx_optimum.copy_model(fp32, out_dir)
+            optimum.copy_model(fp32, out_dir)
         quant = None if fmt == "onnx-fp32" else _from_fp32(fmt, fp32, out_dir, ctx)
         fields: dict[str, Any] = {
             "precision": PRECISIONS[fmt],
             "quant": quant,
             "builder": builder,
-            "model_file": onnx_optimum.MODEL_FILE,
+            "model_file": optimum.MODEL_FILE,
         }
-        fields["onnx"] = onnx_optimum.graph_info(out_dir / onnx_optimum.MODEL_FILE)
+        fields["onnx"] = optimum.graph_info(out_dir / optimum.MODEL_FILE)
         fields["libraries"] = _libraries(builder)
         return fields
 
     def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
-        from edgerun.exporters.onnx_runner import onnx_logits_fn
+        from edgerun.exporters.onnx.runner import onnx_logits_fn
 
         threads = manifest.get("threads")  # set by the pipeline from --threads during export
         return onnx_logits_fn(Path(artifact_dir) / manifest["model_file"], threads=threads)
@@ -94,7 +95,7 @@ def _from_fp32(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[
     """Make `fmt` (not fp32) from the fp32 graph; return the manifest's `quant`."""
     if fmt == "onnx-fp16":
         with ctx.stage("cast to fp16"):
-            onnx_optimum.save_model(onnx_optimum.to_fp16(fp32), out_dir)
+            optimum.save_model(optimum.to_fp16(fp32), out_dir)
         return None
     if fmt == "onnx-int8" and ctx.options.int8_mode == "dynamic":
         return _quantize_dynamic(fp32, out_dir, ctx)
@@ -167,7 +168,7 @@ def _check_quant_options(fmt: str, options: ExportOptions) -> None:
 
 def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
     import onnx
-    from edgerun.exporters.onnx_quant import WeightOnlyConfig, quantize_weight_only
+    from edgerun.exporters.onnx.quant import WeightOnlyConfig, quantize_weight_only
 
     opts = ctx.options
     config = WeightOnlyConfig(
@@ -181,9 +182,9 @@ def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> 
     plan, recipe = (None, None) if fmt != "onnx-int4" else _int4_plan(model, config, ctx)
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
-    with ctx.stage(stage), onnx_optimum.quiet():
+    with ctx.stage(stage), optimum.quiet():
         model, quant = quantize_weight_only(model, config, plan)
-        onnx_optimum.save_model(model, out_dir)
+        optimum.save_model(model, out_dir)
     if recipe is not None:
         quant["recipe"] = recipe
     quant["bits_summary"] = plan_summary(quant["nodes"])
@@ -200,11 +201,11 @@ def _int4_plan(
         recipe = get_recipe(opts.recipe or DEFAULT_RECIPE)
         if recipe.budget is None:
             return recipe.plan(nodes), {"name": recipe.name, "description": recipe.description}
-        from edgerun.exporters.target import budget_plan
+        from edgerun.exporters.onnx.target import budget_plan
 
         with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)"):
             return budget_plan(ctx, nodes, config, recipe)
-    from edgerun.exporters.target import search_plan
+    from edgerun.exporters.onnx.target import search_plan
 
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):
         return search_plan(ctx, nodes, config)
@@ -214,13 +215,13 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     """ORT dynamic quantization: int8 MatMulInteger with activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), onnx_optimum.quiet():
+    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), optimum.quiet():
         quantize_dynamic(
             fp32,
-            out_dir / onnx_optimum.MODEL_FILE,
+            out_dir / optimum.MODEL_FILE,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
-            use_external_data_format=onnx_optimum.has_external_data(fp32),
+            use_external_data_format=optimum.has_external_data(fp32),
         )
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 
@@ -250,8 +251,8 @@ def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) ->
         return options.builder
     arch = (config.get("architectures") or ["?"])[0]
     genai_fits = (
-        fmt in onnx_genai.GENAI_FORMATS
-        and arch in onnx_genai.GENAI_ARCHITECTURES
+        fmt in genai.GENAI_FORMATS
+        and arch in genai.GENAI_ARCHITECTURES
         and families.genai_proven(config)
         and importlib.util.find_spec("onnxruntime_genai") is not None
     )

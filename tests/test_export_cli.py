@@ -340,12 +340,12 @@ def test_hqq_int8_is_refused_early(tiny_llama: Path, tmp_path: Path) -> None:
 def test_a_format_that_errors_is_reported_and_the_others_are_kept(
     tiny_llama: Path, tmp_path: Path, eval_text: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgerun.exporters.onnx import optimum as onnx_optimum
+    from edgerun.exporters.onnx import files as onnx_files
 
     def broken(src: Path) -> None:
         raise EdgerunError("fp16 cast failed", "try onnx-fp32")
 
-    monkeypatch.setattr(onnx_optimum, "to_fp16", broken)
+    monkeypatch.setattr(onnx_files, "to_fp16", broken)
     args = ["-o", str(tmp_path), "--eval-text", str(eval_text), *TINY_GATE]
     result = run(str(tiny_llama), "-f", "onnx-fp16,onnx-fp32", *args)
     assert result.exit_code == 1

@@ -21,7 +21,7 @@ from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
 )
-from edgerun.exporters.onnx import genai, optimum
+from edgerun.exporters.onnx import files, genai, optimum
 from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe, plan_summary
 from edgerun.exporters.validate import LogitsFn
 
@@ -72,15 +72,15 @@ class OnnxFamily:
         else:
             fp32 = optimum.fp32_export(ctx)
         if fmt == "onnx-fp32":
-            optimum.copy_model(fp32, out_dir)
+            files.copy_model(fp32, out_dir)
         quant = None if fmt == "onnx-fp32" else _from_fp32(fmt, fp32, out_dir, ctx)
         fields: dict[str, Any] = {
             "precision": PRECISIONS[fmt],
             "quant": quant,
             "builder": builder,
-            "model_file": optimum.MODEL_FILE,
+            "model_file": files.MODEL_FILE,
         }
-        fields["onnx"] = optimum.graph_info(out_dir / optimum.MODEL_FILE)
+        fields["onnx"] = files.graph_info(out_dir / files.MODEL_FILE)
         fields["libraries"] = _libraries(builder)
         return fields
 
@@ -95,7 +95,7 @@ def _from_fp32(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[
     """Make `fmt` (not fp32) from the fp32 graph; return the manifest's `quant`."""
     if fmt == "onnx-fp16":
         with ctx.stage("cast to fp16"):
-            optimum.save_model(optimum.to_fp16(fp32), out_dir)
+            files.save_model(files.to_fp16(fp32), out_dir)
         return None
     if fmt == "onnx-int8" and ctx.options.int8_mode == "dynamic":
         return _quantize_dynamic(fp32, out_dir, ctx)
@@ -182,9 +182,9 @@ def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> 
     plan, recipe = (None, None) if fmt != "onnx-int4" else _int4_plan(model, config, ctx)
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
-    with ctx.stage(stage), optimum.quiet():
+    with ctx.stage(stage), files.quiet():
         model, quant = quantize_weight_only(model, config, plan)
-        optimum.save_model(model, out_dir)
+        files.save_model(model, out_dir)
     if recipe is not None:
         quant["recipe"] = recipe
     quant["bits_summary"] = plan_summary(quant["nodes"])
@@ -215,13 +215,13 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     """ORT dynamic quantization: int8 MatMulInteger with activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), optimum.quiet():
+    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), files.quiet():
         quantize_dynamic(
             fp32,
-            out_dir / optimum.MODEL_FILE,
+            out_dir / files.MODEL_FILE,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
-            use_external_data_format=optimum.has_external_data(fp32),
+            use_external_data_format=files.has_external_data(fp32),
         )
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 

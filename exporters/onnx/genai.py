@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.exporters.formats import ExportContext
-from edgerun.exporters.onnx.optimum import MODEL_FILE
+from edgerun.exporters.onnx.files import MODEL_FILE
 
 from edgerun.errors import EdgerunError, require
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.onnx.files import MODEL_FILE
+from edgerun.exporters.onnx.formats import FORMATS
 
 from edgerun.errors import EdgerunError, require
 
@@ -41,7 +42,7 @@ GENAI_ARCHITECTURES = (
 )
 # The formats made from the builder's fp32 graph: fp32 as built, int8 / int4 quantized by edgerun
 # (quant) exactly as it quantizes optimum's graph.
-GENAI_FORMATS = ("onnx-fp32", "onnx-int8", "onnx-int4")
+GENAI_FORMATS = tuple(f.name for f in FORMATS.values() if f.genai)
 GENAI_CONFIG = "genai_config.json"
 
 

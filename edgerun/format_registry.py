@@ -7,6 +7,6 @@ from __future__ import annotations
 
 # family prefix -> module exposing FAMILY
 FAMILY_MODULES: dict[str, str] = {
-    "onnx": "edgerun.exporters.onnx_family",
+    "onnx": "edgerun.exporters.onnx",
     "gguf": "edgerun.exporters.gguf",
 }

@@ -38,10 +38,10 @@ class ExportOptions:
     """Options of one export call, shared by every format of it (each family reads what it uses).
 
     block_size / symmetric / accuracy_level / algorithm: ONNX int4 (MatMulNBits) parameters;
-    recipe: the onnx-int4 mixed-precision recipe (edgerun.exporters.onnx_recipes: which MatMuls
+    recipe: the onnx-int4 mixed-precision recipe (edgerun.exporters.onnx.recipes: which MatMuls
         get 8 bits); target_kl / target_ppl_ratio: instead of a recipe, search for the smallest
         mixed int4/int8 plan whose KL (or PPL ratio) on the calibration text meets the target
-        (edgerun.exporters.sensitivity), then hold it to the target on the evaluation text;
+        (edgerun.exporters.onnx.sensitivity), then hold it to the target on the evaluation text;
     calib_text: the calibration text of that search (None: exporters/data/calib.txt);
     probe: time a short greedy decode of each artifact on this machine (manifest "probe");
     int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
@@ -62,7 +62,7 @@ class ExportOptions:
     symmetric: bool | None = None  # None: asymmetric for onnx-int4 and hqq, else symmetric
     accuracy_level: int = 4
     algorithm: str = "rtn"
-    recipe: str | None = None  # None: onnx_recipes.DEFAULT_RECIPE
+    recipe: str | None = None  # None: onnx.recipes.DEFAULT_RECIPE
     target_kl: float | None = None
     target_ppl_ratio: float | None = None
     calib_text: Path | None = None

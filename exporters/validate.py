@@ -90,7 +90,7 @@ class Thresholds:
 # 4 bits and below: the class default (int4 RTN 1.316 / 0.377 / 0.630 symmetric, 1.392 / 0.373 /
 # 0.609 asymmetric, q4_0 1.206 / 0.282 / 0.694,
 # q3_k_s 1.358 / 0.418 / 0.636; iq3_m 2.09 / 0.73 is refused).
-# ONNX int4, made by edgerun's recipes (exporters/onnx_recipes.py). The default (q4-mixed,
+# ONNX int4, made by edgerun's recipes (exporters/onnx/recipes.py). The default (q4-mixed,
 # asymmetric) measured PPL ratio / mean KL / top-1 1.186 / 0.174 / 0.725 on the demo checkpoint
 # and 1.222 / 0.212 / 0.693 on the off-grid reference (symmetric: 1.173 / 0.182 / 0.721 and
 # 1.233 / 0.229 / 0.701; benchmarks/README.md, "Fidelity"); this gate leaves >30% margin on KL

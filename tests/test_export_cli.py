@@ -263,7 +263,7 @@ def test_json_output_and_overwrite(tiny_qwen2: Path, tmp_path: Path, eval_text: 
 def test_ctrl_c_mid_export_leaves_nothing(
     tiny_llama: Path, tmp_path: Path, eval_text: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edgerun.exporters.onnx_quant as onnx_quant
+    import edgerun.exporters.onnx.quant as onnx_quant
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -340,12 +340,12 @@ def test_hqq_int8_is_refused_early(tiny_llama: Path, tmp_path: Path) -> None:
 def test_a_format_that_errors_is_reported_and_the_others_are_kept(
     tiny_llama: Path, tmp_path: Path, eval_text: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgerun.exporters import onnx_optimum
+    from edgerun.exporters.onnx import files as onnx_files
 
     def broken(src: Path) -> None:
         raise EdgerunError("fp16 cast failed", "try onnx-fp32")
 
-    monkeypatch.setattr(onnx_optimum, "to_fp16", broken)
+    monkeypatch.setattr(onnx_files, "to_fp16", broken)
     args = ["-o", str(tmp_path), "--eval-text", str(eval_text), *TINY_GATE]
     result = run(str(tiny_llama), "-f", "onnx-fp16,onnx-fp32", *args)
     assert result.exit_code == 1
@@ -383,7 +383,7 @@ def test_genai_build_keeps_onnx_ir_warnings_off_the_terminal(
     int4 embedding) go into the build log, not to the terminal's logging handlers."""
     import logging
 
-    from edgerun.exporters.onnx_genai import _capture
+    from edgerun.exporters.onnx.genai import _capture
 
     with caplog.at_level(logging.WARNING), _capture() as log:
         logging.getLogger("onnx_ir.serde").warning("Input 'x' cannot be found in any scope.")

@@ -227,9 +227,9 @@ def test_large_models_use_external_data(
     tiny_llama: Path, short_eval_text: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over protobuf's 2 GB limit weights go to model.onnx_data; simulated with a lower limit."""
-    from edgerun.exporters import onnx_optimum
+    from edgerun.exporters.onnx import files as onnx_files
 
-    monkeypatch.setattr(onnx_optimum, "TWO_GB", (64 << 20) + 1000)
+    monkeypatch.setattr(onnx_files, "TWO_GB", (64 << 20) + 1000)
     (r,) = export(
         str(tiny_llama),
         "onnx-fp16",
@@ -407,7 +407,7 @@ def test_auto_builder_picks_genai_for_fp32_int8_and_int4(
 def test_has_external_data_knows_both_builders_names(
     tmp_path: Path, files: list[str], expected: bool
 ) -> None:
-    from edgerun.exporters.onnx_optimum import has_external_data
+    from edgerun.exporters.onnx.files import has_external_data
 
     for name in files:
         (tmp_path / name).write_bytes(b"x")

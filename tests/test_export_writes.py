@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgerun.exporters import onnx_family
+from edgerun.exporters import onnx as onnx_family
 from edgerun.exporters.pipeline import export
 from edgerun.exporters.validate import Thresholds
 
@@ -31,7 +31,7 @@ def test_a_full_disk_is_reported_as_one_and_leaves_nothing(
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x"))
 
-    monkeypatch.setattr(onnx_family.onnx_optimum, "save_model", full)
+    monkeypatch.setattr(onnx_family.files, "save_model", full)
     (result,) = export(
         str(tiny_llama), "onnx-int4", tmp_path, eval_text=short_eval_text, thresholds=LOOSE,
         builder="optimum", recipe="q4-pure", progress=False,

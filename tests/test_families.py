@@ -146,7 +146,7 @@ def test_onnx_fp32_reproduces_transformers(matrix: Matrix) -> None:
 def test_genai_graph_is_proven_equal_where_auto_picks_it(matrix: Matrix) -> None:
     import torch
     from edgerun.exporters.formats import ExportOptions
-    from edgerun.exporters.onnx_family import resolve_builder
+    from edgerun.exporters.onnx import resolve_builder
     from transformers import AutoModelForCausalLM
 
     auto = ExportOptions(builder="auto")

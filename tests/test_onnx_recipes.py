@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgerun.exporters.onnx_recipes import RECIPES, Recipe, Rule, get_recipe, node_role
-from edgerun.exporters.sensitivity import search_k
+from edgerun.exporters.onnx.recipes import RECIPES, Recipe, Rule, get_recipe, node_role
+from edgerun.exporters.onnx.sensitivity import search_k
 
 from edgerun.errors import EdgerunError
 
@@ -67,8 +67,8 @@ def test_dequantize_matches_the_matmulnbits_kernel(bits: int, symmetric: bool) -
     """x @ dequantize(W) equals what onnxruntime computes with the quantized MatMulNBits node."""
     onnx = pytest.importorskip("onnx")
     import onnxruntime as ort
-    from edgerun.exporters.onnx_quant import WeightOnlyConfig, quantize_weight_only
-    from edgerun.exporters.sensitivity import dequantize
+    from edgerun.exporters.onnx.quant import WeightOnlyConfig, quantize_weight_only
+    from edgerun.exporters.onnx.sensitivity import dequantize
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(bits + symmetric)

@@ -108,7 +108,7 @@ def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: 
     from edgerun.exporters.formats import UNAVAILABLE, all_formats
 
     if kw.pop("list_recipes"):
-        from edgerun.exporters.onnx_recipes import DEFAULT_RECIPE, RECIPES
+        from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, RECIPES
 
         for recipe in RECIPES.values():
             mark = " (default)" if recipe.name == DEFAULT_RECIPE else ""
@@ -234,8 +234,11 @@ def _exit_status(results: list[Any]) -> None:
 
 def _gate_hint(fmt: str) -> str:
     """What to try before --force: for onnx-int4 a more faithful recipe or a quality target."""
+    from edgerun.exporters.onnx.formats import FORMATS
+
     force = "pass --force to write it with passed: false"
-    if fmt == "onnx-int4":
+    spec = FORMATS.get(fmt)
+    if spec is not None and spec.recipes:
         return (
             f"try the default --recipe q4-mixed, or --target-kl 0.1 (more 8-bit layers); or {force}"
         )

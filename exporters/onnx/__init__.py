@@ -1,9 +1,11 @@
 """The ONNX format family: onnx-fp32, onnx-fp16, onnx-int8, onnx-int4.
 
 The fp32 graph comes from optimum-onnx (decoder with KV cache) or, with `--builder genai`, from
-onnxruntime-genai's model builder (see onnx_genai; fp16 is optimum-only). fp16 is that graph cast
+onnxruntime-genai's model builder (see genai; fp16 is optimum-only). fp16 is that graph cast
 by onnxruntime's float16 converter; int8 / int4 are that graph quantized weight-only to MatMulNBits
-(see onnx_quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger).
+(see quant), or, for `--int8-mode dynamic`, ORT's quantize_dynamic (MatMulInteger). What tells
+the formats apart is data (formats.FORMATS); builder-neutral file I/O is in files, validation runs
+the artifact through runner.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters import families, onnx_genai, onnx_optimum
+from edgerun.exporters import families
 from edgerun.exporters.formats import (
     ALGORITHMS,
     BUILDERS,
@@ -21,12 +23,13 @@ from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
 )
-from edgerun.exporters.onnx_recipes import DEFAULT_RECIPE, get_recipe, plan_summary
+from edgerun.exporters.onnx import files, genai, optimum
+from edgerun.exporters.onnx.formats import FORMATS, OnnxFormat, format_of
+from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe, plan_summary
 from edgerun.exporters.validate import LogitsFn
 
 from edgerun.errors import EdgerunError, require
 
-PRECISIONS = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8", "onnx-int4": "int4"}
 OFFERED_ALGORITHMS = ("rtn", "hqq")
 
 
@@ -36,7 +39,7 @@ class OnnxFamily:
     prefix = "onnx"
 
     def formats(self) -> list[str]:
-        return list(PRECISIONS)
+        return list(FORMATS)
 
     def check_options(self, fmt: str, options: ExportOptions) -> None:
         """Raise EdgerunError on an option value that cannot make `fmt` (before any work)."""
@@ -45,60 +48,66 @@ class OnnxFamily:
             raise EdgerunError(
                 f"unknown builder '{options.builder}'", f"use one of {', '.join(BUILDERS)}"
             )
+        spec = format_of(fmt)
         if options.builder == "genai":
-            onnx_genai.check_genai(fmt)
-        if fmt in ("onnx-int4", "onnx-int8"):
-            _check_quant_options(fmt, options)
-        if fmt == "onnx-int4":
+            genai.check_genai(fmt)
+        if spec.bits is not None:
+            _check_quant_options(spec, options)
+        if spec.recipes:
             _check_recipe_options(options)
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
         """Raise EdgerunError when the builder cannot export this architecture."""
         families.check_format(config, "onnx")
         if resolve_builder(fmt, options, config) == "genai":
-            onnx_genai.check_architecture(config)
+            genai.check_architecture(config)
         else:
-            onnx_optimum.check_exportable(str(config.get("model_type", "?")))
+            optimum.check_exportable(str(config.get("model_type", "?")))
 
     def export(self, fmt: str, ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
         """Write out_dir/model.onnx (+ external data) for `fmt`; return the manifest fields.
 
         The builder makes the fp32 graph; every other format is made from it by the same code."""
+        spec = format_of(fmt)
         builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
         if builder == "genai":
-            fp32 = onnx_genai.genai_fp32(ctx)
-            onnx_genai.copy_config(fp32, out_dir)
+            fp32 = genai.genai_fp32(ctx)
+            genai.copy_config(fp32, out_dir)
         else:
-            fp32 = onnx_optimum.fp32_export(ctx)
-        if fmt == "onnx-fp32":
-            onnx_optimum.copy_model(fp32, out_dir)
-        quant = None if fmt == "onnx-fp32" else _from_fp32(fmt, fp32, out_dir, ctx)
+            fp32 = optimum.fp32_export(ctx)
+        if spec.from_fp32:
+            quant = _from_fp32(spec, fp32, out_dir, ctx)
+        else:
+            files.copy_model(fp32, out_dir)
+            quant = None
         fields: dict[str, Any] = {
-            "precision": PRECISIONS[fmt],
+            "precision": spec.precision,
             "quant": quant,
             "builder": builder,
-            "model_file": onnx_optimum.MODEL_FILE,
+            "model_file": files.MODEL_FILE,
         }
-        fields["onnx"] = onnx_optimum.graph_info(out_dir / onnx_optimum.MODEL_FILE)
+        fields["onnx"] = files.graph_info(out_dir / files.MODEL_FILE)
         fields["libraries"] = _libraries(builder)
         return fields
 
     def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
-        from edgerun.exporters.onnx_runner import onnx_logits_fn
+        from edgerun.exporters.onnx.runner import onnx_logits_fn
 
         threads = manifest.get("threads")  # set by the pipeline from --threads during export
         return onnx_logits_fn(Path(artifact_dir) / manifest["model_file"], threads=threads)
 
 
-def _from_fp32(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any] | None:
-    """Make `fmt` (not fp32) from the fp32 graph; return the manifest's `quant`."""
-    if fmt == "onnx-fp16":
+def _from_fp32(
+    spec: OnnxFormat, fp32: Path, out_dir: Path, ctx: ExportContext
+) -> dict[str, Any] | None:
+    """Make `spec` (cast or quantized) from the fp32 graph; return the manifest's `quant`."""
+    if spec.cast_fp16:
         with ctx.stage("cast to fp16"):
-            onnx_optimum.save_model(onnx_optimum.to_fp16(fp32), out_dir)
+            files.save_model(files.to_fp16(fp32), out_dir)
         return None
-    if fmt == "onnx-int8" and ctx.options.int8_mode == "dynamic":
+    if spec.dynamic(ctx.options.int8_mode):
         return _quantize_dynamic(fp32, out_dir, ctx)
-    return _quantize_nbits(fmt, fp32, out_dir, ctx)
+    return _quantize_nbits(spec, fp32, out_dir, ctx)
 
 
 def _check_recipe_options(options: ExportOptions) -> None:
@@ -133,7 +142,7 @@ def _check_recipe_options(options: ExportOptions) -> None:
         )
 
 
-def _check_quant_options(fmt: str, options: ExportOptions) -> None:
+def _check_quant_options(spec: OnnxFormat, options: ExportOptions) -> None:
     if options.block_size not in INT4_BLOCK_SIZES:
         raise EdgerunError(
             f"block size {options.block_size} is not a power of two in 16-256",
@@ -154,36 +163,39 @@ def _check_quant_options(fmt: str, options: ExportOptions) -> None:
         )
     if options.algorithm == "hqq" and options.symmetric is True:
         raise EdgerunError("HQQ quantizes asymmetrically only", "drop --symmetric, or use rtn")
-    if fmt == "onnx-int8" and options.algorithm == "hqq" and options.int8_mode != "dynamic":
+    if spec.bits == 8 and options.algorithm == "hqq" and not spec.dynamic(options.int8_mode):
         raise EdgerunError(
             "HQQ's 8-bit MatMulNBits has float zero points, which onnxruntime's CPU kernel rejects",
-            "use --algorithm rtn for onnx-int8",
+            f"use --algorithm rtn for {spec.name}",
         )
-    if fmt == "onnx-int8" and options.int8_mode not in INT8_MODES:
+    if spec.int8_modes and options.int8_mode not in INT8_MODES:
         raise EdgerunError(
             f"unknown int8 mode '{options.int8_mode}'", f"use one of {', '.join(INT8_MODES)}"
         )
 
 
-def _quantize_nbits(fmt: str, fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:
+def _quantize_nbits(
+    spec: OnnxFormat, fp32: Path, out_dir: Path, ctx: ExportContext
+) -> dict[str, Any]:
     import onnx
-    from edgerun.exporters.onnx_quant import WeightOnlyConfig, quantize_weight_only
+    from edgerun.exporters.onnx.quant import WeightOnlyConfig, quantize_weight_only
 
+    assert spec.bits is not None  # _from_fp32 sends only quantized formats here
     opts = ctx.options
     config = WeightOnlyConfig(
-        bits=4 if fmt == "onnx-int4" else 8,
+        bits=spec.bits,
         block_size=opts.block_size,
-        symmetric=resolve_symmetric(opts, fmt),
+        symmetric=resolve_symmetric(opts, spec.name),
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
     )
     model = onnx.load(fp32)
-    plan, recipe = (None, None) if fmt != "onnx-int4" else _int4_plan(model, config, ctx)
+    plan, recipe = _int4_plan(model, config, ctx) if spec.recipes else (None, None)
     name = f", recipe {recipe['name']}" if recipe else ""
-    stage = f"quantize ({fmt}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
-    with ctx.stage(stage), onnx_optimum.quiet():
+    stage = f"quantize ({spec.name}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
+    with ctx.stage(stage), files.quiet():
         model, quant = quantize_weight_only(model, config, plan)
-        onnx_optimum.save_model(model, out_dir)
+        files.save_model(model, out_dir)
     if recipe is not None:
         quant["recipe"] = recipe
     quant["bits_summary"] = plan_summary(quant["nodes"])
@@ -200,11 +212,11 @@ def _int4_plan(
         recipe = get_recipe(opts.recipe or DEFAULT_RECIPE)
         if recipe.budget is None:
             return recipe.plan(nodes), {"name": recipe.name, "description": recipe.description}
-        from edgerun.exporters.target import budget_plan
+        from edgerun.exporters.onnx.target import budget_plan
 
         with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)"):
             return budget_plan(ctx, nodes, config, recipe)
-    from edgerun.exporters.target import search_plan
+    from edgerun.exporters.onnx.target import search_plan
 
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):
         return search_plan(ctx, nodes, config)
@@ -214,13 +226,13 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
     """ORT dynamic quantization: int8 MatMulInteger with activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), onnx_optimum.quiet():
+    with ctx.stage("quantize (onnx-int8, dynamic MatMulInteger)"), files.quiet():
         quantize_dynamic(
             fp32,
-            out_dir / onnx_optimum.MODEL_FILE,
+            out_dir / files.MODEL_FILE,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
-            use_external_data_format=onnx_optimum.has_external_data(fp32),
+            use_external_data_format=files.has_external_data(fp32),
         )
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
 
@@ -235,7 +247,7 @@ def resolve_symmetric(options: ExportOptions, fmt: str) -> bool:
     symmetric had the better PPL ratio (1.32 against 1.40) on the demo checkpoint only."""
     if options.symmetric is not None:
         return options.symmetric
-    return options.algorithm != "hqq" and fmt != "onnx-int4"
+    return options.algorithm != "hqq" and format_of(fmt).symmetric
 
 
 def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) -> str:
@@ -250,8 +262,8 @@ def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) ->
         return options.builder
     arch = (config.get("architectures") or ["?"])[0]
     genai_fits = (
-        fmt in onnx_genai.GENAI_FORMATS
-        and arch in onnx_genai.GENAI_ARCHITECTURES
+        format_of(fmt).genai
+        and arch in genai.GENAI_ARCHITECTURES
         and families.genai_proven(config)
         and importlib.util.find_spec("onnxruntime_genai") is not None
     )

@@ -34,7 +34,8 @@ def onnx_logits_fn(model_path: Path, threads: int | None = None) -> LogitsFn:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EdgerunError(
             f"onnxruntime cannot load {model_path}: {first[:300]}",
-            "re-export the artifact; check the onnxruntime version",
+            "the graph builder made a graph this onnxruntime rejects: export with the other"
+            " builder (--builder optimum or genai), or use another onnxruntime version",
         ) from exc
     inputs = session.get_inputs()
 

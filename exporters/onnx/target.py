@@ -1,7 +1,7 @@
 """`--target-kl` / `--target-ppl-ratio`: the smallest mixed int4/int8 plan that meets a quality target.
 
 1. Calibrate: the PyTorch reference runs the calibration text (exporters/data/calib.txt or
-   --calib-text; never the evaluation text) (edgerun.exporters.sensitivity).
+   --calib-text; never the evaluation text) (edgerun.exporters.onnx.sensitivity).
    Sensitivity is the second-order (Fisher) estimate of the KL each group's exact 4-bit error
    costs: one backward pass per calibration window, not one forward per group (on SmolLM2-135M
    its ranking was checked against per-group measured KLs, benchmarks/README.md "Fidelity").
@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from edgerun.exporters import sensitivity as sens
 from edgerun.exporters.formats import ExportContext
-from edgerun.exporters.onnx_recipes import Recipe
+from edgerun.exporters.onnx import sensitivity as sens
+from edgerun.exporters.onnx.recipes import Recipe
 
 from edgerun.errors import EdgerunError
 

@@ -75,7 +75,7 @@ def quantize_weight_only(
     """Quantize an onnx.ModelProto in memory; return (quantized model, manifest `quant` dict).
 
     plan: node name -> bits (4 or 8) for a mixed-precision recipe (edgerun.exporters.
-    onnx_recipes); nodes it does not name get `config.bits`. The embedding shares the lm_head's
+    onnx.recipes); nodes it does not name get `config.bits`. The embedding shares the lm_head's
     quantized copy (and bits) when tied. Raises EdgerunError when the graph has no lm_head MatMul.
     """
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq

@@ -2,7 +2,7 @@
 the ONNX graph and the genai_config.json that lets the runtime pick the onnxruntime-genai backend.
 
 The builder makes the fp32 graph; onnx-int8 and onnx-int4 are that graph quantized by edgerun
-(onnx_quant: MatMulNBits, the embedding shared with the lm_head when tied), the same code and
+(quant: MatMulNBits, the embedding shared with the lm_head when tied), the same code and
 numbers as for optimum's graph. (The builder's own int4 cannot share a tied embedding with the
 MLAS quantizer's symmetric blocks, and its RTN path rounds symmetric scales less well: on
 SmolLM2-135M, PPL ratio 1.50 against 1.32.) Only the text decoders the builder handles on the CPU
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.exporters.formats import ExportContext
-from edgerun.exporters.onnx_optimum import MODEL_FILE
+from edgerun.exporters.onnx.files import MODEL_FILE
+from edgerun.exporters.onnx.formats import FORMATS
 
 from edgerun.errors import EdgerunError, require
 
@@ -40,8 +41,8 @@ GENAI_ARCHITECTURES = (
     "SmolLM3ForCausalLM",
 )
 # The formats made from the builder's fp32 graph: fp32 as built, int8 / int4 quantized by edgerun
-# (onnx_quant) exactly as it quantizes optimum's graph.
-GENAI_FORMATS = ("onnx-fp32", "onnx-int8", "onnx-int4")
+# (quant) exactly as it quantizes optimum's graph.
+GENAI_FORMATS = tuple(f.name for f in FORMATS.values() if f.genai)
 GENAI_CONFIG = "genai_config.json"
 
 

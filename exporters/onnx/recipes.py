@@ -4,11 +4,11 @@ A recipe is data: a name, a description and rules over the roles of a decoder's 
 projections of each layer and the lm_head), resolved against one graph into a plan, node name ->
 bits. Roles come from the node names both builders write (optimum: /model/layers.3/self_attn/
 q_proj/MatMul; onnxruntime-genai: /model/layers.3/attn/qkv_proj/MatMul), so a recipe works on
-either graph. The plan is applied by onnxruntime's MatMulNBitsQuantizer (onnx_quant) and recorded
+either graph. The plan is applied by onnxruntime's MatMulNBitsQuantizer (quant) and recorded
 in the manifest node by node.
 
 The rules of the shipped recipes were chosen by measured per-layer sensitivity (see
-edgerun.exporters.sensitivity and benchmarks/README.md, "Fidelity"), not by guess.
+edgerun.exporters.onnx.sensitivity and benchmarks/README.md, "Fidelity"), not by guess.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Recipe:
 
     budget: then spend this much more weight bytes (a fraction of the all-4-bit model's) on 8
     bits for the projections with the highest measured sensitivity per byte (calibrated at export,
-    edgerun.exporters.target.budget_plan); None for a fixed recipe."""
+    edgerun.exporters.onnx.target.budget_plan); None for a fixed recipe."""
 
     name: str
     description: str

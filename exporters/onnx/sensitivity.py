@@ -1,7 +1,7 @@
 """Per-layer quantization sensitivity and the search behind `--target-kl`.
 
 A group of weights is one decoder projection of one layer, or the lm_head (the graph's MatMul
-nodes, see onnx_recipes.node_role). Its sensitivity is the KL divergence from the fp32 reference
+nodes, see recipes.node_role). Its sensitivity is the KL divergence from the fp32 reference
 that its 4-bit error costs, estimated to second order from the Fisher information of the
 PyTorch reference on the calibration text (fisher_sensitivity), with the error of onnxruntime's
 own quantizer (the MLAS kernel that writes MatMulNBits, dequantized back to float here). The
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgerun.exporters.onnx_recipes import NodeRole, node_role
+from edgerun.exporters.onnx.recipes import NodeRole, node_role
 from edgerun.exporters.validate import log_softmax
 
-CALIB_TEXT = Path(__file__).parent / "data" / "calib.txt"
+CALIB_TEXT = Path(__file__).parent.parent / "data" / "calib.txt"
 # torch Linear role -> the fused graph roles that contain it (onnxruntime-genai packs some).
 FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 

@@ -185,13 +185,14 @@ class Drive:
         time.sleep(self.settle_s)
         return reply
 
+    def log_path(self, name: str) -> Path | None:
+        """Where the worker of the entry called `name` writes its stderr (None: a temporary file)."""
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        return self.logs / f"{slug}.log" if self.logs else None
+
     def worker(self, entry: dict[str, Any]) -> WorkerProcess:
-        log = self.logs / f"{_slug(entry['name'])}.log" if self.logs else None
+        log = self.log_path(entry["name"])
         return WorkerProcess(Path(entry["path"]), self.env, log, self.timeout_s)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _load(worker: WorkerProcess, workload: Workload, loader: str) -> dict[str, Any]:

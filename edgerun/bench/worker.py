@@ -1,9 +1,9 @@
 """The per-artifact benchmark subprocess: ``python -m edgerun.bench.worker``.
 
-It loads one model once (``edgerun.load`` or any loader with its signature whose model has
-``generate(ids, max_tokens, temperature, ignore_eos)`` yielding chunks with a ``token_id``; the
-peers in benchmarks/ plug in here) and answers JSON-line requests on its protocol channel, so the memory
-it reports belongs to that model alone. Libraries that print to stdout cannot corrupt the
+It loads one model once (``edgerun.load``, or any loader with its signature whose model has
+``generate(ids, max_tokens, temperature, ignore_eos)`` yielding chunks with a ``token_id``: the
+peers in benchmarks/ plug in here) and answers JSON-line requests on its protocol channel, so the
+memory it reports belongs to that model alone. Libraries that print to stdout cannot corrupt the
 protocol: the original stdout is kept for it and fd 1 is pointed at stderr.
 
 Requests and replies (one JSON object per line)::

@@ -1,13 +1,10 @@
-"""The machine a run happened on, and its memory read bandwidth (the roofline's numerator)."""
+"""The machine a run happened on (its memory bandwidth: edgerun.bench.bandwidth)."""
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
-import threading
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -86,35 +83,4 @@ def describe() -> dict[str, Any]:
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "libraries": versions(),
         "git": git_commit(),
-    }
-
-
-def bandwidth_probe(threads: int = 2, mib: int = 512, reps: int = 7) -> dict[str, Any]:
-    """Memory read bandwidth: `threads` threads each sum their slice of a `mib` MiB array.
-
-    NumPy releases the GIL inside the reduction, so the threads read in parallel, as the
-    runtimes' decode threads do. Returns GB/s (1e9 bytes/s) of every repetition and the median;
-    the array is much larger than any cache, so the result is DRAM bandwidth.
-    """
-    import numpy as np
-
-    data = np.ones(mib * 2**20 // 8, dtype=np.float64)
-    chunks = np.array_split(data, max(1, threads))
-
-    def once() -> float:
-        workers = [threading.Thread(target=np.sum, args=(c,)) for c in chunks]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return data.nbytes / (time.perf_counter() - start) / 1e9
-
-    once()  # fault the pages in
-    samples = [once() for _ in range(reps)]
-    return {
-        "method": f"numpy sum, {threads} threads over {mib} MiB float64, {reps} reps",
-        "threads": threads,
-        "gb_s": [round(s, 2) for s in samples],
-        "median_gb_s": round(statistics.median(samples), 2),
     }

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgerun.bench.memory import vm_hwm_bytes
+
 
 @dataclass
 class ProcResult:
@@ -35,14 +37,7 @@ class ProcResult:
 
 def vm_hwm(pid: int) -> int:
     """VmHWM of a live process in bytes (0 when it is gone or /proc is not there)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return vm_hwm_bytes(Path(f"/proc/{pid}/status")) or 0
 
 
 class _Poller(threading.Thread):

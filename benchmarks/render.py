@@ -45,7 +45,12 @@ def cells(x: dict[str, Any], gen_tokens: int) -> list[str]:
 
 def machine_line(machine: dict[str, Any], bandwidth: dict[str, Any] | None) -> str:
     """One line describing the machine and its measured bandwidth."""
-    bw = f"{bandwidth['median_gb_s']} GB/s read ({bandwidth['method']})" if bandwidth else "n/a"
+    bw = (
+        f"{bandwidth['gb_s']} GB/s (copy {bandwidth['copy_gb_s']}, triad "
+        f"{bandwidth['triad_gb_s']}; {bandwidth['method']})"
+        if bandwidth
+        else "n/a"
+    )
     load = machine.get("loadavg")
     load_text = f"; 1-min load average at start {load[0]:.2f}" if load else ""
     return (

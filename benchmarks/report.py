@@ -3,7 +3,9 @@
 Pure functions over plain dicts (the rows of the results JSON), so they are tested on fake rows.
 A row dict holds: name, kind ("peer" | "edgerun"), fmt, status ("ok" | "skipped" | "failed"),
 reason, size_bytes, touched_bytes, peak_rss_bytes, and ``reps[str(prompt_len)]``: a list of
-``{"ttft_s", "prefill_tok_s", "decode_tok_s", "n_tokens"}``, plus ``tokens[str(prompt_len)]``.
+edgerun.bench.metrics.rep_metrics dicts (``ttft_s``, ``prefill_tok_s``, ``decode_tok_s``,
+``gen_tokens``, ...), plus ``tokens[str(prompt_len)]``. The roofline is
+edgerun.bench.bandwidth's: STREAM bandwidth / weight bytes read per token.
 """
 
 from __future__ import annotations
@@ -11,22 +13,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from edgerun.bench.bandwidth import roofline_tok_s
+
 REFERENCE_ROW = "pytorch fp32"  # greedy tokens of the other rows are compared with this row's
-
-
-def measure(t_start: float, stamps: list[float], prompt_len: int) -> dict[str, Any]:
-    """One repetition: TTFT is call -> first token (the prompt's forward pass); decode tok/s counts
-    the tokens after the first over the time after the first."""
-    if not stamps:
-        raise ValueError("no token was produced")
-    ttft = stamps[0] - t_start
-    decode_s = stamps[-1] - stamps[0]
-    return {
-        "ttft_s": ttft,
-        "prefill_tok_s": prompt_len / ttft if ttft > 0 else None,
-        "decode_tok_s": (len(stamps) - 1) / decode_s if decode_s > 0 else None,
-        "n_tokens": len(stamps),
-    }
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -59,7 +48,7 @@ def summarize(rows: list[dict[str, Any]], bandwidth_gb_s: float | None) -> list[
             if row["status"] != "ok" or not reps:
                 continue
             touched = row.get("touched_bytes")
-            roof = bandwidth_gb_s * 1e9 / touched if bandwidth_gb_s and touched else None
+            roof = roofline_tok_s(bandwidth_gb_s, touched)
             decode = _median([r["decode_tok_s"] for r in reps])
             validation = (row.get("meta") or {}).get("validation") or {}
             lines.append({

@@ -28,8 +28,8 @@ from typing import Any
 
 from benchmarks import RESULTS
 from benchmarks.machine import describe
-from benchmarks.report import measure
 from benchmarks.workload import ids_digest, prompt_ids
+from edgerun.bench.metrics import rep_metrics
 
 
 def in_process(model: Any, ids: list[int], gen: int) -> dict[str, Any]:
@@ -40,7 +40,8 @@ def in_process(model: Any, ids: list[int], gen: int) -> dict[str, Any]:
         for chunk in model.generate(ids, max_tokens=gen, ignore_eos=True)
         if chunk.token_id is not None
     ]
-    return {"start": start, **measure(start, stamps, len(ids)), "end": stamps[-1]}
+    row = rep_metrics(start, stamps, len(ids))
+    return {"start": start, **row, "n_tokens": len(stamps), "end": stamps[-1]}
 
 
 async def one_stream(client: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +58,7 @@ async def one_stream(client: Any, url: str, body: dict[str, Any]) -> dict[str, A
             elif event["choices"] and event["choices"][0]["text"]:
                 stamps.append(time.perf_counter())
     n = usage["completion_tokens"] if usage else len(stamps)
-    row = measure(start, stamps, len(body["prompt"]))
+    row = rep_metrics(start, stamps, len(body["prompt"]))
     decode_s = stamps[-1] - stamps[0]
     # Empty-text tokens (a character split over tokens) send no event: count tokens from usage.
     row["decode_tok_s"] = (n - 1) / decode_s if decode_s > 0 else None

@@ -1,20 +1,23 @@
-"""Running the rows: one process per row, measurements interleaved (A B C A B C ...).
+"""Running the rows on edgerun.bench's engine: one worker process per row, measurements
+interleaved (A B C A B C ...), with the same per-repetition metrics as ``edgerun bench``.
 
-Every row process loads its model once; then each round asks every row in turn for one greedy
-generation of every prompt length. The first `warmup` rounds are thrown away. Between two
-measurements the suite pauses `settle_s`, so the threads of the row before have gone to sleep.
+Every row's process loads its model once (through the row's runner, see benchmarks/runners) and
+runs the warm-up; then each round asks every row in turn for one greedy generation of every prompt
+length, fed the same prompt ids. Between two measurements the suite pauses `settle_s`, so the
+threads of the row before have gone to sleep. A row that fails is recorded as failed; the others
+go on.
 """
 
 from __future__ import annotations
 
-import re
-import time
+import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.pool import Worker, WorkerError
-from benchmarks.report import measure
+from benchmarks import ROOT, runners
 from benchmarks.workload import RowSpec, Workload
+
+REPLY_TIMEOUT_S = 900
 
 
 def new_result(spec: RowSpec) -> dict[str, Any]:
@@ -36,78 +39,70 @@ def new_result(spec: RowSpec) -> dict[str, Any]:
     }
 
 
-def _fail(result: dict[str, Any], reason: str) -> None:
-    result["status"] = "failed"
-    result["reason"] = reason
+def _engine(w: Workload, prompts: dict[int, list[int]], logs: Path) -> tuple[Any, Any]:
+    """edgerun.bench's workload and drive for the rows: fixed ids, a context that fits them."""
+    from edgerun.bench.harness import Drive
+    from edgerun.bench.workload import Workload as BenchWorkload
+
+    path = os.pathsep.join(p for p in (str(ROOT.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {"OMP_NUM_THREADS": str(w.threads), "PYTHONPATH": path}
+    env["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM", "false")
+    workload = BenchWorkload(
+        prompt_tokens=list(prompts),
+        gen_tokens=w.gen_tokens,
+        reps=w.reps,
+        warmup=w.warmup,
+        threads=w.threads,
+        ctx=max(prompts) + w.gen_tokens + 16,
+    )
+    drive = Drive(
+        prompts=prompts, settle_s=w.settle_s, keep_going=True, tokens=True, env=env, logs=logs,
+        timeout_s=REPLY_TIMEOUT_S,
+    )  # fmt: skip
+    return workload, drive
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def start_workers(
-    specs: list[RowSpec], results: dict[str, dict[str, Any]], w: Workload, logs: Path, max_len: int
-) -> list[tuple[RowSpec, Worker]]:
-    """Start one process per runnable row, one at a time; a row that fails to load is failed."""
-    live: list[tuple[RowSpec, Worker]] = []
-    for spec in specs:
-        if spec.skip:
-            continue
-        print(f"loading {spec.name} ...", flush=True)
-        worker = Worker(spec, w.threads, max_len, logs / f"row-{_slug(spec.name)}.log")
-        try:
-            ready = worker.ready()
-        except WorkerError as exc:
-            _fail(results[spec.name], f"load failed: {exc} (log: {worker.log_path})")
-            worker.close()
-            continue
-        results[spec.name].update(
-            load_s=ready["load_s"], rss_after_load_bytes=ready["rss_bytes"], info=ready["info"]
+def _fold(result: dict[str, Any], entry: dict[str, Any], w: Workload, log: Path | None) -> None:
+    """Copy one engine entry (load facts, reps, token ids, errors) into the row's result."""
+    if "load_s" in entry:
+        result.update(
+            load_s=entry["load_s"],
+            rss_after_load_bytes=entry["memory_after_load"]["peak_rss"],
+            info=entry["runtime_info"],
         )
-        live.append((spec, worker))
-    return live
-
-
-def _record(result: dict[str, Any], reply: dict[str, Any], length: int, w: Workload) -> None:
-    if len(reply["stamps"]) != w.gen_tokens:
-        raise WorkerError(f"produced {len(reply['stamps'])} tokens, not {w.gen_tokens}")
-    key = str(length)
-    rep = measure(reply["t0"], reply["stamps"], length)
-    if reply.get("extra"):
-        rep["extra"] = reply["extra"]
-    result["reps"].setdefault(key, []).append(rep)
-    result["tokens"].setdefault(key, reply["tokens"])
-    result["peak_rss_bytes"] = reply["peak_rss_bytes"]
+    for rep in entry["reps"]:
+        if rep["gen_tokens"] != w.gen_tokens:
+            entry.setdefault("error", f"produced {rep['gen_tokens']} tokens, not {w.gen_tokens}")
+            break
+        key = str(rep["prompt_tokens"])
+        result["tokens"].setdefault(key, rep.pop("tokens"))
+        result["peak_rss_bytes"] = rep["memory"]["peak_rss"]
+        keep = ("ttft_s", "prefill_tok_s", "decode_tok_s", "gen_tokens", "decode_s", "latency_ms")
+        result["reps"].setdefault(key, []).append({k: rep[k] for k in keep})
+    if "error" in entry:
+        result["status"] = "failed"
+        result["reason"] = f"{entry['error']} (log: {log})"
 
 
 def run_rows(
     specs: list[RowSpec], prompts: dict[int, list[int]], w: Workload, logs: Path
 ) -> list[dict[str, Any]]:
     """Run every runnable row of `specs`, interleaved; the result dict of every row, in order."""
-    from rich.progress import Progress
+    from rich.console import Console
+
+    from edgerun.bench.harness import run_entries
+    from edgerun.bench.render import progress_bar
+    from edgerun.power.account import energy_for
 
     results = {spec.name: new_result(spec) for spec in specs}
-    max_len = max(prompts) + w.gen_tokens + 16
-    live = start_workers(specs, results, w, logs, max_len)
-    rounds = w.warmup + w.reps
-    try:
-        with Progress(transient=False) as progress:
-            task = progress.add_task("measuring", total=rounds * len(prompts) * len(live))
-            for rnd in range(rounds):
-                for length, ids in prompts.items():
-                    for spec, worker in live:
-                        result = results[spec.name]
-                        progress.update(task, advance=1, description=f"round {rnd + 1}/{rounds}")
-                        if result["status"] != "ok":
-                            continue
-                        try:
-                            reply = worker.generate(ids, w.gen_tokens)
-                            if rnd >= w.warmup:
-                                _record(result, reply, length, w)
-                        except WorkerError as exc:
-                            _fail(result, f"{exc} (log: {worker.log_path})")
-                        time.sleep(w.settle_s)
-    finally:
-        for _, worker in live:
-            worker.close()
+    live = [s for s in specs if not s.skip]
+    entries = [
+        {"path": s.artifact, "name": s.name, "loader": runners.loader(s.runner)} for s in live
+    ]
+    workload, drive = _engine(w, prompts, logs)
+    total = 1 + len(live) * (1 + (w.warmup + w.reps) * len(prompts))
+    with progress_bar(Console(), total) as step:
+        body = run_entries(entries, workload, energy_for("none", None, None), 0.0, drive, step)
+    for entry in body["artifacts"]:
+        _fold(results[entry["name"]], entry, w, drive.log_path(entry["name"]))
     return [results[spec.name] for spec in specs]

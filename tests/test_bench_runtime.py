@@ -84,6 +84,26 @@ def test_bench_ctx_is_checked_against_the_model(tiny_artifacts: list[Path], tmp_
     )
 
 
+def test_no_decode_rate_exceeds_the_stream_roofline(tiny_artifacts: list[Path]) -> None:
+    """Through edgerun.bench.run: every measured decode rate of a real artifact is below STREAM
+    bandwidth / weight bytes read per token (the probe's threads are the bench's)."""
+    import edgerun.bench
+    from benchmarks.weights import touched_bytes
+    from edgerun.bench.bandwidth import roofline_tok_s, stream
+
+    run = edgerun.bench.run(
+        tiny_artifacts, prompt_tokens=[8], gen_tokens=16, reps=2, threads=1, power="none",
+        idle_seconds=0,
+    )  # fmt: skip
+    probe = stream(threads=1, array_mib=64, reps=3)  # small arrays keep the test quick
+    assert probe["gb_s"] == max(probe["copy_gb_s"], probe["triad_gb_s"]) > 0
+    for art, path in zip(run["artifacts"], tiny_artifacts, strict=True):
+        roof = roofline_tok_s(probe["gb_s"], touched_bytes(path))
+        assert roof is not None
+        for rep in art["reps"]:
+            assert 0 < rep["decode_tok_s"] < roof, (art["name"], rep["decode_tok_s"], roof)
+
+
 @pytest.mark.slow
 def test_bench_smollm2_gguf(smollm2_dir: Path, tmp_path: Path) -> None:
     art = export_artifact(smollm2_dir, "gguf-f16", tmp_path / "out")

@@ -7,49 +7,47 @@ once per token. ``min_length`` = ``max_length`` = prompt + new tokens, so EOS ca
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.runners import Stamp
-from benchmarks.workload import RowSpec
+from benchmarks.runners import Info, Token
 
 REQUIRES = {"onnxruntime_genai": "pip install onnxruntime-genai"}
 
 
 class GenaiLoop:
     def __init__(self, model: Any, path: str, threads: int) -> None:
-        self.model = model
-        self.path = path
-        self.threads = threads
+        import onnxruntime_genai as og
 
-    def run(self, ids: list[int], max_new: int, stamp: Stamp) -> None:
+        self.model = model
+        self.info = Info({
+            "library": f"onnxruntime-genai {og.__version__}",
+            "dir": path,
+            "intra_op_num_threads": threads,
+        })  # fmt: skip
+
+    def generate(self, ids: list[int], max_tokens: int, **_greedy: Any) -> Iterator[Token]:
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
-        total = len(ids) + max_new
+        total = len(ids) + max_tokens
         params.set_search_options(do_sample=False, max_length=total, min_length=total)
         generator = og.Generator(self.model, params)
         generator.append_tokens(ids)
-        for _ in range(max_new):
+        for _ in range(max_tokens):
             if generator.is_done():
                 break
             generator.generate_next_token()
-            stamp(int(generator.get_next_tokens()[0]))
-
-    def info(self) -> dict[str, Any]:
-        import onnxruntime_genai as og
-
-        return {
-            "library": f"onnxruntime-genai {og.__version__}",
-            "dir": self.path,
-            "intra_op_num_threads": self.threads,
-        }
+            yield Token(int(generator.get_next_tokens()[0]))
 
 
-def load(spec: RowSpec, threads: int, max_len: int) -> GenaiLoop:
+def load(
+    path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
+) -> GenaiLoop:
     import onnxruntime_genai as og
 
-    assert spec.artifact is not None
-    config = og.Config(spec.artifact)
+    threads = threads or 2
+    config = og.Config(path)
     options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
     config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-    return GenaiLoop(og.Model(config), spec.artifact, threads)
+    return GenaiLoop(og.Model(config), path, threads)

@@ -6,10 +6,10 @@ last logits, and ``eval`` of that one token. No EOS check, so EOS is ignored by 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.runners import Stamp
-from benchmarks.workload import RowSpec
+from benchmarks.runners import Info, Token
 
 REQUIRES = {"llama_cpp": "pip install llama-cpp-python"}
 
@@ -19,44 +19,40 @@ class LlamaLoop:
         import llama_cpp
 
         self.llm = llm
-        self.path = path
-        self.threads = threads
         self.sampler = llama_cpp.llama_sampler_init_greedy()
+        self.info = Info({
+            "library": f"llama-cpp-python {llama_cpp.__version__}",
+            "file": path,
+            "n_threads": threads,
+            "n_batch": llm.n_batch,
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace"),
+        })  # fmt: skip
 
-    def run(self, ids: list[int], max_new: int, stamp: Stamp) -> None:
+    def generate(self, ids: list[int], max_tokens: int, **_greedy: Any) -> Iterator[Token]:
         import llama_cpp
 
         llm = self.llm
         llm.reset()  # n_tokens = 0: eval() drops the previous sequence from the KV cache
         llm.eval(ids)
-        for i in range(max_new):
+        for i in range(max_tokens):
             token = llama_cpp.llama_sampler_sample(self.sampler, llm.ctx, -1)
-            stamp(token)
-            if i + 1 < max_new:
+            yield Token(token)
+            if i + 1 < max_tokens:
                 llm.eval([token])
 
-    def info(self) -> dict[str, Any]:
-        import llama_cpp
 
-        return {
-            "library": f"llama-cpp-python {llama_cpp.__version__}",
-            "file": self.path,
-            "n_threads": self.threads,
-            "n_batch": self.llm.n_batch,
-            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace"),
-        }
-
-
-def load(spec: RowSpec, threads: int, max_len: int) -> LlamaLoop:
+def load(
+    path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
+) -> LlamaLoop:
     from llama_cpp import Llama
 
-    assert spec.artifact is not None
+    threads = threads or 2
     llm = Llama(
-        model_path=spec.artifact,
+        model_path=path,
         n_threads=threads,
         n_threads_batch=threads,
-        n_ctx=max_len,
+        n_ctx=context or 0,
         n_batch=512,
         verbose=False,
     )
-    return LlamaLoop(llm, spec.artifact, threads)
+    return LlamaLoop(llm, path, threads)

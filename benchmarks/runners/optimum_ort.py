@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from benchmarks.runners import hf_generate
-from benchmarks.workload import RowSpec
+from benchmarks.runners.hf_generate import HFGenerateRunner
 
 REQUIRES = {
     "optimum.onnxruntime": "pip install optimum-onnx",
@@ -13,27 +10,22 @@ REQUIRES = {
 }
 
 
-class OptimumRunner(hf_generate.HFGenerateRunner):
-    def info(self) -> dict[str, Any]:
-        import onnxruntime
-
-        return {
-            "library": f"onnxruntime {onnxruntime.__version__} via optimum ORTModelForCausalLM",
-            "dir": self.path,
-            "intra_op_num_threads": self.threads,
-            "providers": self.model.providers if hasattr(self.model, "providers") else None,
-        }
-
-
-def load(spec: RowSpec, threads: int, max_len: int) -> OptimumRunner:
+def load(
+    path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
+) -> HFGenerateRunner:
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    assert spec.artifact is not None
+    threads = threads or 2
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     model = ORTModelForCausalLM.from_pretrained(
-        spec.artifact, session_options=options, provider="CPUExecutionProvider", use_cache=True
+        path, session_options=options, provider="CPUExecutionProvider", use_cache=True
     )
-    return OptimumRunner(model, spec.artifact, threads)
+    return HFGenerateRunner(model, {
+        "library": f"onnxruntime {ort.__version__} via optimum ORTModelForCausalLM",
+        "dir": path,
+        "intra_op_num_threads": threads,
+        "providers": model.providers if hasattr(model, "providers") else None,
+    })  # fmt: skip

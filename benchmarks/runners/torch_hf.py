@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from benchmarks.runners import hf_generate
-from benchmarks.workload import RowSpec
+from benchmarks.runners.hf_generate import HFGenerateRunner
 
 REQUIRES = {"torch": "pip install torch", "transformers": "pip install transformers"}
 
 
-class TorchRunner(hf_generate.HFGenerateRunner):
-    def info(self) -> dict[str, Any]:
-        import torch
-
-        return {
-            "library": f"torch {torch.__version__}",
-            "dir": self.path,
-            "num_threads": torch.get_num_threads(),
-            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
-        }
-
-
-def load(spec: RowSpec, threads: int, max_len: int) -> TorchRunner:
+def load(
+    path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
+) -> HFGenerateRunner:
     import torch
     from transformers import AutoModelForCausalLM
 
-    assert spec.artifact is not None
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or 2)
     torch.set_num_interop_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(spec.artifact, dtype=torch.float32).eval()
-    return TorchRunner(model, spec.artifact, threads)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return HFGenerateRunner(model, {
+        "library": f"torch {torch.__version__}",
+        "dir": path,
+        "num_threads": torch.get_num_threads(),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    })  # fmt: skip

@@ -1,1 +1,62 @@
-"""Benchmark harness: workloads, per-artifact worker subprocesses, results, comparison."""
+"""Benchmark harness: workloads, per-artifact worker subprocesses, results, comparison.
+
+:func:`run` is the library entry point; ``edgerun bench`` parses its options and calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def run(
+    artifacts: Sequence[str | Path],
+    *,
+    prompt_tokens: Sequence[int] = (128, 512),
+    gen_tokens: int = 128,
+    reps: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    profile: str | None = None,
+    ctx: int | None = None,
+    power: str = "auto",
+    assume_watts: float | None = None,
+    idle_seconds: float = 10.0,
+    loader: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark `artifacts` (each in its own worker process, repetitions interleaved) and return
+    one run of the results schema (edgerun.bench.results): workload, power, order, artifacts with
+    their reps and summaries, plus id, time, device fingerprint and library versions.
+
+    prompt_tokens, gen_tokens, reps, warmup, threads, profile, ctx: the workload (threads and
+    profile default to the detected device profile's). power: a meter (``auto``, ``none``, a
+    registry name or ``cmd:COMMAND``); assume_watts: estimate energy at this power when no meter
+    is used (labelled as an estimate). idle_seconds: idle baseline before the run. loader: the
+    ``module:function`` the workers load models with (default: ``edgerun:load``). progress: called with a short message at
+    each step (1 + per artifact: 1 + (warmup + reps) x prompt lengths).
+
+    Raises EdgerunError for a bad workload value, an unknown profile or meter, a path that is not
+    an artifact, a prompt longer than the context, or a worker that fails."""
+    from edgerun.bench.device import fingerprint, library_versions
+    from edgerun.bench.harness import run_bench
+    from edgerun.bench.results import new_run
+    from edgerun.bench.worker import DEFAULT_LOADER
+    from edgerun.bench.workload import Workload
+    from edgerun.power.account import energy_for
+
+    workload = Workload(list(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx)
+    if profile is not None:
+        from edgerun.profile import get_profile
+
+        get_profile(profile)  # an unknown profile fails here, before anything runs
+    device = fingerprint(profile)
+    preferred = (device.get("profile") or {}).get("power_meter")
+    energy = energy_for(power, assume_watts, preferred)
+    paths = [Path(a) for a in artifacts]
+    body = run_bench(paths, workload, energy, idle_seconds, loader or DEFAULT_LOADER, progress)
+    return new_run(body, device, library_versions())
+
+
+__all__ = ["run"]

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +27,24 @@ Progress = Callable[[str], None]
 
 
 class WorkerProcess:
-    """The parent's end of one `python -m edgerun.bench.worker`."""
+    """The parent's end of one `python -m edgerun.bench.worker`.
 
-    def __init__(self, artifact: Path) -> None:
+    env: variables added to this process's environment; log: a file for the worker's stderr
+    (default: a temporary one); timeout_s: the longest wait for one reply (default: no limit)."""
+
+    def __init__(
+        self,
+        artifact: Path,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         self.artifact = artifact
-        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the worker
+        self.log = log
+        self.timeout_s = timeout_s
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+        self.stderr = log.open("w+") if log else tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the worker
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgerun.bench.worker"],
             stdin=subprocess.PIPE,
@@ -35,7 +52,7 @@ class WorkerProcess:
             stderr=self.stderr,
             text=True,
             bufsize=1,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
 
     def call(self, **request: Any) -> dict[str, Any]:
@@ -44,7 +61,7 @@ class WorkerProcess:
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
+            line = self._readline()
         except BrokenPipeError:
             line = ""
         if not line:
@@ -59,6 +76,19 @@ class WorkerProcess:
                 f"{self.artifact}: {reply['error']}", reply.get("hint") or "run with -v for details"
             )
         return reply
+
+    def _readline(self) -> str:
+        assert self.proc.stdout is not None
+        if self.timeout_s is not None:
+            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+            if not ready:
+                self.proc.kill()
+                raise EdgerunError(
+                    f"the benchmark worker for {self.artifact} did not answer in "
+                    f"{self.timeout_s:.0f} s",
+                    f"its last words: {self._stderr_tail()}",
+                )
+        return self.proc.stdout.readline()
 
     def _stderr_tail(self) -> str:
         self.stderr.seek(0)
@@ -120,6 +150,51 @@ def _bare_file(path: Path) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Drive:
+    """How the harness drives the workers, beyond the workload. `edgerun bench` uses the defaults;
+    benchmarks/ (the peer suite) sets them.
+
+    loader: "module:function" that loads a model in the worker (an entry's "loader" overrides it).
+    prompts: fixed prompt ids per prompt length (default: synthetic words, tokenized by each
+    model). settle_s: pause after each generation, so the threads of the artifact before go idle.
+    keep_going: an artifact whose worker fails gets an "error" and drops out; the others go on
+    (default: the run stops with the EdgerunError). tokens: keep every repetition's token ids.
+    env, logs, timeout_s: the workers' added environment, a folder for their stderr logs
+    (``<name>.log``), the longest wait for one reply."""
+
+    loader: str = DEFAULT_LOADER
+    prompts: dict[int, list[int]] | None = None
+    settle_s: float = 0.0
+    keep_going: bool = False
+    tokens: bool = False
+    env: dict[str, str] | None = None
+    logs: Path | None = None
+    timeout_s: float | None = None
+
+    def generate(self, worker: WorkerProcess, workload: Workload, prompt: int) -> dict[str, Any]:
+        """One generation of `prompt` tokens on `worker`, then the settle pause."""
+        ids = {"ids": self.prompts[prompt]} if self.prompts else {}
+        reply = worker.call(
+            op="run",
+            prompt_tokens=prompt,
+            gen_tokens=workload.gen_tokens,
+            seed=workload.seed,
+            **ids,
+        )
+        time.sleep(self.settle_s)
+        return reply
+
+    def log_path(self, name: str) -> Path | None:
+        """Where the worker of the entry called `name` writes its stderr (None: a temporary file)."""
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        return self.logs / f"{slug}.log" if self.logs else None
+
+    def worker(self, entry: dict[str, Any]) -> WorkerProcess:
+        log = self.log_path(entry["name"])
+        return WorkerProcess(Path(entry["path"]), self.env, log, self.timeout_s)
+
+
 def _load(worker: WorkerProcess, workload: Workload, loader: str) -> dict[str, Any]:
     reply = worker.call(
         op="load",
@@ -143,12 +218,7 @@ def _load(worker: WorkerProcess, workload: Workload, loader: str) -> dict[str, A
     }
 
 
-def _one_rep(
-    worker: WorkerProcess, workload: Workload, prompt: int, energy: EnergyAccount, rep: int
-) -> dict[str, Any]:
-    reply = worker.call(
-        op="run", prompt_tokens=prompt, gen_tokens=workload.gen_tokens, seed=workload.seed
-    )
+def _one_rep(reply: dict[str, Any], prompt: int, energy: EnergyAccount, rep: int) -> dict[str, Any]:
     times = reply["token_times"]
     row: dict[str, Any] = {"rep": rep, "prompt_tokens": prompt}
     row.update(rep_metrics(reply["t_start"], times, prompt))
@@ -171,38 +241,51 @@ def run_bench(
 
     Raises EdgerunError for a path that is not an artifact, a prompt longer than the context, or
     a worker that fails."""
-    step = progress or (lambda _msg: None)
     entries = [describe_artifact(Path(a)) for a in artifacts]
     for entry in entries:
         workload.check_context(entry["context_length"], entry["path"])
-    workers: list[WorkerProcess] = []
+    return run_entries(entries, workload, energy, idle_seconds, Drive(loader=loader), progress)
+
+
+def run_entries(
+    entries: list[dict[str, Any]],
+    workload: Workload,
+    energy: EnergyAccount,
+    idle_seconds: float,
+    drive: Drive,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The engine under `run_bench`: one worker per entry ({"path", "name"}, optionally "loader";
+    what else an entry holds is kept as it is), loaded once, then the repetitions interleaved
+    (A B C A B C ...). Fills in each entry's load facts, "reps" and "summary"."""
+    step = progress or (lambda _msg: None)
+    live: list[tuple[dict[str, Any], WorkerProcess]] = []
     order: list[list[int]] = []
     try:
         energy.start()
         step("idle baseline")
         energy.measure_idle(idle_seconds)
-        workers = [WorkerProcess(Path(e["path"])) for e in entries]
-        for entry, worker in zip(entries, workers, strict=True):
-            step(f"load {entry['name']}")
-            entry.update(_load(worker, workload, loader))
+        for entry in entries:
             entry["reps"] = []
-            for _ in range(workload.warmup):
-                for prompt in workload.prompt_tokens:
-                    step(f"warmup {entry['name']} p{prompt}")
-                    worker.call(
-                        op="run",
-                        prompt_tokens=prompt,
-                        gen_tokens=workload.gen_tokens,
-                        seed=workload.seed,
-                    )
+            step(f"load {entry['name']}")
+            live.append((entry, drive.worker(entry)))
+            try:
+                _load_and_warm(entry, live[-1][1], workload, drive, step)
+            except EdgerunError as exc:
+                _drop(drive, entry, exc)
         for rep in range(workload.reps):
-            for index, (entry, worker) in enumerate(zip(entries, workers, strict=True)):
+            for index, (entry, worker) in enumerate(live):
+                if "error" in entry:
+                    continue
                 order.append([rep, index])
-                for prompt in workload.prompt_tokens:
-                    step(f"rep {rep + 1}/{workload.reps} {entry['name']} p{prompt}")
-                    entry["reps"].append(_one_rep(worker, workload, prompt, energy, rep))
+                try:
+                    for prompt in workload.prompt_tokens:
+                        step(f"rep {rep + 1}/{workload.reps} {entry['name']} p{prompt}")
+                        entry["reps"].append(_measure(worker, workload, prompt, energy, rep, drive))
+                except EdgerunError as exc:
+                    _drop(drive, entry, exc)
     finally:
-        for worker in workers:
+        for _, worker in live:
             worker.close()
         energy.stop()
     for entry in entries:
@@ -213,3 +296,35 @@ def run_bench(
         "order": order,
         "artifacts": entries,
     }
+
+
+def _drop(drive: Drive, entry: dict[str, Any], exc: EdgerunError) -> None:
+    """With keep_going, a failed artifact keeps its error and leaves the run; else it ends it."""
+    if not drive.keep_going:
+        raise exc
+    entry["error"] = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+
+
+def _load_and_warm(
+    entry: dict[str, Any], worker: WorkerProcess, workload: Workload, drive: Drive, step: Progress
+) -> None:
+    entry.update(_load(worker, workload, entry.get("loader", drive.loader)))
+    for _ in range(workload.warmup):
+        for prompt in workload.prompt_tokens:
+            step(f"warmup {entry['name']} p{prompt}")
+            drive.generate(worker, workload, prompt)
+
+
+def _measure(
+    worker: WorkerProcess,
+    workload: Workload,
+    prompt: int,
+    energy: EnergyAccount,
+    rep: int,
+    drive: Drive,
+) -> dict[str, Any]:
+    reply = drive.generate(worker, workload, prompt)
+    row = _one_rep(reply, prompt, energy, rep)
+    if drive.tokens:
+        row["tokens"] = reply["tokens"]
+    return row

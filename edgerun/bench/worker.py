@@ -1,13 +1,15 @@
 """The per-artifact benchmark subprocess: ``python -m edgerun.bench.worker``.
 
-It loads one model once and answers JSON-line requests on its protocol channel, so the memory
-it reports belongs to that model alone. Libraries that print to stdout cannot corrupt the
+It loads one model once (``edgerun.load``, or any loader with its signature whose model has
+``generate(ids, max_tokens, temperature, ignore_eos)`` yielding chunks with a ``token_id``: the
+peers in benchmarks/ plug in here) and answers JSON-line requests on its protocol channel, so the
+memory it reports belongs to that model alone. Libraries that print to stdout cannot corrupt the
 protocol: the original stdout is kept for it and fd 1 is pointed at stderr.
 
 Requests and replies (one JSON object per line)::
 
     {"op": "load", "path", "profile", "threads", "context", "loader"}  -> {"ok", "load_s", "info", "context_length", "memory"}
-    {"op": "run", "prompt_tokens", "gen_tokens", "seed"}    -> {"ok", "t_start", "token_times", "memory"}
+    {"op": "run", "prompt_tokens", "gen_tokens", "seed"[, "ids"]}  -> {"ok", "t_start", "token_times", "tokens", "memory"}
     {"op": "quit"}
     failures                                               -> {"ok": false, "error", "hint", "traceback"}
 """
@@ -52,17 +54,28 @@ class Worker:
         }
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
-        key = (int(req["prompt_tokens"]), int(req.get("seed", 0)))
-        if key not in self.prompts:
-            self.prompts[key] = synthetic_prompt(self.model.tokenizer, *key)
-        prompt = self.prompts[key]
+        prompt = req.get("ids") or self._synthetic(
+            int(req["prompt_tokens"]), int(req.get("seed", 0))
+        )
         token_times: list[float] = []
+        tokens: list[int | None] = []
         t_start = time.monotonic()
-        for _chunk in self.model.generate(
+        for chunk in self.model.generate(
             prompt, max_tokens=int(req["gen_tokens"]), temperature=0.0, ignore_eos=True
         ):
             token_times.append(time.monotonic())
-        return {"t_start": t_start, "token_times": token_times, "memory": self.memory.snapshot()}
+            tokens.append(chunk.token_id)
+        return {
+            "t_start": t_start,
+            "token_times": token_times,
+            "tokens": tokens,
+            "memory": self.memory.snapshot(),
+        }
+
+    def _synthetic(self, n_tokens: int, seed: int) -> list[int]:
+        if (n_tokens, seed) not in self.prompts:
+            self.prompts[n_tokens, seed] = synthetic_prompt(self.model.tokenizer, n_tokens, seed)
+        return self.prompts[n_tokens, seed]
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")

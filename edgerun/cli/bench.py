@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgerun.cli.options import workload_options
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rich.console import Console
-
-    from edgerun.bench.workload import Workload
-    from edgerun.power.account import EnergyAccount
 
 
 def _ints(text: str) -> list[int]:
@@ -69,24 +62,29 @@ def bench(
     Each artifact runs in its own subprocess; repetitions are interleaved (A B A B ...)."""
     from rich.console import Console
 
-    from edgerun.bench.device import fingerprint, library_versions
-    from edgerun.bench.render import print_rows
-    from edgerun.bench.results import new_run, rows, to_csv, to_markdown, write_results, write_table
-    from edgerun.bench.workload import Workload
-    from edgerun.power.account import energy_for
+    import edgerun.bench
+    from edgerun.bench.render import print_rows, progress_bar
+    from edgerun.bench.results import rows, to_csv, to_markdown, write_results, write_table
 
-    workload = Workload(_ints(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx)
     _refuse_existing([json_path, csv_path, md_path], append)
-    if profile is not None:
-        from edgerun.profile import get_profile
-
-        get_profile(profile)  # an unknown profile fails here, before anything runs
-    console = Console(stderr=True)
-    device = fingerprint(profile)
-    preferred = (device.get("profile") or {}).get("power_meter")
-    energy = energy_for(power_spec, assume_watts, preferred)
-    body = _run_with_progress(console, list(artifacts), workload, energy, idle_seconds, loader)
-    run = new_run(body, device, library_versions())
+    prompts = _ints(prompt_tokens)
+    total = 1 + len(artifacts) * (1 + (warmup + reps) * len(prompts))
+    with progress_bar(Console(stderr=True), total) as step:
+        run = edgerun.bench.run(
+            list(artifacts),
+            prompt_tokens=prompts,
+            gen_tokens=gen_tokens,
+            reps=reps,
+            warmup=warmup,
+            threads=threads,
+            profile=profile,
+            ctx=ctx,
+            power=power_spec,
+            assume_watts=assume_watts,
+            idle_seconds=idle_seconds,
+            loader=loader,
+            progress=step,
+        )
     data = write_results(json_path, run, append) if json_path else {"runs": [run]}
     table = rows(data if append else {"runs": [run]})
     for path, render in ((csv_path, to_csv), (md_path, to_markdown)):
@@ -97,35 +95,3 @@ def bench(
         [run],
         f"edgerun bench ({reps} reps, {gen_tokens} new tokens, medians)",
     )
-
-
-def _run_with_progress(
-    console: Console,
-    artifacts: list[Path],
-    workload: Workload,
-    energy: EnergyAccount,
-    idle_seconds: float,
-    loader: str,
-) -> dict[str, Any]:
-    """run_bench with a rich progress bar over the repetitions (terminal only)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from edgerun.bench.harness import run_bench
-
-    n_prompts = len(workload.prompt_tokens)
-    total = 1 + len(artifacts) * (1 + (workload.warmup + workload.reps) * n_prompts)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # no bar in logs and pipes
-    ) as progress:
-        task = progress.add_task("bench", total=total)
-
-        def step(message: str) -> None:
-            progress.update(task, description=message, advance=1)
-
-        return run_bench(artifacts, workload, energy, idle_seconds, loader, step)

@@ -110,7 +110,7 @@ def check_format(config: dict[str, Any], prefix: str) -> None:
         other = "ONNX" if prefix == "gguf" else "GGUF"
         raise EdgerunError(
             f"{prefix.upper()} export does not support {family.name}: {reason}",
-            f"export to {other} instead (edgerun export --list-architectures)",
+            f"export to {other} instead; `edgerun export --list-architectures` shows each family's",
         )
     if prefix == "gguf":
         from edgerun.exporters.gguf.quirks import check

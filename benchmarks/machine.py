@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,9 @@ def _cpuinfo() -> dict[str, str]:
 
 def versions() -> dict[str, str | None]:
     """Installed versions of the libraries the rows use (None: not installed)."""
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from edgerun.versions import versions as installed
+
+    return installed(PACKAGES, missing=True)
 
 
 def git_commit() -> str | None:

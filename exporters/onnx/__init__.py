@@ -270,19 +270,13 @@ def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) ->
     return "genai" if genai_fits else "optimum"
 
 
-def _libraries(builder: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+def _libraries(builder: str) -> dict[str, str | None]:
+    from edgerun.versions import versions
 
     names = ["onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "transformers"]
     if builder == "genai":
         names.append("onnxruntime-genai")
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
+    return versions(names)
 
 
 FAMILY = OnnxFamily()

@@ -160,6 +160,15 @@ def test_smollm2_parity_and_pre_name(smollm2_dir, tmp_path):
     assert gguf.GGUFReader(out).get_field("tokenizer.ggml.pre").contents() == "smollm"
     for text in (read_eval_text(None), HARD_TEXT):
         assert tokenize(out, text) == _hf(ref.tokenizer, text)
+    # A blank line then an indented version number (Python's LICENSE.txt): llama.cpp's smollm
+    # pre-tokenizer splits the whitespace run before the digit differently from HF. Reported:
+    from edgerun.exporters.gguf.runtime import tokenizer_parity
+
+    text = "Is it GPL compatible? (1)\n\n    0.9.0 thru 1.2 and 2.0\n"
+    parity = tokenizer_parity(out, ref.tokenizer, text, "license snippet")
+    assert not parity["identical"] and parity["llama_cpp_tokens"] != parity["hf_tokens"]
+    first = parity["first_difference"]
+    assert first["hf"] != first["llama_cpp"] and "\n\n    0.9.0" in first["text"]
 
 
 def test_parity_reports_the_first_difference(converted, monkeypatch):

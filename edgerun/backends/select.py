@@ -82,15 +82,14 @@ def pick_from_export_dir(path: Path, profile: str | Path | None) -> tuple[Path, 
         return path, None
     chosen, why = resolve_profile(profile)
     preferred = chosen.preferred_formats if chosen else []
+    owner = f"profile {chosen.id}" if chosen else "the profile"
     exported = ", ".join(found)
     for fmt in preferred:
         if fmt in found and found[fmt][1]:
             return found[fmt][0], (
-                f"{fmt} of {exported}: first of profile {chosen.id}'s preferred_formats exported"
-                f" ({why})"
+                f"{fmt} of {exported}: first of {owner}'s preferred_formats exported ({why})"
             )
     passing = [fmt for fmt, (_, ok) in found.items() if ok] or list(found)
-    owner = f"profile {chosen.id}" if chosen else "the profile"
     return found[passing[0]][0], (
         f"{passing[0]} of {exported}: none of {owner}'s preferred formats"
         f" ({', '.join(preferred) or 'none'}) was exported and passed validation"

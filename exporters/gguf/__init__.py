@@ -106,13 +106,22 @@ class GGUFFamily:
 
 def _parity(path: Path, ctx: ExportContext) -> dict[str, Any]:
     """llama.cpp's tokenization of the evaluation text against the HF tokenizer's (manifest
-    gguf.tokenizer_parity): reported, never hidden, since it changes what the model is fed."""
+    gguf.tokenizer_parity): reported, never hidden, since it changes what the model is fed.
+    Every GGUF of one export call holds the same vocabulary, so it is computed once per call."""
+    import json
+
     from edgerun.exporters.gguf.runtime import tokenizer_parity
     from edgerun.exporters.reference import read_eval_text
 
+    saved = Path(ctx.scratch) / "gguf-tokenizer-parity.json"
+    if saved.is_file():
+        parity: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
+        return parity
     text = read_eval_text(ctx.options.eval_text)
     label = str(ctx.options.eval_text) if ctx.options.eval_text else "shipped eval text"
-    return tokenizer_parity(path, ctx.reference.tokenizer, text, label)
+    parity = tokenizer_parity(path, ctx.reference.tokenizer, text, label)
+    saved.write_text(json.dumps(parity), encoding="utf-8")
+    return parity
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

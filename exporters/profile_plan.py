@@ -37,17 +37,11 @@ class Plan:
 
 
 def resolve(spec: str) -> tuple[Any, str]:
-    """(Profile, how it was chosen) for an id, a TOML path, or "detect" (this machine)."""
-    if spec == "detect":
-        from edgerun.detect import detect
+    """(Profile, how it was chosen) for an id, a TOML path, or "detect" (this machine), as
+    `edgerun run` resolves its --profile."""
+    from edgerun.backends.select import resolve_profile
 
-        found = detect()
-        return found.profile, "detected on this machine: " + (
-            "; ".join(found.reasons) or f"best match (score {found.score})"
-        )
-    from edgerun.profile import get_profile
-
-    return get_profile(spec), "chosen with --profile"
+    return resolve_profile(None if spec == "detect" else spec)
 
 
 def plan(spec: str, formats: list[str] | None, explicit: set[str]) -> Plan:

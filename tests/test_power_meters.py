@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgerun.power import MeterError, MeterUnavailable, battery, command, jetson, rapl, rpi5
 from tests.power_fakes import (
@@ -226,5 +228,66 @@ def test_command_meter_fails_mid_run(tmp_path: Path) -> None:
 
 
 def test_command_meter_rejects_non_numbers() -> None:
-    with pytest.raises(MeterUnavailable, match="printed no number"):
+    with pytest.raises(MeterUnavailable, match="no number"):
         command.probe("echo watts")
+
+
+@pytest.mark.parametrize(
+    ("text", "watts"),
+    [
+        ("4.2", 4.2),
+        ("4.2 W", 4.2),
+        ("Power: 4.2W", 4.2),
+        ("5000 mW", 5.0),  # read as 5000 W before
+        ("5000000 uW", 5.0),
+        ("5000000 µW", 5.0),
+        ("0.005 kW", 5.0),
+        ("5.1V 0.9A", 4.59),  # read as 0.9 W before
+        ("5.1 V, 900 mA", 4.59),
+        ("ch1 5.02V 0.91A 4.57W", 4.57),  # the power among other readings; not the 1 of ch1
+        ("3.7 watts", 3.7),
+        (".5", 0.5),
+        ("0", 0.0),
+    ],
+)
+def test_command_reading_units(text: str, watts: float) -> None:
+    assert command.parse_reading(text) == pytest.approx(watts)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("4,2", "decimal comma"),  # read as 2 W before
+        ("-5", "non-negative"),  # read as -5 W before
+        ("-5 W", "non-negative"),
+        ("4.2 W 3.1 W", "2 power readings"),
+        ("4 2", "2 numbers without a unit"),
+        ("5.1V", "exactly one current"),
+        ("5.1V 0.9A 0.8A", "exactly one current"),
+        ("4.2 mWh", "unknown unit 'mWh'"),
+        ("1e999 W", "finite"),
+        ("", "no number"),
+    ],
+)
+def test_command_reading_refuses_what_it_would_guess(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        command.parse_reading(text)
+
+
+@given(
+    st.floats(min_value=0, max_value=1e4, allow_nan=False),
+    st.sampled_from([("W", 1.0), ("mW", 1e-3), ("uW", 1e-6), ("kW", 1e3), ("", 1.0)]),
+    st.sampled_from(["", " "]),
+    st.sampled_from(["", "power: ", "P="]),
+)
+@settings(max_examples=200, deadline=None)
+def test_command_reading_round_trips(
+    value: float, unit: tuple[str, float], gap: str, label: str
+) -> None:
+    text = f"{label}{value!r}{gap if unit[0] else ''}{unit[0]}"
+    assert command.parse_reading(text) == pytest.approx(value * unit[1], rel=1e-12)
+
+
+def test_command_meter_names_a_misread_line() -> None:
+    with pytest.raises(MeterUnavailable, match=r"printed '4,2\\n': a decimal comma"):
+        command.probe("echo 4,2")

@@ -6,7 +6,10 @@ inside the functions that need them (export, pull of a GGUF file).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgerun.errors import EdgerunError
 
 __version__ = "0.1.0"
 
@@ -14,14 +17,36 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgerun.model import Model
 
 
-def load(path: str, profile: str | None = None, **options: Any) -> Model:
+def load(
+    path: str | Path,
+    profile: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    backend: str | None = None,
+    context: int | None = None,
+    strict: bool = False,
+    verify: bool = False,
+    **options: Any,
+) -> Model:
     """Load an artifact (directory, .gguf or .onnx) and pick its backend from a device profile.
 
-    See :func:`edgerun.model.load` for the arguments.
+    threads / context override the profile and the model; backend forces one ("onnxruntime",
+    "genai", "llamacpp" or a plugin); strict turns a provider fallback into an error; verify
+    hashes every file in full; other options go to the backend. Raises EdgerunError. See
+    :func:`edgerun.model.load`.
     """
     from edgerun.model import load as _load
 
-    return _load(path, profile=profile, **options)
+    return _load(
+        path,
+        profile=profile,
+        threads=threads,
+        backend=backend,
+        context=context,
+        strict=strict,
+        verify=verify,
+        **options,
+    )
 
 
-__all__ = ["__version__", "load"]
+__all__ = ["EdgerunError", "__version__", "load"]

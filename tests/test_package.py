@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import zipfile
@@ -117,3 +118,12 @@ def test_atomic_write_honours_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_library_surface_names_its_options_and_error(tmp_path: Path) -> None:
+    """`edgerun.load` shows its options (not hidden behind **options) and its error is importable
+    from the package, so library users catch it without knowing the module layout."""
+    params = inspect.signature(edgerun.load).parameters
+    assert {"threads", "context", "backend", "strict", "verify"} <= set(params)
+    with pytest.raises(edgerun.EdgerunError):
+        edgerun.load(tmp_path / "missing")

@@ -335,3 +335,13 @@ def test_unloadable_gguf_is_an_edgerun_error(tmp_path):
     logits = FAMILY.logits_fn(tmp_path, {"model_file": MODEL_FILE})
     with pytest.raises(EdgerunError, match="llama.cpp cannot load"):
         logits(np.arange(8, dtype=np.int64))
+
+
+def test_validation_runs_llama_cpp_with_the_export_threads(monkeypatch, tmp_path):
+    """--threads reaches GGUF validation as it reaches ONNX validation (it was dropped)."""
+    from edgerun.exporters.gguf import runtime
+
+    seen = {}
+    monkeypatch.setattr(runtime, "logits_fn", lambda path, threads=None: seen.update(t=threads))
+    FAMILY.logits_fn(tmp_path, {"model_file": MODEL_FILE, "threads": 3})
+    assert seen == {"t": 3}

@@ -101,7 +101,8 @@ class GGUFFamily:
         """Logits of the artifact computed by llama.cpp (llama-cpp-python, logits_all)."""
         from edgerun.exporters.gguf.runtime import logits_fn
 
-        return logits_fn(Path(artifact_dir) / manifest.get("model_file", MODEL_FILE))
+        threads = manifest.get("threads")  # set by the pipeline from --threads during export
+        return logits_fn(Path(artifact_dir) / manifest.get("model_file", MODEL_FILE), threads)
 
 
 def _parity(path: Path, ctx: ExportContext) -> dict[str, Any]:

@@ -10,6 +10,7 @@ the reason, never silently dropped. A third-party family is one more line in ``F
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -151,7 +152,8 @@ class FormatFamily(Protocol):
 
     Optional: ``check_source(fmt, options, config) -> None``, called with the checkpoint's
     config.json (a dict) before any work starts, to refuse an architecture the family cannot
-    export (EdgerunError listing the supported ones).
+    export (EdgerunError listing the supported ones); ``withheld() -> dict[str, str]``, formats
+    the family knows but does not offer, with the reason (named instead of "unknown format").
     """
 
     prefix: str
@@ -210,7 +212,8 @@ def all_formats() -> list[str]:
 
 
 def family_of(fmt: str) -> FormatFamily:
-    """The family that makes `fmt`; EdgerunError listing the valid formats if none does."""
+    """The family that makes `fmt`; EdgerunError naming why not (a withheld format's reason, an
+    unavailable family's, or the closest valid names) if none does."""
     families = load_families()
     for family in families.values():
         if fmt in family.formats():
@@ -221,13 +224,36 @@ def family_of(fmt: str) -> FormatFamily:
             f"format '{fmt}' is unavailable: {UNAVAILABLE[prefix]}",
             "install the extra it needs (pip install 'edgerun[export,gguf]')",
         )
-    raise EdgerunError(f"unknown format '{fmt}'", f"valid formats: {', '.join(all_formats())}")
+    for family in families.values():
+        why = getattr(family, "withheld", dict)().get(fmt)
+        if why:
+            raise EdgerunError(f"format '{fmt}' is not offered: {why}", "choose another format")
+    valid = all_formats()
+    close = difflib.get_close_matches(fmt, valid, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"valid formats: {', '.join(valid)}"
+    raise EdgerunError(f"unknown format '{fmt}'", hint)
+
+
+def canonical_format(name: str) -> str:
+    """`name` as the registry spells it: case and `_` / `-` are not significant
+    (`gguf-Q4_K_M`, `onnx_int4`), and a bare type names its family when only one has it
+    (`q4_k_m` -> `gguf-q4_k_m`). Unmatched names come back unchanged for family_of to explain."""
+    key = _format_key(name)
+    known = all_formats()
+    exact = [fmt for fmt in known if _format_key(fmt) == key]
+    bare = [fmt for fmt in known if _format_key(fmt.split("-", 1)[-1]) == key]
+    match = exact or bare
+    return match[0] if len(match) == 1 else name
+
+
+def _format_key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
 
 
 def parse_formats(spec: str | list[str]) -> list[str]:
     """Split a comma list of format names, check every one, drop duplicates (order kept)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    names = list(dict.fromkeys(canonical_format(s) for s in items if s.strip()))
     if not names:
         raise EdgerunError("no export format given", f"valid formats: {', '.join(all_formats())}")
     for name in names:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from edgerun.exporters.formats import all_formats
+from edgerun.exporters.formats import all_formats, parse_formats
 from edgerun.exporters.validate import Thresholds
 
 from edgerun.cli import cli
@@ -47,14 +47,38 @@ def test_list_names_the_onnx_formats() -> None:
     assert result.stdout.splitlines()[:4] == ["onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int4"]
 
 
-def test_unknown_format_lists_the_valid_ones(tiny_llama: Path, tmp_path: Path) -> None:
+def test_unknown_format_suggests_the_closest(tiny_llama: Path, tmp_path: Path) -> None:
     result = run(str(tiny_llama), "-f", "onnx-fp32,onnx-int3", "-o", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert (
-        result.stderr
-        == f"error: unknown format 'onnx-int3' (valid formats: {', '.join(all_formats())})\n"
+    assert result.stderr == (
+        "error: unknown format 'onnx-int3' (did you mean onnx-int8 or onnx-int4 or onnx-fp32?)\n"
     )
     assert not (tmp_path / "out").exists()
+    result = run(str(tiny_llama), "-f", "tflite", "-o", str(tmp_path / "out"))
+    assert result.stderr == (
+        f"error: unknown format 'tflite' (valid formats: {', '.join(all_formats())})\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spelled", "canonical"),
+    [
+        ("gguf-Q4_K_M", "gguf-q4_k_m"),
+        ("onnx_int4", "onnx-int4"),
+        ("ONNX-FP32", "onnx-fp32"),
+        ("q4_k_m", "gguf-q4_k_m"),  # a bare type that one family has
+        (" gguf-q8_0 ", "gguf-q8_0"),
+    ],
+)
+def test_format_names_are_not_case_or_separator_sensitive(spelled: str, canonical: str) -> None:
+    pytest.importorskip("llama_cpp")
+    assert parse_formats(spelled) == [canonical]
+
+
+def test_a_withheld_gguf_type_names_its_reason() -> None:
+    pytest.importorskip("llama_cpp")
+    with pytest.raises(EdgerunError, match="'gguf-iq2_xxs' is not offered: needs an importance"):
+        parse_formats("gguf-IQ2_XXS")
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,12 @@ class GGUFFamily:
 
         return [f"gguf-{t}" for t in (*FLOAT_FORMATS, *quant_types())]
 
+    def withheld(self) -> dict[str, str]:
+        """llama.cpp types edgerun does not export, with the reason (quantize.EXCLUDED)."""
+        from edgerun.exporters.gguf.quantize import EXCLUDED
+
+        return {f"gguf-{name}": why for name, why in EXCLUDED.items()}
+
     def check_options(self, fmt: str, options: ExportOptions) -> None:
         """Fail before any work when a needed library is missing or `fmt` is not ours."""
         kind = _kind(fmt)

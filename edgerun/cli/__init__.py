@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "profiles": "edgerun.cli.profiles:profiles",
     "serve": "edgerun.cli.serve:serve",
     "lab": "edgerun.cli.lab:lab",
+    "list": "edgerun.cli.cache:list_models",
+    "rm": "edgerun.cli.cache:rm",
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -176,3 +176,68 @@ def test_bad_baseline(results: tuple[Path, Path]) -> None:
         pick_baseline(table, "fake")
     with pytest.raises(EdgerunError, match="--baseline 'nowhere' matches no row"):
         pick_baseline(table, "nowhere")
+
+
+def _rendered(rows: list[dict], columns: list, width: int) -> tuple[list[str], list]:
+    """print_rows at `width` terminal columns: (its lines, the columns it showed)."""
+    from rich.console import Console
+
+    from edgerun.bench.render import fit_columns, print_rows
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, record=True)
+    print_rows(rows, [], "t", console=console, columns=columns)
+    return console.export_text().splitlines(), fit_columns(rows, columns, width)[0]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+def test_terminal_tables_never_cut_a_number(results: tuple[Path, Path], width: int) -> None:
+    """bench's and compare's tables at any terminal width: every line fits, every shown cell is
+    whole (a row's words are exactly its cells' words), and what did not fit is named."""
+    from edgerun.bench.compare import TERMINAL_COLUMNS, add_ratios
+    from edgerun.bench.render import TERMINAL
+    from edgerun.bench.results import cell
+
+    table, _ = load(list(results))
+    add_ratios(table, table[0])
+    for columns in (TERMINAL, TERMINAL_COLUMNS):
+        lines, shown = _rendered(table, columns, width)
+        rule = next(i for i, line in enumerate(lines) if line.startswith("─"))
+        body = lines[rule + 1 : rule + 1 + len(table)]
+        assert all(len(line) <= width for line in lines[: rule + 1 + len(table)])
+        assert "…" not in "".join(lines)
+        for row, line in zip(table, body, strict=True):
+            assert line.split() == " ".join(cell(row, k) for k, _ in shown).split()
+        left_out = [h for k, h in columns if (k, h) not in shown]
+        if left_out:
+            assert any(f"not shown at {width} columns: " in line for line in lines)
+        assert width < 80 or ("decode_tok_s", "decode tok/s") in shown
+
+
+def test_spread_beside_medians_and_overlapping_ratios_marked(results: tuple[Path, Path]) -> None:
+    """A median carries its stdev over the reps; a ratio whose two min-max ranges overlap is
+    marked ≈ (it may be noise); a run whose reps ranged widely gets an 'unsteady' line."""
+    from edgerun.bench.compare import add_ratios
+    from edgerun.bench.results import cell, unsteady
+
+    table, _ = load(list(results))
+    row = dict(table[0])
+    assert cell(row, "decode_tok_s").split(" ±")[0] == f"{row['decode_tok_s']:.1f}"
+    assert cell(row, "decode_tok_s").split(" ±")[1] != ""
+    assert row["decode_tok_s_n"] == 2
+    base = {**row, "decode_tok_s_min": 10.0, "decode_tok_s_max": 20.0}
+    near = {**row, "decode_tok_s_min": 18.0, "decode_tok_s_max": 30.0}
+    far = {**row, "decode_tok_s_min": 21.0, "decode_tok_s_max": 30.0}
+    add_ratios(rows := [base, near, far], base)
+    assert [r["decode_ratio_overlap"] for r in rows] == [False, True, False]
+    assert cell(near, "decode_ratio").startswith("≈") and not cell(far, "decode_ratio").startswith(
+        "≈"
+    )
+    shaky = {**row, "decode_tok_s": 5.04, "decode_tok_s_min": 4.3, "decode_tok_s_max": 23.7}
+    steady = {**row, "decode_tok_s": 5.04, "decode_tok_s_min": 4.9, "decode_tok_s_max": 5.2}
+    steady.update(ttft_ms_min=1.0, ttft_ms_max=1.0)
+    shaky.update(ttft_ms_min=1.0, ttft_ms_max=1.0)
+    assert unsteady([steady]) == []
+    assert unsteady([shaky]) == [
+        f"unsteady: {row['device']}/{row['artifact']} prompt {row['prompt_tokens']}: "
+        "decode tok/s 4.300–23.7 around 5.040 over 2 reps"
+    ]

@@ -35,6 +35,26 @@ COMPARE_COLUMNS: list[tuple[str, str]] = [
     ("mean_kl", "mean KL"),
     ("top1_agreement", "top-1"),
 ] + [(col, header) for _, col, header in RATIOS]
+#: The terminal's columns in display order, each ratio beside its value; what does not fit the
+#: terminal is dropped from the end (edgerun.bench.render.fit_columns keeps the first that fit).
+TERMINAL_COLUMNS: list[tuple[str, str]] = [
+    ("row", "#"),
+    ("device", "device"),
+    ("artifact", "artifact"),
+    ("backend", "backend"),
+    ("prompt_tokens", "prompt"),
+    ("decode_tok_s", "decode tok/s"),
+    ("decode_ratio", "decode ×"),
+    ("ttft_ms", "TTFT ms"),
+    ("ttft_ratio", "TTFT ×"),
+    ("peak_rss_mb", "peak RSS MiB"),
+    ("rss_ratio", "RAM ×"),
+    ("j_per_token", "J/token"),
+    ("energy_ratio", "J/tok ×"),
+    ("size_mb", "size MiB"),
+    ("ppl_ratio", "PPL ratio"),
+    ("top1_agreement", "top-1"),
+]
 
 
 def load(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -94,3 +114,16 @@ def add_ratios(table: list[dict[str, Any]], baseline: dict[str, Any]) -> None:
         for key, col, _ in RATIOS:
             a, b = row.get(key), (base or {}).get(key)
             row[col] = a / b if (a is not None and b) else None
+            row[f"{col}_overlap"] = (
+                base is not None and row is not base and _overlap(row, base, key)
+            )
+
+
+def _overlap(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
+    """Whether the two rows' ranges (min-max over repetitions) of `key` overlap: their ratio
+    may then be noise. False where a range is not recorded."""
+    lo, hi = row.get(f"{key}_min"), row.get(f"{key}_max")
+    base_lo, base_hi = base.get(f"{key}_min"), base.get(f"{key}_max")
+    if None in (lo, hi, base_lo, base_hi):
+        return False
+    return bool(lo <= base_hi and base_lo <= hi)

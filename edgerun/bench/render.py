@@ -2,36 +2,43 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from edgerun.bench.results import COLUMNS, fmt
+from edgerun.bench.results import cell, unsteady
 
-#: The terminal shows fewer columns than the files (the energy label is printed under it).
+#: The terminal's columns, most wanted first: what does not fit the terminal is left out from the
+#: end (fit_columns); the files keep every column (results.COLUMNS).
 TERMINAL = [
-    c
-    for c in COLUMNS
-    if c[0]
-    not in (
-        "device",
-        "profile",
-        "threads",
-        "file_backed_mb",
-        "anonymous_mb",
-        "mean_kl",
-        "energy_method",
-    )
+    ("artifact", "artifact"),
+    ("backend", "backend"),
+    ("prompt_tokens", "prompt"),
+    ("decode_tok_s", "decode tok/s"),
+    ("ttft_ms", "TTFT ms"),
+    ("prefill_tok_s", "prefill tok/s"),
+    ("peak_rss_mb", "peak RSS MiB"),
+    ("latency_p50_ms", "p50 ms"),
+    ("latency_p99_ms", "p99 ms"),
+    ("j_per_token", "J/token"),
+    ("size_mb", "size MiB"),
+    ("ppl_ratio", "PPL ratio"),
+    ("top1_agreement", "top-1"),
 ]
 
 
 LABELS = ("artifact", "backend", "device", "profile", "energy_method")
+LABEL_WIDTH = 28  # a longer label is cut (with …) before a number column is dropped for it
 
 
 def table(
@@ -39,18 +46,48 @@ def table(
     title: str,
     columns: list[tuple[str, str]] = TERMINAL,
 ) -> Table:
-    """A rich Table of `rows`; label columns keep their full text, numbers wrap their headers."""
-    t = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False)
+    """A rich Table of `rows`. A number column is as wide as its widest cell, so a number is never
+    cut; its header wraps at spaces instead. Pick the columns that fit with `fit_columns`."""
+    t = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for key, header in columns:
+        # Fixed widths: rich never squeezes a fixed column, and its header wraps inside it.
+        widest = max([cell_len(cell(r, key)) for r in rows] + [1])
         if key in LABELS:
-            widest = max([len(fmt(r.get(key))) for r in rows] + [len(header)])
-            t.add_column(header, justify="left", no_wrap=True, min_width=min(widest, 28))
+            widest = min(max(widest, cell_len(header)), LABEL_WIDTH)
+            t.add_column(header, justify="left", no_wrap=True, width=widest)
         else:
-            t.add_column(header, justify="right")
+            longest_word = max(cell_len(word) for word in header.split())
+            t.add_column(header, justify="right", width=max(widest, longest_word))
     for row in rows:
         # Text, not str: a '[' in a shared results file is data, not rich markup.
-        t.add_row(*(Text(fmt(row.get(k))) for k, _ in columns))
+        t.add_row(*(Text(cell(row, k)) for k, _ in columns))
     return t
+
+
+def fit_columns(
+    rows: list[dict[str, Any]], columns: list[tuple[str, str]], width: int | None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the columns that fit in `width` terminal columns, taken in order while they fit, and the
+    headers of those left out). `width` None: all of them."""
+    if width is None:
+        return columns, []
+    shown: list[tuple[str, str]] = []
+    hidden: list[str] = []
+    for column in columns:
+        trial = [c for c in columns if c in shown or c == column]
+        if not shown or _narrowest(rows, trial) <= width:
+            shown.append(column)
+        else:
+            hidden.append(column[1])
+    return shown, hidden
+
+
+def _narrowest(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> int:
+    """The width the table of `columns` takes (its columns have fixed widths, see `table`):
+    rendered, so padding and dividers count exactly as rich draws them."""
+    console = Console(file=io.StringIO(), width=10_000)
+    console.print(table(rows, "", columns))
+    return max(cell_len(line) for line in console.file.getvalue().splitlines())
 
 
 def energy_notes(runs: list[dict[str, Any]]) -> list[str]:
@@ -82,13 +119,43 @@ def print_rows(
     title: str,
     console: Console | None = None,
     columns: list[tuple[str, str]] = TERMINAL,
+    wide: bool = False,
 ) -> None:
-    """Print the table of `columns` and the energy notes."""
-    # piped output (a file, CI log) gets a fixed width instead of rich's 80-column default
-    console = console or (Console() if sys.stdout.isatty() else Console(width=150))
-    console.print(table(rows, title, columns))
+    """Print the table of the `columns` that fit the terminal (all of them with `wide`, or when
+    piped without COLUMNS set), a line naming the ones left out, the energy and unsteady-run
+    notes. Numbers are never cut."""
+    console = console or _console()
+    width = (
+        None if wide or (not console.is_terminal and "COLUMNS" not in os.environ) else console.width
+    )
+    shown, hidden = fit_columns(rows, columns, width)
+    t = table(rows, title, shown)
+    if width is None:  # as wide as it needs: never wrapped by the console
+        needed = Measurement.get(console, console.options.update_width(10_000), t).maximum
+        console.width = max(console.width, needed, len(title))
+    console.print(t)
+    if hidden:
+        console.print(
+            Text(f"not shown at {width} columns: {', '.join(hidden)} (--wide shows them)")
+        )
     for note in dict.fromkeys(energy_notes(runs)):
         console.print(Text(note), highlight=False, soft_wrap=True)
+    shaky = unsteady(rows)
+    for note in shaky:
+        console.print(Text(note), highlight=False, soft_wrap=True)
+    if shaky:
+        console.print(Text("(unsteady: the machine was busy or the run unstable; re-run it idle)"))
+    if any(row.get(f"{k}_overlap") for row in rows for k, _ in shown):
+        console.print(Text("≈: the two rows' ranges over their repetitions overlap: may be noise"))
+
+
+def _console() -> Console:
+    """The terminal's console; piped output (a file, a CI log) gets plain text: no colour, and
+    the width of COLUMNS when set, else as wide as the table needs."""
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() else 80, no_color=True)
 
 
 @contextmanager

@@ -109,6 +109,25 @@ def _median(summary: dict[str, Any], key: str, scale: float = 1.0) -> float | No
     return s["median"] * scale if s else None
 
 
+#: Row key -> (summary key, scale): the metrics whose spread every table shows beside the median.
+SPREAD: dict[str, tuple[str, float]] = {
+    "ttft_ms": ("ttft_s", 1e3),
+    "prefill_tok_s": ("prefill_tok_s", 1.0),
+    "decode_tok_s": ("decode_tok_s", 1.0),
+}
+
+
+def _spread(summary: dict[str, Any]) -> dict[str, Any]:
+    """`<key>_min`, `_max`, `_stdev` and `_n` of each SPREAD metric (None where not measured)."""
+    out: dict[str, Any] = {}
+    for key, (name, scale) in SPREAD.items():
+        s = summary.get(name) or {}
+        for part in ("min", "max", "stdev"):
+            out[f"{key}_{part}"] = s[part] * scale if s.get(part) is not None else None
+        out[f"{key}_n"] = s.get("n")
+    return out
+
+
 def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per (run, artifact, prompt length): medians, labels and validation."""
     out = []
@@ -134,7 +153,7 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                         "ttft_ms": _median(s, "ttft_s", 1e3),
                         "prefill_tok_s": _median(s, "prefill_tok_s"),
                         "decode_tok_s": _median(s, "decode_tok_s"),
-                        "decode_tok_s_stdev": (s.get("decode_tok_s") or {}).get("stdev"),
+                        **_spread(s),
                         "latency_p50_ms": _median(s, "latency_p50_ms"),
                         "latency_p90_ms": _median(s, "latency_p90_ms"),
                         "latency_p99_ms": _median(s, "latency_p99_ms"),
@@ -195,10 +214,43 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def cell(row: dict[str, Any], key: str) -> str:
+    """A table cell: `fmt` of the value, and for a SPREAD metric measured more than once its
+    standard deviation over the repetitions (`5.04 ±8.4`), so a noisy median never looks clean."""
+    text = fmt(row.get(key))
+    stdev, n = row.get(f"{key}_stdev"), row.get(f"{key}_n")
+    if key in SPREAD and row.get(key) is not None and stdev is not None and (n or 0) > 1:
+        text += f" ±{stdev:.0f}" if stdev >= 10 else f" ±{stdev:.2g}"
+    if row.get(f"{key}_overlap"):  # a ratio whose two ranges overlap (edgerun.bench.compare)
+        text = f"≈{text}"
+    return text
+
+
+#: The metrics whose spread marks a run as unsteady (prefill tok/s moves with TTFT).
+UNSTEADY = {"decode_tok_s": "decode tok/s", "ttft_ms": "TTFT ms"}
+
+
+def unsteady(rows: list[dict[str, Any]], limit: float = 0.5) -> list[str]:
+    """One line per row whose decode tok/s or TTFT ranged over its repetitions wider than
+    `limit` x the median (e.g. 4.3-23.7 tok/s around 5.04)."""
+    notes = []
+    for row in rows:
+        parts = []
+        for key, name in UNSTEADY.items():
+            med, lo, hi = row.get(key), row.get(f"{key}_min"), row.get(f"{key}_max")
+            if med and lo is not None and hi is not None and (hi - lo) > limit * med:
+                parts.append(f"{name} {fmt(lo)}–{fmt(hi)} around {fmt(med)}")
+        if parts:
+            where = f"{row.get('device')}/{row.get('artifact')} prompt {row.get('prompt_tokens')}"
+            reps = row.get("decode_tok_s_n") or row.get("ttft_ms_n")
+            notes.append(f"unsteady: {where}: {', '.join(parts)} over {reps} reps")
+    return notes
+
+
 def to_markdown(table: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
-    """A GitHub Markdown table of `columns`."""
+    """A GitHub Markdown table of `columns` (medians with their spread, see `cell`)."""
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in table]
+    lines += ["| " + " | ".join(cell(r, k) for k, _ in columns) + " |" for r in table]
     return "\n".join(lines) + "\n"
 
 

@@ -52,7 +52,11 @@ class Map:
 
 
 STR, INT, NUM, BOOL = Leaf("str"), Leaf("int"), Leaf("num"), Leaf("bool")
-STATS = Obj({"median": Leaf("num", False), "stdev": NUM}, required=("median",), nullable=True)
+STATS = Obj(
+    {"median": Leaf("num", False), "stdev": NUM, "min": NUM, "max": NUM, "n": INT},
+    required=("median",),
+    nullable=True,
+)
 VALIDATION = Obj(
     {"ppl_ratio": NUM, "mean_kl": NUM, "top1_agreement": NUM, "passed": BOOL}, nullable=True
 )

@@ -14,6 +14,7 @@ import click
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write an HTML report.")
 @click.option("--plot", "png_path", type=click.Path(path_type=Path), help="Write a PNG chart.")
+@click.option("--wide", is_flag=True, help="Show every column, however wide the table gets.")
 def compare(
     results: tuple[Path, ...],
     baseline: str | None,
@@ -21,10 +22,18 @@ def compare(
     csv_path: Path | None,
     html_path: Path | None,
     png_path: Path | None,
+    wide: bool,
 ) -> None:
     """Join result files by device, profile, artifact and backend; show tok/s, TTFT, peak RAM,
     J/token, size and validation side by side, with ratios against a baseline row."""
-    from edgerun.bench.compare import COMPARE_COLUMNS, add_ratios, label, load, pick_baseline
+    from edgerun.bench.compare import (
+        COMPARE_COLUMNS,
+        TERMINAL_COLUMNS,
+        add_ratios,
+        label,
+        load,
+        pick_baseline,
+    )
     from edgerun.bench.render import print_rows
     from edgerun.bench.results import to_csv, to_markdown, write_table
 
@@ -43,11 +52,10 @@ def compare(
         from edgerun.bench.report import write_png
 
         write_png(table, png_path)
-    shown = [
-        c
-        for c in COMPARE_COLUMNS
-        if c[0] not in ("profile", "prefill_tok_s", "mean_kl", "prefill_ratio")
-    ]
     print_rows(
-        table, runs, f"edgerun compare (baseline: row {base['row']}, {label(base)})", columns=shown
+        table,
+        runs,
+        f"edgerun compare (baseline: row {base['row']}, {label(base)})",
+        columns=TERMINAL_COLUMNS,
+        wide=wide,
     )

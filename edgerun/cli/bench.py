@@ -38,6 +38,7 @@ def _refuse_existing(paths: list[Path | None], append: bool) -> None:
 )
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a Markdown table.")
+@click.option("--wide", is_flag=True, help="Show every column, however wide the table gets.")
 def bench(
     artifacts: tuple[Path, ...],
     prompt_tokens: str,
@@ -55,6 +56,7 @@ def bench(
     csv_path: Path | None,
     md_path: Path | None,
     loader: str,
+    wide: bool,
 ) -> None:
     """Benchmark artifacts: load time, TTFT, prefill and decode tok/s, per-token latency, peak
     RSS (file-backed vs anonymous), and energy from the best meter (or null with the reason).
@@ -93,5 +95,6 @@ def bench(
     print_rows(
         rows({"runs": [run]}),
         [run],
-        f"edgerun bench ({reps} reps, {gen_tokens} new tokens, medians)",
+        f"edgerun bench ({reps} reps, {gen_tokens} new tokens, medians ±stdev)",
+        wide=wide,
     )

@@ -77,7 +77,7 @@ class ModelInfo:
     profile_reason: str
     artifact: str
     format: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] = field(repr=False)  # whole in to_json(); too long to print
     context_length: int
     requested_providers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -87,6 +87,15 @@ class ModelInfo:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __str__(self) -> str:
+        """One line of what runs: format, backend and providers, threads, context, profile."""
+        threads = f"{self.threads} threads" if self.threads else "default threads"
+        return (
+            f"{self.format} ({self.artifact}) on {self.backend} [{', '.join(self.providers)}],"
+            f" {threads}, context {self.context_length}, profile {self.profile_id}"
+            f" ({self.profile_reason})"
+        )
 
 
 class Model:

@@ -92,11 +92,12 @@ class DetokenizeStream:
         return ""
 
     def flush(self) -> str:
-        """Text still held back at the end (an incomplete character decodes as U+FFFD)."""
+        """Text still held back at the end, without the U+FFFD of a character whose bytes were
+        cut off (e.g. by max_tokens): the stream never ends in a half character."""
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return after[len(before) :] if len(after) > len(before) else ""
+        return after[len(before) :].rstrip("\ufffd") if len(after) > len(before) else ""
 
 
 class HFTokenizer(Tokenizer):

@@ -262,6 +262,9 @@ def test_streaming_detokenizer_never_splits_a_character(tiny_llama: Path) -> Non
     assert len(euro) == 3  # three byte-level tokens for one character...
     stream = tok.stream()
     assert [stream.push(i) for i in euro] == ["", "", "€"]  # ...released once complete
+    cut = tok.stream()  # max_tokens ends the stream inside the character: no half character
+    assert [cut.push(i) for i in tok.encode("a€")[:-1]] == ["a", "", ""]
+    assert cut.flush() == ""
 
 
 def test_chat_applies_the_template(artifacts: dict[str, Path]) -> None:

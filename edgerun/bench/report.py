@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from edgerun.bench.compare import COMPARE_COLUMNS, label
 from edgerun.bench.render import energy_notes
-from edgerun.bench.results import fmt
+from edgerun.bench.results import cell
 from edgerun.errors import require
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -37,8 +37,15 @@ def figure(table: list[dict[str, Any]]) -> Any:
     chart, prompt = _chart_rows(table)
     names = [_plain(f"{r['device']}\n{r['artifact']}\n{r['backend']}") for r in chart]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    axes[0].bar(names, [r["decode_tok_s"] or 0 for r in chart], color="#3b7dd8")
-    axes[0].set_title(f"decode tok/s (prompt {prompt})")
+    decode = [r["decode_tok_s"] or 0 for r in chart]
+    # error bars: the min-max range over the repetitions (asymmetric around the median)
+    # (clamped at 0: a results file from elsewhere may hold a median outside its own range)
+    low = [max(0, d - (r.get("decode_tok_s_min") or d)) for d, r in zip(decode, chart, strict=True)]
+    high = [
+        max(0, (r.get("decode_tok_s_max") or d) - d) for d, r in zip(decode, chart, strict=True)
+    ]
+    axes[0].bar(names, decode, color="#3b7dd8", yerr=[low, high], capsize=3)
+    axes[0].set_title(f"decode tok/s (prompt {prompt}; median, min-max over reps)")
     energy = [r["j_per_token"] for r in chart]
     if any(e is not None for e in energy):
         axes[1].bar(names, [e or 0 for e in energy], color="#d8893b")
@@ -117,7 +124,7 @@ def _table_rows(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             "base": bool(row.get("baseline")),
             "cells": [
-                (fmt(row.get(k)), isinstance(row.get(k), (int, float))) for k, _ in COMPARE_COLUMNS
+                (cell(row, k), isinstance(row.get(k), (int, float))) for k, _ in COMPARE_COLUMNS
             ],
         }
         for row in table

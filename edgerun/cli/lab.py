@@ -57,10 +57,18 @@ def scheduler(host: str, port: int, **kwargs: Any) -> None:
     type=click.Path(exists=True, file_okay=False),
     help="Pose as the machine-facts directory DIR (tests).",
 )  # a lab-simulation aid, hidden: results then record `posing` (see edgerun.lab.device)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Join a scheduler off this host without TLS (anyone there can run code here).",
+)
 @_tls_options
-def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any) -> None:
+def worker(
+    scheduler: str, name: str | None, machine: str | None, insecure: bool, **kwargs: Any
+) -> None:
     """Serve this device to the lab: one Dask worker with a single task slot, advertising the
-    detected profile, CPU, cores, memory, OS, accelerators and library versions."""
+    detected profile, CPU, cores, memory, OS, accelerators and library versions. It listens
+    only on the interface that reaches the scheduler, and needs TLS unless that is this host."""
     import os
     import platform
 
@@ -72,7 +80,9 @@ def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any)
     def ready(address: str, info: dict[str, Any]) -> None:
         click.echo(f"device {info['id']} ({info['profile']}) serving at {address}", err=True)
 
-    run_worker(scheduler, name or platform.node(), _tls(kwargs), ready)
+    if insecure and _tls(kwargs) is None:
+        click.echo("warning: joining without TLS: anyone on that network can run code here", err=True)
+    run_worker(scheduler, name or platform.node(), _tls(kwargs), ready, insecure)
 
 
 @lab.command()
@@ -190,4 +200,8 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
                     soft_wrap=True,  # one line, whatever the path's length
                 )
                 raise click.exceptions.Exit(130) from None
+    if lab_run.scheduler_lost is not None:
+        for run in results.data["runs"][first:]:  # one line per device, then the error line
+            click.echo(f"{run['lab']['device']}: {run['lab']['status']}: {run['lab']['reason']}", err=True)
+        raise lab_run.scheduler_lost
     print_status(results.status_rows(first), kw["json_path"])

@@ -3,7 +3,7 @@
 Its timings come from the artifact's manifest ("fake" block), so each test artifact can differ:
 prefill_s_per_token x prompt length before the first token, decode_s between tokens
 ($EDGERUN_FAKE_DECODE_S overrides decode_s, so one lab worker can be slower than the others;
-$EDGERUN_FAKE_BUSY_S makes load hold the GIL that long, like a device busy in native code)."""
+$EDGERUN_FAKE_BUSY_S makes load keep a CPU, and its GIL, busy that long)."""
 
 from __future__ import annotations
 
@@ -136,8 +136,8 @@ class FakeModel:
 
 
 def hold_gil(seconds: float) -> None:
-    """Keep the GIL for about `seconds` in one C call (a busy device: its event loop and
-    heartbeats starve), sized by a short calibration run."""
+    """Keep a CPU and the GIL for about `seconds` in one C call (a busy device), sized by a
+    short calibration run."""
     if seconds <= 0:
         return
     start = time.perf_counter()

@@ -5,9 +5,8 @@ A Dask node runs code its peers send it, so the scheduler binds 127.0.0.1 unless
 a worker listens only on the interface that reaches its scheduler and refuses a non-loopback
 scheduler without TLS (``--insecure`` overrides), and a lab network should use TLS
 (``--tls-ca-file/--tls-cert/--tls-key``). Both serve no HTTP routes (no dashboard, no JSON
-info), refuse the Dask handlers lab never uses (BLOCKED_*), and judge a worker alive by its
-connection, not its heartbeats (a device busy benchmarking may not heartbeat for minutes). The
-host reads devices' answers as plain data only (edgerun.lab.guard).
+info) and refuse the Dask handlers lab never uses (BLOCKED_*). The host reads devices'
+answers as plain data only (edgerun.lab.guard).
 """
 
 from __future__ import annotations
@@ -104,9 +103,7 @@ def connect(scheduler: str, tls: Tls | None = None, timeout: float = CONNECT_TIM
 
 
 def _server_config() -> Any:
-    """Dask settings of lab's scheduler and workers: no HTTP routes, the blocked handlers, and
-    no heartbeat deadline (a lost device is seen by its closed connection, TCP keepalive, or
-    the lab's own stall timeout)."""
+    """Dask settings of lab's scheduler and workers: no HTTP routes, and the blocked handlers."""
     import dask
 
     return dask.config.set(
@@ -115,7 +112,6 @@ def _server_config() -> Any:
             "distributed.worker.http.routes": [],
             "distributed.scheduler.blocked-handlers": BLOCKED_SCHEDULER,
             "distributed.worker.blocked-handlers": BLOCKED_WORKER,
-            "distributed.scheduler.worker-ttl": None,
         }
     )
 

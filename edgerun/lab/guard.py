@@ -19,6 +19,7 @@ payloads, result types and the ``warn`` event topic), so the host:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -51,20 +52,28 @@ def plain_loads(data: Any, *, buffers: Any = ()) -> Any:
     return _PlainUnpickler(io.BytesIO(bytes(data)), buffers=buffers or None).load()
 
 
-class _QuietRefusals(logging.Filter):
-    """Drop Dask's log records (with tracebacks) about a refused pickle: the lab reports the
-    failure itself, on one line."""
+class _OneLineLogs(logging.Filter):
+    """Dask's log records on the lab host as one line each, without tracebacks: a refused
+    pickle is dropped (the lab reports it with the device), any other error is shortened to
+    its type and first line (a lost scheduler, for one, is reported by the lab itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, RefusedPickle)
+        if isinstance(exc, (RefusedPickle, asyncio.CancelledError)):  # reported, or no error
+            return False
+        if exc is not None:
+            first = (str(exc).splitlines() or [""])[0][:200]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {first})".strip()
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 _installed: list[bool] = []
 
 
 def install() -> None:
-    """Make this process load only plain data from Dask peers (idempotent)."""
+    """Make this process load only plain data from Dask peers, and log Dask's errors on one
+    line (idempotent)."""
     if _installed:
         return
     import distributed.client
@@ -72,8 +81,12 @@ def install() -> None:
 
     distributed.protocol.pickle.loads = plain_loads
     distributed.client.loads = plain_loads  # type: ignore[attr-defined]
-    for name in ("distributed.protocol.core", "distributed.protocol.pickle", "distributed.core"):
-        logging.getLogger(name).addFilter(_QuietRefusals())
+    seen: set[int] = set()
+    for name in ("distributed", "distributed.client", ""):  # Dask's own handlers, and root's
+        for handler in logging.getLogger(name).handlers:
+            if id(handler) not in seen:
+                seen.add(id(handler))
+                handler.addFilter(_OneLineLogs())
     _installed.append(True)
 
 

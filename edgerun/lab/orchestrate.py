@@ -103,15 +103,18 @@ class Lab:
             if time.monotonic() - self._polled > POLL_S:
                 try:
                     info = self.client.sync(self.client.scheduler.identity, n_workers=-1)
-                except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
-                    raise SchedulerLost(
-                        f"lost the lab scheduler mid-run ({type(exc).__name__})",
-                        "restart `edgerun lab scheduler` and the devices' workers, then run "
-                        "`lab bench` again (--append keeps the finished runs)",
-                    ) from None
+                except (OSError, TimeoutError, asyncio.TimeoutError):
+                    raise self._lost() from None
                 self._workers = {str(m.get("name")): a for a, m in info["workers"].items()}
                 self._polled = time.monotonic()
             return dict(self._workers)
+
+    def _lost(self) -> SchedulerLost:
+        return SchedulerLost(
+            f"lost the lab scheduler at {self.client.scheduler.address} mid-run",
+            "restart `edgerun lab scheduler` and the devices' workers, then run `lab bench` "
+            "again (--append adds to the results file)",
+        )
 
     def progress(self, device_id: str, message: str) -> None:
         self.seen[device_id] = time.monotonic()
@@ -133,9 +136,11 @@ class Lab:
                 pass
             except Exception as exc:
                 why = refusal(exc)
-                if why is None:
-                    raise
-                raise EdgerunError(f"device {device_id} {why}", HINT) from None
+                if why is not None:
+                    raise EdgerunError(f"device {device_id} {why}", HINT) from None
+                if self.client.status != "running" or "scheduler-connection-lost" in str(exc):
+                    raise self._lost() from None
+                raise
             why: EdgerunError | None = None
             if self.cancelled.is_set():
                 why = Cancelled("cancelled on the lab host (Ctrl-C)")
@@ -233,7 +238,11 @@ class Lab:
     def _rejoined(self, device_id: str, old: str) -> str | None:
         deadline = time.monotonic() + self.spec.rejoin_s
         while time.monotonic() < deadline and not self.cancelled.is_set():
-            address = self.workers().get(device_id)
+            try:
+                address = self.workers().get(device_id)
+            except SchedulerLost as exc:
+                self.scheduler_lost = exc
+                return None
             if address and address != old:
                 return address
             time.sleep(POLL_S)
@@ -296,5 +305,6 @@ class Lab:
             raise
         finally:
             pool.shutdown(wait=True)
-            self.client.unsubscribe_topic(PROGRESS_TOPIC)
+            with contextlib.suppress(Exception):  # the scheduler may be gone
+                self.client.unsubscribe_topic(PROGRESS_TOPIC)
         return [j.result() for j in jobs]

@@ -39,11 +39,11 @@ def test_busy_device_is_not_taken_for_lost(tmp_path: Path) -> None:
         options = {"workload": Workload([8], 20, 3, 0).to_json(), "power": "none"}
         options |= {"assume_watts": None, "idle_seconds": 0.0, "loader": LOADER}
         spec = LabRun([local_artifact(art)], options, stall_s=60, rejoin_s=0.5)
-        with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}):
-            with connect(cluster.address) as client:
-                cluster.wait_for(client, {"calm", "busy"})
-                devices = select_devices(list_devices(client), "calm,busy", "test")
-                runs = Lab(client, spec).run(devices, ResultsFile(None))
+        fast_cache = {"distributed.client.scheduler-info-interval": "1ms"}
+        with dask.config.set(fast_cache), connect(cluster.address) as client:
+            cluster.wait_for(client, {"calm", "busy"})
+            devices = select_devices(list_devices(client), "calm,busy", "test")
+            runs = Lab(client, spec).run(devices, ResultsFile(None))
     finally:
         cluster.close()
     for run in runs:

@@ -41,8 +41,9 @@ def lab() -> None:
 def scheduler(host: str, port: int, **kwargs: Any) -> None:
     """Start a Dask scheduler for the lab (`dask scheduler` works as well)."""
     from edgerun.lab.cluster import run_scheduler
+    from edgerun.untrusted import is_loopback
 
-    if host not in ("127.0.0.1", "localhost", "::1") and _tls(kwargs) is None:
+    if not is_loopback(host) and _tls(kwargs) is None:
         click.echo(f"warning: listening on {host} without TLS: anyone there can run code", err=True)
     run_scheduler(host, port, _tls(kwargs), lambda a: click.echo(f"scheduler at {a}", err=True))
 
@@ -81,7 +82,9 @@ def worker(
         click.echo(f"device {info['id']} ({info['profile']}) serving at {address}", err=True)
 
     if insecure and _tls(kwargs) is None:
-        click.echo("warning: joining without TLS: anyone on that network can run code here", err=True)
+        click.echo(
+            "warning: joining without TLS: anyone on that network can run code here", err=True
+        )
     run_worker(scheduler, name or platform.node(), _tls(kwargs), ready, insecure)
 
 
@@ -202,6 +205,8 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
                 raise click.exceptions.Exit(130) from None
     if lab_run.scheduler_lost is not None:
         for run in results.data["runs"][first:]:  # one line per device, then the error line
-            click.echo(f"{run['lab']['device']}: {run['lab']['status']}: {run['lab']['reason']}", err=True)
+            click.echo(
+                f"{run['lab']['device']}: {run['lab']['status']}: {run['lab']['reason']}", err=True
+            )
         raise lab_run.scheduler_lost
     print_status(results.status_rows(first), kw["json_path"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgerun.errors import EdgerunError
 from edgerun.lab import require_dask
+from edgerun.untrusted import is_loopback
 
 DEFAULT_PORT = 8786
 #: Scheduler handlers that run code or change the cluster, which lab never sends.
@@ -195,18 +196,6 @@ def scheduler_host(scheduler: str) -> str:
     if host.count(":") == 1 or host.startswith("["):
         host = host.rsplit(":", 1)[0]
     return host.strip("[]")
-
-
-def is_loopback(host: str) -> bool:
-    """`host` is this machine's loopback (127.0.0.0/8, ::1 or localhost)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def list_devices(client: Any) -> list[dict[str, Any]]:

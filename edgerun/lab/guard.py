@@ -154,7 +154,10 @@ _AD_FIELDS: dict[str, tuple[Any, str]] = {
     "os": _OPT_STR,
     "cores": _OPT_INT,
     "ram_bytes": _OPT_INT,
-    "accelerators": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of strings"),  # fmt: skip
+    "accelerators": (
+        lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+        "a list of strings",
+    ),  # fmt: skip
     "libraries": (_str_map, "an object of version strings"),
     "installed": (_str_map, "an object of version strings"),
     "posing": (lambda v: isinstance(v, bool), "a boolean"),

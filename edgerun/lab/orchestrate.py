@@ -135,9 +135,9 @@ class Lab:
             except (TimeoutError, asyncio.TimeoutError):
                 pass
             except Exception as exc:
-                why = refusal(exc)
-                if why is not None:
-                    raise EdgerunError(f"device {device_id} {why}", HINT) from None
+                refused = refusal(exc)
+                if refused is not None:
+                    raise EdgerunError(f"device {device_id} {refused}", HINT) from None
                 if self.client.status != "running" or "scheduler-connection-lost" in str(exc):
                     raise self._lost() from None
                 raise

@@ -102,3 +102,16 @@ def check_fields(
     for key, (test, expected) in checks.items():
         if key in data and not test(data[key]):
             raise fail(f"'{key}' must be {expected}, not {json_type(data[key])} {data[key]!r:.40}")
+
+
+def is_loopback(host: str) -> bool:
+    """`host` (an address from the command line) is this machine's loopback: 127.0.0.0/8, ::1
+    or localhost. A server bound elsewhere is reachable by others."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

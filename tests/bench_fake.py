@@ -2,7 +2,8 @@
 
 Its timings come from the artifact's manifest ("fake" block), so each test artifact can differ:
 prefill_s_per_token x prompt length before the first token, decode_s between tokens
-($EDGERUN_FAKE_DECODE_S overrides decode_s, so one lab worker can be slower than the others)."""
+($EDGERUN_FAKE_DECODE_S overrides decode_s, so one lab worker can be slower than the others;
+$EDGERUN_FAKE_BUSY_S makes load keep a CPU, and its GIL, busy that long)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,17 @@ class FakeModel:
         self._log("close")
 
 
+def hold_gil(seconds: float) -> None:
+    """Keep a CPU and the GIL for about `seconds` in one C call (a busy device), sized by a
+    short calibration run."""
+    if seconds <= 0:
+        return
+    start = time.perf_counter()
+    sum(range(1_000_000))
+    per_million = max(time.perf_counter() - start, 1e-4)
+    sum(range(int(seconds / per_million * 1_000_000)))
+
+
 def load(
     path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
 ) -> FakeModel:
@@ -141,5 +153,6 @@ def load(
     if manifest["fake"].get("fail") == "load":
         raise RuntimeError("fake load failure")
     time.sleep(manifest["fake"]["load_s"])
+    hold_gil(float(os.environ.get("EDGERUN_FAKE_BUSY_S") or 0))
     print("noise on stdout from a chatty library")  # must not break the protocol
     return FakeModel(path, profile, threads)

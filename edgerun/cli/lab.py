@@ -41,8 +41,9 @@ def lab() -> None:
 def scheduler(host: str, port: int, **kwargs: Any) -> None:
     """Start a Dask scheduler for the lab (`dask scheduler` works as well)."""
     from edgerun.lab.cluster import run_scheduler
+    from edgerun.untrusted import is_loopback
 
-    if host not in ("127.0.0.1", "localhost", "::1") and _tls(kwargs) is None:
+    if not is_loopback(host) and _tls(kwargs) is None:
         click.echo(f"warning: listening on {host} without TLS: anyone there can run code", err=True)
     run_scheduler(host, port, _tls(kwargs), lambda a: click.echo(f"scheduler at {a}", err=True))
 
@@ -57,10 +58,18 @@ def scheduler(host: str, port: int, **kwargs: Any) -> None:
     type=click.Path(exists=True, file_okay=False),
     help="Pose as the machine-facts directory DIR (tests).",
 )  # a lab-simulation aid, hidden: results then record `posing` (see edgerun.lab.device)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Join a scheduler off this host without TLS (anyone there can run code here).",
+)
 @_tls_options
-def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any) -> None:
+def worker(
+    scheduler: str, name: str | None, machine: str | None, insecure: bool, **kwargs: Any
+) -> None:
     """Serve this device to the lab: one Dask worker with a single task slot, advertising the
-    detected profile, CPU, cores, memory, OS, accelerators and library versions."""
+    detected profile, CPU, cores, memory, OS, accelerators and library versions. It listens
+    only on the interface that reaches the scheduler, and needs TLS unless that is this host."""
     import os
     import platform
 
@@ -72,7 +81,11 @@ def worker(scheduler: str, name: str | None, machine: str | None, **kwargs: Any)
     def ready(address: str, info: dict[str, Any]) -> None:
         click.echo(f"device {info['id']} ({info['profile']}) serving at {address}", err=True)
 
-    run_worker(scheduler, name or platform.node(), _tls(kwargs), ready)
+    if insecure and _tls(kwargs) is None:
+        click.echo(
+            "warning: joining without TLS: anyone on that network can run code here", err=True
+        )
+    run_worker(scheduler, name or platform.node(), _tls(kwargs), ready, insecure)
 
 
 @lab.command()
@@ -190,4 +203,10 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
                     soft_wrap=True,  # one line, whatever the path's length
                 )
                 raise click.exceptions.Exit(130) from None
+    if lab_run.scheduler_lost is not None:
+        for run in results.data["runs"][first:]:  # one line per device, then the error line
+            click.echo(
+                f"{run['lab']['device']}: {run['lab']['status']}: {run['lab']['reason']}", err=True
+            )
+        raise lab_run.scheduler_lost
     print_status(results.status_rows(first), kw["json_path"])

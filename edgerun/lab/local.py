@@ -19,10 +19,10 @@ from typing import Any
 START_TIMEOUT_S = 30.0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` (a loopback address) that was free a moment ago."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -30,18 +30,24 @@ class LocalLab:
     """A scheduler process under `root` (logs and homes there); `add_worker` starts a device.
 
     `env` is added to every process's environment; `tls_args` (the `--tls-*` options and their
-    files) makes it a TLS lab. `close()` kills every process it started."""
+    files) makes it a TLS lab; `host` is the scheduler's loopback address. `close()` kills every
+    process it started."""
 
     def __init__(
-        self, root: Path, env: dict[str, str] | None = None, tls_args: list[str] | None = None
+        self,
+        root: Path,
+        env: dict[str, str] | None = None,
+        tls_args: list[str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = Path(root)
         self.env = dict(env or {})
         self.tls_args = list(tls_args or [])
-        port = free_port()
-        self.address = f"{'tls' if self.tls_args else 'tcp'}://127.0.0.1:{port}"
+        self.host = host
+        port = free_port(host)
+        self.address = f"{'tls' if self.tls_args else 'tcp'}://{host}:{port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._start("scheduler", ["scheduler", "--port", str(port)], {})
+        self._start("scheduler", ["scheduler", "--host", host, "--port", str(port)], {})
         self._wait_port(port)
 
     def _start(self, key: str, args: list[str], env: dict[str, str]) -> None:
@@ -62,7 +68,7 @@ class LocalLab:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((self.host, port)) == 0:
                     return
             if self.procs["scheduler"].poll() is not None:
                 break

@@ -20,11 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgerun.errors import EdgerunError
-from edgerun.lab.remote import PROGRESS_TOPIC, bench_on_device, cancel_event_name, decline_reason
+from edgerun.lab.guard import check_run, refusal, unwrap
+from edgerun.lab.remote import (
+    PROGRESS_TOPIC,
+    bench_on_device,
+    call,
+    cancel_event_name,
+    decline_reason,
+)
 from edgerun.lab.results import ResultsFile, failed_run, unmeasured
 from edgerun.lab.ship import LocalArtifact, ship
 
 POLL_S = 0.2
+HINT = "the device's answer was refused; check it runs an unmodified edgerun"
 OnProgress = Callable[[str, str], None]
 
 
@@ -38,6 +46,10 @@ class Stalled(EdgerunError):
 
 class Cancelled(EdgerunError):
     """The lab run was cancelled on the host."""
+
+
+class SchedulerLost(EdgerunError):
+    """The lab host lost its connection to the Dask scheduler: no device can go on."""
 
 
 def check_profile(profile: str | None) -> None:
@@ -79,17 +91,30 @@ class Lab:
         self._workers: dict[str, str] = {}
         self._polled = 0.0
         self._lock = threading.Lock()
+        self.scheduler_lost: SchedulerLost | None = None
 
     # -- the cluster as seen from here ---------------------------------------------------------
 
     def workers(self) -> dict[str, str]:
-        """{device id: worker address}, refreshed at most every POLL_S."""
+        """{device id: worker address} as the scheduler has them now (asked at most every
+        POLL_S). Asked directly: the client's scheduler_info() cache is replaced every 2 s by a
+        summary without workers, which made a busy host see live devices vanish."""
         with self._lock:
             if time.monotonic() - self._polled > POLL_S:
-                info = self.client.scheduler_info(n_workers=-1)["workers"]
-                self._workers = {str(m.get("name")): a for a, m in info.items()}
+                try:
+                    info = self.client.sync(self.client.scheduler.identity, n_workers=-1)
+                except (OSError, TimeoutError, asyncio.TimeoutError):
+                    raise self._lost() from None
+                self._workers = {str(m.get("name")): a for a, m in info["workers"].items()}
                 self._polled = time.monotonic()
             return dict(self._workers)
+
+    def _lost(self) -> SchedulerLost:
+        return SchedulerLost(
+            f"lost the lab scheduler at {self.client.scheduler.address} mid-run",
+            "restart `edgerun lab scheduler` and the devices' workers, then run `lab bench` "
+            "again (--append adds to the results file)",
+        )
 
     def progress(self, device_id: str, message: str) -> None:
         self.seen[device_id] = time.monotonic()
@@ -109,11 +134,21 @@ class Lab:
                 return result
             except (TimeoutError, asyncio.TimeoutError):
                 pass
+            except Exception as exc:
+                refused = refusal(exc)
+                if refused is not None:
+                    raise EdgerunError(f"device {device_id} {refused}", HINT) from None
+                if self.client.status != "running" or "scheduler-connection-lost" in str(exc):
+                    raise self._lost() from None
+                raise
             why: EdgerunError | None = None
             if self.cancelled.is_set():
                 why = Cancelled("cancelled on the lab host (Ctrl-C)")
             elif self.workers().get(device_id) != address:
-                why = DeviceLost(f"device {device_id} disconnected mid-run ({address})")
+                why = DeviceLost(
+                    f"device {device_id} disconnected mid-run: the scheduler no longer has its "
+                    f"worker at {address}"
+                )
             elif time.monotonic() - self.seen.get(device_id, 0) > self.spec.stall_s:
                 why = Stalled(
                     f"device {device_id} stalled: no progress for {self.spec.stall_s:g} s"
@@ -151,10 +186,9 @@ class Lab:
         shipped: dict[str, int] = {}
         for art in self.spec.artifacts:
             name = art.info["name"]
-            fut = self.client.submit(
-                decline_reason, dev_id, art.info, profile, workers=[address], pure=False
-            )
-            reason = self.wait(dev_id, address, fut)
+            reason = self.on_device(dev_id, address, decline_reason, dev_id, art.info, profile)
+            if reason is not None and not isinstance(reason, str):
+                raise EdgerunError(f"device {dev_id} declined with a {type(reason).__name__}", HINT)
             if reason:
                 entries.append(unmeasured(art.info, "declined", reason))
                 continue
@@ -163,7 +197,7 @@ class Lab:
                 shipped[name] = ship(
                     self.client, address, art, lambda f: self.wait(dev_id, address, f)
                 )
-            except (DeviceLost, Stalled, Cancelled):
+            except (DeviceLost, Stalled, Cancelled, SchedulerLost):
                 raise
             except EdgerunError as exc:
                 entries.append(unmeasured(art.info, "refused", str(exc)))
@@ -183,6 +217,7 @@ class Lab:
             return failed_run(device, [], self.spec.options["workload"], "declined", "")
         self.progress(device["id"], "bench")
         fut = self.client.submit(
+            call,
             bench_on_device,
             device["id"],
             self.run_key(device["id"]),
@@ -193,13 +228,21 @@ class Lab:
             resources={"edgerun-device": 1},
             pure=False,
         )
-        result: dict[str, Any] = self.wait(device["id"], address, fut)
-        return result
+        return check_run(self.wait(device["id"], address, fut), device["id"])
+
+    def on_device(self, device_id: str, address: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) run on the device (edgerun.lab.remote.call), its plain answer unwrapped."""
+        fut = self.client.submit(call, fn, *args, workers=[address], pure=False)
+        return unwrap(self.wait(device_id, address, fut), f"device {device_id}'s answer")
 
     def _rejoined(self, device_id: str, old: str) -> str | None:
         deadline = time.monotonic() + self.spec.rejoin_s
         while time.monotonic() < deadline and not self.cancelled.is_set():
-            address = self.workers().get(device_id)
+            try:
+                address = self.workers().get(device_id)
+            except SchedulerLost as exc:
+                self.scheduler_lost = exc
+                return None
             if address and address != old:
                 return address
             time.sleep(POLL_S)
@@ -226,6 +269,10 @@ class Lab:
                 address = rejoined
             except Cancelled as exc:
                 run = self._failed(device, "cancelled", str(exc))
+                break
+            except SchedulerLost as exc:
+                self.scheduler_lost = exc
+                run = self._failed(device, "failed", exc.message)
                 break
             except Exception as exc:  # a bench error on the device, a stall: that device fails
                 run = self._failed(device, "failed", f"{type(exc).__name__}: {exc}")
@@ -258,5 +305,6 @@ class Lab:
             raise
         finally:
             pool.shutdown(wait=True)
-            self.client.unsubscribe_topic(PROGRESS_TOPIC)
+            with contextlib.suppress(Exception):  # the scheduler may be gone
+                self.client.unsubscribe_topic(PROGRESS_TOPIC)
         return [j.result() for j in jobs]

@@ -9,6 +9,8 @@ lost host stop the device between two measured repetitions.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from pathlib import PurePath
 from typing import Any
 
 from edgerun.errors import EdgerunError
@@ -20,6 +22,20 @@ FAMILY_BACKENDS = {
     "onnx": {"onnxruntime": "onnxruntime", "genai": "onnxruntime_genai"},
     "gguf": {"llamacpp": "llama_cpp"},
 }
+
+
+def call(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Run `fn(*args)` on this device and answer in plain data, as the lab host accepts it
+    (edgerun.lab.guard.unwrap): ``{"value": ...}`` (a path as its string), or ``{"error",
+    "hint"}`` for an EdgerunError or any other exception (type and first line)."""
+    try:
+        value = fn(*args)
+    except EdgerunError as exc:
+        return {"error": exc.message, "hint": exc.hint}
+    except Exception as exc:  # the host shows one line; the device's log keeps the rest
+        first = (str(exc).splitlines() or [""])[0]
+        return {"error": f"{type(exc).__name__}: {first}"[:500], "hint": None}
+    return {"value": str(value) if isinstance(value, PurePath) else value}
 
 
 def cancel_event_name(run_id: str, device_id: str) -> str:

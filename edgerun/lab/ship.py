@@ -77,19 +77,25 @@ def ship(client: Any, address: str, artifact: LocalArtifact, wait: Await) -> int
     """Make sure the device at `address` has `artifact`; return the bytes sent (0 when it
     already had it). Raises EdgerunError when the device refuses it."""
     from edgerun.lab import store
+    from edgerun.lab.guard import unwrap
+    from edgerun.lab.remote import call
 
     def on_device(fn: Callable[..., Any], *args: Any) -> Any:
-        return wait(client.submit(fn, *args, workers=[address], pure=False))
+        answer = wait(client.submit(call, fn, *args, workers=[address], pure=False))
+        return unwrap(answer, f"the device's answer to {fn.__name__}")
 
     if on_device(store.artifact_path, artifact.artifact_id) is not None:
         return 0
     token = on_device(store.begin, artifact.artifact_id, artifact.manifest)
+    if not isinstance(token, str):
+        raise EdgerunError(f"the device answered a transfer token of type {type(token).__name__}")
     sent = 0
     try:
         for entry in artifact.files:
             for offset, data in _chunks(artifact.path / entry["name"]):
                 [remote] = client.scatter([data], workers=[address], direct=True, hash=False)
                 fut = client.submit(
+                    call,
                     store.write_chunk,
                     artifact.artifact_id,
                     token,
@@ -99,7 +105,10 @@ def ship(client: Any, address: str, artifact: LocalArtifact, wait: Await) -> int
                     workers=[address],
                     pure=False,
                 )
-                sent += wait(fut)
+                written = unwrap(wait(fut), "the device's answer to write_chunk")
+                if written != len(data):
+                    raise EdgerunError(f"the device wrote {written!r:.20} of {len(data)} bytes")
+                sent += len(data)
                 del remote, fut  # the worker drops the chunk once nothing refers to it
         on_device(store.finish, artifact.artifact_id, token)
     except BaseException:

@@ -86,17 +86,20 @@ def _declared(staging: Path) -> dict[str, int]:
 def write_chunk(artifact_id: str, token: str, name: str, offset: int, data: bytes) -> int:
     """Write `data` at `offset` of file `name` of an open transfer; return the bytes written.
     The file must be listed in the manifest and the chunk must lie inside its declared size."""
+    from edgerun.manifest import MANIFEST_NAME
     from edgerun.untrusted import contained, is_int
 
     staging = _staging(artifact_id, token)
     size = _declared(staging).get(name)
     if size is None:
         raise EdgerunError(f"{name!r:.80} is not a file of this artifact's manifest", HINT)
+    path = contained(staging, name, "file", HINT)
+    if path.resolve() == (staging / MANIFEST_NAME).resolve():
+        raise EdgerunError(f"{name!r:.80} would overwrite the artifact's own manifest", HINT)
     if not isinstance(data, bytes) or len(data) > MAX_CHUNK_BYTES:
         raise EdgerunError(f"chunk of {name} refused: over {MAX_CHUNK_BYTES} bytes", HINT)
     if not is_int(offset) or offset + len(data) > size:
         raise EdgerunError(f"chunk of {name} at {offset!r:.20} lies outside its {size} bytes", HINT)
-    path = contained(staging, name, "file", HINT)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "r+b" if path.exists() else "wb") as fh:
         fh.seek(offset)
@@ -109,10 +112,13 @@ def finish(artifact_id: str, token: str) -> str:
     in chunks) and move it into the store; return its path. A mismatch removes the transfer
     and raises EdgerunError naming the file."""
     from edgerun.integrity import check_files
-    from edgerun.manifest import read_manifest
+    from edgerun.manifest import MANIFEST_NAME, read_manifest
 
     staging = _staging(artifact_id, token)
     try:
+        manifest = (staging / MANIFEST_NAME).read_bytes()
+        if hashlib.sha256(manifest).hexdigest() != artifact_id:  # written by begin() only
+            raise EdgerunError("refused on arrival: the manifest changed during the transfer", HINT)
         entries = read_manifest(staging).get("files", [])
         for entry in entries:
             path = staging / entry["name"]

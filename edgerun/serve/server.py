@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import socket
@@ -19,6 +18,7 @@ from edgerun.errors import EdgerunError
 from edgerun.model import Model, load
 from edgerun.serve.app import ServeState, build_app
 from edgerun.serve.engine import Metrics, Slot
+from edgerun.untrusted import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ def parse_artifacts(specs: Sequence[str]) -> dict[str, Path]:
             )
         out[name] = path
     return out
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager

@@ -110,8 +110,8 @@ def export(
             console.print(f"[dim]{reason}[/]")
     ckpt = resolve(source, progress=opts.progress)
     ref_model = ReferenceModel(ckpt.path)
-    check_architecture(ref_model.config)  # before any tool picks its code by it
     refused = _check_sources(families, opts, ref_model.config)
+    check_architecture(ref_model.config)  # before any tool picks its code by it
     hook = report.stage_printer(console) if console else report.no_stage
     source_info = _source_identity(ckpt)
     reference = None if opts.no_validate else _reference(ref_model, opts, hook)

@@ -75,6 +75,15 @@ def test_an_sdist_without_the_converter_is_refused(tmp_path: Path) -> None:
         converter.extract(tmp_path / "broken.tar.gz", tmp_path)
 
 
+def _pin(monkeypatch: pytest.MonkeyPatch, sdist: Path, version: str, staged: Path) -> None:
+    """Pin `version` to the fake `sdist`: its sha256 and the tree of its extracted files."""
+    monkeypatch.setitem(converter.PINNED_SHA256, version, converter.sha256_file(sdist))
+    staged.mkdir()
+    converter.extract(sdist, staged)
+    tree = converter.tree_digest(converter.tree_hashes(staged))
+    monkeypatch.setitem(converter.PINNED_TREE, version, tree)
+
+
 def test_a_pinned_version_with_another_hash_is_refused_and_nothing_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edgerun_home: Path
 ) -> None:
@@ -85,13 +94,7 @@ def test_a_pinned_version_with_another_hash_is_refused_and_nothing_cached(
     with pytest.raises(EdgerunError, match="not the pinned 0000000000000000"):
         converter.ensure()
     assert not (edgerun_home / "converters" / "llama.cpp-9.9.9").exists()
-    monkeypatch.setitem(converter.PINNED_SHA256, "9.9.9", converter.sha256_file(sdist))
-    staged = tmp_path / "staged"
-    staged.mkdir()
-    converter.extract(sdist, staged)
-    monkeypatch.setitem(
-        converter.PINNED_TREE, "9.9.9", converter.tree_digest(converter.tree_hashes(staged))
-    )
+    _pin(monkeypatch, sdist, "9.9.9", tmp_path / "staged")
     tool = converter.ensure()
     assert tool.pinned and tool.script.read_bytes() == GOOD[PREFIX + "convert_hf_to_gguf.py"]
     assert converter.ensure().root == tool.root  # cached: the second call fetches nothing
@@ -175,13 +178,7 @@ def test_a_pinned_claim_needs_the_pinned_files(
     import json
 
     sdist = _sdist(tmp_path / "llama_cpp_python-9.9.6.tar.gz", GOOD)
-    monkeypatch.setitem(converter.PINNED_SHA256, "9.9.6", converter.sha256_file(sdist))
-    staged = tmp_path / "staged"
-    staged.mkdir()
-    converter.extract(sdist, staged)
-    monkeypatch.setitem(
-        converter.PINNED_TREE, "9.9.6", converter.tree_digest(converter.tree_hashes(staged))
-    )
+    _pin(monkeypatch, sdist, "9.9.6", tmp_path / "staged")
     tool = _cached(monkeypatch, tmp_path, "9.9.6")
     assert tool.pinned and tool.provenance()["pinned"] is True
     source = tool.root / converter.SOURCE_FILE

@@ -224,3 +224,35 @@ def read_header(path: Path) -> GGUFHeader:
                 return parse_header(buf, str(path))
     except OSError as exc:
         raise EdgerunError(f"cannot read {path}: {exc.strerror or exc}", "check the path") from exc
+
+
+# llama.cpp architectures that keep no KV cache (llama_model::create_memory makes none, llama.cpp
+# as vendored by llama-cpp-python 0.3.36): encoders and diffusion LMs (dream, llada, llada-moe,
+# rnd1), which do not generate token by token; llama-cpp-python fails on them with an assertion.
+NO_KV_CACHE = frozenset(
+    {
+        "bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2",
+        "jina-bert-v3", "eurobert", "wavtokenizer-dec", "gemma-embedding",
+        "dream", "llada", "llada-moe", "rnd1",
+    }
+)  # fmt: skip
+
+
+def check_causal(path: Path) -> None:
+    """EdgerunError when the GGUF at `path` holds a model that cannot generate text token by
+    token: an architecture llama.cpp keeps no KV cache for (NO_KV_CACHE), or one whose
+    `<arch>.attention.causal` is false. Read from the header before llama.cpp loads anything; a
+    header that does not parse is left to llama.cpp's own load to refuse."""
+    try:
+        metadata = read_header(path).metadata
+    except EdgerunError:
+        return
+    arch = metadata.get("general.architecture")
+    causal = metadata.get(f"{arch}.attention.causal")
+    if arch in NO_KV_CACHE or (causal is not None and not causal):
+        why = "no KV cache in llama.cpp" if arch in NO_KV_CACHE else "its attention is not causal"
+        raise EdgerunError(
+            f"{path} holds a {str(arch)[:40]!r} model, which does not generate text token by"
+            f" token ({why}: a diffusion LM or an encoder)",
+            "edgerun runs causal language models; use a GGUF of one",
+        )

@@ -69,24 +69,36 @@ def _no_bar(iterable: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def dequantize_gguf(path: Path, out: Path) -> None:
-    """Load a GGUF file through transformers' GGUF loader and save it as an fp32 HF checkpoint."""
+    """Load a GGUF file through transformers' GGUF loader and save it as an fp32 HF checkpoint.
+
+    transformers is shown the file alone (a link in a directory of its own), so no config,
+    tokenizer config or Python file lying beside it is read, and remote code is refused
+    (edgerun.remote_code)."""
     require("torch", "export")
     require("gguf", "export")
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from edgerun.remote_code import no_remote_code
+
+    view = out / ".gguf-source"
+    view.mkdir()
+    (view / "model.gguf").symlink_to(path.resolve())
+    load = {"gguf_file": "model.gguf", "trust_remote_code": False}
     try:
-        with _transformers_quiet():  # edgerun's own progress line is shown by the caller
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                path.parent, gguf_file=path.name, dtype=torch.float32
-            )
+        with _transformers_quiet(), no_remote_code():  # the caller shows edgerun's progress
+            tokenizer = AutoTokenizer.from_pretrained(view, **load)
+            model = AutoModelForCausalLM.from_pretrained(view, dtype=torch.float32, **load)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgerunError(
             f"transformers cannot load {path.name}: {first}",
             "use a GGUF of an architecture transformers supports (llama, qwen2, mistral, ...)",
         ) from exc
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
     apply_gguf_tokenizer_metadata(
         tokenizer, gguf_metadata(path, (*_SPECIAL_IDS, "tokenizer.ggml.add_bos_token"))
     )

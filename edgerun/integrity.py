@@ -17,7 +17,6 @@ checks, for each file the manifest lists:
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,8 @@ def file_entry(path: Path, name: str) -> dict[str, Any]:
     size = path.stat().st_size
     full = hashlib.sha256()
     bsize = block_size(size)
-    blocks = []
     with open(path, "rb") as fh:
-        while chunk := fh.read(bsize):
-            full.update(chunk)
-            blocks.append(hashlib.sha256(chunk).hexdigest()[:BLOCK_HEX])
+        blocks = list(_block_digests(fh, bsize, full))
     entry: dict[str, Any] = {"name": name, "bytes": size, "sha256": full.hexdigest()}
     if size > SMALL_FILE:
         entry["blocks"] = {"size": bsize, "sha256": blocks}
@@ -68,18 +64,75 @@ def blocks_ok(blocks: Any, size: int) -> bool:
 
 
 def check_files(root: Path, entries: list[dict[str, Any]], full: bool = False) -> None:
-    """Raise EdgerunError naming the first listed file whose content differs from the manifest:
-    small files (and every file when `full`) by full hash, large ones by sampled blocks."""
+    """Raise EdgerunError naming the first listed file that is missing or differs from the
+    manifest: every file's size first, then small files (and every file when `full`) by full
+    hash and block hashes, large ones by sampled blocks. `edgerun verify` runs the same check
+    (file_problem, full), so the two cannot disagree."""
+    for entry in entries:  # the cheap checks of every file before any hashing
+        path = Path(root) / entry["name"]
+        if not path.is_file():
+            raise EdgerunError(f"{path} is missing", "re-export the artifact")
+        if (size := path.stat().st_size) != entry["bytes"]:
+            raise EdgerunError(
+                f"{path} is {size} bytes but the manifest says {entry['bytes']} (truncated or replaced)",
+                "re-export or re-copy the artifact; `edgerun verify` checks every hash",
+            )
     for entry in entries:
-        path = root / entry["name"]
-        if full or entry["bytes"] <= SMALL_FILE:
-            if sha256_file(path) != entry["sha256"]:
-                raise _changed(path, "its sha256 differs from the manifest")
-        elif "blocks" in entry:
-            _check_sampled(path, entry["blocks"])
+        problem = file_problem(Path(root), entry, full)
+        if problem is not None:
+            raise _changed(Path(root) / entry["name"], problem)
 
 
-def _check_sampled(path: Path, blocks: dict[str, Any]) -> None:
+def file_problem(root: Path, entry: dict[str, Any], full: bool = False) -> str | None:
+    """How the file a manifest entry (name, bytes, sha256[, blocks]) describes differs from it,
+    or None when it matches. With `full`, or for a small file, every byte is read and both its
+    sha256 and every recorded block hash compared; otherwise the first, last and some random
+    blocks are."""
+    path = root / entry["name"]
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"it is {size} bytes, not {entry['bytes']}"
+    blocks = entry.get("blocks")
+    if full or size <= SMALL_FILE:
+        return _full_problem(path, entry["sha256"], blocks)
+    if blocks is not None:
+        return _sampled_problem(path, blocks)
+    return None
+
+
+def _full_problem(path: Path, sha256: str, blocks: dict[str, Any] | None) -> str | None:
+    full = hashlib.sha256()
+    bad = None
+    with open(path, "rb") as fh:
+        bsize = blocks["size"] if blocks else MIN_BLOCK
+        for i, digest in enumerate(_block_digests(fh, bsize, full)):
+            if blocks and bad is None and digest != blocks["sha256"][i]:
+                bad = i
+    if full.hexdigest() != sha256:
+        return "its sha256 differs from the manifest"
+    if blocks is not None and bad is not None:
+        return f"block {bad} of {len(blocks['sha256'])} differs from the manifest"
+    return None
+
+
+def _block_digests(fh: Any, bsize: int, full: Any = None) -> Any:
+    """The truncated sha256 of each `bsize` block of an open file, read in chunks of at most
+    MIN_BLOCK (a manifest's block size is never trusted to size a buffer); `full` is fed too."""
+    while True:
+        block, left = hashlib.sha256(), bsize
+        while left and (chunk := fh.read(min(left, MIN_BLOCK))):
+            block.update(chunk)
+            if full is not None:
+                full.update(chunk)
+            left -= len(chunk)
+        if left == bsize:
+            return
+        yield block.hexdigest()[:BLOCK_HEX]
+
+
+def _sampled_problem(path: Path, blocks: dict[str, Any]) -> str | None:
     bsize, digests = blocks["size"], blocks["sha256"]
     last = len(digests) - 1
     picks = {
@@ -89,9 +142,10 @@ def _check_sampled(path: Path, blocks: dict[str, Any]) -> None:
     }
     with open(path, "rb") as fh:
         for i in sorted(picks):
-            data = os.pread(fh.fileno(), bsize, i * bsize)
-            if hashlib.sha256(data).hexdigest()[:BLOCK_HEX] != digests[i]:
-                raise _changed(path, f"block {i} of {last + 1} differs from the manifest")
+            fh.seek(i * bsize)
+            if next(_block_digests(fh, bsize), None) != digests[i]:
+                return f"block {i} of {last + 1} differs from the manifest"
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

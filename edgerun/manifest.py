@@ -186,18 +186,20 @@ class VerifyReport:
 
 
 def verify(artifact_dir: Path) -> VerifyReport:
-    """Re-hash every file listed in the manifest and compare with what is on disk."""
-    manifest = read_manifest(artifact_dir)
-    recorded = {f["name"]: f for f in manifest.get("files", [])}
-    actual = {f["name"]: f for f in file_entries(artifact_dir)}
+    """Re-hash every file listed in the manifest and compare with what is on disk: size, sha256
+    and block hashes, by the same check as `edgerun.load(..., verify=True)`
+    (edgerun.integrity.file_problem), so the two cannot disagree. Unlisted files are `extra`."""
+    from edgerun.integrity import file_problem
+
+    root = Path(artifact_dir)
+    manifest = read_manifest(root)
     report = VerifyReport()
-    for name, entry in recorded.items():
-        now = actual.get(name)
-        if now is None:
-            report.missing.append(name)
-        elif now["sha256"] != entry["sha256"] or now["bytes"] != entry["bytes"]:
-            report.changed.append(name)
-        else:
-            report.ok.append(name)
-    report.extra = sorted(set(actual) - set(recorded))
+    recorded = manifest.get("files", [])
+    for entry in recorded:
+        problem = file_problem(root, entry, full=True)
+        bucket = report.ok if problem is None else report.changed
+        (report.missing if problem == "missing" else bucket).append(entry["name"])
+    listed = {entry["name"] for entry in recorded}
+    on_disk = (f for f in root.rglob("*") if f.is_file() and f.name != MANIFEST_NAME)
+    report.extra = sorted({str(f.relative_to(root)) for f in on_disk} - listed)
     return report

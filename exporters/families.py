@@ -81,11 +81,94 @@ FAMILIES: tuple[Family, ...] = (
 
 BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
 
+# model_type -> the one class its checkpoints must name in config.json "architectures":
+# transformers' causal-LM class for it (tests/test_families.py checks each against transformers'
+# own table). llama.cpp's converter picks its code by this field, not by model_type, so a
+# checkpoint naming another class (a "DreamModel" whose converter asks for the model's own
+# tokenizer code) is refused before anything reads it. One line per registered model_type.
+ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "phi": "PhiForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "stablelm": "StableLmForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "falcon": "FalconForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
+    "olmo": "OlmoForCausalLM",
+    "cohere": "CohereForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_bigcode": "GPTBigCodeForCausalLM",
+    "exaone4": "Exaone4ForCausalLM",
+    "olmoe": "OlmoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "granitemoe": "GraniteMoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+
 
 def for_config(config: dict[str, Any]) -> Family | None:
     """The registered family of a config.json dict (None: not a tested family)."""
     model_type = config.get("model_type")
     return next((f for f in FAMILIES if f.model_type == model_type), None)
+
+
+def expected_architecture(model_type: Any) -> str | None:
+    """The class a checkpoint of `model_type` must name: the registry's, else transformers' own
+    causal-LM class for an unregistered model type (None: transformers implements none)."""
+    if not isinstance(model_type, str):
+        return None
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # no transformers: only the registered model types are known
+        return None
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    return name if isinstance(name, str) else None
+
+
+def check_architecture(config: dict[str, Any]) -> None:
+    """EdgerunError unless config.json's "architectures", and that of any sub-config (a
+    text_config, llm_config, ...), is exactly the one class its model_type maps to
+    (expected_architecture). The tools pick their code by these fields (llama.cpp's converter by
+    "architectures", a sub-config's first; transformers by model_type): a mismatch could run code
+    the registry never vetted, or a model's own Python files."""
+    model_type = config.get("model_type")
+    expected = expected_architecture(model_type)
+    if expected is None:
+        raise EdgerunError(
+            f"model type {str(model_type)[:60]!r} has no causal-LM class in transformers",
+            "edgerun exports architectures transformers implements itself; it never runs a"
+            " model's own code (`edgerun export --list-architectures`)",
+        )
+    for where, declared in _declared_architectures(config):
+        if declared != [expected]:
+            raise EdgerunError(
+                f"config.json{where} names the architectures {str(declared)[:80]}; a {model_type}"
+                f" checkpoint must name ['{expected}']",
+                "the converters pick their code by this field and edgerun never runs other code:"
+                " fix config.json, or export the original checkpoint",
+            )
+
+
+def _declared_architectures(config: dict[str, Any], where: str = "", depth: int = 0) -> Any:
+    """(where, value) of "architectures" in `config` (also when missing, at the top) and in
+    every nested object, a few levels deep."""
+    if not depth or "architectures" in config:
+        yield where, config.get("architectures")
+    for key, value in config.items():
+        if isinstance(value, dict) and depth < 4:
+            yield from _declared_architectures(value, f"{where}.{key}", depth + 1)
 
 
 def rope_type(config: dict[str, Any]) -> str:

@@ -109,18 +109,19 @@ class ReferenceModel:
     def tokenizer(self) -> Any:
         """transformers AutoTokenizer of the checkpoint."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from edgerun.exporters.reference import load_tokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self._tokenizer = load_tokenizer(self.path)
         return self._tokenizer
 
     @property
     def config(self) -> dict[str, Any]:
         """config.json of the checkpoint, as a dict (no transformers import)."""
-        import json
+        from edgerun.untrusted import read_json_object
 
-        data: dict[str, Any] = json.loads((self.path / "config.json").read_text())
-        return data
+        return read_json_object(
+            self.path / "config.json", "point to a Hugging Face model directory"
+        )
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.exporters import report
+from edgerun.exporters.families import check_architecture
 from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
@@ -26,25 +27,11 @@ from edgerun.exporters.formats import (
 from edgerun.exporters.validate import Reference, Thresholds, Validation
 
 from edgerun.bench.memory import PeakRss
+from edgerun.checkpoint import SIDE_FILES, checkpoint_file
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
 from edgerun.leftovers import sweep_stale
 from edgerun.manifest import file_entries, write_manifest
-
-# Files an artifact needs besides the model: tokenizer, generation defaults, chat template, config.
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 @dataclasses.dataclass
@@ -124,6 +111,7 @@ def export(
     ckpt = resolve(source, progress=opts.progress)
     ref_model = ReferenceModel(ckpt.path)
     refused = _check_sources(families, opts, ref_model.config)
+    check_architecture(ref_model.config)  # before any tool picks its code by it
     hook = report.stage_printer(console) if console else report.no_stage
     source_info = _source_identity(ckpt)
     reference = None if opts.no_validate else _reference(ref_model, opts, hook)
@@ -305,10 +293,11 @@ def _probe(artifact: Path, ctx: ExportContext) -> dict[str, Any]:
 
 def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:
     """Copy tokenizer, generation-config, chat-template and config files the family did not
-    write itself; returns the names copied."""
+    write itself; returns the names copied. EdgerunError for one that leads out of the
+    checkpoint (a symbolic link to another file of the machine)."""
     copied = []
     for name in SIDE_FILES:
-        src = checkpoint / name
+        src = checkpoint_file(checkpoint, name)
         if src.is_file() and not (artifact / name).exists():
             shutil.copyfile(src, artifact / name)
             copied.append(name)

@@ -17,21 +17,42 @@ DEFAULT_EVAL_TEXT = Path(__file__).parent / "data" / "eval.txt"
 
 
 def load_model(path: Path) -> Any:
-    """Load an HF causal LM in float32, eval mode; EdgerunError if transformers cannot."""
+    """Load an HF causal LM in float32, eval mode, never running code shipped with it
+    (edgerun.remote_code); EdgerunError if transformers cannot."""
     require("torch", "export")
     import torch
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (ValueError, KeyError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgerunError(
-            f"transformers cannot load {path}: {first}",
-            "pass a causal LM checkpoint of an architecture transformers supports",
-        ) from exc
+    model = _load(AutoModelForCausalLM, path, dtype=torch.float32)
     model.eval()
     return model
+
+
+def load_tokenizer(path: Path) -> Any:
+    """transformers' AutoTokenizer of the checkpoint, never running code shipped with it;
+    EdgerunError if transformers cannot load it."""
+    require("transformers", "export")
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, path)
+
+
+def _load(auto: Any, path: Path, **kwargs: Any) -> Any:
+    """`auto.from_pretrained(path)` with remote code refused; one EdgerunError line on failure."""
+    from edgerun.remote_code import no_remote_code
+
+    try:
+        with no_remote_code():
+            return auto.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except EdgerunError:
+        raise
+    except (ValueError, KeyError, OSError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgerunError(
+            f"transformers cannot load {path}: {first[:200]}",
+            "pass a causal LM checkpoint of an architecture transformers implements itself"
+            " (edgerun never runs a model's own code)",
+        ) from exc
 
 
 def torch_logits_fn(model: Any) -> LogitsFn:

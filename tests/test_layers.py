@@ -17,7 +17,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "edgerun.versions", "edgerun.integrity", "edgerun.manifest", "edgerun.gguf_header",
      "edgerun.gguf_source", "edgerun.machine", "edgerun.profile_schema", "edgerun.tokenizer",
      "edgerun.sampling", "edgerun.describe", "edgerun.checkpoint", "edgerun.cache_entry",
-     "edgerun.sources", "edgerun.format_registry", "edgerun.cache_list"),
+     "edgerun.sources", "edgerun.format_registry", "edgerun.cache_list",
+     "edgerun.remote_code"),
     # registries: power meters, the backend plugin interface and its entry points
     ("edgerun.power", "edgerun.backends.base", "edgerun.backends.registry"),
     # device profiles and their detection

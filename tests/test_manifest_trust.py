@@ -220,3 +220,46 @@ def _read_everything(art: Path) -> None:
         except EdgerunError as exc:
             assert "\n" not in str(exc)
     assert os.listdir(art.parent) == ["a"]
+
+
+@pytest.mark.parametrize("edit", ["block-hash", "file-block"])
+def test_verify_and_load_agree_on_block_hashes(tmp_path: Path, edit: str) -> None:
+    """One check for both: a hand-edited block hash (the file intact) and a changed byte in a
+    block that load samples are reported by `verify` as loudly as load refuses them."""
+    from edgerun.manifest import file_entries, write_manifest
+
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "model.gguf").write_bytes(os.urandom(9 << 20))  # large: block hashes, sampled on load
+    manifest = {"format": "gguf-f16", "family": "gguf", "model_file": "model.gguf"}
+    write_manifest(art, {**manifest, "files": file_entries(art)})
+    assert verify(art).passed
+    resolve_artifact(art)
+    data = json.loads((art / MANIFEST_NAME).read_text())
+    if edit == "block-hash":  # the first block is checked on every load
+        data["files"][0]["blocks"]["sha256"][0] = "0" * 32
+        (art / MANIFEST_NAME).write_text(json.dumps(data))
+    else:  # same size, one byte of the last block changed, manifest untouched
+        with open(art / "model.gguf", "r+b") as fh:
+            fh.seek((9 << 20) - 5)
+            fh.write(b"\xff\x00\xff\x00\xff")
+    for full in (False, True):
+        with pytest.raises(EdgerunError, match="model.gguf has changed since export"):
+            resolve_artifact(art, verify=full)
+    report = verify(art)
+    assert report.changed == ["model.gguf"] and not report.passed
+    result = runner.invoke(cli, ["verify", str(art)])
+    assert result.exit_code == 1 and result.stdout == "changed: model.gguf\n"
+
+
+def test_a_huge_manifest_block_size_never_sizes_a_buffer(tmp_path: Path) -> None:
+    from edgerun.integrity import file_problem
+
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "w.bin").write_bytes(b"\1" * 100)
+    entry = {"name": "w.bin", "bytes": 100, "sha256": sha256_file(art / "w.bin")}
+    blocks = {"size": 1 << 60, "sha256": ["0" * 32]}
+    assert file_problem(art, {**entry, "blocks": blocks}, full=True) == (
+        "block 0 of 1 differs from the manifest"
+    )

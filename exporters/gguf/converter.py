@@ -12,6 +12,7 @@ Offline machines: set EDGERUN_LLAMA_CPP_SDIST to a downloaded `llama_cpp_python-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,10 +22,12 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from edgerun.errors import EdgerunError
 from edgerun.home import atomic_dir, atomic_write_json, cache_dir
 from edgerun.integrity import sha256_file
+from edgerun.untrusted import read_json_object
 
 DIST = "llama_cpp_python"
 SDIST_ENV = "EDGERUN_LLAMA_CPP_SDIST"
@@ -32,6 +35,11 @@ SDIST_ENV = "EDGERUN_LLAMA_CPP_SDIST"
 # version is still fetched (pip checks the index's own hash) and its hash recorded, unpinned.
 PINNED_SHA256: dict[str, str] = {
     "0.3.36": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+}
+# tree_digest() of the files edgerun extracts from each pinned sdist: a cache that claims to be
+# pinned must hold exactly these.
+PINNED_TREE: dict[str, str] = {
+    "0.3.36": "9b0a4852a91224c72b5620e27a00c98d0bdf9fee9b9740f70a75aff918c7af83",
 }
 # What is extracted from vendor/llama.cpp/: the converter, its package, gguf-py, the licence.
 KEEP_PREFIXES = ("conversion/", "gguf-py/gguf/")
@@ -75,13 +83,35 @@ def installed_version() -> str:
 
 
 def ensure(progress: bool = False) -> Converter:
-    """The converter for the installed llama-cpp-python, fetched and extracted on first use."""
+    """The converter for the installed llama-cpp-python, fetched and extracted on first use.
+
+    A cached one is re-verified before every use: each extracted file against the sha256
+    recorded at extraction (and, for a pinned version, against the pinned tree), no file added.
+    A damaged cache is rebuilt from the sdist; EdgerunError (one line) when it cannot be."""
     version = installed_version()
     root = cache_dir("converters") / f"llama.cpp-{version}"
-    source = root / SOURCE_FILE
-    if source.is_file() and (root / "convert_hf_to_gguf.py").is_file():
-        info = json.loads(source.read_text(encoding="utf-8"))
-        return Converter(root, version, str(info["sha256"]), bool(info["pinned"]))
+    if not root.exists():
+        return _build(root, version, progress)
+    info, problem = _verify(root, version)
+    if info is not None:
+        return Converter(
+            root, version, info["sha256"], info["sha256"] == PINNED_SHA256.get(version)
+        )
+    if progress:
+        print(f"the cached llama.cpp converter is damaged ({problem}): rebuilding", file=sys.stderr)
+    try:
+        return _build(root, version, progress)
+    except EdgerunError as exc:
+        raise EdgerunError(
+            f"the cached llama.cpp converter {root} is damaged ({problem}) and cannot be rebuilt:"
+            f" {exc.message}",
+            exc.hint,
+        ) from exc
+
+
+def _build(root: Path, version: str, progress: bool) -> Converter:
+    """Fetch the sdist, check its hash, extract the converter into `root` (replacing what is
+    there) with the sha256 of every extracted file recorded in SOURCE.json."""
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=root.parent) as tmp:
         sdist = _sdist(version, Path(tmp), progress)
         digest = sha256_file(sdist)
@@ -93,11 +123,57 @@ def ensure(progress: bool = False) -> Converter:
             )
         with atomic_dir(root, overwrite=True) as staging:
             extract(sdist, staging)
-            atomic_write_json(
-                staging / SOURCE_FILE,
-                {"sdist": sdist.name, "sha256": digest, "pinned": pinned is not None},
-            )
+            files = tree_hashes(staging)
+            if pinned is not None and tree_digest(files) != PINNED_TREE.get(version):
+                raise EdgerunError(
+                    f"{sdist.name} matches its pinned sha256 but its converter files do not",
+                    "a bug in edgerun's pins: report it",
+                )
+            source = {"sdist": sdist.name, "sha256": digest, "pinned": pinned is not None}
+            atomic_write_json(staging / SOURCE_FILE, {**source, "files": files})
     return Converter(root, version, digest, pinned is not None)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """{relative POSIX path: sha256} of every file under `root` but SOURCE.json; a symbolic
+    link or other non-regular entry is listed with the hash "link" (never a valid sha256)."""
+    hashes = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_symlink() or not (path.is_dir() or path.is_file()):
+            hashes[name] = "link"
+        elif path.is_file() and name != SOURCE_FILE:
+            hashes[name] = sha256_file(path)
+    return hashes
+
+
+def tree_digest(files: dict[str, str]) -> str:
+    """One sha256 over a tree_hashes() listing (what PINNED_TREE records)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _verify(root: Path, version: str) -> tuple[dict[str, Any] | None, str]:
+    """(SOURCE.json's record, "") when the cache at `root` holds exactly the files recorded at
+    extraction, else (None, what is wrong)."""
+    try:
+        info = read_json_object(root / SOURCE_FILE, "")
+    except EdgerunError:
+        return None, f"{SOURCE_FILE} is missing or unreadable"
+    files, digest = info.get("files"), info.get("sha256")
+    if not isinstance(digest, str) or not isinstance(files, dict) or not files:
+        return None, f"{SOURCE_FILE} records no file hashes"
+    pinned = PINNED_SHA256.get(version)
+    if pinned is not None and (digest != pinned or tree_digest(files) != PINNED_TREE.get(version)):
+        return None, f"{SOURCE_FILE} does not record the pinned sdist and files"
+    actual = tree_hashes(root)
+    for name in sorted(set(files) | set(actual)):
+        if name not in actual:
+            return None, f"{name} is missing"
+        if name not in files:
+            return None, f"{name} was added"
+        if actual[name] != files[name]:
+            return None, f"{name} has changed"
+    return info, ""
 
 
 def _sdist(version: str, tmp: Path, progress: bool) -> Path:

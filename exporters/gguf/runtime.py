@@ -17,6 +17,10 @@ def load(path: Path, **kwargs: Any) -> Any:
     require("llama_cpp", "gguf")
     import llama_cpp
 
+    from edgerun.gguf_header import check_causal
+
+    if not kwargs.get("vocab_only"):
+        check_causal(path)  # before llama.cpp: a diffusion LM fails inside it
     quiet_llama()
     try:
         return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)

@@ -23,6 +23,7 @@ from edgerun.exporters.onnx.files import MODEL_FILE
 from edgerun.exporters.onnx.formats import FORMATS
 
 from edgerun.errors import EdgerunError, require
+from edgerun.remote_code import no_remote_code
 
 # Architectures (config.json "architectures"[0]) the 0.11 builder turns into a text decoder.
 GENAI_ARCHITECTURES = (
@@ -78,11 +79,13 @@ def genai_fp32(ctx: ExportContext) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     cache = ctx.scratch / "genai-cache"
     extra = {"hf_remote": False, "hf_token": "false"}
-    with ctx.stage("build (fp32, onnxruntime-genai)"), _capture() as log:
+    with ctx.stage("build (fp32, onnxruntime-genai)"), _capture() as log, no_remote_code():
         try:
             create_model(
                 "model", str(ctx.checkpoint.path), str(tmp), "fp32", "cpu", str(cache), **extra
             )
+        except EdgerunError:  # a model's own code refused (edgerun.remote_code)
+            raise
         except Exception as exc:  # the builder raises bare Exceptions and NotImplementedErrors
             tail = (log.getvalue().strip().splitlines() or [str(exc)])[-1]
             raise EdgerunError(

@@ -15,6 +15,7 @@ from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.onnx.files import MODEL_FILE, quiet
 
 from edgerun.errors import EdgerunError, require
+from edgerun.remote_code import no_remote_code
 
 TASK = "text-generation-with-past"
 
@@ -74,7 +75,7 @@ def fp32_export(ctx: ExportContext) -> Path:
 
     tmp = ctx.scratch / "optimum-fp32.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    with ctx.stage("export (optimum, fp32)"), quiet():
+    with ctx.stage("export (optimum, fp32)"), quiet(), no_remote_code():
         model = ctx.reference.model
         onnx_export_from_model(
             model, tmp, task=TASK, do_validation=False, custom_onnx_configs=_custom_configs(model)

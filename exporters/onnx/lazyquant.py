@@ -84,7 +84,6 @@ def quantize_lazily(
     """Rewrite the builder's graph in place: MatMul -> MatMulNBits (bits from `plan`, node name ->
     bits, else `config.bits`), the embedding Gather -> GatherBlockQuantized. Returns the manifest's
     `quant`, as quant.quantize_weight_only does. RTN only (the caller falls back otherwise)."""
-    import onnx_ir as ir
 
     if config.algorithm != "rtn":
         raise EdgerunError(f"the streamed export quantizes with RTN, not {config.algorithm}", "")
@@ -142,7 +141,9 @@ def _lm_head(graph: Any) -> Any:
 
 def _constant(value: Any) -> bool:
     producer = value.producer()
-    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
+    return value.const_value is not None or (
+        producer is not None and producer.op_type == "Constant"
+    )
 
 
 def _embedding(graph: Any, head: Any) -> tuple[Any | None, Any | None, bool]:
@@ -205,7 +206,9 @@ def _to_gather_quantized(
         blocks = _Blocks(table.const_value, bits, block, config.symmetric, transpose=True)
         quantized = blocks.values(graph, table.name, hidden, vocab)
     flat = f"{quantized[0].name}_rows"
-    shape = ir.Value(name=f"{flat}_shape", const_value=ir.tensor(np.array([vocab, hidden * bits // 8])))
+    shape = ir.Value(
+        name=f"{flat}_shape", const_value=ir.tensor(np.array([vocab, hidden * bits // 8]))
+    )
     graph.register_initializer(shape)
     reshape = ir.node("Reshape", [quantized[0], shape], name=f"{flat}_reshape")
     reshape.outputs[0].name = flat
@@ -220,5 +223,7 @@ def _to_gather_quantized(
     if tied and len(source.outputs[0].uses()) == 1:
         old.insert(0, source)
     graph.insert_before(gather, reshape)
-    ir.convenience.replace_nodes_and_values(graph, gather, old, [node], gather.outputs, node.outputs)
+    ir.convenience.replace_nodes_and_values(
+        graph, gather, old, [node], gather.outputs, node.outputs
+    )
     return {"block_size": block, "shared_with_lm_head": shared}

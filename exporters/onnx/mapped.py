@@ -115,7 +115,9 @@ def _parse_header(path: Path, raw: bytes) -> dict[str, tuple[str, list[int], int
         except (TypeError, KeyError, ValueError) as exc:
             raise damaged from exc
         if dtype not in DTYPES:
-            raise EdgerunError(f"{path}: tensor {name} has dtype {dtype}", "convert it to bf16/fp32")
+            raise EdgerunError(
+                f"{path}: tensor {name} has dtype {dtype}", "convert it to bf16/fp32"
+            )
         numel = 1
         for dim in shape:
             if not isinstance(dim, int) or dim < 0:

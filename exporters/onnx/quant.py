@@ -104,7 +104,7 @@ def quantize_weight_only(
     embed_config = dataclasses.replace(config, bits=head_bits) if tied else config
     embedding = _quantize_embedding(model, embed, tied, embed_config) if embed is not None else None
     _set_domain_opset(model, "com.microsoft", 1)
-    nodes = [
+    done = [
         (_source_name(n.name), _attr(n, "bits", 4), _attr(n, "accuracy_level", 0))
         for n in model.graph.node
         if n.op_type == "MatMulNBits"
@@ -112,7 +112,7 @@ def quantize_weight_only(
     quantized = _lm_head_node(model).op_type == "MatMulNBits"
     wide_head = plan.get(head_name, config.bits) != config.bits  # in a wider RTN pass
     head = ("rtn" if head_rtn or wide_head else config.algorithm) if quantized else "fp32"
-    return model, quant_record(config, nodes, embedding, head)
+    return model, quant_record(config, done, embedding, head)
 
 
 def quant_record(

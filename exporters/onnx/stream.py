@@ -58,9 +58,12 @@ def stream_export(
 
     weights = MappedWeights(weight_files(ctx.checkpoint.path) or [])
     build = ctx.scratch / f"genai-stream-{spec.name}"
-    with ctx.stage(f"build ({spec.name} graph, onnxruntime-genai, weights mapped)"):
-        with _builder_hooks(lambda: mapped_model(ctx.checkpoint.path, weights)) as built:
-            genai.run_builder(ctx, build)
+    stage = f"build ({spec.name} graph, onnxruntime-genai, weights mapped)"
+    with (
+        ctx.stage(stage),
+        _builder_hooks(lambda: mapped_model(ctx.checkpoint.path, weights)) as built,
+    ):
+        genai.run_builder(ctx, build)
     model = built[0]
     quant = None
     if config is not None:

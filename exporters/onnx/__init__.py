@@ -26,6 +26,7 @@ from edgerun.exporters.formats import (
 from edgerun.exporters.onnx import files, genai, optimum
 from edgerun.exporters.onnx.formats import FORMATS, OnnxFormat, format_of
 from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe, plan_summary
+from edgerun.exporters.onnx.stream import stream_export, stream_refusal
 from edgerun.exporters.validate import LogitsFn
 
 from edgerun.errors import EdgerunError, require
@@ -70,25 +71,38 @@ class OnnxFamily:
         The builder makes the fp32 graph; every other format is made from it by the same code."""
         spec = format_of(fmt)
         builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
+        refusal = _stream_refusal(spec, builder, ctx)
+        if refusal is None:
+            config = _weight_only_config(spec, ctx.options) if spec.bits else None
+            quant = stream_export(spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx))
+            if quant is not None:
+                quant["bits_summary"] = plan_summary(quant["nodes"])
+        else:
+            quant = self._export_from_fp32(spec, builder, ctx, out_dir)
+        fields: dict[str, Any] = {
+            "precision": spec.precision,
+            "quant": quant,
+            "builder": builder,
+            "model_file": files.MODEL_FILE,
+            "streamed": {"used": refusal is None, "fallback": refusal},
+        }
+        fields["onnx"] = files.graph_info(out_dir / files.MODEL_FILE)
+        fields["libraries"] = _libraries(builder)
+        return fields
+
+    def _export_from_fp32(
+        self, spec: OnnxFormat, builder: str, ctx: ExportContext, out_dir: Path
+    ) -> dict[str, Any] | None:
+        """The fp32 graph in scratch (made once per call), then `spec` made from it."""
         if builder == "genai":
             fp32 = genai.genai_fp32(ctx)
             genai.copy_config(fp32, out_dir)
         else:
             fp32 = optimum.fp32_export(ctx)
         if spec.from_fp32:
-            quant = _from_fp32(spec, fp32, out_dir, ctx)
-        else:
-            files.copy_model(fp32, out_dir)
-            quant = None
-        fields: dict[str, Any] = {
-            "precision": spec.precision,
-            "quant": quant,
-            "builder": builder,
-            "model_file": files.MODEL_FILE,
-        }
-        fields["onnx"] = files.graph_info(out_dir / files.MODEL_FILE)
-        fields["libraries"] = _libraries(builder)
-        return fields
+            return _from_fp32(spec, fp32, out_dir, ctx)
+        files.copy_model(fp32, out_dir)
+        return None
 
     def logits_fn(self, artifact_dir: Path, manifest: dict[str, Any]) -> LogitsFn:
         from edgerun.exporters.onnx.runner import onnx_logits_fn
@@ -178,19 +192,11 @@ def _quantize_nbits(
     spec: OnnxFormat, fp32: Path, out_dir: Path, ctx: ExportContext
 ) -> dict[str, Any]:
     import onnx
-    from edgerun.exporters.onnx.quant import WeightOnlyConfig, quantize_weight_only
+    from edgerun.exporters.onnx.quant import quantize_weight_only
 
-    assert spec.bits is not None  # _from_fp32 sends only quantized formats here
-    opts = ctx.options
-    config = WeightOnlyConfig(
-        bits=spec.bits,
-        block_size=opts.block_size,
-        symmetric=resolve_symmetric(opts, spec.name),
-        accuracy_level=opts.accuracy_level,
-        algorithm=opts.algorithm,
-    )
+    config = _weight_only_config(spec, ctx.options)
     model = onnx.load(fp32)
-    plan, recipe = _int4_plan(model, config, ctx) if spec.recipes else (None, None)
+    plan, recipe = _plan(spec, [n.name for n in model.graph.node if n.op_type == "MatMul"], ctx)
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({spec.name}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
     with ctx.stage(stage), files.quiet():
@@ -202,12 +208,43 @@ def _quantize_nbits(
     return quant
 
 
+def _weight_only_config(spec: OnnxFormat, opts: ExportOptions) -> Any:
+    """The MatMulNBits parameters of a quantized format under these options."""
+    from edgerun.exporters.onnx.quant import WeightOnlyConfig
+
+    assert spec.bits is not None  # only quantized formats come here
+    return WeightOnlyConfig(
+        bits=spec.bits,
+        block_size=opts.block_size,
+        symmetric=resolve_symmetric(opts, spec.name),
+        accuracy_level=opts.accuracy_level,
+        algorithm=opts.algorithm,
+    )
+
+
+def _stream_refusal(spec: OnnxFormat, builder: str, ctx: ExportContext) -> str | None:
+    """Why `spec` is made the old way (from the fp32 graph) rather than streamed; None: streamed."""
+    if not ctx.options.extra.get("onnx_stream", True):
+        return "streaming turned off (extra option onnx_stream)"
+    if spec.dynamic(ctx.options.int8_mode):
+        return "dynamic int8 (quantize_dynamic) quantizes the whole fp32 graph"
+    return stream_refusal(spec, builder, ctx.options.algorithm, ctx.checkpoint.path)
+
+
+def _plan(
+    spec: OnnxFormat, nodes: list[str], ctx: ExportContext
+) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
+    """(node name -> bits, the manifest's recipe record) of a format that takes recipes."""
+    if not spec.recipes:
+        return None, None
+    return _int4_plan(nodes, _weight_only_config(spec, ctx.options), ctx)
+
+
 def _int4_plan(
-    model: Any, config: Any, ctx: ExportContext
+    nodes: list[str], config: Any, ctx: ExportContext
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """The per-node bits of onnx-int4: the named recipe's, or the target search's."""
     opts = ctx.options
-    nodes = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     if opts.target_kl is None and opts.target_ppl_ratio is None:
         recipe = get_recipe(opts.recipe or DEFAULT_RECIPE)
         if recipe.budget is None:

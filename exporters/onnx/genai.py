@@ -70,29 +70,36 @@ def check_architecture(config: dict[str, Any]) -> None:
 def genai_fp32(ctx: ExportContext) -> Path:
     """Path of the builder's fp32 model.onnx in scratch (beside its genai_config.json), building
     it on first call. The embedding stays tied to the lm_head when the checkpoint ties them."""
-    from onnxruntime_genai.models.builder import create_model
-
     build = ctx.scratch / "genai-fp32"
     if (build / MODEL_FILE).is_file():
         return build / MODEL_FILE
     tmp = ctx.scratch / "genai-fp32.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with ctx.stage("build (fp32, onnxruntime-genai)"):
+        run_builder(ctx, tmp)
+    tmp.rename(build)
+    return build / MODEL_FILE
+
+
+def run_builder(ctx: ExportContext, out: Path) -> None:
+    """Run the builder (fp32, CPU) on the checkpoint into `out` (emptied first): the graph, its
+    genai_config.json and the tokenizer files. Its output is captured; EdgerunError on failure."""
+    from onnxruntime_genai.models.builder import create_model
+
+    shutil.rmtree(out, ignore_errors=True)
     cache = ctx.scratch / "genai-cache"
     extra = {"hf_remote": False, "hf_token": "false"}
-    with ctx.stage("build (fp32, onnxruntime-genai)"), _capture() as log, no_remote_code():
+    with _capture() as log, no_remote_code():
         try:
             create_model(
-                "model", str(ctx.checkpoint.path), str(tmp), "fp32", "cpu", str(cache), **extra
+                "model", str(ctx.checkpoint.path), str(out), "fp32", "cpu", str(cache), **extra
             )
-        except EdgerunError:  # a model's own code refused (edgerun.remote_code)
+        except EdgerunError:  # a model's own code refused (edgerun.remote_code), or edgerun's
             raise
         except Exception as exc:  # the builder raises bare Exceptions and NotImplementedErrors
             tail = (log.getvalue().strip().splitlines() or [str(exc)])[-1]
             raise EdgerunError(
                 f"onnxruntime-genai's builder failed: {exc or tail}", "use --builder optimum"
             ) from exc
-    tmp.rename(build)
-    return build / MODEL_FILE
 
 
 def copy_config(fp32: Path, out_dir: Path) -> None:

@@ -104,22 +104,33 @@ def quantize_weight_only(
     embed_config = dataclasses.replace(config, bits=head_bits) if tied else config
     embedding = _quantize_embedding(model, embed, tied, embed_config) if embed is not None else None
     _set_domain_opset(model, "com.microsoft", 1)
-    quant = config.to_json()
-    quant["nodes"] = {
-        _source_name(n.name): _attr(n, "bits", 4)
+    done = [
+        (_source_name(n.name), _attr(n, "bits", 4), _attr(n, "accuracy_level", 0))
         for n in model.graph.node
         if n.op_type == "MatMulNBits"
-    }
-    # what the graph really says (HQQ leaves accuracy_level unset)
-    levels = {_attr(n, "accuracy_level", 0) for n in model.graph.node if n.op_type == "MatMulNBits"}
-    quant["accuracy_level"] = levels.pop() if len(levels) == 1 else sorted(levels)
-    quant["embedding"] = embedding
+    ]
     quantized = _lm_head_node(model).op_type == "MatMulNBits"
     wide_head = plan.get(head_name, config.bits) != config.bits  # in a wider RTN pass
-    quant["lm_head"] = (
-        ("rtn" if head_rtn or wide_head else config.algorithm) if quantized else "fp32"
-    )
-    return model, quant
+    head = ("rtn" if head_rtn or wide_head else config.algorithm) if quantized else "fp32"
+    return model, quant_record(config, done, embedding, head)
+
+
+def quant_record(
+    config: WeightOnlyConfig,
+    nodes: list[tuple[str, int, int]],
+    embedding: dict[str, Any] | None,
+    lm_head: str,
+) -> dict[str, Any]:
+    """The manifest's `quant`: the config, then what the graph says: nodes (MatMul name, bits,
+    accuracy level; in graph order), the embedding note and how the lm_head was quantized."""
+    quant = config.to_json()
+    quant["nodes"] = {name: bits for name, bits, _ in nodes}
+    # what the graph really says (HQQ leaves accuracy_level unset)
+    levels = {level for _, _, level in nodes}
+    quant["accuracy_level"] = levels.pop() if len(levels) == 1 else sorted(levels)
+    quant["embedding"] = embedding
+    quant["lm_head"] = lm_head
+    return quant
 
 
 def _run_quantizer(

@@ -9,6 +9,7 @@
 # a cold cache. The root file system and the venv are cached outside the repo in
 # $EDGERUN_ARM_CACHE (default /var/cache/edgerun-arm), keyed by a hash of their recipes.
 # EDGERUN_SKIP_ARM=1 skips the lane, saying so; anything else that stops it is a failure.
+# EDGERUN_ARM_ONLY="a72-pi4 n1" runs only those CPUs (names below), for development.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -166,6 +167,7 @@ main() {
     local line name cpu midr tree jetson expected up features
     for line in "${CPUS[@]}"; do
         IFS='|' read -r name cpu midr tree jetson expected <<<"$line"
+        [[ " ${EDGERUN_ARM_ONLY:-$name} " == *" $name "* ]] || continue
         say "$name: qemu -cpu $cpu${tree:+, device tree '$tree'}"
         up=$WORK/up-$name
         mkdir -p "$up/root/etc"
@@ -180,7 +182,9 @@ main() {
     done
     say "done"
     local results=()
-    for line in "${CPUS[@]}"; do results+=("build/arm/${line%%|*}.json"); done
+    for line in "${CPUS[@]}"; do
+        [[ " ${EDGERUN_ARM_ONLY:-${line%%|*}} " == *" ${line%%|*} "* ]] && results+=("build/arm/${line%%|*}.json")
+    done
     python3 tests/arm/check.py table "${results[@]}" || die "see the FAIL lines above"
 }
 

@@ -1,6 +1,8 @@
-"""What the ARM lane compares between the host and an emulated arm64 CPU: greedy tokens through
-the library API (edgerun.load + generate) and the teacher-forced next-token logits of the same
+"""What the ARM lane compares between the host and an emulated arm64 CPU: tokens through the
+library API (edgerun.load + generate) and the teacher-forced next-token logits of the same
 sequence through the ONNX Runtime backend (the runtime path: prefill, then decode per token).
+The tokens are drawn at temperature 1 with a fixed seed (the tiny random model's greedy output
+repeats one token), so they only agree when the logits do.
 
 Lean imports only (edgerun, numpy, onnxruntime): this file runs on the host (tests/arm/host.py)
 and inside the emulated arm64 venv (tests/arm/check.py), which has no torch and no tests package.
@@ -14,18 +16,21 @@ from typing import Any
 
 PROMPT = "The capital of France is"
 NEW_TOKENS = 12
+SEED = 7
 # One thread on both sides: the numbers compared are the kernels', not the thread split's.
 THREADS = 1
 
 
 def greedy_tokens(artifact: Path, profile: str | None) -> tuple[list[int], list[int], str]:
-    """(prompt ids, NEW_TOKENS greedy ids, profile id used) through edgerun.load + generate;
+    """(prompt ids, NEW_TOKENS sampled ids, profile id used) through edgerun.load + generate;
     profile None auto-detects, as `edgerun run` does."""
     import edgerun
 
     with edgerun.load(artifact, profile, threads=THREADS) as model:
-        chunks = model.generate(PROMPT, max_tokens=NEW_TOKENS, ignore_eos=True)
-        tokens = [c.token for c in chunks if c.token is not None]
+        chunks = model.generate(
+            PROMPT, max_tokens=NEW_TOKENS, temperature=1.0, seed=SEED, ignore_eos=True
+        )
+        tokens = [c.token_id for c in chunks if c.token_id is not None]
         return model.tokenizer.encode(PROMPT), tokens, str(model.info.profile_id)
 
 

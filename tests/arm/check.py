@@ -47,9 +47,9 @@ LEVEL4_REL_TOL = 0.75
 HEALTH_WAIT_S = 180
 
 
-def hwcaps() -> list[str]:
+def hwcaps(auxv: Path = Path("/proc/self/auxv")) -> list[str]:
     """Feature names of the running CPU from the ELF auxiliary vector."""
-    data = Path("/proc/self/auxv").read_bytes()
+    data = auxv.read_bytes()
     words = dict(struct.iter_unpack("<QQ", data[: len(data) // 16 * 16]))
     bits = [(HWCAP, words.get(AT_HWCAP, 0)), (HWCAP2, words.get(AT_HWCAP2, 0))]
     return [name for names, value in bits for i, name in enumerate(names) if value >> i & 1]

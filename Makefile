@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast lint docs demo bench-peers clean
+.PHONY: setup test test-fast test-arm test-arm-gguf lint docs demo bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# arm64 under qemu-user: the lean wheel on emulated Cortex-A53 / A72 / A76 / Neoverse-N1 (root;
+# cached in /var/cache/edgerun-arm; EDGERUN_SKIP_ARM=1 skips it). See tests/arm/lane.sh.
+test-arm: $(STAMP)
+	HOST_PY=$(BIN)/python bash tests/arm/lane.sh
+
+# Optional and slow (llama.cpp compiled under emulation): llama-cpp-python built for arm64 with
+# GGML_NATIVE=OFF in the same root file system, then imported there.
+test-arm-gguf:
+	bash tests/arm/lane.sh gguf
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

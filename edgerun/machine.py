@@ -84,6 +84,13 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
     return model, flags
 
 
+def cpu_flags(root: Path = Path("/")) -> frozenset[str] | None:
+    """The CPU flags of root/proc/cpuinfo; None where it names none (macOS, Windows, or no
+    file), so that "unknown" is never read as "lacks every feature"."""
+    flags = parse_cpuinfo(_read(root / "proc/cpuinfo") or "")[1]
+    return flags or None
+
+
 def arm_core(text: str) -> str:
     """The core named by the first "CPU implementer" / "CPU part" pair of arm64 /proc/cpuinfo."""
     fields = _cpuinfo_fields(text)

@@ -17,6 +17,7 @@ A profile file (see profiles/*.toml for complete ones)::
     preferred_formats = ["gguf-q4_0", "onnx-int4"]
     memory_budget_mb = 3000          # or "auto": memory_fraction (0.8) of the RAM
     power_meter = "auto"             # auto|rapl|nvml|jetson|rpi5|battery|none|cmd:COMMAND
+    requires_cpu_features = ["asimddp"]  # /proc/cpuinfo flags its choices assume: run warns
     [export]                         # export defaults: block_size, accuracy_level, symmetric, builder
     [match]                          # see MatchRules; arch is required
     arch = ["aarch64"]
@@ -113,6 +114,7 @@ PROFILE_SCHEMA = Table(
         "memory_budget_mb": Either((int, OneOf(("auto",)))),
         "memory_fraction": float,
         "power_meter": str,
+        "requires_cpu_features": _STR_LIST,
         "match": MATCH_SCHEMA,
         "backends": ListOf(BACKEND_SCHEMA),
     },
@@ -160,7 +162,9 @@ class BackendPref:
 @dataclass(frozen=True)
 class Profile:
     """A validated device profile. threads None: physical cores; memory_budget_mb None: a share
-    (memory_fraction) of the machine's RAM; backends in order of preference."""
+    (memory_fraction) of the machine's RAM; backends in order of preference;
+    requires_cpu_features: the /proc/cpuinfo flags its choices (formats, int4 accuracy level)
+    assume, which `edgerun run` warns about when the machine lacks them."""
 
     id: str
     name: str
@@ -173,11 +177,16 @@ class Profile:
     memory_budget_mb: int | None = None
     memory_fraction: float = DEFAULT_MEMORY_FRACTION
     power_meter: str = "auto"
+    requires_cpu_features: list[str] = field(default_factory=list)
     source: str = ""
 
     def backend(self, name: str) -> BackendPref | None:
         """This profile's preferences for backend `name`, or None if it does not list it."""
         return next((b for b in self.backends if b.name == name), None)
+
+    def missing_cpu_features(self, flags: frozenset[str]) -> list[str]:
+        """The requires_cpu_features that `flags` (a machine's CPU flags) lack."""
+        return [f for f in self.requires_cpu_features if f not in flags]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what `edgerun profiles show --json` prints)."""
@@ -219,6 +228,7 @@ def _build(data: dict[str, Any], source: str) -> Profile:
         memory_budget_mb=None if budget == "auto" else budget,
         memory_fraction=float(data.get("memory_fraction", DEFAULT_MEMORY_FRACTION)),
         power_meter=data.get("power_meter", "auto"),
+        requires_cpu_features=list(data.get("requires_cpu_features", [])),
         source=source,
     )
 
@@ -264,6 +274,12 @@ def _check_values(data: dict[str, Any]) -> None:
         raise SchemaError(
             ("power_meter",), f"expected one of {choices} or 'cmd:COMMAND', got {meter!r}"
         )
+    for i, flag in enumerate(data.get("requires_cpu_features", [])):
+        if not re.fullmatch(r"[a-z0-9_]+", flag):
+            raise SchemaError(
+                ("requires_cpu_features", i),
+                f"'{flag}' is not a CPU flag as /proc/cpuinfo spells it (e.g. asimddp, avx2)",
+            )
     pattern = rf"({'|'.join(map(re.escape, format_prefixes()))})-[a-z0-9_]+"
     for i, fmt in enumerate(data.get("preferred_formats", [])):
         if not re.fullmatch(pattern, fmt):

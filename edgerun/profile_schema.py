@@ -67,7 +67,7 @@ def describe(spec: Any) -> str:
     if isinstance(spec, type):
         return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[spec]
     if isinstance(spec, ListOf):
-        inner = describe(spec.item)
+        inner = describe(spec.item).removeprefix("a ").removeprefix("an ")
         return "an array of tables" if isinstance(spec.item, Table) else f"an array of {inner}s"
     if isinstance(spec, OneOf):
         return "one of " + ", ".join(repr(v) for v in spec.values)

@@ -289,6 +289,7 @@ def test_cli_show() -> None:
         "  preferred formats: gguf-q4_0, gguf-q4_k_m, onnx-int4\n"
         "  memory budget: 75% of RAM\n"
         "  power meter: rpi5\n"
+        "  requires CPU features: asimd, asimddp\n"
         "  match: arch aarch64 / armv7l; device tree Raspberry Pi 5 / Raspberry Pi Compute"
         " Module 5\n"
         "  backends:\n"

@@ -149,6 +149,7 @@ def open_backend(
     """Do the whole selection and load the model (see the module docstring)."""
     profile, reason = resolve_profile(profile_spec)
     cls, pref, warnings = choose_backend(artifact, profile, backend_name)
+    warnings += cpu_feature_warnings(profile)
     settings = Settings(
         threads=threads or (profile.threads if profile else None) or _physical_cores(),
         options={**(pref.options if pref else {}), **options},
@@ -188,6 +189,24 @@ def open_backend(
         requested_providers=wanted,
         warnings=warnings,
     )
+
+
+def cpu_feature_warnings(profile: Profile | None, root: Path = Path("/")) -> list[str]:
+    """One warning when the machine under `root` lacks CPU features the profile's choices assume
+    (profile key requires_cpu_features); none when its flags cannot be read."""
+    if profile is None or not profile.requires_cpu_features:
+        return []
+    from edgerun.machine import cpu_flags
+
+    flags = cpu_flags(root)
+    missing = profile.missing_cpu_features(flags) if flags else []
+    if not missing:
+        return []
+    return [
+        f"this CPU lacks {', '.join(missing)}, which profile '{profile.id}' assumes: its formats"
+        " and int4 kernels run slower or differently here (`edgerun profiles detect` names one"
+        " for this CPU)"
+    ]
 
 
 def _physical_cores() -> int | None:

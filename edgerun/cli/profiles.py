@@ -68,6 +68,7 @@ def render_profile(p: Profile) -> list[str]:
         f"  preferred formats: {', '.join(p.preferred_formats) or '-'}",
         f"  memory budget: {budget}",
         f"  power meter: {p.power_meter}",
+        f"  requires CPU features: {', '.join(p.requires_cpu_features) or '-'}",
         "  match: " + "; ".join(f"{k} {v}" for k, v in rules.items() if v),
         "  backends:",
     ]

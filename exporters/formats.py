@@ -226,7 +226,8 @@ def family_of(fmt: str) -> FormatFamily:
             "install the extra it needs (pip install 'edgerun[export,gguf]')",
         )
     for family in families.values():
-        why = getattr(family, "withheld", dict)().get(fmt)
+        withheld: dict[str, str] = getattr(family, "withheld", dict)()
+        why = withheld.get(fmt)
         if why:
             raise EdgerunError(f"format '{fmt}' is not offered: {why}", "choose another format")
     valid = all_formats()

@@ -122,8 +122,8 @@ def add_ratios(table: list[dict[str, Any]], baseline: dict[str, Any]) -> None:
 def _overlap(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
     """Whether the two rows' ranges (min-max over repetitions) of `key` overlap: their ratio
     may then be noise. False where a range is not recorded."""
-    lo, hi = row.get(f"{key}_min"), row.get(f"{key}_max")
-    base_lo, base_hi = base.get(f"{key}_min"), base.get(f"{key}_max")
-    if None in (lo, hi, base_lo, base_hi):
+    ends: list[float] = [r.get(f"{key}_{end}") for r in (row, base) for end in ("min", "max")]
+    if any(v is None for v in ends):
         return False
-    return bool(lo <= base_hi and base_lo <= hi)
+    lo, hi, base_lo, base_hi = ends
+    return lo <= base_hi and base_lo <= hi

@@ -85,9 +85,9 @@ def fit_columns(
 def _narrowest(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> int:
     """The width the table of `columns` takes (its columns have fixed widths, see `table`):
     rendered, so padding and dividers count exactly as rich draws them."""
-    console = Console(file=io.StringIO(), width=10_000)
-    console.print(table(rows, "", columns))
-    return max(cell_len(line) for line in console.file.getvalue().splitlines())
+    buffer = io.StringIO()
+    Console(file=buffer, width=10_000).print(table(rows, "", columns))
+    return max(cell_len(line) for line in buffer.getvalue().splitlines())
 
 
 def energy_notes(runs: list[dict[str, Any]]) -> list[str]:

@@ -122,8 +122,8 @@ def add_ratios(table: list[dict[str, Any]], baseline: dict[str, Any]) -> None:
 def _overlap(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
     """Whether the two rows' ranges (min-max over repetitions) of `key` overlap: their ratio
     may then be noise. False where a range is not recorded."""
-    ends: list[float] = [r.get(f"{key}_{end}") for r in (row, base) for end in ("min", "max")]
+    ends = [r.get(f"{key}_{end}") for r in (row, base) for end in ("min", "max")]
     if any(v is None for v in ends):
         return False
-    lo, hi, base_lo, base_hi = ends
+    lo, hi, base_lo, base_hi = (float(v) for v in ends if v is not None)
     return lo <= base_hi and base_lo <= hi

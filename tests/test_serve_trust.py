@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import edgerun
-from edgerun import chat_template
 from edgerun.errors import EdgerunError
+from edgerun.tokenizer import Tokenizer
 from tests.runtime_helpers import PROFILE
 from tests.serve_helpers import export_onnx, read_address, running
 
@@ -183,34 +183,74 @@ HOSTILE_TEMPLATES = {
 }
 
 
-@pytest.mark.parametrize("name", HOSTILE_TEMPLATES)
-def test_hostile_chat_template_is_one_error(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+class _TemplateOnly(Tokenizer):
+    """A tokenizer that only renders templates: the library path of `run --chat` and chat()."""
+
+    def __init__(self, template: str) -> None:
+        self.chat_template = template
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [len(text)]
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        return ""
+
+
+@pytest.fixture
+def quick_templates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Templates get 0.5 s instead of the default (to keep the tests short)."""
+    from edgerun import chat_template
+
     monkeypatch.setattr(chat_template, "TIME_S", 0.5)
-    messages = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("name", HOSTILE_TEMPLATES)
+def test_hostile_chat_template_is_one_error(name: str, quick_templates: None) -> None:
     start = time.monotonic()
     with pytest.raises(EdgerunError, match="chat template") as error:
-        chat_template.render(HOSTILE_TEMPLATES[name], messages, {})
+        _TemplateOnly(HOSTILE_TEMPLATES[name]).apply_chat_template(
+            [{"role": "user", "content": "hi"}]
+        )
     assert time.monotonic() - start < 30  # a bound on the test, not a speed claim
     assert "\n" not in str(error.value)
 
 
-def test_a_real_template_still_renders(tiny_llama: Path) -> None:
-    from tests.tiny_models import CHAT_TEMPLATE
+REAL_TEMPLATE = (  # what real templates use: namespace, loop, tojson, filters, str methods
+    "{% set ns = namespace(system='') %}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set ns.system = m['content']|trim %}{% endif %}{% endfor %}"
+    "{{ bos_token }}{% if ns.system %}[SYS {{ ns.system|tojson }}]{% endif %}"
+    "{% for i in range(messages|length) %}{% set m = messages[i] %}"
+    "{% if m.role != 'system' %}<{{ m.role|upper }} n={{ loop.index }}/{{ loop.length }}>"
+    "{{ m.content.strip() if m.content.startswith(' ') else m.content }}"
+    "{{ '%s' % '' }}{% if not loop.last %}\n{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '=' * 3 }}{% endif %}"
+)
 
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    variables = {"add_generation_prompt": True, "eos_token": "<|im_end|>"}
-    out = chat_template.render(CHAT_TEMPLATE, messages, variables)
-    assert "Be brief." in out and "Hi" in out
+
+def test_a_real_template_renders_as_in_transformers_sandbox() -> None:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    messages = [
+        {"role": "system", "content": " Be brief. "},
+        {"role": "user", "content": " Hi"},
+        {"role": "assistant", "content": "Hello 東京"},
+    ]
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x: json.dumps(x, ensure_ascii=False)
+    variables = {"add_generation_prompt": True, "bos_token": "<s>"}
+    expected = env.from_string(REAL_TEMPLATE).render(messages=messages, **variables)
+    tok = _TemplateOnly(REAL_TEMPLATE)
+    tok.special_tokens = {"bos_token": "<s>"}
+    assert tok.apply_chat_template(messages) == expected
+    assert expected.startswith('<s>[SYS "Be brief."]<USER n=2/3>Hi') and expected.endswith("===")
 
 
 @pytest.mark.parametrize("name", ["repeat", "nested ranges"])
 def test_serve_answers_a_hostile_template_with_400(
-    server: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+    server: dict[str, Any], name: str, quick_templates: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(chat_template, "TIME_S", 0.5)
-    monkeypatch.setattr(
-        server["models"][HOSTILE].tokenizer, "chat_template", HOSTILE_TEMPLATES[name]
-    )
+    hostile = server["models"][HOSTILE].tokenizer
+    monkeypatch.setattr(hostile, "chat_template", HOSTILE_TEMPLATES[name])
     body = {"model": HOSTILE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     r = _post(server["url"] + "/v1/chat/completions", body)
     assert r.status_code == 400, r.text

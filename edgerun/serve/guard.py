@@ -81,11 +81,13 @@ def connection_guard(limits: Limits, warnings: OncePerMinute) -> type[asyncio.Pr
     idle: dict[Any, None] = {}  # waiting for request headers, oldest first
 
     class Guarded(base):  # type: ignore[misc]
+        app: Any  # the ASGI app, set by the base class
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._timer: asyncio.TimerHandle | None = None
             self._refused = False
-            app = self.app
+            app: Any = self.app
 
             async def headers_in(scope: Any, receive: Any, send: Any) -> None:
                 self._busy()

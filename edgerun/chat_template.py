@@ -43,7 +43,7 @@ class Budget:
             raise TemplateLimit("it ran past its time limit")
 
     def size(self, value: Any, what: str = "a value") -> Any:
-        if isinstance(value, (str, list, tuple, dict)) and len(value) > self.max_chars:
+        if isinstance(value, (str, list, tuple, dict, range)) and len(value) > self.max_chars:
             raise TemplateLimit(f"{what} of {len(value)} items is over {self.max_chars}")
         return value
 
@@ -108,8 +108,12 @@ class _Range:
     """range() for templates: its length is bounded and each step checks the time budget."""
 
     def __init__(self, *args: int) -> None:
+        from jinja2.sandbox import MAX_RANGE
+
         self._range = range(*args)
-        _budget().size(self._range, "a range")
+        _budget()
+        if len(self._range) > MAX_RANGE:  # jinja2's own sandbox limit
+            raise TemplateLimit(f"a range of {len(self._range)} items is over {MAX_RANGE}")
 
     def __len__(self) -> int:
         return len(self._range)

@@ -27,11 +27,14 @@ class ApiError(Exception):
         code: str | None = None,
         kind: str = "invalid_request_error",
     ) -> None:
+        # Echoed client text must stay writable as UTF-8 (a lone surrogate would turn the answer
+        # into a plain-text 500).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = (
             status,
             message,
-            param,
+            param and param.encode("utf-8", "backslashreplace").decode("utf-8"),
             code,
             kind,
         )

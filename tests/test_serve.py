@@ -4,7 +4,6 @@ client and by raw HTTP for every bad input; queue, load, disconnect and SIGTERM 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import re
@@ -20,7 +19,8 @@ from typing import Any
 import pytest
 
 import edgerun
-from tests.runtime_helpers import PROFILE, export_artifact
+from tests.runtime_helpers import PROFILE
+from tests.serve_helpers import export_onnx, read_address, running
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("sse_starlette")
@@ -34,17 +34,9 @@ MAX_QUEUE = 4
 SLOW_S = 0.01  # per decoded token of the "slow" model
 
 
-def _export(checkpoint: Path, out: Path) -> Path:
-    from edgerun.exporters.formats import ExportOptions
-
-    known = {f.name for f in dataclasses.fields(ExportOptions)}
-    options = {k: v for k, v in {"builder": "optimum", "probe": False}.items() if k in known}
-    return export_artifact(checkpoint, "onnx-fp32", out, **options)
-
-
 @pytest.fixture(scope="module")
 def artifact(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(tiny_llama, tmp_path_factory.mktemp("serve") / "out")
+    return export_onnx(tiny_llama, tmp_path_factory.mktemp("serve") / "out")
 
 
 def _slowed(model: Any, delay: float) -> None:
@@ -62,7 +54,7 @@ def _slowed(model: Any, delay: float) -> None:
 @pytest.fixture(scope="module")
 def server(artifact: Path) -> Iterator[dict[str, Any]]:
     """The artifact served twice on a free loopback port: under its name, and slowed as 'slow'."""
-    from edgerun.serve.server import bind, make_server
+    from edgerun.serve.server import make_server
 
     models = {
         artifact.name: edgerun.load(str(artifact), PROFILE),
@@ -70,21 +62,8 @@ def server(artifact: Path) -> Iterator[dict[str, Any]]:
     }
     _slowed(models["slow"], SLOW_S)
     srv = make_server(models, api_key=KEY, max_queue=MAX_QUEUE, max_body=64 * 1024, drain_s=5)
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield {"url": url, "name": artifact.name, "models": models}
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
-    for slot in srv.state.slots.values():
-        slot.shutdown()  # joins the worker thread, closes the model
-    assert not thread.is_alive()
+    with running(srv) as url:
+        yield {"url": url, "name": artifact.name, "models": models}
 
 
 @pytest.fixture()
@@ -241,7 +220,8 @@ def test_bad_input_gets_an_openai_error(
 ) -> None:
     if isinstance(body, dict):
         body = json.dumps(body).replace("$M", server["name"]).encode()
-    r = httpx.post(server["url"] + path, content=body, headers=AUTH, timeout=30)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = httpx.post(server["url"] + path, content=body, headers=headers, timeout=30)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["type"] and error["param"] == param
@@ -253,7 +233,8 @@ def test_unknown_routes_methods_and_keys(server: dict[str, Any]) -> None:
     url = server["url"]
     assert httpx.get(url + "/v1/nothing", headers=AUTH, timeout=10).status_code == 404
     assert httpx.get(url + "/v1/completions", headers=AUTH, timeout=10).status_code == 405
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+    wrong = ("Bearer wrong", KEY, "Bearer", f"Basic {KEY}", f"Bearer {KEY}x")
+    for headers in ({}, *({"Authorization": value} for value in wrong)):
         r = httpx.get(url + "/v1/models", headers=headers, timeout=10)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(url + "/health", timeout=10).status_code == 200
@@ -361,7 +342,7 @@ def test_sigterm_drains_the_running_stream(artifact: Path) -> None:
     ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:
-        line = _read_line(proc, 30)
+        line = read_address(proc, 30)
         url = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert url, line
         base, name, results = url.group(0), artifact.name, {}
@@ -401,21 +382,3 @@ def test_sigterm_drains_the_running_stream(artifact: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    """The first stderr line of `proc` that names the address (at most 20 lines, `timeout` s)."""
-    out: list[str] = []
-
-    def read() -> None:
-        for _ in range(20):
-            line = proc.stderr.readline() if proc.stderr else ""
-            if not line or "http://" in line:
-                out.append(line)
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    assert out and out[0], f"no address from the server in {timeout} s"
-    return out[0]

@@ -26,6 +26,20 @@ import click
     show_default=True,
     help="Requests that may wait per model; more get 429 at once.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME[:PORT]",
+    help="Also answer requests for this Host name (repeatable; '*': any). Bound to loopback,"
+    " only localhost, 127.0.0.1 and [::1] are answered; on another address, any name.",
+)
+@click.option(
+    "--max-connections",
+    default=256,
+    show_default=True,
+    help="Open connections at most (idle ones are closed first when it is reached).",
+)
 @click.option("--context", type=int, default=None, help="Context length (default: the model's).")
 @click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, genai, llamacpp.")
@@ -42,6 +56,8 @@ def serve(
     profile: str | None,
     api_key: str | None,
     max_queue: int,
+    allowed_hosts: tuple[str, ...],
+    max_connections: int,
     context: int | None,
     threads: int | None,
     backend: str | None,
@@ -69,6 +85,8 @@ def serve(
             max_queue=max_queue,
             context=context,
             drain_s=drain_timeout,
+            allowed_hosts=allowed_hosts,
+            max_connections=max_connections,
             announce=lambda line: click.echo(line, err=True),
             threads=threads,
             backend=backend,

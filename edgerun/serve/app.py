@@ -9,17 +9,19 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgerun.model import Chunk
-from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error
+from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error, check_prompt_size
+from edgerun.serve.guard import LOOPBACK_HOSTS, HostCheck, read_within
 from edgerun.serve.schema import ApiError, GenerationRequest, parse_json, parse_request
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,10 @@ class ServeState:
         api_key: str | None = None,
         max_body: int = 1 << 20,
         drain_s: float = 30.0,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.slots, self.metrics, self.api_key = slots, metrics, api_key
-        self.max_body, self.drain_s = max_body, drain_s
+        self.max_body, self.drain_s, self.body_timeout_s = max_body, drain_s, body_timeout_s
         self.created = int(time.time())
 
     def slot(self, model: str) -> Slot:
@@ -59,6 +62,8 @@ class ServeState:
 
 def _error(exc: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status == 408:  # the rest of the body may still come: no next request on this line
+        headers = {"Connection": "close"}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -92,9 +97,11 @@ def endpoint(name: str, public: bool = False) -> Callable[[Handler], Handler]:
 def _authorize(request: Request, key: str | None) -> None:
     if key is None:
         return
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    # An empty token never matches, whatever the key (make_server refuses an empty key too).
+    matches = bool(token and key) and hmac.compare_digest(token.encode(), key.encode())
+    if scheme.lower() != "bearer" or not matches:
         raise ApiError(
             401,
             "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -103,8 +110,19 @@ def _authorize(request: Request, key: str | None) -> None:
         )
 
 
-async def _body(request: Request, limit: int) -> dict[str, Any]:
-    """The JSON body, refused with 413 past `limit` bytes before it is all read."""
+async def _body(request: Request, state: ServeState) -> dict[str, Any]:
+    """The JSON body: 415 unless it is declared JSON, 413 past `state.max_body` bytes before
+    it is all read, 408 when it takes over `state.body_timeout_s` seconds to arrive."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(
+            415,
+            f"the request body must be sent as 'Content-Type: application/json', not"
+            f" '{media or 'nothing'}'",
+            None,
+            "unsupported_media_type",
+        )
+    limit = state.max_body
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(
@@ -113,17 +131,21 @@ async def _body(request: Request, limit: int) -> dict[str, Any]:
             None,
             "request_too_large",
         )
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > limit:
-            raise ApiError(
-                413,
-                f"the request body exceeds the limit of {limit} bytes",
-                None,
-                "request_too_large",
-            )
-    return parse_json(bytes(raw))
+
+    async def read() -> bytes:
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > limit:
+                raise ApiError(
+                    413,
+                    f"the request body exceeds the limit of {limit} bytes",
+                    None,
+                    "request_too_large",
+                )
+        return bytes(raw)
+
+    return parse_json(await read_within(read, state.body_timeout_s))
 
 
 @endpoint("health", public=True)
@@ -160,8 +182,9 @@ async def chat_completions(request: Request) -> Response:
 
 async def _generate(request: Request, chat: bool) -> Response:
     state: ServeState = request.app.state.serve
-    req = parse_request(await _body(request, state.max_body), chat)
+    req = parse_request(await _body(request, state), chat)
     slot = state.slot(req.model)
+    check_prompt_size(req, slot.model.context_length)
     shape = _Shape(req, chat)
     if req.stream:
         chunks = slot.stream(req)
@@ -266,8 +289,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(ApiError(status, f"{message}: {request.method} {request.url.path}"))
 
 
-def build_app(state: ServeState) -> Starlette:
-    """The ASGI app serving `state`'s models."""
+def build_app(state: ServeState, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
+    """The ASGI app serving `state`'s models to requests whose Host is in `allowed_hosts`."""
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -275,6 +298,11 @@ def build_app(state: ServeState) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(HostCheck, allowed=allowed_hosts)],
+    )
+    app.router.redirect_slashes = False  # a redirect would echo the Host header back
     app.state.serve = state
     return app

@@ -19,6 +19,9 @@ from edgerun.model import Chunk, Model
 from edgerun.serve.schema import ApiError, GenerationRequest
 
 _END = object()
+# No tokenizer packs more bytes than this into an average token of real text (about 4 in
+# English, 1-3 elsewhere); a longer prompt cannot fit and is refused before tokenizing.
+BYTES_PER_TOKEN = 16
 
 
 class Metrics:
@@ -77,11 +80,36 @@ class Outcome:
     stats: dict[str, Any]
 
 
+def prompt_byte_limit(context_length: int) -> int:
+    """The most prompt bytes that could fit `context_length` tokens (longer: refused untokenized)."""
+    return context_length * BYTES_PER_TOKEN
+
+
+def check_prompt_size(request: GenerationRequest, context_length: int) -> None:
+    """ApiError 400 when the prompt or messages are too many bytes to fit the context, before
+    any tokenizing (which costs time in proportion to the text)."""
+    limit = prompt_byte_limit(context_length)
+    if request.messages is not None:
+        texts, param = [m["content"] for m in request.messages], "messages"
+    else:
+        texts, param = ([request.prompt] if isinstance(request.prompt, str) else []), "prompt"
+    size = sum(len(text.encode("utf-8")) for text in texts)
+    if size > limit:
+        raise ApiError(
+            400,
+            f"the {param} ({size} bytes) cannot fit the model's context of {context_length}"
+            f" tokens: at most {limit} bytes ({BYTES_PER_TOKEN} per token) are accepted",
+            param,
+            "context_length_exceeded",
+        )
+
+
 def start_generation(model: Model, request: GenerationRequest) -> Iterator[Chunk]:
     """Tokenize, fit max_tokens to the context (400 saying by how much) and start generating."""
     tok = model.tokenizer
     if request.messages is not None:
-        ids, param = tok.encode_chat(request.messages), "messages"
+        limit = 2 * prompt_byte_limit(model.context_length)  # what the template may render
+        ids, param = tok.encode_chat(request.messages, max_chars=limit), "messages"
     else:
         prompt = request.prompt
         ids, param = (

@@ -13,6 +13,7 @@ from typing import Any
 
 MAX_STOP = 4  # as OpenAI
 MAX_SEED = 2**63 - 1
+MAX_DEPTH = 32  # of nested arrays and objects; an OpenAI body needs about 6
 
 
 class ApiError(Exception):
@@ -26,11 +27,14 @@ class ApiError(Exception):
         code: str | None = None,
         kind: str = "invalid_request_error",
     ) -> None:
+        # Echoed client text must stay writable as UTF-8 (a lone surrogate would turn the answer
+        # into a plain-text 500).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = (
             status,
             message,
-            param,
+            param and param.encode("utf-8", "backslashreplace").decode("utf-8"),
             code,
             kind,
         )
@@ -76,14 +80,54 @@ class GenerationRequest:
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or ApiError 400."""
+    """The request body as a JSON object of text that is valid Unicode, at most MAX_DEPTH deep;
+    ApiError 400 otherwise."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ApiError(400, f"the request body nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _check_tree(body)
     return body
+
+
+def _check_tree(body: dict[str, Any]) -> None:
+    """Refuse nesting past MAX_DEPTH and strings holding a lone surrogate ("\\ud800" is valid
+    JSON but no character: it can be neither tokenized nor written back as UTF-8)."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"the request body nests deeper than {MAX_DEPTH} levels", path)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            where = f"{path}[{key}]" if isinstance(key, int) else _join(path, key)
+            if not _is_unicode(key) or (isinstance(item, str) and not _is_unicode(item)):
+                raise ApiError(
+                    400,
+                    "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is"
+                    " no character",
+                    where if _is_unicode(where) else None,
+                )
+            if isinstance(item, (dict, list)):
+                stack.append((item, where, depth + 1))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _is_unicode(text: str | int) -> bool:
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _typed(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,14 @@ from edgerun.errors import EdgerunError
 from edgerun.model import Model, load
 from edgerun.serve.app import ServeState, build_app
 from edgerun.serve.engine import Metrics, Slot
+from edgerun.serve.guard import (
+    ACCEPT_BATCH,
+    LOOPBACK_HOSTS,
+    Limits,
+    OncePerMinute,
+    connection_guard,
+    quiet_accept_errors,
+)
 from edgerun.untrusted import is_loopback
 
 log = logging.getLogger(__name__)
@@ -77,10 +86,12 @@ class DrainingServer(uvicorn.Server):
     """uvicorn.Server that tells the slots to refuse queued work as soon as it starts stopping."""
 
     state: ServeState
+    warnings: OncePerMinute
     loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(quiet_accept_errors(self.warnings))
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -99,26 +110,57 @@ def make_server(
     max_queue: int = 8,
     max_body: int = 1 << 20,
     drain_s: float = 30.0,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    limits: Limits | None = None,
 ) -> DrainingServer:
     """A uvicorn server (not started; run it with `.run(sockets=[bind(host, port)])`).
 
-    On SIGINT/SIGTERM (or `.stop()`) it stops accepting connections, answers queued requests
-    503, lets running generations finish (at most `drain_s` seconds), then returns.
+    It answers only requests whose Host is in `allowed_hosts` ("*": any), keeps at most
+    `limits.max_connections` connections (closing idle ones first) and closes a client that
+    is slower than `limits`' header and body deadlines. On SIGINT/SIGTERM (or `.stop()`) it
+    stops accepting connections, answers queued requests 503, lets running generations finish
+    (at most `drain_s` seconds), then returns. Raises EdgerunError on a bad setting.
     """
     if max_queue < 0:
         raise EdgerunError(f"--max-queue must be 0 or more, got {max_queue}", "pass --max-queue 8")
-    metrics = Metrics()
+    check_api_key(api_key)
+    limits = limits or Limits()
+    if limits.max_connections < 1:
+        raise EdgerunError(
+            f"--max-connections must be 1 or more, got {limits.max_connections}",
+            "pass --max-connections 256",
+        )
+    metrics, warnings = Metrics(), OncePerMinute()
     slots = {name: Slot(name, model, max_queue, metrics) for name, model in models.items()}
-    state = ServeState(slots, metrics, api_key, max_body, drain_s)
+    state = ServeState(slots, metrics, api_key, max_body, drain_s, limits.body_timeout_s)
     config = uvicorn.Config(
-        build_app(state),
+        build_app(state, allowed_hosts),
+        http=connection_guard(limits, warnings),
+        backlog=ACCEPT_BATCH,
         log_level="warning",
         timeout_graceful_shutdown=int(drain_s) + 2,  # after the streams' own grace period
         lifespan="off",
     )
     server = DrainingServer(config)
-    server.state = state
+    server.state, server.warnings = state, warnings
     return server
+
+
+def check_api_key(key: str | None) -> None:
+    """EdgerunError unless `key` is None or visible ASCII (what a Bearer header can carry)."""
+    if key is not None and not re.fullmatch(r"[!-~]+", key):
+        raise EdgerunError(
+            "the API key is empty or holds spaces or characters outside visible ASCII",
+            "pass a non-empty --api-key of visible ASCII characters, or none",
+        )
+
+
+def allowed_hosts_for(host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host names a server bound to `host` answers: the loopback names when it is bound to
+    loopback, else any ("*"); plus `extra`."""
+    if is_loopback(host):
+        return [*LOOPBACK_HOSTS, *extra]
+    return list(extra) or ["*"]
 
 
 def serve(
@@ -130,15 +172,20 @@ def serve(
     max_queue: int = 8,
     context: int | None = None,
     drain_s: float = 30.0,
+    allowed_hosts: Sequence[str] = (),
+    max_connections: int = 256,
     announce: Callable[[str], None] = log.warning,
     **load_options: Any,
 ) -> None:
     """Serve `artifacts` (PATH or ALIAS=PATH) on host:port until SIGINT/SIGTERM, then drain.
 
-    `load_options` go to edgerun.load (threads, backend, ...). Raises EdgerunError when an
-    artifact does not load or the address cannot be bound.
+    `allowed_hosts` adds Host names to those a loopback server answers (a server on another
+    address answers any, unless these are given). `load_options` go to edgerun.load (threads,
+    backend, ...). Raises EdgerunError when an artifact does not load, a setting is wrong or
+    the address cannot be bound.
     """
     paths = parse_artifacts(artifacts)
+    check_api_key(api_key)
     if not is_loopback(host) and not api_key:
         announce(
             f"warning: serving on {host} without --api-key: anyone who can reach it can use it"
@@ -148,7 +195,14 @@ def serve(
         contextlib.closing(sock),
         loaded(paths, profile=profile, context=context, **load_options) as models,
     ):
-        server = make_server(models, api_key, max_queue, drain_s=drain_s)
+        server = make_server(
+            models,
+            api_key,
+            max_queue,
+            drain_s=drain_s,
+            allowed_hosts=allowed_hosts_for(host, allowed_hosts),
+            limits=Limits(max_connections=max_connections),
+        )
         where = f"[{host}]" if ":" in host else host
         announce(
             f"edgerun serve: {', '.join(models)} on http://{where}:{sock.getsockname()[1]}/v1"

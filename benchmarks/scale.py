@@ -3,8 +3,8 @@
 For each shape (random-weight checkpoints with real models' shapes, made locally by
 benchmarks.scale_models; nothing is downloaded) and each format, one measured child process runs
 ``edgerun export`` with its defaults (validation included unless --no-validate): wall time and
-peak RSS of the whole export, the per-stage times it prints, and the manifest's own record (its
-memory estimate, validation, size). The peer is llama.cpp's converter (f16) plus llama.cpp's
+peak RSS of the whole export, each stage's wall time and peak RSS (the manifest's record, else
+the stage lines it printed), and the manifest's memory estimate, validation and size. The peer is llama.cpp's converter (f16) plus llama.cpp's
 quantizer (q4_k_m) on the same checkpoint. Then each artifact is loaded and decoded by
 ``edgerun bench`` (load RSS and decode tok/s), and its RSS is held against file size + KV cache +
 0.5 GB. Results go to benchmarks/results/scale-<time>.json, with a plot beside it.
@@ -98,6 +98,7 @@ def export_row(ckpt: Path, fmt: str, out: Path, logs: Path, validate: bool) -> d
             model_bytes=(manifest.get("size") or {}).get("model_bytes"),
             bits_per_weight=(manifest.get("size") or {}).get("bits_per_weight"),
             manifest_peak_rss_bytes=manifest["export"].get("peak_rss_bytes"),
+            stages=manifest["export"].get("stages") or row["stages"],
             memory_estimate=manifest["export"].get("memory_estimate"),
             validation={
                 k: validation.get(k) for k in ("passed", "mean_kl", "ppl_ratio", "top1_agreement")

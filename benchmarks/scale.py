@@ -77,10 +77,13 @@ def stages(log: Path) -> list[dict[str, Any]]:
     ]
 
 
-def export_row(ckpt: Path, fmt: str, out: Path, logs: Path, validate: bool) -> dict[str, Any]:
+def export_row(
+    ckpt: Path, fmt: str, out: Path, logs: Path, validate: bool, eval_text: Path | None
+) -> dict[str, Any]:
     """One measured `edgerun export` of `fmt`: process numbers, stages and manifest fields."""
     cmd = [PY, "-m", "edgerun", "export", str(ckpt), "-f", fmt, "-o", str(out), "--overwrite"]
     cmd += ["--no-probe"] + ([] if validate else ["--no-validate"])
+    cmd += ["--eval-text", str(eval_text)] if eval_text else []
     proc = run_measured(cmd, logs / f"export-{fmt}.log")
     row: dict[str, Any] = {
         "format": fmt,
@@ -186,6 +189,8 @@ def _tail(log: Path) -> str:
 @click.option("--models", type=click.Path(path_type=Path), default=None,
               help="Where the random-weight checkpoints are kept, made once [benchmarks/work/scale-models].")  # fmt: skip
 @click.option("--validate/--no-validate", default=True, show_default=True)
+@click.option("--eval-chars", type=int, default=None,
+              help="Validate on the first N characters of the shipped eval text (all of it if unset).")  # fmt: skip
 @click.option("--peer/--no-peer", default=True, show_default=True)
 @click.option("--bench/--no-bench", "bench", default=True, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the artifacts (they are deleted per shape).")
@@ -194,6 +199,7 @@ def main(
     formats: str,
     models: Path | None,
     validate: bool,
+    eval_chars: int | None,
     peer: bool,
     bench: bool,
     keep: bool,
@@ -206,8 +212,10 @@ def main(
         "machine": machine.describe(),
         "commit": machine.git_commit(),
         "validate": validate,
+        "eval_chars": eval_chars,
         "shapes": [],
     }
+    eval_text = _eval_slice(eval_chars) if eval_chars else None
     path = RESULTS / f"scale-{stamp}.json"
     models = models or work_dir() / "scale-models"
     for shape in shapes.split(","):
@@ -219,7 +227,7 @@ def main(
         entry: dict[str, Any] = {"shape": shape, "parameters": n, "checkpoint_bytes": size,
                                  "exports": [], "peer": None}  # fmt: skip
         for fmt in formats.split(","):
-            row = export_row(ckpt, fmt, out, logs, validate)
+            row = export_row(ckpt, fmt, out, logs, validate, eval_text)
             if bench and row.get("artifact"):
                 row["run"] = run_row(Path(row["artifact"]), logs, config)
             entry["exports"].append(row)
@@ -233,6 +241,16 @@ def main(
             shutil.rmtree(out, ignore_errors=True)
     plot(results, path.with_suffix(".png"))
     click.echo(f"results: {path}")
+
+
+def _eval_slice(chars: int) -> Path:
+    """The first `chars` characters of the shipped evaluation text, as a file to pass."""
+    from edgerun.exporters.reference import read_eval_text
+
+    path = work_dir() / "scale" / f"eval-{chars}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(read_eval_text(None)[:chars], encoding="utf-8")
+    return path
 
 
 def _say(shape: str, row: dict[str, Any]) -> None:

@@ -126,7 +126,9 @@ def peer_row(ckpt: Path, out: Path, logs: Path) -> dict[str, Any]:
     ]  # fmt: skip
     row: dict[str, Any] = {"format": "llama.cpp converter + quantize q4_k_m", "steps": []}
     for name, cmd in steps:
-        proc = run_measured(cmd, logs / f"peer-{name.split()[0]}.log", cwd=conv.script.parent)
+        # the converter from its own directory (its gguf-py beside it), the quantizer from here
+        cwd = conv.script.parent if name.startswith("convert") else Path(__file__).parents[1]
+        proc = run_measured(cmd, logs / f"peer-{name.split()[0]}.log", cwd=cwd)
         row["steps"].append(
             {"name": name, "rc": proc.rc, "wall_s": round(proc.wall_s, 1),
              "peak_rss_bytes": proc.peak_rss_bytes}

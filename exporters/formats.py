@@ -87,8 +87,10 @@ class ExportOptions:
 
 
 class ReferenceModel:
-    """The source model in PyTorch fp32 and its tokenizer, loaded on first use and then shared by
-    every format of one export call (a family that reads the checkpoint from disk never loads it)."""
+    """The source checkpoint of one export call: its config and tokenizer (loaded on first use,
+    shared by every format), and the whole model in PyTorch fp32 only for the stages that need
+    it whole (`whole()`: loaded for the stage, freed after it; nothing holds it for the call).
+    `model` keeps it loaded until release() (tests and scripts)."""
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.path = Path(checkpoint_dir)
@@ -103,6 +105,24 @@ class ReferenceModel:
 
             self._model = load_model(self.path)
         return self._model
+
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[Any]:
+        """The whole model in fp32 for one stage (optimum's tracing, the quality-target search),
+        freed when the stage ends unless `model` already held it."""
+        held = self._model is not None
+        try:
+            yield self.model
+        finally:
+            if not held:
+                self.release()
+
+    def release(self) -> None:
+        """Drop the fp32 model (and give its memory back to the OS where the allocator can)."""
+        import gc
+
+        self._model = None
+        gc.collect()
 
     @property
     def tokenizer(self) -> Any:

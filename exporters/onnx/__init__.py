@@ -214,8 +214,8 @@ def _int4_plan(
             return recipe.plan(nodes), {"name": recipe.name, "description": recipe.description}
         from edgerun.exporters.onnx.target import budget_plan
 
-        with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)"):
-            return budget_plan(ctx, nodes, config, recipe)
+        with ctx.stage(f"calibrate (recipe {recipe.name}: importance matrix)") as detail:
+            return budget_plan(ctx, nodes, config, recipe, detail)
     from edgerun.exporters.onnx.target import search_plan
 
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):

@@ -1,7 +1,9 @@
 """`--target-kl` / `--target-ppl-ratio`: the smallest mixed int4/int8 plan that meets a quality target.
 
 1. Calibrate: the PyTorch reference runs the calibration text (exporters/data/calib.txt or
-   --calib-text; never the evaluation text) (edgerun.exporters.onnx.sensitivity).
+   --calib-text; never the evaluation text) (edgerun.exporters.onnx.sensitivity), the whole
+   fp32 model loaded for this stage only. (A budget recipe such as the default q4-mixed ranks
+   by an importance matrix gathered layer by layer instead: edgerun.exporters.onnx.importance.)
    Sensitivity is the second-order (Fisher) estimate of the KL each group's exact 4-bit error
    costs: one backward pass per calibration window, not one forward per group (on SmolLM2-135M
    its ranking was checked against per-group measured KLs, benchmarks/README.md "Fidelity").
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,28 +53,47 @@ def calibration_ids(ctx: ExportContext) -> np.ndarray:
 
 
 def ranked_groups(
-    ctx: ExportContext, nodes: list[str], config: Any, ids: np.ndarray
+    model: Any, nodes: list[str], config: Any, ids: np.ndarray
 ) -> list[sens.Group]:
-    """The graph's projection groups with their Fisher sensitivity, most worth 8 bits first."""
-    groups = sens.torch_groups(ctx.reference.model, nodes)
+    """The graph's projection groups with their Fisher sensitivity (a backward pass over the
+    whole `model` per window), most worth 8 bits first."""
+    groups = _check_groups(sens.torch_groups(model, nodes))
+    sens.fisher_sensitivity(model, _short(ids), groups, config.block_size, config.symmetric)
+    return sens.rank(groups)
+
+
+def _short(ids: np.ndarray) -> list[np.ndarray]:
+    step = FISHER_WINDOW
+    return [ids[i : i + step] for i in range(0, len(ids) - step + 1, step)][:FISHER_WINDOWS]
+
+
+def _check_groups(groups: list[sens.Group]) -> list[sens.Group]:
     if not groups:
         raise EdgerunError(
             "no decoder projection of the graph matches a layer of the reference model",
             "use --recipe q4-pure or q4-head8 for this architecture",
         )
-    step = FISHER_WINDOW
-    short = [ids[i : i + step] for i in range(0, len(ids) - step + 1, step)][:FISHER_WINDOWS]
-    sens.fisher_sensitivity(ctx.reference.model, short, groups, config.block_size, config.symmetric)
-    return sens.rank(groups)
+    return groups
 
 
 def budget_plan(
-    ctx: ExportContext, nodes: list[str], config: Any, recipe: Recipe
+    ctx: ExportContext,
+    nodes: list[str],
+    config: Any,
+    recipe: Recipe,
+    detail: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """A budget recipe's plan: its rules, then 8 bits for the most sensitive groups (per byte)
-    while their extra bytes fit `recipe.budget` x the all-4-bit weight bytes."""
+    while their extra bytes fit `recipe.budget` x the all-4-bit weight bytes; sensitivity from
+    an importance matrix gathered layer by layer (`detail(str)` shows its progress)."""
+    from edgerun.exporters.onnx.importance import SENSITIVITY, imatrix_sensitivity
+
     ids = calibration_ids(ctx)
-    ranked = ranked_groups(ctx, nodes, config, ids)
+    groups = imatrix_sensitivity(
+        ctx.reference.path, nodes, _short(ids), config.block_size, config.symmetric,
+        ctx.scratch, detail,
+    )  # fmt: skip
+    ranked = sens.rank(_check_groups(groups))
     plan = recipe.plan(nodes)
     per_weight = (config.bits + 32 / config.block_size) / 8  # bytes: codes + an fp32 scale
     budget = (recipe.budget or 0.0) * per_weight * sum(g.params for g in ranked)
@@ -88,7 +110,7 @@ def budget_plan(
         "description": recipe.description,
         "budget": recipe.budget,
         "calibration": {
-            "sensitivity": "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)",
+            "sensitivity": SENSITIVITY,
             "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
             "extra_bytes": int(spent),
             "budget_bytes": int(budget),
@@ -108,18 +130,19 @@ def search_plan(
     target = float(opts.target_kl if opts.target_kl is not None else opts.target_ppl_ratio or 0)
     ids = calibration_ids(ctx)
     windows = [ids[i : i + WINDOW] for i in range(0, len(ids) - WINDOW + 1, WINDOW)]
-    model = ctx.reference.model
-    ranked = ranked_groups(ctx, nodes, config, ids)
-    calib = sens.Calibration(
-        model, windows[:SEARCH_WINDOWS], block_size=config.block_size, symmetric=config.symmetric
-    )
     aim = target * MARGIN if metric == "kl" else 1 + (target - 1) * MARGIN
+    with ctx.reference.whole() as model:  # the search measures real KLs: the model whole
+        ranked = ranked_groups(model, nodes, config, ids)
+        calib = sens.Calibration(
+            model, windows[:SEARCH_WINDOWS], config.block_size, config.symmetric
+        )
 
-    def measure(k: int) -> float:
-        kl, ppl_ratio = calib.score(sens.module_plan(ranked, k))
-        return kl if metric == "kl" else ppl_ratio
+        def measure(k: int) -> float:
+            kl, ppl_ratio = calib.score(sens.module_plan(ranked, k))
+            return kl if metric == "kl" else ppl_ratio
 
-    k, probes = sens.search_k(measure, len(ranked), aim)
+        k, probes = sens.search_k(measure, len(ranked), aim)
+        del calib
     if k is None:
         best = min(p.kl for p in probes)
         raise EdgerunError(

@@ -54,6 +54,8 @@ class ExportOptions:
     no_validate: skip validation (validation: null); overwrite: replace existing artifact dirs;
     keep_intermediates: keep the scratch dir (fp32 ONNX before quantization, ...);
     progress: show rich progress on stderr; thresholds: the validation gate;
+    max_memory: refuse before any work when the estimated peak exceeds it (bytes; None: the
+        RAM available now; edgerun.exporters.memory);
     profile_plan: the device profile's plan when export() was given a profile (manifest record);
     extra: family-specific options not named here (e.g. a GGUF imatrix file).
     """
@@ -77,6 +79,7 @@ class ExportOptions:
     overwrite: bool = False
     keep_intermediates: bool = False
     progress: bool = True
+    max_memory: int | None = None  # bytes the call may use (None: the RAM available now)
     # None: the default gate for each artifact's precision (Thresholds.for_precision), with
     # gate_overrides (field name -> value) applied on top; a Thresholds object: one gate for all.
     thresholds: Thresholds | None = None
@@ -153,6 +156,10 @@ class ExportContext:
     scratch: Path
     # Called by a family to show a named stage ("export", "quantize"); set by the orchestrator.
     stage_hook: Any = None
+    # {"stage", "wall_s", "peak_rss_bytes"} of every stage so far (filled by the stage hook)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    # the up-front memory estimate of the call (edgerun.exporters.memory), for the manifest
+    memory_estimate: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Callable[[str], None]]:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters import report
+from edgerun.exporters import memory, report
 from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
@@ -124,13 +124,19 @@ def export(
     ckpt = resolve(source, progress=opts.progress)
     ref_model = ReferenceModel(ckpt.path)
     refused = _check_sources(families, opts, ref_model.config)
-    hook = report.stage_printer(console) if console else report.no_stage
+    stages: list[dict[str, Any]] = []  # every stage's cost, into each manifest
+    hook = report.measured(report.stage_printer(console) if console else report.no_stage, stages)
     source_info = _source_identity(ckpt)
     eval_text = None if opts.no_validate else _eval_tokens(ref_model, opts)
+    wanted = [fmt for fmt in names if fmt not in refused]
+    tokens = 0 if eval_text is None else len(eval_text[1])
+    estimate = memory.say_before_working(wanted, opts, ckpt.path, ref_model.config, tokens)
+    if console:
+        console.print(f"[dim]{memory.describe(estimate)}[/]")
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale(out)  # scratch and temporary dirs of killed exports into the same directory
     scratch = make_scratch_dir(out)
-    ctx = ExportContext(ckpt, ref_model, opts, scratch, stage_hook=hook)
+    ctx = ExportContext(ckpt, ref_model, opts, scratch, hook, stages, memory_estimate=estimate)
     try:
         reference = None if eval_text is None else _reference(ctx, *eval_text)
         results = []
@@ -221,9 +227,8 @@ def _eval_tokens(ref_model: ReferenceModel, opts: ExportOptions) -> tuple[str, l
 def _reference(ctx: ExportContext, text: str, ids: list[int]) -> Reference:
     """The PyTorch fp32 reference on the eval text, one decoder layer at a time, its log-probs
     kept in the scratch directory."""
-    from edgerun.exporters.reference import streamed_reference
-
     import torch
+    from edgerun.exporters.reference import streamed_reference
 
     opts = ctx.options
     threads = torch.get_num_threads()
@@ -356,6 +361,8 @@ def _manifest(
         "export": {
             "wall_s": round(wall, 3),
             "peak_rss_bytes": rss.peak,
+            "stages": list(ctx.stages),
+            "memory_estimate": ctx.memory_estimate,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "options": _options_json(ctx.options),
         },

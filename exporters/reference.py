@@ -77,7 +77,9 @@ def streamed_reference(
                 logprobs = log_softmax(streamed.logits(ids, hidden[i]))[:-1]
                 if store is None:
                     rows = [len(c) - 1 for c in chunks]
-                    store = LogprobFile(scratch / "reference-logprobs.npy", rows, logprobs.shape[-1])
+                    store = LogprobFile(
+                        scratch / "reference-logprobs.npy", rows, logprobs.shape[-1]
+                    )
                 store[i] = logprobs
                 hidden[i] = None
     assert store is not None  # check_eval_tokens: at least one window

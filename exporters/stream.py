@@ -55,7 +55,9 @@ def weight_map(path: Path) -> dict[str, Path]:
         with safe_open(str(file), framework="pt") as handle:
             found.update({key: file for key in handle.keys()})  # noqa: SIM118 (not a dict)
     if not found:
-        raise EdgerunError(f"{path} has no safetensors weights", "save the checkpoint as safetensors")
+        raise EdgerunError(
+            f"{path} has no safetensors weights", "save the checkpoint as safetensors"
+        )
     return found
 
 

@@ -85,7 +85,11 @@ class Thresholds:
         return cls()
 
     def check(
-        self, ppl_ratio: float, mean_kl: float, top1: float | None, top1_what: str = "top-1 agreement"
+        self,
+        ppl_ratio: float,
+        mean_kl: float,
+        top1: float | None,
+        top1_what: str = "top-1 agreement",
     ) -> list[str]:
         """Reasons the metrics fail this gate (empty when they pass); top1 None is not gated,
         `top1_what` names it in the reason."""
@@ -169,9 +173,7 @@ class Reference:
     def __init__(self, logits_fn: LogitsFn, token_ids: Sequence[int], text: str, window: int = 256):
         check_eval_tokens(len(token_ids))
         self.windows = windows(token_ids, window)
-        self.logprobs: Sequence[np.ndarray] = [
-            log_softmax(logits_fn(w))[:-1] for w in self.windows
-        ]
+        self.logprobs: Sequence[np.ndarray] = [log_softmax(logits_fn(w))[:-1] for w in self.windows]
         self.text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod

@@ -91,8 +91,6 @@ def imatrix_sensitivity(
         names = {id(m): n for n, m in streamed.model.named_modules()}
     for group in groups:
         group.sensitivity = sum(stats[id(m)].sensitivity() for m in group.modules)
-    matrix = {
-        names[key]: s.mean_sq.astype(np.float32) for key, s in stats.items() if s.rows
-    }
+    matrix = {names[key]: s.mean_sq.astype(np.float32) for key, s in stats.items() if s.rows}
     np.savez(scratch / IMATRIX_FILE, **matrix)
     return groups

@@ -52,9 +52,7 @@ def calibration_ids(ctx: ExportContext) -> np.ndarray:
     return ids
 
 
-def ranked_groups(
-    model: Any, nodes: list[str], config: Any, ids: np.ndarray
-) -> list[sens.Group]:
+def ranked_groups(model: Any, nodes: list[str], config: Any, ids: np.ndarray) -> list[sens.Group]:
     """The graph's projection groups with their Fisher sensitivity (a backward pass over the
     whole `model` per window), most worth 8 bits first."""
     groups = _check_groups(sens.torch_groups(model, nodes))
@@ -95,16 +93,7 @@ def budget_plan(
     )  # fmt: skip
     ranked = sens.rank(_check_groups(groups))
     plan = recipe.plan(nodes)
-    per_weight = (config.bits + 32 / config.block_size) / 8  # bytes: codes + an fp32 scale
-    budget = (recipe.budget or 0.0) * per_weight * sum(g.params for g in ranked)
-    chosen, spent = [], 0.0
-    for group in ranked:
-        if plan.get(group.role.name) == 8:
-            continue
-        if spent + group.extra_bytes <= budget:
-            plan[group.role.name] = 8
-            spent += group.extra_bytes
-            chosen.append(group.role.key)
+    budget, chosen, spent = raise_within(ranked, plan, config, recipe.budget or 0.0)
     record = {
         "name": recipe.name,
         "description": recipe.description,
@@ -119,6 +108,24 @@ def budget_plan(
         "sensitivity": {g.role.key: round(g.sensitivity or 0.0, 6) for g in ranked},
     }
     return plan, record
+
+
+def raise_within(
+    ranked: list[sens.Group], plan: dict[str, int], config: Any, share: float
+) -> tuple[float, list[str], float]:
+    """Raise the `ranked` groups to 8 bits in `plan` (in place), in order, while their extra bytes
+    fit `share` x the all-4-bit weight bytes. Returns (budget bytes, raised keys, bytes spent)."""
+    per_weight = (config.bits + 32 / config.block_size) / 8  # bytes: codes + an fp32 scale
+    budget = share * per_weight * sum(g.params for g in ranked)
+    chosen, spent = [], 0.0
+    for group in ranked:
+        if plan.get(group.role.name) == 8:
+            continue
+        if spent + group.extra_bytes <= budget:
+            plan[group.role.name] = 8
+            spent += group.extra_bytes
+            chosen.append(group.role.key)
+    return budget, chosen, spent
 
 
 def search_plan(
@@ -142,7 +149,6 @@ def search_plan(
             return kl if metric == "kl" else ppl_ratio
 
         k, probes = sens.search_k(measure, len(ranked), aim)
-        del calib
     if k is None:
         best = min(p.kl for p in probes)
         raise EdgerunError(

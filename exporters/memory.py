@@ -1,0 +1,177 @@
+"""Say before working: the peak memory of an export call, estimated before any work from the
+checkpoint's shape and the formats and options chosen, and compared with the RAM available (or
+--max-memory).
+
+The stages run one after another, so the call's peak is the largest stage's. Each stage's cost
+is a small model fitted to measurements (the manifest's export.stages records every stage's
+peak RSS; benchmarks/README.md, "Scale"): BASE_BYTES for the interpreter and its libraries, plus
+bytes per parameter of the whole checkpoint for a stage that holds the model whole, or the
+largest unit (one decoder layer, the embedding, the head) in fp32 plus its activations for a
+stage that streams layer by layer. Costs are of the code as it is: a stage that streams later
+(e.g. the ONNX graph build and quantization) changes its line of STAGE_BYTES_PER_PARAM.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError
+
+GB = 1_000_000_000
+# Measured: the export process after importing torch, transformers, onnxruntime and the builders.
+BASE_BYTES = 900_000_000
+# Stages that hold the whole model, in bytes per checkpoint parameter above BASE_BYTES (measured
+# on the Qwen2.5-0.5B shape, 0.40B parameters, bf16; benchmarks/README.md "Scale").
+STAGE_BYTES_PER_PARAM: dict[str, float] = {
+    "onnx build (optimum)": 14.0,  # fp32 model + traced graph + the serialized proto
+    "onnx build (genai)": 10.0,  # the builder loads the model in fp32 and builds in memory
+    "onnx quantize": 9.0,  # onnx.load of the fp32 graph + the quantized copy
+    "onnx validate": 5.0,  # onnxruntime session of the fp32 or quantized graph
+    "gguf": 3.0,  # llama.cpp's converter (lazy tensors) and quantizer
+    "target search": 12.0,  # the whole fp32 model, its gradients and the fake-quantized copy
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as "8G", "7.5GB", "8GiB", "512M" or "1000000"; EdgerunError if not
+    one (powers of 1000 for k/M/G/T, of 1024 with an i: KiB, MiB, GiB, TiB)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise EdgerunError(f"'{text}' is not a memory size", "write it like 8G, 7.5GB or 512M")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    value = float(number) * (1024 if binary else 1000) ** power
+    if value < 1:
+        raise EdgerunError(f"memory size '{text}' is zero", "write it like 8G, 7.5GB or 512M")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs from a checkpoint: parameters in all, the largest streamed unit
+    (a decoder layer, the embedding or the head), hidden and feed-forward widths, vocabulary."""
+
+    params: int
+    largest_unit: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+
+def checkpoint_shape(path: Path, config: dict[str, Any]) -> Shape:
+    """The Shape of the checkpoint at `path` (safetensors headers; config.json for the widths)."""
+    from edgerun.describe import safetensors_header
+
+    units: dict[str, int] = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        for name, tensor in safetensors_header(file).items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in tensor["shape"]:
+                count *= int(dim)
+            layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
+            key = f"layer {layer.group(1)}" if layer else name
+            units[key] = units.get(key, 0) + count
+    text = config.get("text_config") or config
+    hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+    return Shape(
+        params=sum(units.values()),
+        largest_unit=max(units.values(), default=0),
+        hidden=hidden,
+        intermediate=int(text.get("intermediate_size") or text.get("n_inner") or 4 * hidden),
+        vocab=int(text.get("vocab_size") or 0),
+    )
+
+
+def streamed_bytes(shape: Shape, tokens: int, window: int) -> int:
+    """A stage that runs the checkpoint layer by layer on `tokens` tokens in windows of
+    `window` (the reference, the importance matrix): the largest unit in fp32 (and its bf16
+    read), the hidden states of every window, one batch's activations, one window's log-probs."""
+    from edgerun.exporters.stream import BATCH_TOKENS
+
+    batch = min(tokens, BATCH_TOKENS)
+    weights = shape.largest_unit * 6
+    hidden = tokens * shape.hidden * 4 * 2
+    activations = batch * (shape.intermediate * 3 + shape.hidden * 8) * 4
+    head = window * shape.vocab * (4 + 8 * 3)  # logits, then float64 log-softmax temporaries
+    return BASE_BYTES + weights + hidden + activations + head
+
+
+def estimate(
+    formats: list[str], builders: dict[str, str], options: Any, shape: Shape, eval_tokens: int
+) -> dict[str, Any]:
+    """The manifest's export.memory_estimate: {"peak_bytes", "peak_stage", "stages": {stage:
+    bytes}} for exporting `formats` (ONNX ones built by builders[fmt]) with `options`."""
+    per_param = STAGE_BYTES_PER_PARAM
+    stages: dict[str, int] = {}
+    if not options.no_validate:
+        stages["reference (layer by layer)"] = streamed_bytes(shape, eval_tokens, options.window)
+    for fmt in formats:
+        if fmt.startswith("onnx"):
+            stages[f"onnx build ({builders[fmt]})"] = _whole(
+                per_param[f"onnx build ({builders[fmt]})"], shape
+            )
+            if fmt != "onnx-fp32":
+                stages["onnx quantize"] = _whole(per_param["onnx quantize"], shape)
+            if not options.no_validate:
+                stages["onnx validate"] = _whole(per_param["onnx validate"], shape)
+        else:
+            stages["gguf"] = _whole(per_param["gguf"], shape)
+    if "onnx-int4" in formats:
+        if options.target_kl is not None or options.target_ppl_ratio is not None:
+            stages["target search"] = _whole(per_param["target search"], shape)
+        else:
+            stages["calibrate (importance matrix)"] = streamed_bytes(shape, 1024, 128)
+    peak_stage = max(stages, key=lambda s: stages[s])
+    return {"peak_bytes": stages[peak_stage], "peak_stage": peak_stage, "stages": stages}
+
+
+def _whole(bytes_per_param: float, shape: Shape) -> int:
+    return BASE_BYTES + int(bytes_per_param * shape.params)
+
+
+def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:
+    """Refuse (EdgerunError, one line with both numbers and what lowers the need) when the
+    estimate exceeds `max_memory` or, without it, the RAM available now. Returns the limit."""
+    import psutil
+
+    limit = max_memory or int(psutil.virtual_memory().available)
+    need = int(estimated["peak_bytes"])
+    if need > limit:
+        where = "--max-memory" if max_memory else "available RAM"
+        raise EdgerunError(
+            f"this export needs about {need / GB:.1f} GB ({estimated['peak_stage']}) but"
+            f" {where} is {limit / GB:.1f} GB",
+            "export fewer formats per call, pass --no-validate, or raise --max-memory",
+        )
+    return limit
+
+
+def say_before_working(
+    formats: list[str], options: Any, path: Path, config: dict[str, Any], eval_tokens: int
+) -> dict[str, Any]:
+    """Estimate the call's peak memory, refuse when it does not fit (check_fits), and return
+    the manifest's export.memory_estimate (with "limit_bytes", what it was compared with)."""
+    builders = {}
+    for fmt in formats:
+        if fmt.startswith("onnx"):
+            from edgerun.exporters.onnx import resolve_builder
+
+            builders[fmt] = resolve_builder(fmt, options, config)
+    found = estimate(formats, builders, options, checkpoint_shape(path, config), eval_tokens)
+    limit = options.max_memory
+    found["limit_bytes"] = check_fits(found, parse_size(limit) if isinstance(limit, str) else limit)
+    return found
+
+
+def describe(found: dict[str, Any]) -> str:
+    """One line for the plan: the estimated peak, its stage, and the limit."""
+    return (
+        f"memory: about {found['peak_bytes'] / GB:.1f} GB at peak ({found['peak_stage']});"
+        f" limit {found['limit_bytes'] / GB:.1f} GB"
+    )

@@ -32,6 +32,7 @@ STAGE_BYTES_PER_PARAM: dict[str, float] = {
     "onnx validate": 5.0,  # onnxruntime session of the fp32 or quantized graph
     "gguf": 3.0,  # llama.cpp's converter (lazy tensors) and quantizer
     "target search": 12.0,  # the whole fp32 model, its gradients and the fake-quantized copy
+    "calibrate (Fisher, whole model)": 10.0,  # the whole fp32 model and its gradients
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
@@ -103,10 +104,16 @@ def streamed_bytes(shape: Shape, tokens: int, window: int) -> int:
 
 
 def estimate(
-    formats: list[str], builders: dict[str, str], options: Any, shape: Shape, eval_tokens: int
+    formats: list[str],
+    builders: dict[str, str],
+    options: Any,
+    shape: Shape,
+    eval_tokens: int,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """The manifest's export.memory_estimate: {"peak_bytes", "peak_stage", "stages": {stage:
-    bytes}} for exporting `formats` (ONNX ones built by builders[fmt]) with `options`."""
+    bytes}, "calibration": "fisher" | "imatrix" | None (onnx-int4's budget recipe)} for
+    exporting `formats` (ONNX ones built by builders[fmt]) with `options` within `limit`."""
     per_param = STAGE_BYTES_PER_PARAM
     stages: dict[str, int] = {}
     if not options.no_validate:
@@ -122,25 +129,49 @@ def estimate(
                 stages["onnx validate"] = _whole(per_param["onnx validate"], shape)
         else:
             stages["gguf"] = _whole(per_param["gguf"], shape)
+    calibration = None
     if "onnx-int4" in formats:
         if options.target_kl is not None or options.target_ppl_ratio is not None:
             stages["target search"] = _whole(per_param["target search"], shape)
-        else:
-            stages["calibrate (importance matrix)"] = streamed_bytes(shape, 1024, 128)
+        elif _budget_recipe(options):
+            # Fisher where the whole model and its gradients fit the limit, else the
+            # layer-by-layer importance matrix
+            fisher = _whole(per_param["calibrate (Fisher, whole model)"], shape)
+            if limit is None or fisher <= limit:
+                calibration, stages["calibrate (Fisher, whole model)"] = "fisher", fisher
+            else:
+                calibration = "imatrix"
+                stages["calibrate (importance matrix)"] = streamed_bytes(shape, 1024, 128)
     peak_stage = max(stages, key=lambda s: stages[s])
-    return {"peak_bytes": stages[peak_stage], "peak_stage": peak_stage, "stages": stages}
+    return {
+        "peak_bytes": stages[peak_stage],
+        "peak_stage": peak_stage,
+        "stages": stages,
+        "calibration": calibration,
+    }
+
+
+def _budget_recipe(options: Any) -> bool:
+    from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe
+
+    return get_recipe(options.recipe or DEFAULT_RECIPE).budget is not None
 
 
 def _whole(bytes_per_param: float, shape: Shape) -> int:
     return BASE_BYTES + int(bytes_per_param * shape.params)
 
 
+def available_bytes() -> int:
+    """The RAM available to a new allocation now (psutil: MemAvailable on Linux)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:
     """Refuse (EdgerunError, one line with both numbers and what lowers the need) when the
     estimate exceeds `max_memory` or, without it, the RAM available now. Returns the limit."""
-    import psutil
-
-    limit = max_memory or int(psutil.virtual_memory().available)
+    limit = max_memory or available_bytes()
     need = int(estimated["peak_bytes"])
     if need > limit:
         where = "--max-memory" if max_memory else "available RAM"
@@ -163,9 +194,12 @@ def say_before_working(
             from edgerun.exporters.onnx import resolve_builder
 
             builders[fmt] = resolve_builder(fmt, options, config)
-    found = estimate(formats, builders, options, checkpoint_shape(path, config), eval_tokens)
-    limit = options.max_memory
-    found["limit_bytes"] = check_fits(found, parse_size(limit) if isinstance(limit, str) else limit)
+    wanted = options.max_memory
+    wanted = parse_size(wanted) if isinstance(wanted, str) else wanted
+    limit = wanted or available_bytes()
+    shape = checkpoint_shape(path, config)
+    found = estimate(formats, builders, options, shape, eval_tokens, limit)
+    found["limit_bytes"] = check_fits(found, wanted)
     return found
 
 

@@ -46,7 +46,9 @@ def _assert_equal(streamed: Reference, whole: Reference) -> None:
     assert len(streamed.windows) == len(whole.windows) > 1
     for i, chunk in enumerate(whole.windows):
         np.testing.assert_array_equal(streamed.windows[i], chunk)
-        np.testing.assert_allclose(streamed.logprobs[i], whole.logprobs[i], atol=LOGPROB_TOL, rtol=0)
+        np.testing.assert_allclose(
+            streamed.logprobs[i], whole.logprobs[i], atol=LOGPROB_TOL, rtol=0
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -93,9 +95,11 @@ def test_a_weight_missing_from_the_checkpoint_is_one_error(tmp_path: Path) -> No
 def test_export_validation_equals_the_in_memory_reference(
     tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_eval_text: Path
 ) -> None:
-    """The export streams its reference and never loads the whole fp32 model (the default
-    builder for llama reads the checkpoint itself; q4-mixed calibrates layer by layer), and
-    its validation numbers are those of today's in-memory reference."""
+    """The export streams its reference and, where the whole model does not fit (Fisher made
+    too costly here), never loads the whole fp32 model (the default builder for llama reads the
+    checkpoint itself; q4-mixed calibrates layer by layer); its validation numbers are those of
+    today's in-memory reference."""
+    from edgerun.exporters import memory
     from edgerun.exporters import reference as reference_module
     from edgerun.exporters.formats import family_of
     from edgerun.exporters.pipeline import export
@@ -104,8 +108,12 @@ def test_export_validation_equals_the_in_memory_reference(
         raise AssertionError("the export loaded the whole fp32 model")
 
     monkeypatch.setattr(reference_module, "load_model", refuse)
+    costs = {**memory.STAGE_BYTES_PER_PARAM, "calibrate (Fisher, whole model)": 1e9}
+    monkeypatch.setattr(memory, "STAGE_BYTES_PER_PARAM", costs)
     gate = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
-    options = ExportOptions(eval_text=short_eval_text, probe=False, progress=False, thresholds=gate)
+    options = ExportOptions(
+        eval_text=short_eval_text, probe=False, progress=False, thresholds=gate, max_memory="64G"
+    )
     results = export(str(tiny_llama), "onnx-fp32,onnx-int4", tmp_path / "out", options)
     monkeypatch.undo()
     text = short_eval_text.read_text(encoding="utf-8")

@@ -29,13 +29,18 @@ def load_model(path: Path) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (ValueError, KeyError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgerunError(
-            f"transformers cannot load {path}: {first}",
-            "pass a causal LM checkpoint of an architecture transformers supports",
-        ) from exc
+        raise cannot(path, "load", exc) from exc
     model.eval()
     return model
+
+
+def cannot(path: Path, verb: str, exc: Exception) -> EdgerunError:
+    """The one-line error for transformers failing to `verb` ("load", "build") a checkpoint."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return EdgerunError(
+        f"transformers cannot {verb} {path}: {first}",
+        "pass a causal LM checkpoint of an architecture transformers supports",
+    )
 
 
 def torch_logits_fn(model: Any) -> LogitsFn:

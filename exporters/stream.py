@@ -236,11 +236,9 @@ def _skeleton(path: Path) -> Any:
         # assigned parameter (a tied head would then not share the embedding's name)
         model.tie_weights()
     except (ValueError, KeyError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgerunError(
-            f"transformers cannot build {path}: {first}",
-            "pass a causal LM checkpoint of an architecture transformers supports",
-        ) from exc
+        from edgerun.exporters.reference import cannot
+
+        raise cannot(path, "build", exc) from exc
     return model.eval()
 
 

@@ -175,12 +175,14 @@ class Reference:
     def __init__(self, logits_fn: LogitsFn, token_ids: Sequence[int], text: str, window: int = 256):
         check_eval_tokens(len(token_ids))
         self.windows = windows(token_ids, window)
-        self.logprobs: Sequence[np.ndarray] = [log_softmax(logits_fn(w))[:-1] for w in self.windows]
+        self.logprobs: Sequence[np.ndarray] | LogprobFile = [
+            log_softmax(logits_fn(w))[:-1] for w in self.windows
+        ]
         self.text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod
     def from_logprobs(
-        cls, chunks: list[np.ndarray], logprobs: Sequence[np.ndarray], text: str
+        cls, chunks: list[np.ndarray], logprobs: Sequence[np.ndarray] | LogprobFile, text: str
     ) -> Reference:
         """A reference over `chunks` (token windows) whose log-probs [len - 1, vocab] per window
         are `logprobs` (a list, or a LogprobFile read window by window)."""

@@ -92,5 +92,5 @@ def imatrix_sensitivity(
     for group in groups:
         group.sensitivity = sum(stats[id(m)].sensitivity() for m in group.modules)
     matrix = {names[key]: s.mean_sq.astype(np.float32) for key, s in stats.items() if s.rows}
-    np.savez(scratch / IMATRIX_FILE, **matrix)
+    np.savez(scratch / IMATRIX_FILE, **matrix)  # type: ignore[arg-type]  # numpy's stub
     return groups

@@ -122,10 +122,10 @@ class ReferenceModel:
 
     def release(self) -> None:
         """Drop the fp32 model (and give its memory back to the OS where the allocator can)."""
-        import gc
+        from edgerun.exporters.stream import give_back_memory
 
         self._model = None
-        gc.collect()
+        give_back_memory()
 
     @property
     def tokenizer(self) -> Any:

@@ -151,14 +151,18 @@ class StreamedModel:
                     owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
 
     def unload(self, module: Any) -> None:
-        """Drop the weights of one unit (back to meta tensors)."""
+        """Drop the weights of one unit (back to meta tensors) and give their memory back."""
         import torch
 
+        dropped = False
         for owner, attr, _ in list(self._params(module)):
             param = owner._parameters[attr]
             if not param.is_meta:
                 empty = torch.empty(param.shape, dtype=param.dtype, device="meta")
                 owner._parameters[attr] = torch.nn.Parameter(empty, requires_grad=False)
+                dropped = True
+        if dropped:
+            give_back_memory()
 
     def _key(self, name: str) -> str:
         """The checkpoint's name for a parameter: itself, a tied alias, or without the base
@@ -220,6 +224,19 @@ class StreamedModel:
         """The units outside the base model (the lm_head and the like)."""
         inside = {id(m) for m in self.base.modules()}
         return [m for _, m in self._units if id(m) not in inside]
+
+
+def give_back_memory() -> None:
+    """Return freed heap memory to the OS. glibc keeps freed blocks below its (self-raising)
+    mmap threshold in the heap: without a trim, a layer-by-layer pass over the 0.40B
+    Qwen2.5-0.5B shape grew by every layer it dropped (1.37 GB anonymous after 24 layers,
+    0.26 GB with it)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _skeleton(path: Path) -> Any:

@@ -189,8 +189,10 @@ def _quantize_nbits(
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
     )
+    # the plan first, from the node names alone: its calibration may hold the PyTorch model,
+    # which should not sit beside the loaded graph
+    plan, recipe = _int4_plan(_matmul_nodes(fp32), config, ctx) if spec.recipes else (None, None)
     model = onnx.load(fp32)
-    plan, recipe = _int4_plan(model, config, ctx) if spec.recipes else (None, None)
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({spec.name}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
     with ctx.stage(stage), files.quiet():
@@ -202,19 +204,26 @@ def _quantize_nbits(
     return quant
 
 
+def _matmul_nodes(path: Path) -> list[str]:
+    """Names of the MatMul nodes of a graph, read without its external weights."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul"]
+
+
 def _int4_plan(
-    model: Any, config: Any, ctx: ExportContext
+    nodes: list[str], config: Any, ctx: ExportContext
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """The per-node bits of onnx-int4: the named recipe's, or the target search's."""
     opts = ctx.options
-    nodes = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     if opts.target_kl is None and opts.target_ppl_ratio is None:
         recipe = get_recipe(opts.recipe or DEFAULT_RECIPE)
         if recipe.budget is None:
             return recipe.plan(nodes), {"name": recipe.name, "description": recipe.description}
         from edgerun.exporters.onnx.target import budget_plan
 
-        with ctx.stage(f"calibrate (recipe {recipe.name}: importance matrix)") as detail:
+        with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)") as detail:
             return budget_plan(ctx, nodes, config, recipe, detail)
     from edgerun.exporters.onnx.target import search_plan
 

@@ -84,6 +84,8 @@ class ModelInfo:
     load_s: float = 0.0
     # when `path` was an export directory of several formats: which one was picked, and why
     artifact_reason: str | None = None
+    # why context_length is what it is (asked for, the model's, or sized to the memory budget)
+    context_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,5 +338,6 @@ def load(
         warnings=opened.warnings,
         load_s=time.perf_counter() - started,
         artifact_reason=picked,
+        context_reason=opened.context_reason,
     )
     return Model(artifact, opened.backend, opened.tokenizer, info)

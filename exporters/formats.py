@@ -55,6 +55,8 @@ class ExportOptions:
     no_validate: skip validation (validation: null); overwrite: replace existing artifact dirs;
     keep_intermediates: keep the scratch dir (fp32 ONNX before quantization, ...);
     progress: show rich progress on stderr; thresholds: the validation gate;
+    max_memory: refuse before any work when the estimated peak exceeds it (bytes; None: the
+        RAM available now; edgerun.exporters.memory);
     profile_plan: the device profile's plan when export() was given a profile (manifest record);
     extra: family-specific options not named here (e.g. a GGUF imatrix file).
     """
@@ -78,6 +80,7 @@ class ExportOptions:
     overwrite: bool = False
     keep_intermediates: bool = False
     progress: bool = True
+    max_memory: int | None = None  # bytes the call may use (None: the RAM available now)
     # None: the default gate for each artifact's precision (Thresholds.for_precision), with
     # gate_overrides (field name -> value) applied on top; a Thresholds object: one gate for all.
     thresholds: Thresholds | None = None
@@ -88,8 +91,10 @@ class ExportOptions:
 
 
 class ReferenceModel:
-    """The source model in PyTorch fp32 and its tokenizer, loaded on first use and then shared by
-    every format of one export call (a family that reads the checkpoint from disk never loads it)."""
+    """The source checkpoint of one export call: its config and tokenizer (loaded on first use,
+    shared by every format), and the whole model in PyTorch fp32 only for the stages that need
+    it whole (`whole()`: loaded for the stage, freed after it; nothing holds it for the call).
+    `model` keeps it loaded until release() (tests and scripts)."""
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.path = Path(checkpoint_dir)
@@ -104,6 +109,24 @@ class ReferenceModel:
 
             self._model = load_model(self.path)
         return self._model
+
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[Any]:
+        """The whole model in fp32 for one stage (optimum's tracing, the quality-target search),
+        freed when the stage ends unless `model` already held it."""
+        held = self._model is not None
+        try:
+            yield self.model
+        finally:
+            if not held:
+                self.release()
+
+    def release(self) -> None:
+        """Drop the fp32 model (and give its memory back to the OS where the allocator can)."""
+        from edgerun.exporters.stream import give_back_memory
+
+        self._model = None
+        give_back_memory()
 
     @property
     def tokenizer(self) -> Any:
@@ -135,6 +158,10 @@ class ExportContext:
     scratch: Path
     # Called by a family to show a named stage ("export", "quantize"); set by the orchestrator.
     stage_hook: Any = None
+    # {"stage", "wall_s", "peak_rss_bytes"} of every stage so far (filled by the stage hook)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    # the up-front memory estimate of the call (edgerun.exporters.memory), for the manifest
+    memory_estimate: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[Callable[[str], None]]:

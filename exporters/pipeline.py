@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters import report
+from edgerun.exporters import memory, report
 from edgerun.exporters.families import check_architecture
 from edgerun.exporters.formats import (
     ExportContext,
@@ -112,14 +112,21 @@ def export(
     ref_model = ReferenceModel(ckpt.path)
     refused = _check_sources(families, opts, ref_model.config)
     check_architecture(ref_model.config)  # before any tool picks its code by it
-    hook = report.stage_printer(console) if console else report.no_stage
+    stages: list[dict[str, Any]] = []  # every stage's cost, into each manifest
+    hook = report.measured(report.stage_printer(console) if console else report.no_stage, stages)
     source_info = _source_identity(ckpt)
-    reference = None if opts.no_validate else _reference(ref_model, opts, hook)
+    eval_text = None if opts.no_validate else _eval_tokens(ref_model, opts)
+    wanted = [fmt for fmt in names if fmt not in refused]
+    tokens = 0 if eval_text is None else len(eval_text[1])
+    estimate = memory.say_before_working(wanted, opts, ckpt.path, ref_model.config, tokens)
+    if console:
+        console.print(f"[dim]{memory.describe(estimate)}[/]")
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale(out)  # scratch and temporary dirs of killed exports into the same directory
     scratch = make_scratch_dir(out)
-    ctx = ExportContext(ckpt, ref_model, opts, scratch, stage_hook=hook)
+    ctx = ExportContext(ckpt, ref_model, opts, scratch, hook, stages, memory_estimate=estimate)
     try:
+        reference = None if eval_text is None else _reference(ctx, *eval_text)
         results = []
         for fmt in names:
             if fmt in refused:
@@ -194,26 +201,32 @@ def _console(opts: ExportOptions) -> Any:
     return Console(stderr=True)
 
 
-def _reference(ref_model: ReferenceModel, opts: ExportOptions, hook: Any) -> Reference:
-    """Tokenize the eval text (failing early when it is too short) and run the PyTorch reference."""
-    from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn
-    from edgerun.exporters.validate import MIN_EVAL_TOKENS
+def _eval_tokens(ref_model: ReferenceModel, opts: ExportOptions) -> tuple[str, list[int]]:
+    """The eval text and its token ids, failing early (before any work) when it is too short."""
+    from edgerun.exporters.reference import eval_token_ids, read_eval_text
+    from edgerun.exporters.validate import check_eval_tokens
 
     text = read_eval_text(opts.eval_text)
     ids = eval_token_ids(ref_model.tokenizer, text)
-    if len(ids) < MIN_EVAL_TOKENS:
-        raise EdgerunError(
-            f"the evaluation text has {len(ids)} tokens; validation needs at least {MIN_EVAL_TOKENS}",
-            "pass a longer --eval-text file",
-        )
-    import torch
+    check_eval_tokens(len(ids))
+    return text, ids
 
+
+def _reference(ctx: ExportContext, text: str, ids: list[int]) -> Reference:
+    """The PyTorch fp32 reference on the eval text, one decoder layer at a time, its log-probs
+    kept in the scratch directory."""
+    import torch
+    from edgerun.exporters.reference import streamed_reference
+
+    opts = ctx.options
     threads = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     try:
-        with hook(f"reference (PyTorch fp32, {len(ids)} tokens)"):
-            return Reference(torch_logits_fn(ref_model.model), ids, text, window=opts.window)
+        with ctx.stage(f"reference (PyTorch fp32, layer by layer, {len(ids)} tokens)") as detail:
+            return streamed_reference(
+                ctx.reference.path, ids, text, opts.window, ctx.scratch, detail
+            )
     finally:
         torch.set_num_threads(threads)
 
@@ -337,6 +350,8 @@ def _manifest(
         "export": {
             "wall_s": round(wall, 3),
             "peak_rss_bytes": rss.peak,
+            "stages": list(ctx.stages),
+            "memory_estimate": ctx.memory_estimate,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "options": _options_json(ctx.options),
         },

@@ -1,6 +1,10 @@
 """The validation reference: the source model in PyTorch fp32, the evaluation text and its tokens.
 
-Heavy imports (torch, transformers) live inside the functions.
+streamed_reference computes the reference log-probs layer by layer from the memory-mapped
+safetensors (edgerun.exporters.stream) into a float32 file in the export's scratch directory:
+no stage holds the whole fp32 model for it. load_model / torch_logits_fn are the whole model in
+memory (the quality-target search, optimum's tracing, tests). Heavy imports (torch,
+transformers) live inside the functions.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgerun.exporters.validate import LogitsFn
+from edgerun.exporters.validate import LogitsFn, LogprobFile, Reference, check_eval_tokens, windows
 
 from edgerun.errors import EdgerunError, require
 
@@ -55,6 +59,15 @@ def _load(auto: Any, path: Path, **kwargs: Any) -> Any:
         ) from exc
 
 
+def cannot(path: Path, verb: str, exc: Exception) -> EdgerunError:
+    """The one-line error for transformers failing to `verb` ("load", "build") a checkpoint."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return EdgerunError(
+        f"transformers cannot {verb} {path}: {first}",
+        "pass a causal LM checkpoint of an architecture transformers supports",
+    )
+
+
 def torch_logits_fn(model: Any) -> LogitsFn:
     """A LogitsFn that runs the PyTorch model over one window (no cache, no padding)."""
     import torch
@@ -65,6 +78,42 @@ def torch_logits_fn(model: Any) -> LogitsFn:
         return out.logits[0].float().numpy()
 
     return logits
+
+
+def streamed_reference(
+    path: Path,
+    token_ids: list[int],
+    text: str,
+    window: int,
+    scratch: Path,
+    detail: Any = None,
+) -> Reference:
+    """The validation reference of the checkpoint at `path` on `token_ids`, computed one decoder
+    layer at a time (fp32 weights read from safetensors, dropped after each layer) and kept as
+    float32 log-probs in scratch/reference-logprobs.npy. `detail(str)` shows progress. Equal to
+    Reference(torch_logits_fn(load_model(path)), ...) up to float32 rounding of the log-probs."""
+    from edgerun.exporters.stream import StreamedModel
+    from edgerun.exporters.validate import log_softmax
+
+    check_eval_tokens(len(token_ids))
+    chunks = windows(token_ids, window)
+    show = detail or (lambda message: None)
+    with StreamedModel(path, on_unit=show) as streamed:
+        hidden = streamed.hidden_states(chunks)
+        store: LogprobFile | None = None
+        with streamed.pinned(streamed.head_modules()):
+            for i, ids in enumerate(chunks):
+                show(f"head, window {i + 1}/{len(chunks)}")
+                logprobs = log_softmax(streamed.logits(ids, hidden[i]))[:-1]
+                if store is None:
+                    rows = [len(c) - 1 for c in chunks]
+                    store = LogprobFile(
+                        scratch / "reference-logprobs.npy", rows, logprobs.shape[-1]
+                    )
+                store[i] = logprobs
+                hidden[i] = None
+    assert store is not None  # check_eval_tokens: at least one window
+    return Reference.from_logprobs(chunks, store, text)
 
 
 def read_eval_text(path: Path | None) -> str:

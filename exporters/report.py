@@ -37,6 +37,22 @@ def _ignore(detail: str) -> None:
     return None
 
 
+def measured(hook: StageHook, record: list[dict[str, Any]]) -> StageHook:
+    """`hook`, and each stage's wall time and peak RSS appended to `record` as it ends
+    ({"stage", "wall_s", "peak_rss_bytes"}: the stage cost the memory estimate is fitted to)."""
+    from edgerun.bench.memory import PeakRss
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[StageDetail]:
+        start = time.perf_counter()
+        with PeakRss(interval_s=0.05) as rss, hook(name) as detail:
+            yield detail
+        wall = round(time.perf_counter() - start, 3)
+        record.append({"stage": name, "wall_s": wall, "peak_rss_bytes": rss.peak})
+
+    return stage
+
+
 def artifact_bytes(path: Path | None) -> int | None:
     """Total size of the files in an artifact directory."""
     if path is None or not path.is_dir():

@@ -164,3 +164,55 @@ def test_dynamic_int8_refused_by_the_8bit_gate_with_margin() -> None:
     reasons = Thresholds.for_precision("int8").check(1.708, 0.556, 0.576)
     assert len(reasons) == 3
     assert Thresholds.for_precision("int8").check(1.006, 0.0042, 0.960) == []
+
+
+def _flat(seed: int) -> np.ndarray:
+    """A nearly flat next-token table (a random-weight checkpoint): top-2 margins << 1 nat."""
+    return np.random.default_rng(seed).normal(0, 0.01, size=(VOCAB, VOCAB)).astype(np.float32)
+
+
+def test_a_flat_reference_does_not_gate_on_top1_noise() -> None:
+    """Two near-uniform models agree on the top token by chance only (~1/VOCAB), yet their KL
+    is tiny: the gate checks KL and PPL ratio, and reports top-1 as not gated."""
+    ref = Reference(_bigram(_flat(0)), _ids(), "text")
+    v = ref.score(_bigram(_flat(1)), Thresholds())
+    assert v.top1_agreement < 0.2 and v.mean_kl < 1e-3
+    assert (v.confident_tokens, v.top1_confident, v.top1_gated) == (0, None, "none")
+    assert v.passed and v.reasons == []
+
+
+def _half_flat() -> np.ndarray:
+    """Flat rows, except a confident one (margin 5 nats) for every 5th token."""
+    table = _flat(0)
+    for token in range(0, VOCAB, 5):
+        table[token, (token * 7) % VOCAB] = 5.0
+    return table
+
+
+def test_a_mostly_flat_reference_gates_top1_on_its_confident_positions() -> None:
+    table = _half_flat()
+    ref = Reference(_bigram(table), _ids(), "text")
+    keeps = table.copy()
+    keeps[[t for t in range(VOCAB) if t % 5]] = _flat(1)[[t for t in range(VOCAB) if t % 5]]
+    v = ref.score(_bigram(keeps), Thresholds())
+    assert v.top1_gated == "confident" and v.top1_confident == 1.0
+    assert 0 < v.confident_tokens < 0.25 * v.tokens
+    assert v.top1_agreement < 0.5 and v.passed
+    flips = table.copy()
+    flips[:, :] = flips[:, ::-1]  # the confident rows now peak elsewhere
+    failed = ref.score(_bigram(flips), Thresholds(max_ppl_ratio=1e9, max_mean_kl=1e9))
+    assert failed.reasons == ["top-1 agreement (confident positions) 0.000 < 0.5"]
+
+
+def test_a_confident_reference_keeps_the_calibrated_top1_gate() -> None:
+    """A reference like SmolLM2's (most positions confident): top-1 over every position, as
+    the thresholds were calibrated."""
+    table = _table()
+    ref = Reference(_bigram(table), _ids(), "text")
+    noisy = table + np.random.default_rng(2).normal(0, 3.0, table.shape).astype(np.float32)
+    v = ref.score(
+        _bigram(noisy), Thresholds(max_ppl_ratio=1e9, max_mean_kl=1e9, min_top1_agreement=0.9)
+    )
+    assert v.confident_tokens >= 0.25 * v.tokens and v.top1_gated == "all"
+    assert v.reasons == [f"top-1 agreement {v.top1_agreement:.3f} < 0.9"]
+    assert v.top1_confident is not None and v.top1_confident > v.top1_agreement

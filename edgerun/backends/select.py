@@ -29,6 +29,14 @@ from edgerun.backends.registry import (
 )
 from edgerun.errors import EdgerunError
 
+# Sizing the default context from a profile's memory budget: what a loaded model needs besides
+# its weights and KV cache (runtime, tokenizer, activations; the issue's bound is 0.5 GB), the
+# step the context is rounded down to, and the shortest context it is sized down to (below it
+# the budget check refuses the load instead).
+RUNTIME_OVERHEAD = 512 * 2**20
+CONTEXT_STEP = 256
+MIN_SIZED_CONTEXT = 512
+
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.profile import BackendPref, Profile
     from edgerun.tokenizer import Tokenizer
@@ -45,6 +53,7 @@ class Opened:
     context_length: int
     requested_providers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    context_reason: str = ""
 
 
 def resolve_profile(profile: str | Path | None) -> tuple[Profile | None, str]:
@@ -150,10 +159,11 @@ def open_backend(
     profile, reason = resolve_profile(profile_spec)
     cls, pref, warnings = choose_backend(artifact, profile, backend_name)
     warnings += cpu_feature_warnings(profile)
+    chosen, context_reason = choose_context(artifact, profile, context)
     settings = Settings(
         threads=threads or (profile.threads if profile else None) or _physical_cores(),
         options={**(pref.options if pref else {}), **options},
-        context=context or _model_context(artifact),
+        context=chosen,
     )
     wanted: list[str] = []
     if cls.uses_providers and profile is not None:
@@ -186,6 +196,7 @@ def open_backend(
         context_length=int(
             getattr(backend, "context_length", None) or settings.context or DEFAULT_CONTEXT
         ),
+        context_reason=context_reason,
         requested_providers=wanted,
         warnings=warnings,
     )
@@ -232,13 +243,56 @@ def _model_context(artifact: Artifact) -> int | None:
     return None if artifact.family == "gguf" else DEFAULT_CONTEXT
 
 
+def choose_context(
+    artifact: Artifact, profile: Profile | None, asked: int | None
+) -> tuple[int | None, str]:
+    """(context length, why): the one asked for; else the trained context capped at
+    MAX_DEFAULT_CONTEXT, shortened (to a multiple of CONTEXT_STEP, at least MIN_SIZED_CONTEXT)
+    so that weights + KV cache + RUNTIME_OVERHEAD fit the profile's memory budget. None: the
+    backend reads it from the model file (bare GGUF)."""
+    if asked:
+        return asked, "asked for"
+    trained = _model_context(artifact)
+    per_token = _kv_per_token(artifact)
+    if trained is None or profile is None or per_token is None:
+        return trained, "the model's trained context" + _capped(artifact, trained)
+    from edgerun.backends.providers import memory_budget_bytes
+
+    budget = memory_budget_bytes(profile)
+    room = budget - artifact.weights_bytes() - RUNTIME_OVERHEAD
+    fits = max(room // per_token // CONTEXT_STEP * CONTEXT_STEP, MIN_SIZED_CONTEXT)
+    if fits >= trained:
+        return trained, "the model's trained context" + _capped(artifact, trained)
+    mb = 2**20
+    return fits, (
+        f"sized to profile '{profile.id}': its {budget / mb:.0f} MB budget less"
+        f" {artifact.weights_bytes() / mb:.0f} MB of weights and {RUNTIME_OVERHEAD / mb:.0f} MB"
+        f" overhead holds the KV cache of {fits} positions ({per_token / 1024:.0f} KiB each);"
+        f" the model's is {trained} (--context to choose)"
+    )
+
+
+def _capped(artifact: Artifact, context: int | None) -> str:
+    trained = artifact.manifest.get("context_length") or artifact.config().get(
+        "max_position_embeddings"
+    )
+    if context is not None and isinstance(trained, int) and trained > context:
+        return f" ({trained}) capped at {context}"
+    return f" ({context})" if context else ""
+
+
+def _kv_per_token(artifact: Artifact) -> int | None:
+    """KV-cache bytes per position from config.json (f16 for GGUF and half-precision ONNX)."""
+    half = artifact.family == "gguf" or artifact.manifest.get("precision") in {"fp16", "bf16"}
+    return kv_bytes_per_token(artifact.config(), 2 if half else 4)
+
+
 def _check_memory(artifact: Artifact, profile: Profile | None, settings: Settings) -> bool:
     """Refuse before loading when weights + KV cache for the context exceed the budget.
     Returns False when config.json is missing, so the check has to wait for the loaded model."""
     if profile is None:
         return True
-    half = artifact.family == "gguf" or artifact.manifest.get("precision") in {"fp16", "bf16"}
-    per_token = kv_bytes_per_token(artifact.config(), 2 if half else 4)
+    per_token = _kv_per_token(artifact)
     if per_token is None or not settings.context:
         return False
     from edgerun.backends.providers import check_memory

@@ -97,6 +97,12 @@ def _formats_help() -> str:
 @click.option("--no-validate", is_flag=True, help="Skip validation (manifest validation: null).")
 @click.option("--overwrite", is_flag=True, help="Replace existing OUTDIR/<format> directories.")
 @click.option("--keep-intermediates", is_flag=True, help="Keep the scratch directory.")
+@click.option(
+    "--max-memory",
+    metavar="SIZE",
+    help="Memory the export may use, e.g. 8G (default: the RAM available now); it refuses"
+    " before any work when its estimated peak is larger.",
+)
 @json_option
 def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: Any) -> None:
     """Export SOURCE to one validated artifact directory per format: OUTDIR/<format>/.
@@ -156,6 +162,10 @@ def _run(
     if kw["no_validate"]:
         click.echo("warning: --no-validate: artifacts are written with validation: null", err=True)
     profile = kw.pop("profile")
+    if kw["max_memory"] is not None:
+        from edgerun.exporters.memory import parse_size
+
+        kw["max_memory"] = parse_size(kw["max_memory"])
     options = ExportOptions(**kw, progress=progress, gate_overrides=overrides)
     return run_export(source, formats, out_dir, options, profile=profile, explicit=explicit)
 

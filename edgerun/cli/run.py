@@ -122,6 +122,8 @@ def run(
     ) as model:
         if model.info.artifact_reason:
             click.echo(f"picked {model.info.artifact_reason}", err=True)
+        if model.info.context_reason.startswith("sized"):
+            click.echo(f"context {model.context_length}: {model.info.context_reason}", err=True)
         if chat:
             chunks = model.chat([{"role": "user", "content": prompt}], **options)
         else:

@@ -195,8 +195,10 @@ def _quantize_nbits(
     from edgerun.exporters.onnx.quant import quantize_weight_only
 
     config = _weight_only_config(spec, ctx.options)
+    # the plan first, from the node names alone: its calibration may hold the PyTorch model,
+    # which should not sit beside the loaded graph
+    plan, recipe = _plan(spec, _matmul_nodes(fp32), ctx)
     model = onnx.load(fp32)
-    plan, recipe = _plan(spec, [n.name for n in model.graph.node if n.op_type == "MatMul"], ctx)
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({spec.name}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
     with ctx.stage(stage), files.quiet():
@@ -240,6 +242,14 @@ def _plan(
     return _int4_plan(nodes, _weight_only_config(spec, ctx.options), ctx)
 
 
+def _matmul_nodes(path: Path) -> list[str]:
+    """Names of the MatMul nodes of a graph, read without its external weights."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul"]
+
+
 def _int4_plan(
     nodes: list[str], config: Any, ctx: ExportContext
 ) -> tuple[dict[str, int], dict[str, Any]]:
@@ -251,8 +261,8 @@ def _int4_plan(
             return recipe.plan(nodes), {"name": recipe.name, "description": recipe.description}
         from edgerun.exporters.onnx.target import budget_plan
 
-        with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)"):
-            return budget_plan(ctx, nodes, config, recipe)
+        with ctx.stage(f"calibrate (recipe {recipe.name}: per-layer sensitivity)") as detail:
+            return budget_plan(ctx, nodes, config, recipe, detail)
     from edgerun.exporters.onnx.target import search_plan
 
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):

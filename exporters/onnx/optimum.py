@@ -75,8 +75,12 @@ def fp32_export(ctx: ExportContext) -> Path:
 
     tmp = ctx.scratch / "optimum-fp32.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    with ctx.stage("export (optimum, fp32)"), quiet(), no_remote_code():
-        model = ctx.reference.model
+    with (
+        ctx.stage("export (optimum, fp32)"),
+        quiet(),
+        no_remote_code(),
+        ctx.reference.whole() as model,
+    ):
         onnx_export_from_model(
             model, tmp, task=TASK, do_validation=False, custom_onnx_configs=_custom_configs(model)
         )

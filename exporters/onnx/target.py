@@ -1,7 +1,10 @@
 """`--target-kl` / `--target-ppl-ratio`: the smallest mixed int4/int8 plan that meets a quality target.
 
 1. Calibrate: the PyTorch reference runs the calibration text (exporters/data/calib.txt or
-   --calib-text; never the evaluation text) (edgerun.exporters.onnx.sensitivity).
+   --calib-text; never the evaluation text) (edgerun.exporters.onnx.sensitivity), the whole
+   fp32 model loaded for this stage only. (A budget recipe such as the default q4-mixed does
+   the same when it fits the call's memory, else ranks by an importance matrix gathered layer
+   by layer: edgerun.exporters.onnx.importance.)
    Sensitivity is the second-order (Fisher) estimate of the KL each group's exact 4-bit error
    costs: one backward pass per calibration window, not one forward per group (on SmolLM2-135M
    its ranking was checked against per-group measured KLs, benchmarks/README.md "Fidelity").
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,7 @@ WINDOW = 256
 SEARCH_WINDOWS = 4  # 1,024 tokens per real KL measurement of a plan
 FISHER_WINDOW = 128
 FISHER_WINDOWS = 8  # 8 backward passes of 128 tokens for the sensitivity estimate
+FISHER = "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)"
 
 
 def calibration_ids(ctx: ExportContext) -> np.ndarray:
@@ -49,46 +54,62 @@ def calibration_ids(ctx: ExportContext) -> np.ndarray:
     return ids
 
 
-def ranked_groups(
-    ctx: ExportContext, nodes: list[str], config: Any, ids: np.ndarray
-) -> list[sens.Group]:
-    """The graph's projection groups with their Fisher sensitivity, most worth 8 bits first."""
-    groups = sens.torch_groups(ctx.reference.model, nodes)
+def ranked_groups(model: Any, nodes: list[str], config: Any, ids: np.ndarray) -> list[sens.Group]:
+    """The graph's projection groups with their Fisher sensitivity (a backward pass over the
+    whole `model` per window), most worth 8 bits first."""
+    groups = _check_groups(sens.torch_groups(model, nodes))
+    sens.fisher_sensitivity(model, _short(ids), groups, config.block_size, config.symmetric)
+    return sens.rank(groups)
+
+
+def _short(ids: np.ndarray) -> list[np.ndarray]:
+    step = FISHER_WINDOW
+    return [ids[i : i + step] for i in range(0, len(ids) - step + 1, step)][:FISHER_WINDOWS]
+
+
+def _check_groups(groups: list[sens.Group]) -> list[sens.Group]:
     if not groups:
         raise EdgerunError(
             "no decoder projection of the graph matches a layer of the reference model",
             "use --recipe q4-pure or q4-head8 for this architecture",
         )
-    step = FISHER_WINDOW
-    short = [ids[i : i + step] for i in range(0, len(ids) - step + 1, step)][:FISHER_WINDOWS]
-    sens.fisher_sensitivity(ctx.reference.model, short, groups, config.block_size, config.symmetric)
-    return sens.rank(groups)
+    return groups
 
 
 def budget_plan(
-    ctx: ExportContext, nodes: list[str], config: Any, recipe: Recipe
+    ctx: ExportContext,
+    nodes: list[str],
+    config: Any,
+    recipe: Recipe,
+    detail: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """A budget recipe's plan: its rules, then 8 bits for the most sensitive groups (per byte)
-    while their extra bytes fit `recipe.budget` x the all-4-bit weight bytes."""
+    while their extra bytes fit `recipe.budget` x the all-4-bit weight bytes.
+
+    Sensitivity: Fisher (the whole fp32 model, loaded for this stage and freed after) when the
+    call's memory estimate says it fits, else an importance matrix gathered layer by layer
+    (less faithful: on SmolLM2-135M its plan scored mean KL 0.25 against Fisher's 0.17-0.18,
+    benchmarks/README.md "Scale"). `detail(str)` shows the progress of the latter."""
     ids = calibration_ids(ctx)
-    ranked = ranked_groups(ctx, nodes, config, ids)
+    if (ctx.memory_estimate or {}).get("calibration") == "imatrix":
+        from edgerun.exporters.onnx.importance import SENSITIVITY, imatrix_sensitivity
+
+        groups = imatrix_sensitivity(
+            ctx.reference.path, nodes, _short(ids), config.block_size, config.symmetric,
+            ctx.scratch, detail,
+        )  # fmt: skip
+        ranked, method = sens.rank(_check_groups(groups)), SENSITIVITY
+    else:
+        with ctx.reference.whole() as model:
+            ranked, method = ranked_groups(model, nodes, config, ids), FISHER
     plan = recipe.plan(nodes)
-    per_weight = (config.bits + 32 / config.block_size) / 8  # bytes: codes + an fp32 scale
-    budget = (recipe.budget or 0.0) * per_weight * sum(g.params for g in ranked)
-    chosen, spent = [], 0.0
-    for group in ranked:
-        if plan.get(group.role.name) == 8:
-            continue
-        if spent + group.extra_bytes <= budget:
-            plan[group.role.name] = 8
-            spent += group.extra_bytes
-            chosen.append(group.role.key)
+    budget, chosen, spent = raise_within(ranked, plan, config, recipe.budget or 0.0)
     record = {
         "name": recipe.name,
         "description": recipe.description,
         "budget": recipe.budget,
         "calibration": {
-            "sensitivity": "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)",
+            "sensitivity": method,
             "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
             "extra_bytes": int(spent),
             "budget_bytes": int(budget),
@@ -97,6 +118,24 @@ def budget_plan(
         "sensitivity": {g.role.key: round(g.sensitivity or 0.0, 6) for g in ranked},
     }
     return plan, record
+
+
+def raise_within(
+    ranked: list[sens.Group], plan: dict[str, int], config: Any, share: float
+) -> tuple[float, list[str], float]:
+    """Raise the `ranked` groups to 8 bits in `plan` (in place), in order, while their extra bytes
+    fit `share` x the all-4-bit weight bytes. Returns (budget bytes, raised keys, bytes spent)."""
+    per_weight = (config.bits + 32 / config.block_size) / 8  # bytes: codes + an fp32 scale
+    budget = share * per_weight * sum(g.params for g in ranked)
+    chosen, spent = [], 0.0
+    for group in ranked:
+        if plan.get(group.role.name) == 8:
+            continue
+        if spent + group.extra_bytes <= budget:
+            plan[group.role.name] = 8
+            spent += group.extra_bytes
+            chosen.append(group.role.key)
+    return budget, chosen, spent
 
 
 def search_plan(
@@ -108,18 +147,18 @@ def search_plan(
     target = float(opts.target_kl if opts.target_kl is not None else opts.target_ppl_ratio or 0)
     ids = calibration_ids(ctx)
     windows = [ids[i : i + WINDOW] for i in range(0, len(ids) - WINDOW + 1, WINDOW)]
-    model = ctx.reference.model
-    ranked = ranked_groups(ctx, nodes, config, ids)
-    calib = sens.Calibration(
-        model, windows[:SEARCH_WINDOWS], block_size=config.block_size, symmetric=config.symmetric
-    )
     aim = target * MARGIN if metric == "kl" else 1 + (target - 1) * MARGIN
+    with ctx.reference.whole() as model:  # the search measures real KLs: the model whole
+        ranked = ranked_groups(model, nodes, config, ids)
+        calib = sens.Calibration(
+            model, windows[:SEARCH_WINDOWS], config.block_size, config.symmetric
+        )
 
-    def measure(k: int) -> float:
-        kl, ppl_ratio = calib.score(sens.module_plan(ranked, k))
-        return kl if metric == "kl" else ppl_ratio
+        def measure(k: int) -> float:
+            kl, ppl_ratio = calib.score(sens.module_plan(ranked, k))
+            return kl if metric == "kl" else ppl_ratio
 
-    k, probes = sens.search_k(measure, len(ranked), aim)
+        k, probes = sens.search_k(measure, len(ranked), aim)
     if k is None:
         best = min(p.kl for p in probes)
         raise EdgerunError(
@@ -134,7 +173,7 @@ def search_plan(
         "target": {"metric": metric, "value": target, "margin": MARGIN, "aim": aim},
         "calibration": {
             "tokens": int(sum(len(w) for w in windows[:SEARCH_WINDOWS])),
-            "sensitivity": "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)",
+            "sensitivity": FISHER,
             "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
             "groups_in_8_bits": k,
             "groups": len(ranked),

@@ -1,0 +1,248 @@
+"""Say before working: the peak memory of an export call, estimated before any work from the
+checkpoint's shape and the formats and options chosen, and compared with the RAM available (or
+--max-memory).
+
+The stages run one after another, so the call's peak is the largest stage's. Each stage's cost
+is a small model fitted to measurements (the manifest's export.stages records every stage's
+peak RSS; benchmarks/README.md, "Scale"): BASE_BYTES for the interpreter and its libraries, plus
+bytes per parameter of the whole checkpoint for a stage that holds the model whole, or the
+largest unit (one decoder layer, the embedding, the head) in fp32 plus its activations for a
+stage that streams layer by layer. Costs are of the code as it is: a stage that streams later
+(e.g. the ONNX graph build and quantization) changes its line of STAGE_BYTES_PER_PARAM.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import EdgerunError
+
+GB = 1_000_000_000
+# Measured: the export process after importing torch, transformers, onnxruntime and the builders.
+BASE_BYTES = 900_000_000
+# Stages that hold the whole model, in bytes per checkpoint parameter above BASE_BYTES (measured
+# on the Qwen2.5-0.5B shape, 0.40B parameters, bf16; benchmarks/README.md "Scale").
+STAGE_BYTES_PER_PARAM: dict[str, float] = {
+    "onnx build (optimum)": 14.0,  # fp32 model + traced graph + the serialized proto
+    "onnx build (genai)": 10.0,  # the builder loads the model in fp32 and builds in memory
+    "onnx quantize": 9.0,  # onnx.load of the fp32 graph + the quantized copy
+    "onnx validate": 5.0,  # onnxruntime session of the fp32 or quantized graph
+    # the streamed ONNX build (exporters/onnx/stream.py: mapped weights, quantized tensor by
+    # tensor): 1.96 GB on the Qwen2.5-0.5B shape (0.49B) and 3.05 GB on Qwen2.5-1.5B (1.54B),
+    # i.e. ~1.45 GB + 1.04 B/param; 1.1 B/param over BASE_BYTES is that line, rounded up
+    "onnx build + quantize (streamed)": 1.1,
+    "target search": 12.0,  # the whole fp32 model, its gradients and the fake-quantized copy
+    "calibrate (Fisher, whole model)": 10.0,  # the whole fp32 model and its gradients
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as "8G", "7.5GB", "8GiB", "512M" or "1000000"; EdgerunError if not
+    one (powers of 1000 for k/M/G/T, of 1024 with an i: KiB, MiB, GiB, TiB)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise EdgerunError(f"'{text}' is not a memory size", "write it like 8G, 7.5GB or 512M")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    value = float(number) * (1024 if binary else 1000) ** power
+    if value < 1:
+        raise EdgerunError(f"memory size '{text}' is zero", "write it like 8G, 7.5GB or 512M")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs from a checkpoint: parameters in all, the largest streamed unit
+    (a decoder layer, the embedding or the head), hidden and feed-forward widths, vocabulary."""
+
+    params: int
+    largest_unit: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+
+def checkpoint_shape(path: Path, config: dict[str, Any]) -> Shape:
+    """The Shape of the checkpoint at `path` (safetensors headers; config.json for the widths)."""
+    from edgerun.describe import safetensors_header
+
+    units: dict[str, int] = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        for name, tensor in safetensors_header(file).items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in tensor["shape"]:
+                count *= int(dim)
+            layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
+            key = f"layer {layer.group(1)}" if layer else name
+            units[key] = units.get(key, 0) + count
+    text = config.get("text_config") or config
+    hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+    return Shape(
+        params=sum(units.values()),
+        largest_unit=max(units.values(), default=0),
+        hidden=hidden,
+        intermediate=int(text.get("intermediate_size") or text.get("n_inner") or 4 * hidden),
+        vocab=int(text.get("vocab_size") or 0),
+    )
+
+
+def streamed_bytes(shape: Shape, tokens: int, window: int) -> int:
+    """A stage that runs the checkpoint layer by layer on `tokens` tokens in windows of
+    `window` (the reference, the importance matrix): the largest unit in fp32 (and its bf16
+    read), the hidden states of every window, one batch's activations, one window's log-probs."""
+    from edgerun.exporters.stream import BATCH_TOKENS
+
+    batch = min(tokens, BATCH_TOKENS)
+    weights = shape.largest_unit * 6
+    hidden = tokens * shape.hidden * 4 * 2
+    activations = batch * (shape.intermediate * 3 + shape.hidden * 8) * 4
+    head = window * shape.vocab * (4 + 8 * 3)  # logits, then float64 log-softmax temporaries
+    return BASE_BYTES + weights + hidden + activations + head
+
+
+def artifact_bytes_per_param(fmt: str) -> float:
+    """Bytes per parameter of a format's weights: 4 for 32-bit, 2 for 16, else bits / 8 plus
+    the block scales (about 0.6 bits per weight at block 32), e.g. 0.64 for int4 / q4_k_m."""
+    bits = [int(b) for b in re.findall(r"\d+", fmt.split("-", 1)[-1])[:1]] or [16]
+    return 4.0 if bits[0] >= 32 else 2.0 if bits[0] >= 16 else (bits[0] + 0.6) / 8
+
+
+def estimate(
+    formats: list[str],
+    builders: dict[str, str],
+    options: Any,
+    shape: Shape,
+    eval_tokens: int,
+    limit: int | None = None,
+    streamed: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The manifest's export.memory_estimate: {"peak_bytes", "peak_stage", "stages": {stage:
+    bytes}, "calibration": "fisher" | "imatrix" | None (onnx-int4's budget recipe)} for
+    exporting `formats` (ONNX ones built by builders[fmt], those in `streamed` tensor by tensor
+    from the mapped checkpoint) with `options` within `limit`."""
+    per_param = STAGE_BYTES_PER_PARAM
+    stages: dict[str, int] = {}
+    if not options.no_validate:
+        stages["reference (layer by layer)"] = streamed_bytes(shape, eval_tokens, options.window)
+    for fmt in formats:
+        if fmt in streamed:
+            stages["onnx build + quantize (streamed)"] = _whole(
+                per_param["onnx build + quantize (streamed)"], shape
+            )
+        elif fmt.startswith("onnx"):
+            stages[f"onnx build ({builders[fmt]})"] = _whole(
+                per_param[f"onnx build ({builders[fmt]})"], shape
+            )
+            if fmt != "onnx-fp32":
+                stages["onnx quantize"] = _whole(per_param["onnx quantize"], shape)
+        if fmt.startswith("onnx") and not options.no_validate:
+            # an onnxruntime session of the artifact itself: its weights' bytes, scaled from
+            # the fp32 graph's measured cost (5 B/param for 4 B/param of weights)
+            scale = artifact_bytes_per_param(fmt) / 4.0
+            stages[f"onnx validate ({fmt})"] = _whole(per_param["onnx validate"] * scale, shape)
+        else:
+            # llama.cpp's converter and quantizer hold about one tensor at a time (lazy): 1 GB
+            # of their own plus the largest unit in fp32 (3.0 B/param measured on the 0.40B
+            # shape, where the whole model is about one unit's worth of that)
+            stages["gguf convert + quantize"] = BASE_BYTES + GB + 4 * shape.largest_unit
+            if not options.no_validate:  # llama.cpp maps the artifact, logits for one window
+                weights = shape.params * artifact_bytes_per_param(fmt) * 1.2
+                stages[f"gguf validate ({fmt})"] = BASE_BYTES + int(weights)
+    calibration = None
+    if "onnx-int4" in formats:
+        if options.target_kl is not None or options.target_ppl_ratio is not None:
+            stages["target search"] = _whole(per_param["target search"], shape)
+        elif _budget_recipe(options):
+            # Fisher where the whole model and its gradients fit the limit, else the
+            # layer-by-layer importance matrix
+            fisher = _whole(per_param["calibrate (Fisher, whole model)"], shape)
+            if limit is None or fisher <= limit:
+                calibration, stages["calibrate (Fisher, whole model)"] = "fisher", fisher
+            else:
+                calibration = "imatrix"
+                stages["calibrate (importance matrix)"] = streamed_bytes(shape, 1024, 128)
+    peak_stage = max(stages, key=lambda s: stages[s])
+    return {
+        "peak_bytes": stages[peak_stage],
+        "peak_stage": peak_stage,
+        "stages": stages,
+        "calibration": calibration,
+    }
+
+
+def _budget_recipe(options: Any) -> bool:
+    from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe
+
+    return get_recipe(options.recipe or DEFAULT_RECIPE).budget is not None
+
+
+def _whole(bytes_per_param: float, shape: Shape) -> int:
+    return BASE_BYTES + int(bytes_per_param * shape.params)
+
+
+def available_bytes() -> int:
+    """The RAM available to a new allocation now (psutil: MemAvailable on Linux)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:
+    """Refuse (EdgerunError, one line with both numbers and what lowers the need) when the
+    estimate exceeds `max_memory` or, without it, the RAM available now. Returns the limit."""
+    limit = max_memory or available_bytes()
+    need = int(estimated["peak_bytes"])
+    if need > limit:
+        where = "--max-memory" if max_memory else "available RAM"
+        raise EdgerunError(
+            f"this export needs about {need / GB:.1f} GB ({estimated['peak_stage']}) but"
+            f" {where} is {limit / GB:.1f} GB",
+            "export fewer formats per call, pass --no-validate, or raise --max-memory",
+        )
+    return limit
+
+
+def say_before_working(
+    formats: list[str], options: Any, path: Path, config: dict[str, Any], eval_tokens: int
+) -> dict[str, Any]:
+    """Estimate the call's peak memory, refuse when it does not fit (check_fits), and return
+    the manifest's export.memory_estimate (with "limit_bytes", what it was compared with)."""
+    builders = {}
+    for fmt in formats:
+        if fmt.startswith("onnx"):
+            from edgerun.exporters.onnx import resolve_builder
+
+            builders[fmt] = resolve_builder(fmt, options, config)
+    wanted = options.max_memory
+    wanted = parse_size(wanted) if isinstance(wanted, str) else wanted
+    limit = wanted or available_bytes()
+    shape = checkpoint_shape(path, config)
+    streamed = frozenset(f for f in builders if _streams(f, builders[f], options, path))
+    found = estimate(formats, builders, options, shape, eval_tokens, limit, streamed)
+    found["limit_bytes"] = check_fits(found, wanted)
+    return found
+
+
+def _streams(fmt: str, builder: str, options: Any, path: Path) -> bool:
+    """Whether the ONNX family will build `fmt` tensor by tensor (exporters/onnx/stream.py)."""
+    from edgerun.exporters.onnx.formats import FORMATS
+    from edgerun.exporters.onnx.stream import stream_refusal
+
+    spec = FORMATS[fmt]
+    if not options.extra.get("onnx_stream", True) or spec.dynamic(options.int8_mode):
+        return False
+    return stream_refusal(spec, builder, options.algorithm, path) is None
+
+
+def describe(found: dict[str, Any]) -> str:
+    """One line for the plan: the estimated peak, its stage, and the limit."""
+    return (
+        f"memory: about {found['peak_bytes'] / GB:.1f} GB at peak ({found['peak_stage']});"
+        f" limit {found['limit_bytes'] / GB:.1f} GB"
+    )

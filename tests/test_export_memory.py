@@ -1,0 +1,128 @@
+"""Say before working: the export's memory estimate, the refusal before any work, and what the
+manifest records (the estimate beside the measured peak RSS of every stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from edgerun.exporters import memory
+from edgerun.exporters.formats import ExportOptions
+
+from edgerun.cli import cli
+from edgerun.errors import EdgerunError
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("8G", 8 * 10**9), ("7.5GB", 7_500_000_000), ("2GiB", 2 << 30), ("512m", 512 * 10**6),
+     ("1000000", 10**6), ("64 KiB", 64 << 10)],
+)  # fmt: skip
+def test_sizes_parse(text: str, value: int) -> None:
+    assert memory.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "lots", "8X", "-1G", "0", "1.2.3G"])
+def test_bad_sizes_are_one_error(text: str) -> None:
+    with pytest.raises(EdgerunError, match="memory size"):
+        memory.parse_size(text)
+
+
+def _shape(params: int) -> memory.Shape:
+    return memory.Shape(params, params // 40, 4096, 14336, 128256)
+
+
+def test_the_estimate_follows_the_stages_chosen() -> None:
+    """An 8B-parameter shape: the whole-model ONNX stages dominate; GGUF alone without
+    validation needs a fraction of that; the reference streams (its cost is far below a whole
+    fp32 model's 32 GB)."""
+    shape, opts, limit = _shape(8_000_000_000), ExportOptions(), 24 * 10**9
+    both = memory.estimate(
+        ["onnx-int4", "gguf-q4_k_m"], {"onnx-int4": "genai"}, opts, shape, 2815, limit
+    )
+    gguf = memory.estimate(["gguf-q4_k_m"], {}, ExportOptions(no_validate=True), shape, 0)
+    assert both["peak_stage"] == "onnx build (genai)"
+    assert gguf["peak_bytes"] < both["peak_bytes"] / 2
+    assert "reference (layer by layer)" not in gguf["stages"]
+    assert both["stages"]["reference (layer by layer)"] < 8 * 10**9
+    # q4-mixed's Fisher needs the whole model and its gradients: past the limit, the
+    # layer-by-layer importance matrix; a 135M model keeps Fisher
+    assert both["calibration"] == "imatrix"
+    assert "calibrate (importance matrix)" in both["stages"]
+    small = memory.estimate(
+        ["onnx-int4"], {"onnx-int4": "genai"}, opts, _shape(135 * 10**6), 2815, limit
+    )
+    assert small["calibration"] == "fisher" and "calibrate (Fisher, whole model)" in small["stages"]
+    target = memory.estimate(
+        ["onnx-int4"], {"onnx-int4": "genai"}, ExportOptions(target_kl=0.1), shape, 2815
+    )
+    assert (
+        "target search" in target["stages"]
+        and "calibrate (importance matrix)" not in target["stages"]
+    )
+
+
+def test_export_refuses_before_any_work_naming_both_numbers(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["export", str(tiny_llama), "-f", "onnx-fp32", "-o", str(out), "--max-memory", "100M"]
+    )
+    assert result.exit_code == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: this export needs about ")
+    assert "but --max-memory is 0.1 GB" in line and "--no-validate" in line
+    assert not out.exists()  # refused before anything was written
+
+
+def test_the_available_ram_is_the_default_limit(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    class Low:
+        available = 200 * 10**6
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Low())
+    from edgerun.exporters.pipeline import export
+
+    with pytest.raises(EdgerunError, match=r"but available RAM is 0\.2 GB"):
+        export(str(tiny_llama), "gguf-q8_0", tmp_path / "out", ExportOptions(progress=False))
+
+
+def test_bad_max_memory_is_a_usage_error(tiny_llama: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["export", str(tiny_llama), "-f", "onnx-fp32", "-o", str(tmp_path), "--max-memory", "lots"],
+    )
+    assert result.exit_code == 2
+    assert "'lots' is not a memory size" in result.stderr
+
+
+def test_manifest_records_the_estimate_and_every_stage(
+    tiny_llama: Path, tmp_path: Path, short_eval_text: Path
+) -> None:
+    from edgerun.exporters.pipeline import export
+    from edgerun.exporters.validate import Thresholds
+
+    gate = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
+    options = ExportOptions(
+        eval_text=short_eval_text,
+        probe=False,
+        progress=False,
+        thresholds=gate,
+        max_memory=64 * 10**9,
+    )
+    [result] = export(str(tiny_llama), "onnx-fp32", tmp_path / "out", options)
+    assert result.manifest is not None
+    record = result.manifest["export"]
+    estimate = record["memory_estimate"]
+    assert estimate["limit_bytes"] == 64 * 10**9
+    assert estimate["peak_bytes"] == max(estimate["stages"].values())
+    names = [s["stage"] for s in record["stages"]]
+    assert names[0].startswith("reference (PyTorch fp32, layer by layer")
+    assert any(n.startswith("validate") for n in names)
+    assert all(s["peak_rss_bytes"] > 0 and s["wall_s"] >= 0 for s in record["stages"])
+    assert record["peak_rss_bytes"] > 0

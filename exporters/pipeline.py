@@ -23,7 +23,7 @@ from edgerun.exporters.formats import (
     family_of,
     parse_formats,
 )
-from edgerun.exporters.validate import Reference, Thresholds, Validation
+from edgerun.exporters.validate import Reference, Thresholds
 
 from edgerun.bench.memory import PeakRss
 from edgerun.errors import EdgerunError
@@ -71,8 +71,11 @@ class ExportResult:
 
 
 class _GateFailed(Exception):
-    def __init__(self, validation: Validation) -> None:
-        super().__init__("; ".join(validation.reasons))
+    """An artifact that failed validation or a runtime check, not to be written."""
+
+    def __init__(self, validation: dict[str, Any] | None, failures: list[str] | None = None):
+        reasons = validation["reasons"] if validation is not None else failures or []
+        super().__init__("; ".join(reasons))
         self.validation = validation
 
 
@@ -248,28 +251,29 @@ def _export_one(
         ):
             fields = family.export(fmt, ctx, tmp)
             copy_side_files(ctx.checkpoint.path, tmp)
+            run_fields = {**fields, "threads": opts.threads}
             validation = None
             if reference is not None:
                 with ctx.stage("validate (artifact vs PyTorch fp32)"):
-                    run_fields = {**fields, "threads": opts.threads}
                     scored = reference.score(family.logits_fn(tmp, run_fields), _gate(opts, fields))
-                if not scored.passed and not opts.force:
-                    raise _GateFailed(scored)
                 validation = scored.to_json()
+                if not scored.passed and not opts.force:
+                    raise _GateFailed(validation)
             wall = time.perf_counter() - start
             manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
             manifest["size"] = report.model_size(tmp, manifest["model_file"], ctx.checkpoint.path)
+            write_manifest(tmp, manifest)  # edgerun.load reads it
+            failures = _runtime_checks(tmp, family, run_fields, ctx, reference, manifest)
+            if failures and not opts.force:
+                raise _GateFailed(validation, failures)
             write_manifest(tmp, manifest)
-            if opts.probe:
-                manifest["probe"] = _probe(tmp, ctx)
-                write_manifest(tmp, manifest)
     except _GateFailed as failed:
         return ExportResult(
             fmt,
             None,
             written=False,
             passed=False,
-            validation=failed.validation.to_json(),
+            validation=failed.validation,
             reason=str(failed),
             wall_s=time.perf_counter() - start,
         )
@@ -278,29 +282,67 @@ def _export_one(
             fmt, None, False, None, reason=str(exc), wall_s=time.perf_counter() - start
         )
     path = out / fmt
+    reasons = validation["reasons"] if validation else failures
     return ExportResult(
         fmt,
         path,
         written=True,
-        passed=None if validation is None else bool(validation["passed"]),
+        passed=_passed(validation, failures),
         validation=validation,
         manifest=manifest,
-        reason="; ".join(validation["reasons"]) if validation and validation["reasons"] else None,
+        reason="; ".join(reasons) if reasons else None,
         size_bytes=report.artifact_bytes(path),
         wall_s=wall,
     )
 
 
-def _probe(artifact: Path, ctx: ExportContext) -> dict[str, Any]:
-    """The decode-speed probe of a written artifact, or why it could not run."""
-    from edgerun.exporters.probe import decode_probe
-    from edgerun.exporters.reference import read_eval_text
+def _passed(validation: dict[str, Any] | None, failures: list[str]) -> bool | None:
+    """The result's verdict: the validation's, else False when a runtime check failed, else
+    None (not validated)."""
+    if validation is not None:
+        return bool(validation["passed"])
+    return False if failures else None
 
-    with ctx.stage("probe decode speed (edgerun.load, 32 greedy tokens)"):
-        try:
-            return decode_probe(artifact, ctx.options.threads, read_eval_text(None))
-        except EdgerunError as exc:
-            return {"error": str(exc)}
+
+def _runtime_checks(
+    artifact: Path,
+    family: Any,
+    run_fields: dict[str, Any],
+    ctx: ExportContext,
+    reference: Reference | None,
+    manifest: dict[str, Any],
+) -> list[str]:
+    """Load the written artifact through edgerun.load as users run it: decode with its KV cache
+    against the no-cache pass (when validating) and time the probe (when asked). Records the
+    validation's `kv_decode` block and the manifest's `probe`; a failure marks the validation
+    failed. Returns the failures, one line each."""
+    from edgerun.exporters.reference import read_eval_text
+    from edgerun.exporters.runtime_check import check_artifact
+
+    probe = ctx.options.probe
+    if reference is None and not probe:
+        return []
+    stage = "decode with the KV cache through edgerun.load" if reference is not None else ""
+    if probe:
+        stage = f"{stage}{', then ' if stage else ''}probe decode speed (32 greedy tokens)"
+    with ctx.stage(stage):
+        checks = check_artifact(
+            artifact,
+            ctx.options.threads,
+            token_ids=reference.windows[0] if reference is not None else None,
+            nocache=lambda: family.logits_fn(artifact, run_fields),
+            precision=str(run_fields["precision"]),
+            probe_prompt=read_eval_text(None) if probe else None,
+        )
+    validation = manifest["validation"]
+    if validation is not None:
+        validation["kv_decode"] = checks.kv_decode
+        if checks.failures:
+            validation["passed"] = False
+            validation["reasons"] = [*validation["reasons"], *checks.failures]
+    if checks.probe is not None:
+        manifest["probe"] = checks.probe
+    return checks.failures
 
 
 def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:

@@ -54,10 +54,12 @@ FAMILY_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     "qwen2": ("qwen2", {"num_key_value_heads": 2, "tie_word_embeddings": True}, "bpe"),
     "qwen3": ("qwen3", {"num_key_value_heads": 2, "head_dim": 32, "tie_word_embeddings": True}, "bpe"),
     "phi3": ("phi3", {
-        # llama.cpp picks long factors by context size, padded to 256, transformers by sequence
-        # length: an original context of 256 keeps both on the short factors for short windows
-        "num_key_value_heads": 2, "original_max_position_embeddings": 256,
-        "max_position_embeddings": 1024, "pad_token_id": None,
+        # llama.cpp picks long factors by context size (all positions: above the original
+        # context), transformers by sequence length: an original context of 4096, the context
+        # edgerun.load allocates by default, keeps both on the short factors in validation and at
+        # run time, as for Phi-3-mini-128k
+        "num_key_value_heads": 2, "original_max_position_embeddings": 4096,
+        "max_position_embeddings": 16384, "pad_token_id": None,
         "rope_scaling": {"type": "longrope", **_LONGROPE},
     }, "spm"),
     # llama.cpp's phi2 takes the feed-forward width as 4 x hidden, as in the real phi-1/1.5/2
@@ -81,8 +83,10 @@ FAMILY_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     }, "bpe"),
     "starcoder2": ("starcoder2", {"num_key_value_heads": 2, "sliding_window": None}, "bpe"),
     "gpt-neox": ("gpt_neox", {"rotary_pct": 0.25, "use_parallel_residual": True}, "bpe"),
+    # as transformers saves it: FalconConfig writes num_kv_heads = num_attention_heads, which
+    # multi_query overrides (llama.cpp's converter is given 1 by exporters/gguf/quirks/falcon.py)
     "falcon": ("falcon", {
-        "new_decoder_architecture": False, "multi_query": True, "num_kv_heads": 1, "parallel_attn": True,
+        "new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
         "bias": False, "alibi": False,
     }, "bpe"),
     # NoPE on every 4th layer (the real family's interval; llama.cpp fixes it at 4): 4 layers

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX
+from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX, VOCAB_NOTE_PREFIX
 from edgerun.exporters.gguf.converter import Converter
 
 from edgerun.errors import EdgerunError
@@ -56,27 +56,52 @@ def convert(
 
 
 def _checkpoint_view(checkpoint: Path, view: Path) -> Path:
-    """The checkpoint as the converter should read it. transformers (4.57) rebuilds a GGUF's
-    byte-level BPE vocabulary with `byte_fallback: true`, which llama.cpp's converter takes for
-    a SentencePiece-style vocabulary (writing one llama.cpp cannot load). Byte-level BPE holds
-    every byte in its alphabet, so the flag never changes a tokenization: such a checkpoint is
-    shown to the converter as links to its files with the flag cleared in tokenizer.json."""
-    tokenizer_json = checkpoint / "tokenizer.json"
-    if not tokenizer_json.is_file():
-        return checkpoint
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    byte_level = "ByteLevel" in json.dumps(data.get("pre_tokenizer"))
-    if not (model.get("type") == "BPE" and model.get("byte_fallback") and byte_level):
+    """The checkpoint as the converter should read it: itself, or when a file needs changing for
+    the converter, a directory of links to its files with the changed ones written beside them
+    (the checkpoint is never modified). Changes: a GGUF quirk's config.json keys
+    (edgerun.exporters.gguf.quirks.config_fixes), and the tokenizer change below."""
+    changed = {**_tokenizer_change(checkpoint), **_config_change(checkpoint)}
+    if not changed:
         return checkpoint
     shown = view / checkpoint.name  # the converter names the model after its directory
     shown.mkdir()
     for item in checkpoint.iterdir():
-        if item.name != "tokenizer.json":
+        if item.name not in changed:
             (shown / item.name).symlink_to(item.resolve())
-    model["byte_fallback"] = False
-    (shown / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    for name, data in changed.items():
+        (shown / name).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return shown
+
+
+def _tokenizer_change(checkpoint: Path) -> dict[str, Any]:
+    """transformers (4.57) rebuilds a GGUF's byte-level BPE vocabulary with `byte_fallback:
+    true`, which llama.cpp's converter takes for a SentencePiece-style vocabulary (writing one
+    llama.cpp cannot load). Byte-level BPE holds every byte in its alphabet, so the flag never
+    changes a tokenization: such a tokenizer.json is shown with the flag cleared."""
+    tokenizer_json = checkpoint / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return {}
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    byte_level = "ByteLevel" in json.dumps(data.get("pre_tokenizer"))
+    if not (model.get("type") == "BPE" and model.get("byte_fallback") and byte_level):
+        return {}
+    model["byte_fallback"] = False
+    return {"tokenizer.json": data}
+
+
+def _config_change(checkpoint: Path) -> dict[str, Any]:
+    """config.json with the keys a GGUF quirk gives the converter, or nothing to change."""
+    from edgerun.exporters.gguf.quirks import config_fixes
+
+    from edgerun.untrusted import read_json_object
+
+    path = checkpoint / "config.json"
+    if not path.is_file():
+        return {}
+    config = read_json_object(path, "the checkpoint's config.json is damaged")
+    fixes = config_fixes(config)
+    return {"config.json": {**config, **fixes}} if fixes else {}
 
 
 def _run(
@@ -95,7 +120,9 @@ def _run(
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
     verbose = bool(os.environ.get("EDGERUN_LLAMA_VERBOSE"))
     tail: deque[str] = deque(maxlen=40)
-    summary: dict[str, Any] = {"tensors": 0, "pre_tokenizer_note": None, "hf_architecture": None}
+    summary: dict[str, Any] = {
+        "tensors": 0, "pre_tokenizer_note": None, "vocabulary_note": None, "hf_architecture": None,
+    }  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         errors="replace",
@@ -114,6 +141,8 @@ def _run(
                 summary["hf_architecture"] = match.group(1)
             elif line.startswith(PRE_NOTE_PREFIX):
                 summary["pre_tokenizer_note"] = line.removeprefix(PRE_NOTE_PREFIX)
+            elif line.startswith(VOCAB_NOTE_PREFIX):
+                summary["vocabulary_note"] = line.removeprefix(VOCAB_NOTE_PREFIX)
         code = proc.wait()
     except BaseException:  # Ctrl-C: stop the converter, leave nothing behind
         proc.kill()

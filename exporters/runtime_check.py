@@ -1,0 +1,147 @@
+"""Validation through the runtime path: an exported artifact is checked as users run it.
+
+The written artifact is loaded with `edgerun.load` (the backend, execution providers and threads a
+user gets), fed a short prefix of the evaluation text and decoded greedily one token at a time
+with its KV cache. Each step's logits are compared with the same artifact's logits from one
+forward pass without a cache over the same tokens: the pass the validation metrics scored against
+the reference. A graph without a cache, a cache laid out wrongly (heads, positions, a sliding
+window) or an artifact the runtime cannot load fails the export. The decode-speed probe
+(edgerun.exporters.probe) runs on the same loaded model, and its failure fails the export too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgerun.exporters.validate import LogitsFn
+
+from edgerun.errors import EdgerunError
+
+PREFIX_TOKENS = 16
+STEPS = 8
+# Bit width of the artifact's precision -> the largest relative logit error allowed between the
+# cached decode and the no-cache pass (the RMS of their difference over the RMS of the centred
+# no-cache logits, worst step), widest first. Both passes run the same weights in the same
+# runtime, so what is left is kernel order (batched prefill against one-token steps) and the
+# cache's own precision (llama.cpp keeps it in f16); a broken cache measures 0.3 or more.
+TOLERANCES: tuple[tuple[int, float], ...] = ((32, 0.001), (16, 0.01), (8, 0.02), (0, 0.05))
+
+
+@dataclass
+class RuntimeChecks:
+    """What loading the artifact through the runtime found: the validation's `kv_decode` block
+    (None: not asked), the manifest's `probe` block (None: not asked) and why it fails."""
+
+    kv_decode: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def tolerance(precision: str) -> float:
+    """The KV-decode tolerance for an artifact of `precision` ("fp32", "fp16", "q4_k_m", ...)."""
+    match = re.search(r"\d+", precision)
+    bits = int(match.group()) if match else 0
+    return next(tol for min_bits, tol in TOLERANCES if bits >= min_bits)
+
+
+def check_artifact(
+    artifact: Path,
+    threads: int | None,
+    *,
+    token_ids: Sequence[int] | None,
+    nocache: Callable[[], LogitsFn] | None,
+    precision: str,
+    probe_prompt: str | None,
+) -> RuntimeChecks:
+    """Load `artifact` with edgerun.load once; decode `token_ids`' prefix with the KV cache and
+    compare with `nocache()` (a LogitsFn made after the runtime's model is closed) when both are
+    given, and time the probe on `probe_prompt` when it is given. Never raises EdgerunError:
+    a failure is one line in `failures` (and `{"error": ...}` as the probe block)."""
+    import edgerun
+
+    checks = RuntimeChecks()
+    trace = None
+    try:
+        with edgerun.load(str(artifact), threads=threads) as model:
+            backend = model.info.backend
+            if token_ids is not None and nocache is not None:
+                trace = _decode(model, token_ids, checks)
+            if probe_prompt is not None:
+                checks.probe = _probe(model, probe_prompt, checks)
+    except EdgerunError as exc:
+        checks.failures.append(f"the runtime cannot load it: {exc.message}")
+        if probe_prompt is not None:
+            checks.probe = {"error": exc.message}
+        return checks
+    if trace is not None and nocache is not None:
+        checks.kv_decode = _compare(trace, nocache, tolerance(precision), backend)
+        if not checks.kv_decode["passed"]:
+            checks.failures.append(_failure(checks.kv_decode))
+    return checks
+
+
+def _decode(
+    model: Any, token_ids: Sequence[int], checks: RuntimeChecks
+) -> tuple[list[int], list[int], np.ndarray] | None:
+    prefix = [int(t) for t in token_ids[:PREFIX_TOKENS]]
+    try:
+        tokens, logits = model.decode_logits(prefix, STEPS)
+    except EdgerunError as exc:
+        checks.failures.append(f"decoding with the KV cache failed: {exc.message}")
+        return None
+    return prefix, tokens, logits
+
+
+def _probe(model: Any, prompt: str, checks: RuntimeChecks) -> dict[str, Any]:
+    from edgerun.exporters.probe import probe_model
+
+    try:
+        return probe_model(model, prompt)
+    except EdgerunError as exc:
+        checks.failures.append(f"the decode probe failed: {exc.message}")
+        return {"error": exc.message}
+
+
+def _compare(
+    trace: tuple[list[int], list[int], np.ndarray],
+    nocache: Callable[[], LogitsFn],
+    tol: float,
+    backend: str,
+) -> dict[str, Any]:
+    """The `kv_decode` block: cached steps against the no-cache pass over the same tokens."""
+    prefix, tokens, cached = trace
+    window = np.asarray(prefix + tokens[:-1], dtype=np.int64)
+    full = nocache()(window)[len(prefix) - 1 :]
+    if full.shape != cached.shape:
+        errors = [float("inf")]
+    else:
+        centred = full - full.mean(axis=-1, keepdims=True)
+        rms_diff = np.sqrt(np.mean((cached - full) ** 2, axis=-1))
+        errors = list(rms_diff / np.maximum(np.sqrt(np.mean(centred**2, axis=-1)), 1e-12))
+    worst = float(max(errors))
+    agree = [int(np.argmax(row)) == t for row, t in zip(full, tokens, strict=False)]
+    return {
+        "what": "greedy decode with the KV cache through edgerun.load, against one forward pass"
+        " of the same artifact without a cache",
+        "backend": backend,
+        "prefix_tokens": len(prefix),
+        "steps": len(tokens),
+        "max_rel_error": worst if np.isfinite(worst) else None,
+        "tolerance": tol,
+        "greedy_agreement": round(sum(agree) / max(len(tokens), 1), 4),
+        "passed": bool(worst <= tol),  # NaN and a shape mismatch fail
+    }
+
+
+def _failure(block: dict[str, Any]) -> str:
+    error = block["max_rel_error"]
+    shown = "a different shape" if error is None else f"relative logit error {error:.3g}"
+    return (
+        f"decoding with the KV cache differs from the no-cache pass ({shown} >"
+        f" {block['tolerance']} over {block['steps']} steps)"
+    )

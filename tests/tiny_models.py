@@ -231,10 +231,30 @@ def build_tiny_model(
     return out_dir
 
 
-def build_family_model(name: str, out_dir: Path, without_rope_scaling: bool = False) -> Path:
+def build_family_model(
+    name: str, out_dir: Path, without_rope_scaling: bool = False, tokenizer_json_only: bool = False
+) -> Path:
     """Build the tiny checkpoint of the registered family `name` (a key of FAMILY_SPECS); with
-    `without_rope_scaling`, the same family with its rope scaling removed."""
+    `without_rope_scaling`, the same family with its rope scaling removed; with
+    `tokenizer_json_only`, a SentencePiece family saved as a fine-tune with a fast tokenizer
+    only: no tokenizer.model (see drop_tokenizer_model)."""
     model_type, overrides, kind = FAMILY_SPECS[name]
     if without_rope_scaling:
         overrides = {k: v for k, v in overrides.items() if k != "rope_scaling"}
-    return build_tiny_model(name, out_dir, spec=(model_type, overrides), tokenizer_kind=kind)
+    build_tiny_model(name, out_dir, spec=(model_type, overrides), tokenizer_kind=kind)
+    if tokenizer_json_only:
+        drop_tokenizer_model(out_dir)
+    return out_dir
+
+
+def drop_tokenizer_model(checkpoint: Path) -> None:
+    """Remove tokenizer.model, and `add_prefix_space` from tokenizer_config.json: transformers
+    rebuilds the fast tokenizer from tokenizer.model when that key is set, and a checkpoint
+    saved without tokenizer.model (Gemma's, Phi-3's) does not carry it."""
+    import json
+
+    (checkpoint / "tokenizer.model").unlink()
+    path = checkpoint / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.pop("add_prefix_space", None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")

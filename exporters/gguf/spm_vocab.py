@@ -48,10 +48,11 @@ def sentencepiece_vocab(
     way llama.cpp does not."""
     model = tokenizer_json.get("model") or {}
     _check_text_steps(tokenizer_json)
+    added = tokenizer_json.get("added_tokens") or []
     if model.get("type") == "Unigram":
         pieces = _unigram_pieces(model)
     elif model.get("type") == "BPE" and model.get("byte_fallback"):
-        pieces = _bpe_pieces(model)
+        pieces = _bpe_pieces(model, {str(t["content"]) for t in added})
     else:
         kind = model.get("type", "?") + ("" if model.get("type") != "BPE" else " (byte-level)")
         raise EdgerunError(
@@ -59,7 +60,6 @@ def sentencepiece_vocab(
             " tokenizer.model for llama.cpp's converter",
             "add the model's tokenizer.model, or export to ONNX",
         )
-    added = tokenizer_json.get("added_tokens") or []
     top = max([*(i for _, i, _, _ in pieces), *(int(t["id"]) for t in added), -1]) + 1
     size = max(vocab_size or 0, top)
     tokens = [f"[PAD{i}]".encode() for i in range(size)]
@@ -120,8 +120,9 @@ def _unigram_pieces(model: dict[str, Any]) -> list[tuple[str, int, float, int]]:
     ]
 
 
-def _bpe_pieces(model: dict[str, Any]) -> list[tuple[str, int, float, int]]:
-    """(piece, id, score, type) of a byte-fallback BPE model, scored by merge rank."""
+def _bpe_pieces(model: dict[str, Any], added: set[str]) -> list[tuple[str, int, float, int]]:
+    """(piece, id, score, type) of a byte-fallback BPE model, scored by merge rank (`added`:
+    the added tokens, scored as such later)."""
     rank: dict[str, int] = {}
     merges = model.get("merges") or []
     for n, merge in enumerate(merges):
@@ -131,7 +132,7 @@ def _bpe_pieces(model: dict[str, Any]) -> list[tuple[str, int, float, int]]:
     pieces, unmerged = [], len(merges)
     for piece, i in sorted((model.get("vocab") or {}).items(), key=lambda item: item[1]):
         kind = _kind(piece, True, unk)
-        if kind != NORMAL:
+        if kind != NORMAL or piece in added:
             score = 0.0
         elif piece in rank:
             score = -float(rank[piece])

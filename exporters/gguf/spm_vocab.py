@@ -26,6 +26,7 @@ from edgerun.errors import EdgerunError
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 ADDED_SCORE = -1000.0  # the converter's score for added tokens
 PAD_SCORE = -10000.0  # and for ids no piece fills
+MAX_VOCAB = 1 << 21  # the largest real vocabularies hold 262,144 tokens (Gemma 3)
 SPACE = "\u2581"  # SentencePiece's escaped space
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 # tokenizer.json normalizer / pre-tokenizer steps that only escape spaces as SentencePiece does
@@ -47,7 +48,6 @@ def sentencepiece_vocab(
     SentencePiece-style vocabulary (Unigram, or BPE with byte fallback) or normalizes text in a
     way llama.cpp does not."""
     model = tokenizer_json.get("model") or {}
-    _check_text_steps(tokenizer_json)
     added = tokenizer_json.get("added_tokens") or []
     if model.get("type") == "Unigram":
         pieces = _unigram_pieces(model)
@@ -60,8 +60,14 @@ def sentencepiece_vocab(
             " tokenizer.model for llama.cpp's converter",
             "add the model's tokenizer.model, or export to ONNX",
         )
-    top = max([*(i for _, i, _, _ in pieces), *(int(t["id"]) for t in added), -1]) + 1
-    size = max(vocab_size or 0, top)
+    _check_text_steps(tokenizer_json)
+    ids = [*(i for _, i, _, _ in pieces), *(int(t["id"]) for t in added)]
+    size = max(vocab_size or 0, max(ids, default=-1) + 1)
+    if min(ids, default=0) < 0 or size > MAX_VOCAB:
+        raise EdgerunError(
+            f"tokenizer.json has token ids outside 0..{MAX_VOCAB} (vocabulary of {size})",
+            "the tokenizer is damaged: re-download the model",
+        )
     tokens = [f"[PAD{i}]".encode() for i in range(size)]
     scores, types = [PAD_SCORE] * size, [UNUSED] * size
     for piece, i, score, kind in pieces:

@@ -23,6 +23,7 @@ from edgerun.exporters.formats import (
     family_of,
     parse_formats,
 )
+from edgerun.exporters.runtime_check import runtime_checks
 from edgerun.exporters.validate import Reference, Thresholds
 
 from edgerun.bench.memory import PeakRss
@@ -263,7 +264,7 @@ def _export_one(
             manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
             manifest["size"] = report.model_size(tmp, manifest["model_file"], ctx.checkpoint.path)
             write_manifest(tmp, manifest)  # edgerun.load reads it
-            failures = _runtime_checks(tmp, family, run_fields, ctx, reference, manifest)
+            failures = runtime_checks(tmp, family, run_fields, ctx, reference, manifest)
             if failures and not opts.force:
                 raise _GateFailed(validation, failures)
             write_manifest(tmp, manifest)
@@ -302,47 +303,6 @@ def _passed(validation: dict[str, Any] | None, failures: list[str]) -> bool | No
     if validation is not None:
         return bool(validation["passed"])
     return False if failures else None
-
-
-def _runtime_checks(
-    artifact: Path,
-    family: Any,
-    run_fields: dict[str, Any],
-    ctx: ExportContext,
-    reference: Reference | None,
-    manifest: dict[str, Any],
-) -> list[str]:
-    """Load the written artifact through edgerun.load as users run it: decode with its KV cache
-    against the no-cache pass (when validating) and time the probe (when asked). Records the
-    validation's `kv_decode` block and the manifest's `probe`; a failure marks the validation
-    failed. Returns the failures, one line each."""
-    from edgerun.exporters.reference import read_eval_text
-    from edgerun.exporters.runtime_check import check_artifact
-
-    probe = ctx.options.probe
-    if reference is None and not probe:
-        return []
-    stage = "decode with the KV cache through edgerun.load" if reference is not None else ""
-    if probe:
-        stage = f"{stage}{', then ' if stage else ''}probe decode speed (32 greedy tokens)"
-    with ctx.stage(stage):
-        checks = check_artifact(
-            artifact,
-            ctx.options.threads,
-            token_ids=reference.windows[0] if reference is not None else None,
-            nocache=lambda: family.logits_fn(artifact, run_fields),
-            precision=str(run_fields["precision"]),
-            probe_prompt=read_eval_text(None) if probe else None,
-        )
-    validation = manifest["validation"]
-    if validation is not None:
-        validation["kv_decode"] = checks.kv_decode
-        if checks.failures:
-            validation["passed"] = False
-            validation["reasons"] = [*validation["reasons"], *checks.failures]
-    if checks.probe is not None:
-        manifest["probe"] = checks.probe
-    return checks.failures
 
 
 def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:

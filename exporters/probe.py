@@ -10,7 +10,6 @@ the CPU it ran on.
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgerun.errors import EdgerunError
@@ -23,18 +22,10 @@ TOKENS = 32
 ROUNDS = 3  # after one warm-up round
 
 
-def decode_probe(artifact: Path, threads: int | None, prompt: str) -> dict[str, Any]:
-    """Time greedy decoding of `artifact`; the manifest's `probe` block. EdgerunError when the
-    artifact cannot be loaded by the runtime."""
-    import edgerun
-
-    with edgerun.load(str(artifact), threads=threads) as model:
-        return probe_model(model, prompt)
-
-
 def probe_model(model: Model, prompt: str) -> dict[str, Any]:
-    """The `probe` block of a model already loaded with edgerun.load. EdgerunError when it
-    generates nothing."""
+    """Time greedy decoding of a model loaded with edgerun.load (edgerun.exporters.runtime_check
+    loads the artifact once for this and the KV-cache check): the manifest's `probe` block.
+    EdgerunError when it generates nothing."""
     from edgerun.machine import machine_facts
 
     ids = model.tokenizer.encode(prompt, add_special_tokens=False)[:PROMPT_TOKENS]

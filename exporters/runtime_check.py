@@ -15,12 +15,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from edgerun.exporters.validate import LogitsFn
 
 from edgerun.errors import EdgerunError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.exporters.formats import ExportContext
+    from edgerun.exporters.validate import Reference
 
 PREFIX_TOKENS = 16
 STEPS = 8
@@ -83,6 +87,46 @@ def check_artifact(
         if not checks.kv_decode["passed"]:
             checks.failures.append(_failure(checks.kv_decode))
     return checks
+
+
+def runtime_checks(
+    artifact: Path,
+    family: Any,
+    run_fields: dict[str, Any],
+    ctx: ExportContext,
+    reference: Reference | None,
+    manifest: dict[str, Any],
+) -> list[str]:
+    """Load the written artifact through edgerun.load as users run it: decode with its KV cache
+    against the no-cache pass (when validating) and time the probe (when asked). Records the
+    validation's `kv_decode` block and the manifest's `probe`; a failure marks the validation
+    failed. Returns the failures, one line each."""
+    from edgerun.exporters.reference import read_eval_text
+
+    probe = ctx.options.probe
+    if reference is None and not probe:
+        return []
+    stage = "decode with the KV cache through edgerun.load" if reference is not None else ""
+    if probe:
+        stage = f"{stage}{', then ' if stage else ''}probe decode speed (32 greedy tokens)"
+    with ctx.stage(stage):
+        checks = check_artifact(
+            artifact,
+            ctx.options.threads,
+            token_ids=None if reference is None else [int(t) for t in reference.windows[0]],
+            nocache=lambda: family.logits_fn(artifact, run_fields),
+            precision=str(run_fields["precision"]),
+            probe_prompt=read_eval_text(None) if probe else None,
+        )
+    validation = manifest["validation"]
+    if validation is not None:
+        validation["kv_decode"] = checks.kv_decode
+        if checks.failures:
+            validation["passed"] = False
+            validation["reasons"] = [*validation["reasons"], *checks.failures]
+    if checks.probe is not None:
+        manifest["probe"] = checks.probe
+    return checks.failures
 
 
 def _decode(

@@ -56,10 +56,14 @@ def _wrap_sentencepiece_vocab(text_model: Any) -> None:
             return original(self)
         from edgerun.exporters.gguf.spm_vocab import read_tokenizer_json, sentencepiece_vocab
 
+        from edgerun.errors import EdgerunError
+
         size = self.find_hparam(["vocab_size_per_layer_input", "vocab_size"], optional=True)
-        vocab = sentencepiece_vocab(
-            read_tokenizer_json(model_dir), size, self.does_token_look_special
-        )
+        try:
+            data = read_tokenizer_json(model_dir)
+            vocab = sentencepiece_vocab(data, size, self.does_token_look_special)
+        except EdgerunError as exc:  # as the original: families with a fallback (llama) go on
+            raise FileNotFoundError(f"{exc.message}, and there is no tokenizer.model") from exc
         print(f"{VOCAB_NOTE_PREFIX}SentencePiece vocabulary from tokenizer.json", file=sys.stderr)
         return vocab
 

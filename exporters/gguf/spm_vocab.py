@@ -56,8 +56,7 @@ def sentencepiece_vocab(
     else:
         kind = model.get("type", "?") + ("" if model.get("type") != "BPE" else " (byte-level)")
         raise EdgerunError(
-            f"tokenizer.json holds a {kind} vocabulary, not a SentencePiece one, and there is no"
-            " tokenizer.model for llama.cpp's converter",
+            f"tokenizer.json holds a {kind} vocabulary, not a SentencePiece one",
             "add the model's tokenizer.model, or export to ONNX",
         )
     _check_text_steps(tokenizer_json)

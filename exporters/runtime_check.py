@@ -167,7 +167,7 @@ def _compare(
         centred = full - full.mean(axis=-1, keepdims=True)
         rms_diff = np.sqrt(np.mean((cached - full) ** 2, axis=-1))
         errors = list(rms_diff / np.maximum(np.sqrt(np.mean(centred**2, axis=-1)), 1e-12))
-    worst = float(max(errors))
+    worst = float(np.max(errors))  # NaN propagates, and fails
     agree = [int(np.argmax(row)) == t for row, t in zip(full, tokens, strict=False)]
     return {
         "what": "greedy decode with the KV cache through edgerun.load, against one forward pass"
@@ -184,7 +184,9 @@ def _compare(
 
 def _failure(block: dict[str, Any]) -> str:
     error = block["max_rel_error"]
-    shown = "a different shape" if error is None else f"relative logit error {error:.3g}"
+    shown = (
+        "non-finite or misshapen logits" if error is None else f"relative logit error {error:.3g}"
+    )
     return (
         f"decoding with the KV cache differs from the no-cache pass ({shown} >"
         f" {block['tolerance']} over {block['steps']} steps)"

@@ -32,8 +32,11 @@ STEPS = 8
 # cached decode and the no-cache pass (the RMS of their difference over the RMS of the centred
 # no-cache logits, worst step), widest first. Both passes run the same weights in the same
 # runtime, so what is left is kernel order (batched prefill against one-token steps) and the
-# cache's own precision (llama.cpp keeps it in f16); a broken cache measures 0.3 or more.
-TOLERANCES: tuple[tuple[int, float], ...] = ((32, 0.001), (16, 0.01), (8, 0.02), (0, 0.05))
+# cache's own precision (llama.cpp keeps it in f16 whatever the weights). Measured on
+# SmolLM2-135M: onnx-fp32 (genai) 4e-6, onnx-fp16 0.0018, gguf-f16 0.0066; on the tiny family
+# checkpoints at most 4e-5. Broken caches measured 0.3 and more (no cache, zeroed cache, longrope
+# factors picked by context size).
+TOLERANCES: tuple[tuple[int, float], ...] = ((16, 0.03), (8, 0.05), (0, 0.1))
 
 
 @dataclass

@@ -84,7 +84,7 @@ def test_an_artifact_decodes_with_its_cache_as_it_scores_without(
     assert result.written and result.passed, result.reason
     check = read_manifest(result.path)["validation"]["kv_decode"]
     assert check["passed"] and check["backend"] == "onnxruntime"
-    assert check["steps"] == runtime_check.STEPS and check["tolerance"] == 0.001
+    assert check["steps"] == runtime_check.STEPS and check["tolerance"] == 0.03
     assert check["max_rel_error"] < 1e-4 and check["greedy_agreement"] == 1.0
 
 
@@ -139,8 +139,8 @@ def test_decode_logits_are_the_greedy_decode_of_generate(
 
 @pytest.mark.parametrize(
     "precision,tolerance",
-    [("fp32", 0.001), ("fp16", 0.01), ("bf16", 0.01), ("int8", 0.02), ("q8_0", 0.02),
-     ("int4", 0.05), ("q4_k_m", 0.05), ("iq3_m", 0.05)],
+    [("fp32", 0.03), ("fp16", 0.03), ("bf16", 0.03), ("int8", 0.05), ("q8_0", 0.05),
+     ("int4", 0.1), ("q4_k_m", 0.1), ("iq3_m", 0.1)],
 )  # fmt: skip
 def test_the_tolerance_follows_the_bit_width(precision: str, tolerance: float) -> None:
     assert runtime_check.tolerance(precision) == tolerance

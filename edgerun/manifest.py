@@ -19,7 +19,8 @@ Schema (version 1)::
       "export": {"wall_s": 12.3, "peak_rss_bytes": 123, "created": "2026-11-23T18:00:00Z"},
       "onnx": {"opset": 17, "ir_version": 8} ,     # ONNX only
       "validation": {"ppl_ref", "ppl", "ppl_ratio", "mean_kl", "top1_agreement", "tokens",
-                     "eval_text_sha256", "thresholds", "passed"} | null
+                     "eval_text_sha256", "thresholds", "passed", "reasons",
+                     "kv_decode": {...} | null} | null   # the decode through edgerun.load
     }
 """
 
@@ -125,6 +126,7 @@ Check = tuple[Callable[[Any], bool], str]
 _VALIDATION: dict[str, Check] = {
     **{k: (_number_or_null, "a number or null") for k in _VALIDATION_NUMBERS},
     "passed": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "kv_decode": (_dict_or_null, "an object or null"),
 }
 _TOP: dict[str, Check] = {
     "format": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),

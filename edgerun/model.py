@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.errors import EdgerunError
@@ -147,6 +149,24 @@ class Model:
         eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
         self._generation += 1
         return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
+
+    def decode_logits(self, ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
+        """Greedy decoding of `steps` tokens after the prompt `ids`, one token at a time with the
+        backend's KV cache, as generate() decodes. Returns the tokens chosen and the logits each
+        was chosen from ([steps, vocab], float32): what export validation compares with a
+        forward pass without a cache. Raises EdgerunError on a bad prompt or a closed model."""
+        backend = self._open_backend()
+        prompt = self._fit(self._prompt_ids(ids), max(steps, 1), None)
+        self._generation += 1  # a generator still running on this model stops with an error
+        tokens: list[int] = []
+        rows: list[np.ndarray] = []
+        logits = backend.prefill(prompt, len(prompt) + steps)
+        for step in range(steps):
+            rows.append(np.array(logits, dtype=np.float32))  # a copy: backends reuse the buffer
+            tokens.append(int(np.argmax(rows[-1])))
+            if step < steps - 1:
+                logits = backend.decode(tokens[-1])
+        return tokens, np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
     def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
         """generate() on `messages` ([{"role", "content"}]) rendered with the chat template."""

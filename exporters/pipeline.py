@@ -24,7 +24,8 @@ from edgerun.exporters.formats import (
     family_of,
     parse_formats,
 )
-from edgerun.exporters.validate import Reference, Thresholds, Validation
+from edgerun.exporters.runtime_check import runtime_checks
+from edgerun.exporters.validate import Reference, Thresholds
 
 from edgerun.bench.memory import PeakRss
 from edgerun.checkpoint import SIDE_FILES, checkpoint_file
@@ -58,8 +59,11 @@ class ExportResult:
 
 
 class _GateFailed(Exception):
-    def __init__(self, validation: Validation) -> None:
-        super().__init__("; ".join(validation.reasons))
+    """An artifact that failed validation or a runtime check, not to be written."""
+
+    def __init__(self, validation: dict[str, Any] | None, failures: list[str] | None = None):
+        reasons = validation["reasons"] if validation is not None else failures or []
+        super().__init__("; ".join(reasons))
         self.validation = validation
 
 
@@ -249,28 +253,29 @@ def _export_one(
         ):
             fields = family.export(fmt, ctx, tmp)
             copy_side_files(ctx.checkpoint.path, tmp)
+            run_fields = {**fields, "threads": opts.threads}
             validation = None
             if reference is not None:
                 with ctx.stage("validate (artifact vs PyTorch fp32)"):
-                    run_fields = {**fields, "threads": opts.threads}
                     scored = reference.score(family.logits_fn(tmp, run_fields), _gate(opts, fields))
-                if not scored.passed and not opts.force:
-                    raise _GateFailed(scored)
                 validation = scored.to_json()
+                if not scored.passed and not opts.force:
+                    raise _GateFailed(validation)
             wall = time.perf_counter() - start
             manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
             manifest["size"] = report.model_size(tmp, manifest["model_file"], ctx.checkpoint.path)
+            write_manifest(tmp, manifest)  # edgerun.load reads it
+            failures = runtime_checks(tmp, family, run_fields, ctx, reference, manifest)
+            if failures and not opts.force:
+                raise _GateFailed(validation, failures)
             write_manifest(tmp, manifest)
-            if opts.probe:
-                manifest["probe"] = _probe(tmp, ctx)
-                write_manifest(tmp, manifest)
     except _GateFailed as failed:
         return ExportResult(
             fmt,
             None,
             written=False,
             passed=False,
-            validation=failed.validation.to_json(),
+            validation=failed.validation,
             reason=str(failed),
             wall_s=time.perf_counter() - start,
         )
@@ -279,29 +284,26 @@ def _export_one(
             fmt, None, False, None, reason=str(exc), wall_s=time.perf_counter() - start
         )
     path = out / fmt
+    reasons = validation["reasons"] if validation else failures
     return ExportResult(
         fmt,
         path,
         written=True,
-        passed=None if validation is None else bool(validation["passed"]),
+        passed=_passed(validation, failures),
         validation=validation,
         manifest=manifest,
-        reason="; ".join(validation["reasons"]) if validation and validation["reasons"] else None,
+        reason="; ".join(reasons) if reasons else None,
         size_bytes=report.artifact_bytes(path),
         wall_s=wall,
     )
 
 
-def _probe(artifact: Path, ctx: ExportContext) -> dict[str, Any]:
-    """The decode-speed probe of a written artifact, or why it could not run."""
-    from edgerun.exporters.probe import decode_probe
-    from edgerun.exporters.reference import read_eval_text
-
-    with ctx.stage("probe decode speed (edgerun.load, 32 greedy tokens)"):
-        try:
-            return decode_probe(artifact, ctx.options.threads, read_eval_text(None))
-        except EdgerunError as exc:
-            return {"error": str(exc)}
+def _passed(validation: dict[str, Any] | None, failures: list[str]) -> bool | None:
+    """The result's verdict: the validation's, else False when a runtime check failed, else
+    None (not validated)."""
+    if validation is not None:
+        return bool(validation["passed"])
+    return False if failures else None
 
 
 def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:

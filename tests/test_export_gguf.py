@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,36 @@ def test_checkpoints_llama_cpp_would_run_wrongly_are_refused_before_work(model_t
     with pytest.raises(EdgerunError, match="would run wrongly in llama.cpp"):
         FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **wrong})
     FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **right})
+
+
+# model_type -> (config arguments of a checkpoint the converter is given other keys for, those
+# keys, config arguments of one it reads as it is): configs as transformers saves them.
+QUIRK_FIXES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "falcon": (
+        {"multi_query": True, "new_decoder_architecture": False},  # Falcon-7B
+        {"num_kv_heads": 1},
+        {"new_decoder_architecture": True, "num_kv_heads": 2},  # Falcon-40B
+    ),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(QUIRK_FIXES))
+def test_the_converter_reads_a_checkpoint_view_with_the_quirks_config(model_type, tmp_path):
+    from edgerun.exporters.gguf.convert import _checkpoint_view
+    from transformers import AutoConfig
+
+    wrong, fixes, right = QUIRK_FIXES[model_type]
+    for name, arguments in (("wrong", wrong), ("right", right)):
+        AutoConfig.for_model(model_type, **arguments).save_pretrained(tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_bytes(b"weights")
+        (tmp_path / f"view-{name}").mkdir()
+    saved = (tmp_path / "wrong" / "config.json").read_text()
+    view = _checkpoint_view(tmp_path / "wrong", tmp_path / "view-wrong")
+    assert view != tmp_path / "wrong" and (tmp_path / "wrong" / "config.json").read_text() == saved
+    config = json.loads((view / "config.json").read_text())
+    assert config == {**json.loads(saved), **fixes}
+    assert (view / "model.safetensors").resolve() == tmp_path / "wrong" / "model.safetensors"
+    assert _checkpoint_view(tmp_path / "right", tmp_path / "view-right") == tmp_path / "right"
 
 
 def test_unknown_quant_type_lists_available(tmp_path):

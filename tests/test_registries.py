@@ -64,8 +64,15 @@ def test_every_format_family_is_in_the_family_matrix() -> None:
 
 
 def test_every_gguf_quirk_has_a_refused_and_an_accepted_checkpoint() -> None:
+    """A quirk that refuses has a refused and an accepted config; one that fixes the
+    converter's config has a config it fixes and one it leaves alone."""
+    import importlib
+
     from edgerun.exporters.gguf.quirks import MODULES
 
-    from tests.test_export_gguf import QUIRK_CHECKPOINTS
+    from tests.test_export_gguf import QUIRK_CHECKPOINTS, QUIRK_FIXES
 
-    assert sorted(MODULES) == sorted(QUIRK_CHECKPOINTS)
+    modules = {name: importlib.import_module(path) for name, path in MODULES.items()}
+    assert sorted(n for n, m in modules.items() if hasattr(m, "check")) == sorted(QUIRK_CHECKPOINTS)
+    assert sorted(n for n, m in modules.items() if hasattr(m, "fix")) == sorted(QUIRK_FIXES)
+    assert all(hasattr(m, "check") or hasattr(m, "fix") for m in modules.values())

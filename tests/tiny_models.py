@@ -54,10 +54,12 @@ FAMILY_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     "qwen2": ("qwen2", {"num_key_value_heads": 2, "tie_word_embeddings": True}, "bpe"),
     "qwen3": ("qwen3", {"num_key_value_heads": 2, "head_dim": 32, "tie_word_embeddings": True}, "bpe"),
     "phi3": ("phi3", {
-        # llama.cpp picks long factors by context size, padded to 256, transformers by sequence
-        # length: an original context of 256 keeps both on the short factors for short windows
-        "num_key_value_heads": 2, "original_max_position_embeddings": 256,
-        "max_position_embeddings": 1024, "pad_token_id": None,
+        # llama.cpp picks long factors by context size (all positions: above the original
+        # context), transformers by sequence length: an original context of 4096, the context
+        # edgerun.load allocates by default, keeps both on the short factors in validation and at
+        # run time, as for Phi-3-mini-128k
+        "num_key_value_heads": 2, "original_max_position_embeddings": 4096,
+        "max_position_embeddings": 16384, "pad_token_id": None,
         "rope_scaling": {"type": "longrope", **_LONGROPE},
     }, "spm"),
     # llama.cpp's phi2 takes the feed-forward width as 4 x hidden, as in the real phi-1/1.5/2
@@ -81,8 +83,10 @@ FAMILY_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     }, "bpe"),
     "starcoder2": ("starcoder2", {"num_key_value_heads": 2, "sliding_window": None}, "bpe"),
     "gpt-neox": ("gpt_neox", {"rotary_pct": 0.25, "use_parallel_residual": True}, "bpe"),
+    # as transformers saves it: FalconConfig writes num_kv_heads = num_attention_heads, which
+    # multi_query overrides (llama.cpp's converter is given 1 by exporters/gguf/quirks/falcon.py)
     "falcon": ("falcon", {
-        "new_decoder_architecture": False, "multi_query": True, "num_kv_heads": 1, "parallel_attn": True,
+        "new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
         "bias": False, "alibi": False,
     }, "bpe"),
     # NoPE on every 4th layer (the real family's interval; llama.cpp fixes it at 4): 4 layers
@@ -227,10 +231,30 @@ def build_tiny_model(
     return out_dir
 
 
-def build_family_model(name: str, out_dir: Path, without_rope_scaling: bool = False) -> Path:
+def build_family_model(
+    name: str, out_dir: Path, without_rope_scaling: bool = False, tokenizer_json_only: bool = False
+) -> Path:
     """Build the tiny checkpoint of the registered family `name` (a key of FAMILY_SPECS); with
-    `without_rope_scaling`, the same family with its rope scaling removed."""
+    `without_rope_scaling`, the same family with its rope scaling removed; with
+    `tokenizer_json_only`, a SentencePiece family saved as a fine-tune with a fast tokenizer
+    only: no tokenizer.model (see drop_tokenizer_model)."""
     model_type, overrides, kind = FAMILY_SPECS[name]
     if without_rope_scaling:
         overrides = {k: v for k, v in overrides.items() if k != "rope_scaling"}
-    return build_tiny_model(name, out_dir, spec=(model_type, overrides), tokenizer_kind=kind)
+    build_tiny_model(name, out_dir, spec=(model_type, overrides), tokenizer_kind=kind)
+    if tokenizer_json_only:
+        drop_tokenizer_model(out_dir)
+    return out_dir
+
+
+def drop_tokenizer_model(checkpoint: Path) -> None:
+    """Remove tokenizer.model, and `add_prefix_space` from tokenizer_config.json: transformers
+    rebuilds the fast tokenizer from tokenizer.model when that key is set, and a checkpoint
+    saved without tokenizer.model (Gemma's, Phi-3's) does not carry it."""
+    import json
+
+    (checkpoint / "tokenizer.model").unlink()
+    path = checkpoint / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.pop("add_prefix_space", None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX
+from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX, VOCAB_NOTE_PREFIX
 from edgerun.exporters.gguf.converter import Converter
 
 from edgerun.errors import EdgerunError
@@ -60,22 +60,48 @@ def convert(
 def _checkpoint_view(checkpoint: Path, view: Path) -> Path:
     """The checkpoint as the converter should read it: links to its files, less its Python files
     and every `auto_map` (edgerun.remote_code), so no loader the converter calls can find model
-    code. transformers (4.57) rebuilds a GGUF's byte-level BPE vocabulary with
-    `byte_fallback: true`, which llama.cpp's converter takes for a SentencePiece-style vocabulary
-    (writing one llama.cpp cannot load). Byte-level BPE holds every byte in its alphabet, so the
-    flag never changes a tokenization: the view's tokenizer.json has it cleared."""
-    replaced: dict[str, bytes] = {}
-    tokenizer_json = checkpoint / "tokenizer.json"
-    if tokenizer_json.is_file():
-        data = read_json(tokenizer_json, "fix or replace the checkpoint's tokenizer.json")
-        model: Any = data.get("model") if isinstance(data, dict) else None
-        byte_level = isinstance(model, dict) and "ByteLevel" in json.dumps(
-            data.get("pre_tokenizer")
-        )
-        if byte_level and model.get("type") == "BPE" and model.get("byte_fallback"):
-            model["byte_fallback"] = False
-            replaced["tokenizer.json"] = json.dumps(data, ensure_ascii=False).encode("utf-8")
+    code; and with the files the converter needs changed written beside them (the checkpoint is
+    never modified): a GGUF quirk's config.json keys (edgerun.exporters.gguf.quirks.config_fixes)
+    and the tokenizer change of `_tokenizer_change`."""
+    changed = {**_tokenizer_change(checkpoint), **_config_change(checkpoint)}
+    replaced = {}
+    for name, data in changed.items():
+        data.pop("auto_map", None)  # a rewritten file is never a way back to model code
+        replaced[name] = json.dumps(data, ensure_ascii=False).encode("utf-8")
     return code_free_view(checkpoint, view, replaced)
+
+
+def _tokenizer_change(checkpoint: Path) -> dict[str, Any]:
+    """transformers (4.57) rebuilds a GGUF's byte-level BPE vocabulary with `byte_fallback:
+    true`, which llama.cpp's converter takes for a SentencePiece-style vocabulary (writing one
+    llama.cpp cannot load). Byte-level BPE holds every byte in its alphabet, so the flag never
+    changes a tokenization: such a tokenizer.json is shown with the flag cleared."""
+    tokenizer_json = checkpoint / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return {}
+    data = read_json(tokenizer_json, "fix or replace the checkpoint's tokenizer.json")
+    model: Any = data.get("model") if isinstance(data, dict) else None
+    byte_level = isinstance(data, dict) and "ByteLevel" in json.dumps(data.get("pre_tokenizer"))
+    if not (isinstance(model, dict) and model.get("type") == "BPE" and model.get("byte_fallback")):
+        return {}
+    if not byte_level:
+        return {}
+    model["byte_fallback"] = False
+    return {"tokenizer.json": data}
+
+
+def _config_change(checkpoint: Path) -> dict[str, Any]:
+    """config.json with the keys a GGUF quirk gives the converter, or nothing to change."""
+    from edgerun.exporters.gguf.quirks import config_fixes
+
+    from edgerun.untrusted import read_json_object
+
+    path = checkpoint / "config.json"
+    if not path.is_file():
+        return {}
+    config = read_json_object(path, "the checkpoint's config.json is damaged")
+    fixes = config_fixes(config)
+    return {"config.json": {**config, **fixes}} if fixes else {}
 
 
 def _run(
@@ -95,7 +121,9 @@ def _run(
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
     verbose = bool(os.environ.get("EDGERUN_LLAMA_VERBOSE"))
     tail: deque[str] = deque(maxlen=40)
-    summary: dict[str, Any] = {"tensors": 0, "pre_tokenizer_note": None, "hf_architecture": None}
+    summary: dict[str, Any] = {
+        "tensors": 0, "pre_tokenizer_note": None, "vocabulary_note": None, "hf_architecture": None,
+    }  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True, env=env, errors="replace",
@@ -114,6 +142,8 @@ def _run(
                 summary["hf_architecture"] = match.group(1)
             elif line.startswith(PRE_NOTE_PREFIX):
                 summary["pre_tokenizer_note"] = line.removeprefix(PRE_NOTE_PREFIX)
+            elif line.startswith(VOCAB_NOTE_PREFIX):
+                summary["vocabulary_note"] = line.removeprefix(VOCAB_NOTE_PREFIX)
         code = proc.wait()
     except BaseException:  # Ctrl-C: stop the converter, leave nothing behind
         proc.kill()

@@ -51,7 +51,10 @@ def _custom_configs(model: Any) -> dict[str, Any] | None:
     constructor = TasksManager.get_exporter_config_constructor(
         exporter="onnx", task=TASK, model_type=borrowed, library_name="transformers"
     )
-    return {"model": constructor(model.config)}
+    # A custom config is used as given: optimum's own decoder path adds use_past_in_inputs
+    # (optimum.exporters.utils.get_decoder_models_for_export); without it the graph takes no
+    # past_key_values and the runtime cannot decode with a cache.
+    return {"model": constructor(model.config, use_past_in_inputs=True)}
 
 
 def check_exportable(model_type: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ STAGE = re.compile(r"✓ (?P<name>.+?) \((?P<wall>[\d.]+) s(?:, peak (?P<peak>[\
 GIB = 1 << 30
 DEFAULT_SHAPES = "smollm2-135m,qwen2.5-0.5b,llama-3.2-1b,qwen2.5-1.5b,llama-3.2-3b,llama-3.1-8b"
 DEFAULT_FORMATS = "onnx-int4,onnx-int8,gguf-q4_k_m"
+EXPORT_ARGS: list[str] = []  # --export-args: more `edgerun export` options for every export
 
 
 def checkpoint(shape: str, models: Path) -> Path:
@@ -84,6 +86,7 @@ def export_row(
     cmd = [PY, "-m", "edgerun", "export", str(ckpt), "-f", fmt, "-o", str(out), "--overwrite"]
     cmd += ["--no-probe"] + ([] if validate else ["--no-validate"])
     cmd += ["--eval-text", str(eval_text)] if eval_text else []
+    cmd += EXPORT_ARGS
     proc = run_measured(cmd, logs / f"export-{fmt}.log")
     row: dict[str, Any] = {
         "format": fmt,
@@ -195,6 +198,9 @@ def _tail(log: Path) -> str:
               help="Validate on the first N characters of the shipped eval text (all of it if unset).")  # fmt: skip
 @click.option("--peer/--no-peer", default=True, show_default=True)
 @click.option("--bench/--no-bench", "bench", default=True, show_default=True)
+@click.option(
+    "--export-args", default="", help="More `edgerun export` options, e.g. '--max-memory 6G'."
+)
 @click.option("--keep", is_flag=True, help="Keep the artifacts (they are deleted per shape).")
 def main(
     shapes: str,
@@ -204,10 +210,12 @@ def main(
     eval_chars: int | None,
     peer: bool,
     bench: bool,
+    export_args: str,
     keep: bool,
 ) -> None:
     """Export (and run) every shape in every format; record the cost curve."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    EXPORT_ARGS[:] = shlex.split(export_args)
     results: dict[str, Any] = {
         "what": "edgerun export / run cost by model size (random weights, real shapes)",
         "created": stamp,
@@ -215,6 +223,7 @@ def main(
         "commit": machine.git_commit(),
         "validate": validate,
         "eval_chars": eval_chars,
+        "export_args": export_args,
         "shapes": [],
     }
     eval_text = _eval_slice(eval_chars) if eval_chars else None

@@ -31,6 +31,9 @@ from edgerun.exporters.validate import LogitsFn
 from edgerun.errors import EdgerunError, require
 
 OFFERED_ALGORITHMS = ("rtn", "hqq")
+# Importance-weighted rounding of MatMulNBits blocks unless --no-imatrix (see benchmarks/README.md
+# "Fidelity" for what it changed).
+IMATRIX_DEFAULT = False
 
 
 class OnnxFamily:
@@ -193,8 +196,11 @@ def _quantize_nbits(
     plan, recipe = _int4_plan(model, config, ctx) if spec.recipes else (None, None)
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({spec.name}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
+    importance = _importance(ctx, config, out_dir)
     with ctx.stage(stage), files.quiet():
         model, quant = quantize_weight_only(model, config, plan)
+        if importance is not None:
+            quant["importance"] = _reround(model, fp32, *importance)
         files.save_model(model, out_dir)
     if recipe is not None:
         quant["recipe"] = recipe
@@ -220,6 +226,32 @@ def _int4_plan(
 
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):
         return search_plan(ctx, nodes, config)
+
+
+def uses_imatrix(options: ExportOptions, config: Any) -> bool:
+    """Whether MatMulNBits blocks get importance-weighted rounding: --imatrix / --no-imatrix,
+    else IMATRIX_DEFAULT; only RTN is re-rounded (HQQ has its own search)."""
+    wanted = IMATRIX_DEFAULT if options.imatrix is None else options.imatrix
+    return wanted and config.algorithm == "rtn"
+
+
+def _importance(
+    ctx: ExportContext, config: Any, out_dir: Path
+) -> tuple[Any, dict[str, Any]] | None:
+    """(the export's importance statistics, their manifest note; copied into the artifact), or
+    None when unused."""
+    if not uses_imatrix(ctx.options, config):
+        return None
+    from edgerun.exporters.importance import attach, gather
+
+    found = gather(ctx)
+    return found, attach(ctx, out_dir)
+
+
+def _reround(model: Any, fp32: Path, importance: Any, note: dict[str, Any]) -> dict[str, Any]:
+    from edgerun.exporters.onnx.weighted import fp32_weights, reround
+
+    return {**note, "rounding": reround(model, fp32_weights(fp32), importance.for_node)}
 
 
 def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:

@@ -83,7 +83,7 @@ class Importance:
     @classmethod
     def load(cls, path: Path) -> Importance:
         """Read a file written by `save`; EdgerunError when it is not one."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="numpy") as f:
@@ -91,7 +91,7 @@ class Importance:
                 values = {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}  # noqa: SIM118
             tokens = int(meta["tokens"])
             text_sha = str(meta["calibration_text_sha256"])
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, SafetensorError) as exc:
             raise EdgerunError(
                 f"{path} is not an edgerun importance file: {exc}", "delete it and export again"
             ) from exc

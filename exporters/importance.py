@@ -132,11 +132,10 @@ def collect(model: Any, windows: list[np.ndarray]) -> tuple[dict[str, np.ndarray
         return record
 
     types = _linear_types()
-    handles = [
-        module.register_forward_hook(hook(name))
-        for name, module in model.named_modules()
-        if isinstance(module, types)
+    linears: list[tuple[str, Any]] = [
+        (name, module) for name, module in model.named_modules() if isinstance(module, types)
     ]
+    handles = [module.register_forward_hook(hook(name)) for name, module in linears]
     tokens = 0
     try:
         with torch.inference_mode():

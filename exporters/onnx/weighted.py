@@ -67,12 +67,16 @@ def _rtn_params(
     return scale, zero, lo, hi
 
 
-def _codes(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
-    """MLAS's rounding: clamp(roundf(x * (1 / scale) + zp), 0, 2^bits - 1), in float32."""
+def _codes(
+    x: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, exact: bool = True
+) -> np.ndarray:
+    """MLAS's rounding: clamp(roundf(x * (1 / scale) + zp), 0, 2^bits - 1), in float32
+    (exact: C's roundf; else np.rint, which differs only at exact halves: fine for a search)."""
     safe = np.where(scale != 0, scale, np.float32(1))
     recip = np.where(scale != 0, np.float32(1) / safe, np.float32(0)).astype(np.float32)
     v = (x * recip[..., None]).astype(np.float32) + zero[..., None]
-    return np.clip(_roundf(v.astype(np.float32)), 0, (1 << bits) - 1).astype(np.float32)
+    rounded = _roundf(v) if exact else np.rint(v)
+    return np.clip(rounded, 0, (1 << bits) - 1).astype(np.float32)
 
 
 def _refit(
@@ -119,9 +123,9 @@ def _search(
         if not symmetric:
             safe = np.where(s != 0, s, np.float32(1))
             z = np.clip(np.rint(-lo / safe), 0, (1 << bits) - 1).astype(np.float32)
-        q = _codes(x, s, z, bits)
+        q = _codes(x, s, z, bits, exact=False)
         s, z = _refit(x, w, q, z, bits, symmetric)
-        q = _codes(x, s, z, bits)  # re-round on the refit grid, then score that
+        q = _codes(x, s, z, bits, exact=False)  # re-round on the refit grid, then score that
         e = _error(x, w, q, s, z)
         better = e < best_e
         best_e = np.where(better, e, best_e)

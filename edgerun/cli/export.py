@@ -70,8 +70,7 @@ def _formats_help() -> str:
     "--imatrix/--no-imatrix",
     default=None,
     help="Quantize with importance statistics of the calibration text (ONNX int4/int8 weighted"
-    " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need). Default: on for"
-    " GGUF, off for ONNX.",
+    " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need). Default: on.",
 )
 @click.option(
     "--probe/--no-probe",

@@ -40,15 +40,28 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 GGUF = ["gguf-q4_0", "gguf-q4_k_m", "gguf-q5_k_m", "gguf-q8_0"]
 BASELINE = VARIANTS[0][0]  # speeds are also given as paired ratios against this row
+# --set imatrix: the default onnx-int4 and gguf-q4_k_m without and with the importance
+# statistics (issue 23); one export call per setting, its label suffixed to each format.
+IMATRIX_JOBS: list[tuple[str, list[str], dict[str, Any]]] = [
+    ("no imatrix", ["onnx-int4", "gguf-q4_k_m"], {"imatrix": False}),
+    ("+ imatrix", ["onnx-int4", "gguf-q4_k_m"], {"imatrix": True}),
+]
 
 
-def export_variants(source: str, out: Path, threads: int) -> list[dict[str, Any]]:
+def _jobs(which: str) -> list[tuple[str, list[str], dict[str, Any]]]:
+    if which == "imatrix":
+        return IMATRIX_JOBS
+    return [(label, [fmt], opts) for label, fmt, opts in VARIANTS] + [("gguf", GGUF, {})]
+
+
+def export_variants(
+    source: str, out: Path, threads: int, which: str = "all"
+) -> list[dict[str, Any]]:
     """Export every variant of `source` under `out`; one row per artifact (failures too)."""
     from edgerun.exporters.pipeline import export
 
     rows = []
-    jobs = [(label, [fmt], opts) for label, fmt, opts in VARIANTS]
-    jobs.append(("gguf", GGUF, {}))
+    jobs = _jobs(which)
     for i, (label, formats, opts) in enumerate(jobs):
         target = out / f"v{i}"
         click.echo(f"  {label} ...", err=True)
@@ -57,8 +70,12 @@ def export_variants(source: str, out: Path, threads: int) -> list[dict[str, Any]
             progress=False, **opts,
         )  # fmt: skip
         for r in results:
-            rows.append(_row(label if formats != GGUF else r.format, r))
+            rows.append(_row(label if len(formats) == 1 else _multi(label, r.format), r))
     return rows
+
+
+def _multi(label: str, fmt: str) -> str:
+    return fmt if label == "gguf" else f"{fmt} {label}"
 
 
 def _row(label: str, result: Any) -> dict[str, Any]:
@@ -79,6 +96,7 @@ def _row(label: str, result: Any) -> dict[str, Any]:
         "probe_ms": (manifest.get("probe") or {}).get("decode_ms_per_token"),
         "bits_summary": quant.get("bits_summary"),
         "recipe": (quant.get("recipe") or {}).get("name"),
+        "importance": quant.get("importance") or quant.get("imatrix"),
     }
 
 
@@ -204,6 +222,15 @@ def _replace_readme(table: str, stamp: str) -> None:
     help="Re-time the artifacts of an earlier results file instead of exporting again.",
 )
 @click.option("--plot/--no-plot", "draw", default=True, help="Draw fidelity-<time>.png.")
+@click.option(
+    "--set",
+    "which",
+    type=click.Choice(["all", "imatrix"]),
+    default="all",
+    show_default=True,
+    help="all: every recipe and GGUF type; imatrix: default onnx-int4 and gguf-q4_k_m without"
+    " and with the importance statistics.",
+)
 def main(
     model: str,
     offgrid: Path | None,
@@ -214,6 +241,7 @@ def main(
     reuse: Path | None,
     draw: bool,
     only: str,
+    which: str,
 ) -> None:
     """Export every recipe and GGUF type on each reference; score, time, tabulate."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -228,7 +256,8 @@ def main(
             rows = earlier[i]["rows"]
         else:
             click.echo(f"{name}: exporting", err=True)
-            rows = export_variants(source, work_dir() / "fidelity" / stamp / str(i), threads)
+            out = work_dir() / "fidelity" / stamp / str(i)
+            rows = export_variants(source, out, threads, which)
         if rounds > 0:
             click.echo(f"{name}: timing {len(rows)} artifacts", err=True)
             interleaved_speed(rows, rounds, tokens, threads, [t for t in only.split(",") if t])

@@ -44,6 +44,9 @@ class ExportOptions:
         mixed int4/int8 plan whose KL (or PPL ratio) on the calibration text meets the target
         (edgerun.exporters.onnx.sensitivity), then hold it to the target on the evaluation text;
     calib_text: the calibration text of that search (None: exporters/data/calib.txt);
+    imatrix: quantize with importance statistics gathered on the calibration text
+        (edgerun.exporters.importance): ONNX weighted rounding, llama.cpp's imatrix; None: each
+        family's default;
     probe: time a short greedy decode of each artifact on this machine (manifest "probe");
     int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
     builder: who makes the fp32 graph the other formats start from: "auto" (genai for onnx-fp32,
@@ -69,6 +72,7 @@ class ExportOptions:
     target_kl: float | None = None
     target_ppl_ratio: float | None = None
     calib_text: Path | None = None
+    imatrix: bool | None = None
     probe: bool = True
     int8_mode: str = "weight-only"
     builder: str = "auto"

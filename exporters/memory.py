@@ -167,6 +167,9 @@ def estimate(
             else:
                 calibration = "imatrix"
                 stages["calibrate (importance matrix)"] = streamed_bytes(shape, 1024, 128)
+    if options.imatrix and any(f.startswith(("onnx-int", "gguf-q", "gguf-iq")) for f in formats):
+        # edgerun.exporters.importance runs the whole fp32 model over the calibration text
+        stages["importance statistics (whole fp32 model)"] = _whole(5.0, shape)
     peak_stage = max(stages, key=lambda s: stages[s])
     return {
         "peak_bytes": stages[peak_stage],
@@ -237,6 +240,8 @@ def _streams(fmt: str, builder: str, options: Any, path: Path) -> bool:
     spec = FORMATS[fmt]
     if not options.extra.get("onnx_stream", True) or spec.dynamic(options.int8_mode):
         return False
+    if spec.bits is not None and options.imatrix and options.algorithm == "rtn":
+        return False  # --imatrix re-rounds from the fp32 graph (exporters/onnx/__init__.py)
     return stream_refusal(spec, builder, options.algorithm, path) is None
 
 

@@ -77,8 +77,9 @@ def test_format_names_are_not_case_or_separator_sensitive(spelled: str, canonica
 
 def test_a_withheld_gguf_type_names_its_reason() -> None:
     pytest.importorskip("llama_cpp")
-    with pytest.raises(EdgerunError, match="'gguf-iq2_xxs' is not offered: needs an importance"):
-        parse_formats("gguf-IQ2_XXS")
+    with pytest.raises(EdgerunError, match="'gguf-tq1_0' is not offered: for ternary"):
+        parse_formats("gguf-tq1_0")
+    assert parse_formats("gguf-IQ2_XXS") == ["gguf-iq2_xxs"]  # offered: exported with an imatrix
 
 
 @pytest.mark.parametrize(

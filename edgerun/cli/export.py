@@ -67,6 +67,13 @@ def _formats_help() -> str:
     help="Calibration text of a target search (UTF-8; never the eval text).",
 )
 @click.option(
+    "--imatrix/--no-imatrix",
+    default=None,
+    help="Quantize with importance statistics of the calibration text (ONNX int4/int8 weighted"
+    " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need). Default: off (the"
+    " statistics need the whole fp32 model in memory).",
+)
+@click.option(
     "--probe/--no-probe",
     default=True,
     show_default=True,

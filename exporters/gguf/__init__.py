@@ -23,6 +23,10 @@ PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 # Quantization starts from this float GGUF, kept in the export's scratch dir and shared by every
 # quant format of one call (llama.cpp's documented convert-to-f16-then-quantize workflow).
 INTERMEDIATE = "f16"
+# Quantize with the export's importance statistics only with --imatrix: the statistics are still
+# gathered over the whole fp32 model (edgerun.exporters.importance), which the memory-bounded
+# default export never holds (benchmarks/README.md "Fidelity" has what they change).
+IMATRIX_DEFAULT = False
 
 
 class GGUFFamily:
@@ -54,6 +58,10 @@ class GGUFFamily:
             )
         require("gguf", "export")
         require("llama_cpp", "gguf")  # its sdist carries the converter; it runs the artifacts
+        from edgerun.exporters.gguf.quantize import NEEDS_IMATRIX
+
+        if kind in NEEDS_IMATRIX and not uses_imatrix(options, kind):
+            raise EdgerunError(f"llama.cpp needs an importance matrix for {fmt}", "pass --imatrix")
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
         """Fail before any work for a family edgerun knows llama.cpp cannot convert or run;
@@ -81,14 +89,18 @@ class GGUFFamily:
             source = intermediate
             if not source.is_file():
                 _convert(ctx, source, INTERMEDIATE)
+            imatrix, note = _importance(ctx, kind, source, out_dir)
+            tensor_types = ctx.options.extra.get("tensor_types") or None
             with ctx.stage(f"llama.cpp quantize {kind}"):
-                quantize(source, out, kind, ctx.options.threads)
+                quantize(source, out, kind, ctx.options.threads, imatrix, tensor_types)
             quant = {
                 "type": kind,
                 "quantizer": "llama.cpp llama_model_quantize",
                 "from": INTERMEDIATE,
-                "imatrix": None,
+                "imatrix": note,
             }
+            if tensor_types:
+                quant["tensor_types"] = _check_types(out, tensor_types)
         from edgerun.exporters.gguf.converter import ensure
         from edgerun.exporters.gguf.quantize import describe
 
@@ -109,6 +121,50 @@ class GGUFFamily:
 
         threads = manifest.get("threads")  # set by the pipeline from --threads during export
         return logits_fn(Path(artifact_dir) / manifest.get("model_file", MODEL_FILE), threads)
+
+
+def uses_imatrix(options: ExportOptions, kind: str) -> bool:
+    """Whether `kind` is quantized with the export's importance statistics: --imatrix /
+    --no-imatrix, else IMATRIX_DEFAULT (q8_0 and the float types ignore one)."""
+    if kind in FLOAT_FORMATS or kind == "q8_0":
+        return False
+    return IMATRIX_DEFAULT if options.imatrix is None else options.imatrix
+
+
+def _importance(
+    ctx: ExportContext, kind: str, source: Path, out_dir: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(GGUF tensor name -> importance vector, the manifest note), or (None, None)."""
+    if not uses_imatrix(ctx.options, kind):
+        return None, None
+    from edgerun.exporters.gguf.imatrix import imatrix_entries
+    from edgerun.exporters.importance import attach, gather
+
+    entries = imatrix_entries(gather(ctx).values, source)
+    note = {**attach(ctx, out_dir), "gguf_tensors": len(entries)}
+    return entries, note
+
+
+def _check_types(path: Path, requested: dict[str, str]) -> dict[str, Any]:
+    """The tensor types the header of `path` records for each requested override pattern;
+    EdgerunError when a matching tensor was written with another type."""
+    import re
+
+    from edgerun.exporters.gguf.imatrix import written_types
+
+    written = written_types(path)
+    for pattern, type_name in requested.items():
+        names = [n for n in written if re.search(pattern, n)]
+        wrong = [n for n in names if written[n] != type_name.lower()]
+        if not names or wrong:
+            what = (
+                f"{wrong[0]} was written as {written[wrong[0]]}" if wrong else "no tensor matches"
+            )
+            raise EdgerunError(
+                f"tensor type override {pattern} -> {type_name}: {what}",
+                "llama.cpp falls back where a row length does not fit the type; choose another",
+            )
+    return {"requested": dict(requested), "verified": True}
 
 
 def _parity(path: Path, ctx: ExportContext) -> dict[str, Any]:

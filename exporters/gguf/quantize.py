@@ -18,17 +18,11 @@ from typing import Any
 from edgerun.errors import EdgerunError, require
 
 FLOAT_FTYPES = {"F16", "BF16"}  # written directly by the converter, not quantized
+# llama.cpp refuses these without an importance matrix (edgerun.exporters.importance, on
+# unless --no-imatrix). iq2_m: its recipe puts IQ2_S on tensors with 256-multiple rows.
+NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "q2_k_s")
 # Types llama.cpp offers that edgerun does not export, and why (name -> reason).
 EXCLUDED: dict[str, str] = {
-    # llama.cpp tools/quantize refuses these without an importance matrix (--imatrix).
-    "iq1_s": "needs an importance matrix",
-    "iq1_m": "needs an importance matrix",
-    "iq2_xxs": "needs an importance matrix",
-    "iq2_xs": "needs an importance matrix",
-    "iq2_s": "needs an importance matrix",
-    "q2_k_s": "needs an importance matrix",
-    # Its recipe puts IQ2_S on tensors with 256-multiple rows, which then needs one too.
-    "iq2_m": "needs an importance matrix",
     # Ternary types, meaningful only for BitNet-style ternary-trained weights.
     "tq1_0": "for ternary (BitNet) models only",
     "tq2_0": "for ternary (BitNet) models only",
@@ -78,11 +72,19 @@ def _bits(name: str) -> int:
     return int(digits) if digits else 0
 
 
-def quantize(src: Path, dst: Path, qtype: str, threads: int | None) -> None:
+def quantize(
+    src: Path,
+    dst: Path,
+    qtype: str,
+    threads: int | None,
+    imatrix: dict[str, Any] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> None:
     """Quantize GGUF `src` to `dst` with llama.cpp's llama_model_quantize.
 
-    Writes `<dst>.partial` and renames it when complete. Raises EdgerunError for an unknown
-    type or when llama.cpp reports failure.
+    imatrix: GGUF tensor name -> importance vector; overrides: tensor-name regex -> ggml type
+    name (edgerun.exporters.gguf.imatrix). Writes `<dst>.partial` and renames it when complete.
+    Raises EdgerunError for an unknown type or when llama.cpp reports failure.
     """
     require("llama_cpp", "gguf")
     import llama_cpp
@@ -96,6 +98,9 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[qtype]
     params.nthread = threads or os.cpu_count() or 1
+    from edgerun.exporters.gguf.imatrix import apply
+
+    alive = apply(params, imatrix, overrides)  # ctypes arrays read by llama.cpp: keep them
     partial = dst.with_name(dst.name + ".partial")
     try:
         with captured_stderr(partial.with_name(partial.name + ".log")) as log:
@@ -113,6 +118,7 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None) -> None:
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
+        del alive
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from edgerun.errors import EdgerunError
 GB = 1_000_000_000
 # Measured: the export process after importing torch, transformers, onnxruntime and the builders.
 BASE_BYTES = 900_000_000
-# Stages that hold the whole model, in bytes per checkpoint parameter above BASE_BYTES (measured
-# on the Qwen2.5-0.5B shape, 0.40B parameters, bf16; benchmarks/README.md "Scale").
+# Stages that hold the whole model, in bytes per checkpoint parameter above BASE_BYTES. Not yet
+# fitted: the one full measurement (the Qwen2.5-0.5B shape, 0.40B parameters; benchmarks/README.md
+# "Scale") predates the heap trim and carried retained memory into every stage.
 STAGE_BYTES_PER_PARAM: dict[str, float] = {
     "onnx build (optimum)": 14.0,  # fp32 model + traced graph + the serialized proto
     "onnx build (genai)": 10.0,  # the builder loads the model in fp32 and builds in memory

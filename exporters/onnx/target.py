@@ -88,7 +88,7 @@ def budget_plan(
 
     Sensitivity: Fisher (the whole fp32 model, loaded for this stage and freed after) when the
     call's memory estimate says it fits, else an importance matrix gathered layer by layer
-    (less faithful: on SmolLM2-135M its plan scored mean KL 0.25 against Fisher's 0.17-0.18,
+    (less faithful: on SmolLM2-135M its plan scored mean KL 0.237 against Fisher's 0.162,
     benchmarks/README.md "Scale"). `detail(str)` shows the progress of the latter."""
     ids = calibration_ids(ctx)
     if (ctx.memory_estimate or {}).get("calibration") == "imatrix":

@@ -31,12 +31,13 @@ STEPS = 8
 # Bit width of the artifact's precision -> the largest relative logit error allowed between the
 # cached decode and the no-cache pass (the RMS of their difference over the RMS of the centred
 # no-cache logits, worst step), widest first. Both passes run the same weights in the same
-# runtime, so what is left is kernel order (batched prefill against one-token steps) and the
-# cache's own precision (llama.cpp keeps it in f16 whatever the weights). Measured on
-# SmolLM2-135M: onnx-fp32 (genai) 4e-6, onnx-fp16 0.0018, gguf-f16 0.0066; on the tiny family
-# checkpoints at most 4e-5. Broken caches measured 0.3 and more (no cache, zeroed cache, longrope
-# factors picked by context size).
-TOLERANCES: tuple[tuple[int, float], ...] = ((16, 0.03), (8, 0.05), (0, 0.1))
+# runtime; what is left is the cache's own precision (llama.cpp keeps it in f16) and, for
+# quantized weights, kernels that differ by batch size (one-token steps quantize activations to
+# int8 where the batched pass does not). Measured on SmolLM2-135M: onnx-fp32 (genai) 4e-6,
+# onnx-fp16 0.0018, gguf-f16 0.0066, onnx-int8 (genai) 0.062, gguf-q4_0 0.095, onnx-int4
+# (genai, q4-head8) 0.113; the tiny family checkpoints at most 4e-5. Broken caches measured 0.36
+# (longrope factors picked by context size) and more.
+TOLERANCES: tuple[tuple[int, float], ...] = ((16, 0.03), (8, 0.15), (0, 0.25))
 
 
 @dataclass

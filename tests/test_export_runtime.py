@@ -120,7 +120,7 @@ def test_a_cache_that_decodes_wrongly_fails_the_export(
     assert "\n" not in result.reason
     forced = _export(tiny_llama, tmp_path / "b", short_eval_text, force=True)
     check = read_manifest(forced.path)["validation"]["kv_decode"]
-    assert check["passed"] is False and check["max_rel_error"] > 0.1
+    assert check["passed"] is False and check["max_rel_error"] > 0.3, check
     # what the scored pass saw is untouched: the metrics alone would have passed it
     assert read_manifest(forced.path)["validation"]["mean_kl"] < 1e-6
 
@@ -139,8 +139,8 @@ def test_decode_logits_are_the_greedy_decode_of_generate(
 
 @pytest.mark.parametrize(
     "precision,tolerance",
-    [("fp32", 0.03), ("fp16", 0.03), ("bf16", 0.03), ("int8", 0.05), ("q8_0", 0.05),
-     ("int4", 0.1), ("q4_k_m", 0.1), ("iq3_m", 0.1)],
+    [("fp32", 0.03), ("fp16", 0.03), ("bf16", 0.03), ("int8", 0.15), ("q8_0", 0.15),
+     ("int4", 0.25), ("q4_k_m", 0.25), ("iq3_m", 0.25)],
 )  # fmt: skip
 def test_the_tolerance_follows_the_bit_width(precision: str, tolerance: float) -> None:
     assert runtime_check.tolerance(precision) == tolerance

@@ -20,7 +20,12 @@ from edgerun.exporters.formats import (  # noqa: E402
     family_of,
 )
 from edgerun.exporters.gguf import FAMILY, MODEL_FILE  # noqa: E402
-from edgerun.exporters.gguf.quantize import EXCLUDED, quant_types, quantize  # noqa: E402
+from edgerun.exporters.gguf.quantize import (  # noqa: E402
+    EXCLUDED,
+    NEEDS_IMATRIX,
+    quant_types,
+    quantize,
+)
 from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn  # noqa: E402
 from edgerun.exporters.validate import Reference  # noqa: E402
 
@@ -102,8 +107,9 @@ def test_logits_shape_and_dtype(exporter):
 
 def test_every_quant_type_loads_and_runs(exporter, tmp_path):
     """Each listed type quantizes with llama.cpp and runs; k-quants fall back per tensor on the
-    tiny fixture (rows of 64/128 are not multiples of 256), which the manifest records."""
-    for qtype in quant_types():
+    tiny fixture (rows of 64/128 are not multiples of 256), which the manifest records. The types
+    that need an importance matrix are exported with --imatrix in tests/test_imatrix.py."""
+    for qtype in (t for t in quant_types() if t not in NEEDS_IMATRIX):
         out, fields = exporter.export(f"gguf-{qtype}")
         assert fields["precision"] == qtype and fields["quant"]["type"] == qtype
         types = fields["gguf"]["tensor_types"]

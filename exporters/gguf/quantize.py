@@ -18,8 +18,8 @@ from typing import Any
 from edgerun.errors import EdgerunError, require
 
 FLOAT_FTYPES = {"F16", "BF16"}  # written directly by the converter, not quantized
-# llama.cpp refuses these without an importance matrix (edgerun.exporters.importance, on
-# unless --no-imatrix). iq2_m: its recipe puts IQ2_S on tensors with 256-multiple rows.
+# llama.cpp refuses these without an importance matrix (edgerun.exporters.importance, made
+# with --imatrix). iq2_m: its recipe puts IQ2_S on tensors with 256-multiple rows.
 NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "q2_k_s")
 # Types llama.cpp offers that edgerun does not export, and why (name -> reason).
 EXCLUDED: dict[str, str] = {

@@ -187,8 +187,8 @@ def test_unknown_quant_type_lists_available(tmp_path):
     with pytest.raises(EdgerunError, match="unknown GGUF format 'gguf-q7_x'") as err:
         FAMILY.check_options("gguf-q7_x", ExportOptions())
     assert "gguf-q4_k_m" in str(err.value)
-    with pytest.raises(EdgerunError, match="unknown GGUF quantization type 'iq2_xs'"):
-        quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "iq2_xs", 1)
+    with pytest.raises(EdgerunError, match="unknown GGUF quantization type 'tq1_0'"):
+        quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "tq1_0", 1)
 
 
 def test_missing_llama_cpp_names_the_extra(monkeypatch):
@@ -286,7 +286,8 @@ def test_cli_lists_gguf_formats():
     result = CliRunner().invoke(cli, ["export", "--list"])
     assert result.exit_code == 0
     listed = result.output.split()
-    assert "gguf-q4_k_m" in listed and "gguf-f16" in listed and "gguf-iq2_xs" not in listed
+    assert "gguf-q4_k_m" in listed and "gguf-f16" in listed and "gguf-tq1_0" not in listed
+    assert "gguf-iq2_xs" in listed  # exported with the importance matrix
 
 
 def test_one_f16_conversion_serves_every_format_of_a_call(tiny_llama, tmp_path, monkeypatch):

@@ -325,6 +325,7 @@ def test_cli_lists_gguf_formats():
     assert result.exit_code == 0
     listed = result.output.split()
     assert "gguf-q4_k_m" in listed and "gguf-f16" in listed and "gguf-tq1_0" not in listed
+    assert "gguf-iq2_xs" in listed  # exported with --imatrix
 
 
 def test_one_f16_conversion_serves_every_format_of_a_call(tiny_llama, tmp_path, monkeypatch):

@@ -33,9 +33,10 @@ from edgerun.errors import EdgerunError, require
 
 OFFERED_ALGORITHMS = ("rtn", "hqq")
 # Importance-weighted rounding of MatMulNBits blocks only with --imatrix: on SmolLM2-135M the
-# default onnx-int4 went from mean KL 0.174 to 0.100 (demo checkpoint) at the same size and
-# layout (benchmarks/README.md, "Fidelity"), but it re-rounds from the fp32 graph with statistics
-# of the whole fp32 model, which the streamed, memory-bounded default export never holds.
+# default onnx-int4 went from mean KL 0.174 to 0.100 (demo checkpoint) and 0.212 to 0.139 (off-grid
+# reference) at the same size and layout (benchmarks/README.md, "Fidelity"), but it re-rounds from
+# the fp32 graph with statistics of the whole fp32 model, which the streamed, memory-bounded
+# default export never holds.
 IMATRIX_DEFAULT = False
 
 

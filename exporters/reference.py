@@ -59,15 +59,6 @@ def _load(auto: Any, path: Path, **kwargs: Any) -> Any:
         ) from exc
 
 
-def cannot(path: Path, verb: str, exc: Exception) -> EdgerunError:
-    """The one-line error for transformers failing to `verb` ("load", "build") a checkpoint."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return EdgerunError(
-        f"transformers cannot {verb} {path}: {first}",
-        "pass a causal LM checkpoint of an architecture transformers supports",
-    )
-
-
 def torch_logits_fn(model: Any) -> LogitsFn:
     """A LogitsFn that runs the PyTorch model over one window (no cache, no padding)."""
     import torch

@@ -258,8 +258,6 @@ def _skeleton(path: Path) -> Any:
         # assigned parameter (a tied head would then not share the embedding's name)
         model.tie_weights()
     except (ValueError, KeyError, OSError) as exc:
-        from edgerun.exporters.reference import cannot
-
         raise cannot(path, "build", exc) from exc
     return model.eval()
 
@@ -318,3 +316,12 @@ def _batches(windows: Sequence[np.ndarray]) -> list[list[int]]:
         per = max(1, BATCH_TOKENS // length)
         batches += [indices[i : i + per] for i in range(0, len(indices), per)]
     return batches
+
+
+def cannot(path: Path, verb: str, exc: Exception) -> EdgerunError:
+    """The one-line error for transformers failing to `verb` ("load", "build") a checkpoint."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return EdgerunError(
+        f"transformers cannot {verb} {path}: {first}",
+        "pass a causal LM checkpoint of an architecture transformers supports",
+    )

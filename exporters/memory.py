@@ -171,8 +171,8 @@ def estimate(
                 # the streamed pass plus each layer's 4-bit error (onnxruntime's quantizer,
                 # dequantized): 6.41 GiB measured on the Qwen2.5-1.5B shape where the streamed
                 # pass alone models 3.02 GB (benchmarks/README.md "Scale"): x2.3
-                streamed = streamed_bytes(shape, 1024, 128)
-                stages["calibrate (importance matrix)"] = int(streamed * IMATRIX_CALIBRATION)
+                one_pass = streamed_bytes(shape, 1024, 128)
+                stages["calibrate (importance matrix)"] = int(one_pass * IMATRIX_CALIBRATION)
     if options.imatrix and any(f.startswith(("onnx-int", "gguf-q", "gguf-iq")) for f in formats):
         # edgerun.exporters.importance runs the whole fp32 model over the calibration text
         stages["importance statistics (whole fp32 model)"] = _whole(5.0, shape)

@@ -160,7 +160,11 @@ def test_a_flood_of_idle_sockets_leaves_the_server_answering(artifact: Path) -> 
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if "connection" in line.lower()]
-    assert len(lines) == 1 and "flooding" in lines[0], lines
+    # once per kind, never per connection: the connection cap's warning, and (when the burst
+    # also reaches the open-file limit first, which depends on timing) accept()'s one line
+    kinds = ["flooding", "cannot accept connections"]
+    assert any("flooding" in line for line in lines) and len(lines) <= len(kinds), lines
+    assert all(sum(kind in line for line in lines) <= 1 for kind in kinds), lines
 
 
 # Item 7: chat templates are bounded in time and output.

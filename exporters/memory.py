@@ -240,15 +240,10 @@ def say_before_working(
 
 def _streams(fmt: str, builder: str, options: Any, path: Path) -> bool:
     """Whether the ONNX family will build `fmt` tensor by tensor (exporters/onnx/stream.py)."""
+    from edgerun.exporters.onnx import streamed_refusal
     from edgerun.exporters.onnx.formats import FORMATS
-    from edgerun.exporters.onnx.stream import stream_refusal
 
-    spec = FORMATS[fmt]
-    if not options.extra.get("onnx_stream", True) or spec.dynamic(options.int8_mode):
-        return False
-    if spec.bits is not None and options.imatrix and options.algorithm == "rtn":
-        return False  # --imatrix re-rounds from the fp32 graph (exporters/onnx/__init__.py)
-    return stream_refusal(spec, builder, options.algorithm, path) is None
+    return streamed_refusal(FORMATS[fmt], builder, options, path) is None
 
 
 def describe(found: dict[str, Any]) -> str:

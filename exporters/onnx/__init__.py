@@ -77,7 +77,7 @@ class OnnxFamily:
         The builder makes the fp32 graph; every other format is made from it by the same code."""
         spec = format_of(fmt)
         builder = resolve_builder(fmt, ctx.options, ctx.reference.config)
-        refusal = _stream_refusal(spec, builder, ctx)
+        refusal = streamed_refusal(spec, builder, ctx.options, ctx.checkpoint.path)
         if refusal is None:
             config = _weight_only_config(spec, ctx.options) if spec.bits else None
             quant = stream_export(spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx))
@@ -233,15 +233,18 @@ def _weight_only_config(spec: OnnxFormat, opts: ExportOptions) -> Any:
     )
 
 
-def _stream_refusal(spec: OnnxFormat, builder: str, ctx: ExportContext) -> str | None:
-    """Why `spec` is made the old way (from the fp32 graph) rather than streamed; None: streamed."""
-    if not ctx.options.extra.get("onnx_stream", True):
+def streamed_refusal(
+    spec: OnnxFormat, builder: str, options: ExportOptions, checkpoint: Path
+) -> str | None:
+    """Why `spec` is made the old way (from the fp32 graph) rather than streamed; None: streamed.
+    The export and the memory estimate (exporters/memory.py) both ask here."""
+    if not options.extra.get("onnx_stream", True):
         return "streaming turned off (extra option onnx_stream)"
-    if spec.dynamic(ctx.options.int8_mode):
+    if spec.dynamic(options.int8_mode):
         return "dynamic int8 (quantize_dynamic) quantizes the whole fp32 graph"
-    if spec.bits is not None and uses_imatrix(ctx.options, _weight_only_config(spec, ctx.options)):
+    if spec.bits is not None and uses_imatrix(options, _weight_only_config(spec, options)):
         return "--imatrix re-rounds the blocks from the fp32 graph"
-    return stream_refusal(spec, builder, ctx.options.algorithm, ctx.checkpoint.path)
+    return stream_refusal(spec, builder, options.algorithm, checkpoint)
 
 
 def _plan(

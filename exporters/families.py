@@ -46,8 +46,9 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    # genai's llama graph with llama3 rope scaling: logits off by up to 0.83 (tiny checkpoint)
-    Family("llama", "llama", "llama3 rope scaling, GQA, tied head", genai=("default",)),
+    # genai's llama graph with llama3 rope scaling: proven once the builder reads the original
+    # context from rope_scaling (exporters/onnx/genai_rope.py; without it, logits off by 0.83)
+    Family("llama", "llama", "llama3 rope scaling, GQA, tied head", genai=("default", "llama3")),
     Family("llama-spm", "llama", "Llama 2 style SentencePiece vocabulary, untied head", tokenizer="spm"),
     Family("mistral", "mistral", "GQA, SentencePiece vocabulary", tokenizer="spm", genai=("default",)),
     Family("qwen2", "qwen2", "q/k/v biases, GQA, tied head", genai=("default",)),

@@ -85,10 +85,12 @@ def run_builder(ctx: ExportContext, out: Path) -> None:
     genai_config.json and the tokenizer files. Its output is captured; EdgerunError on failure."""
     from onnxruntime_genai.models.builder import create_model
 
+    from edgerun.exporters.onnx.genai_rope import original_context_fixed
+
     shutil.rmtree(out, ignore_errors=True)
     cache = ctx.scratch / "genai-cache"
     extra = {"hf_remote": False, "hf_token": "false"}
-    with _capture() as log, no_remote_code():
+    with _capture() as log, no_remote_code(), original_context_fixed():
         try:
             create_model(
                 "model", str(ctx.checkpoint.path), str(out), "fp32", "cpu", str(cache), **extra

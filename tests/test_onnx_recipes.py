@@ -118,3 +118,18 @@ def test_search_takes_zero_when_pure_int4_already_meets_the_target() -> None:
     k, probes = search_k(lambda k: 0.01, 30, target=0.1)
     assert k == 0
     assert len(probes) == 2
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_column_error_in_bands_equals_the_whole_weight(symmetric: bool) -> None:
+    """The per-column 4-bit error, quantized a few output rows at a time (how the importance
+    matrix bounds a vocabulary-sized head), equals quantizing the weight whole."""
+    from edgerun.exporters.onnx.sensitivity import column_error, dequantize
+
+    rng = np.random.default_rng(7)
+    weight = rng.normal(size=(37, 96)).astype(np.float32)  # [N, K]: 37 outputs, 3 blocks
+    weight[5] *= 20.0  # one loud row: a band boundary must not mix rows' scales
+    whole = np.square(dequantize(weight.T, 4, 32, symmetric).T - weight, dtype=np.float64).sum(0)
+    banded = column_error(weight, 4, 32, symmetric, chunk_bytes=4 * 96 * 4)  # 4 rows per band
+    assert whole.max() > 0
+    np.testing.assert_allclose(banded, whole, rtol=1e-12)

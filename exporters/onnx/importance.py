@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgerun.exporters.onnx.sensitivity import Group, dequantize, torch_groups
+from edgerun.exporters.onnx.sensitivity import Group, column_error, torch_groups
 
 IMATRIX_FILE = "imatrix.npz"
 SENSITIVITY = "imatrix-weighted 4-bit error, sum_j E[x_j^2] * sum_i dW_ij^2"
@@ -44,9 +44,8 @@ class _Stats:
         self.sum_sq = sq if self.sum_sq is None else self.sum_sq + sq
         self.rows += x.shape[0]
         if self.col_error is None:  # the weights are loaded now: take the error once
-            w = module.weight.detach().float().numpy()
-            deq = dequantize(w.T, 4, self.block_size, self.symmetric).T
-            self.col_error = np.square(deq - w, dtype=np.float64).sum(0)
+            w = module.weight.detach().numpy()
+            self.col_error = column_error(w, 4, self.block_size, self.symmetric)
 
     @property
     def mean_sq(self) -> np.ndarray:

@@ -38,7 +38,7 @@ STAGE_BYTES_PER_PARAM: dict[str, float] = {
     "target search": 12.0,  # the whole fp32 model, its gradients and the fake-quantized copy
     "calibrate (Fisher, whole model)": 10.0,  # the whole fp32 model and its gradients
 }
-IMATRIX_CALIBRATION = 2.3  # measured / modelled peak of the importance-matrix calibration
+IMATRIX_CALIBRATION = 1.3  # measured / modelled peak of the importance-matrix calibration
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
 
@@ -125,7 +125,8 @@ def estimate(
     streamed: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The manifest's export.memory_estimate: {"peak_bytes", "peak_stage", "stages": {stage:
-    bytes}, "calibration": "fisher" | "imatrix" | None (onnx-int4's budget recipe)} for
+    bytes}, "calibration": "fisher-layers" | "fisher" | "imatrix" | None (onnx-int4's budget
+    recipe: calibration_plan)} for
     exporting `formats` (ONNX ones built by builders[fmt], those in `streamed` tensor by tensor
     from the mapped checkpoint) with `options` within `limit`."""
     per_param = STAGE_BYTES_PER_PARAM
@@ -161,18 +162,8 @@ def estimate(
         if options.target_kl is not None or options.target_ppl_ratio is not None:
             stages["target search"] = _whole(per_param["target search"], shape)
         elif _budget_recipe(options):
-            # Fisher where the whole model and its gradients fit the limit, else the
-            # layer-by-layer importance matrix
-            fisher = _whole(per_param["calibrate (Fisher, whole model)"], shape)
-            if limit is None or fisher <= limit:
-                calibration, stages["calibrate (Fisher, whole model)"] = "fisher", fisher
-            else:
-                calibration = "imatrix"
-                # the streamed pass plus each layer's 4-bit error (onnxruntime's quantizer,
-                # dequantized): 6.41 GiB measured on the Qwen2.5-1.5B shape where the streamed
-                # pass alone models 3.02 GB (benchmarks/README.md "Scale"): x2.3
-                one_pass = streamed_bytes(shape, 1024, 128)
-                stages["calibrate (importance matrix)"] = int(one_pass * IMATRIX_CALIBRATION)
+            calibration, stage, need = calibration_plan(shape, "onnx-int4" in streamed, limit)
+            stages[stage] = need
     if options.imatrix and any(f.startswith(("onnx-int", "gguf-q", "gguf-iq")) for f in formats):
         # edgerun.exporters.importance runs the whole fp32 model over the calibration text
         stages["importance statistics (whole fp32 model)"] = _whole(5.0, shape)
@@ -183,6 +174,26 @@ def estimate(
         "stages": stages,
         "calibration": calibration,
     }
+
+
+def calibration_plan(shape: Shape, streamed: bool, limit: int | None) -> tuple[str, str, int]:
+    """(how q4-mixed ranks its layers, the stage's name, its bytes): the Fisher estimate, layer
+    by layer when the checkpoint streams (safetensors), else on the whole model; past `limit`,
+    the importance matrix, which needs no gradients."""
+    if streamed:
+        # the streamed pass, plus one unit's gradients while the backward pass recomputes it,
+        # plus a tied head's: the head and embedding gradients summed before squaring
+        head = 4 * shape.vocab * shape.hidden
+        fisher = streamed_bytes(shape, 1024, 128) + 4 * shape.largest_unit + 2 * head
+        choice = ("fisher-layers", "calibrate (Fisher, layer by layer)", fisher)
+    else:
+        fisher = _whole(STAGE_BYTES_PER_PARAM["calibrate (Fisher, whole model)"], shape)
+        choice = ("fisher", "calibrate (Fisher, whole model)", fisher)
+    if limit is None or choice[2] <= limit:
+        return choice
+    # the streamed pass plus each layer's 4-bit error, taken a band of rows at a time
+    imatrix = int(streamed_bytes(shape, 1024, 128) * IMATRIX_CALIBRATION)
+    return "imatrix", "calibrate (importance matrix)", imatrix
 
 
 def _budget_recipe(options: Any) -> bool:

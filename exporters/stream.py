@@ -34,6 +34,8 @@ MAX_INDEX_BYTES = 64 << 20
 # Tokens per batch of windows through the base model: bounds the activations (hidden states and
 # one layer's intermediates) while reading each layer as few times as possible.
 BATCH_TOKENS = 4096
+# A dropped unit this large (bytes) runs the cycle collector before the heap trim.
+COLLECT_BYTES = 64 << 20
 
 
 def weight_map(path: Path) -> dict[str, Path]:
@@ -81,6 +83,8 @@ class StreamedModel:
         self._pinned: set[int] = set()
         self._handles: list[Any] = []
         self._units = _units(self.model, self.layers)
+        # called as each parameter is materialized: (qualified name, checkpoint key, parameter)
+        self.on_load: Callable[[str, str, Any], None] | None = None
         for name, module in self._units:
             self._handles.append(module.register_forward_pre_hook(self._pre(name, module)))
             self._handles.append(module.register_forward_hook(self._post(module)))
@@ -148,21 +152,28 @@ class StreamedModel:
                             f" config says {tuple(shape)}",
                             "check that config.json matches the weights",
                         )
-                    owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+                    param = torch.nn.Parameter(tensor, requires_grad=False)
+                    owner._parameters[attr] = param
+                    if self.on_load is not None:
+                        self.on_load(name, self._key(name), param)
 
     def unload(self, module: Any) -> None:
         """Drop the weights of one unit (back to meta tensors) and give their memory back."""
         import torch
 
-        dropped = False
+        dropped = 0
         for owner, attr, _ in list(self._params(module)):
             param = owner._parameters[attr]
             if not param.is_meta:
                 empty = torch.empty(param.shape, dtype=param.dtype, device="meta")
                 owner._parameters[attr] = torch.nn.Parameter(empty, requires_grad=False)
-                dropped = True
+                dropped += param.numel() * param.element_size()
         if dropped:
-            give_back_memory()
+            give_back_memory(collect=dropped >= COLLECT_BYTES)
+
+    def names_of(self, name: str) -> list[str]:
+        """Every parameter name of the tensor called `name` (tied embeddings: two), itself first."""
+        return self._aliases.get(name, [name])
 
     def _key(self, name: str) -> str:
         """The checkpoint's name for a parameter: itself, a tied alias, or without the base
@@ -189,6 +200,27 @@ class StreamedModel:
             for module in modules:
                 self._pinned.discard(id(module))
                 self.unload(module)
+
+    @contextlib.contextmanager
+    def checkpointed(self) -> Iterator[None]:
+        """While open, each decoder layer keeps nothing for a backward pass but its input, and
+        runs again (loading its weights again) when the backward pass reaches it, so gradients
+        flow through the model one layer's weights at a time (torch's reentrant checkpoint: the
+        recomputed forward builds its own graph, and the weights it loaded go with it)."""
+        import torch
+
+        holder = next(
+            m
+            for m in self.model.modules()
+            if isinstance(m, torch.nn.ModuleList) and list(m) == self.layers
+        )
+        for i, layer in enumerate(self.layers):
+            holder[i] = _Recomputed(layer)
+        try:
+            yield
+        finally:
+            for i, layer in enumerate(self.layers):
+                holder[i] = layer
 
     def hidden_states(self, windows: Sequence[np.ndarray]) -> list[Any]:
         """The base model's last hidden state (after its final norm) of each window, windows of
@@ -226,15 +258,46 @@ class StreamedModel:
         return [m for _, m in self._units if id(m) not in inside]
 
 
-def give_back_memory() -> None:
+def _Recomputed(layer: Any) -> Any:  # noqa: N802  (a class made on first use: torch is heavy)
+    """`layer` wrapped so that its forward is checkpointed (see StreamedModel.checkpointed);
+    attributes the base model reads from its layers (e.g. attention_type) pass through."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    class Recomputed(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self._modules["inner"], name)
+
+        def forward(self, hidden: Any, *args: Any, **kwargs: Any) -> Any:
+            if not hidden.requires_grad:  # nothing below needs a gradient: start the graph here
+                hidden = hidden.detach().requires_grad_()
+
+            def run(h: Any) -> Any:
+                return self.inner(h, *args, **kwargs)
+
+            return checkpoint(run, hidden, use_reentrant=True, preserve_rng_state=False)
+
+    return Recomputed(layer)
+
+
+def give_back_memory(collect: bool = True) -> None:
     """Return freed heap memory to the OS. glibc keeps freed blocks below its (self-raising)
     mmap threshold in the heap: without a trim, a layer-by-layer pass over the 0.40B
     Qwen2.5-0.5B shape grew by every layer it dropped (1.37 GB anonymous after 24 layers,
-    0.26 GB with it)."""
+    0.26 GB with it). `collect`: run the cycle collector first (a full pass costs 0.1-3 s in a
+    process that imported torch and transformers: worth it after a large unit, not a tiny one)."""
     import ctypes
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

@@ -54,6 +54,16 @@ def test_the_estimate_follows_the_stages_chosen() -> None:
         ["onnx-int4"], {"onnx-int4": "genai"}, opts, _shape(135 * 10**6), 2815, limit
     )
     assert small["calibration"] == "fisher" and "calibrate (Fisher, whole model)" in small["stages"]
+    # from safetensors, Fisher runs layer by layer: far below the whole model, it fits
+    streamed = memory.estimate(
+        ["onnx-int4"], {"onnx-int4": "genai"}, opts, shape, 2815, limit, frozenset({"onnx-int4"})
+    )
+    assert streamed["calibration"] == "fisher-layers"
+    assert streamed["stages"]["calibrate (Fisher, layer by layer)"] < 8 * 10**9
+    tight = memory.estimate(
+        ["onnx-int4"], {"onnx-int4": "genai"}, opts, shape, 2815, 6 * 10**9, frozenset({"onnx-int4"})
+    )
+    assert tight["calibration"] == "imatrix"
     target = memory.estimate(
         ["onnx-int4"], {"onnx-int4": "genai"}, ExportOptions(target_kl=0.1), shape, 2815
     )

@@ -95,11 +95,9 @@ def test_a_weight_missing_from_the_checkpoint_is_one_error(tmp_path: Path) -> No
 def test_export_validation_equals_the_in_memory_reference(
     tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_eval_text: Path
 ) -> None:
-    """The export streams its reference and, where the whole model does not fit (Fisher made
-    too costly here), never loads the whole fp32 model (the default builder for llama reads the
-    checkpoint itself; q4-mixed calibrates layer by layer); its validation numbers are those of
-    today's in-memory reference."""
-    from edgerun.exporters import memory
+    """The export streams its reference and never loads the whole fp32 model (the default
+    builder for llama reads the checkpoint itself; q4-mixed's Fisher runs layer by layer); its
+    validation numbers are those of today's in-memory reference."""
     from edgerun.exporters import reference as reference_module
     from edgerun.exporters.formats import family_of
     from edgerun.exporters.pipeline import export
@@ -108,8 +106,6 @@ def test_export_validation_equals_the_in_memory_reference(
         raise AssertionError("the export loaded the whole fp32 model")
 
     monkeypatch.setattr(reference_module, "load_model", refuse)
-    costs = {**memory.STAGE_BYTES_PER_PARAM, "calibrate (Fisher, whole model)": 1e9}
-    monkeypatch.setattr(memory, "STAGE_BYTES_PER_PARAM", costs)
     gate = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
     options = ExportOptions(
         eval_text=short_eval_text, probe=False, progress=False, thresholds=gate, max_memory="64G"
@@ -131,4 +127,5 @@ def test_export_validation_equals_the_in_memory_reference(
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (result.format, key)
     int4 = results[1].manifest
     assert int4 is not None
-    assert int4["quant"]["recipe"]["calibration"]["sensitivity"].startswith("imatrix")
+    assert int4["quant"]["recipe"]["calibration"]["sensitivity"].endswith("layer by layer")
+    assert int4["export"]["memory_estimate"]["calibration"] == "fisher-layers"

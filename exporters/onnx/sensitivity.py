@@ -16,7 +16,7 @@ close to monotone in k; the search records every probe). Heavy imports stay insi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,24 @@ def dequantize(weight_kn: np.ndarray, bits: int, block_size: int, symmetric: boo
     return np.ascontiguousarray(values.reshape(n, blocks * block_size)[:, :k].T)
 
 
-# Output rows quantized at a time by column_error: a vocabulary-sized head (151936 x 1536 for
-# Qwen2.5-1.5B) quantized whole took about 7x its fp32 size in copies (6.9 GB peak at 1.5B).
+# Bytes of weight quantized at a time when measuring a quantization error (see _error_bands).
 ERROR_CHUNK_BYTES = 64 << 20
+
+
+def _error_bands(
+    weight_nk: np.ndarray, bits: int, block_size: int, symmetric: bool, chunk_bytes: int
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """(rows, the weight's band, its squared quantization error) for bands of output rows of a
+    Linear's weight [N, K]: exact, since the MatMulNBits blocks run along K within one row, and
+    the copies stay near chunk_bytes (quantizing a vocabulary-sized head whole took about 7x its
+    fp32 size: 6.9 GB peak on the Qwen2.5-1.5B shape)."""
+    n, k = weight_nk.shape
+    step = max(1, chunk_bytes // max(4 * k, 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        band = np.asarray(weight_nk[rows], dtype=np.float32)
+        deq = dequantize(band.T, bits, block_size, symmetric).T
+        yield rows, band, np.square(deq - band, dtype=np.float64)
 
 
 def column_error(
@@ -62,15 +77,24 @@ def column_error(
     chunk_bytes: int = ERROR_CHUNK_BYTES,
 ) -> np.ndarray:  # fmt: skip
     """sum over output rows of the squared quantization error, per input column (float64 [K]),
-    of a torch Linear's weight [N, K]; quantized a band of output rows at a time (exact: the
-    MatMulNBits blocks run along K within one output row), so its copies stay near chunk_bytes."""
-    n, k = weight_nk.shape
-    rows = max(1, chunk_bytes // max(4 * k, 1))
-    total = np.zeros(k, dtype=np.float64)
-    for start in range(0, n, rows):
-        band = np.asarray(weight_nk[start : start + rows], dtype=np.float32)
-        deq = dequantize(band.T, bits, block_size, symmetric).T
-        total += np.square(deq - band, dtype=np.float64).sum(0)
+    of a torch Linear's weight [N, K]."""
+    total = np.zeros(weight_nk.shape[1], dtype=np.float64)
+    for _, _, error in _error_bands(weight_nk, bits, block_size, symmetric, chunk_bytes):
+        total += error.sum(0)
+    return total
+
+
+def fisher_error(
+    weight_nk: np.ndarray, grad_nk: Any, bits: int, block_size: int, symmetric: bool,
+    chunk_bytes: int = ERROR_CHUNK_BYTES,
+) -> float:  # fmt: skip
+    """sum(grad^2 * dW^2) over a Linear's weight [N, K], dW its quantization error and `grad` a
+    gradient of the same shape (torch or numpy), band by band."""
+    total = 0.0
+    for rows, _, error in _error_bands(weight_nk, bits, block_size, symmetric, chunk_bytes):
+        band = grad_nk[rows]
+        band = np.asarray(band.numpy() if hasattr(band, "numpy") else band, dtype=np.float64)
+        total += float((np.square(band) * error).sum())
     return total
 
 
@@ -188,23 +212,44 @@ class Calibration:
         self._saved.clear()
 
 
-def fisher_sensitivity(
-    model: Any, windows: list[np.ndarray], groups: list[Group], block_size: int, symmetric: bool
-) -> None:
-    """Set each group's sensitivity to a second-order estimate of the KL its 4-bit error costs:
-    0.5 * sum(F * dW^2), F the diagonal Fisher information of the reference's own next-token
-    distribution (per-window gradients of the log-likelihood of tokens sampled from the model,
-    squared), dW the exact error of onnxruntime's 4-bit quantizer. One backward pass per window
-    instead of one forward per group; the search then measures real KLs. Memory: the gradients
-    of one window (no Fisher or error tensors are kept)."""
+class FisherSums:
+    """Per group, the running sum over calibration windows of sum(g^2 * dW^2): g a window's
+    gradient of the sampled tokens' log-likelihood, dW the weight's 4-bit error. `hook` makes
+    the gradient hook of one weight; a weight whose gradient arrives in `parts` (a tied
+    embedding and head loaded as two tensors) is summed first and squared once, as one tensor's."""
+
+    def __init__(self, groups: list[Group], block_size: int, symmetric: bool) -> None:
+        self.block_size, self.symmetric = block_size, symmetric
+        self.totals = {id(g): 0.0 for g in groups}
+        self._parts: dict[str, tuple[int, Any]] = {}
+
+    def hook(self, group: Group, key: str, weight: Any, parts: int = 1) -> Callable[[Any], None]:
+        """The torch tensor hook that adds `weight`'s share to `group`'s sum (key: its tensor)."""
+
+        def on_grad(grad: Any) -> None:
+            seen, total = self._parts.pop(key, (0, None))
+            total = grad.detach() if total is None else total + grad.detach()
+            if seen + 1 < parts:
+                self._parts[key] = (seen + 1, total)
+                return
+            error = fisher_error(
+                weight.detach().numpy(), total, 4, self.block_size, self.symmetric
+            )
+            self.totals[id(group)] += error
+
+        return on_grad
+
+    def finish(self, groups: list[Group], tokens: int) -> None:
+        """Set each group's sensitivity: 0.5 x its sum per calibration token."""
+        for group in groups:
+            group.sensitivity = 0.5 * self.totals[id(group)] / max(tokens, 1)
+
+
+def fisher_passes(model: Any, windows: list[np.ndarray]) -> int:
+    """One backward pass per window of the log-likelihood of tokens sampled from the model's own
+    next-token distribution (seeded); the weights' gradient hooks do the rest. Returns tokens."""
     import torch
 
-    def error(module: Any) -> Any:
-        # recomputed per window (a fast C++ quantizer) rather than kept: a model's worth of memory
-        w = module.weight.detach().float().numpy()
-        return torch.from_numpy(np.square(dequantize(w.T, 4, block_size, symmetric).T - w))
-
-    totals = {id(g): 0.0 for g in groups}
     generator = torch.Generator().manual_seed(0)
     tokens = 0
     for ids in windows:
@@ -214,15 +259,32 @@ def fisher_sensitivity(
             probs = torch.softmax(logits.detach().float(), -1)
             sampled = torch.multinomial(probs, 1, generator=generator)
         torch.log_softmax(logits.float(), -1).gather(1, sampled).sum().backward()
-        with torch.no_grad():
-            for group in groups:
-                for m in group.modules:
-                    if m.weight.grad is not None:
-                        totals[id(group)] += float((m.weight.grad.square() * error(m)).sum())
         tokens += len(ids)
     model.zero_grad(set_to_none=True)
-    for group in groups:
-        group.sensitivity = 0.5 * totals[id(group)] / max(tokens, 1)
+    return tokens
+
+
+def fisher_sensitivity(
+    model: Any, windows: list[np.ndarray], groups: list[Group], block_size: int, symmetric: bool
+) -> None:
+    """Set each group's sensitivity to a second-order estimate of the KL its 4-bit error costs:
+    0.5 * sum(F * dW^2), F the diagonal Fisher information of the reference's own next-token
+    distribution (per-window gradients, squared: fisher_passes), dW the exact error of
+    onnxruntime's 4-bit quantizer. One backward pass per window instead of one forward per
+    group; the search then measures real KLs. The whole `model` is in memory (for the same
+    estimate layer by layer: edgerun.exporters.onnx.fisher_stream)."""
+    sums = FisherSums(groups, block_size, symmetric)
+    handles = [
+        m.weight.register_hook(sums.hook(g, f"{id(m.weight)}", m.weight))
+        for g in groups
+        for m in g.modules
+    ]
+    try:
+        tokens = fisher_passes(model, windows)
+    finally:
+        for handle in handles:
+            handle.remove()
+    sums.finish(groups, tokens)
 
 
 def rank(groups: list[Group]) -> list[Group]:

@@ -86,12 +86,14 @@ def budget_plan(
     """A budget recipe's plan: its rules, then 8 bits for the most sensitive groups (per byte)
     while their extra bytes fit `recipe.budget` x the all-4-bit weight bytes.
 
-    Sensitivity: Fisher (the whole fp32 model, loaded for this stage and freed after) when the
-    call's memory estimate says it fits, else an importance matrix gathered layer by layer
-    (less faithful: on SmolLM2-135M its plan scored mean KL 0.237 against Fisher's 0.162,
-    benchmarks/README.md "Scale"). `detail(str)` shows the progress of the latter."""
+    Sensitivity (memory.calibration_plan): Fisher, layer by layer from the safetensors
+    (edgerun.exporters.onnx.fisher_stream) or on the whole fp32 model; past the call's memory
+    limit, an importance matrix gathered layer by layer (less faithful: on SmolLM2-135M its plan
+    scored mean KL 0.237 against Fisher's 0.162, benchmarks/README.md "Scale"). `detail(str)`
+    shows per-layer progress."""
     ids = calibration_ids(ctx)
-    if (ctx.memory_estimate or {}).get("calibration") == "imatrix":
+    how = (ctx.memory_estimate or {}).get("calibration")
+    if how == "imatrix":
         from edgerun.exporters.onnx.importance import SENSITIVITY, imatrix_sensitivity
 
         groups = imatrix_sensitivity(
@@ -99,6 +101,13 @@ def budget_plan(
             ctx.scratch, detail,
         )  # fmt: skip
         ranked, method = sens.rank(_check_groups(groups)), SENSITIVITY
+    elif how == "fisher-layers":
+        from edgerun.exporters.onnx.fisher_stream import streamed_fisher
+
+        groups = streamed_fisher(
+            ctx.reference.path, nodes, _short(ids), config.block_size, config.symmetric, detail
+        )
+        ranked, method = sens.rank(_check_groups(groups)), FISHER + ", layer by layer"
     else:
         with ctx.reference.whole() as model:
             ranked, method = ranked_groups(model, nodes, config, ids), FISHER

@@ -2,9 +2,9 @@
 
 1. Calibrate: the PyTorch reference runs the calibration text (exporters/data/calib.txt or
    --calib-text; never the evaluation text) (edgerun.exporters.onnx.sensitivity), the whole
-   fp32 model loaded for this stage only. (A budget recipe such as the default q4-mixed does
-   the same when it fits the call's memory, else ranks by an importance matrix gathered layer
-   by layer: edgerun.exporters.onnx.importance.)
+   fp32 model loaded for this stage only. (A budget recipe such as the default q4-mixed only
+   ranks, with the same Fisher estimate computed layer by layer where the checkpoint streams:
+   edgerun.exporters.onnx.fisher_stream; see memory.calibration_plan.)
    Sensitivity is the second-order (Fisher) estimate of the KL each group's exact 4-bit error
    costs: one backward pass per calibration window, not one forward per group (on SmolLM2-135M
    its ranking was checked against per-group measured KLs, benchmarks/README.md "Fidelity").

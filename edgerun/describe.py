@@ -1,5 +1,6 @@
-"""Describe a checkpoint or an artifact without loading a framework: read config.json, the
-safetensors headers (for parameter count and dtype) and, for artifacts, the edgerun.json manifest."""
+"""Describe what `edgerun run` accepts, without loading a framework: a checkpoint (config.json and
+the safetensors headers), an artifact (its edgerun.json manifest), an export directory (one
+artifact per format) and a bare .gguf (its header) or .onnx file."""
 
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ _ST_BYTES = {
     "F8_E5M2": 1,
 }
 _ST_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB': binary units, the one unit edgerun prints sizes in."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -83,12 +95,22 @@ def describe(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise EdgerunError(f"{path} does not exist", "check the path")
+    if path.is_file():
+        return describe_file(path)
     if (path / MANIFEST).is_file():
         return describe_artifact(path)
+    formats = sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())
+    if formats and not (path / "config.json").is_file():
+        return {
+            "kind": "export",
+            "path": str(path.resolve()),
+            "artifacts": [describe_artifact(p) for p in formats],
+        }
     if not (path / "config.json").is_file():
         raise EdgerunError(
-            f"{path} is neither a checkpoint (no config.json) nor an artifact (no {MANIFEST})",
-            "pass a directory made by `edgerun pull` or `edgerun export`",
+            f"{path} is neither a checkpoint (no config.json), an artifact (no {MANIFEST}) nor an"
+            " export directory (no artifact in it)",
+            "pass a directory made by `edgerun pull` or `edgerun export`, or a .gguf / .onnx file",
         )
     config = read_json_object(path / "config.json", "point to a Hugging Face model directory")
     params, dtype = count_parameters(path)
@@ -111,9 +133,14 @@ def describe(path: Path) -> dict[str, Any]:
 
 
 def describe_artifact(path: Path) -> dict[str, Any]:
-    """Summary of an exported artifact, from its manifest."""
+    """Summary of an exported artifact, from its manifest: what it is, its bits per weight, the
+    recipe it was quantized with, its speed probe and its tokenizer parity (GGUF), validation."""
     manifest = read_manifest(path)
     files = _files(path)
+    quant = _dict(manifest.get("quant"))
+    recipe = _dict(quant.get("recipe")).get("name")
+    parity = _dict(_dict(manifest.get("gguf")).get("tokenizer_parity"))
+    probe = _dict(manifest.get("probe"))
     return {
         "kind": "artifact",
         "path": str(path.resolve()),
@@ -122,8 +149,56 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         "builder": manifest.get("builder"),
         "architecture": manifest.get("architecture"),
         "context_length": manifest.get("context_length"),
+        "bits_per_weight": _dict(manifest.get("size")).get("bits_per_weight"),
+        "recipe": recipe if isinstance(recipe, str) else None,
+        "probe_ms_per_token": probe.get("decode_ms_per_token"),
+        "tokenizer_parity": parity.get("identical") if parity else None,
         "source": manifest.get("source"),
         "validation": manifest.get("validation"),
         "files": files,
         "total_bytes": sum(f["bytes"] for f in files),
     }
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """A bare model file `run` accepts: a .gguf from its (bound-checked) header, with parameter
+    count and bits per weight from its tensor shapes; an .onnx file by its size."""
+    suffix = path.suffix.lower()
+    if suffix not in (".gguf", ".onnx"):
+        raise EdgerunError(
+            f"{path} is neither .gguf nor .onnx", "pass a model file, or a directory"
+        )
+    files = [{"name": path.name, "bytes": path.stat().st_size}]
+    desc: dict[str, Any] = {"kind": suffix[1:] + " file", "path": str(path.resolve())}
+    if suffix == ".gguf":
+        desc.update(_gguf_fields(path))
+    return {**desc, "files": files, "total_bytes": files[0]["bytes"]}
+
+
+def _gguf_fields(path: Path) -> dict[str, Any]:
+    from edgerun.gguf_header import read_header
+
+    header = read_header(path)
+    meta = header.metadata
+    arch = meta.get("general.architecture")
+    params = 0
+    for shape, _, _ in header.tensors.values():
+        n = 1
+        for dim in shape:
+            n *= dim
+        params += n
+    model_bytes = path.stat().st_size  # the whole file, as an artifact's size.bits_per_weight
+    return {
+        "name": meta.get("general.name"),
+        "architecture": arch,
+        "file_type": meta.get("general.file_type"),
+        "context_length": meta.get(f"{arch}.context_length"),
+        "layers": meta.get(f"{arch}.block_count"),
+        "parameters": params or None,
+        "bits_per_weight": round(model_bytes * 8 / params, 3) if params else None,
+    }
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` when a manifest holds an object there, else {} (manifests are data from outside)."""
+    return value if isinstance(value, dict) else {}

@@ -7,18 +7,28 @@ class EdgerunError(Exception):
     """A user-facing error: `message` names the problem, `hint` the fix.
 
     The CLI prints ``error: <message> (<hint>)`` on one line and exits with `exit_code`;
-    the traceback is shown only with ``-v``.
+    the traceback is shown only with ``-v``. Library code words `hint` for a caller of the
+    library (``max_tokens=1``) and, where the command line spells the fix differently,
+    `cli_hint` for the CLI (``--max-tokens 1``): `str()` gives the library's, `for_cli()` the CLI's.
     """
 
     exit_code = 2
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, cli_hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.cli_hint = cli_hint
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def for_cli(self) -> str:
+        """The one line the CLI prints: the message and the command-line hint."""
+        hint = self.cli_hint or self.hint
+        return f"{self.message} ({hint})" if hint else self.message
 
 
 class MissingExtraError(EdgerunError):

@@ -84,7 +84,7 @@ def write_errors_reported(directory: Path) -> Iterator[None]:
 
 def _free_mb(path: Path) -> str:
     try:
-        return f"{shutil.disk_usage(_existing_ancestor(path)).free / 1e6:.0f} MB free"
+        return f"{shutil.disk_usage(_existing_ancestor(path)).free / 2**20:.0f} MiB free"
     except OSError:
         return "free space unknown"
 

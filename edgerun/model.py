@@ -140,7 +140,9 @@ class Model:
         backend = self._open_backend()
         if max_tokens <= 0:
             raise EdgerunError(
-                f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more"
+                f"max_tokens must be at least 1, got {max_tokens}",
+                "pass max_tokens=1 or more",
+                cli_hint="pass --max-tokens 1 or more",
             )
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
         ids = self._prompt_ids(prompt)
@@ -204,7 +206,10 @@ class Model:
         raise EdgerunError(
             f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the context"
             f" length {self.context_length}",
-            "shorten the prompt, lower --max-tokens, pass --truncate left, or load with a larger context",
+            "shorten the prompt, lower max_tokens, pass truncate='left', or load with a larger"
+            " context=",
+            cli_hint="shorten the prompt, lower --max-tokens, pass --truncate left, or a larger"
+            " --context",
         )
 
     def _stream(
@@ -339,7 +344,9 @@ def load(
     for name, value in (("threads", threads), ("context", context)):
         if value is not None and value < 1:
             raise EdgerunError(
-                f"{name} must be at least 1, got {value}", f"pass --{name} 1 or more, or omit it"
+                f"{name} must be at least 1, got {value}",
+                f"pass {name}=1 or more, or omit it",
+                cli_hint=f"pass --{name} 1 or more, or omit it",
             )
     path, picked = pick_from_export_dir(Path(path), profile)
     artifact = resolve_artifact(path, verify=verify)

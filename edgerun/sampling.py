@@ -36,7 +36,9 @@ class SamplingParams:
             )
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise EdgerunError(
-                f"seed must be between 0 and 2^63-1, got {self.seed}", "pass --seed 0 or more"
+                f"seed must be between 0 and 2^63-1, got {self.seed}",
+                "pass seed=0 or more",
+                cli_hint="pass --seed 0 or more",
             )
         if self.top_k < 0:
             raise EdgerunError(f"top_k must be >= 0, got {self.top_k}", "use 0 to disable top-k")

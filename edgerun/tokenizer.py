@@ -48,7 +48,8 @@ class Tokenizer(ABC):
         if not self.chat_template:
             raise EdgerunError(
                 "this model has no chat template",
-                "pass a plain prompt instead of --chat / Model.chat()",
+                "pass a plain prompt to Model.generate() instead of Model.chat()",
+                cli_hint="pass a plain prompt without --chat",
             )
         variables = {"add_generation_prompt": add_generation_prompt, **self.special_tokens}
         return chat_template.render(self.chat_template, messages, variables, max_chars=max_chars)

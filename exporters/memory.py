@@ -21,6 +21,7 @@ from typing import Any
 from edgerun.errors import EdgerunError
 
 GB = 1_000_000_000
+GIB = 1 << 30  # what sizes are printed in (binary units everywhere)
 # Measured: the export process after importing torch, transformers, onnxruntime and the builders.
 BASE_BYTES = 900_000_000
 # Stages that hold the whole model, in bytes per checkpoint parameter above BASE_BYTES. Not yet
@@ -221,8 +222,8 @@ def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:
     if need > limit:
         where = "--max-memory" if max_memory else "available RAM"
         raise EdgerunError(
-            f"this export needs about {need / GB:.1f} GB ({estimated['peak_stage']}) but"
-            f" {where} is {limit / GB:.1f} GB",
+            f"this export needs about {need / GIB:.1f} GiB ({estimated['peak_stage']}) but"
+            f" {where} is {limit / GIB:.1f} GiB",
             "export fewer formats per call, pass --no-validate, or raise --max-memory",
         )
     return limit
@@ -260,6 +261,6 @@ def _streams(fmt: str, builder: str, options: Any, path: Path) -> bool:
 def describe(found: dict[str, Any]) -> str:
     """One line for the plan: the estimated peak, its stage, and the limit."""
     return (
-        f"memory: about {found['peak_bytes'] / GB:.1f} GB at peak ({found['peak_stage']});"
-        f" limit {found['limit_bytes'] / GB:.1f} GB"
+        f"memory: about {found['peak_bytes'] / GIB:.1f} GiB at peak ({found['peak_stage']});"
+        f" limit {found['limit_bytes'] / GIB:.1f} GiB"
     )

@@ -256,8 +256,9 @@ def _export_one(
             run_fields = {**fields, "threads": opts.threads}
             validation = None
             if reference is not None:
-                with ctx.stage("validate (artifact vs PyTorch fp32)"):
-                    scored = reference.score(family.logits_fn(tmp, run_fields), _gate(opts, fields))
+                with ctx.stage("validate (artifact vs PyTorch fp32)") as detail:
+                    logits = family.logits_fn(tmp, run_fields)
+                    scored = reference.score(logits, _gate(opts, fields), detail)
                 validation = scored.to_json()
                 if not scored.passed and not opts.force:
                     raise _GateFailed(validation)

@@ -1,9 +1,10 @@
 """What an export shows and measures: rich progress per stage, the peak RSS of a stage, and the
-closing table (format, size, PPL ratio, KL, top-1, pass/fail, time)."""
+closing table (format, result, size, bits/w, PPL ratio, KL, probe, time)."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,14 +15,40 @@ StageDetail = Callable[[str], None]
 StageHook = Callable[[str], contextlib.AbstractContextManager[StageDetail]]
 
 
+# A count in a stage's detail line ("window 3/12", "tensor 40/290"): what the ETA is made from.
+_COUNT = re.compile(r"(\d+)/(\d+)")
+
+
 def stage_printer(console: Any) -> StageHook:
-    """A stage hook: a spinner while the stage runs, then `✓ name (seconds)` on the console."""
+    """A stage hook: while the stage runs, a live line (rich) with its detail, the count in it
+    (`3/12`), the time elapsed and, once a count is known, the time remaining; then
+    `✓ name (seconds)` on the console. Off a terminal only the closing lines are printed."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     @contextlib.contextmanager
     def stage(name: str) -> Iterator[StageDetail]:
         start = time.perf_counter()
-        with console.status(f"{name} ...") as status:
-            yield lambda detail: status.update(f"{name}: {detail}")
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20)]
+        columns += [MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA")]
+        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(f"{name} ...", total=None)
+
+            def show(detail: str) -> None:
+                found = _COUNT.search(detail)
+                done, total = (int(found[1]), int(found[2])) if found else (None, None)
+                # done - 1 of them finished: the one named has just started
+                finished = max(done - 1, 0) if done is not None else None
+                bar.update(task, description=f"{name}: {detail}", completed=finished, total=total)
+
+            yield show
         console.print(f"  [green]✓[/] {name} ({time.perf_counter() - start:.1f} s)")
 
     return stage
@@ -82,56 +109,60 @@ def model_size(artifact: Path, model_file: str, checkpoint: Path) -> dict[str, A
     }
 
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"
+#: The closing table's columns, most wanted first (edgerun.bench.render.print_table leaves out
+#: from the end what does not fit the terminal, and names it).
+COLUMNS = [
+    ("format", "format"),
+    ("status", "result"),
+    ("size", "size"),
+    ("bits_per_weight", "bits/w"),
+    ("ppl_ratio", "PPL×"),
+    ("mean_kl", "KL"),
+    ("probe", "ms/tok"),
+    ("time", "time"),
+]
+LABELS = ("format", "status")
+NOTE = (
+    "PPL×, KL: perplexity ratio and mean KL against the fp32 reference (top-1 in --json);"
+    " ms/tok: a 32-token decode probe on this machine, not a benchmark"
+)
 
 
-def results_table(results: list[Any]) -> Any:
-    """A rich Table of export results (ExportResult objects)."""
-    from rich import box
-    from rich.table import Table
+def result_rows(results: list[Any]) -> list[dict[str, str]]:
+    """One row of display text per export result (ExportResult objects), keyed as COLUMNS."""
+    from edgerun.describe import human_bytes
 
-    # No vertical rules, so that nine columns fit an 80-column terminal without wrapping.
-    table = Table(
-        title="edgerun export",
-        caption="PPL×, KL: perplexity ratio and mean KL against the fp32 reference (top-1 in"
-        " --json); ms/tok: a 32-token decode probe on this machine, not a benchmark",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-        pad_edge=False,
-    )
-    for name, justify in [
-        ("format", "left"),
-        ("size", "right"),
-        ("bits/w", "right"),
-        ("PPL×", "right"),
-        ("KL", "right"),
-        ("ms/tok", "right"),
-        ("result", "left"),
-        ("time", "right"),
-    ]:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    rows = []
     for r in results:
         v = r.validation or {}
         manifest = r.manifest or {}
-        probe = manifest.get("probe") or {}
-        table.add_row(
-            r.format,
-            human_bytes(r.size_bytes),
-            _num((manifest.get("size") or {}).get("bits_per_weight"), "{:.2f}"),
-            _num(v.get("ppl_ratio"), "{:.4g}"),
-            _num(v.get("mean_kl"), "{:.4f}"),
-            _num(probe.get("decode_ms_per_token"), "{:.2f}"),
-            r.status,
-            f"{r.wall_s:.0f} s" if r.wall_s is not None else "-",
+        rows.append(
+            {
+                "format": r.format,
+                "status": r.status,
+                "size": human_bytes(r.size_bytes),
+                "bits_per_weight": _num(
+                    (manifest.get("size") or {}).get("bits_per_weight"), "{:.2f}"
+                ),
+                "ppl_ratio": _num(v.get("ppl_ratio"), "{:.4g}"),
+                "mean_kl": _num(v.get("mean_kl"), "{:.4f}"),
+                "probe": _num((manifest.get("probe") or {}).get("decode_ms_per_token"), "{:.2f}"),
+                "time": f"{r.wall_s:.0f} s" if r.wall_s is not None else "-",
+            }
         )
-    return table
+    return rows
+
+
+def print_results(results: list[Any], console: Any = None, wide: bool = False) -> None:
+    """The closing table, as wide as the terminal allows (a number is never cut), and its note."""
+    from rich.text import Text
+
+    from edgerun.bench.render import print_table, table_console
+
+    console = console or table_console()
+    title = "edgerun export"
+    print_table(result_rows(results), title, COLUMNS, console, wide, LABELS, "--json has them")
+    console.print(Text(NOTE), soft_wrap=False)
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -85,8 +85,9 @@ class StreamedModel:
         self._units = _units(self.model, self.layers)
         # called as each parameter is materialized: (qualified name, checkpoint key, parameter)
         self.on_load: Callable[[str, str, Any], None] | None = None
-        for name, module in self._units:
-            self._handles.append(module.register_forward_pre_hook(self._pre(name, module)))
+        for i, (name, module) in enumerate(self._units):
+            label = f"{name} ({i + 1}/{len(self._units)})"  # a count for the progress line's ETA
+            self._handles.append(module.register_forward_pre_hook(self._pre(label, module)))
             self._handles.append(module.register_forward_hook(self._post(module)))
 
     def __enter__(self) -> StreamedModel:

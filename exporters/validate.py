@@ -196,11 +196,19 @@ class Reference:
         """Number of scored next-token predictions."""
         return sum(len(w) - 1 for w in self.windows)
 
-    def score(self, logits_fn: LogitsFn, thresholds: Thresholds | None = None) -> Validation:
-        """Run `logits_fn` over the same windows and compare with the reference."""
+    def score(
+        self,
+        logits_fn: LogitsFn,
+        thresholds: Thresholds | None = None,
+        detail: Callable[[str], None] | None = None,
+    ) -> Validation:
+        """Run `logits_fn` over the same windows and compare with the reference; `detail(str)`
+        is told each window as it starts ("window 2/5")."""
         thresholds = thresholds or Thresholds()
         nll_ref = nll = kl = agree = agree_confident = confident = 0.0
         for i, ids in enumerate(self.windows):
+            if detail is not None:
+                detail(f"window {i + 1}/{len(self.windows)}")
             ref = np.asarray(self.logprobs[i], dtype=np.float64)
             cand_logits = logits_fn(ids)
             if cand_logits.shape[-1] != ref.shape[-1]:

@@ -231,6 +231,23 @@ def test_cli_bench_writes_json_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert (tmp_path / "r.md").read_text().count("| fake-a |") == 2
 
 
+def test_cli_bench_prints_a_llama_bench_line(tmp_path: Path) -> None:
+    """One line per artifact as llama-bench sums a run up: prefill per prompt length, decode
+    after the shortest prompt, each median ± stdev."""
+    import re
+
+    a, _ = _two(tmp_path)
+    args = ["--reps", "2", "--warmup", "0", "--gen-tokens", "3", "--prompt-tokens", "16,8"]
+    code, text = _bench(str(a), *args, "--power", "none")
+    assert code == 0, text
+    lines = [line for line in text.splitlines() if line.startswith("fake-a (")]
+    number = r"[\d.]+ ± [\d.]+"
+    assert len(lines) == 1 and re.fullmatch(
+        rf"fake-a \(\S+, \d+ threads\): pp8 {number} \| pp16 {number} \| tg3 {number} tok/s",
+        lines[0],
+    ), lines
+
+
 def test_cli_bench_assume_watts_is_labelled(tmp_path: Path) -> None:
     a, _ = _two(tmp_path)
     code, text = _bench(

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgerun.cache_entry import write_marker
 from edgerun.cli import cli
-from edgerun.cli.info import human_bytes
+from edgerun.describe import human_bytes
 from edgerun.home import models_dir
 
 

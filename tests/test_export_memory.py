@@ -83,7 +83,7 @@ def test_export_refuses_before_any_work_naming_both_numbers(
     assert result.exit_code == 2
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: this export needs about ")
-    assert "but --max-memory is 0.1 GB" in line and "--no-validate" in line
+    assert "but --max-memory is 0.1 GiB" in line and "--no-validate" in line
     assert not out.exists()  # refused before anything was written
 
 

@@ -65,9 +65,9 @@ def test_permission_and_read_only_refusals_of_the_probe(
 def test_full_disk_names_the_free_space(tmp_path: Path) -> None:
     exc = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
     err = describe_os_error(exc, tmp_path / "not-yet" / "out")
-    free = shutil.disk_usage(tmp_path).free / 1e6
+    free = shutil.disk_usage(tmp_path).free / 2**20
     match = re.fullmatch(
-        rf"no space left on {re.escape(str(tmp_path / 'not-yet' / 'out'))} \((\d+) MB free\) "
+        rf"no space left on {re.escape(str(tmp_path / 'not-yet' / 'out'))} \((\d+) MiB free\) "
         r"\(free some space, or write to another disk\)",
         str(err),
     )

@@ -224,7 +224,8 @@ def test_select_providers_strict_refuses_the_fallback() -> None:
         "profile 'apple-silicon' wants CoreMLExecutionProvider, which this onnxruntime build"
         " lacks (available: CPUExecutionProvider)"
     )
-    assert "drop --strict" in (info.value.hint or "")
+    assert "strict=False" in (info.value.hint or "")
+    assert "drop --strict" in (info.value.cli_hint or "")
 
 
 def test_select_providers_cpu_profile_and_unlisted_backend() -> None:
@@ -247,8 +248,8 @@ def test_check_memory_fixed_budget() -> None:
     with pytest.raises(EdgerunError) as info:
         check_memory(profile, 80 * 2**20, 30 * 2**20)
     assert info.value.message == (
-        "the model needs 110 MB (weights 80 MB + KV cache 30 MB) but profile 'tiny' allows"
-        " 100 MB (memory_budget_mb)"
+        "the model needs 110 MiB (weights 80 MiB + KV cache 30 MiB) but profile 'tiny' allows"
+        " 100 MiB (memory_budget_mb)"
     )
     assert "shorter context" in (info.value.hint or "")
 
@@ -257,7 +258,7 @@ def test_check_memory_share_of_ram() -> None:
     pi4 = get_profile("raspberry-pi-4")  # memory_fraction 0.7
     ram = 4096 * 2**20
     check_memory(pi4, 2000 * 2**20, 800 * 2**20, ram_bytes=ram)
-    with pytest.raises(EdgerunError, match=r"allows 2867 MB \(70% of RAM\)"):
+    with pytest.raises(EdgerunError, match=r"allows 2867 MiB \(70% of RAM\)"):
         check_memory(pi4, 2500 * 2**20, 400 * 2**20, ram_bytes=ram)
 
 

@@ -171,8 +171,9 @@ def test_info_bad_path(tmp_path: Path) -> None:
     result = run("info", str(tmp_path))
     assert result.exit_code == 2
     assert result.output == (
-        f"error: {tmp_path} is neither a checkpoint (no config.json) nor an artifact (no edgerun.json) "
-        "(pass a directory made by `edgerun pull` or `edgerun export`)\n"
+        f"error: {tmp_path} is neither a checkpoint (no config.json), an artifact (no edgerun.json)"
+        " nor an export directory (no artifact in it) (pass a directory made by `edgerun pull` or"
+        " `edgerun export`, or a .gguf / .onnx file)\n"
     )
 
 
@@ -213,3 +214,74 @@ def test_info_artifact_and_damaged_manifests(tiny_llama: Path, tmp_path: Path) -
     result = run("info", str(r.path))
     assert result.output.startswith(f"error: {manifest} is not valid JSON (")
     assert result.output.endswith("(re-export the artifact)\n")
+
+
+def _tiny_gguf(path: Path) -> Path:
+    """A small GGUF written with gguf-py: llama metadata and two float32 tensors (3,072 weights)."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("tiny")
+    writer.add_context_length(2048)
+    writer.add_block_count(2)
+    writer.add_file_type(0)
+    writer.add_tensor("token_embd.weight", np.zeros((64, 32), np.float32))
+    writer.add_tensor("output_norm.weight", np.ones((32, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_info_bare_gguf_what_run_accepts(tmp_path: Path) -> None:
+    """`info` reads a lone .gguf's header: architecture, context, parameters, bits per weight."""
+    path = _tiny_gguf(tmp_path / "tiny.gguf")
+    data = json.loads(run("info", str(path), "--json").output)
+    assert (data["kind"], data["architecture"], data["name"]) == ("gguf file", "llama", "tiny")
+    assert (data["context_length"], data["layers"], data["parameters"]) == (2048, 2, 3072)
+    assert data["bits_per_weight"] == round(path.stat().st_size * 8 / 3072, 3)
+    text = run("info", str(path)).output.splitlines()
+    assert text[0] == f"gguf file: {path.resolve()}"
+    assert f"  bits/w: {data['bits_per_weight']:.2f}" in text and "  parameters: 3,072" in text
+    assert f"    tiny.gguf  {path.stat().st_size / 1024:.1f} KiB" in text
+    (tmp_path / "x.bin").write_bytes(b"GGUF")
+    assert run("info", str(tmp_path / "x.bin")).output == (
+        f"error: {tmp_path / 'x.bin'} is neither .gguf nor .onnx (pass a model file, or a directory)\n"
+    )
+
+
+def test_info_export_directory_lists_each_artifact(tiny_llama: Path, tmp_path: Path) -> None:
+    """An export directory (what `run` picks a format from) is described artifact by artifact,
+    with bits per weight, recipe, probe and tokenizer parity where the manifest has them."""
+    from edgerun.exporters import export
+
+    (r,) = export(str(tiny_llama), "onnx-fp32", tmp_path, no_validate=True, progress=False)
+    data = json.loads(run("info", str(tmp_path), "--json").output)
+    assert data["kind"] == "export" and [a["format"] for a in data["artifacts"]] == ["onnx-fp32"]
+    (art,) = data["artifacts"]
+    assert 32 < art["bits_per_weight"] < 40 and art["recipe"] is None  # fp32 weights + graph
+    text = run("info", str(tmp_path)).output.splitlines()
+    assert text[0] == f"export: {tmp_path.resolve()} (1 artifacts)"
+    assert text[1] == f"  artifact: {r.path.resolve()}"
+    assert f"    bits/w: {art['bits_per_weight']:.2f}" in text
+    if art["probe_ms_per_token"] is not None:
+        assert any(line.startswith("    probe: ") and "ms/token" in line for line in text)
+
+
+def test_info_shows_recipe_probe_and_tokenizer_parity() -> None:
+    from edgerun.cli.info import _render
+
+    desc = {"kind": "artifact", "path": "/a", "format": "gguf-q4_k_m", "bits_per_weight": 5.021}
+    desc |= {"recipe": "q4-mixed", "probe_ms_per_token": 11.27, "tokenizer_parity": False}
+    lines = _render({**desc, "validation": None, "files": [], "total_bytes": 3 * 2**20})
+    assert lines[1:] == [
+        "  format: gguf-q4_k_m",
+        "  bits/w: 5.02",
+        "  recipe: q4-mixed",
+        "  probe: 11.27 ms/token (a short greedy decode at export)",
+        "  tokenizer parity: DIFFERS from the source's",
+        "  size: 3.0 MiB",
+        "  files:",
+    ]

@@ -160,6 +160,47 @@ def test_max_tokens_must_be_positive(model: edgerun.model.Model, max_tokens: int
         model.generate("hi", max_tokens=max_tokens)
 
 
+def test_library_errors_give_library_hints(model: edgerun.model.Model, llama_onnx: Path) -> None:
+    """A caller of the library is told the argument to change (max_tokens=1), not a CLI option;
+    the CLI's wording travels beside it for the CLI to print."""
+    with pytest.raises(EdgerunError) as info:
+        model.generate("hi", max_tokens=0)
+    assert str(info.value) == "max_tokens must be at least 1, got 0 (pass max_tokens=1 or more)"
+    assert info.value.for_cli().endswith("(pass --max-tokens 1 or more)")
+    with pytest.raises(EdgerunError) as info:
+        model.generate(list(range(10, 300)), max_tokens=4)
+    assert "--" not in str(info.value) and "truncate='left'" in str(info.value)
+    with pytest.raises(EdgerunError) as info:
+        model.generate("hi", seed=-1)
+    assert "--" not in str(info.value) and "seed=0" in str(info.value)
+    with pytest.raises(EdgerunError) as info:
+        edgerun.load(llama_onnx, PROFILE, threads=0)
+    assert (
+        str(info.value) == "threads must be at least 1, got 0 (pass threads=1 or more, or omit it)"
+    )
+
+
+def test_settings_past_the_machine_or_the_model_warn(
+    llama_onnx: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """threads=64 on a small machine and a context ten times the trained one load, with a
+    warning each on model.info.warnings and stderr, instead of being accepted silently."""
+    import os
+
+    many = len(os.sched_getaffinity(0)) + 62
+    with edgerun.load(llama_onnx, PROFILE, threads=many, context=2560) as m:
+        assert m.info.threads == many and m.context_length == 2560
+        warnings = m.info.warnings
+    assert any(w.startswith(f"threads={many} is more than the ") for w in warnings)
+    assert any(
+        w.startswith("context=2560 is longer than the 256 positions the model was trained on")
+        for w in warnings
+    )
+    assert f"warning: threads={many} is more" in capsys.readouterr().err
+    with edgerun.load(llama_onnx, PROFILE, threads=1, context=256) as m:
+        assert not any("threads=" in w or "context=" in w for w in m.info.warnings)
+
+
 def test_prompt_longer_than_context(llama_onnx: Path) -> None:
     with edgerun.load(llama_onnx, PROFILE, context=16) as m:
         assert m.context_length == 16

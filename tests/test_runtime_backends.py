@@ -159,7 +159,7 @@ def test_memory_budget_refuses_with_the_numbers(artifacts: dict[str, Path], tmp_
     with edgerun.load(artifacts["onnxruntime"], profile, context=64):
         pass  # weights ~0.4 MB + KV 64 positions fit in 1 MB
     with pytest.raises(
-        EdgerunError, match=r"needs \d+ MB .* but profile 'test-profile' allows 1 MB"
+        EdgerunError, match=r"needs \d+ MiB .* but profile 'test-profile' allows 1 MiB"
     ):
         edgerun.load(artifacts["onnxruntime"], profile, context=4096)
 

@@ -108,7 +108,7 @@ def test_run_chat_and_threads(artifact: Path) -> None:
         (["--top-p", "0"], "error: top_p must be in (0, 1], got 0.0 (use 1.0 to disable top-p)\n"),
         (
             ["--context", "4", "-n", "8"],
-            "error: the prompt (5 tokens) plus max_tokens (8) exceed the context length 4 (shorten the prompt, lower --max-tokens, pass --truncate left, or load with a larger context)\n",
+            "error: the prompt (5 tokens) plus max_tokens (8) exceed the context length 4 (shorten the prompt, lower --max-tokens, pass --truncate left, or a larger --context)\n",
         ),
     ],
 )

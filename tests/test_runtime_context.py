@@ -49,7 +49,7 @@ def test_an_8b_onnx_int4_on_an_8gb_board_gets_the_context_that_fits(tmp_path: Pa
     fits = (6500 * MB - weights - RUNTIME_OVERHEAD) // per_token
     assert context == fits // CONTEXT_STEP * CONTEXT_STEP == 1792
     assert weights + context * per_token + RUNTIME_OVERHEAD <= 6500 * MB
-    assert why.startswith("sized to profile 'board': its 6500 MB budget less 5500 MB of weights")
+    assert why.startswith("sized to profile 'board': its 6500 MiB budget less 5500 MiB of weights")
     assert "1792 positions (256 KiB each)" in why and "the model's is 4096" in why
 
 

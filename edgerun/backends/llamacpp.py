@@ -33,8 +33,10 @@ class LlamaCppBackend(Backend):
     def __init__(self, artifact: Artifact, settings: Settings) -> None:
         import llama_cpp
 
+        from edgerun.backends.llama_log import install
         from edgerun.gguf_header import check_causal
 
+        install()  # llama.cpp's warnings to the debug log, not into the output
         check_causal(artifact.model_file)  # before llama.cpp: a diffusion LM fails inside it
         self._lib = llama_cpp
         kwargs = self._llama_kwargs(llama_cpp.Llama, settings)
@@ -118,8 +120,11 @@ def _trained_context(lib: Any, artifact: Artifact) -> int:
     context, no KV cache) just to read it."""
     import logging
 
+    from edgerun.backends.llama_log import install
+
     # what Llama(verbose=False) does: llama.cpp's log goes through this logger at ERROR level
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    install()
     params = lib.llama_model_default_params()
     params.n_gpu_layers = 0
     model = lib.llama_model_load_from_file(str(artifact.model_file).encode(), params)

@@ -55,7 +55,8 @@ def select_providers(
         raise EdgerunError(
             f"profile '{profile.id}' wants {', '.join(missing)}, which this onnxruntime build lacks"
             f" (available: {', '.join(available) or 'none'})",
-            "install the onnxruntime build with that provider, or drop --strict to fall back",
+            "install the onnxruntime build with that provider, or load with strict=False",
+            cli_hint="install the onnxruntime build with that provider, or drop --strict",
         )
     return ProviderChoice(chosen, wanted, warnings)
 
@@ -74,7 +75,7 @@ def memory_budget_bytes(profile: Profile, ram_bytes: int | None = None) -> int:
 def check_memory(
     profile: Profile, weights_bytes: int, kv_bytes: int, ram_bytes: int | None = None
 ) -> None:
-    """Raise EdgerunError, with the numbers in MB and the fix, when weights + KV cache exceed the
+    """Raise EdgerunError, with the numbers in MiB and the fix, when weights + KV cache exceed the
     profile's budget (`ram_bytes` overrides the machine's RAM, for tests)."""
     budget = memory_budget_bytes(profile, ram_bytes)
     need = weights_bytes + kv_bytes
@@ -87,8 +88,8 @@ def check_memory(
         else f"{profile.memory_fraction:.0%} of RAM"
     )
     raise EdgerunError(
-        f"the model needs {need / mb:.0f} MB (weights {weights_bytes / mb:.0f} MB + KV cache"
-        f" {kv_bytes / mb:.0f} MB) but profile '{profile.id}' allows {budget / mb:.0f} MB ({source})",
+        f"the model needs {need / mb:.0f} MiB (weights {weights_bytes / mb:.0f} MiB + KV cache"
+        f" {kv_bytes / mb:.0f} MiB) but profile '{profile.id}' allows {budget / mb:.0f} MiB ({source})",
         "use a smaller quantization or a shorter context, or raise memory_budget_mb in a profile"
         " under $EDGERUN_HOME/profiles",
     )

@@ -158,7 +158,7 @@ def open_backend(
     """Do the whole selection and load the model (see the module docstring)."""
     profile, reason = resolve_profile(profile_spec)
     cls, pref, warnings = choose_backend(artifact, profile, backend_name)
-    warnings += cpu_feature_warnings(profile)
+    warnings += cpu_feature_warnings(profile) + asked_warnings(artifact, threads, context)
     chosen, context_reason = choose_context(artifact, profile, context)
     settings = Settings(
         threads=threads or (profile.threads if profile else None) or _physical_cores(),
@@ -220,6 +220,36 @@ def cpu_feature_warnings(profile: Profile | None, root: Path = Path("/")) -> lis
     ]
 
 
+def asked_warnings(artifact: Artifact, threads: int | None, context: int | None) -> list[str]:
+    """A warning for settings the machine or the model cannot honour as asked: more threads than
+    this process may run on CPUs, a context longer than the model was trained for."""
+    warnings = []
+    cpus = _usable_cpus()
+    if threads is not None and threads > cpus:
+        warnings.append(
+            f"threads={threads} is more than the {cpus} CPUs this process can use: the extra"
+            " threads wait for a core and slow decoding down"
+        )
+    trained = artifact.manifest.get("context_length") or artifact.config().get(
+        "max_position_embeddings"
+    )
+    if context is not None and isinstance(trained, int) and context > trained > 0:
+        warnings.append(
+            f"context={context} is longer than the {trained} positions the model was trained on:"
+            " text past them is likely to degrade, and the KV cache is sized for all of them"
+        )
+    return warnings
+
+
+def _usable_cpus() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _physical_cores() -> int | None:
     import psutil
 
@@ -237,7 +267,8 @@ def _model_context(artifact: Artifact) -> int | None:
             raise EdgerunError(
                 f"{artifact.path}: the context length {value!r} in config.json is not a"
                 " positive integer",
-                "re-export the artifact, or pass --context N",
+                "re-export the artifact, or load it with context=N",
+                cli_hint="re-export the artifact, or pass --context N",
             )
         return min(value, MAX_DEFAULT_CONTEXT)
     return None if artifact.family == "gguf" else DEFAULT_CONTEXT
@@ -265,8 +296,8 @@ def choose_context(
         return trained, "the model's trained context" + _capped(artifact, trained)
     mb = 2**20
     return fits, (
-        f"sized to profile '{profile.id}': its {budget / mb:.0f} MB budget less"
-        f" {artifact.weights_bytes() / mb:.0f} MB of weights and {RUNTIME_OVERHEAD / mb:.0f} MB"
+        f"sized to profile '{profile.id}': its {budget / mb:.0f} MiB budget less"
+        f" {artifact.weights_bytes() / mb:.0f} MiB of weights and {RUNTIME_OVERHEAD / mb:.0f} MiB"
         f" overhead holds the KV cache of {fits} positions ({per_token / 1024:.0f} KiB each);"
         f" the model's is {trained} (--context to choose)"
     )
@@ -321,7 +352,11 @@ def _check_active(backend: Backend, settings: Settings, strict: bool) -> list[st
                 f"asked {backend.name} for {first}, but the session runs {', '.join(backend.providers)}"
             )
     if strict and problems:
-        raise EdgerunError(problems[0], "fix that installation, or drop --strict to fall back")
+        raise EdgerunError(
+            problems[0],
+            "fix that installation, or load with strict=False to fall back",
+            cli_hint="fix that installation, or drop --strict to fall back",
+        )
     return problems
 
 

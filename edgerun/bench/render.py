@@ -45,14 +45,22 @@ def table(
     rows: list[dict[str, Any]],
     title: str,
     columns: list[tuple[str, str]] = TERMINAL,
+    labels: tuple[str, ...] = LABELS,
 ) -> Table:
     """A rich Table of `rows`. A number column is as wide as its widest cell, so a number is never
-    cut; its header wraps at spaces instead. Pick the columns that fit with `fit_columns`."""
-    t = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    cut; its header wraps at spaces instead; a `labels` column (left-aligned text) is cut at
+    LABEL_WIDTH. Pick the columns that fit with `fit_columns`."""
+    t = Table(
+        title=Text(title),
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+    )
     for key, header in columns:
         # Fixed widths: rich never squeezes a fixed column, and its header wraps inside it.
         widest = max([cell_len(cell(r, key)) for r in rows] + [1])
-        if key in LABELS:
+        if key in labels:
             widest = min(max(widest, cell_len(header)), LABEL_WIDTH)
             t.add_column(header, justify="left", no_wrap=True, width=widest)
         else:
@@ -65,7 +73,10 @@ def table(
 
 
 def fit_columns(
-    rows: list[dict[str, Any]], columns: list[tuple[str, str]], width: int | None
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    width: int | None,
+    labels: tuple[str, ...] = LABELS,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """(the columns that fit in `width` terminal columns, taken in order while they fit, and the
     headers of those left out). `width` None: all of them."""
@@ -75,19 +86,49 @@ def fit_columns(
     hidden: list[str] = []
     for column in columns:
         trial = [c for c in columns if c in shown or c == column]
-        if not shown or _narrowest(rows, trial) <= width:
+        if not shown or _narrowest(rows, trial, labels) <= width:
             shown.append(column)
         else:
             hidden.append(column[1])
     return shown, hidden
 
 
-def _narrowest(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> int:
+def _narrowest(
+    rows: list[dict[str, Any]], columns: list[tuple[str, str]], labels: tuple[str, ...]
+) -> int:
     """The width the table of `columns` takes (its columns have fixed widths, see `table`):
     rendered, so padding and dividers count exactly as rich draws them."""
     buffer = io.StringIO()
-    Console(file=buffer, width=10_000).print(table(rows, "", columns))
+    Console(file=buffer, width=10_000).print(table(rows, "", columns, labels))
     return max(cell_len(line) for line in buffer.getvalue().splitlines())
+
+
+def print_table(
+    rows: list[dict[str, Any]],
+    title: str,
+    columns: list[tuple[str, str]],
+    console: Console | None = None,
+    wide: bool = False,
+    labels: tuple[str, ...] = LABELS,
+    more: str = "--wide shows them",
+) -> list[tuple[str, str]]:
+    """Print the table of the `columns` that fit the terminal (all of them with `wide`, or when
+    piped without COLUMNS set) and a line naming the ones left out; returns those shown. A
+    number is never cut: a column that does not fit is left out whole; `more` says where to
+    see it."""
+    console = console or table_console()
+    width = (
+        None if wide or (not console.is_terminal and "COLUMNS" not in os.environ) else console.width
+    )
+    shown, hidden = fit_columns(rows, columns, width, labels)
+    t = table(rows, title, shown, labels)
+    if width is None:  # as wide as it needs: never wrapped by the console
+        needed = Measurement.get(console, console.options.update_width(10_000), t).maximum
+        console.width = max(console.width, needed, len(title))
+    console.print(t)
+    if hidden:
+        console.print(Text(f"not shown at {width} columns: {', '.join(hidden)} ({more})"))
+    return shown
 
 
 def energy_notes(runs: list[dict[str, Any]]) -> list[str]:
@@ -121,23 +162,10 @@ def print_rows(
     columns: list[tuple[str, str]] = TERMINAL,
     wide: bool = False,
 ) -> None:
-    """Print the table of the `columns` that fit the terminal (all of them with `wide`, or when
-    piped without COLUMNS set), a line naming the ones left out, the energy and unsteady-run
-    notes. Numbers are never cut."""
-    console = console or _console()
-    width = (
-        None if wide or (not console.is_terminal and "COLUMNS" not in os.environ) else console.width
-    )
-    shown, hidden = fit_columns(rows, columns, width)
-    t = table(rows, title, shown)
-    if width is None:  # as wide as it needs: never wrapped by the console
-        needed = Measurement.get(console, console.options.update_width(10_000), t).maximum
-        console.width = max(console.width, needed, len(title))
-    console.print(t)
-    if hidden:
-        console.print(
-            Text(f"not shown at {width} columns: {', '.join(hidden)} (--wide shows them)")
-        )
+    """Print the table of the `columns` that fit the terminal (print_table), the energy and
+    unsteady-run notes. Numbers are never cut."""
+    console = console or table_console()
+    shown = print_table(rows, title, columns, console, wide)
     for note in dict.fromkeys(energy_notes(runs)):
         console.print(Text(note), highlight=False, soft_wrap=True)
     shaky = unsteady(rows)
@@ -149,7 +177,29 @@ def print_rows(
         console.print(Text("≈: the two rows' ranges over their repetitions overlap: may be noise"))
 
 
-def _console() -> Console:
+def speed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """llama-bench's summary, one line per artifact: prefill tok/s per prompt length (ppN) and
+    decode tok/s after the shortest prompt (tgN), each median ± stdev over the repetitions,
+    e.g. `q4 (llamacpp, 2 threads): pp128 812.3 ± 4.1 | tg64 91.2 ± 0.80 tok/s`."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("device"), row["artifact"], row.get("backend")), []).append(row)
+    lines = []
+    for (_, name, backend), group in groups.items():
+        group.sort(key=lambda r: r["prompt_tokens"])
+        parts = [f"pp{r['prompt_tokens']} {_pm(r, 'prefill_tok_s')}" for r in group]
+        parts.append(f"tg{group[0].get('gen_tokens')} {_pm(group[0], 'decode_tok_s')}")
+        threads = group[0].get("threads")
+        lines.append(f"{name} ({backend}, {threads} threads): {' | '.join(parts)} tok/s")
+    return lines
+
+
+def _pm(row: dict[str, Any], key: str) -> str:
+    """A median with its stdev written as llama-bench does (`91.2 ± 0.80`)."""
+    return cell(row, key).replace(" ±", " ± ")
+
+
+def table_console() -> Console:
     """The terminal's console; piped output (a file, a CI log) gets plain text: no colour, and
     the width of COLUMNS when set, else as wide as the table needs."""
     if sys.stdout.isatty():

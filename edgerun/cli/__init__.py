@@ -61,7 +61,7 @@ class LazyGroup(click.Group):
             except EdgerunError as exc:
                 if ctx.obj and ctx.obj.get("verbose"):
                     raise
-                click.echo(f"error: {exc}", err=True)
+                click.echo(f"error: {exc.for_cli()}", err=True)
                 ctx.exit(exc.exit_code)
             except KeyboardInterrupt as exc:
                 signum = getattr(exc, "signum", signal.SIGINT)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgerun.cli.options import workload_options
+from edgerun.cli.options import wide_option, workload_options
 
 
 def _ints(text: str) -> list[int]:
@@ -38,7 +38,7 @@ def _refuse_existing(paths: list[Path | None], append: bool) -> None:
 )
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a Markdown table.")
-@click.option("--wide", is_flag=True, help="Show every column, however wide the table gets.")
+@wide_option
 def bench(
     artifacts: tuple[Path, ...],
     prompt_tokens: str,
@@ -65,7 +65,7 @@ def bench(
     from rich.console import Console
 
     import edgerun.bench
-    from edgerun.bench.render import print_rows, progress_bar
+    from edgerun.bench.render import print_rows, progress_bar, speed_lines
     from edgerun.bench.results import rows, to_csv, to_markdown, write_results, write_table
 
     _refuse_existing([json_path, csv_path, md_path], append)
@@ -92,9 +92,11 @@ def bench(
     for path, render in ((csv_path, to_csv), (md_path, to_markdown)):
         if path is not None:
             write_table(path, render(table))
+    shown = rows({"runs": [run]})
     print_rows(
-        rows({"runs": [run]}),
+        shown,
         [run],
         f"edgerun bench ({reps} reps, {gen_tokens} new tokens, medians ±stdev)",
         wide=wide,
     )
+    click.echo("\n".join(speed_lines(shown)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgerun.cli.info import human_bytes
 from edgerun.cli.options import echo_json, json_option
+from edgerun.describe import human_bytes
 
 HEADERS = ("name", "source", "kind", "size", "modified", "state")
 

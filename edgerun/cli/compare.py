@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edgerun.cli.options import wide_option
+
 
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -14,7 +16,7 @@ import click
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write an HTML report.")
 @click.option("--plot", "png_path", type=click.Path(path_type=Path), help="Write a PNG chart.")
-@click.option("--wide", is_flag=True, help="Show every column, however wide the table gets.")
+@wide_option
 def compare(
     results: tuple[Path, ...],
     baseline: str | None,

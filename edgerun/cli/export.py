@@ -201,12 +201,9 @@ def _print_architectures(as_json: bool) -> None:
 
 
 def _print_results(results: list[Any]) -> None:
-    from rich.console import Console
+    from edgerun.exporters.report import print_results
 
-    from edgerun.exporters.report import results_table
-
-    console = Console()
-    console.print(results_table(results))
+    print_results(results)
     for r in results:
         if r.written:
             click.echo(f"{r.format}: {r.path}")

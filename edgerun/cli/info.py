@@ -8,15 +8,16 @@ from typing import Any
 import click
 
 from edgerun.cli.options import echo_json, json_option
+from edgerun.describe import human_bytes
 
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+# How a described field is printed (anything else: as it is); None when absent.
+_SHOWN = {
+    "parameters": lambda v: f"{v:,}",
+    "bits_per_weight": lambda v: f"{v:.2f}",
+    "probe_ms_per_token": lambda v: f"{v:.2f} ms/token (a short greedy decode at export)",
+    "tokenizer_parity": lambda v: "identical to the source's" if v else "DIFFERS from the source's",
+}
+_LABELS = {"bits_per_weight": "bits/w", "probe_ms_per_token": "probe"}
 
 
 def _num(value: Any, spec: str) -> str:
@@ -24,27 +25,32 @@ def _num(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _render(desc: dict[str, Any]) -> list[str]:
-    skip = {"files", "kind", "validation", "source"}
-    lines = [f"{desc['kind']}: {desc['path']}"]
+def _render(desc: dict[str, Any], indent: str = "") -> list[str]:
+    if desc["kind"] == "export":
+        lines = [f"export: {desc['path']} ({len(desc['artifacts'])} artifacts)"]
+        for artifact in desc["artifacts"]:
+            lines += _render(artifact, indent + "  ")
+        return lines
+    skip = {"files", "kind", "validation", "source", "path"}
+    lines = [f"{indent}{desc['kind']}: {desc['path']}"]
     for key, value in desc.items():
-        if key in skip or key == "path" or value is None:
+        if key in skip or value is None:
             continue
-        if key == "parameters":
-            value = f"{value:,}"
-        elif key == "total_bytes":
+        if key == "total_bytes":
             key, value = "size", human_bytes(value)
-        lines.append(f"  {key.replace('_', ' ')}: {value}")
+        elif key in _SHOWN:
+            value = _SHOWN[key](value)
+        lines.append(f"{indent}  {_LABELS.get(key, key.replace('_', ' '))}: {value}")
     if desc.get("validation"):
         v = desc["validation"]
         lines.append(
-            "  validation: "
+            f"{indent}  validation: "
             + ("passed" if v.get("passed") else "FAILED")
             + f" (ppl ratio {_num(v.get('ppl_ratio'), '.3f')}, mean KL"
             f" {_num(v.get('mean_kl'), '.4f')}, top-1 {_num(v.get('top1_agreement'), '.3f')})"
         )
-    lines.append("  files:")
-    lines += [f"    {f['name']}  {human_bytes(f['bytes'])}" for f in desc["files"]]
+    lines.append(f"{indent}  files:")
+    lines += [f"{indent}    {f['name']}  {human_bytes(f['bytes'])}" for f in desc["files"]]
     return lines
 
 
@@ -52,7 +58,10 @@ def _render(desc: dict[str, Any]) -> list[str]:
 @click.argument("path", type=click.Path(path_type=Path))
 @json_option
 def info(path: Path, as_json: bool) -> None:
-    """Describe a checkpoint or an artifact: architecture, parameters, dtype, context, files."""
+    """Describe a checkpoint, an artifact, an export directory or a bare .gguf / .onnx file.
+
+    What `run` accepts, without loading it: architecture, parameters, context, bits per weight,
+    recipe, speed probe, tokenizer parity, validation, files (sizes in KiB / MiB / GiB)."""
     from edgerun.describe import describe
 
     desc = describe(path)

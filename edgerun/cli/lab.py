@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgerun.cli.options import echo_json, json_option, workload_options
+from edgerun.cli.options import echo_json, json_option, wide_option, workload_options
 
 
 def _tls_options(f: Any) -> Any:
@@ -91,8 +91,9 @@ def worker(
 @lab.command()
 @click.argument("scheduler")
 @json_option
+@wide_option
 @_tls_options
-def devices(scheduler: str, as_json: bool, **kwargs: Any) -> None:
+def devices(scheduler: str, as_json: bool, wide: bool, **kwargs: Any) -> None:
     """List the connected devices, and warn about version skew between them."""
     from edgerun.bench.device import library_versions
     from edgerun.lab.cluster import connect, list_devices
@@ -106,7 +107,7 @@ def devices(scheduler: str, as_json: bool, **kwargs: Any) -> None:
         return
     from edgerun.lab.render import print_devices
 
-    print_devices(found, skew)
+    print_devices(found, skew, wide=wide)
 
 
 def _brief(device: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,13 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
 
+def wide_option(f: F) -> F:
+    """`--wide`: a table with every column, instead of those that fit the terminal."""
+    return click.option(
+        "--wide", is_flag=True, help="Show every column, however wide the table gets."
+    )(f)
+
+
 def workload_options(f: F) -> F:
     """The bench workload, shared by `edgerun bench` and `edgerun lab bench` (which runs it on
     every device): --prompt-tokens, --gen-tokens, --reps, --warmup, --threads, --profile,

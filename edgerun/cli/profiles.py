@@ -59,7 +59,9 @@ def render_profile(p: Profile) -> list[str]:
         "gpus": " / ".join(m.gpus),
         "ort providers": ", ".join(m.providers),
     }
-    budget = f"{p.memory_budget_mb} MB" if p.memory_budget_mb else f"{p.memory_fraction:.0%} of RAM"
+    budget = (
+        f"{p.memory_budget_mb} MiB" if p.memory_budget_mb else f"{p.memory_fraction:.0%} of RAM"
+    )
     lines = [
         f"{p.id}: {p.name}",
         f"  {p.description}",

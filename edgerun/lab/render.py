@@ -14,26 +14,73 @@ from rich.table import Table
 GiB = 1 << 30
 
 
-def print_devices(devices: list[dict[str, Any]], warnings: list[str]) -> None:
-    """The connected devices as a table, then the version-skew warnings."""
-    console = Console()
-    table = Table(title=f"{len(devices)} lab devices")
-    for header in ("device", "profile", "CPU", "arch", "cores", "RAM GiB", "OS", "accelerators", "edgerun", "onnxruntime", "llama-cpp"):  # fmt: skip
-        table.add_column(header)
+#: The device table's columns, most wanted first (what does not fit the terminal is left out from
+#: the end and named): the versions come early, since version skew is what the table is for.
+DEVICE_COLUMNS = [
+    ("device", "device"),
+    ("edgerun", "edgerun"),
+    ("onnxruntime", "onnxruntime"),
+    ("llama-cpp", "llama-cpp"),
+    ("profile", "profile"),
+    ("cores", "cores"),
+    ("ram_gib", "RAM GiB"),
+    ("arch", "arch"),
+    ("os", "OS"),
+    ("accelerators", "accelerators"),
+    ("cpu", "CPU"),
+]
+DEVICE_LABELS = ("device", "profile", "arch", "os", "accelerators", "cpu")
+
+
+def device_rows(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per device that answered (DEVICE_COLUMNS' keys); versions kept whole as text."""
+    rows = []
     for d in devices:
         if "error" in d:
-            table.add_row(d["id"], f"[red]{d['error']:.60}[/]")
             continue
         libs = d.get("libraries") or {}
-        ram = f"{d['ram_bytes'] / GiB:.1f}" if d.get("ram_bytes") else "—"
-        table.add_row(
-            d["id"], str(d.get("profile")), str(d.get("cpu") or "—"), str(d.get("arch")),
-            str(d.get("cores") or "—"), ram, str(d.get("os")), ", ".join(d["accelerators"]) or "—",
-            str(libs.get("edgerun")), str(libs.get("onnxruntime")), str(libs.get("llama-cpp-python")),
-        )  # fmt: skip
-    console.print(table)
+        rows.append(
+            {
+                "device": d["id"],
+                "edgerun": _text(libs.get("edgerun")),
+                "onnxruntime": _text(libs.get("onnxruntime")),
+                "llama-cpp": _text(libs.get("llama-cpp-python")),
+                "profile": _text(d.get("profile")),
+                "cores": d.get("cores"),
+                "ram_gib": f"{d['ram_bytes'] / GiB:.1f}" if d.get("ram_bytes") else None,
+                "arch": _text(d.get("arch")),
+                "os": _text(d.get("os")),
+                "accelerators": ", ".join(d.get("accelerators") or []) or None,
+                "cpu": _text(d.get("cpu")),
+            }
+        )
+    return rows
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def print_devices(
+    devices: list[dict[str, Any]],
+    warnings: list[str],
+    console: Console | None = None,
+    wide: bool = False,
+) -> None:
+    """The connected devices as a table that fits the terminal (edgerun.bench.render), a line per
+    device that failed to answer, then the version-skew warnings."""
+    from rich.text import Text
+
+    from edgerun.bench.render import print_table, table_console
+
+    console = console or table_console()
+    title = f"{len(devices)} lab devices"
+    print_table(device_rows(devices), title, DEVICE_COLUMNS, console, wide, DEVICE_LABELS)
+    for d in devices:
+        if "error" in d:
+            console.print(Text(f"{d['id']}: {d['error']}", style="red"), soft_wrap=True)
     for warning in warnings:
-        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+        Console(stderr=True).print(Text(f"warning: {warning}"), soft_wrap=True)
 
 
 @contextlib.contextmanager

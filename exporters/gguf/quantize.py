@@ -157,10 +157,10 @@ def captured_stderr(log: Path) -> Iterator[list[str]]:
         return
     import logging
 
-    import llama_cpp._logger  # noqa: F401 - installs the log callback that reads this logger
+    from edgerun.backends.llama_log import install
 
-    # Everything goes to the log file, so let llama-cpp-python print every level (its table maps
-    # newer ggml's ERROR level to DEBUG, which a quiet logger would drop).
+    install()  # the log callback that reads this logger (edgerun.backends.llama_log)
+    # Everything goes to the log file, so let every level through.
     logger = logging.getLogger("llama-cpp-python")
     level = logger.level
     logger.setLevel(logging.DEBUG)
@@ -190,7 +190,8 @@ def quiet_llama() -> None:
     `Llama(verbose=False)` does) unless EDGERUN_LLAMA_VERBOSE is set."""
     import logging
 
-    import llama_cpp._logger  # noqa: F401 - installs the log callback that reads this logger
+    from edgerun.backends.llama_log import install
 
+    install()  # the log callback that reads this logger, levels read right
     verbose = bool(os.environ.get("EDGERUN_LLAMA_VERBOSE"))
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)

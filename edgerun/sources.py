@@ -8,6 +8,7 @@ so an interrupted pull leaves nothing that looks like a checkpoint.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from edgerun.cache_entry import read_entry, report_hit, write_marker
 from edgerun.checkpoint import check_checkpoint_dir
-from edgerun.errors import EdgerunError, require
+from edgerun.errors import EdgerunError, MissingExtraError, require
 from edgerun.home import atomic_dir, cache_dir, models_dir, write_errors_reported
 from edgerun.integrity import sha256_file
 from edgerun.leftovers import owner_tag
@@ -172,6 +173,12 @@ def _pull_gguf(
 
             dequantize_gguf(path, tmp)
             _finish(tmp, ckpt)
+    except MissingExtraError as exc:  # the lean install: the GGUF itself runs, unconverted
+        raise EdgerunError(
+            f"{exc.message}: an HF checkpoint of {path.name} is made with transformers",
+            f"install it with: pip install 'edgerun[export]'; or run the GGUF as it is:"
+            f" edgerun run {shlex.quote(str(path))} (needs edgerun[gguf])",
+        ) from exc
     except EdgerunError:
         # Another pull of the same source finished first: use its entry.
         if not refresh and entry.exists() and (hit := _cached(entry, source, progress)):

@@ -241,3 +241,37 @@ def test_spread_beside_medians_and_overlapping_ratios_marked(results: tuple[Path
         f"unsteady: {row['device']}/{row['artifact']} prompt {row['prompt_tokens']}: "
         "decode tok/s 4.300–23.7 around 5.040 over 2 reps"
     ]
+
+
+def test_report_a_lab_would_publish(results: tuple[Path, Path], tmp_path: Path) -> None:
+    """The HTML names each device's library versions and, for a lab run, what was shipped and
+    how each pair ended; shows each artifact across devices; charts fidelity against speed; the
+    PNG carries a title with the devices and the date."""
+    pytest.importorskip("matplotlib")
+    from edgerun.bench.compare import add_ratios
+    from edgerun.bench.report import figure, to_html
+
+    table, runs = load(list(results))
+    add_ratios(table, table[0])
+    runs[1] = {**runs[1], "lab": {"shipped": {"fake-a": 3 * 2**20, "fake-b": 0}}}
+    runs[1]["artifacts"] = [
+        {**runs[1]["artifacts"][0], "lab": {"status": "ok", "reason": None}},
+        {**runs[1]["artifacts"][1], "lab": {"status": "failed", "reason": "out of memory"}},
+    ]
+    page = to_html(table, runs, table[0])
+    edgerun_version = runs[0]["libraries"]["edgerun"]
+    assert f"versions: edgerun {edgerun_version}, onnxruntime " in page
+    assert "<li>fake-a: shipped 3.0 MiB, ok</li>" in page
+    assert "<li>fake-b: already there, failed: out of memory</li>" in page
+    assert "<h2>One artifact across devices</h2>" in page and "<h3>fake-a " in page
+    assert "tok/s versus fidelity" in page and "× fastest" in page
+    day = runs[0]["created"][:10]
+    names = [str(r["device"]["name"]) for r in runs]
+    assert f"<h1>edgerun comparison: {names[0]}, {names[1]} · {day}" in page
+    fig = figure(table, runs)
+    assert fig._suptitle.get_text().startswith("edgerun comparison: ")
+    assert day in fig._suptitle.get_text()
+    assert [ax.get_title() for ax in fig.axes][2:4] == [
+        "tok/s versus size",
+        "tok/s versus fidelity",
+    ]

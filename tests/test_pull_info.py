@@ -285,3 +285,25 @@ def test_info_shows_recipe_probe_and_tokenizer_parity() -> None:
         "  size: 3.0 MiB",
         "  files:",
     ]
+
+
+def test_lean_gguf_pull_names_the_runnable_gguf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without torch (the lean install) a GGUF pull cannot make an HF checkpoint: one line says
+    what to install, and that `run` takes the GGUF as it is; no cache entry is left."""
+    from edgerun.errors import MissingExtraError
+
+    def lean(module: str, extra: str) -> None:
+        raise MissingExtraError(module, extra)
+
+    monkeypatch.setattr("edgerun.gguf_source.require", lean)
+    src = fake_gguf(tmp_path)
+    result = run("pull", str(src))
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: this needs the Python package 'torch', which is not installed: an HF checkpoint"
+        " of fake.gguf is made with transformers (install it with: pip install"
+        f" 'edgerun[export]'; or run the GGUF as it is: edgerun run {src} (needs edgerun[gguf]))\n"
+    )
+    assert run("list", "--json").output.strip() in ("[]", '{"models": []}')

@@ -53,7 +53,7 @@ def compare(
     if png_path:
         from edgerun.bench.report import write_png
 
-        write_png(table, png_path)
+        write_png(table, png_path, runs)
     print_rows(
         table,
         runs,

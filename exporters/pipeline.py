@@ -33,6 +33,7 @@ from edgerun.errors import EdgerunError
 from edgerun.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
 from edgerun.leftovers import sweep_stale
 from edgerun.manifest import file_entries, write_manifest
+from edgerun.progress import stage_printer
 
 
 @dataclasses.dataclass
@@ -117,7 +118,7 @@ def export(
     refused = _check_sources(families, opts, ref_model.config)
     check_architecture(ref_model.config)  # before any tool picks its code by it
     stages: list[dict[str, Any]] = []  # every stage's cost, into each manifest
-    hook = report.measured(report.stage_printer(console) if console else report.no_stage, stages)
+    hook = report.measured(stage_printer(console) if console else report.no_stage, stages)
     source_info = _source_identity(ckpt)
     eval_text = None if opts.no_validate else _eval_tokens(ref_model, opts)
     wanted = [fmt for fmt in names if fmt not in refused]

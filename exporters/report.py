@@ -1,57 +1,15 @@
-"""What an export shows and measures: rich progress per stage, the peak RSS of a stage, and the
-closing table (format, result, size, bits/w, PPL ratio, KL, probe, time)."""
+"""What an export measures and shows: the peak RSS of each stage (its live progress line is
+edgerun.progress) and the closing table (format, result, size, bits/w, PPL ×, KL, probe, time)."""
 
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# A stage yields a callable that shows a detail line ("12 tensors") while the stage runs.
-StageDetail = Callable[[str], None]
-StageHook = Callable[[str], contextlib.AbstractContextManager[StageDetail]]
-
-
-# A count in a stage's detail line ("window 3/12", "tensor 40/290"): what the ETA is made from.
-_COUNT = re.compile(r"(\d+)/(\d+)")
-
-
-def stage_printer(console: Any) -> StageHook:
-    """A stage hook: while the stage runs, a live line (rich) with its detail, the count in it
-    (`3/12`), the time elapsed and, once a count is known, the time remaining; then
-    `✓ name (seconds)` on the console. Off a terminal only the closing lines are printed."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    @contextlib.contextmanager
-    def stage(name: str) -> Iterator[StageDetail]:
-        start = time.perf_counter()
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20)]
-        columns += [MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA")]
-        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
-            task = bar.add_task(f"{name} ...", total=None)
-
-            def show(detail: str) -> None:
-                found = _COUNT.search(detail)
-                done, total = (int(found[1]), int(found[2])) if found else (None, None)
-                # done - 1 of them finished: the one named has just started
-                finished = max(done - 1, 0) if done is not None else None
-                bar.update(task, description=f"{name}: {detail}", completed=finished, total=total)
-
-            yield show
-        console.print(f"  [green]✓[/] {name} ({time.perf_counter() - start:.1f} s)")
-
-    return stage
+from edgerun.progress import StageDetail, StageHook  # the stage hooks live in edgerun.progress
 
 
 @contextlib.contextmanager

@@ -287,12 +287,14 @@ def test_info_shows_recipe_probe_and_tokenizer_parity() -> None:
     ]
 
 
-def test_lean_gguf_pull_names_the_runnable_gguf(
+def test_lean_gguf_pull_gives_the_runnable_gguf(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without torch (the lean install) a GGUF pull cannot make an HF checkpoint: one line says
-    what to install, and that `run` takes the GGUF as it is; no cache entry is left."""
+    """Without torch (the lean install) a GGUF pull cannot make an HF checkpoint: it checks the
+    GGUF and prints its path (what `run` takes), with a note on what to install for a
+    checkpoint; no cache entry is left. `export`'s own resolve still refuses in one line."""
     from edgerun.errors import MissingExtraError
+    from edgerun.sources import GgufOnly, resolve
 
     def lean(module: str, extra: str) -> None:
         raise MissingExtraError(module, extra)
@@ -300,10 +302,17 @@ def test_lean_gguf_pull_names_the_runnable_gguf(
     monkeypatch.setattr("edgerun.gguf_source.require", lean)
     src = fake_gguf(tmp_path)
     result = run("pull", str(src))
-    assert result.exit_code == 2
-    assert result.output == (
-        "error: this needs the Python package 'torch', which is not installed: an HF checkpoint"
-        " of fake.gguf is made with transformers (install it with: pip install"
-        f" 'edgerun[export]'; or run the GGUF as it is: edgerun run {src} (needs edgerun[gguf]))\n"
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{src}\n"
+    assert result.stderr == (
+        "note: no HF checkpoint made: this needs the Python package 'torch', which is not"
+        " installed: an HF checkpoint of fake.gguf is made with transformers (install it with:"
+        f" pip install 'edgerun[export]'; or run the GGUF as it is: edgerun run {src} (needs"
+        " edgerun[gguf]))\n"
     )
-    assert run("list", "--json").output.strip() in ("[]", '{"models": []}')
+    data = json.loads(run("pull", str(src), "--json").stdout)
+    assert (data["path"], data["kind"], data["checkpoint"]) == (str(src), "gguf-file", None)
+    assert len(data["gguf_sha256"]) == 64
+    assert json.loads(run("list", "--json").stdout) in ([], {"models": []})
+    with pytest.raises(GgufOnly):
+        resolve(str(src), progress=False)

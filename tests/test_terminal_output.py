@@ -138,7 +138,7 @@ def test_export_stage_shows_count_elapsed_and_eta() -> None:
     time remaining; then one closing line."""
     import time
 
-    from edgerun.exporters.report import stage_printer
+    from edgerun.progress import stage_printer
 
     out = io.StringIO()
     console = Console(file=out, width=120, force_terminal=True)

@@ -210,15 +210,25 @@ def table_console() -> Console:
 
 @contextmanager
 def progress_bar(console: Console, total: int) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar of `total` steps (terminal only: none in logs and pipes); yields the
-    `progress` callback of edgerun.bench.run, which advances it one step per message."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """A rich progress bar of `total` steps with the time elapsed and remaining (terminal only:
+    none in logs and pipes); yields the `progress` callback of edgerun.bench.run, which advances
+    it one step per message."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         transient=True,
         disable=not console.is_terminal,

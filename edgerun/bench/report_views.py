@@ -6,34 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgerun.bench.compare import TERMINAL_COLUMNS
 from edgerun.bench.results import cell
 
 # The libraries whose versions change the numbers (as `lab devices` compares them).
 LIBRARIES = ("edgerun", "onnxruntime", "onnxruntime-genai", "llama-cpp-python")
 
-#: The report's joined table: each ratio beside its value (as in the terminal), the profile left
-#: to the devices list above it, so that it reads at 900 px (a median's ±stdev may wrap).
-HTML_COLUMNS = [
-    ("row", "#"),
-    ("device", "device"),
-    ("artifact", "artifact"),
-    ("backend", "backend"),
-    ("prompt_tokens", "prompt"),
-    ("decode_tok_s", "decode tok/s"),
-    ("decode_ratio", "decode ×"),
-    ("ttft_ms", "TTFT ms"),
-    ("ttft_ratio", "TTFT ×"),
+#: The report's joined table: the terminal's columns (each ratio beside its value; the profile
+#: left to the devices list above) plus prefill and mean KL, so that it reads at 900 px (where a
+#: median's ±stdev may wrap under it).
+HTML_COLUMNS = list(TERMINAL_COLUMNS)
+HTML_COLUMNS[HTML_COLUMNS.index(("ttft_ratio", "TTFT ×")) + 1 : 0] = [
     ("prefill_tok_s", "prefill tok/s"),
     ("prefill_ratio", "prefill ×"),
-    ("peak_rss_mb", "peak RSS MiB"),
-    ("rss_ratio", "RAM ×"),
-    ("j_per_token", "J/token"),
-    ("energy_ratio", "J/tok ×"),
-    ("size_mb", "size MiB"),
-    ("ppl_ratio", "PPL ratio"),
-    ("mean_kl", "mean KL"),
-    ("top1_agreement", "top-1"),
 ]
+HTML_COLUMNS.insert(HTML_COLUMNS.index(("top1_agreement", "top-1")), ("mean_kl", "mean KL"))
 
 #: One artifact across devices: a row per device, the artifact's numbers, and the decode speed
 #: against the fastest device for it.

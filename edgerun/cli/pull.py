@@ -22,11 +22,21 @@ def pull(source: str, refresh: bool, as_json: bool) -> None:
     through transformers' GGUF loader) or a demo name (smollm2-135m). Pulls are cached in
     $EDGERUN_HOME/models and atomic: an interrupted or terminated pull leaves no partial entry,
     and leftovers of killed pulls are removed at the next start. A cache entry whose files have
-    gone missing is reported as damaged; --refresh rebuilds it.
+    gone missing is reported as damaged; --refresh rebuilds it. Without torch (the lean install)
+    a GGUF source is checked and its path printed instead: `run` and `bench` take it as it is.
     """
-    from edgerun.sources import resolve
+    from edgerun.sources import GgufOnly, resolve
 
-    ckpt = resolve(source, progress=not as_json, refresh=refresh)
+    try:
+        ckpt = resolve(source, progress=not as_json, refresh=refresh)
+    except GgufOnly as lean:  # no torch: the GGUF is what this install can run
+        click.echo(f"note: no HF checkpoint made: {lean.message} ({lean.hint})", err=True)
+        gguf = {"path": str(lean.gguf), "source": source, "kind": "gguf-file"}
+        if as_json:
+            echo_json({**gguf, "checkpoint": None, "gguf_sha256": lean.sha256})
+        else:
+            click.echo(gguf["path"])
+        return
     if as_json:
         echo_json(ckpt.to_json())
     else:

@@ -191,12 +191,27 @@ def _gguf_fields(path: Path) -> dict[str, Any]:
     return {
         "name": meta.get("general.name"),
         "architecture": arch,
-        "file_type": meta.get("general.file_type"),
+        "file_type": _file_type(meta.get("general.file_type")),
         "context_length": meta.get(f"{arch}.context_length"),
         "layers": meta.get(f"{arch}.block_count"),
         "parameters": params or None,
         "bits_per_weight": round(model_bytes * 8 / params, 3) if params else None,
     }
+
+
+def _file_type(value: Any) -> Any:
+    """llama.cpp's file type number as its name (`q4_k_m`) where gguf-py is installed to name it;
+    else the number as it is."""
+    import importlib.util
+
+    if not isinstance(value, int) or importlib.util.find_spec("gguf") is None:
+        return value
+    import gguf
+
+    try:
+        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").lower()
+    except ValueError:
+        return value
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -241,6 +241,7 @@ def test_info_bare_gguf_what_run_accepts(tmp_path: Path) -> None:
     data = json.loads(run("info", str(path), "--json").output)
     assert (data["kind"], data["architecture"], data["name"]) == ("gguf file", "llama", "tiny")
     assert (data["context_length"], data["layers"], data["parameters"]) == (2048, 2, 3072)
+    assert data["file_type"] == "all_f32"  # llama.cpp's file type 0, named by gguf-py
     assert data["bits_per_weight"] == round(path.stat().st_size * 8 / 3072, 3)
     text = run("info", str(path)).output.splitlines()
     assert text[0] == f"gguf file: {path.resolve()}"

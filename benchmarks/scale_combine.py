@@ -25,9 +25,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     shapes: dict[str, dict[str, Any]] = {}
     for run in sorted(runs, key=lambda r: r["created"]):
         for entry in run["shapes"]:
-            into = shapes.setdefault(
-                entry["shape"], {**entry, "exports": [], "peer": None}
-            )
+            into = shapes.setdefault(entry["shape"], {**entry, "exports": [], "peer": None})
             by_format = {row["format"]: row for row in into["exports"]}
             for row in entry["exports"]:
                 by_format[row["format"]] = {**row, "from_run": run["created"]}

@@ -61,7 +61,13 @@ def test_the_estimate_follows_the_stages_chosen() -> None:
     assert streamed["calibration"] == "fisher-layers"
     assert streamed["stages"]["calibrate (Fisher, layer by layer)"] < 8 * 10**9
     tight = memory.estimate(
-        ["onnx-int4"], {"onnx-int4": "genai"}, opts, shape, 2815, 6 * 10**9, frozenset({"onnx-int4"})
+        ["onnx-int4"],
+        {"onnx-int4": "genai"},
+        opts,
+        shape,
+        2815,
+        6 * 10**9,
+        frozenset({"onnx-int4"}),
     )
     assert tight["calibration"] == "imatrix"
     target = memory.estimate(

@@ -232,9 +232,7 @@ class FisherSums:
             if seen + 1 < parts:
                 self._parts[key] = (seen + 1, total)
                 return
-            error = fisher_error(
-                weight.detach().numpy(), total, 4, self.block_size, self.symmetric
-            )
+            error = fisher_error(weight.detach().numpy(), total, 4, self.block_size, self.symmetric)
             self.totals[id(group)] += error
 
         return on_grad

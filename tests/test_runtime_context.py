@@ -83,3 +83,28 @@ def test_past_the_shortest_context_the_budget_check_decides(tmp_path: Path, budg
     artifact = _artifact(tmp_path, "onnx", "int4", 5500 * MB)
     context, why = choose_context(artifact, _profile(tmp_path, budget_mb), None)
     assert context == 512 and why.startswith("sized")
+
+
+def test_a_context_past_the_trained_one_warns(tmp_path: Path) -> None:
+    """context=100000 on a model trained for 131072 passes; on one trained for 8192 it warns,
+    read from config.json or, for a bare GGUF, from its header."""
+    from edgerun.backends.select import asked_warnings
+
+    artifact = _artifact(tmp_path, "onnx", "int4", 1000)
+    assert asked_warnings(artifact, None, 100_000) == []
+    (artifact.path / "config.json").write_text(
+        json.dumps({**LLAMA_8B, "max_position_embeddings": 8192})
+    )
+    (warning,) = asked_warnings(artifact, None, 100_000)
+    assert warning.startswith("context=100000 is longer than the 8192 positions the model")
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "bare" / "model.gguf"
+    path.parent.mkdir()
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(8192)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    bare = Artifact(path.parent, path, {"family": "gguf", "format": "gguf", "bare_file": True})
+    assert [w[:40] for w in asked_warnings(bare, None, 100_000)] == [warning[:40]]
+    assert asked_warnings(bare, None, 4096) == []

@@ -230,8 +230,10 @@ def asked_warnings(artifact: Artifact, threads: int | None, context: int | None)
             f"threads={threads} is more than the {cpus} CPUs this process can use: the extra"
             " threads wait for a core and slow decoding down"
         )
-    trained = artifact.manifest.get("context_length") or artifact.config().get(
-        "max_position_embeddings"
+    trained = (
+        artifact.manifest.get("context_length")
+        or artifact.config().get("max_position_embeddings")
+        or (_gguf_context(artifact.model_file) if context and artifact.family == "gguf" else None)
     )
     if context is not None and isinstance(trained, int) and context > trained > 0:
         warnings.append(
@@ -239,6 +241,17 @@ def asked_warnings(artifact: Artifact, threads: int | None, context: int | None)
             " text past them is likely to degrade, and the KV cache is sized for all of them"
         )
     return warnings
+
+
+def _gguf_context(path: Path) -> Any:
+    """`<arch>.context_length` from a bare GGUF's header (bounded reader); None if unreadable."""
+    from edgerun.gguf_header import read_header
+
+    try:
+        meta = read_header(path).metadata
+    except (EdgerunError, OSError):
+        return None  # llama.cpp's own load reports a damaged file
+    return meta.get(f"{meta.get('general.architecture')}.context_length")
 
 
 def _usable_cpus() -> int:

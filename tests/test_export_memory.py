@@ -104,7 +104,7 @@ def test_the_available_ram_is_the_default_limit(
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Low())
     from edgerun.exporters.pipeline import export
 
-    with pytest.raises(EdgerunError, match=r"but available RAM is 0\.2 GB"):
+    with pytest.raises(EdgerunError, match=r"but available RAM is 0\.2 GiB"):
         export(str(tiny_llama), "gguf-q8_0", tmp_path / "out", ExportOptions(progress=False))
 
 

@@ -104,7 +104,7 @@ def describe(path: Path) -> dict[str, Any]:
         return {
             "kind": "export",
             "path": str(path.resolve()),
-            "artifacts": [describe_artifact(p) for p in formats],
+            "artifacts": [_artifact_or_error(p) for p in formats],
         }
     if not (path / "config.json").is_file():
         raise EdgerunError(
@@ -158,6 +158,15 @@ def describe_artifact(path: Path) -> dict[str, Any]:
         "files": files,
         "total_bytes": sum(f["bytes"] for f in files),
     }
+
+
+def _artifact_or_error(path: Path) -> dict[str, Any]:
+    """describe_artifact, or for an artifact it cannot read, its path and why (the others of an
+    export directory are still described)."""
+    try:
+        return describe_artifact(path)
+    except EdgerunError as exc:
+        return {"kind": "artifact", "path": str(path.resolve()), "error": str(exc), "files": []}
 
 
 def describe_file(path: Path) -> dict[str, Any]:

@@ -269,6 +269,15 @@ def test_info_export_directory_lists_each_artifact(tiny_llama: Path, tmp_path: P
     assert f"    bits/w: {art['bits_per_weight']:.2f}" in text
     if art["probe_ms_per_token"] is not None:
         assert any(line.startswith("    probe: ") and "ms/token" in line for line in text)
+    broken = tmp_path / "zz-broken"
+    shutil.copytree(r.path, broken)
+    (broken / "edgerun.json").write_text("{not json")
+    text = run("info", str(tmp_path)).output.splitlines()
+    assert text[0] == f"export: {tmp_path.resolve()} (2 artifacts)"
+    assert f"  artifact: {broken.resolve()}" in text
+    assert any(
+        line.startswith(f"    error: {broken / 'edgerun.json'} is not valid JSON") for line in text
+    )
 
 
 def test_info_shows_recipe_probe_and_tokenizer_parity() -> None:

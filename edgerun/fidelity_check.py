@@ -40,6 +40,7 @@ from edgerun.fidelity import (
     tail_logprob,
     write_reference,
 )
+from edgerun.manifest import REEXPORT, read_manifest
 from edgerun.untrusted import contained, is_number
 
 WHAT = (
@@ -108,13 +109,12 @@ def score_model(model: Any, ref: FidelityReference) -> dict[str, Any]:
     }
 
 
-def judge(metrics: dict[str, Any], bound: dict[str, float]) -> list[str]:
-    """Reasons `metrics` fail `bound` (empty when they pass); top-1 gated as the validation
-    gates it (over the confident positions for a flat reference)."""
+def judge(metrics: dict[str, Any], bound: dict[str, float]) -> tuple[str, list[str]]:
+    """(which top-1 was gated: "all", "confident" or "none", the reasons `metrics` fail
+    `bound`, empty when they pass); top-1 gated as the validation gates it."""
     gate = Thresholds(**{k: float(bound[k]) for k in BOUND_KEYS})
     keys = ("ppl_ratio", "mean_kl", "top1_agreement", "top1_confident", "confident_tokens")
-    _, reasons = gate_metrics(gate, *(metrics[k] for k in keys), metrics["tokens"])
-    return reasons
+    return gate_metrics(gate, *(metrics[k] for k in keys), metrics["tokens"])
 
 
 def widened_bound(gate: dict[str, Any], export: dict[str, Any]) -> dict[str, float]:
@@ -165,7 +165,6 @@ def verify_fidelity(
     "passed", "reasons"}. Raises EdgerunError when the artifact has no fidelity reference
     (exported without validation, or by an older edgerun) or the reference is invalid."""
     import edgerun
-    from edgerun.manifest import read_manifest
 
     manifest = read_manifest(Path(artifact))
     block = _block(manifest, Path(artifact))
@@ -176,31 +175,37 @@ def verify_fidelity(
     )
     with edgerun.load(artifact, profile, threads=threads) as model:
         device = score_model(model, ref)
-    reasons = judge(device, block["bound"])
+    gated, reasons = judge(device, block["bound"])
     return {
         "artifact": str(artifact),
         "device": device,
         "export": block["export"],
         "bound": block["bound"],
+        "top1_gated": gated,
         "passed": not reasons,
         "reasons": reasons,
     }
 
 
 def _block(manifest: dict[str, Any], artifact: Path) -> dict[str, Any]:
-    """The manifest's fidelity block, checked (it comes from elsewhere too)."""
+    """The manifest's fidelity block, its numbers checked (the manifest comes from elsewhere)."""
     block = manifest.get("fidelity")
     if not isinstance(block, dict):
         raise EdgerunError(
             f"{artifact} ships no fidelity reference",
             "re-export it with validation (edgerun export without --no-validate)",
         )
-    bound = block.get("bound")
+    where = f"{artifact}/edgerun.json: fidelity"
+    bound, export = block.get("bound"), block.get("export")
     if not isinstance(bound, dict) or not all(is_number(bound.get(k)) for k in BOUND_KEYS):
-        raise EdgerunError(
-            f"{artifact}/edgerun.json: fidelity.bound must hold {', '.join(BOUND_KEYS)}",
-            "re-export the artifact",
-        )
+        raise EdgerunError(f"{where}.bound must hold {', '.join(BOUND_KEYS)}", REEXPORT)
+    numbers = ("mean_kl", "top1_agreement", "ppl_ratio")
+    if export is not None and not (
+        isinstance(export, dict)
+        and all(is_number(export.get(k)) for k in numbers)
+        and isinstance(export.get("machine", {}), dict)
+    ):
+        raise EdgerunError(f"{where}.export must hold the numbers {', '.join(numbers)}", REEXPORT)
     return block
 
 

@@ -208,20 +208,31 @@ def test_verify_fidelity_reports_a_corrupt_shipped_reference_in_one_line(
     assert "Traceback" not in result.output
 
 
-def test_an_artifact_without_a_reference_is_refused_in_one_line(
-    artifacts: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (None, "ships no fidelity reference"),  # as an export with --no-validate writes it
+        ({"reference": REFERENCE_FILE, "bound": {"max_mean_kl": "0.1"}}, "fidelity.bound must"),
+        ({"reference": "../../etc/passwd", "bound": TINY_GATE.__dict__}, "points outside"),
+        (
+            {"reference": REFERENCE_FILE, "bound": TINY_GATE.__dict__, "export": {"mean_kl": []}},
+            "fidelity.export must hold the numbers",
+        ),
+    ],
+)
+def test_a_bad_fidelity_block_is_refused_in_one_line(
+    artifacts: dict[str, Path], tmp_path: Path, block: Any, message: str
 ) -> None:
     artifact = tmp_path / "onnx-int4"
     shutil.copytree(artifacts["onnx-int4"], artifact)
-    (artifact / REFERENCE_FILE).unlink()
     manifest = read_manifest(artifact)
     manifest.pop("schema_version")
-    manifest["fidelity"] = None  # as an export with --no-validate writes it
-    manifest["files"] = file_entries(artifact)
+    manifest["fidelity"] = block
     write_manifest(artifact, manifest)
     result = verify_cli(artifact)
-    assert result.exit_code == 2
-    assert "ships no fidelity reference" in result.output.strip().splitlines()[-1]
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
 
 
 def test_top_k_kl_is_a_lower_bound_of_the_full_kl_and_exact_at_full_k() -> None:

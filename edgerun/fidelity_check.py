@@ -187,6 +187,26 @@ def verify_fidelity(
     }
 
 
+def fidelity_summary(
+    artifact: Path, profile: str | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    """verify_fidelity in short, for a results file (`lab bench --fidelity`): passed, reasons,
+    and the device's and the export's mean KL, top-1 and PPL ratio; {"passed": None, "error"}
+    when the artifact cannot be scored (no reference, a bad one, a load failure)."""
+    try:
+        found = verify_fidelity(artifact, profile, threads)
+    except EdgerunError as exc:
+        return {"passed": None, "error": str(exc)}
+    keys = ("mean_kl", "top1_agreement", "ppl_ratio")
+    export = found["export"]
+    return {
+        "passed": found["passed"],
+        "reasons": found["reasons"],
+        "device": {k: found["device"][k] for k in keys},
+        "export": None if export is None else {k: export[k] for k in keys},
+    }
+
+
 def _block(manifest: dict[str, Any], artifact: Path) -> dict[str, Any]:
     """The manifest's fidelity block, its numbers checked (the manifest comes from elsewhere)."""
     block = manifest.get("fidelity")

@@ -113,8 +113,11 @@ def judge(metrics: dict[str, Any], bound: dict[str, float]) -> tuple[str, list[s
     """(which top-1 was gated: "all", "confident" or "none", the reasons `metrics` fail
     `bound`, empty when they pass); top-1 gated as the validation gates it."""
     gate = Thresholds(**{k: float(bound[k]) for k in BOUND_KEYS})
-    keys = ("ppl_ratio", "mean_kl", "top1_agreement", "top1_confident", "confident_tokens")
-    return gate_metrics(gate, *(metrics[k] for k in keys), metrics["tokens"])
+    m = metrics
+    return gate_metrics(
+        gate, m["ppl_ratio"], m["mean_kl"], m["top1_agreement"], m["top1_confident"],
+        m["confident_tokens"], m["tokens"],
+    )  # fmt: skip
 
 
 def widened_bound(gate: dict[str, Any], export: dict[str, Any]) -> dict[str, float]:

@@ -125,10 +125,13 @@ def read_reference(path: Path) -> FidelityReference:
     the wrong names, types, shapes or values."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_REFERENCE_BYTES:
-            raise EdgerunError(f"{path} is {size} bytes, too large for a fidelity reference", HINT)
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_REFERENCE_BYTES + 1)  # bounded, whatever stat() said
+        if len(data) > MAX_REFERENCE_BYTES:
+            raise EdgerunError(
+                f"{path} is over {MAX_REFERENCE_BYTES} bytes, too large for a fidelity reference",
+                HINT,
+            )
     except FileNotFoundError as exc:
         raise EdgerunError(f"{path} does not exist", HINT) from exc
     except OSError as exc:

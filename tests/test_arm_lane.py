@@ -63,6 +63,7 @@ def _result(l4_vs_l1: float, features: list[str]) -> dict:
         "features": features,
         "artifacts": {"fp32": same, "int4-l1": same, "int4-l4": l4},
         "fidelity": {"passed": True, "reasons": [], "seconds": 1.0},
+        "fidelity_damaged": {"passed": False, "reasons": ["x"], "device": {}, "seconds": 1.0},
         "serve": {"ok": True},
     }
 
@@ -85,3 +86,7 @@ def test_a_device_outside_the_fidelity_bound_fails_the_lane() -> None:
     assert check.failures(result) == ["verify --fidelity: mean KL 0.4 > 0.3"]
     result["fidelity"] = {"passed": False, "error": "error: no reference", "seconds": 0.5}
     assert check.failures(result) == ["verify --fidelity: error: no reference"]
+    result = _result(1e-6, ["asimd"])
+    result["fidelity_damaged"] = {"passed": True, "reasons": [], "device": {}, "seconds": 2.0}
+    (missed,) = check.failures(result)
+    assert missed.startswith("verify --fidelity did not flag int4 scales x3")

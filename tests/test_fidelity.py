@@ -24,7 +24,8 @@ from edgerun.fidelity import (
     write_reference,
 )
 from edgerun.fidelity_check import score_rows
-from edgerun.manifest import file_entries, read_manifest, write_manifest
+from edgerun.manifest import read_manifest, write_manifest
+from tests.runtime_helpers import damage_int4_scales, rehash
 
 TINY_GATE = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)
 
@@ -54,15 +55,6 @@ def artifacts(
 
 def verify_cli(artifact: Path, *extra: str) -> Any:
     return CliRunner().invoke(cli, ["verify", "--fidelity", str(artifact), *extra])
-
-
-def rehash(artifact: Path) -> None:
-    """Re-record the artifact's file hashes: its files now say what it computes, as a device
-    whose kernels go wrong would (the file check alone cannot see that)."""
-    manifest = read_manifest(artifact)
-    manifest.pop("schema_version")
-    manifest["files"] = file_entries(artifact)
-    write_manifest(artifact, manifest)
 
 
 def test_an_export_ships_the_reference_top_k_of_the_pytorch_model(
@@ -115,22 +107,9 @@ def test_fp32_scores_as_the_reference_so_the_forced_tokens_line_up(
 
 
 def test_int4_with_wrong_scales_is_flagged(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    import onnx
-    from onnx import numpy_helper
-
     artifact = tmp_path / "onnx-int4"
     shutil.copytree(artifacts["onnx-int4"], artifact)
-    model = onnx.load(str(artifact / "model.onnx"))
-    scales = {n.input[2] for n in model.graph.node if n.op_type == "MatMulNBits"}
-    assert scales
-    for init in model.graph.initializer:
-        if init.name in scales:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))
-    (artifact / "model.onnx_data").unlink()
-    onnx.save_model(
-        model, str(artifact / "model.onnx"), save_as_external_data=True, location="model.onnx_data"
-    )
-    rehash(artifact)
+    damage_int4_scales(artifact, 3.0)
     result = verify_cli(artifact)
     assert result.exit_code == 1, result.output
     error = result.output.strip().splitlines()[-1]

@@ -146,6 +146,8 @@ def run(art_dir: Path, expected: str, out: Path) -> None:
             "vs_host_l1": compare(mine, reference["int4-l1"]) if name == "int4-l4" else None,
         }
     result["fidelity"] = fidelity(edgerun, art_dir / reference["int4-l4"]["path"])
+    # the same artifact with its int4 scales tripled (tests/arm/host.py): must be flagged here
+    result["fidelity_damaged"] = fidelity(edgerun, art_dir / "int4-l4-damaged")
     result["serve"] = health(edgerun, art_dir / reference["fp32"]["path"])
     result["failures"] = failures(result)
     out.write_text(json.dumps(result, indent=1))
@@ -168,6 +170,9 @@ def failures(result: dict[str, Any]) -> list[str]:
     fid = result["fidelity"]
     if not fid["passed"]:
         bad.append(f"verify --fidelity: {fid.get('error') or '; '.join(fid['reasons'])}")
+    damaged = result["fidelity_damaged"]
+    if "device" not in damaged or damaged["passed"]:
+        bad.append(f"verify --fidelity did not flag int4 scales x3: {damaged}")
     if not result["serve"]["ok"]:
         bad.append(f"serve: {result['serve'].get('error', 'unhealthy')}")
     return bad
@@ -189,8 +194,8 @@ def table(paths: list[Path]) -> int:
     """Print the lane's Markdown table; 1 when any CPU failed."""
     print("| CPU | profile (expected) | fp32 tokens / max dlogit | int4 L1 | int4 L4 vs host L4: "
           "max dlogit (rel) | int4 L4 vs host L1 | L4 / L1 decode s | int4 L4 fidelity KL: "
-          "device (host export), s | serve /health |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "device (host export), s | scales x3: KL | serve /health |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     failed = False
     for path in paths:
         r = json.loads(path.read_text())
@@ -204,6 +209,7 @@ def table(paths: list[Path]) -> int:
             f" | {l4['max_abs']:.2e} ({l4['max_rel']:.2%}) | {l4['vs_host_l1']['max_abs']:.1e}"
             f" | {l4['decode_s']:.2f} / "
             f"{a['int4-l1']['decode_s']:.2f} | {_fidelity_cell(r['fidelity'])}"
+            f" | {_damaged_cell(r['fidelity_damaged'])}"
             f" | {'ok' if r['serve']['ok'] else 'FAIL'} |"
         )
         for failure in failures(r):
@@ -217,6 +223,13 @@ def _fidelity_cell(fid: dict[str, Any]) -> str:
         return f"FAIL, {fid['seconds']} s"
     kl = f"{fid['device']['mean_kl']:.4f} ({fid['export']['mean_kl']:.4f})"
     return f"{kl}{'' if fid['passed'] else ' FAIL'}, {fid['seconds']} s"
+
+
+def _damaged_cell(fid: dict[str, Any]) -> str:
+    if "device" not in fid:
+        return "no score"
+    verdict = "passed (FAIL)" if fid["passed"] else "flagged"
+    return f"{fid['device']['mean_kl']:.3f} {verdict}, {fid['seconds']} s"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ ARTIFACTS = {
     "int4-l4": ("onnx-int4", {"accuracy_level": 4}),
 }
 
+DAMAGED = "int4-l4-damaged"
+
 
 def export_all(out: Path) -> dict[str, Path]:
     """The tiny model and its three artifacts under `out` (validation skipped but for int4-l4:
@@ -52,9 +54,16 @@ def export_all(out: Path) -> dict[str, Path]:
 
 
 def main(out: Path) -> None:
-    """Export, measure on the host, write reference.json beside the artifacts."""
+    """Export, measure on the host, write reference.json beside the artifacts, and a copy of
+    int4-l4 with its scales tripled (DAMAGED) that verify --fidelity must flag on every CPU."""
+    import shutil
+
+    from tests.runtime_helpers import damage_int4_scales
+
     out.mkdir(parents=True, exist_ok=True)
     paths = export_all(out)
+    shutil.copytree(paths["int4-l4"], out / DAMAGED)
+    damage_int4_scales(out / DAMAGED, 3.0)
     reference = {
         name: {"path": str(path.relative_to(out)), **measure(path)} for name, path in paths.items()
     }

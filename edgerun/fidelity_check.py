@@ -13,6 +13,9 @@ The export records the build machine's numbers (`fidelity.export`) and the bound
 validation gate, widened to the export's own number on this slice where that is already worse
 (a short slice is noisy; a device is flagged for being worse than both). `edgerun verify
 --fidelity` records the device's numbers beside the export's and fails on a device outside it.
+Measured on SmolLM2-135M's default onnx-int4 (q4-mixed, AVX-512 host): the whole-text
+validation gave mean KL 0.174 / top-1 0.725 / PPL ratio 1.186, this slice 0.153 / 0.727 / 1.154,
+inside the int4 gate (0.30 / 0.65 / 1.35), so the bound stayed the gate.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Schema (version 1)::
       "validation": {"ppl_ref", "ppl", "ppl_ratio", "mean_kl", "top1_agreement", "tokens",
                      "eval_text_sha256", "thresholds", "passed", "reasons",
                      "kv_decode": {...} | null} | null   # the decode through edgerun.load
+      "fidelity": {"reference": "fidelity-reference.npz", "what", "segments", "context_tokens",
+                   "scored_tokens", "top_k", "gate", "export": {...}, "bound": {...}} | null
+                                        # the compact reference `verify --fidelity` scores against
     }
 """
 
@@ -142,6 +145,7 @@ _TOP: dict[str, Check] = {
     "libraries": (_dict_or_null, "an object or null"),
     "export": (_dict_or_null, "an object or null"),
     "validation": (_dict_or_null, "an object or null"),
+    "fidelity": (_dict_or_null, "an object or null"),
     "files": (lambda v: isinstance(v, list), "an array"),
 }
 _FILE: dict[str, Check] = {

@@ -152,13 +152,22 @@ class Model:
         self._generation += 1
         return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
 
-    def decode_logits(self, ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
+    def decode_logits(
+        self, ids: Sequence[int], steps: int, forced: Sequence[int] | None = None
+    ) -> tuple[list[int], np.ndarray]:
         """Greedy decoding of `steps` tokens after the prompt `ids`, one token at a time with the
         backend's KV cache, as generate() decodes. Returns the tokens chosen and the logits each
         was chosen from ([steps, vocab], float32): what export validation compares with a
-        forward pass without a cache. Raises EdgerunError on a bad prompt or a closed model."""
+        forward pass without a cache. With `forced` (at least `steps` token ids), those tokens
+        are fed instead of the greedy choices (teacher forcing: edgerun.fidelity_check scores
+        a text this way). Raises EdgerunError on a bad prompt or a closed model."""
         backend = self._open_backend()
         prompt = self._fit(self._prompt_ids(ids), max(steps, 1), None)
+        feed = None if forced is None else self._prompt_ids(forced)
+        if feed is not None and len(feed) < steps - 1:
+            raise EdgerunError(
+                f"{len(feed)} forced tokens for {steps} steps", "pass a token for every step"
+            )
         self._generation += 1  # a generator still running on this model stops with an error
         tokens: list[int] = []
         rows: list[np.ndarray] = []
@@ -167,7 +176,7 @@ class Model:
             rows.append(np.array(logits, dtype=np.float32))  # a copy: backends reuse the buffer
             tokens.append(int(np.argmax(rows[-1])))
             if step < steps - 1:
-                logits = backend.decode(tokens[-1])
+                logits = backend.decode(tokens[-1] if feed is None else feed[step])
         return tokens, np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
     def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:

@@ -30,6 +30,7 @@ from edgerun.exporters.validate import Reference, Thresholds
 from edgerun.bench.memory import PeakRss
 from edgerun.checkpoint import SIDE_FILES, checkpoint_file
 from edgerun.errors import EdgerunError
+from edgerun.fidelity_check import ship_reference
 from edgerun.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
 from edgerun.leftovers import sweep_stale
 from edgerun.manifest import file_entries, write_manifest
@@ -255,16 +256,19 @@ def _export_one(
             fields = family.export(fmt, ctx, tmp)
             copy_side_files(ctx.checkpoint.path, tmp)
             run_fields = {**fields, "threads": opts.threads}
-            validation = None
+            validation = fidelity = None
             if reference is not None:
+                gate = _gate(opts, fields)
                 with ctx.stage("validate (artifact vs PyTorch fp32)") as detail:
                     logits = family.logits_fn(tmp, run_fields)
-                    scored = reference.score(logits, _gate(opts, fields), detail)
+                    scored = reference.score(logits, gate, detail)
                 validation = scored.to_json()
                 if not scored.passed and not opts.force:
                     raise _GateFailed(validation)
+                fidelity = ship_reference(tmp, reference, gate)  # before the files are hashed
             wall = time.perf_counter() - start
             manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
+            manifest["fidelity"] = fidelity
             manifest["size"] = report.model_size(tmp, manifest["model_file"], ctx.checkpoint.path)
             write_manifest(tmp, manifest)  # edgerun.load reads it
             failures = runtime_checks(tmp, family, run_fields, ctx, reference, manifest)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.formats import ExportContext
     from edgerun.exporters.validate import Reference
 
+    from edgerun.fidelity import FidelityReference
+
 PREFIX_TOKENS = 16
 STEPS = 8
 # Bit width of the artifact's precision -> the largest relative logit error allowed between the
@@ -47,6 +49,7 @@ class RuntimeChecks:
 
     kv_decode: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
+    fidelity: dict[str, Any] | None = None  # the build machine's score (edgerun.fidelity_check)
     failures: list[str] = field(default_factory=list)
 
 
@@ -65,10 +68,12 @@ def check_artifact(
     nocache: Callable[[], LogitsFn] | None,
     precision: str,
     probe_prompt: str | None,
+    fidelity: FidelityReference | None = None,
 ) -> RuntimeChecks:
     """Load `artifact` with edgerun.load once; decode `token_ids`' prefix with the KV cache and
     compare with `nocache()` (a LogitsFn made after the runtime's model is closed) when both are
-    given, and time the probe on `probe_prompt` when it is given. Never raises EdgerunError:
+    given, score it against the shipped `fidelity` reference when given, and time the probe on
+    `probe_prompt` when it is given. Never raises EdgerunError:
     a failure is one line in `failures` (and `{"error": ...}` as the probe block)."""
     import edgerun
 
@@ -79,6 +84,8 @@ def check_artifact(
             backend = model.info.backend
             if token_ids is not None and nocache is not None:
                 trace = _decode(model, token_ids, checks)
+            if fidelity is not None:
+                checks.fidelity = _fidelity(model, fidelity, checks)
             if probe_prompt is not None:
                 checks.probe = _probe(model, probe_prompt, checks)
     except EdgerunError as exc:
@@ -110,7 +117,11 @@ def runtime_checks(
     probe = ctx.options.probe
     if reference is None and not probe:
         return []
-    stage = "decode with the KV cache through edgerun.load" if reference is not None else ""
+    stage = (
+        "decode with the KV cache through edgerun.load, score the shipped fidelity reference"
+        if reference is not None
+        else ""
+    )
     if probe:
         stage = f"{stage}{', then ' if stage else ''}probe decode speed (32 greedy tokens)"
     with ctx.stage(stage):
@@ -121,7 +132,12 @@ def runtime_checks(
             nocache=lambda: family.logits_fn(artifact, run_fields),
             precision=str(run_fields["precision"]),
             probe_prompt=read_eval_text(None) if probe else None,
+            fidelity=_shipped(artifact, manifest.get("fidelity")),
         )
+    if checks.fidelity is not None:
+        from edgerun.fidelity_check import record_export_score
+
+        record_export_score(manifest["fidelity"], checks.fidelity)
     validation = manifest["validation"]
     if validation is not None:
         validation["kv_decode"] = checks.kv_decode
@@ -143,6 +159,23 @@ def _decode(
         checks.failures.append(f"decoding with the KV cache failed: {exc.message}")
         return None
     return prefix, tokens, logits
+
+
+def _shipped(artifact: Path, block: dict[str, Any] | None) -> FidelityReference | None:
+    """The fidelity reference the export just wrote into `artifact` (None: not validated)."""
+    from edgerun.fidelity import read_reference
+
+    return None if block is None else read_reference(artifact / block["reference"])
+
+
+def _fidelity(model: Any, ref: FidelityReference, checks: RuntimeChecks) -> dict[str, Any] | None:
+    from edgerun.fidelity_check import score_model
+
+    try:
+        return score_model(model, ref)
+    except EdgerunError as exc:
+        checks.failures.append(f"scoring the fidelity reference failed: {exc.message}")
+        return None
 
 
 def _probe(model: Any, prompt: str, checks: RuntimeChecks) -> dict[str, Any]:

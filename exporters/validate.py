@@ -231,9 +231,9 @@ class Reference:
         ppl_ref, ppl = float(np.exp(nll_ref / n)), float(np.exp(min(nll / n, 700.0)))
         ratio, mean_kl, top1 = ppl / ppl_ref, float(kl / n), float(agree / n)
         top1_sure = float(agree_confident / confident) if confident else None
-        gated, gated_top1 = _gated_top1(top1, top1_sure, int(confident), n)
-        what = "top-1 agreement" + (" (confident positions)" if gated == "confident" else "")
-        reasons = thresholds.check(ratio, mean_kl, gated_top1, what)
+        gated, reasons = gate_metrics(
+            thresholds, ratio, mean_kl, top1, top1_sure, int(confident), n
+        )
         return Validation(
             ppl_ref=ppl_ref,
             ppl=ppl,
@@ -266,7 +266,23 @@ def top2_margin(logprobs: np.ndarray) -> np.ndarray:
     return np.asarray(top2[..., 1] - top2[..., 0])
 
 
-def _gated_top1(
+def gate_metrics(
+    thresholds: Thresholds,
+    ppl_ratio: float,
+    mean_kl: float,
+    top1: float,
+    top1_confident: float | None,
+    confident: int,
+    tokens: int,
+) -> tuple[str, list[str]]:
+    """(which top-1 was gated, the reasons the metrics fail `thresholds`): top-1 over every
+    position, or over the confident ones for a flat reference (see the module docstring)."""
+    gated, top1_value = gated_top1(top1, top1_confident, confident, tokens)
+    what = "top-1 agreement" + (" (confident positions)" if gated == "confident" else "")
+    return gated, thresholds.check(ppl_ratio, mean_kl, top1_value, what)
+
+
+def gated_top1(
     top1: float, top1_confident: float | None, confident: int, tokens: int
 ) -> tuple[str, float | None]:
     """Which top-1 the gate checks (see the module docstring) and its value (None: none)."""

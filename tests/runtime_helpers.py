@@ -59,3 +59,34 @@ def torch_logits(model: Any, ids: list[int]) -> Any:
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def damage_int4_scales(artifact: Path, factor: float = 3.0) -> None:
+    """Multiply every MatMulNBits scale of an onnx-int4 artifact by `factor` and re-record its
+    file hashes: an artifact whose files are consistent but compute wrongly, as a device whose
+    kernels go wrong would (the file check alone cannot see that)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    scales = {n.input[2] for n in model.graph.node if n.op_type == "MatMulNBits"}
+    assert scales, f"{artifact} has no MatMulNBits"
+    for init in model.graph.initializer:
+        if init.name in scales:
+            array = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(array * array.dtype.type(factor), init.name))
+    (artifact / "model.onnx_data").unlink()
+    onnx.save_model(
+        model, str(artifact / "model.onnx"), save_as_external_data=True, location="model.onnx_data"
+    )
+    rehash(artifact)
+
+
+def rehash(artifact: Path) -> None:
+    """Re-record an artifact's file hashes after its files were changed on purpose."""
+    from edgerun.manifest import file_entries, read_manifest, write_manifest
+
+    manifest = read_manifest(artifact)
+    manifest.pop("schema_version")
+    manifest["files"] = file_entries(artifact)
+    write_manifest(artifact, manifest)

@@ -62,6 +62,8 @@ def _result(l4_vs_l1: float, features: list[str]) -> dict:
         "expected": "p",
         "features": features,
         "artifacts": {"fp32": same, "int4-l1": same, "int4-l4": l4},
+        "fidelity": {"passed": True, "reasons": [], "seconds": 1.0},
+        "fidelity_damaged": {"passed": False, "reasons": ["x"], "device": {}, "seconds": 1.0},
         "serve": {"ok": True},
     }
 
@@ -76,3 +78,15 @@ def test_level_4_must_show_the_kernel_the_cpu_has() -> None:
     broken = _result(0.3, ["asimddp"])
     broken["artifacts"]["int4-l4"]["max_rel"] = float("nan")
     assert check.failures(broken) == ["int4-l4: logits differ by nan% of their range"]
+
+
+def test_a_device_outside_the_fidelity_bound_fails_the_lane() -> None:
+    result = _result(1e-6, ["asimd"])
+    result["fidelity"] = {"passed": False, "reasons": ["mean KL 0.4 > 0.3"], "seconds": 2.0}
+    assert check.failures(result) == ["verify --fidelity: mean KL 0.4 > 0.3"]
+    result["fidelity"] = {"passed": False, "error": "error: no reference", "seconds": 0.5}
+    assert check.failures(result) == ["verify --fidelity: error: no reference"]
+    result = _result(1e-6, ["asimd"])
+    result["fidelity_damaged"] = {"passed": True, "reasons": [], "device": {}, "seconds": 2.0}
+    (missed,) = check.failures(result)
+    assert missed.startswith("verify --fidelity did not flag int4 scales x3")

@@ -195,3 +195,40 @@ def test_ctrl_c_stops_every_device_and_keeps_what_ended(
     )
     assert run["lab"]["status"] == "ok" and len(run["artifacts"][0]["reps"]) == 1
     cluster.kill("slow")
+
+
+@pytest.mark.timeout(300)  # the validated export comes first
+def test_lab_bench_scores_fidelity_on_every_device(
+    lab: tuple[LocalLab, Any], tmp_path: Path, short_eval_text: Path
+) -> None:
+    """`lab bench --fidelity`: each device scores the artifact against the reference it ships,
+    the numbers land in the results beside the export's, and the table shows them."""
+    from edgerun.exporters.pipeline import export
+    from edgerun.exporters.validate import Thresholds
+
+    from tests.tiny_models import build_tiny_model
+
+    src = build_tiny_model("llama", tmp_path / "src")
+    gate = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)
+    [made] = export(
+        str(src), "onnx-int4", tmp_path / "out", eval_text=short_eval_text, thresholds=gate,
+        progress=False, probe=False,
+    )  # fmt: skip
+    assert made.written and made.path is not None, made.reason
+    cluster, _ = lab
+    out = tmp_path / "fidelity.json"
+    args = ["lab", "bench", cluster.address, str(made.path), "--devices", "pi5,x86", "--fidelity"]
+    args += ["--reps", "1", "--warmup", "0", "--prompt-tokens", "8", "--gen-tokens", "4"]
+    args += ["--idle-seconds", "0", "--power", "none", "--json", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "fidelity KL (export)" in result.output
+    export_kl = json.loads((made.path / "edgerun.json").read_text())["fidelity"]["export"][
+        "mean_kl"
+    ]
+    for run in read_results(out)["runs"]:
+        [art] = run["artifacts"]
+        found = art["fidelity"]
+        assert found["passed"] is True and found["reasons"] == [], found
+        assert found["export"]["mean_kl"] == export_kl
+        assert found["device"]["mean_kl"] == pytest.approx(export_kl, rel=0.05)

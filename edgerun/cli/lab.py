@@ -144,6 +144,12 @@ def _brief(device: dict[str, Any]) -> dict[str, Any]:
     help="Write results JSON (as each device ends).",
 )
 @click.option("--append", is_flag=True, help="Add these runs to an existing --json file.")
+@click.option(
+    "--fidelity",
+    is_flag=True,
+    help="Also score each artifact on each device against its shipped reference"
+    " (verify --fidelity): a column, and `fidelity` in the results.",
+)
 @_tls_options
 def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
     """Ship artifacts to every device (content-addressed, verified on arrival), run the same
@@ -186,6 +192,7 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
         "assume_watts": kw["assume_watts"],
         "idle_seconds": kw["idle_seconds"],
         "loader": kw["loader"],
+        "fidelity": kw["fidelity"],
     }
     spec = LabRun(local, options, kw["stall_timeout"], kw["rejoin_wait"])
     with connect(scheduler, _tls(kw)) as client:

@@ -96,7 +96,8 @@ def bench_on_device(
     """Run the `edgerun bench` workload on stored artifacts; return one results run.
 
     `options`: workload (Workload fields; profile None means this device's profile), power,
-    assume_watts, idle_seconds, loader."""
+    assume_watts, idle_seconds, loader, and fidelity (also score each artifact against the
+    fidelity reference it ships: edgerun.fidelity_check.fidelity_summary)."""
     from pathlib import Path
 
     from edgerun.bench.harness import run_bench
@@ -115,14 +116,14 @@ def bench_on_device(
     device = ad["fingerprint"]
     preferred = (device.get("profile") or {}).get("power_meter")
     energy = energy_for(options["power"], options.get("assume_watts"), preferred)
-    body = run_bench(
-        [Path(str(p)) for p in paths],
-        workload,
-        energy,
-        options["idle_seconds"],
-        options["loader"],
-        _step(device_id, run_id),
-    )
-    for entry, info in zip(body["artifacts"], infos, strict=True):
+    step = _step(device_id, run_id)
+    local = [Path(str(p)) for p in paths]
+    body = run_bench(local, workload, energy, options["idle_seconds"], options["loader"], step)
+    for entry, info, path in zip(body["artifacts"], infos, local, strict=True):
         entry["device_path"], entry["path"] = entry["path"], info["path"]
+        if options.get("fidelity"):
+            from edgerun.fidelity_check import fidelity_summary
+
+            step(f"fidelity {info['name']}")
+            entry["fidelity"] = fidelity_summary(path, workload.profile, workload.threads)
     return new_run(body, device, ad["installed"])  # never the staged skew versions

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from edgerun.untrusted import is_number
 
 GiB = 1 << 30
 
@@ -110,24 +113,40 @@ def print_status(rows: list[dict[str, Any]], json_path: Path | None) -> None:
     """Every device x artifact pair: measured, or failed / declined / refused with the reason."""
     console = Console()
     table = Table(title="edgerun lab bench")
+    scored = any(r.get("fidelity") is not None for r in rows)
     for header in ("device", "artifact", "status", "shipped", "reason"):
         table.add_column(header)
+    if scored:
+        table.add_column("fidelity KL (export)")
     for r in rows:
         colour = "green" if r["status"] == "ok" else "red"
         sent = r["shipped_bytes"]
         shipped = (
             "—" if sent is None else ("had it" if sent == 0 else f"{sent / (1 << 20):.1f} MiB")
         )
-        table.add_row(
-            str(r["device"]),
-            r["artifact"],
-            f"[{colour}]{r['status']}[/]",
-            shipped,
-            r["reason"] or "",
-        )
+        cells = [str(r["device"]), r["artifact"], f"[{colour}]{r['status']}[/]", shipped]
+        cells.append(r["reason"] or "")
+        table.add_row(*cells, *([fidelity_cell(r.get("fidelity"))] if scored else []))
     console.print(table)
     if json_path:
         console.print(
             f"results: {json_path}  (edgerun compare {json_path} --html report.html)",
             soft_wrap=True,
         )
+
+
+def fidelity_cell(found: Any) -> str:
+    """The `lab bench --fidelity` cell: the device's mean KL and the export's, and the verdict
+    (the entry came from a device: anything not of the expected shape shows as such)."""
+    if not isinstance(found, dict):
+        return "—"
+    if found.get("passed") is None:
+        return f"[yellow]not scored[/]: {escape(str(found.get('error', '?'))[:200])}"
+    device, export = found.get("device"), found.get("export")
+    kl = device.get("mean_kl") if isinstance(device, dict) else None
+    was = export.get("mean_kl") if isinstance(export, dict) else None
+    text = f"{kl:.4g}" if is_number(kl) else "?"
+    text += f" ({was:.4g})" if is_number(was) else " (?)"
+    if found["passed"] is True:
+        return f"[green]{text}[/]"
+    return f"[red]{text} FAIL[/]: {escape('; '.join(map(str, found.get('reasons') or []))[:200])}"

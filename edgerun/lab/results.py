@@ -82,6 +82,7 @@ class ResultsFile:
                         "status": lab["status"],
                         "reason": lab["reason"],
                         "shipped_bytes": (run.get("lab") or {}).get("shipped", {}).get(art["name"]),
+                        "fidelity": art.get("fidelity"),
                     }
                 )
         return out

@@ -1,7 +1,7 @@
 """Emulated side of the ARM lane, run by tests/arm/lane.sh inside the arm64 root file system.
 
     python3 check.py hwcaps                          # this CPU's features, as the kernel names them
-    VENV/bin/python check.py run ART_DIR EXPECTED OUT.json   # detect, compare, serve /health
+    VENV/bin/python check.py run ART_DIR EXPECTED OUT.json   # detect, compare, fidelity, /health
     python3 check.py table OUT.json...               # the lane's table (on the host)
 
 `hwcaps` reads AT_HWCAP / AT_HWCAP2 from /proc/self/auxv (qemu-user answers for the emulated CPU),
@@ -94,6 +94,32 @@ def health(edgerun: Path, artifact: Path) -> dict[str, Any]:
             server.communicate()
 
 
+def fidelity(edgerun: Path, artifact: Path) -> dict[str, Any]:
+    """`edgerun verify --fidelity --json` as a user runs it on the device: this CPU's KL, top-1
+    and PPL ratio against the reference the artifact ships, beside the host export's, and the
+    seconds it took (what the step adds to the lane)."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [str(edgerun), "verify", "--fidelity", "--json", str(artifact)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    seconds = round(time.monotonic() - started, 1)
+    try:
+        found = json.loads(out.stdout)["fidelity"]
+    except (ValueError, KeyError):
+        return {"passed": False, "error": out.stderr.strip()[-300:], "seconds": seconds}
+    keys = ("mean_kl", "top1_agreement", "ppl_ratio")
+    return {
+        "passed": found["passed"] and out.returncode == 0,
+        "reasons": found["reasons"],
+        "device": {k: found["device"][k] for k in keys},
+        "export": {k: found["export"][k] for k in keys},
+        "seconds": seconds,
+    }
+
+
 def run(art_dir: Path, expected: str, out: Path) -> None:
     """Every check of one emulated CPU, written to `out` as JSON (the host prints the table)."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -119,6 +145,9 @@ def run(art_dir: Path, expected: str, out: Path) -> None:
             # level 4 against the host's fp32 compute (level 1): which kernel ran here?
             "vs_host_l1": compare(mine, reference["int4-l1"]) if name == "int4-l4" else None,
         }
+    result["fidelity"] = fidelity(edgerun, art_dir / reference["int4-l4"]["path"])
+    # the same artifact with its int4 scales tripled (tests/arm/host.py): must be flagged here
+    result["fidelity_damaged"] = fidelity(edgerun, art_dir / "int4-l4-damaged")
     result["serve"] = health(edgerun, art_dir / reference["fp32"]["path"])
     result["failures"] = failures(result)
     out.write_text(json.dumps(result, indent=1))
@@ -138,6 +167,12 @@ def failures(result: dict[str, Any]) -> list[str]:
             bad.append(
                 f"{name}: tokens equal {got['tokens_equal']}, max |dlogit| {got['max_abs']:.2g}"
             )
+    fid = result["fidelity"]
+    if not fid["passed"]:
+        bad.append(f"verify --fidelity: {fid.get('error') or '; '.join(fid['reasons'])}")
+    damaged = result["fidelity_damaged"]
+    if "device" not in damaged or damaged["passed"]:
+        bad.append(f"verify --fidelity did not flag int4 scales x3: {damaged}")
     if not result["serve"]["ok"]:
         bad.append(f"serve: {result['serve'].get('error', 'unhealthy')}")
     return bad
@@ -158,8 +193,9 @@ def _level4(got: dict[str, Any], dotprod: bool) -> list[str]:
 def table(paths: list[Path]) -> int:
     """Print the lane's Markdown table; 1 when any CPU failed."""
     print("| CPU | profile (expected) | fp32 tokens / max dlogit | int4 L1 | int4 L4 vs host L4: "
-          "max dlogit (rel) | int4 L4 vs host L1 | L4 / L1 decode s | serve /health |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "max dlogit (rel) | int4 L4 vs host L1 | L4 / L1 decode s | int4 L4 fidelity KL: "
+          "device (host export), s | scales x3: KL | serve /health |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     failed = False
     for path in paths:
         r = json.loads(path.read_text())
@@ -172,12 +208,28 @@ def table(paths: list[Path]) -> int:
             f"| {path.stem} ({r['cpu']}) | {r['detected']} ({r['expected']}) | {cell['fp32']} | {cell['int4-l1']}"
             f" | {l4['max_abs']:.2e} ({l4['max_rel']:.2%}) | {l4['vs_host_l1']['max_abs']:.1e}"
             f" | {l4['decode_s']:.2f} / "
-            f"{a['int4-l1']['decode_s']:.2f} | {'ok' if r['serve']['ok'] else 'FAIL'} |"
+            f"{a['int4-l1']['decode_s']:.2f} | {_fidelity_cell(r['fidelity'])}"
+            f" | {_damaged_cell(r['fidelity_damaged'])}"
+            f" | {'ok' if r['serve']['ok'] else 'FAIL'} |"
         )
         for failure in failures(r):
             failed = True
             print(f"FAIL {r['cpu']}: {failure}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _fidelity_cell(fid: dict[str, Any]) -> str:
+    if "device" not in fid:
+        return f"FAIL, {fid['seconds']} s"
+    kl = f"{fid['device']['mean_kl']:.4f} ({fid['export']['mean_kl']:.4f})"
+    return f"{kl}{'' if fid['passed'] else ' FAIL'}, {fid['seconds']} s"
+
+
+def _damaged_cell(fid: dict[str, Any]) -> str:
+    if "device" not in fid:
+        return "no score"
+    verdict = "passed (FAIL)" if fid["passed"] else "flagged"
+    return f"{fid['device']['mean_kl']:.3f} {verdict}, {fid['seconds']} s"
 
 
 if __name__ == "__main__":

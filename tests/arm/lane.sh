@@ -3,7 +3,8 @@
 # Debian root file system under qemu-user, on several emulated CPUs, each with a truthful
 # /proc/cpuinfo and, for board profiles, a faked device tree. Per CPU (tests/arm/check.py):
 # profile detection, tiny onnx-fp32 / int4 artifacts against the host's numbers, edgerun.load +
-# generate, and `edgerun serve`'s /health. Emulation proves correctness, never speed.
+# generate, `edgerun verify --fidelity` of the int4 level-4 artifact (the device's KL against the
+# reference it ships) and `edgerun serve`'s /health. Emulation proves correctness, never speed.
 #
 # Needs root (apt-get, mmdebstrap, binfmt_misc, mounts) and Debian's package mirror plus PyPI on
 # a cold cache. The root file system and the venv are cached outside the repo in

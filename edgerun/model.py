@@ -24,6 +24,7 @@ from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.errors import EdgerunError
 from edgerun.sampling import Sampler, SamplingParams
+from edgerun.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
 from edgerun.tokenizer import Tokenizer
 
 
@@ -48,6 +49,16 @@ class GenerationStats:
     decode_s: float = 0.0
     token_latencies_s: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "length" | "eos" | "stop" | "cancelled"
+    # speculative decoding (edgerun.speculative): None when it was off for this generation
+    speculative: str | None = None
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    verify_passes: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted over drafted tokens (None without drafts)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     @property
     def prefill_tok_s(self) -> float | None:
@@ -64,6 +75,7 @@ class GenerationStats:
             **asdict(self),
             "prefill_tok_s": self.prefill_tok_s,
             "decode_tok_s": self.decode_tok_s,
+            "acceptance_rate": self.acceptance_rate,
         }
 
 
@@ -127,6 +139,7 @@ class Model:
         stop: str | Sequence[str | int] | None = None,
         ignore_eos: bool = False,
         truncate: str | None = None,
+        speculative: str | bool | None = None,
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt` (text, or token ids used as they are).
 
@@ -135,7 +148,10 @@ class Model:
         `ignore_eos` does not stop on the model's end-of-sequence tokens, so generation runs to
         max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
-        error. Arguments are checked here, before the first chunk is requested.
+        error. `speculative`: prompt-lookup decoding (edgerun.speculative) — None / "auto" uses
+        it for greedy decoding where the backend can verify drafts, "prompt-lookup" / "on" for
+        sampling too, False / "off" never; the tokens are the same either way. Arguments are
+        checked here, before the first chunk is requested.
         """
         backend = self._open_backend()
         if max_tokens <= 0:
@@ -143,12 +159,15 @@ class Model:
                 f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more"
             )
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
+        speculate = resolve_mode(speculative, sampler.params.greedy, backend)
         ids = self._prompt_ids(prompt)
         ids = self._fit(ids, max_tokens, truncate)
         stops = _Stops(stop)
         eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
         self._generation += 1
-        return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
+        return self._stream(
+            backend, ids, max_tokens, sampler, stops, eos, self._generation, speculate
+        )
 
     def decode_logits(self, ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
         """Greedy decoding of `steps` tokens after the prompt `ids`, one token at a time with the
@@ -216,11 +235,17 @@ class Model:
         stops: _Stops,
         eos: frozenset[int],
         generation: int,
+        speculate: bool = False,
     ) -> Iterator[Chunk]:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         clock = time.perf_counter
         start = clock()
         logits = backend.prefill(ids, len(ids) + max_tokens)
+        spec = None
+        if speculate:
+            spec = SpeculativeDecoder(backend, ids, len(ids) + max_tokens, stats)
+            stats.speculative = PROMPT_LOOKUP
+        step = spec or backend.decode
         stats.prefill_s = clock() - start
         detok = self.tokenizer.stream(ids)
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
@@ -228,6 +253,8 @@ class Model:
             token = sampler(logits)
             if token in eos:
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
+                if spec is not None:
+                    spec.settle()  # the KV cache holds what plain decoding leaves
                 break
             text = detok.push(token)
             if i == max_tokens - 1:
@@ -245,6 +272,8 @@ class Model:
             stats.generated_tokens += 1
             if last:
                 stats.finish_reason = "stop" if hit else "length"
+                if spec is not None:
+                    spec.settle()
             yield Chunk(token, text)
             if last:
                 return
@@ -255,7 +284,7 @@ class Model:
                     " started on it",
                     "finish one iterator before starting the next, or load a second Model",
                 )
-            logits = backend.decode(token)
+            logits = step(token)
         # Ended on an end-of-sequence / stop id: release what was held back.
         tail, hit = stops.feed(detok.flush())
         pending = tail if hit else tail + stops.flush()

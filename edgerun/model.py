@@ -127,6 +127,8 @@ class Model:
         self.last_stats = GenerationStats()
         self._backend: Backend | None = backend
         self._generation = 0
+        # generate()'s speculative mode when it is given none (edgerun.speculative.MODES)
+        self.speculative: str | bool = "auto"
 
     def generate(
         self,
@@ -148,9 +150,10 @@ class Model:
         `ignore_eos` does not stop on the model's end-of-sequence tokens, so generation runs to
         max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
-        error. `speculative`: prompt-lookup decoding (edgerun.speculative) — None / "auto" uses
-        it for greedy decoding where the backend can verify drafts, "prompt-lookup" / "on" for
-        sampling too, False / "off" never; the tokens are the same either way. Arguments are
+        error. `speculative`: prompt-lookup decoding (edgerun.speculative) — "auto" uses it for
+        greedy decoding where the backend can verify drafts, "prompt-lookup" / "on" for
+        sampling too, False / "off" never; None: the model's `speculative` setting (load()'s).
+        The tokens are the same either way. Arguments are
         checked here, before the first chunk is requested.
         """
         backend = self._open_backend()
@@ -159,7 +162,8 @@ class Model:
                 f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more"
             )
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
-        speculate = resolve_mode(speculative, sampler.params.greedy, backend)
+        mode = self.speculative if speculative is None else speculative
+        speculate = resolve_mode(mode, sampler.params.greedy, backend)
         ids = self._prompt_ids(prompt)
         ids = self._fit(ids, max_tokens, truncate)
         stops = _Stops(stop)
@@ -353,6 +357,7 @@ def load(
     strict: bool = False,
     context: int | None = None,
     verify: bool = False,
+    speculative: str | bool = "auto",
     **options: Any,
 ) -> Model:
     """Load an artifact and pick its backend and execution providers from a device profile.
@@ -362,8 +367,10 @@ def load(
     forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
     fallback into an error; verify hashes every file of the artifact in full instead of the
     default check (small files hashed, large ones sampled: edgerun.integrity); options are
-    backend options (e.g. n_gpu_layers). Raises EdgerunError.
+    backend options (e.g. n_gpu_layers); speculative: generate()'s default speculative mode
+    ("auto" | "on" | "off", see Model.generate). Raises EdgerunError.
     """
+    resolve_mode(speculative, True, None)  # a bad mode fails before the model loads
     started = time.perf_counter()
     for name, value in (("threads", threads), ("context", context)):
         if value is not None and value < 1:
@@ -389,4 +396,6 @@ def load(
         artifact_reason=picked,
         context_reason=opened.context_reason,
     )
-    return Model(artifact, opened.backend, opened.tokenizer, info)
+    model = Model(artifact, opened.backend, opened.tokenizer, info)
+    model.speculative = speculative
+    return model

@@ -45,16 +45,17 @@ class DraftPolicy:
     start_draft: int = 4
 
 
-def resolve_mode(speculative: str | bool | None, greedy: bool, backend: Backend) -> bool:
+def resolve_mode(speculative: str | bool | None, greedy: bool, backend: Backend | None) -> bool:
     """Whether to speculate: `speculative` is None / "auto" (greedy decoding on a backend that
     can verify), "prompt-lookup" / "on" / True (always, where the backend can), False / "off".
     Raises EdgerunError for anything else."""
-    if speculative in (False, "off"):
+    can = backend is not None and backend.can_verify
+    if speculative is False or speculative == "off":
         return False
-    if speculative in (True, "on", PROMPT_LOOKUP):
-        return bool(backend.can_verify)
-    if speculative in (None, "auto"):
-        return greedy and bool(backend.can_verify)
+    if speculative is True or speculative in ("on", PROMPT_LOOKUP):
+        return can
+    if speculative is None or speculative == "auto":
+        return greedy and can
     raise EdgerunError(
         f"unknown speculative mode {speculative!r}",
         "use 'prompt-lookup' (or 'on'), 'auto', or False ('off')",
@@ -132,8 +133,8 @@ class SpeculativeDecoder:
         self.drafter.append(token)
         self._length += 1
         if self._pending:
-            draft, row = self._pending.pop(0)
-            if draft == token:
+            expected, row = self._pending.pop(0)
+            if expected == token:
                 self.stats.accepted_tokens += 1
                 if not self._pending:  # the whole draft was accepted: draft longer next time
                     self._draft_len = min(self._draft_len + 2, self.policy.max_draft)

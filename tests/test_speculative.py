@@ -5,6 +5,7 @@ drafts are rejected, and the acceptance counts reported."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,68 @@ def test_bad_mode_is_one_line_error(artifacts: dict[str, Path]) -> None:
         assert m.last_stats.speculative is None
         spec = [c.token_id for c in m.generate(PROMPT, speculative="on", **sampled)]
         assert m.last_stats.speculative == "prompt-lookup" and spec == plain
+
+
+def test_run_reports_acceptance_and_off_turns_it_off(artifacts: dict[str, Path]) -> None:
+    from click.testing import CliRunner
+
+    from edgerun.cli import cli
+
+    if "optimum" not in artifacts:
+        pytest.skip("onnxruntime is not installed")
+    prompt = " ".join(str(t) for t in PROMPT)  # repeated words: the text repeats itself
+    base = ["run", str(artifacts["optimum"]), prompt, "--profile", PROFILE, "-n", "24"]
+    outs = {}
+    for mode in ("on", "off"):
+        result = CliRunner().invoke(cli, [*base, "--ignore-eos", "--speculative", mode])
+        assert result.exit_code == 0, result.output
+        outs[mode] = result
+    assert outs["on"].stdout == outs["off"].stdout
+    line_on, line_off = outs["on"].stderr.splitlines()[-1], outs["off"].stderr.splitlines()[-1]
+    assert re.search(r"; prompt-lookup drafts accepted \d+/[1-9]\d* \(\d+%\)$", line_on), line_on
+    assert line_off.endswith("finish length")
+    bad = CliRunner().invoke(cli, [*base, "--speculative", "maybe"])
+    assert bad.exit_code == 2 and "'maybe' is not one of 'auto', 'on', 'off'" in bad.output
+
+
+def test_serve_metrics_report_the_acceptance_rate(artifacts: dict[str, Path]) -> None:
+    openai = pytest.importorskip("openai")
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    from edgerun.serve.server import make_server
+    from tests.serve_helpers import running
+
+    if "optimum" not in artifacts:
+        pytest.skip("onnxruntime is not installed")
+    path = artifacts["optimum"]
+    with edgerun.load(path, PROFILE, speculative="off") as m:
+        plain = "".join(c.text for c in m.generate(PROMPT, 24, ignore_eos=True))
+    models = {"spec": edgerun.load(path, PROFILE, speculative="on")}
+    with running(make_server(models, max_queue=2, drain_s=5)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", timeout=30, max_retries=0)
+        out = client.completions.create(
+            model="spec",
+            prompt=PROMPT,
+            max_tokens=24,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        assert out.choices[0].text == plain
+        stats = models["spec"].last_stats
+        assert stats.draft_tokens > 0
+        text = httpx.get(url + "/metrics", timeout=10).text
+
+    def metric(name: str) -> float:
+        match = re.search(rf'^{name}{{model="spec"}} (\S+)$', text, re.M)
+        assert match, name
+        return float(match.group(1))
+
+    assert metric("edgerun_draft_tokens_total") == stats.draft_tokens
+    assert metric("edgerun_draft_tokens_accepted_total") == stats.accepted_tokens
+    ratio = metric("edgerun_draft_acceptance_ratio")
+    assert ratio == pytest.approx(stats.accepted_tokens / stats.draft_tokens)
+
+
+def test_load_refuses_a_bad_mode_before_loading(tmp_path: Path) -> None:
+    with pytest.raises(EdgerunError, match="unknown speculative mode 'yes'"):
+        edgerun.load(tmp_path / "missing", PROFILE, speculative="yes")

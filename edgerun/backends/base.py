@@ -153,7 +153,7 @@ class Backend(ABC):
         """Append one token and return the logits for the next."""
 
     # Whether verify() / rollback() work: speculative decoding (edgerun.speculative) uses them.
-    can_verify: ClassVar[bool] = False
+    can_verify: bool = False
 
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         """Append `ids` in ONE forward pass and return the logits after each of them

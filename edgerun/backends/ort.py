@@ -134,7 +134,9 @@ class OrtBackend(Backend):
         ]
         self._pointers = [[b.data_ptr() for b in bufs] for bufs in self._buffers]
         if self.can_verify:  # numpy views of the same memory, for rollback's repacking
-            self._views = [[_host_view(p, size[0], self._kv_dtype) for p in ptrs] for ptrs in self._pointers]
+            self._views = [
+                [_host_view(p, size[0], self._kv_dtype) for p in ptrs] for ptrs in self._pointers
+            ]
         self._mask = np.ones((1, cap), np.int64)
         self._mask_ptr = self._mask.ctypes.data
         self._capacity = cap

@@ -66,3 +66,14 @@ def workload_options(f: F) -> F:
 def echo_json(data: Any) -> None:
     """Print `data` as indented JSON on stdout."""
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def speculative_option(f: F) -> F:
+    """`--speculative auto|on|off`: prompt-lookup speculative decoding (edgerun.speculative)."""
+    return click.option(
+        "--speculative",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
+        show_default=True,
+        help="Prompt-lookup speculative decoding (same tokens; auto: greedy only).",
+    )(f)

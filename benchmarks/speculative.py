@@ -6,8 +6,9 @@ decode tok/s, whether the tokens are identical, and the draft acceptance rate, p
 Tasks (chat prompts through the model's template): "rewrite" and "extract" hand the model a
 text of >= 300 tokens (benchmarks/prompt.txt) to copy out with small changes, the input-grounded
 work prompt lookup is for; "open" asks for new text with no source to copy from. Each artifact is
-loaded once; per round every task runs plain (speculative="off") and speculative ("on"),
-alternating which goes first, after one unmeasured warm-up of each. Decode tok/s is
+loaded once; per round every task runs plain (speculative="off"), as shipped ("auto": drafts
+only as wide as the backend verifies bit-identically) and forced ("on": the widest drafts),
+in alternating order, after one unmeasured warm-up of each. Decode tok/s is
 edgerun's own (tokens after the first over the time after the first); the summary gives medians
 and the ratio of the medians. Results go to benchmarks/results/speculative-<time>.json.
 """
@@ -26,6 +27,7 @@ from typing import Any
 from benchmarks import RESULTS, ROOT
 from benchmarks.machine import describe
 
+MODES = ("off", "auto", "on")  # plain; as shipped (exact-width probe); forced, widest drafts
 TEXT = (ROOT / "prompt.txt").read_text().strip()
 TASKS = {
     "rewrite": "Rewrite the following text in the present tense, changing nothing else:\n\n" + TEXT,
@@ -63,12 +65,12 @@ def run_artifact(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             for t, p in TASKS.items()
         }
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
-        for ids in prompts.values():  # warm-up
-            for mode in ("off", "on"):
+        for ids in prompts.values():  # warm-up (and auto's one-time width probe)
+            for mode in MODES:
                 one_run(model, ids, args.gen_tokens, mode)
         for rep in range(args.reps):
             for task, ids in prompts.items():
-                order = ("off", "on") if rep % 2 == 0 else ("on", "off")
+                order = MODES if rep % 2 == 0 else MODES[::-1]
                 for mode in order:
                     time.sleep(0.2)  # let the previous run's thread pool stop spinning
                     runs[task].append(one_run(model, ids, args.gen_tokens, mode))
@@ -78,35 +80,39 @@ def run_artifact(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(rows: list[dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
-    """Medians per mode, the speed-up of the medians, token identity and acceptance."""
+    """Per mode: median decode tok/s, its ratio to plain's median, whether every run's tokens
+    equal plain decoding's, and the draft acceptance rate."""
     plain = [r for r in rows if r["mode"] == "off"]
-    spec = [r for r in rows if r["mode"] == "on"]
 
     def median(rs: list[dict[str, Any]]) -> float:
         return statistics.median(r["decode_tok_s"] for r in rs if r["decode_tok_s"])
 
-    drafted = sum(r["draft_tokens"] for r in spec)
-    accepted = sum(r["accepted_tokens"] for r in spec)
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "generated_tokens": plain[0]["generated"],
-        "plain_decode_tok_s": [round(r["decode_tok_s"], 2) for r in plain],
-        "spec_decode_tok_s": [round(r["decode_tok_s"], 2) for r in spec],
-        "plain_median": round(median(plain), 2),
-        "spec_median": round(median(spec), 2),
-        "speedup": round(median(spec) / median(plain), 3),
-        "identical_tokens": all(r["tokens"] == plain[0]["tokens"] for r in rows),
-        "acceptance_rate": round(accepted / drafted, 3) if drafted else None,
-        "drafts_per_run": drafted / len(spec),
-        "verify_passes_per_run": sum(r["verify_passes"] for r in spec) / len(spec),
+        "plain_runs_identical": all(r["tokens"] == plain[0]["tokens"] for r in plain),
     }
+    for mode in MODES:
+        runs = [r for r in rows if r["mode"] == mode]
+        drafted = sum(r["draft_tokens"] for r in runs)
+        accepted = sum(r["accepted_tokens"] for r in runs)
+        out[mode] = {
+            "decode_tok_s": [round(r["decode_tok_s"], 2) for r in runs],
+            "median": round(median(runs), 2),
+            "speedup": round(median(runs) / median(plain), 3),
+            "identical_tokens": all(r["tokens"] == plain[0]["tokens"] for r in runs),
+            "acceptance_rate": round(accepted / drafted, 3) if drafted else None,
+            "drafts_per_run": drafted / len(runs),
+            "verify_passes_per_run": sum(r["verify_passes"] for r in runs) / len(runs),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("artifacts", nargs="+", type=Path)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--gen-tokens", type=int, default=256)
+    parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -116,11 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     results = [run_artifact(path, args) for path in args.artifacts]
     for r in results:
         for task, t in r["tasks"].items():
-            print(
-                f"{r['info']['format']:<12} {task:<8} plain {t['plain_median']:6.1f} tok/s"
-                f"  spec {t['spec_median']:6.1f} tok/s  x{t['speedup']:.2f}"
-                f"  identical={t['identical_tokens']}  accepted={t['acceptance_rate']}"
-            )
+            for mode in MODES:
+                m = t[mode]
+                print(
+                    f"{r['info']['format']:<12} {task:<8} {mode:<4} {m['median']:6.1f} tok/s"
+                    f"  x{m['speedup']:.2f}  identical={m['identical_tokens']}"
+                    f"  accepted={m['acceptance_rate']}"
+                )
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     doc = {
         "benchmark": "speculative",

@@ -9,12 +9,18 @@ exactly as it would have from one-token decode steps; while its pick equals the 
 row is already computed. At the first difference the KV cache is rolled back (Backend.rollback)
 to the tokens actually chosen, and decoding goes on from the target's own pick.
 
-So every token is chosen from the target's logits for the real prefix: greedy output is the
-greedy output of plain decoding (up to the last bits of float arithmetic, which a batched pass
-may order differently), and with temperature > 0 each token is still drawn from the target's
-own distribution with the same seeded draws; drafts only decide how much work one pass does.
-(This is not Leviathan-style speculative sampling, which accepts more drafts when sampling;
-it is exact, and "auto" keeps it to greedy decoding, where drafts are accepted most.)
+So every token is chosen from the target's logits for the real prefix, and with temperature > 0
+each token is still drawn from the target's own distribution with the same seeded draws; drafts
+only decide how much work one pass does. (This is not Leviathan-style speculative sampling,
+which accepts more drafts when sampling; it is exact, and "auto" keeps to greedy decoding,
+where drafts are accepted most.)
+
+Identical tokens need one more thing: that a pass over several tokens computes the same logits
+as one-token steps. Quantized CPU kernels need not (a several-row product may round
+differently), and at a near-tie a greedy pick then flips. "auto" therefore drafts only as
+wide as exact_width() measures to be bit-identical on the backend (llama.cpp's Q4_K / Q4_0 on
+AVX2: 3 tokens a pass; ONNX Runtime int4 and fp32: 1, so auto is off there); "on" drafts
+wide regardless and may differ from plain decoding after a near-tie.
 """
 
 from __future__ import annotations
@@ -41,25 +47,55 @@ class DraftPolicy:
 
     max_ngram: int = 3
     min_ngram: int = 2
-    max_draft: int = 10
+    max_draft: int = 7
     start_draft: int = 4
+    # A pass whose draft was wholly rejected cost more than the one token it gave: drafting
+    # then pauses for 2, 4, 8, ... tokens (at most this many) until a draft is accepted again,
+    # so text that does not repeat its context is decoded almost as plainly as without drafts.
+    max_pause: int = 32
 
 
-def resolve_mode(speculative: str | bool | None, greedy: bool, backend: Backend | None) -> bool:
-    """Whether to speculate: `speculative` is None / "auto" (greedy decoding on a backend that
-    can verify), "prompt-lookup" / "on" / True (always, where the backend can), False / "off".
-    Raises EdgerunError for anything else."""
+def resolve_mode(
+    speculative: str | bool | None, greedy: bool, backend: Backend | None
+) -> str | None:
+    """How to speculate: "auto" for None / "auto" with greedy decoding (then only as wide as
+    exact_width() allows), "on" for "prompt-lookup" / "on" / True, None when off (False /
+    "off", or a backend that cannot verify). Raises EdgerunError for anything else."""
     can = backend is not None and backend.can_verify
     if speculative is False or speculative == "off":
-        return False
+        return None
     if speculative is True or speculative in ("on", PROMPT_LOOKUP):
-        return can
+        return "on" if can else None
     if speculative is None or speculative == "auto":
-        return greedy and can
+        return "auto" if greedy and can else None
     raise EdgerunError(
         f"unknown speculative mode {speculative!r}",
         "use 'prompt-lookup' (or 'on'), 'auto', or False ('off')",
     )
+
+
+def exact_width(backend: Backend, limit: int) -> int:
+    """The most tokens (up to `limit`) one verify pass may hold and still give, bit for bit,
+    the logits of one-token decode steps. Quantized kernels may round a several-row product
+    differently from a one-row one (llama.cpp's repacked CPU kernels switch at 4 rows, ONNX
+    Runtime's MatMulNBits at 2), and then a near-tie can flip a greedy token; so this is
+    measured on a probe (prefill + `limit` decode steps + a pass per width), not assumed.
+    It leaves the backend's cache holding the probe."""
+    import numpy as np
+
+    vocab = int(getattr(backend, "vocab_size", 0) or 32000)
+    probe = [(7919 * i) % vocab for i in range(1, 17)]
+    follow = [(104729 * i) % vocab for i in range(1, limit + 1)]
+    backend.prefill(probe, len(probe) + limit)
+    reference = [np.array(backend.decode(t)) for t in follow]
+    width = 1
+    for w in range(2, limit + 1):
+        backend.prefill(probe, len(probe) + limit)
+        rows = backend.verify(follow[:w])
+        if not all(np.array_equal(rows[i], reference[i]) for i in range(w)):
+            break
+        width = w
+    return width
 
 
 class NgramDrafter:
@@ -127,7 +163,10 @@ class SpeculativeDecoder:
         self._total = total  # positions the generation may fill (prompt + max_tokens)
         self._length = len(prompt)  # positions whose tokens were really chosen
         self._pending: list[tuple[int, np.ndarray]] = []  # (draft token, logits after it)
-        self._draft_len = self.policy.start_draft
+        self._draft_len = min(self.policy.start_draft, self.policy.max_draft)
+        self._accepted = 0  # of the current pass's draft
+        self._misses = 0  # passes in a row whose draft was wholly rejected
+        self._pause = 0  # tokens to decode plainly before the next lookup
 
     def __call__(self, token: int) -> np.ndarray:
         self.drafter.append(token)
@@ -136,12 +175,15 @@ class SpeculativeDecoder:
             expected, row = self._pending.pop(0)
             if expected == token:
                 self.stats.accepted_tokens += 1
+                self._accepted += 1
                 if not self._pending:  # the whole draft was accepted: draft longer next time
                     self._draft_len = min(self._draft_len + 2, self.policy.max_draft)
+                    self._misses = 0
                 return row
-            self._pending.clear()
-            self._draft_len = max(self._draft_len - 1, 1)
-            self.backend.rollback(self._length - 1)
+            self._rejected()
+        if self._pause > 0:
+            self._pause -= 1
+            return self.backend.decode(token)
         # Room left: the token after the last draft must still fit in the generation's budget.
         draft = self.drafter.propose(min(self._draft_len, self._total - self._length - 1))
         if not draft:
@@ -150,7 +192,19 @@ class SpeculativeDecoder:
         self.stats.draft_tokens += len(draft)
         self.stats.verify_passes += 1
         self._pending = list(zip(draft, rows[1:], strict=True))
+        self._accepted = 0
         return rows[0]
+
+    def _rejected(self) -> None:
+        """The token differs from the draft: drop the rest of it from the cache, adapt."""
+        self._pending.clear()
+        self.backend.rollback(self._length - 1)
+        self._draft_len = max(self._draft_len - 1, 1)
+        if self._accepted:
+            self._misses = 0
+        else:
+            self._misses += 1
+            self._pause = min(2**self._misses, self.policy.max_pause)
 
     def settle(self) -> None:
         """Roll the KV cache back to the tokens really chosen (drafts left unused dropped)."""

@@ -74,6 +74,6 @@ def speculative_option(f: F) -> F:
         "--speculative",
         type=click.Choice(["auto", "on", "off"]),
         default="auto",
-        show_default=True,
-        help="Prompt-lookup speculative decoding (same tokens; auto: greedy only).",
+        metavar="MODE",
+        help="Prompt-lookup decoding: auto (greedy, exact kernels), on, off.",
     )(f)

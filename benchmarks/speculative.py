@@ -6,9 +6,8 @@ decode tok/s, whether the tokens are identical, and the draft acceptance rate, p
 Tasks (chat prompts through the model's template): "rewrite" and "extract" hand the model a
 text of >= 300 tokens (benchmarks/prompt.txt) to copy out with small changes, the input-grounded
 work prompt lookup is for; "open" asks for new text with no source to copy from. Each artifact is
-loaded once; per round every task runs plain (speculative="off"), as shipped ("auto": drafts
-only as wide as the backend verifies bit-identically) and forced ("on": the widest drafts),
-in alternating order, after one unmeasured warm-up of each. Decode tok/s is
+loaded once; per round every task runs plain (speculative="off") and speculative ("on"), in
+alternating order, after one unmeasured warm-up of each. Decode tok/s is
 edgerun's own (tokens after the first over the time after the first); the summary gives medians
 and the ratio of the medians. Results go to benchmarks/results/speculative-<time>.json.
 """
@@ -27,7 +26,7 @@ from typing import Any
 from benchmarks import RESULTS, ROOT
 from benchmarks.machine import describe
 
-MODES = ("off", "auto", "on")  # plain; as shipped (exact-width probe); forced, widest drafts
+MODES = ("off", "on")  # plain; speculative (the shipped "auto" is "off" on the CPU backends)
 TEXT = (ROOT / "prompt.txt").read_text().strip()
 TASKS = {
     "rewrite": "Rewrite the following text in the present tense, changing nothing else:\n\n" + TEXT,
@@ -65,7 +64,7 @@ def run_artifact(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             for t, p in TASKS.items()
         }
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
-        for ids in prompts.values():  # warm-up (and auto's one-time width probe)
+        for ids in prompts.values():  # warm-up
             for mode in MODES:
                 one_run(model, ids, args.gen_tokens, mode)
         for rep in range(args.reps):

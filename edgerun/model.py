@@ -24,13 +24,7 @@ from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.errors import EdgerunError
 from edgerun.sampling import Sampler, SamplingParams
-from edgerun.speculative import (
-    PROMPT_LOOKUP,
-    DraftPolicy,
-    SpeculativeDecoder,
-    exact_width,
-    resolve_mode,
-)
+from edgerun.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
 from edgerun.tokenizer import Tokenizer
 
 
@@ -135,7 +129,6 @@ class Model:
         self._generation = 0
         # generate()'s speculative mode when it is given none (edgerun.speculative.MODES)
         self.speculative: str | bool = "auto"
-        self._exact_width: int | None = None  # edgerun.speculative.exact_width, once probed
 
     def generate(
         self,
@@ -158,10 +151,11 @@ class Model:
         max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
         error. `speculative`: prompt-lookup decoding (edgerun.speculative) — "auto" uses it for
-        greedy decoding as far as the backend verifies drafts bit-identically (the same tokens
-        as without it; probed once per model), "prompt-lookup" / "on" always and with the
-        widest drafts (tokens may differ after a near-tie on quantized kernels), False / "off"
-        never; None: the model's `speculative` setting (load()'s). Arguments are
+        greedy decoding on a backend whose batched pass is bit-identical to one-token steps
+        (so the tokens are the same; no built-in CPU backend is), "prompt-lookup" / "on"
+        always (faster on text that repeats the prompt; quantized kernels round a batched pass
+        differently, so a near-tie may flip a token), False / "off" never; None: the model's
+        `speculative` setting (load()'s). Arguments are
         checked here, before the first chunk is requested.
         """
         backend = self._open_backend()
@@ -250,14 +244,12 @@ class Model:
         speculate: str | None = None,
     ) -> Iterator[Chunk]:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
-        width = self._verify_width(backend, speculate)
         clock = time.perf_counter
         start = clock()
         logits = backend.prefill(ids, len(ids) + max_tokens)
         spec = None
-        if width >= 2:
-            policy = DraftPolicy(max_draft=width - 1)
-            spec = SpeculativeDecoder(backend, ids, len(ids) + max_tokens, stats, policy)
+        if speculate:
+            spec = SpeculativeDecoder(backend, ids, len(ids) + max_tokens, stats)
             stats.speculative = PROMPT_LOOKUP
         step = spec or backend.decode
         stats.prefill_s = clock() - start
@@ -304,18 +296,6 @@ class Model:
         pending = tail if hit else tail + stops.flush()
         if pending:
             yield Chunk(None, pending)
-
-    def _verify_width(self, backend: Backend, speculate: str | None) -> int:
-        """Tokens one verify pass may hold: 0 when not speculating; for "auto" the widest
-        pass that is bit-identical to decode steps on this backend (probed once per model)."""
-        widest = DraftPolicy().max_draft + 1
-        if speculate == "on":
-            return widest
-        if speculate == "auto":
-            if self._exact_width is None:
-                self._exact_width = exact_width(backend, widest)
-            return self._exact_width
-        return 0
 
     def close(self) -> None:
         """Free the backend (model weights, KV cache); further calls raise EdgerunError."""

@@ -13,7 +13,7 @@ import pytest
 
 import edgerun
 from edgerun.errors import EdgerunError
-from edgerun.speculative import DraftPolicy, NgramDrafter, SpeculativeDecoder, exact_width
+from edgerun.speculative import DraftPolicy, NgramDrafter, SpeculativeDecoder
 from tests.runtime_helpers import PROFILE, export_artifact
 
 # (artifact label, format, builder, backend): optimum's graph has the ping-pong KV buffers that
@@ -207,53 +207,17 @@ def test_load_refuses_a_bad_mode_before_loading(tmp_path: Path) -> None:
         edgerun.load(tmp_path / "missing", PROFILE, speculative="yes")
 
 
-class _Rounding:
-    """A fake backend whose passes of more than 3 tokens round differently (rows 4+ get a
-    tiny offset), like llama.cpp's repacked kernels; logits depend on the whole prefix."""
-
-    can_verify = True
-    vocab_size = 50
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-
-    def _row(self, n: int) -> np.ndarray:
-        rng = np.random.default_rng(sum((i + 1) * t for i, t in enumerate(self.ids[:n])))
-        return rng.standard_normal(self.vocab_size).astype(np.float32)
-
-    def prefill(self, ids: list[int], total: int) -> np.ndarray:
-        self.ids = list(ids)
-        return self._row(len(self.ids))
-
-    def decode(self, token: int) -> np.ndarray:
-        self.ids.append(token)
-        return self._row(len(self.ids))
-
-    def verify(self, ids: list[int]) -> np.ndarray:
-        start = len(self.ids)
-        self.ids += ids
-        rows = np.stack([self._row(start + i + 1) for i in range(len(ids))])
-        if len(ids) > 3:
-            rows += 1e-6
-        return rows
-
-
-def test_exact_width_is_the_widest_bit_identical_pass() -> None:
-    assert exact_width(_Rounding(), 8) == 3  # type: ignore[arg-type]
-    assert exact_width(_Rounding(), 2) == 2  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(("label", "fmt", "builder", "backend"), CASES)
-def test_auto_speculates_only_as_wide_as_is_exact(
+def test_auto_speculates_only_where_verify_is_exact(
     label: str, fmt: str, builder: str, backend: str, artifacts: dict[str, Path]
 ) -> None:
     with _load(artifacts, label, backend) as m:
-        assert m._backend is not None
-        width = exact_width(m._backend, DraftPolicy().max_draft + 1)
+        assert m._backend is not None and not m._backend.exact_verify
         plain = [c.token_id for c in m.generate(PROMPT, 30, ignore_eos=True, speculative=False)]
         auto = [c.token_id for c in m.generate(PROMPT, 30, ignore_eos=True)]  # the default
-        assert auto == plain and m._exact_width == width
-        assert m.last_stats.speculative == ("prompt-lookup" if width >= 2 else None)
-        # sampling: auto stays off
-        list(m.generate(PROMPT, 5, temperature=0.7, seed=1))
+        assert auto == plain and m.last_stats.speculative is None
+        m._backend.exact_verify = True  # a backend that declares bit-identical passes
+        auto = [c.token_id for c in m.generate(PROMPT, 30, ignore_eos=True)]
+        assert auto == plain and m.last_stats.speculative == "prompt-lookup"
+        list(m.generate(PROMPT, 5, temperature=0.7, seed=1))  # sampling: auto stays off
         assert m.last_stats.speculative is None

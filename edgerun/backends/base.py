@@ -154,6 +154,8 @@ class Backend(ABC):
 
     # Whether verify() / rollback() work: speculative decoding (edgerun.speculative) uses them.
     can_verify: bool = False
+    # Whether verify()'s logits equal decode()'s bit for bit (then "auto" speculates).
+    exact_verify: bool = False
 
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         """Append `ids` in ONE forward pass and return the logits after each of them

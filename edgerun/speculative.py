@@ -20,8 +20,8 @@ as one-token steps. Quantized CPU kernels do not (a several-row product rounds d
 ONNX Runtime's int4 MatMulNBits from 2 rows on, llama.cpp's repacked Q4_K / Q4_0 from 4, and
 even 3-token passes differed at some positions), and at a near-tie a greedy pick then flips
 (measured: benchmarks/results/speculative-*.json). So "auto" speculates only on a backend that
-declares exact_verify (none of the built-in CPU ones); "on" speculates anyway: 1.3-1.6x faster
-on input-grounded text, the same model's greedy choice up to such near-ties.
+declares exact_verify (none of the built-in CPU ones); "on" speculates anyway: up to 1.5x
+faster on input-grounded text, the same model's greedy choice up to such near-ties.
 """
 
 from __future__ import annotations

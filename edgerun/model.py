@@ -24,6 +24,7 @@ from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.errors import EdgerunError
 from edgerun.sampling import Sampler, SamplingParams
+from edgerun.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
 from edgerun.tokenizer import Tokenizer
 
 
@@ -48,6 +49,16 @@ class GenerationStats:
     decode_s: float = 0.0
     token_latencies_s: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "length" | "eos" | "stop" | "cancelled"
+    # speculative decoding (edgerun.speculative): None when it was off for this generation
+    speculative: str | None = None
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    verify_passes: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted over drafted tokens (None without drafts)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     @property
     def prefill_tok_s(self) -> float | None:
@@ -64,6 +75,7 @@ class GenerationStats:
             **asdict(self),
             "prefill_tok_s": self.prefill_tok_s,
             "decode_tok_s": self.decode_tok_s,
+            "acceptance_rate": self.acceptance_rate,
         }
 
 
@@ -115,6 +127,8 @@ class Model:
         self.last_stats = GenerationStats()
         self._backend: Backend | None = backend
         self._generation = 0
+        # generate()'s speculative mode when it is given none (edgerun.speculative.MODES)
+        self.speculative: str | bool = "auto"
 
     def generate(
         self,
@@ -127,6 +141,7 @@ class Model:
         stop: str | Sequence[str | int] | None = None,
         ignore_eos: bool = False,
         truncate: str | None = None,
+        speculative: str | bool | None = None,
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt` (text, or token ids used as they are).
 
@@ -135,7 +150,13 @@ class Model:
         `ignore_eos` does not stop on the model's end-of-sequence tokens, so generation runs to
         max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
-        error. Arguments are checked here, before the first chunk is requested.
+        error. `speculative`: prompt-lookup decoding (edgerun.speculative) — "auto" uses it for
+        greedy decoding on a backend whose batched pass is bit-identical to one-token steps
+        (so the tokens are the same; no built-in CPU backend is), "prompt-lookup" / "on"
+        always (faster on text that repeats the prompt; quantized kernels round a batched pass
+        differently, so a near-tie may flip a token), False / "off" never; None: the model's
+        `speculative` setting (load()'s). Arguments are
+        checked here, before the first chunk is requested.
         """
         backend = self._open_backend()
         if max_tokens <= 0:
@@ -145,12 +166,16 @@ class Model:
                 cli_hint="pass --max-tokens 1 or more",
             )
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
+        mode = self.speculative if speculative is None else speculative
+        speculate = resolve_mode(mode, sampler.params.greedy, backend)
         ids = self._prompt_ids(prompt)
         ids = self._fit(ids, max_tokens, truncate)
         stops = _Stops(stop)
         eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
         self._generation += 1
-        return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
+        return self._stream(
+            backend, ids, max_tokens, sampler, stops, eos, self._generation, speculate
+        )
 
     def decode_logits(
         self, ids: Sequence[int], steps: int, forced: Sequence[int] | None = None
@@ -230,11 +255,17 @@ class Model:
         stops: _Stops,
         eos: frozenset[int],
         generation: int,
+        speculate: str | None = None,
     ) -> Iterator[Chunk]:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         clock = time.perf_counter
         start = clock()
         logits = backend.prefill(ids, len(ids) + max_tokens)
+        spec = None
+        if speculate:
+            spec = SpeculativeDecoder(backend, ids, len(ids) + max_tokens, stats)
+            stats.speculative = PROMPT_LOOKUP
+        step = spec or backend.decode
         stats.prefill_s = clock() - start
         detok = self.tokenizer.stream(ids)
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
@@ -242,6 +273,8 @@ class Model:
             token = sampler(logits)
             if token in eos:
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
+                if spec is not None:
+                    spec.settle()  # the KV cache holds what plain decoding leaves
                 break
             text = detok.push(token)
             if i == max_tokens - 1:
@@ -259,6 +292,8 @@ class Model:
             stats.generated_tokens += 1
             if last:
                 stats.finish_reason = "stop" if hit else "length"
+                if spec is not None:
+                    spec.settle()
             yield Chunk(token, text)
             if last:
                 return
@@ -269,7 +304,7 @@ class Model:
                     " started on it",
                     "finish one iterator before starting the next, or load a second Model",
                 )
-            logits = backend.decode(token)
+            logits = step(token)
         # Ended on an end-of-sequence / stop id: release what was held back.
         tail, hit = stops.feed(detok.flush())
         pending = tail if hit else tail + stops.flush()
@@ -338,6 +373,7 @@ def load(
     strict: bool = False,
     context: int | None = None,
     verify: bool = False,
+    speculative: str | bool = "auto",
     **options: Any,
 ) -> Model:
     """Load an artifact and pick its backend and execution providers from a device profile.
@@ -347,8 +383,10 @@ def load(
     forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
     fallback into an error; verify hashes every file of the artifact in full instead of the
     default check (small files hashed, large ones sampled: edgerun.integrity); options are
-    backend options (e.g. n_gpu_layers). Raises EdgerunError.
+    backend options (e.g. n_gpu_layers); speculative: generate()'s default speculative mode
+    ("auto" | "on" | "off", see Model.generate). Raises EdgerunError.
     """
+    resolve_mode(speculative, True, None)  # a bad mode fails before the model loads
     started = time.perf_counter()
     for name, value in (("threads", threads), ("context", context)):
         if value is not None and value < 1:
@@ -376,4 +414,6 @@ def load(
         artifact_reason=picked,
         context_reason=opened.context_reason,
     )
-    return Model(artifact, opened.backend, opened.tokenizer, info)
+    model = Model(artifact, opened.backend, opened.tokenizer, info)
+    model.speculative = speculative
+    return model

@@ -152,6 +152,20 @@ class Backend(ABC):
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token and return the logits for the next."""
 
+    # Whether verify() / rollback() work: speculative decoding (edgerun.speculative) uses them.
+    can_verify: bool = False
+    # Whether verify()'s logits equal decode()'s bit for bit (then "auto" speculates).
+    exact_verify: bool = False
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` in ONE forward pass and return the logits after each of them
+        ([len(ids), vocab], valid until the next call)."""
+        raise NotImplementedError(f"{self.name} cannot verify several tokens in one pass")
+
+    def rollback(self, length: int) -> None:
+        """Forget every position from `length` on (drafts the target rejected)."""
+        raise NotImplementedError(f"{self.name} cannot roll its KV cache back")
+
     def tokenizer(self) -> Tokenizer | None:
         """A tokenizer embedded in the model file (GGUF), or None."""
         return None

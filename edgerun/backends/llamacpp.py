@@ -89,6 +89,31 @@ class LlamaCppBackend(Backend):
         self.llm.eval([token_id])
         return self._logits()
 
+    can_verify = True
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        # Llama.eval() keeps only the last position's logits unless the whole context was
+        # opened with logits_all (a [n_ctx, vocab] array): one batch asking for every row.
+        llm, n = self.llm, len(ids)
+        if llm.n_tokens + n > llm.n_ctx() or n > llm.n_batch:
+            raise EdgerunError(
+                f"cannot verify {n} tokens after {llm.n_tokens} in a context of {llm.n_ctx()}",
+                "ask for fewer tokens",
+            )
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        llm._batch.set_batch(batch=list(ids), n_past=llm.n_tokens, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[llm.n_tokens : llm.n_tokens + n] = ids
+        llm.n_tokens += n
+        ptr = self._lib.llama_get_logits(llm.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n, self.vocab_size))
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.llm.n_tokens:
+            raise ValueError(f"cannot roll back to {length} of {self.llm.n_tokens} positions")
+        self.llm.n_tokens = length
+        self.llm._ctx.kv_cache_seq_rm(-1, length, -1)
+
     def _logits(self) -> np.ndarray:
         # llama.cpp may move its output buffer between decodes: fetch the pointer every time.
         ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)

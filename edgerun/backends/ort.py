@@ -82,6 +82,7 @@ class OrtBackend(Backend):
         gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.providers[:1])
         self._device = "cuda" if gpu else "cpu"
         self._binding = _Binding(ort, self.session, self._device)
+        self.can_verify = self._device == "cpu"  # rollback repacks the cache with numpy
         self._capacity = 0
         self._length = 0
         self._flip = 0
@@ -132,6 +133,10 @@ class OrtBackend(Backend):
             [make(size, self._kv_dtype, self._device, 0) for _ in self._past] for _ in range(sets)
         ]
         self._pointers = [[b.data_ptr() for b in bufs] for bufs in self._buffers]
+        if self.can_verify:  # numpy views of the same memory, for rollback's repacking
+            self._views = [
+                [_host_view(p, size[0], self._kv_dtype) for p in ptrs] for ptrs in self._pointers
+            ]
         self._mask = np.ones((1, cap), np.int64)
         self._mask_ptr = self._mask.ctypes.data
         self._capacity = cap
@@ -162,28 +167,53 @@ class OrtBackend(Backend):
         bind_input("attention_mask", b.cpu, 7, (1, past + new), self._mask_ptr)
 
     def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
-        n = len(ids)
-        self._reserve(max(total, n))
+        self._reserve(max(total, len(ids)))
         self._flip, self._length = 0, 0
+        return self._run_many(ids)[-1]
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        if self._length + len(ids) > self._capacity:
+            raise EdgerunError(
+                f"the KV cache is full ({self._capacity} positions)", "ask for fewer tokens"
+            )
+        return self._run_many(ids)
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot roll back to {length} of {self._length} positions")
+        if length < self._length and not self._shared:
+            # present was written as [heads, length_now, dim]: repack the kept rows (a copy)
+            # into the other buffer set, which then becomes the past.
+            src, dst = self._views[self._flip], self._views[1 - self._flip]
+            shape, keep = (self._kv_heads, -1, self._head_dim), length * self._head_dim
+            for a, b in zip(src, dst, strict=True):
+                old = a[: self._kv_heads * self._length * self._head_dim].reshape(shape)
+                b[: self._kv_heads * keep].reshape(shape)[:] = old[:, :length]
+            self._flip = 1 - self._flip
+        self._length = length  # the shared buffer: later writes overwrite what lies beyond
+
+    def _run_many(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` after the cached positions in one run; logits [n, vocab] for each."""
+        n, past = len(ids), self._length
         ids_arr = np.asarray(ids, np.int64).reshape(1, n)
-        pos_arr = np.arange(n, dtype=np.int64).reshape(1, n)
+        pos_arr = np.arange(past, past + n, dtype=np.int64).reshape(1, n)
         logits = np.empty((1, n, self.vocab_size), self._logits_dtype)
         b = self._binding
         b.bind_input("input_ids", b.cpu, 7, (1, n), ids_arr.ctypes.data)
         if self._has_positions:
             b.bind_input("position_ids", b.cpu, 7, (1, n), pos_arr.ctypes.data)
         b.bind_output("logits", b.cpu, self._logits_type, logits.shape, logits.ctypes.data)
-        self._bind_cache(0, n)
+        self._bind_cache(past, n)
         b.run()
         self._advance(n)
-        # From here on every step has one new token: bind the fixed-size decode arrays once.
+        # Every decode step has one new token: bind the fixed-size decode arrays again.
         b.bind_input("input_ids", b.cpu, 7, (1, 1), self._ids.ctypes.data)
         if self._has_positions:
             b.bind_input("position_ids", b.cpu, 7, (1, 1), self._pos.ctypes.data)
         b.bind_output(
             "logits", b.cpu, self._logits_type, self._logits.shape, self._logits.ctypes.data
         )
-        return logits[0, -1]
+        return logits[0]
 
     def decode(self, token_id: int) -> np.ndarray:
         past = self._length
@@ -206,6 +236,7 @@ class OrtBackend(Backend):
     def close(self) -> None:
         self._buffers = []
         self._pointers = []
+        self._views = []
         self._capacity = 0
         self.__dict__.pop("_binding", None)
         self.__dict__.pop("session", None)
@@ -233,6 +264,14 @@ class _Binding:
         # bound pybind methods, called without a Python wrapper in between
         self.bind_input, self.bind_output = raw.bind_input, raw.bind_output
         self.run = lambda: run(raw, None)
+
+
+def _host_view(pointer: int, size: int, dtype: Any) -> np.ndarray:
+    """A flat numpy view of `size` elements of host memory owned by an OrtValue."""
+    import ctypes
+
+    raw = (ctypes.c_byte * (size * np.dtype(dtype).itemsize)).from_address(pointer)
+    return np.frombuffer(raw, dtype)
 
 
 def _shared_buffer_graph(artifact: Artifact) -> bool:

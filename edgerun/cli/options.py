@@ -73,3 +73,14 @@ def workload_options(f: F) -> F:
 def echo_json(data: Any) -> None:
     """Print `data` as indented JSON on stdout."""
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def speculative_option(f: F) -> F:
+    """`--speculative auto|on|off`: prompt-lookup speculative decoding (edgerun.speculative)."""
+    return click.option(
+        "--speculative",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
+        metavar="MODE",
+        help="Prompt-lookup decoding: auto (greedy, exact kernels), on, off.",
+    )(f)

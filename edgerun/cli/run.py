@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from edgerun.cli.options import speculative_option
+
 
 def stats_line(info: Any, stats: Any) -> str:
     """backend, active providers, threads, profile, prefill and decode speed, TTFT, finish."""
@@ -21,6 +23,18 @@ def stats_line(info: Any, stats: Any) -> str:
         f" profile={info.profile_id}] prompt {stats.prompt_tokens} tok, prefill"
         f" {rate(stats.prefill_tok_s)}; generated {stats.generated_tokens} tok, decode"
         f" {rate(stats.decode_tok_s)}; ttft {ttft}; finish {stats.finish_reason}"
+        f"{_speculation(stats)}"
+    )
+
+
+def _speculation(stats: Any) -> str:
+    """'; prompt-lookup drafts accepted 40/52 (77%)' when the generation made drafts."""
+    if getattr(stats, "speculative", None) is None or not stats.draft_tokens:
+        return ""
+    rate = stats.acceptance_rate
+    share = f" ({rate:.0%})" if rate is not None else ""
+    return (
+        f"; {stats.speculative} drafts accepted {stats.accepted_tokens}/{stats.draft_tokens}{share}"
     )
 
 
@@ -72,6 +86,7 @@ def _read_prompt(prompt: str) -> str:
 @click.option(
     "--verify", is_flag=True, help="Hash every file of the artifact first (default: a quick check)."
 )
+@speculative_option
 def run(
     artifact: Path,
     prompt: str,
@@ -90,6 +105,7 @@ def run(
     truncate: str | None,
     ignore_eos: bool,
     verify: bool,
+    speculative: str,
 ) -> None:
     """Stream a completion of PROMPT from ARTIFACT, then one stats line on stderr.
 
@@ -119,6 +135,7 @@ def run(
         strict=strict,
         context=context,
         verify=verify,
+        speculative=speculative,
     ) as model:
         if model.info.artifact_reason:
             click.echo(f"picked {model.info.artifact_reason}", err=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgerun.cli.options import speculative_option
+
 
 @click.command()
 @click.argument("artifacts", nargs=-1, required=True)
@@ -49,6 +51,7 @@ import click
     show_default=True,
     help="Seconds running generations get to finish on Ctrl-C / SIGTERM.",
 )
+@speculative_option
 def serve(
     artifacts: tuple[str, ...],
     host: str,
@@ -62,6 +65,7 @@ def serve(
     threads: int | None,
     backend: str | None,
     drain_timeout: float,
+    speculative: str,
 ) -> None:
     """Serve ARTIFACTS over the OpenAI API: /v1/models, /v1/completions, /v1/chat/completions.
 
@@ -90,6 +94,7 @@ def serve(
             announce=lambda line: click.echo(line, err=True),
             threads=threads,
             backend=backend,
+            speculative=speculative,
         )
     except KeyboardInterrupt:
         # uvicorn has already drained; it re-raises the signal only so the caller can see it.

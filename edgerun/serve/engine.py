@@ -31,6 +31,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         r = self.registry = CollectorRegistry()
+        self._drafts: dict[str, list[int]] = {}  # model -> [proposed, accepted] draft tokens
         self.requests = Counter(
             "edgerun_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
         )
@@ -57,12 +58,38 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.draft_tokens = Counter(
+            "edgerun_draft_tokens", "Speculative draft tokens proposed", ["model"], registry=r
+        )
+        self.accepted_tokens = Counter(
+            "edgerun_draft_tokens_accepted",
+            "Speculative draft tokens the model accepted",
+            ["model"],
+            registry=r,
+        )
+        self.acceptance = Gauge(
+            "edgerun_draft_acceptance_ratio",
+            "Accepted over proposed draft tokens since the server started",
+            ["model"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "edgerun_time_to_first_token_seconds",
             "Model-side time to first token",
             ["model"],
             registry=r,
         )
+
+    def count_drafts(self, model: str, stats: dict[str, Any]) -> None:
+        """Add a generation's speculative draft counts (GenerationStats.to_json())."""
+        drafted = int(stats.get("draft_tokens") or 0)
+        if drafted:
+            self.draft_tokens.labels(model).inc(drafted)
+            self.accepted_tokens.labels(model).inc(int(stats.get("accepted_tokens") or 0))
+            totals = self._drafts.setdefault(model, [0, 0])
+            totals[0] += drafted
+            totals[1] += int(stats.get("accepted_tokens") or 0)
+            self.acceptance.labels(model).set(totals[1] / totals[0])
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -240,6 +267,7 @@ class Slot:
             m.ttft.labels(name).observe(outcome.stats["ttft_s"])
         if outcome.stats.get("decode_tok_s") is not None:
             m.decode_tok_s.labels(name).set(outcome.stats["decode_tok_s"])
+        m.count_drafts(name, outcome.stats)
 
     def shutdown(self) -> None:
         """Stop the worker thread (after its generation ends) and free the model."""

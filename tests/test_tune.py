@@ -246,3 +246,18 @@ def test_tune_end_to_end_through_the_bench_engine(artifact: Path) -> None:
     assert Path(data["profile"]).is_file()
     assert data["search"]["trials"] >= 2 and data["search"]["seconds"] <= 90 + 60
     assert data["default"]["reps"] >= 1 and data["default"]["decode_tok_s"]["n"] >= 1
+
+
+def test_forced_logits_match_greedy_decoding_and_the_gate_measures_no_drift(artifact: Path) -> None:
+    import edgerun
+    from edgerun.tune.fidelity import forced_logits, mean_kl
+
+    with edgerun.load(artifact, threads=1) as model:
+        prefix = model.tokenizer.encode("The quick brown fox")
+        tokens, greedy = model.decode_logits(prefix, 5)
+        forced = model.forced_logits(prefix + tokens[:-1], len(prefix))
+    np.testing.assert_allclose(forced, greedy, rtol=1e-4, atol=1e-4)
+    topology = Topology(cpus=[0], clusters=[[0]], one_per_core=[0])
+    arm = build_arm(artifact, "onnx-fp32", "onnxruntime", topology, 1)
+    basic = {**arm.default(), "graph_optimization_level": "ORT_ENABLE_BASIC"}
+    assert mean_kl(forced_logits(arm, arm.default()), forced_logits(arm, basic)) < 1e-6

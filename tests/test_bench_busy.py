@@ -18,25 +18,35 @@ from tests.bench_fake import make_artifact
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _proc(root: Path, busy: int, steal: int, idle: int, ours: int, load: float) -> None:
+def _proc(root: Path, busy: float, steal: float, idle: float, ours: float, load: float) -> None:
     """A fake /proc: 2 CPUs; `busy` user jiffies machine-wide, `ours` of them this process's."""
     (root / "proc/4242").mkdir(parents=True, exist_ok=True)
-    total = f"cpu  {busy} 0 0 {idle} 0 0 0 {steal} 0 0\n"
+    total = f"cpu  {busy:.0f} 0 0 {idle:.0f} 0 0 0 {steal:.0f} 0 0\n"
     (root / "proc/stat").write_text(total + "cpu0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0\n")
     (root / "proc/loadavg").write_text(f"{load} 0.5 0.5 1/100 4242\n")
-    fields = ["S"] + ["0"] * 10 + [str(ours), "0"] + ["0"] * 30
+    fields = ["S"] + ["0"] * 10 + [f"{ours:.0f}", "0"] + ["0"] * 30
     (root / "proc/4242/stat").write_text(f"4242 (python worker) {' '.join(fields)}\n")
 
 
-def test_other_processes_cpu_time_steal_and_load_make_a_window_busy(tmp_path: Path) -> None:
+def _window(root: Path, before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """The report of a BusyWindow over fake /proc states `before` and `after` (_proc's keywords)."""
     now = [100.0]
-    window = BusyWindow(lambda: [4242], root=tmp_path, clock=lambda: now[0])
-    _proc(tmp_path, busy=1000, steal=0, idle=5000, ours=200, load=0.4)
+    window = BusyWindow(lambda: [4242], root=root, clock=lambda: now[0])
+    _proc(root, **before)
     window.start()
-    # 2 s later: 300 busy jiffies (3 CPU-seconds), 100 of them ours; 10% of the time stolen
-    _proc(tmp_path, busy=1300, steal=40, idle=5060, ours=300, load=3.5)
-    now[0] += 2.0
-    report = window.stop(own_cores=1)
+    _proc(root, **after)
+    now[0] += seconds
+    return window.stop(own_cores=1)
+
+
+def test_other_processes_cpu_time_steal_and_load_make_a_window_busy(tmp_path: Path) -> None:
+    # 2 s: 300 busy jiffies (3 CPU-seconds), 100 of them ours; 10% of the time stolen
+    report = _window(
+        tmp_path,
+        {"busy": 1000, "steal": 0, "idle": 5000, "ours": 200, "load": 0.4},
+        {"busy": 1300, "steal": 40, "idle": 5060, "ours": 300, "load": 3.5},
+        2.0,
+    )
     assert report["others_cores"] == pytest.approx(1.0)  # 200 jiffies / 100 Hz / 2 s
     assert report["steal_share"] == pytest.approx(40 / 400)
     assert report["busy"] and report["disturbed"] and report["cpus"] == 2
@@ -49,13 +59,12 @@ def test_other_processes_cpu_time_steal_and_load_make_a_window_busy(tmp_path: Pa
 
 
 def test_a_quiet_window_is_not_busy_and_no_proc_is_not_measured(tmp_path: Path) -> None:
-    now = [0.0]
-    window = BusyWindow(lambda: [4242], root=tmp_path, clock=lambda: now[0])
-    _proc(tmp_path, busy=1000, steal=0, idle=5000, ours=200, load=0.2)
-    window.start()
-    _proc(tmp_path, busy=1105, steal=0, idle=5100, ours=300, load=0.9)
-    now[0] += 1.0
-    report = window.stop(own_cores=1)
+    report = _window(
+        tmp_path,
+        {"busy": 1000, "steal": 0, "idle": 5000, "ours": 200, "load": 0.2},
+        {"busy": 1105, "steal": 0, "idle": 5100, "ours": 300, "load": 0.9},
+        1.0,
+    )
     assert not report["busy"] and report["others_cores"] == pytest.approx(0.05)
     assert busy_warning(report) is None
     empty = BusyWindow(root=tmp_path / "nothing").start().stop()

@@ -36,7 +36,7 @@ MAX_REPS = 8
 KEEP_SHARE = 1 / 3
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: one object per configuration
 class Samples:
     """Every kept repetition of one configuration, over all its trials."""
 
@@ -128,7 +128,7 @@ class Search:
         default = self._candidate(self.space.arms[0], self.space.arms[0].default())
         assert default is not None  # the default never needs a fidelity check
         first = [c for arm in self.space.arms for c in self._singles(arm)]
-        self._measure_all([default, *first], FIRST_REPS)
+        self._measure_all([default, *(c for c in first if c is not default)], FIRST_REPS)
         combined = [c for arm in self.space.arms for c in self._combined(arm)]
         self._measure_all(combined, FIRST_REPS)
         self._halve(default)
@@ -147,6 +147,8 @@ class Search:
         if key in self.samples:
             return self.samples[key]
         if arm is not self.space.arms[0] or arm.output_key(config) != arm.output_key(arm.default()):
+            if not self._affordable():  # a fidelity check loads the model twice: budget it too
+                return None
             reason = self.fidelity(arm, config)
             if reason is not None:
                 self.refused.append({"arm": arm.name, "config": config, "reason": reason})
@@ -201,7 +203,6 @@ class Search:
             if sample.error is not None or not self._affordable():
                 continue
             started = self.clock()
-            self.progress(f"trial {self.trials + 1}: {sample.arm.name} {sample.config} x{reps}")
             try:
                 kept, discarded = self.measure(sample.arm, sample.config, reps)
             except Exception as exc:  # a setting the backend refuses is a result, not a crash
@@ -212,6 +213,21 @@ class Search:
             sample.trials += 1
             self.trials += 1
             self._trial_s.append(self.clock() - started)
+            self._report(sample, reps, discarded)
+
+    def _report(self, sample: Samples, reps: int, discarded: int) -> None:
+        score = sample.score(self.objective)
+        metric = OBJECTIVES[self.objective][0]
+        result = sample.error or (
+            f"{metric} {abs(score):.4g} (median of {len(sample.reps)})"
+            if score is not None
+            else "no rep kept"
+        )
+        busy = f", {discarded} busy reps redone" if discarded else ""
+        settings = " ".join(f"{k}={v}" for k, v in sample.config.items())
+        self.progress(
+            f"trial {self.trials} (+{reps} reps{busy}): {sample.arm.name} {settings}: {result}"
+        )
 
     def _halve(self, default: Samples) -> None:
         """Keep the best third (and the default), double their repetitions, until one is left

@@ -3,9 +3,9 @@
 Each trial starts a bench worker (edgerun.bench.worker: the model alone in its own process, as
 `edgerun bench` runs it), loads the artifact with the configuration's backend, options, threads
 and CPU affinity, warms up once, and times `reps` generations. A repetition during which the
-machine's load changed (edgerun.bench.busy: other processes' CPU time moved away from the level
-measured before the search, or the hypervisor stole time) is discarded and redone, up to as
-many extra repetitions again.
+machine got busier (edgerun.bench.busy: other processes' CPU time rose above the level measured
+before the search, or the hypervisor stole time) is discarded and redone, up to as many extra
+repetitions again.
 
 A steady background load is part of the machine being tuned (a phone's other apps, the study's
 pinned load); a burst that comes and goes disturbs one trial, and that trial is not evidence.
@@ -34,13 +34,14 @@ def background_load(seconds: float = 2.0) -> float:
 
 
 def disturbed(report: dict[str, Any], baseline: float) -> bool:
-    """Whether a repetition's busy report differs from the steady background load."""
+    """Whether other processes took more CPU during a repetition than the steady background
+    load did before the search, or the hypervisor stole time. Less than the baseline is not a
+    disturbance: on a busy machine our own threads take their share from the others."""
     others = report.get("others_cores")
     if others is None:
         return False
     return bool(
-        abs(others - baseline) > OTHERS_CORES_LIMIT
-        or (report.get("steal_share") or 0.0) > STEAL_LIMIT
+        others - baseline > OTHERS_CORES_LIMIT or (report.get("steal_share") or 0.0) > STEAL_LIMIT
     )
 
 

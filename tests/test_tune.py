@@ -263,3 +263,20 @@ def test_forced_logits_match_greedy_decoding_and_the_gate_measures_no_drift(arti
     arm = build_arm(artifact, "onnx-fp32", "onnxruntime", topology, 1)
     basic = {**arm.default(), "graph_optimization_level": "ORT_ENABLE_BASIC"}
     assert mean_kl(forced_logits(arm, arm.default()), forced_logits(arm, basic)) < 1e-6
+
+
+def test_profile_affinity_is_checked_and_an_impossible_pin_is_a_warning() -> None:
+    import os
+
+    from edgerun.backends.affinity import pin_cpus
+    from edgerun.profile import parse_profile
+
+    text = 'id = "x"\nname = "x"\ndescription = "x"\naffinity = [0, 9999]\n[match]\narch = ["x86_64"]\n[[backends]]\nname = "llamacpp"\n'
+    with pytest.raises(
+        EdgerunError, match=r"line 4: affinity\[1\]: must be a CPU number in 0..4095"
+    ):
+        parse_profile(text, "p.toml")
+    before = os.sched_getaffinity(0)
+    warning = pin_cpus([4095])
+    assert warning is not None and "running unpinned" in warning
+    assert os.sched_getaffinity(0) == before

@@ -149,13 +149,22 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
 @click.option("--prompt-tokens", default=32, show_default=True)
 @click.option("--gen-tokens", default=48, show_default=True)
 @click.option("--conditions", default="idle,loaded", show_default=True)
+@click.option(
+    "--from", "exported", type=click.Path(path_type=Path), help="An export directory to use."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Results file (default: benchmarks/results/)."
+)
 def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
-         gen_tokens: int, conditions: str) -> None:  # fmt: skip
+         gen_tokens: int, conditions: str, exported: Path | None, out: Path | None) -> None:  # fmt: skip
     """Tune vs an exhaustive sweep, per artifact and condition; results JSON."""
-    from edgerun.sources import resolve
+    if exported is not None:
+        artifacts = {f: exported / f for f in formats.split(",")}
+    else:
+        from edgerun.sources import resolve
 
-    checkpoint = resolve(model, progress=False).path
-    artifacts = export(Path(checkpoint), work_dir() / "tune" / model, formats.split(","))
+        checkpoint = resolve(model, progress=False).path
+        artifacts = export(Path(checkpoint), work_dir() / "tune" / model, formats.split(","))
     results: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.describe(),
@@ -163,7 +172,7 @@ def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
         "workload": {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens},
         "cases": [],
     }  # fmt: skip
-    path = RESULTS / f"tune-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path = out or RESULTS / f"tune-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     for condition in conditions.split(","):
         hog = subprocess.Popen([PY, "-c", HOG]) if condition == "loaded" else None
         try:

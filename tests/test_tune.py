@@ -131,6 +131,18 @@ def test_a_setting_that_fails_fidelity_is_never_measured_nor_chosen(tmp_path: Pa
     (kv_check,) = [c for c in gate.checks if c["config"]["kv_cache"] == "q8_0"]
     assert kv_check["kl"] <= kv_check["bound"] == pytest.approx(0.01)
 
+    def cannot_load(arm: Arm, config: Config) -> np.ndarray:
+        if config["kv_cache"] == "q8_0":
+            raise EdgerunError("llama.cpp cannot load it: Failed to create llama_context")
+        return reference
+
+    strict = FidelityGate(0.1, arm, cannot_load)  # a setting that cannot load is refused
+    reason = strict(arm, {**arm.default(), "kv_cache": "q8_0"})
+    assert (
+        reason
+        == "cannot run with these settings: llama.cpp cannot load it: Failed to create llama_context"
+    )
+
 
 def test_the_budget_is_honoured(tmp_path: Path) -> None:
     now = [0.0]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerun.errors import EdgerunError
 from edgerun.tune.space import Arm, Config, threads_and_cpus
 
 DRIFT_SHARE = 0.1
@@ -85,9 +86,13 @@ class FidelityGate:
         ref = self.default_arm if same and self.default_arm is not None else arm
         if ref is arm and arm.output_key(config) == arm.output_key(arm.default()):
             return None
-        if ref.name not in self._reference:
-            self._reference[ref.name] = self.logits(ref, ref.default())
-        drift = mean_kl(self._reference[ref.name], self.logits(arm, config))
+        try:
+            if ref.name not in self._reference:
+                self._reference[ref.name] = self.logits(ref, ref.default())
+            drift = mean_kl(self._reference[ref.name], self.logits(arm, config))
+        except EdgerunError as exc:  # e.g. a KV cache type this build or model cannot use
+            self.checks.append({"arm": arm.name, "config": config, "error": exc.message})
+            return f"cannot run with these settings: {exc.message}"
         bound = drift_bound(arm.mean_kl)
         self.checks.append({"arm": arm.name, "config": config, "kl": drift, "bound": bound})
         if drift > bound:

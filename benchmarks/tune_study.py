@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -172,6 +173,7 @@ def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
         "workload": {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens},
         "cases": [],
     }  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the load process is killed
     path = out or RESULTS / f"tune-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     for condition in conditions.split(","):
         hog = subprocess.Popen([PY, "-c", HOG]) if condition == "loaded" else None

@@ -292,3 +292,25 @@ def test_profile_affinity_is_checked_and_an_impossible_pin_is_a_warning() -> Non
     warning = pin_cpus([4095])
     assert warning is not None and "running unpinned" in warning
     assert os.sched_getaffinity(0) == before
+
+
+def test_the_default_is_measured_first_and_slow_fidelity_checks_count_against_the_budget(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2)
+
+    def slow_check(arm: Arm, config: Config) -> str | None:
+        now[0] += 50.0  # loading the model twice on a slow board
+        return None
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        now[0] += 10.0
+        return [{"decode_tok_s": 10.0}] * reps, 0
+
+    outcome = Search(
+        Space([arm], topology), measure, slow_check, budget_s=100, clock=lambda: now[0]
+    ).run()
+    assert outcome.default.reps and outcome.stopped == "budget"
+    assert now[0] <= 100

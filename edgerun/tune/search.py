@@ -127,8 +127,9 @@ class Search:
         self._started = self.clock()
         default = self._candidate(self.space.arms[0], self.space.arms[0].default())
         assert default is not None  # the default never needs a fidelity check
+        self._measure_all([default], FIRST_REPS)  # before any fidelity check: always measured
         first = [c for arm in self.space.arms for c in self._singles(arm)]
-        self._measure_all([default, *(c for c in first if c is not default)], FIRST_REPS)
+        self._measure_all([c for c in first if c is not default], FIRST_REPS)
         combined = [c for arm in self.space.arms for c in self._combined(arm)]
         self._measure_all(combined, FIRST_REPS)
         self._halve(default)
@@ -149,7 +150,9 @@ class Search:
         if arm is not self.space.arms[0] or arm.output_key(config) != arm.output_key(arm.default()):
             if not self._affordable():  # a fidelity check loads the model twice: budget it too
                 return None
+            started = self.clock()
             reason = self.fidelity(arm, config)
+            self._trial_s.append(self.clock() - started)  # judged like a trial by _affordable
             if reason is not None:
                 self.refused.append({"arm": arm.name, "config": config, "reason": reason})
                 self.progress(f"refused {arm.name} {config}: {reason}")

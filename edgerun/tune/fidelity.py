@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.errors import EdgerunError
-from edgerun.tune.space import Arm, Config, threads_and_cpus
+from edgerun.tune.space import Arm, Config
 
 DRIFT_SHARE = 0.1
 DRIFT_FLOOR = 0.002
@@ -52,8 +52,10 @@ def forced_logits(arm: Arm, config: Config) -> np.ndarray:
     from edgerun.exporters.reference import read_eval_text
 
     options = arm.options(config)
-    threads, _ = threads_and_cpus(config, {})
-    with edgerun.load(arm.artifact, backend=arm.backend, threads=threads, **options) as model:
+    # One thread: the outputs do not depend on the thread count (each output row is one
+    # thread's), and one thread never fights a contended machine (2 llama.cpp threads under
+    # load decoded 0.3 tok/s, making a check take minutes).
+    with edgerun.load(arm.artifact, backend=arm.backend, threads=1, **options) as model:
         ids = model.tokenizer.encode(read_eval_text(None))[: PREFIX_TOKENS + SCORED_TOKENS]
         return model.forced_logits(ids, PREFIX_TOKENS)
 

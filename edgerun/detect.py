@@ -33,6 +33,8 @@ WEIGHTS = {
     "gpus": 8,
     "device_tree": 10,
     "jetson": 10,
+    # a profile `edgerun tune` measured on this very machine beats any hand-written one
+    "tuned": 50,
 }
 
 
@@ -123,6 +125,17 @@ def _providers(rules: MatchRules, facts: MachineFacts) -> _Hit:
     return WEIGHTS["providers"], f"onnxruntime has {', '.join(rules.providers)}"
 
 
+def _tuned(profile: Profile, facts: MachineFacts) -> _Hit:
+    """A tuned profile holds on the machine it was tuned on: same CPU model and core count."""
+    tuned = profile.tuned
+    if not tuned:
+        return None
+    machine = (str(tuned.get("cpu_model", "")), tuned.get("physical_cores"))
+    if machine != (facts.cpu_model, facts.physical_cores):
+        raise _Mismatch(f"tuned on another machine ({machine[0] or '?'}, {machine[1]} cores)")
+    return WEIGHTS["tuned"], f"tuned on this machine ({tuned.get('date', '?')}, edgerun tune)"
+
+
 # Checked in this order: the first rule that fails is the reason a profile is ruled out.
 RULES = (_arch, _os, _jetson, _cpu_flags, _cpu_model, _device_tree, _gpus, _providers)
 
@@ -141,6 +154,18 @@ def score_profile(rules: MatchRules, facts: MachineFacts) -> tuple[int, list[str
     return score, reasons
 
 
+def _score(profile: Profile, facts: MachineFacts) -> tuple[int, list[str]] | str:
+    """score_profile on the match rules, then the tuned-on-this-machine rule."""
+    result = score_profile(profile.match, facts)
+    if isinstance(result, str):
+        return result
+    try:
+        hit = _tuned(profile, facts)
+    except _Mismatch as exc:
+        return str(exc)
+    return result if hit is None else (result[0] + hit[0], [*result[1], hit[1]])
+
+
 def detect(facts: MachineFacts | None = None, profiles: list[Profile] | None = None) -> Detection:
     """Score `profiles` (default: all) against `facts` (default: this machine); the highest
     score wins, ties going to the id that sorts first. No match: EdgerunError."""
@@ -149,7 +174,7 @@ def detect(facts: MachineFacts | None = None, profiles: list[Profile] | None = N
     ranking: list[tuple[Profile, int, list[str]]] = []
     rejected: list[tuple[Profile, str]] = []
     for profile in profiles:
-        result = score_profile(profile.match, facts)
+        result = _score(profile, facts)
         if isinstance(result, str):
             rejected.append((profile, result))
         else:

@@ -18,6 +18,8 @@ A profile file (see profiles/*.toml for complete ones)::
     memory_budget_mb = 3000          # or "auto": memory_fraction (0.8) of the RAM
     power_meter = "auto"             # auto|rapl|nvml|jetson|rpi5|battery|none|cmd:COMMAND
     requires_cpu_features = ["asimddp"]  # /proc/cpuinfo flags its choices assume: run warns
+    affinity = [4, 5, 6, 7]          # pin the runtime's threads to these CPUs (edgerun tune)
+    [tuned]                          # written by `edgerun tune`: the machine it was tuned on
     [export]                         # export defaults: block_size, accuracy_level, symmetric, builder
     [match]                          # see MatchRules; arch is required
     arch = ["aarch64"]
@@ -115,6 +117,8 @@ PROFILE_SCHEMA = Table(
         "memory_fraction": float,
         "power_meter": str,
         "requires_cpu_features": _STR_LIST,
+        "affinity": ListOf(int),
+        "tuned": Options(),
         "match": MATCH_SCHEMA,
         "backends": ListOf(BACKEND_SCHEMA),
     },
@@ -164,7 +168,9 @@ class Profile:
     """A validated device profile. threads None: physical cores; memory_budget_mb None: a share
     (memory_fraction) of the machine's RAM; backends in order of preference;
     requires_cpu_features: the /proc/cpuinfo flags its choices (formats, int4 accuracy level)
-    assume, which `edgerun run` warns about when the machine lacks them."""
+    assume, which `edgerun run` warns about when the machine lacks them; affinity: CPUs the
+    runtime's threads are pinned to (empty: not pinned); tuned: set by `edgerun tune`, the
+    machine it was measured on and a summary of why (edgerun.tune.profile_write)."""
 
     id: str
     name: str
@@ -178,6 +184,8 @@ class Profile:
     memory_fraction: float = DEFAULT_MEMORY_FRACTION
     power_meter: str = "auto"
     requires_cpu_features: list[str] = field(default_factory=list)
+    affinity: list[int] = field(default_factory=list)
+    tuned: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     def backend(self, name: str) -> BackendPref | None:
@@ -229,6 +237,8 @@ def _build(data: dict[str, Any], source: str) -> Profile:
         memory_fraction=float(data.get("memory_fraction", DEFAULT_MEMORY_FRACTION)),
         power_meter=data.get("power_meter", "auto"),
         requires_cpu_features=list(data.get("requires_cpu_features", [])),
+        affinity=list(data.get("affinity", [])),
+        tuned=dict(data.get("tuned", {})),
         source=source,
     )
 
@@ -249,6 +259,9 @@ def parse_profile(text: str, source: str) -> Profile:
 
 def _check_values(data: dict[str, Any]) -> None:
     """Rules beyond types: positive numbers, a non-empty backend list."""
+    for i, cpu in enumerate(data.get("affinity", [])):
+        if not 0 <= cpu < 4096:
+            raise SchemaError(("affinity", i), f"must be a CPU number in 0..4095, got {cpu}")
     for key, most in (("threads", 4096), ("memory_budget_mb", 1 << 30)):
         if isinstance(data.get(key), int) and data[key] < 1:
             raise SchemaError((key,), f"must be at least 1, got {data[key]}")

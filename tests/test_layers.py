@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("edgerun.model", "edgerun"),
     ("edgerun.bench",),
     ("edgerun.exporters",),
+    ("edgerun.tune",),
     ("edgerun.serve", "edgerun.lab"),
     ("edgerun.cli", "edgerun.__main__"),
 )  # fmt: skip

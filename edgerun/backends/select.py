@@ -177,6 +177,11 @@ def open_backend(
             f"context must be at least 1, got {settings.context}", "pass a positive context"
         )
     checked = _check_memory(artifact, profile, settings)
+    if profile is not None and profile.affinity and not threads:
+        from edgerun.backends.affinity import pin_cpus
+
+        pinned = pin_cpus(profile.affinity)
+        warnings += [pinned] if pinned else []
     backend = cls(artifact, settings)
     try:
         if not checked:  # no config.json (bare GGUF): ask the loaded model

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgerun.bench.busy import BusyWindow
 from edgerun.bench.metrics import rep_metrics, summarize_artifact
 from edgerun.bench.worker import DEFAULT_LOADER
 from edgerun.bench.workload import Workload
@@ -195,7 +196,11 @@ class Drive:
         return WorkerProcess(Path(entry["path"]), self.env, log, self.timeout_s)
 
 
-def _load(worker: WorkerProcess, workload: Workload, loader: str) -> dict[str, Any]:
+def load_worker(
+    worker: WorkerProcess, workload: Workload, loader: str, **extra: Any
+) -> dict[str, Any]:
+    """Load the worker's artifact under `workload` (extra: the request's "options" and
+    "affinity", see edgerun.bench.worker); returns the load facts a result entry records."""
     reply = worker.call(
         op="load",
         path=str(worker.artifact),
@@ -203,6 +208,7 @@ def _load(worker: WorkerProcess, workload: Workload, loader: str) -> dict[str, A
         threads=workload.threads,
         context=workload.ctx,
         loader=loader,
+        **extra,
     )
     workload.check_context(reply.get("context_length"), str(worker.artifact))
     info = reply.get("info") or {}
@@ -261,10 +267,12 @@ def run_entries(
     step = progress or (lambda _msg: None)
     live: list[tuple[dict[str, Any], WorkerProcess]] = []
     order: list[list[int]] = []
+    window = BusyWindow(lambda: [os.getpid(), *(w.proc.pid for _, w in live)])
     try:
         energy.start()
         step("idle baseline")
         energy.measure_idle(idle_seconds)
+        window.start()
         for entry in entries:
             entry["reps"] = []
             step(f"load {entry['name']}")
@@ -281,9 +289,12 @@ def run_entries(
                 try:
                     for prompt in workload.prompt_tokens:
                         step(f"rep {rep + 1}/{workload.reps} {entry['name']} p{prompt}")
-                        entry["reps"].append(_measure(worker, workload, prompt, energy, rep, drive))
+                        cores = entry.get("threads") or 1
+                        row = _measure(worker, workload, prompt, energy, rep, drive, cores)
+                        entry["reps"].append(row)
                 except EdgerunError as exc:
                     _drop(drive, entry, exc)
+        busy = window.stop(own_cores=max((e.get("threads") or 1 for e in entries), default=1))
     finally:
         for _, worker in live:
             worker.close()
@@ -295,6 +306,7 @@ def run_entries(
         "power": energy.header(),
         "order": order,
         "artifacts": entries,
+        "busy": busy,
     }
 
 
@@ -308,7 +320,7 @@ def _drop(drive: Drive, entry: dict[str, Any], exc: EdgerunError) -> None:
 def _load_and_warm(
     entry: dict[str, Any], worker: WorkerProcess, workload: Workload, drive: Drive, step: Progress
 ) -> None:
-    entry.update(_load(worker, workload, entry.get("loader", drive.loader)))
+    entry.update(load_worker(worker, workload, entry.get("loader", drive.loader)))
     for _ in range(workload.warmup):
         for prompt in workload.prompt_tokens:
             step(f"warmup {entry['name']} p{prompt}")
@@ -322,9 +334,12 @@ def _measure(
     energy: EnergyAccount,
     rep: int,
     drive: Drive,
+    own_cores: int = 1,
 ) -> dict[str, Any]:
+    window = BusyWindow(lambda: [os.getpid(), worker.proc.pid]).start()
     reply = drive.generate(worker, workload, prompt)
     row = _one_rep(reply, prompt, energy, rep)
+    row["busy"] = window.stop(own_cores)
     if drive.tokens:
         row["tokens"] = reply["tokens"]
     return row

@@ -16,6 +16,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from edgerun.bench.busy import busy_warning
 from edgerun.bench.results import cell, unsteady
 
 #: The terminal's columns, most wanted first: what does not fit the terminal is left out from the
@@ -173,6 +174,10 @@ def print_rows(
         console.print(Text(note), highlight=False, soft_wrap=True)
     if shaky:
         console.print(Text("(unsteady: the machine was busy or the run unstable; re-run it idle)"))
+    for run in runs:
+        warning = busy_warning(run.get("busy"), f"run {run.get('id') or ''}".strip())
+        if warning:
+            console.print(Text(f"warning: {warning}"), highlight=False, soft_wrap=True)
     if any(row.get(f"{k}_overlap") for row in rows for k, _ in shown):
         console.print(Text("≈: the two rows' ranges over their repetitions overlap: may be noise"))
 

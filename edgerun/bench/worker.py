@@ -8,7 +8,7 @@ protocol: the original stdout is kept for it and fd 1 is pointed at stderr.
 
 Requests and replies (one JSON object per line)::
 
-    {"op": "load", "path", "profile", "threads", "context", "loader"}  -> {"ok", "load_s", "info", "context_length", "memory"}
+    {"op": "load", "path", "profile", "threads", "context", "loader"[, "options", "affinity"]}  -> {"ok", "load_s", "info", "context_length", "memory"}
     {"op": "run", "prompt_tokens", "gen_tokens", "seed"[, "ids"]}  -> {"ok", "t_start", "token_times", "tokens", "memory"}
     {"op": "quit"}
     failures                                               -> {"ok": false, "error", "hint", "traceback"}
@@ -42,6 +42,13 @@ class Worker:
         module, attr = req.get("loader", DEFAULT_LOADER).split(":")
         loader = getattr(importlib.import_module(module), attr)
         options = {k: req[k] for k in ("threads", "context") if req.get(k) is not None}
+        options.update(req.get("options") or {})  # backend and its options (edgerun tune)
+        if req.get("affinity"):
+            from edgerun.backends.affinity import pin_cpus
+
+            warning = pin_cpus(req["affinity"])
+            if warning:
+                raise RuntimeError(warning)
         t0 = time.perf_counter()
         self.model = loader(req["path"], profile=req.get("profile"), **options)
         load_s = time.perf_counter() - t0

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "profiles": "edgerun.cli.profiles:profiles",
     "serve": "edgerun.cli.serve:serve",
     "lab": "edgerun.cli.lab:lab",
+    "tune": "edgerun.cli.tune:tune",
     "list": "edgerun.cli.cache:list_models",
     "rm": "edgerun.cli.cache:rm",
 }

@@ -82,6 +82,12 @@ def render_profile(p: Profile) -> list[str]:
             )
     if p.export:
         lines.append(f"  export options: {_kv(p.export)}")
+    if p.affinity:
+        lines.append(f"  affinity: CPUs {', '.join(map(str, p.affinity))}")
+    if p.tuned:
+        from edgerun.tune.profile_write import why_lines
+
+        lines += [f"  {line}" for line in why_lines(p)]
     return lines
 
 

@@ -1,0 +1,213 @@
+"""``python -m benchmarks.tune_study``: does `edgerun tune` find what an exhaustive sweep finds,
+at a fraction of its trials, within its budget? (issue 25)
+
+For each artifact (SmolLM2-135M onnx-int4 and gguf-q4_k_m, exported once under
+benchmarks/work/tune/) and each condition (idle; a synthetic background load: one busy process
+pinned to CPU 0), in one run:
+
+1. `edgerun tune`'s search (edgerun.tune.tune, nothing written) with its budget: its winner,
+   trials, distinct configurations measured, refusals and wall time;
+2. an exhaustive sweep of the same space, every configuration measured by the same bench-engine
+   trials with the same repetitions, skipping configurations the same fidelity gate refuses;
+3. the ratios: the tuned configuration's decode tok/s over the sweep's best (both as measured
+   in the sweep), the search's configurations over the sweep's, default vs tuned (sweep).
+
+Results: benchmarks/results/tune-<time>.json; the machine's load average is recorded at the
+start and end of every case (this machine may be shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from benchmarks import RESULTS, machine, work_dir
+
+PY = sys.executable
+HOG = "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"
+
+
+def export(checkpoint: Path, out: Path, formats: list[str]) -> dict[str, Path]:
+    """The study's artifacts, exported once (validated: the fidelity gate reads their KL)."""
+    missing = [f for f in formats if not (out / f / "edgerun.json").is_file()]
+    if missing:
+        cmd = [
+            PY,
+            "-m",
+            "edgerun",
+            "export",
+            str(checkpoint),
+            "-f",
+            ",".join(missing),
+            "-o",
+            str(out),
+        ]
+        subprocess.run(cmd, check=True)
+    return {f: out / f for f in formats}
+
+
+def _decode(samples: Any) -> dict[str, Any] | None:
+    from edgerun.bench.metrics import stats
+
+    return stats(list(samples.values("decode_tok_s")))
+
+
+def sweep(space: Any, measure: Any, gate: Any, reps: int) -> list[dict[str, Any]]:
+    """Every eligible configuration of `space`, measured with `reps` repetitions."""
+    from edgerun.tune.search import Samples
+
+    rows = []
+    for arm in space.arms:
+        for config in arm.every():
+            first = arm is space.arms[0]
+            if not first or arm.output_key(config) != arm.output_key(arm.default()):
+                reason = gate(arm, config)
+                if reason is not None:
+                    rows.append({"arm": arm.name, "config": config, "refused": reason})
+                    continue
+            sample = Samples(arm, config)
+            try:
+                sample.reps, sample.discarded = measure(arm, config, reps)
+            except Exception as exc:  # a configuration the backend refuses is a result
+                sample.error = str(exc)
+            rows.append({"arm": arm.name, "config": config, "decode": _decode(sample),
+                         "discarded_busy": sample.discarded, "error": sample.error})  # fmt: skip
+    return rows
+
+
+def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]) -> dict[str, Any]:
+    """Tune, then sweep, one artifact under the current condition."""
+    import edgerun.tune
+    from edgerun.backends.select import resolve_profile
+    from edgerun.tune import _bench_trials, _plan
+    from edgerun.tune.fidelity import FidelityGate
+    from edgerun.tune.result import describe_config
+
+    base, _ = resolve_profile(None)
+    assert base is not None
+    space = _plan(artifact, base, base.threads)
+    measure, baseline = _bench_trials(space, base, *tokens)
+    gate = FidelityGate(space.arms[0].mean_kl, space.arms[0])
+    load_start = os.getloadavg()
+    started = time.monotonic()
+    result = edgerun.tune.tune(artifact, base.id, budget_s=budget_s, write=False, space=space,
+                               measure=measure, fidelity=gate,
+                               progress=lambda m: click.echo(f"  tune: {m}", err=True))  # fmt: skip
+    tune_wall = time.monotonic() - started
+    out = result.outcome
+    click.echo(f"  tuned in {tune_wall:.0f} s: {describe_config(out.winner)}; sweeping", err=True)
+    rows = sweep(space, measure, gate, reps)
+    measured = [r for r in rows if r.get("decode")]
+    best = max(measured, key=lambda r: r["decode"]["median"])
+
+    def row_of(config: dict[str, Any], arm: str) -> dict[str, Any]:
+        return next(r for r in measured if r["config"] == config and r["arm"] == arm)
+
+    tuned = row_of(out.winner.config, out.winner.arm.name)
+    default = row_of(out.default.config, out.default.arm.name)
+    return {
+        "artifact": str(artifact),
+        "background_load_cores": baseline,
+        "load_avg_start": load_start,
+        "load_avg_end": os.getloadavg(),
+        "tune": {
+            "wall_s": tune_wall,
+            "trials": out.trials,
+            "configs": len(out.measured),
+            "stopped": out.stopped,
+            "winner": out.winner.to_json(),
+            "default": out.default.to_json(),
+            "refused": out.refused,
+        },  # fmt: skip
+        "sweep": {"configs": len(measured), "space": space.size(), "rows": rows},
+        "sweep_best": best,
+        "ratios": {
+            "tuned_over_best": tuned["decode"]["median"] / best["decode"]["median"],
+            "tuned_over_default": tuned["decode"]["median"] / default["decode"]["median"],
+            "search_configs_over_sweep": len(out.measured) / max(len(measured), 1),
+        },
+        "sweep_tuned": tuned,
+        "sweep_default": default,
+    }
+
+
+@click.command()
+@click.option(
+    "--model", default="smollm2-135m", show_default=True, help="What `edgerun pull` accepts."
+)
+@click.option("--formats", default="onnx-int4,gguf-q4_k_m", show_default=True)
+@click.option("--budget", default=600.0, show_default=True, help="Tune budget per case, seconds.")
+@click.option("--reps", default=3, show_default=True, help="Sweep repetitions per configuration.")
+@click.option("--prompt-tokens", default=32, show_default=True)
+@click.option("--gen-tokens", default=48, show_default=True)
+@click.option("--conditions", default="idle,loaded", show_default=True)
+@click.option(
+    "--from", "exported", type=click.Path(path_type=Path), help="An export directory to use."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Results file (default: benchmarks/results/)."
+)
+def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
+         gen_tokens: int, conditions: str, exported: Path | None, out: Path | None) -> None:  # fmt: skip
+    """Tune vs an exhaustive sweep, per artifact and condition; results JSON."""
+    if exported is not None:
+        artifacts = {f: exported / f for f in formats.split(",")}
+    else:
+        from edgerun.sources import resolve
+
+        checkpoint = resolve(model, progress=False).path
+        artifacts = export(Path(checkpoint), work_dir() / "tune" / model, formats.split(","))
+    results: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.describe(),
+        "model": model, "budget_s": budget, "sweep_reps": reps,
+        "workload": {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens},
+        "cases": [],
+    }  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the load process is killed
+    path = out or RESULTS / f"tune-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    for condition in conditions.split(","):
+        hog = subprocess.Popen([PY, "-c", HOG]) if condition == "loaded" else None
+        try:
+            for fmt, artifact in artifacts.items():
+                click.echo(f"{fmt} ({condition})", err=True)
+                case = one_case(artifact, budget, reps, (prompt_tokens, gen_tokens))
+                results["cases"].append({"format": fmt, "condition": condition, **case})
+                path.write_text(json.dumps(results, indent=1, default=str))  # nothing lost
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+    click.echo(summary(results))
+    click.echo(f"results: {path}")
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The Markdown table of the study."""
+    lines = [
+        "| artifact | condition | default tok/s | tuned tok/s | sweep best tok/s | tuned/best |"
+        " configs (tune/sweep) | tune wall | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["cases"]:
+        d, t, b = (c[k]["decode"] for k in ("sweep_default", "sweep_tuned", "sweep_best"))
+        lines.append(
+            f"| {c['format']} | {c['condition']} | {d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})"
+            f" | {t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | {b['median']:.1f}"
+            f" | {c['ratios']['tuned_over_best']:.3f} | {c['tune']['configs']}/{c['sweep']['configs']}"
+            f" | {c['tune']['wall_s']:.0f} s | {c['load_avg_start'][0]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

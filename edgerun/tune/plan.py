@@ -1,0 +1,85 @@
+"""From what the user passed (an artifact or an export directory) and a device profile to the
+search space: which artifacts, on which installed backends, with which dimensions, the default
+(what `edgerun run` picks today) first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgerun.backends.base import Artifact, resolve_artifact
+from edgerun.errors import EdgerunError
+from edgerun.manifest import MANIFEST_NAME
+from edgerun.profile import Profile
+from edgerun.tune.space import Arm, Space, build_arm
+from edgerun.tune.topology import Topology
+
+
+def candidate_artifacts(path: Path) -> list[Path]:
+    """`path` itself when it is an artifact (or a bare model file); else every artifact of the
+    export directory whose validation passed (a failed one is never a candidate)."""
+    from edgerun.manifest import read_manifest
+
+    if path.is_file() or (path / MANIFEST_NAME).is_file():
+        return [path]
+    found = []
+    for sub in sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file()):
+        try:
+            validation = read_manifest(sub).get("validation") or {}
+        except EdgerunError:
+            continue
+        if validation.get("passed", True):
+            found.append(sub)
+    if not found:
+        raise EdgerunError(
+            f"{path} holds no artifact that passed validation",
+            "pass an artifact directory, a .gguf / .onnx file, or an export directory",
+        )
+    return found
+
+
+def _mean_kl(artifact: Artifact) -> float | None:
+    value = (artifact.manifest.get("validation") or {}).get("mean_kl")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _backends(artifact: Artifact, profile: Profile | None) -> list[str]:
+    """Installed backends that run `artifact`, the profile's order first."""
+    from edgerun.backends.registry import backends_for, is_installed
+
+    able = [cls.name for cls in backends_for(artifact) if is_installed(cls)]
+    order = [b.name for b in profile.backends] if profile else []
+    return sorted(able, key=lambda n: order.index(n) if n in order else len(order))
+
+
+def plan_space(
+    path: Path, profile: Profile | None, topology: Topology, default_threads: int
+) -> Space:
+    """The space for `path`: one arm per (candidate artifact, installed backend). The first arm
+    is what the runtime picks without tuning: the profile's preferred format of an export
+    directory and the profile's first backend that runs it."""
+    from edgerun.backends.select import pick_from_export_dir
+
+    chosen, _why = pick_from_export_dir(path, profile.id if profile else None)
+    arms: list[Arm] = []
+    for candidate in candidate_artifacts(path):
+        artifact = resolve_artifact(candidate)
+        for backend in _backends(artifact, profile):
+            arm = build_arm(
+                candidate, artifact.format or candidate.name, backend, topology,
+                default_threads, _mean_kl(artifact),
+            )  # fmt: skip
+            arms.append(arm)
+    if not arms:
+        raise EdgerunError(f"no installed backend runs {path}", "pip install 'edgerun[all]'")
+    first = next((a for a in arms if Path(a.artifact) == Path(chosen)), arms[0])
+    arms.remove(first)
+    return Space([first, *arms], topology, topology.affinity_choices())
+
+
+def context_note(path: Path, profile: Profile | None) -> dict[str, Any]:
+    """The context the runtime sizes to the profile's memory budget for `path`, and why."""
+    from edgerun.backends.select import choose_context
+
+    context, why = choose_context(resolve_artifact(path), profile, None)
+    return {"context": context, "why": why}

@@ -1,0 +1,207 @@
+"""What `edgerun tune` searches: per artifact and backend (an "arm"), a few dimensions, each a
+short list of values with the default first.
+
+Dimensions are data (``Dim``): the values tried, whether a value other than the default can
+change the model's outputs (then it must pass the on-device fidelity check before it is
+measured), and how a value becomes backend options. Threads and affinity are every backend's;
+the others belong to one backend:
+
+    onnxruntime  graph optimisation level; intra-op thread spinning
+    llamacpp     n_batch (= n_ubatch); flash attention*; KV cache type* (f16 / q8_0); mmap
+    * can change outputs
+
+Not searched (see README "Tune a device"): MatMulNBits accuracy level, an attribute baked into
+the ONNX graph at export (exports with different levels are different artifacts, which are
+searched); mlock (needs RLIMIT_MEMLOCK, rarely granted); the context, which is sized to the
+profile's memory budget by the runtime and recorded, not timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerun.tune.topology import Topology
+
+# llama.cpp's ggml type ids for the KV cache (ggml.h: GGML_TYPE_F16 = 1, GGML_TYPE_Q8_0 = 8).
+KV_TYPES = {"f16": 1, "q8_0": 8}
+Config = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched setting: its values (the default first), whether a non-default value can
+    change outputs, and the backend options a value maps to (None: not a backend option)."""
+
+    name: str
+    values: list[Any]
+    changes_output: bool = False
+    options: Callable[[Any], dict[str, Any]] | None = None
+
+
+def _ort_dims() -> list[Dim]:
+    levels = ["ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC"]
+    return [
+        Dim("graph_optimization_level", levels, options=lambda v: {"graph_optimization_level": v}),
+        Dim(
+            "spinning",
+            [True, False],
+            options=lambda v: {
+                "session_config": {"session.intra_op.allow_spinning": "1" if v else "0"}
+            },
+        ),
+    ]
+
+
+def _kv_options(value: str) -> dict[str, Any]:
+    if value == "f16":
+        return {}
+    # a quantized V cache needs flash attention in llama.cpp
+    return {"type_k": KV_TYPES[value], "type_v": KV_TYPES[value], "flash_attn": True}
+
+
+def _llamacpp_dims() -> list[Dim]:
+    return [
+        Dim("n_batch", [512, 128], options=lambda v: {"n_batch": v, "n_ubatch": v}),
+        Dim("flash_attn", [False, True], True, options=lambda v: {"flash_attn": v}),
+        Dim("kv_cache", ["f16", "q8_0"], True, options=_kv_options),
+        Dim("mmap", [True, False], options=lambda v: {"use_mmap": v}),
+    ]
+
+
+#: Backend -> the dimensions of its own options.
+BACKEND_DIMS: dict[str, Callable[[], list[Dim]]] = {
+    "onnxruntime": _ort_dims,
+    "llamacpp": _llamacpp_dims,
+}
+
+
+def thread_counts(cpus: int, default: int) -> list[int]:
+    """The default first, then 1, 2, 4, ... up to `cpus` and `cpus` itself (at most ~6 values)."""
+    values = {default, cpus} | {2**i for i in range(int(math.log2(max(cpus, 1))) + 1)}
+    return [default, *sorted(v for v in values if v != default and 1 <= v <= cpus)]
+
+
+def placements(choices: dict[str, list[int]], default_threads: int) -> list[str]:
+    """Threads and CPU set searched together ("4@big"): where cores differ, the best thread
+    count depends on the set (all 8 cores of a big.LITTLE board vs its 4 big ones), so one
+    dimension holds both. The default ("N@all") first."""
+    values = [f"{default_threads}@all"]
+    for name, cpus in choices.items():
+        default = len(cpus) if name != "all" else default_threads
+        values += [f"{n}@{name}" for n in thread_counts(len(cpus), default)]
+    return list(dict.fromkeys(values))
+
+
+def threads_and_cpus(
+    config: Config, affinity: dict[str, list[int]]
+) -> tuple[int | None, list[int]]:
+    """(threads, CPUs to pin to, [] for none) of a configuration, from "threads" or "placement"."""
+    placement = config.get("placement")
+    if placement is None:
+        return config.get("threads"), []
+    threads, _, name = str(placement).partition("@")
+    cpus = affinity.get(name, [])
+    return int(threads), [] if name == "all" else cpus
+
+
+@dataclass
+class Arm:
+    """One artifact on one backend, and the dimensions searched for it."""
+
+    artifact: Path
+    format: str
+    backend: str
+    dims: list[Dim]
+    mean_kl: float | None = None  # the export's validation KL (manifest)
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}@{self.backend}"
+
+    def default(self) -> Config:
+        """Every dimension at its default value."""
+        return {d.name: d.values[0] for d in self.dims}
+
+    def size(self) -> int:
+        """Configurations an exhaustive sweep of this arm measures."""
+        return math.prod(len(d.values) for d in self.dims)
+
+    def every(self) -> list[Config]:
+        """Every configuration (the exhaustive sweep)."""
+        names = [d.name for d in self.dims]
+        return [
+            dict(zip(names, c, strict=True))
+            for c in itertools.product(*(d.values for d in self.dims))
+        ]
+
+    def output_key(self, config: Config) -> tuple[Any, ...]:
+        """The settings of `config` that can change outputs: configs with equal keys give the
+        same outputs, so one fidelity check covers them all."""
+        return tuple(config[d.name] for d in self.dims if d.changes_output)
+
+    def options(self, config: Config) -> dict[str, Any]:
+        """Backend options for `config` (session_config entries merged)."""
+        out: dict[str, Any] = {}
+        for dim in self.dims:
+            if dim.options is None:
+                continue
+            for key, value in dim.options(config[dim.name]).items():
+                if isinstance(value, dict):
+                    out[key] = {**out.get(key, {}), **value}
+                else:
+                    out[key] = value
+        return out
+
+
+@dataclass
+class Space:
+    """Every arm to search, and the machine facts it was built from."""
+
+    arms: list[Arm]
+    topology: Topology
+    affinity: dict[str, list[int]] = field(default_factory=dict)
+
+    def size(self) -> int:
+        """Configurations an exhaustive sweep measures."""
+        return sum(arm.size() for arm in self.arms)
+
+    def to_json(self) -> dict[str, Any]:
+        """What the provenance records: every arm's dimensions and values, the CPU sets."""
+        return {
+            "arms": [
+                {
+                    "artifact": str(a.artifact),
+                    "format": a.format,
+                    "backend": a.backend,
+                    "dims": {d.name: d.values for d in a.dims},
+                    "changes_output": [d.name for d in a.dims if d.changes_output],
+                }
+                for a in self.arms
+            ],
+            "affinity": self.affinity,
+            "exhaustive_configs": self.size(),
+        }
+
+
+def build_arm(
+    artifact: Path,
+    fmt: str,
+    backend: str,
+    topology: Topology,
+    default_threads: int,
+    mean_kl: float | None = None,
+) -> Arm:
+    """The arm for `artifact` on `backend`: threads (over the fastest CPU set's size),
+    affinity where cores differ, then the backend's own dimensions."""
+    choices = topology.affinity_choices()
+    if choices:
+        dims = [Dim("placement", placements(choices, default_threads))]
+    else:
+        dims = [Dim("threads", thread_counts(len(topology.cpus), default_threads))]
+    dims += BACKEND_DIMS.get(backend, list)()
+    return Arm(artifact, fmt, backend, dims, mean_kl)

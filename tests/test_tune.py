@@ -1,0 +1,316 @@
+"""`edgerun tune`: the search on fake machines and fake backends (a big.LITTLE board, a noisy
+llama.cpp), the fidelity gate, the budget, and a written profile that `run` picks up."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgerun.cli import cli
+from edgerun.errors import EdgerunError
+from edgerun.tune.fidelity import FidelityGate
+from edgerun.tune.search import Search
+from edgerun.tune.space import Arm, Config, Space, build_arm, threads_and_cpus
+from edgerun.tune.topology import Topology, read_topology
+
+
+def big_little_root(root: Path) -> Path:
+    """A fake sysfs: CPUs 0-3 little (capacity 446), 4-7 big (1024), no SMT."""
+    cpu = root / "sys/devices/system/cpu"
+    cpu.mkdir(parents=True)
+    (cpu / "online").write_text("0-7\n")
+    for n in range(8):
+        d = cpu / f"cpu{n}"
+        (d / "topology").mkdir(parents=True)
+        (d / "cpu_capacity").write_text("1024\n" if n >= 4 else "446\n")
+        (d / "topology" / "thread_siblings_list").write_text(f"{n}\n")
+    return root
+
+
+def smt_root(root: Path) -> Path:
+    """A fake sysfs: 2 cores x 2 SMT threads (siblings 0,2 and 1,3), all alike."""
+    cpu = root / "sys/devices/system/cpu"
+    cpu.mkdir(parents=True)
+    (cpu / "online").write_text("0-3\n")
+    for n in range(4):
+        (cpu / f"cpu{n}" / "topology").mkdir(parents=True)
+        (cpu / f"cpu{n}" / "topology" / "thread_siblings_list").write_text(f"{n % 2},{n % 2 + 2}\n")
+    return root
+
+
+def test_topology_finds_the_big_cluster_and_smt_siblings(tmp_path: Path) -> None:
+    board = read_topology(big_little_root(tmp_path / "board"))
+    assert board.clusters == [[4, 5, 6, 7], [0, 1, 2, 3]]
+    assert board.affinity_choices() == {"all": list(range(8)), "big": [4, 5, 6, 7]}
+    laptop = read_topology(smt_root(tmp_path / "laptop"))
+    assert not laptop.heterogeneous and laptop.one_per_core == [0, 1]
+    assert laptop.affinity_choices() == {"all": [0, 1, 2, 3], "one-per-core": [0, 1]}
+
+
+class BigLittle:
+    """A fake ONNX Runtime on the big.LITTLE board: decode speed from threads and cores, with
+    seeded noise. Little cores are 3x slower and every thread waits for the slowest; more
+    threads than cores time-share; spinning off costs 5%, ENABLE_BASIC 10%."""
+
+    def __init__(self, noise: float = 0.02) -> None:
+        self.rng = random.Random(1)
+        self.noise = noise
+        self.calls: list[Config] = []
+
+    @staticmethod
+    def speed(config: Config) -> float:
+        threads, cpus = threads_and_cpus(config, {"big": [4, 5, 6, 7]})
+        assert threads is not None
+        cpus = cpus or list(range(8))
+        slowest = 1.0 if min(cpus) >= 4 else 1 / 3  # unpinned threads land on little cores too
+        share = min(1.0, len(cpus) / threads)
+        speed = 10.0 * min(threads, len(cpus)) ** 0.8 * slowest * share
+        speed *= 1.0 if config["spinning"] else 0.95
+        return speed * {"ORT_ENABLE_ALL": 1.0, "ORT_ENABLE_EXTENDED": 1.0}.get(
+            config["graph_optimization_level"], 0.9
+        )
+
+    def __call__(self, arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        self.calls.append(config)
+        base = self.speed(config)
+        rows = [{"decode_tok_s": base * (1 + self.rng.gauss(0, self.noise))} for _ in range(reps)]
+        return rows, 0
+
+
+def _never_refuse(arm: Arm, config: Config) -> str | None:
+    return None
+
+
+def board_space(tmp_path: Path) -> Space:
+    topology = read_topology(big_little_root(tmp_path / "board"))
+    arm = build_arm(tmp_path / "onnx-int4", "onnx-int4", "onnxruntime", topology, 8)
+    return Space([arm], topology, topology.affinity_choices())
+
+
+def test_search_finds_the_known_optimum_of_a_big_little_board(tmp_path: Path) -> None:
+    space = board_space(tmp_path)
+    fake = BigLittle()
+    outcome = Search(space, fake, _never_refuse).run()
+    best = max(space.arms[0].every(), key=BigLittle.speed)
+    assert best["placement"] == "4@big"  # the fixture's known optimum
+    assert outcome.winner.config == best
+    assert outcome.default.config["placement"] == "8@all"
+    distinct = {tuple(sorted(c.items())) for c in fake.calls}
+    assert len(distinct) <= 0.25 * space.size()  # 48 configurations in the space
+
+
+def test_a_setting_that_fails_fidelity_is_never_measured_nor_chosen(tmp_path: Path) -> None:
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2, mean_kl=0.1)
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(8, 50))
+
+    def logits(arm: Arm, config: Config) -> np.ndarray:
+        # flash attention here changes outputs a lot; the q8_0 KV cache barely
+        drift = 2.0 if config["flash_attn"] else 0.01 if config["kv_cache"] == "q8_0" else 0.0
+        return reference + drift * np.random.default_rng(1).normal(size=reference.shape)
+
+    measured: list[Config] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        measured.append(config)
+        fast = 3.0 if config["flash_attn"] else 1.5 if config["kv_cache"] == "q8_0" else 1.0
+        return [{"decode_tok_s": 10 * fast}] * reps, 0
+
+    gate = FidelityGate(0.1, arm, logits)
+    outcome = Search(Space([arm], topology), measure, gate).run()
+    assert [r["config"]["flash_attn"] for r in outcome.refused] == [True]
+    assert "mean KL" in outcome.refused[0]["reason"]
+    assert not any(c["flash_attn"] for c in measured)
+    assert outcome.winner.config["kv_cache"] == "q8_0" and not outcome.winner.config["flash_attn"]
+    (kv_check,) = [c for c in gate.checks if c["config"]["kv_cache"] == "q8_0"]
+    assert kv_check["kl"] <= kv_check["bound"] == pytest.approx(0.01)
+
+    def cannot_load(arm: Arm, config: Config) -> np.ndarray:
+        if config["kv_cache"] == "q8_0":
+            raise EdgerunError("llama.cpp cannot load it: Failed to create llama_context")
+        return reference
+
+    strict = FidelityGate(0.1, arm, cannot_load)  # a setting that cannot load is refused
+    reason = strict(arm, {**arm.default(), "kv_cache": "q8_0"})
+    assert (
+        reason
+        == "cannot run with these settings: llama.cpp cannot load it: Failed to create llama_context"
+    )
+
+
+def test_the_budget_is_honoured(tmp_path: Path) -> None:
+    now = [0.0]
+    fake = BigLittle()
+
+    def slow(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        now[0] += 10.0  # every trial takes 10 s of the fake clock
+        return fake(arm, config, reps)
+
+    outcome = Search(
+        board_space(tmp_path), slow, _never_refuse, budget_s=35, clock=lambda: now[0]
+    ).run()
+    assert outcome.stopped == "budget"
+    assert outcome.trials == 3 and now[0] <= 35
+
+
+def test_disturbed_reps_are_discarded() -> None:
+    from edgerun.tune.trial import disturbed
+
+    steady = {"others_cores": 1.02, "steal_share": 0.0}
+    assert not disturbed(steady, baseline=1.0)  # a steady background load is the machine
+    assert disturbed({"others_cores": 1.9, "steal_share": 0.0}, baseline=1.0)
+    assert disturbed({"others_cores": 1.0, "steal_share": 0.2}, baseline=1.0)
+    # our own threads displacing the background load is not a disturbance
+    assert not disturbed({"others_cores": 0.4, "steal_share": 0.0}, baseline=1.0)
+
+
+@pytest.mark.parametrize("text, seconds", [("10m", 600), ("90s", 90), ("1h", 3600), ("45", 45)])
+def test_budget_parsing(text: str, seconds: float) -> None:
+    from edgerun.cli.tune import parse_budget
+
+    assert parse_budget(text) == seconds
+
+
+def test_bad_budget_and_objective_are_one_line_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["tune", str(tmp_path), "--budget", "soon"])
+    assert result.exit_code != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: cannot read the budget 'soon' (use e.g. --budget 10m, 90s or 1h)"
+    ]
+    with pytest.raises(EdgerunError, match="unknown objective"):
+        import edgerun.tune
+
+        edgerun.tune.tune(tmp_path, objective="energy")
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.runtime_helpers import export_artifact
+
+    return export_artifact(tiny_llama, "onnx-fp32", tmp_path_factory.mktemp("tune") / "ort")
+
+
+def test_a_written_profile_is_picked_up_by_run_and_shown(artifact: Path) -> None:
+    import edgerun.tune
+
+    def one_thread_wins(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        speed = 20.0 + 10.0 * (config["threads"] == 1) + 5.0 * (not config["spinning"])
+        return [{"decode_tok_s": speed + 0.1 * i} for i in range(reps)], 0
+
+    result = edgerun.tune.tune(
+        artifact, "generic-x86_64", measure=one_thread_wins, fidelity=_never_refuse
+    )
+    assert result.profile_id == "tuned-generic-x86_64" and result.profile_path is not None
+    assert result.outcome.winner.config["threads"] == 1
+    run = CliRunner().invoke(cli, ["run", str(artifact), "Hi", "-n", "3", "--ignore-eos"])
+    assert run.exit_code == 0, run.output
+    assert "threads=1 " in run.stderr and "profile=tuned-generic-x86_64]" in run.stderr
+    show = CliRunner().invoke(cli, ["profiles", "show", "tuned-generic-x86_64"])
+    assert "tuned by edgerun tune on " in show.stdout
+    assert "winner: onnx-fp32@onnxruntime threads=1" in show.stdout
+    assert "session.intra_op.allow_spinning" in result.profile_path.read_text()
+    provenance = result.provenance
+    assert (
+        provenance["default"]["decode_tok_s"]["median"]
+        < provenance["winner"]["decode_tok_s"]["median"]
+    )
+    arms = provenance["space"]["arms"]
+    assert arms[0]["backend"] == "onnxruntime"  # the default arm: what run picked untuned
+    assert provenance["space"]["exhaustive_configs"] == sum(
+        np.prod([len(v) for v in arm["dims"].values()]) for arm in arms
+    )
+
+
+def test_a_tuned_profile_holds_only_on_the_machine_it_was_tuned_on() -> None:
+    from edgerun.detect import MachineFacts, detect
+    from edgerun.profile import get_profile, parse_profile
+    from edgerun.tune.profile_write import profile_toml
+
+    base = get_profile("generic-x86_64")
+    tuned_here = {"base": base.id, "cpu_model": "Test CPU", "physical_cores": 2, "date": "d"}
+    import dataclasses
+
+    tuned = dataclasses.replace(base, id="tuned-generic-x86_64", tuned=tuned_here, threads=1)
+    tuned = parse_profile(profile_toml(tuned), "written")  # the TOML we write reads back
+    here = MachineFacts(arch="x86_64", os="Linux", cpu_model="Test CPU", physical_cores=2)
+    elsewhere = dataclasses.replace(here, cpu_model="Other CPU")
+    assert detect(here, [base, tuned]).profile.id == "tuned-generic-x86_64"
+    found = detect(elsewhere, [base, tuned])
+    assert found.profile.id == "generic-x86_64"
+    assert "tuned on another machine" in found.rejected[0][1]
+
+
+def test_tune_end_to_end_through_the_bench_engine(artifact: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["tune", str(artifact), "--profile", "generic-x86_64", "--budget", "90s",
+         "--prompt-tokens", "8", "--gen-tokens", "8", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["profile_id"] == "tuned-generic-x86_64"
+    assert Path(data["profile"]).is_file()
+    assert data["search"]["trials"] >= 2 and data["search"]["seconds"] <= 90 + 60
+    assert data["default"]["reps"] >= 1 and data["default"]["decode_tok_s"]["n"] >= 1
+
+
+def test_forced_logits_match_greedy_decoding_and_the_gate_measures_no_drift(artifact: Path) -> None:
+    import edgerun
+    from edgerun.tune.fidelity import forced_logits, mean_kl
+
+    with edgerun.load(artifact, threads=1) as model:
+        prefix = model.tokenizer.encode("The quick brown fox")
+        tokens, greedy = model.decode_logits(prefix, 5)
+        forced = model.forced_logits(prefix + tokens[:-1], len(prefix))
+    np.testing.assert_allclose(forced, greedy, rtol=1e-4, atol=1e-4)
+    topology = Topology(cpus=[0], clusters=[[0]], one_per_core=[0])
+    arm = build_arm(artifact, "onnx-fp32", "onnxruntime", topology, 1)
+    basic = {**arm.default(), "graph_optimization_level": "ORT_ENABLE_BASIC"}
+    assert mean_kl(forced_logits(arm, arm.default()), forced_logits(arm, basic)) < 1e-6
+
+
+def test_profile_affinity_is_checked_and_an_impossible_pin_is_a_warning() -> None:
+    import os
+
+    from edgerun.backends.affinity import pin_cpus
+    from edgerun.profile import parse_profile
+
+    text = 'id = "x"\nname = "x"\ndescription = "x"\naffinity = [0, 9999]\n[match]\narch = ["x86_64"]\n[[backends]]\nname = "llamacpp"\n'
+    with pytest.raises(
+        EdgerunError, match=r"line 4: affinity\[1\]: must be a CPU number in 0..4095"
+    ):
+        parse_profile(text, "p.toml")
+    before = os.sched_getaffinity(0)
+    warning = pin_cpus([4095])
+    assert warning is not None and "running unpinned" in warning
+    assert os.sched_getaffinity(0) == before
+
+
+def test_the_default_is_measured_first_and_slow_fidelity_checks_count_against_the_budget(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2)
+
+    def slow_check(arm: Arm, config: Config) -> str | None:
+        now[0] += 50.0  # loading the model twice on a slow board
+        return None
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        now[0] += 10.0
+        return [{"decode_tok_s": 10.0}] * reps, 0
+
+    outcome = Search(
+        Space([arm], topology), measure, slow_check, budget_s=100, clock=lambda: now[0]
+    ).run()
+    assert outcome.default.reps and outcome.stopped == "budget"
+    assert now[0] <= 100

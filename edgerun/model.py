@@ -207,18 +207,15 @@ class Model:
     def forced_logits(self, ids: Sequence[int], start: int) -> np.ndarray:
         """Logits after each of ids[start-1:], fed as decoding feeds tokens: ids[:start] in one
         prefill, then every later id one at a time with the KV cache (teacher forcing, so two
-        settings are compared on the same tokens). Returns [len(ids) - start + 1, vocab]
-        float32. Raises EdgerunError on a bad prompt or a closed model."""
-        backend = self._open_backend()
-        ids = self._prompt_ids(ids)
+        settings are compared on the same tokens): decode_logits with `forced`. Returns
+        [len(ids) - start + 1, vocab] float32. Raises EdgerunError on a bad prompt or a closed
+        model."""
+        ids = list(ids)
         if not 1 <= start <= len(ids):
             raise EdgerunError(f"start {start} is outside the {len(ids)} ids", "pass 1..len(ids)")
-        self._fit(ids, 1, None)
-        self._generation += 1  # a generator still running on this model stops with an error
-        rows = [np.array(backend.prefill(ids[:start], len(ids) + 1), dtype=np.float32)]
-        for token in ids[start:]:
-            rows.append(np.array(backend.decode(token), dtype=np.float32))
-        return np.stack(rows)
+        rest = ids[start:]
+        _, logits = self.decode_logits(ids[:start], len(rest) + 1, forced=rest or None)
+        return logits
 
     def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
         """generate() on `messages` ([{"role", "content"}]) rendered with the chat template."""

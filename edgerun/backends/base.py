@@ -152,6 +152,16 @@ class Backend(ABC):
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token and return the logits for the next."""
 
+    def snapshot(self) -> tuple[Any, int] | None:
+        """A copy of the KV cache as it stands and its size in bytes, for edgerun.kvcache; None
+        when this backend cannot copy its cache (then prompts are never reused)."""
+        return None
+
+    def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
+        """Like prefill(ids, total), but start from a snapshot() `state` whose first `keep`
+        positions hold ids[:keep]; only ids[keep:] (at least one token) is computed."""
+        raise NotImplementedError(f"{self.name} does not restore KV snapshots")
+
     def tokenizer(self) -> Tokenizer | None:
         """A tokenizer embedded in the model file (GGUF), or None."""
         return None

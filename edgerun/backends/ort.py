@@ -162,18 +162,51 @@ class OrtBackend(Backend):
         bind_input("attention_mask", b.cpu, 7, (1, past + new), self._mask_ptr)
 
     def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
-        n = len(ids)
-        self._reserve(max(total, n))
+        self._reserve(max(total, len(ids)))
         self._flip, self._length = 0, 0
+        return self._feed(ids)
+
+    def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
+        self._reserve(max(total, len(ids)))
+        self._flip = 0
+        for i, ptr in enumerate(self._pointers[0]):
+            self._kv_view(ptr, keep)[:, :keep] = state[i, :, :keep]
+        self._length = keep
+        return self._feed(ids[keep:])
+
+    def snapshot(self) -> tuple[Any, int] | None:
+        """The first _length positions of every K/V buffer, as one [2 x layers, heads,
+        positions, head_dim] array (CPU buffers only)."""
+        n = self._length
+        if self._device != "cpu" or n == 0:
+            return None
+        out = np.empty((len(self._past), self._kv_heads, n, self._head_dim), self._kv_dtype)
+        for i, ptr in enumerate(self._pointers[0 if self._shared else self._flip]):
+            out[i] = self._kv_view(ptr, n)[:, :n]
+        return out, int(out.nbytes)
+
+    def _kv_view(self, ptr: int, length: int) -> np.ndarray:
+        """A [heads, stride, head_dim] numpy view of the buffer at `ptr` holding `length`
+        positions: the shared buffer keeps its capacity as stride, a ping-pong one is dense."""
+        import ctypes
+
+        stride = self._capacity if self._shared else length
+        count = self._kv_heads * stride * self._head_dim
+        raw = (ctypes.c_byte * (count * np.dtype(self._kv_dtype).itemsize)).from_address(ptr)
+        return np.frombuffer(raw, self._kv_dtype).reshape(self._kv_heads, stride, self._head_dim)
+
+    def _feed(self, ids: Sequence[int]) -> np.ndarray:
+        """Run `ids` after the _length positions already cached; return the last logits."""
+        past, n = self._length, len(ids)
         ids_arr = np.asarray(ids, np.int64).reshape(1, n)
-        pos_arr = np.arange(n, dtype=np.int64).reshape(1, n)
+        pos_arr = np.arange(past, past + n, dtype=np.int64).reshape(1, n)
         logits = np.empty((1, n, self.vocab_size), self._logits_dtype)
         b = self._binding
         b.bind_input("input_ids", b.cpu, 7, (1, n), ids_arr.ctypes.data)
         if self._has_positions:
             b.bind_input("position_ids", b.cpu, 7, (1, n), pos_arr.ctypes.data)
         b.bind_output("logits", b.cpu, self._logits_type, logits.shape, logits.ctypes.data)
-        self._bind_cache(0, n)
+        self._bind_cache(past, n)
         b.run()
         self._advance(n)
         # From here on every step has one new token: bind the fixed-size decode arrays once.

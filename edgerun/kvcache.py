@@ -124,8 +124,5 @@ def default_cache_bytes(room: int | None) -> int:
 def make_cache(megabytes: float | None, room: int | None) -> PrefixCache | None:
     """The cache `load(prompt_cache_mb=...)` asks for: None for 0 MB (off), the default bound
     for None."""
-    if megabytes is None:
-        bound = default_cache_bytes(room)
-    else:
-        bound = int(megabytes * 2**20)
+    bound = default_cache_bytes(room) if megabytes is None else int(megabytes * 2**20)
     return PrefixCache(bound) if bound > 0 else None

@@ -193,7 +193,8 @@ class OrtBackend(Backend):
         stride = self._capacity if self._shared else length
         count = self._kv_heads * stride * self._head_dim
         raw = (ctypes.c_byte * (count * np.dtype(self._kv_dtype).itemsize)).from_address(ptr)
-        return np.frombuffer(raw, self._kv_dtype).reshape(self._kv_heads, stride, self._head_dim)
+        flat = np.frombuffer(memoryview(raw), np.dtype(self._kv_dtype))
+        return flat.reshape(self._kv_heads, stride, self._head_dim)
 
     def _feed(self, ids: Sequence[int]) -> np.ndarray:
         """Run `ids` after the _length positions already cached; return the last logits."""

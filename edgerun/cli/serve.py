@@ -44,6 +44,20 @@ import click
 @click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, genai, llamacpp.")
 @click.option(
+    "--prompt-cache-mb",
+    type=float,
+    default=None,
+    help="Bound of each model's prompt (KV prefix) cache in MiB; 0: off (default: what the"
+    " profile's memory budget leaves, at most 256).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The request log on stderr: one line per request, key=value text or JSON.",
+)
+@click.option(
     "--drain-timeout",
     default=30.0,
     show_default=True,
@@ -61,13 +75,16 @@ def serve(
     context: int | None,
     threads: int | None,
     backend: str | None,
+    prompt_cache_mb: float | None,
+    log_format: str,
     drain_timeout: float,
 ) -> None:
     """Serve ARTIFACTS over the OpenAI API: /v1/models, /v1/completions, /v1/chat/completions.
 
     Each ARTIFACT is a directory or bare .gguf / .onnx file, served under its name, or
     ALIAS=PATH; a request's "model" picks one. Each model runs one generation at a time, the
-    rest wait in a bounded queue. GET /health and GET /metrics (Prometheus) are also served.
+    rest wait in a bounded queue. A prompt that shares a prefix with an earlier one starts
+    from its cached KV state. GET /health and GET /metrics (Prometheus) are also served.
     """
     from edgerun.errors import require
 
@@ -90,6 +107,8 @@ def serve(
             announce=lambda line: click.echo(line, err=True),
             threads=threads,
             backend=backend,
+            prompt_cache_mb=prompt_cache_mb,
+            log_format=log_format,
         )
     except KeyboardInterrupt:
         # uvicorn has already drained; it re-raises the signal only so the caller can see it.

@@ -110,3 +110,32 @@ def test_cache_keeps_longest_prefix_and_replaces_what_it_extends() -> None:
     cache.put(KvSnapshot((4, 4, 4, 4), "d", 40))  # evicts "b", the least recently used
     assert {s.state for s in cache._entries.values()} == {"c", "d"}
     assert cache.stats.evictions == 1 and cache.bytes == 80
+
+
+def test_run_without_a_prompt_is_a_chat_that_reuses_the_conversation(
+    artifact: Path, tiny_llama: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from edgerun.cli import cli
+
+    args = ["run", str(artifact), "--profile", PROFILE, "-n", "6", "--system", "Be brief."]
+    result = CliRunner().invoke(
+        cli, args, input="hello\n\nmore please\n/reset\nagain\n/exit\nlost\n"
+    )
+    assert result.exit_code == 0, result.output
+    stats = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert len(stats) == 3  # three turns; the blank line is skipped, "lost" comes after /exit
+    assert "cached" not in stats[0]
+    cached = int(stats[1].split("(")[1].split()[0])  # "prompt N tok (M cached)"
+    assert cached >= len("Be brief.") // 4
+    assert "(conversation forgotten)" in result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as model:
+        from edgerun.conversation import Conversation
+
+        talk = Conversation(model, "Be brief.")
+        first = "".join(c.text for c in talk.say("hello", max_tokens=6))
+        second = "".join(c.text for c in talk.say("more please", max_tokens=6))
+    # the cached turn answered what a cold model answers
+    assert result.stdout.splitlines()[:2] == [first, second]

@@ -16,9 +16,10 @@ def stats_line(info: Any, stats: Any) -> str:
         return f"{value:.1f} tok/s" if value is not None else "n/a"
 
     ttft = f"{stats.ttft_s * 1000:.0f} ms" if stats.ttft_s is not None else "n/a"
+    cached = f" ({stats.cached_tokens} cached)" if getattr(stats, "cached_tokens", 0) else ""
     return (
         f"[{info.backend} {','.join(info.providers)} threads={info.threads}"
-        f" profile={info.profile_id}] prompt {stats.prompt_tokens} tok, prefill"
+        f" profile={info.profile_id}] prompt {stats.prompt_tokens} tok{cached}, prefill"
         f" {rate(stats.prefill_tok_s)}; generated {stats.generated_tokens} tok, decode"
         f" {rate(stats.decode_tok_s)}; ttft {ttft}; finish {stats.finish_reason}"
     )
@@ -41,7 +42,7 @@ def _read_prompt(prompt: str) -> str:
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @click.option(
     "--profile",
     envvar="EDGERUN_PROFILE",
@@ -72,9 +73,17 @@ def _read_prompt(prompt: str) -> str:
 @click.option(
     "--verify", is_flag=True, help="Hash every file of the artifact first (default: a quick check)."
 )
+@click.option("--system", default=None, help="System message (interactive chat and --chat).")
+@click.option(
+    "--prompt-cache-mb",
+    type=float,
+    default=None,
+    help="Bound of the prompt (KV prefix) cache in MiB; 0: off (default: what the profile's"
+    " memory budget leaves, at most 256).",
+)
 def run(
     artifact: Path,
-    prompt: str,
+    prompt: str | None,
     profile: str | None,
     max_tokens: int,
     temperature: float,
@@ -90,17 +99,20 @@ def run(
     truncate: str | None,
     ignore_eos: bool,
     verify: bool,
+    system: str | None,
+    prompt_cache_mb: float | None,
 ) -> None:
     """Stream a completion of PROMPT from ARTIFACT, then one stats line on stderr.
 
     ARTIFACT is an artifact directory, an export directory of several formats (the one the
     device profile prefers runs, and stderr says why), or a bare .gguf / .onnx file; PROMPT "-"
-    reads stdin. The backend and execution providers come from the device profile
-    (auto-detected by default).
+    reads stdin. With no PROMPT, an interactive chat: one message per line, /reset forgets,
+    /exit or Ctrl-D quits; each turn reuses the KV cache of the conversation so far. The
+    backend and execution providers come from the device profile (auto-detected by default).
     """
     from edgerun.model import load
 
-    prompt = _read_prompt(prompt)
+    text = None if prompt is None else _read_prompt(prompt)
     options: dict[str, Any] = dict(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -119,17 +131,48 @@ def run(
         strict=strict,
         context=context,
         verify=verify,
+        prompt_cache_mb=prompt_cache_mb,
     ) as model:
         if model.info.artifact_reason:
             click.echo(f"picked {model.info.artifact_reason}", err=True)
         if model.info.context_reason.startswith("sized"):
             click.echo(f"context {model.context_length}: {model.info.context_reason}", err=True)
+        if text is None:
+            _interactive(model, system, options)
+            return
         if chat:
-            chunks = model.chat([{"role": "user", "content": prompt}], **options)
+            head = [{"role": "system", "content": system}] if system else []
+            chunks = model.chat([*head, {"role": "user", "content": text}], **options)
         else:
-            chunks = model.generate(prompt, **options)
+            chunks = model.generate(text, **options)
         for chunk in chunks:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
         click.echo(stats_line(model.info, model.last_stats), err=True)
+
+
+def _interactive(model: Any, system: str | None, options: dict[str, Any]) -> None:
+    """The chat loop on stdin (a prompt on stderr when it is a terminal)."""
+    from edgerun.conversation import Conversation, chat_loop
+
+    options.pop("truncate")  # the conversation drops its oldest turns instead
+    tty = sys.stdin.isatty()
+
+    def lines() -> Any:
+        while True:
+            if tty:
+                click.echo(">>> ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line:
+                return
+            yield line
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    click.echo(f"chat with {model.info.artifact}: /reset forgets, /exit or Ctrl-D quits", err=True)
+    chat_loop(
+        Conversation(model, system), lines(), write, lambda s: click.echo(s, err=True), **options
+    )

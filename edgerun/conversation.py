@@ -5,13 +5,11 @@ drives one from stdin."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from edgerun.errors import EdgerunError
 from edgerun.model import Chunk, Model
-
-COMMANDS = {"/exit": "quit", "/bye": "quit", "/reset": "forget the conversation"}
 
 
 class Conversation:
@@ -50,35 +48,3 @@ class Conversation:
                     "send a shorter message, lower --max-tokens or pass a larger --context",
                 )
             del self.messages[first : first + 2]  # the oldest user message and its reply
-
-
-def chat_loop(
-    conversation: Conversation,
-    lines: Iterable[str],
-    write: Callable[[str], None],
-    note: Callable[[str], None],
-    **options: Any,
-) -> int:
-    """Answer each line of `lines` (stripped; an empty one is skipped) through `conversation`,
-    streaming replies to `write` and a status line per turn to `note`, until the lines end or
-    one is /exit or /bye; /reset forgets the conversation. Returns the number of turns."""
-    from edgerun.cli.run import stats_line
-
-    turns = 0
-    for raw in lines:
-        line = raw.strip()
-        if not line:
-            continue
-        if COMMANDS.get(line) == "quit":
-            break
-        if line == "/reset":
-            conversation.reset()
-            note("(conversation forgotten)")
-            continue
-        for chunk in conversation.say(line, **options):
-            write(chunk.text)
-        write("\n")
-        model = conversation.model
-        note(stats_line(model.info, model.last_stats))
-        turns += 1
-    return turns

@@ -1,12 +1,16 @@
-"""`edgerun run ARTIFACT PROMPT`: stream tokens to stdout, then one stats line on stderr."""
+"""`edgerun run ARTIFACT [PROMPT]`: stream tokens to stdout, then one stats line on stderr; with
+no PROMPT, an interactive chat (edgerun.conversation)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from edgerun.cli.options import prompt_cache_option
 
 
 def stats_line(info: Any, stats: Any) -> str:
@@ -74,13 +78,7 @@ def _read_prompt(prompt: str) -> str:
     "--verify", is_flag=True, help="Hash every file of the artifact first (default: a quick check)."
 )
 @click.option("--system", default=None, help="System message (interactive chat and --chat).")
-@click.option(
-    "--prompt-cache-mb",
-    type=float,
-    default=None,
-    help="Bound of the prompt (KV prefix) cache in MiB; 0: off (default: what the profile's"
-    " memory budget leaves, at most 256).",
-)
+@prompt_cache_option
 def run(
     artifact: Path,
     prompt: str | None,
@@ -154,7 +152,7 @@ def run(
 
 def _interactive(model: Any, system: str | None, options: dict[str, Any]) -> None:
     """The chat loop on stdin (a prompt on stderr when it is a terminal)."""
-    from edgerun.conversation import Conversation, chat_loop
+    from edgerun.conversation import Conversation
 
     options.pop("truncate")  # the conversation drops its oldest turns instead
     tty = sys.stdin.isatty()
@@ -176,3 +174,33 @@ def _interactive(model: Any, system: str | None, options: dict[str, Any]) -> Non
     chat_loop(
         Conversation(model, system), lines(), write, lambda s: click.echo(s, err=True), **options
     )
+
+
+def chat_loop(
+    conversation: Any,
+    lines: Iterable[str],
+    write: Callable[[str], None],
+    note: Callable[[str], None],
+    **options: Any,
+) -> int:
+    """Answer each line of `lines` (stripped; an empty one is skipped) through `conversation`,
+    streaming replies to `write` and a status line per turn to `note`, until the lines end or
+    one is /exit or /bye; /reset forgets the conversation. Returns the number of turns."""
+    turns = 0
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/bye"):
+            break
+        if line == "/reset":
+            conversation.reset()
+            note("(conversation forgotten)")
+            continue
+        for chunk in conversation.say(line, **options):
+            write(chunk.text)
+        write("\n")
+        model = conversation.model
+        note(stats_line(model.info, model.last_stats))
+        turns += 1
+    return turns

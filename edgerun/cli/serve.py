@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgerun.cli.options import prompt_cache_option
+
 
 @click.command()
 @click.argument("artifacts", nargs=-1, required=True)
@@ -43,13 +45,7 @@ import click
 @click.option("--context", type=int, default=None, help="Context length (default: the model's).")
 @click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, genai, llamacpp.")
-@click.option(
-    "--prompt-cache-mb",
-    type=float,
-    default=None,
-    help="Bound of each model's prompt (KV prefix) cache in MiB; 0: off (default: what the"
-    " profile's memory budget leaves, at most 256).",
-)
+@prompt_cache_option
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),

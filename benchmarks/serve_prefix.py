@@ -179,6 +179,9 @@ def run_format(artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def artifacts(formats: list[str]) -> dict[str, Path]:
+    """edgerun's exports of SmolLM2-135M-Instruct in `formats`, built once (Prep)."""
+    if not formats:
+        return {}
     from benchmarks.artifacts import Prep
     from edgerun.sources import resolve
 
@@ -198,10 +201,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--cache-mb", type=float, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="FMT=PATH",
+        help="Use this artifact directory for FMT instead of exporting one (repeatable).",
+    )
     args = parser.parse_args(argv)
-    results = {
-        fmt: run_format(path, args) for fmt, path in artifacts(args.formats.split(",")).items()
-    }
+    given = {f: Path(p) for f, p in (spec.split("=", 1) for spec in args.artifact)}
+    formats = args.formats.split(",")
+    paths = {**artifacts([f for f in formats if f not in given]), **given}
+    results = {fmt: run_format(paths[fmt], args) for fmt in formats}
     git = ["git", "rev-parse", "--short", "HEAD"]
     when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     record = {

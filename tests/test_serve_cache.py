@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 
 import edgerun
 from tests.runtime_helpers import PROFILE
-from tests.serve_helpers import export_onnx, running
+from tests.serve_helpers import export_onnx, read_address, running
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("sse_starlette")
@@ -232,3 +235,26 @@ def test_request_log_text_format() -> None:
     )
     refused = reqlog.format_line(reqlog.fields("x", None, 400), "text")
     assert refused.startswith("id=x model=- status=400 prompt_tokens=0") and "ttft_ms=-" in refused
+
+
+def test_serve_cli_logs_json_lines_and_bounds_the_cache(artifact: Path) -> None:
+    cmd = [sys.executable, "-m", "edgerun", "serve", str(artifact), "--port", "0"]
+    cmd += ["--profile", PROFILE, "--log-format", "json", "--prompt-cache-mb", "0.5"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        found = re.search(r"http://127\.0\.0\.1:\d+", read_address(proc, 60))
+        assert found
+        url, name = found.group(0), artifact.name
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", timeout=30, max_retries=0)
+        done = client.completions.create(model=name, prompt="Hello", max_tokens=3, temperature=0)
+        assert _metric(url, "edgerun_prompt_cache_limit_bytes", name) == 0.5 * 2**20
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        rest = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    lines = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    assert [(r["id"], r["status"], r["output_tokens"]) for r in lines] == [(done.id, 200, 3)]
+    assert "Traceback" not in rest

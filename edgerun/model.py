@@ -424,8 +424,8 @@ def load(
     fallback into an error; verify hashes every file of the artifact in full instead of the
     default check (small files hashed, large ones sampled: edgerun.integrity);
     prompt_cache_mb bounds the prompt cache (edgerun.kvcache; 0: off; None: what the profile's
-    memory budget leaves, at most 256 MB); options are backend options (e.g. n_gpu_layers).
-    Raises EdgerunError.
+    memory budget leaves, at most 256 MB; always off on a backend that cannot copy its KV
+    cache); options are backend options (e.g. n_gpu_layers). Raises EdgerunError.
     """
     started = time.perf_counter()
     for name, value in (("threads", threads), ("context", context)):
@@ -457,5 +457,6 @@ def load(
         artifact_reason=picked,
         context_reason=opened.context_reason,
     )
-    cache = make_cache(prompt_cache_mb, opened.memory_room)
+    can_reuse = opened.backend.can_snapshot()
+    cache = make_cache(prompt_cache_mb, opened.memory_room) if can_reuse else None
     return Model(artifact, opened.backend, opened.tokenizer, info, cache)

@@ -152,6 +152,10 @@ class Backend(ABC):
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token and return the logits for the next."""
 
+    def can_snapshot(self) -> bool:
+        """Whether snapshot() / resume() work here (the prompt cache is off where not)."""
+        return False
+
     def snapshot(self) -> tuple[Any, int] | None:
         """A copy of the KV cache as it stands and its size in bytes, for edgerun.kvcache; None
         when this backend cannot copy its cache (then prompts are never reused)."""

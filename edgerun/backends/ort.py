@@ -174,6 +174,9 @@ class OrtBackend(Backend):
         self._length = keep
         return self._feed(ids[keep:])
 
+    def can_snapshot(self) -> bool:
+        return self._device == "cpu"
+
     def snapshot(self) -> tuple[Any, int] | None:
         """The first _length positions of every K/V buffer, as one [2 x layers, heads,
         positions, head_dim] array (CPU buffers only)."""

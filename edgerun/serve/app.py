@@ -248,7 +248,7 @@ async def _events(
     request log's line once it ends."""
     import json
 
-    status = 500
+    status = 499  # as nginx logs a client that went away before the end
     try:
         if shape.chat:
             yield json.dumps(shape.delta({"role": "assistant", "content": ""}))
@@ -265,6 +265,7 @@ async def _events(
     except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI does
         log.exception("generation failed mid-stream")
         api = as_api_error(exc) or ApiError(500, f"internal error: {type(exc).__name__}")
+        status = api.status
         yield json.dumps(api.body())
     else:
         yield "[DONE]"

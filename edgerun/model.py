@@ -457,6 +457,6 @@ def load(
         artifact_reason=picked,
         context_reason=opened.context_reason,
     )
-    can_reuse = opened.backend.can_snapshot()
+    can_reuse = opened.backend.can_snapshot
     cache = make_cache(prompt_cache_mb, opened.memory_room) if can_reuse else None
     return Model(artifact, opened.backend, opened.tokenizer, info, cache)

@@ -36,14 +36,17 @@ def artifact(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def server(artifact: Path) -> Iterator[dict[str, Any]]:
-    """The artifact as 'warm' (prompt cache on), 'cold' (off) and 'tiny' (a small bound)."""
+    """The artifact as 'warm' (prompt cache on), 'cold' (off) and 'tiny' (a small bound, and
+    10 ms slower per token, to leave a stream mid-way)."""
     from edgerun.serve.server import make_server
+    from tests.test_serve import _slowed
 
     models = {
         "warm": edgerun.load(str(artifact), PROFILE, prompt_cache_mb=64),
         "cold": edgerun.load(str(artifact), PROFILE, prompt_cache_mb=0),
         "tiny": edgerun.load(str(artifact), PROFILE, prompt_cache_mb=64),
     }
+    _slowed(models["tiny"], 0.01)
     srv = make_server(models, max_queue=4, drain_s=5, log_format="json")
     with running(srv) as url:
         yield {"url": url, "models": models}
@@ -258,3 +261,25 @@ def test_serve_cli_logs_json_lines_and_bounds_the_cache(artifact: Path) -> None:
     lines = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
     assert [(r["id"], r["status"], r["output_tokens"]) for r in lines] == [(done.id, 200, 3)]
     assert "Traceback" not in rest
+
+
+def test_a_stream_the_client_leaves_is_logged_as_499(
+    server: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    body = {
+        "model": "tiny",
+        "prompt": "Go",
+        "max_tokens": 200,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    with caplog.at_level(logging.INFO, logger="edgerun.serve.requests"):
+        with httpx.stream("POST", server["url"] + "/v1/completions", json=body, timeout=30) as r:
+            assert next(r.iter_lines()).startswith("data: ")
+        deadline = time.monotonic() + 20
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.05)
+    (record,) = [json.loads(r.getMessage()) for r in caplog.records]
+    assert record["status"] == 499 and record["finish"] is None

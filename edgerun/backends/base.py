@@ -152,9 +152,8 @@ class Backend(ABC):
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token and return the logits for the next."""
 
-    def can_snapshot(self) -> bool:
-        """Whether snapshot() / resume() work here (the prompt cache is off where not)."""
-        return False
+    # Whether snapshot() / resume() work: the prompt cache (edgerun.kvcache) uses them.
+    can_snapshot: bool = False
 
     def snapshot(self) -> tuple[Any, int] | None:
         """A copy of the KV cache as it stands and its size in bytes, for edgerun.kvcache; None

@@ -87,8 +87,7 @@ class LlamaCppBackend(Backend):
         self.llm.eval([token_id])
         return self._logits()
 
-    def can_snapshot(self) -> bool:
-        return True
+    can_snapshot = True
 
     def snapshot(self) -> tuple[Any, int] | None:
         """Sequence 0's KV cells as llama.cpp serialises them (no logits, no scores buffer:

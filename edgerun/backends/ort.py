@@ -82,6 +82,7 @@ class OrtBackend(Backend):
         gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.providers[:1])
         self._device = "cuda" if gpu else "cpu"
         self._binding = _Binding(ort, self.session, self._device)
+        self.can_snapshot = self._device == "cpu"  # the prompt cache copies with numpy
         self._capacity = 0
         self._length = 0
         self._flip = 0
@@ -164,7 +165,7 @@ class OrtBackend(Backend):
     def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
         self._reserve(max(total, len(ids)))
         self._flip, self._length = 0, 0
-        return self._feed(ids)
+        return self._run_many(ids)[-1]
 
     def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
         self._reserve(max(total, len(ids)))
@@ -172,10 +173,7 @@ class OrtBackend(Backend):
         for i, ptr in enumerate(self._pointers[0]):
             self._kv_view(ptr, keep)[:, :keep] = state[i, :, :keep]
         self._length = keep
-        return self._feed(ids[keep:])
-
-    def can_snapshot(self) -> bool:
-        return self._device == "cpu"
+        return self._run_many(ids[keep:])[-1]
 
     def snapshot(self) -> tuple[Any, int] | None:
         """The first _length positions of every K/V buffer, as one [2 x layers, heads,
@@ -199,9 +197,9 @@ class OrtBackend(Backend):
         flat = np.frombuffer(memoryview(raw), np.dtype(self._kv_dtype))
         return flat.reshape(self._kv_heads, stride, self._head_dim)
 
-    def _feed(self, ids: Sequence[int]) -> np.ndarray:
-        """Run `ids` after the _length positions already cached; return the last logits."""
-        past, n = self._length, len(ids)
+    def _run_many(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` after the cached positions in one run; logits [n, vocab] for each."""
+        n, past = len(ids), self._length
         ids_arr = np.asarray(ids, np.int64).reshape(1, n)
         pos_arr = np.arange(past, past + n, dtype=np.int64).reshape(1, n)
         logits = np.empty((1, n, self.vocab_size), self._logits_dtype)
@@ -213,14 +211,14 @@ class OrtBackend(Backend):
         self._bind_cache(past, n)
         b.run()
         self._advance(n)
-        # From here on every step has one new token: bind the fixed-size decode arrays once.
+        # Every decode step has one new token: bind the fixed-size decode arrays again.
         b.bind_input("input_ids", b.cpu, 7, (1, 1), self._ids.ctypes.data)
         if self._has_positions:
             b.bind_input("position_ids", b.cpu, 7, (1, 1), self._pos.ctypes.data)
         b.bind_output(
             "logits", b.cpu, self._logits_type, self._logits.shape, self._logits.ctypes.data
         )
-        return logits[0, -1]
+        return logits[0]
 
     def decode(self, token_id: int) -> np.ndarray:
         past = self._length

@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     given = {f: Path(p) for f, p in (spec.split("=", 1) for spec in args.artifact)}
     formats = args.formats.split(",")
     paths = {**artifacts([f for f in formats if f not in given]), **given}
-    results = {fmt: run_format(paths[fmt], args) for fmt in formats}
     git = ["git", "rev-parse", "--short", "HEAD"]
     when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results: dict[str, Any] = {}
     record = {
         "benchmark": "serve_prefix",
         "commit": subprocess.run(git, capture_output=True, text=True).stdout.strip() or "unknown",
@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "when": when,
     }
+    out = RESULTS / f"serve-prefix-{when}.json"
+    for fmt in formats:  # written after each format: a run cut short keeps what it measured
+        results[fmt] = run_format(paths[fmt], args)
+        out.write_text(json.dumps(record, indent=2) + "\n")
     for fmt, res in results.items():
         print(
             f"{fmt}: follow-up TTFT {res['follow_up_ratio_median']:.1%} of cold (max"
@@ -230,8 +234,6 @@ def main(argv: list[str] | None = None) -> None:
             f" cache at most {res['cache_bytes_max'] / 2**20:.1f} MiB of"
             f" {res['cache_limit'] / 2**20:.0f} MiB; same text: {res['same_text']}"
         )
-    out = RESULTS / f"serve-prefix-{when}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"written: {out}")
 
 

@@ -101,6 +101,7 @@ def aggregate(runs: list[dict[str, Any]], path: str, streams: int) -> dict[str, 
 
 def start_server(artifact: Path, profile: str | None, threads: int | None, streams: int) -> Any:
     cmd = [sys.executable, "-m", "edgerun", "serve", f"bench={artifact}", "--port", "0"]
+    cmd += ["--prompt-cache-mb", "0"]  # the rounds repeat one prompt: time its prefill
     cmd += ["--max-queue", str(streams)]
     cmd += ["--profile", profile] if profile else []
     cmd += ["--threads", str(threads)] if threads else []
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
-        with edgerun.load(args.artifact, args.profile, threads=args.threads) as model:
+        with edgerun.load(
+            args.artifact, args.profile, threads=args.threads, prompt_cache_mb=0
+        ) as model:
             info = model.info.to_json()
             info.pop("manifest", None)
             in_process(model, ids, 8)  # warm-up, both sides

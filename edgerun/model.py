@@ -13,7 +13,7 @@ only maps token ids to next-token logits (edgerun.backends.base.Backend).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,19 @@ import numpy as np
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.errors import EdgerunError
+from edgerun.kvcache import KvSnapshot, PrefixCache, make_cache
 from edgerun.sampling import Sampler, SamplingParams
 from edgerun.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
 from edgerun.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The log-probability of a chosen token under the model (before temperature / top-k /
+    top-p), and the `top` most likely tokens as (id, log-probability), most likely first."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class Chunk:
 
     token_id: int | None
     text: str
+    logprobs: TokenLogprobs | None = None  # when generate(logprobs=...) asked for them
 
 
 @dataclass
@@ -43,6 +54,7 @@ class GenerationStats:
     """Timings of the last generate() call. Time the caller spends between chunks is excluded."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens restored from the prompt cache, not recomputed
     generated_tokens: int = 0
     prefill_s: float = 0.0
     ttft_s: float | None = None
@@ -118,13 +130,20 @@ class Model:
     """A loaded artifact. Use edgerun.load() to make one; close() (or `with`) frees it."""
 
     def __init__(
-        self, artifact: Artifact, backend: Backend, tokenizer: Tokenizer, info: ModelInfo
+        self,
+        artifact: Artifact,
+        backend: Backend,
+        tokenizer: Tokenizer,
+        info: ModelInfo,
+        prompt_cache: PrefixCache | None = None,
     ) -> None:
         self.artifact = artifact
         self.tokenizer = tokenizer
         self.info = info
         self.context_length = info.context_length
         self.last_stats = GenerationStats()
+        # KV snapshots of earlier generations (edgerun.kvcache); None: off
+        self.prompt_cache = prompt_cache
         self._backend: Backend | None = backend
         self._generation = 0
         # generate()'s speculative mode when it is given none (edgerun.speculative.MODES)
@@ -142,6 +161,7 @@ class Model:
         ignore_eos: bool = False,
         truncate: str | None = None,
         speculative: str | bool | None = None,
+        logprobs: int | None = None,
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt` (text, or token ids used as they are).
 
@@ -155,8 +175,10 @@ class Model:
         (so the tokens are the same; no built-in CPU backend is), "prompt-lookup" / "on"
         always (faster on text that repeats the prompt; quantized kernels round a batched pass
         differently, so a near-tie may flip a token), False / "off" never; None: the model's
-        `speculative` setting (load()'s). Arguments are
-        checked here, before the first chunk is requested.
+        `speculative` setting (load()'s). `logprobs` (0 or more) puts each token's
+        log-probability and that many top alternatives in its chunk. A prompt that shares a
+        prefix with an earlier generation's tokens starts from their KV cache (`prompt_cache`).
+        Arguments are checked here, before the first chunk is requested.
         """
         backend = self._open_backend()
         if max_tokens <= 0:
@@ -164,6 +186,11 @@ class Model:
                 f"max_tokens must be at least 1, got {max_tokens}",
                 "pass max_tokens=1 or more",
                 cli_hint="pass --max-tokens 1 or more",
+            )
+        if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+            raise EdgerunError(
+                f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs}",
+                "ask for fewer alternatives per token",
             )
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
         mode = self.speculative if speculative is None else speculative
@@ -174,7 +201,7 @@ class Model:
         eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
         self._generation += 1
         return self._stream(
-            backend, ids, max_tokens, sampler, stops, eos, self._generation, speculate
+            backend, ids, max_tokens, sampler, stops, eos, self._generation, speculate, logprobs
         )
 
     def decode_logits(
@@ -269,25 +296,69 @@ class Model:
         eos: frozenset[int],
         generation: int,
         speculate: str | None = None,
+        logprobs: int | None = None,
     ) -> Iterator[Chunk]:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         clock = time.perf_counter
         start = clock()
-        logits = backend.prefill(ids, len(ids) + max_tokens)
+        logits, stats.cached_tokens = self._prefill(backend, ids, len(ids) + max_tokens)
         spec = None
         if speculate:
             spec = SpeculativeDecoder(backend, ids, len(ids) + max_tokens, stats)
             stats.speculative = PROMPT_LOOKUP
-        step = spec or backend.decode
         stats.prefill_s = clock() - start
-        detok = self.tokenizer.stream(ids)
+        fed = list(ids)  # the tokens in the backend's KV cache
+        try:
+            yield from self._decode_loop(
+                spec or backend.decode, logits, fed, start, max_tokens, sampler, stops, eos,
+                generation, logprobs,
+            )  # fmt: skip
+        finally:
+            if generation == self._generation:  # else another generation owns the backend
+                if spec is not None:
+                    spec.settle()  # the KV cache holds what plain decoding leaves: `fed`
+                self._remember(backend, fed)
+
+    def _prefill(self, backend: Backend, ids: list[int], total: int) -> tuple[np.ndarray, int]:
+        """The prompt's last logits and how many prompt tokens came from the prompt cache."""
+        hit = self.prompt_cache.match(ids) if self.prompt_cache is not None else None
+        if hit is None:
+            return backend.prefill(ids, total), 0
+        keep, snap = hit
+        return backend.resume(snap.state, keep, ids, total), keep
+
+    def _remember(self, backend: Backend, fed: list[int]) -> None:
+        """Keep the backend's KV cache of `fed` in the prompt cache, for the next prompt."""
+        if self.prompt_cache is None or self.prompt_cache.max_bytes == 0:
+            return
+        taken = backend.snapshot()
+        if taken is not None:
+            self.prompt_cache.put(KvSnapshot(tuple(fed), taken[0], taken[1]))
+
+    def _decode_loop(
+        self,
+        step: Callable[[int], np.ndarray],
+        logits: np.ndarray,
+        fed: list[int],
+        start: float,
+        max_tokens: int,
+        sampler: Sampler,
+        stops: _Stops,
+        eos: frozenset[int],
+        generation: int,
+        logprobs: int | None,
+    ) -> Iterator[Chunk]:
+        """Sample, detokenize, stop and time each token after the prompt (`start`: when the
+        prompt went in); `step(token)` feeds one token and returns the next logits (the backend's
+        decode, or edgerun.speculative's decoder); every token fed is appended to `fed`."""
+        stats, clock = self.last_stats, time.perf_counter
+        detok = self.tokenizer.stream(list(fed))
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
         for i in range(max_tokens):
+            scored = None if logprobs is None else _logprobs(logits, logprobs)
             token = sampler(logits)
             if token in eos:
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
-                if spec is not None:
-                    spec.settle()  # the KV cache holds what plain decoding leaves
                 break
             text = detok.push(token)
             if i == max_tokens - 1:
@@ -305,9 +376,7 @@ class Model:
             stats.generated_tokens += 1
             if last:
                 stats.finish_reason = "stop" if hit else "length"
-                if spec is not None:
-                    spec.settle()
-            yield Chunk(token, text)
+            yield Chunk(token, text, None if scored is None else scored(token))
             if last:
                 return
             start = clock()  # the caller's time between chunks is not counted
@@ -318,6 +387,7 @@ class Model:
                     "finish one iterator before starting the next, or load a second Model",
                 )
             logits = step(token)
+            fed.append(token)
         # Ended on an end-of-sequence / stop id: release what was held back.
         tail, hit = stops.feed(detok.flush())
         pending = tail if hit else tail + stops.flush()
@@ -339,6 +409,21 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<edgerun.Model {self.info.format} via {self.info.backend} {self.info.providers}>"
+
+
+MAX_TOP_LOGPROBS = 20  # as OpenAI
+
+
+def _logprobs(logits: np.ndarray, top: int) -> Any:
+    """A function of the chosen token id giving its TokenLogprobs under `logits`, with the
+    `top` most likely alternatives (computed now: the backend reuses the logits buffer)."""
+    row = logits.astype(np.float64)
+    shifted = row - row.max()
+    logp = shifted - np.log(np.exp(shifted).sum())
+    best = np.argpartition(-logp, top - 1)[:top] if top else np.zeros(0, np.int64)
+    best = best[np.argsort(-logp[best], kind="stable")]
+    alternatives = tuple((int(i), float(logp[i])) for i in best)
+    return lambda token: TokenLogprobs(float(logp[token]), alternatives)
 
 
 class _Stops:
@@ -387,6 +472,7 @@ def load(
     context: int | None = None,
     verify: bool = False,
     speculative: str | bool = "auto",
+    prompt_cache_mb: float | None = None,
     **options: Any,
 ) -> Model:
     """Load an artifact and pick its backend and execution providers from a device profile.
@@ -395,9 +481,11 @@ def load(
     path, or None to auto-detect. threads / context override the profile and the model; backend
     forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
     fallback into an error; verify hashes every file of the artifact in full instead of the
-    default check (small files hashed, large ones sampled: edgerun.integrity); options are
-    backend options (e.g. n_gpu_layers); speculative: generate()'s default speculative mode
-    ("auto" | "on" | "off", see Model.generate). Raises EdgerunError.
+    default check (small files hashed, large ones sampled: edgerun.integrity); speculative:
+    generate()'s default speculative mode ("auto" | "on" | "off", see Model.generate);
+    prompt_cache_mb bounds the prompt cache (edgerun.kvcache; 0: off; None: what the profile's
+    memory budget leaves, at most 256 MB; always off on a backend that cannot copy its KV
+    cache); options are backend options (e.g. n_gpu_layers). Raises EdgerunError.
     """
     resolve_mode(speculative, True, None)  # a bad mode fails before the model loads
     started = time.perf_counter()
@@ -408,6 +496,11 @@ def load(
                 f"pass {name}=1 or more, or omit it",
                 cli_hint=f"pass --{name} 1 or more, or omit it",
             )
+    if prompt_cache_mb is not None and not prompt_cache_mb >= 0:
+        raise EdgerunError(
+            f"prompt_cache_mb must be 0 or more, got {prompt_cache_mb}",
+            "pass --prompt-cache-mb 0 to turn the prompt cache off",
+        )
     path, picked = pick_from_export_dir(Path(path), profile)
     artifact = resolve_artifact(path, verify=verify)
     opened = open_backend(artifact, profile, threads, backend, strict, context, options)
@@ -427,6 +520,8 @@ def load(
         artifact_reason=picked,
         context_reason=opened.context_reason,
     )
-    model = Model(artifact, opened.backend, opened.tokenizer, info)
+    can_reuse = opened.backend.can_snapshot
+    cache = make_cache(prompt_cache_mb, opened.memory_room) if can_reuse else None
+    model = Model(artifact, opened.backend, opened.tokenizer, info, cache)
     model.speculative = speculative
     return model

@@ -80,7 +80,8 @@ def check_artifact(
     checks = RuntimeChecks()
     trace = None
     try:
-        with edgerun.load(str(artifact), threads=threads) as model:
+        # prompt cache off: the probe times the same prompt repeatedly
+        with edgerun.load(str(artifact), threads=threads, prompt_cache_mb=0) as model:
             backend = model.info.backend
             if token_ids is not None and nocache is not None:
                 trace = _decode(model, token_ids, checks)

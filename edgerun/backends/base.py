@@ -166,6 +166,19 @@ class Backend(ABC):
         """Forget every position from `length` on (drafts the target rejected)."""
         raise NotImplementedError(f"{self.name} cannot roll its KV cache back")
 
+    # Whether snapshot() / resume() work: the prompt cache (edgerun.kvcache) uses them.
+    can_snapshot: bool = False
+
+    def snapshot(self) -> tuple[Any, int] | None:
+        """A copy of the KV cache as it stands and its size in bytes, for edgerun.kvcache; None
+        when this backend cannot copy its cache (then prompts are never reused)."""
+        return None
+
+    def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
+        """Like prefill(ids, total), but start from a snapshot() `state` whose first `keep`
+        positions hold ids[:keep]; only ids[keep:] (at least one token) is computed."""
+        raise NotImplementedError(f"{self.name} does not restore KV snapshots")
+
     def tokenizer(self) -> Tokenizer | None:
         """A tokenizer embedded in the model file (GGUF), or None."""
         return None

@@ -114,6 +114,32 @@ class LlamaCppBackend(Backend):
         self.llm.n_tokens = length
         self.llm._ctx.kv_cache_seq_rm(-1, length, -1)
 
+    can_snapshot = True
+
+    def snapshot(self) -> tuple[Any, int] | None:
+        """Sequence 0's KV cells as llama.cpp serialises them (no logits, no scores buffer:
+        Llama.save_state would also copy its n_batch x vocab scores)."""
+        import ctypes
+
+        lib, ctx = self._lib, self.llm.ctx
+        size = int(lib.llama_state_seq_get_size(ctx, 0))
+        if size == 0 or self.llm.n_tokens == 0:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        written = int(lib.llama_state_seq_get_data(ctx, buf, size, 0))
+        return ((buf, written), written) if written else None
+
+    def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
+        buf, size = state
+        self.llm.reset()
+        if not self._lib.llama_state_seq_set_data(self.llm.ctx, buf, size, 0):
+            return self.prefill(ids, total)  # refused (never seen): compute it all
+        # eval() removes every cell from n_tokens on, so only the kept prefix stays
+        self.llm.n_tokens = keep
+        self.llm.input_ids[:keep] = ids[:keep]
+        self.llm.eval(list(ids[keep:]))
+        return self._logits()
+
     def _logits(self) -> np.ndarray:
         # llama.cpp may move its output buffer between decodes: fetch the pointer every time.
         ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)

@@ -83,6 +83,7 @@ class OrtBackend(Backend):
         self._device = "cuda" if gpu else "cpu"
         self._binding = _Binding(ort, self.session, self._device)
         self.can_verify = self._device == "cpu"  # rollback repacks the cache with numpy
+        self.can_snapshot = self._device == "cpu"  # the prompt cache copies with numpy
         self._capacity = 0
         self._length = 0
         self._flip = 0
@@ -191,6 +192,36 @@ class OrtBackend(Backend):
                 b[: self._kv_heads * keep].reshape(shape)[:] = old[:, :length]
             self._flip = 1 - self._flip
         self._length = length  # the shared buffer: later writes overwrite what lies beyond
+
+    def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
+        self._reserve(max(total, len(ids)))
+        self._flip = 0
+        for i, ptr in enumerate(self._pointers[0]):
+            self._kv_view(ptr, keep)[:, :keep] = state[i, :, :keep]
+        self._length = keep
+        return self._run_many(ids[keep:])[-1]
+
+    def snapshot(self) -> tuple[Any, int] | None:
+        """The first _length positions of every K/V buffer, as one [2 x layers, heads,
+        positions, head_dim] array (CPU buffers only)."""
+        n = self._length
+        if self._device != "cpu" or n == 0:
+            return None
+        out = np.empty((len(self._past), self._kv_heads, n, self._head_dim), self._kv_dtype)
+        for i, ptr in enumerate(self._pointers[0 if self._shared else self._flip]):
+            out[i] = self._kv_view(ptr, n)[:, :n]
+        return out, int(out.nbytes)
+
+    def _kv_view(self, ptr: int, length: int) -> np.ndarray:
+        """A [heads, stride, head_dim] numpy view of the buffer at `ptr` holding `length`
+        positions: the shared buffer keeps its capacity as stride, a ping-pong one is dense."""
+        import ctypes
+
+        stride = self._capacity if self._shared else length
+        count = self._kv_heads * stride * self._head_dim
+        raw = (ctypes.c_byte * (count * np.dtype(self._kv_dtype).itemsize)).from_address(ptr)
+        flat = np.frombuffer(memoryview(raw), np.dtype(self._kv_dtype))
+        return flat.reshape(self._kv_heads, stride, self._head_dim)
 
     def _run_many(self, ids: Sequence[int]) -> np.ndarray:
         """Append `ids` after the cached positions in one run; logits [n, vocab] for each."""

@@ -54,6 +54,8 @@ class Opened:
     requested_providers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     context_reason: str = ""
+    # bytes the profile's budget leaves after weights, KV cache and runtime (None: no profile)
+    memory_room: int | None = None
 
 
 def resolve_profile(profile: str | Path | None) -> tuple[Profile | None, str]:
@@ -193,15 +195,17 @@ def open_backend(
         raise
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    context_length = int(
+        getattr(backend, "context_length", None) or settings.context or DEFAULT_CONTEXT
+    )
     return Opened(
         backend=backend,
         tokenizer=tokenizer,
         profile_id=profile.id if profile else None,
         profile_reason=reason,
-        context_length=int(
-            getattr(backend, "context_length", None) or settings.context or DEFAULT_CONTEXT
-        ),
+        context_length=context_length,
         context_reason=context_reason,
+        memory_room=_memory_room(artifact, profile, backend, context_length),
         requested_providers=wanted,
         warnings=warnings,
     )
@@ -358,6 +362,20 @@ def _check_memory_loaded(artifact: Artifact, profile: Profile | None, backend: B
     from edgerun.backends.providers import check_memory
 
     check_memory(profile, artifact.weights_bytes(), per_token * int(context))
+
+
+def _memory_room(
+    artifact: Artifact, profile: Profile | None, backend: Backend, context: int
+) -> int | None:
+    """What the profile's memory budget leaves once weights, the KV cache of `context`
+    positions and RUNTIME_OVERHEAD are counted (what the prompt cache may use by default)."""
+    per_token = backend.kv_bytes_per_token() or _kv_per_token(artifact)
+    if profile is None or per_token is None:
+        return None
+    from edgerun.backends.providers import memory_budget_bytes
+
+    used = artifact.weights_bytes() + per_token * context + RUNTIME_OVERHEAD
+    return memory_budget_bytes(profile) - used
 
 
 def _check_active(backend: Backend, settings: Settings, strict: bool) -> list[str]:

@@ -52,6 +52,9 @@ class Worker:
         t0 = time.perf_counter()
         self.model = loader(req["path"], profile=req.get("profile"), **options)
         load_s = time.perf_counter() - t0
+        if getattr(self.model, "prompt_cache", None) is not None:
+            # every repetition sends the same prompt: reusing its KV cache would time nothing
+            self.model.prompt_cache = None
         info = self.model.info.to_json() if hasattr(self.model, "info") else {}
         return {
             "load_s": load_s,

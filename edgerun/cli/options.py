@@ -23,6 +23,17 @@ def wide_option(f: F) -> F:
     )(f)
 
 
+def prompt_cache_option(f: F) -> F:
+    """`--prompt-cache-mb`: the bound of the prompt (KV prefix) cache, for `run` and `serve`."""
+    return click.option(
+        "--prompt-cache-mb",
+        type=float,
+        default=None,
+        help="Bound of the prompt (KV prefix) cache in MiB; 0: off (default: what the profile's"
+        " memory budget leaves, at most 256).",
+    )(f)
+
+
 def workload_options(f: F) -> F:
     """The bench workload, shared by `edgerun bench` and `edgerun lab bench` (which runs it on
     every device): --prompt-tokens, --gen-tokens, --reps, --warmup, --threads, --profile,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgerun.cli.options import speculative_option
+from edgerun.cli.options import prompt_cache_option, speculative_option
 
 
 @click.command()
@@ -45,6 +45,14 @@ from edgerun.cli.options import speculative_option
 @click.option("--context", type=int, default=None, help="Context length (default: the model's).")
 @click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, genai, llamacpp.")
+@prompt_cache_option
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The request log on stderr: one line per request, key=value text or JSON.",
+)
 @click.option(
     "--drain-timeout",
     default=30.0,
@@ -64,6 +72,8 @@ def serve(
     context: int | None,
     threads: int | None,
     backend: str | None,
+    prompt_cache_mb: float | None,
+    log_format: str,
     drain_timeout: float,
     speculative: str,
 ) -> None:
@@ -71,7 +81,8 @@ def serve(
 
     Each ARTIFACT is a directory or bare .gguf / .onnx file, served under its name, or
     ALIAS=PATH; a request's "model" picks one. Each model runs one generation at a time, the
-    rest wait in a bounded queue. GET /health and GET /metrics (Prometheus) are also served.
+    rest wait in a bounded queue. A prompt that shares a prefix with an earlier one starts
+    from its cached KV state. GET /health and GET /metrics (Prometheus) are also served.
     """
     from edgerun.errors import require
 
@@ -95,6 +106,8 @@ def serve(
             threads=threads,
             backend=backend,
             speculative=speculative,
+            prompt_cache_mb=prompt_cache_mb,
+            log_format=log_format,
         )
     except KeyboardInterrupt:
         # uvicorn has already drained; it re-raises the signal only so the caller can see it.

@@ -20,9 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgerun.model import Chunk
+from edgerun.serve import reqlog
 from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error, check_prompt_size
 from edgerun.serve.guard import LOOPBACK_HOSTS, HostCheck, read_within
+from edgerun.serve.logprobs import CompletionLogprobs, chat_logprobs
 from edgerun.serve.schema import ApiError, GenerationRequest, parse_json, parse_request
+from edgerun.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -39,8 +42,10 @@ class ServeState:
         max_body: int = 1 << 20,
         drain_s: float = 30.0,
         body_timeout_s: float = 30.0,
+        log_format: str = "text",
     ) -> None:
         self.slots, self.metrics, self.api_key = slots, metrics, api_key
+        self.log_format = log_format
         self.max_body, self.drain_s, self.body_timeout_s = max_body, drain_s, body_timeout_s
         self.created = int(time.time())
 
@@ -73,6 +78,7 @@ def endpoint(name: str, public: bool = False) -> Callable[[Handler], Handler]:
     def wrap(handler: Handler) -> Handler:
         async def run(request: Request) -> Response:
             state: ServeState = request.app.state.serve
+            request.state.request_id = uuid.uuid4().hex[:24]
             try:
                 if not public:
                     _authorize(request, state.api_key)
@@ -87,11 +93,30 @@ def endpoint(name: str, public: bool = False) -> Callable[[Handler], Handler]:
                 state.metrics.errors.labels(str(api.status), str(api.code)).inc()
                 response = _error(api)
             state.metrics.requests.labels(name, str(response.status_code)).inc()
+            if name in GENERATION_ENDPOINTS and not getattr(request.state, "streaming", False):
+                _log_request(request, response.status_code)
             return response
 
         return run
 
     return wrap
+
+
+GENERATION_ENDPOINTS = ("completions", "chat")
+
+
+def _log_request(request: Request, status: int) -> None:
+    """The request log's line for `request` (its outcome, once it has one)."""
+    state: ServeState = request.app.state.serve
+    req = getattr(request.state, "generation", None)
+    record = reqlog.fields(
+        getattr(request.state, "response_id", request.state.request_id),
+        req.model if req is not None else None,
+        status,
+        getattr(request.state, "outcome", None),
+        req.user if req is not None else None,
+    )
+    reqlog.write(record, state.log_format)
 
 
 def _authorize(request: Request, key: str | None) -> None:
@@ -182,25 +207,28 @@ async def chat_completions(request: Request) -> Response:
 
 async def _generate(request: Request, chat: bool) -> Response:
     state: ServeState = request.app.state.serve
-    req = parse_request(await _body(request, state), chat)
+    req = request.state.generation = parse_request(await _body(request, state), chat)
     slot = state.slot(req.model)
     check_prompt_size(req, slot.model.context_length)
-    shape = _Shape(req, chat)
+    shape = _Shape(req, chat, request.state.request_id, slot.model.tokenizer)
+    request.state.response_id = shape.id
     if req.stream:
         chunks = slot.stream(req)
         # The first item comes before any byte is sent, so 429, 400 (context), 503 stay JSON.
         first = await anext(chunks)
-        return _sse(_events(shape, first, chunks), state.drain_s)
+        request.state.streaming = True
+        return _sse(_events(shape, first, chunks, request), state.drain_s)
     cancel = threading.Event()
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
     try:
-        text, item = [], await anext(chunks := slot.stream(req, cancel))
+        got, item = [], await anext(chunks := slot.stream(req, cancel))
         while not isinstance(item, Outcome):
-            text.append(item.text)
+            got.append(item)
             item = await anext(chunks)
     finally:
         watcher.cancel()
-    return JSONResponse(shape.full("".join(text), item))
+    request.state.outcome = item
+    return JSONResponse(shape.full(got, item))
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -211,30 +239,39 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
 
 
 async def _events(
-    shape: _Shape, first: Chunk | Outcome, chunks: AsyncGenerator[Chunk | Outcome, None]
+    shape: _Shape,
+    first: Chunk | Outcome,
+    chunks: AsyncGenerator[Chunk | Outcome, None],
+    request: Request,
 ) -> AsyncIterator[str]:
-    """The SSE data lines: a role delta (chat), text deltas, the finish, usage, [DONE]."""
+    """The SSE data lines: a role delta (chat), text deltas, the finish, usage, [DONE]; the
+    request log's line once it ends."""
     import json
 
+    status = 499  # as nginx logs a client that went away before the end
     try:
         if shape.chat:
             yield json.dumps(shape.delta({"role": "assistant", "content": ""}))
         item = first
         while not isinstance(item, Outcome):
-            if item.text:
-                yield json.dumps(shape.delta(item.text))
+            if item.text or item.logprobs is not None:
+                yield json.dumps(shape.delta(item.text, chunk=item))
             item = await anext(chunks)
+        request.state.outcome = item
+        status = 200
         yield json.dumps(shape.delta(None, item.finish_reason))
         if shape.req.include_usage:
             yield json.dumps({**shape.head(), "choices": [], "usage": _usage(item)})
     except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI does
         log.exception("generation failed mid-stream")
         api = as_api_error(exc) or ApiError(500, f"internal error: {type(exc).__name__}")
+        status = api.status
         yield json.dumps(api.body())
     else:
         yield "[DONE]"
     finally:
         await chunks.aclose()  # a disconnect lands here: the generation stops at the next token
+        _log_request(request, status)
 
 
 def _sse(events: AsyncIterator[str], drain_s: float) -> Response:
@@ -244,41 +281,65 @@ def _sse(events: AsyncIterator[str], drain_s: float) -> Response:
     return EventSourceResponse(events, sep="\n", ping=0, shutdown_grace_period=drain_s)
 
 
-def _usage(outcome: Outcome) -> dict[str, int]:
+def _usage(outcome: Outcome) -> dict[str, Any]:
     p, c = outcome.prompt_tokens, outcome.completion_tokens
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    cached = int(outcome.stats.get("cached_tokens") or 0)
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 class _Shape:
     """The OpenAI response objects of one request (completion or chat, whole or chunked)."""
 
-    def __init__(self, req: GenerationRequest, chat: bool) -> None:
+    def __init__(
+        self, req: GenerationRequest, chat: bool, request_id: str, tokenizer: Tokenizer
+    ) -> None:
         self.req, self.chat = req, chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.created = int(time.time())
+        self._tokenizer = tokenizer
+        self._completion_logprobs = CompletionLogprobs(tokenizer)
+
+    def logprobs(self, chunks: Sequence[Chunk]) -> dict[str, Any] | None:
+        """choice.logprobs for `chunks`, or None when the request asked for none."""
+        if self.req.logprobs is None:
+            return None
+        if self.chat:
+            return chat_logprobs(self._tokenizer, chunks)
+        return self._completion_logprobs(chunks)
 
     def head(self, chunk: bool = True) -> dict[str, Any]:
         kind = ("chat.completion" + (".chunk" if chunk else "")) if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.req.model}
 
     def delta(
-        self, content: str | dict[str, str] | None, finish: str | None = None
+        self,
+        content: str | dict[str, str] | None,
+        finish: str | None = None,
+        chunk: Chunk | None = None,
     ) -> dict[str, Any]:
+        logprobs = self.logprobs([chunk]) if chunk is not None else None
         if self.chat:
             delta = (
                 content if isinstance(content, dict) else ({"content": content} if content else {})
             )
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+            text = content if isinstance(content, str) else ""
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return {**self.head(), "choices": [choice]}
 
-    def full(self, text: str, outcome: Outcome) -> dict[str, Any]:
+    def full(self, chunks: Sequence[Chunk], outcome: Outcome) -> dict[str, Any]:
+        text, logprobs = "".join(c.text for c in chunks), self.logprobs(chunks)
         if self.chat:
             message = {"role": "assistant", "content": text}
-            choice = {"index": 0, "message": message, "logprobs": None}
+            choice = {"index": 0, "message": message, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None}
+            choice = {"index": 0, "text": text, "logprobs": logprobs}
         choice["finish_reason"] = outcome.finish_reason
         return {**self.head(chunk=False), "choices": [choice], "usage": _usage(outcome)}
 

@@ -73,6 +73,33 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.cache_hits = Counter(
+            "edgerun_prompt_cache_hits",
+            "Generations that restored a prompt prefix from the prompt cache",
+            ["model"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "edgerun_prompt_cache_misses",
+            "Generations that computed their whole prompt (prompt cache on)",
+            ["model"],
+            registry=r,
+        )
+        self.cache_tokens = Counter(
+            "edgerun_prompt_cache_reused_tokens",
+            "Prompt tokens restored instead of computed",
+            ["model"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "edgerun_prompt_cache_bytes", "Bytes the prompt cache holds", ["model"], registry=r
+        )
+        self.cache_limit = Gauge(
+            "edgerun_prompt_cache_limit_bytes",
+            "The prompt cache's bound in bytes (0: off)",
+            ["model"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "edgerun_time_to_first_token_seconds",
             "Model-side time to first token",
@@ -168,6 +195,11 @@ class Slot:
         self._lock = asyncio.Lock()
         self._waiting: set[asyncio.Task[Any]] = set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"edgerun-{name}")
+        cache = model.prompt_cache
+        metrics.cache_limit.labels(name).set(cache.max_bytes if cache is not None else 0)
+        metrics.cache_bytes.labels(name).set(0)
+        for counter in (metrics.cache_hits, metrics.cache_misses, metrics.cache_tokens):
+            counter.labels(name)  # shown as 0 from the start
 
     async def _acquire(self) -> None:
         busy = self._lock.locked() or bool(self._waiting)
@@ -268,6 +300,16 @@ class Slot:
         if outcome.stats.get("decode_tok_s") is not None:
             m.decode_tok_s.labels(name).set(outcome.stats["decode_tok_s"])
         m.count_drafts(name, outcome.stats)
+        self._count_cache(outcome)
+
+    def _count_cache(self, outcome: Outcome) -> None:
+        cache, m, name = self.model.prompt_cache, self.metrics, self.name
+        if cache is None:
+            return
+        reused = int(outcome.stats.get("cached_tokens") or 0)
+        (m.cache_hits if reused else m.cache_misses).labels(name).inc()
+        m.cache_tokens.labels(name).inc(reused)
+        m.cache_bytes.labels(name).set(cache.bytes)
 
     def shutdown(self) -> None:
         """Stop the worker thread (after its generation ends) and free the model."""

@@ -2,7 +2,9 @@
 
 No web framework here: the checks are plain Python so every bad field becomes a 400 with the
 OpenAI error body (`{"error": {message, type, param, code}}`), never a 422 or a traceback.
-Unknown fields are ignored, as the OpenAI API does for fields a server does not implement.
+A field the server does not apply is a 400 naming it, never silently ignored (an app that sends
+`tools` must not get a plain completion back as if it had been honoured): UNSUPPORTED lists
+OpenAI's fields that are not served, with why; a field neither served nor listed is unknown.
 """
 
 from __future__ import annotations
@@ -14,6 +16,45 @@ from typing import Any
 MAX_STOP = 4  # as OpenAI
 MAX_SEED = 2**63 - 1
 MAX_DEPTH = 32  # of nested arrays and objects; an OpenAI body needs about 6
+MAX_LOGPROBS = 5  # /v1/completions' integer logprobs, as OpenAI
+MAX_TOP_LOGPROBS = 20  # /v1/chat/completions' top_logprobs, as OpenAI
+
+# The request fields this server applies, by endpoint (top_k and ignore_eos are extensions, as
+# vLLM's; `user` is recorded in the request log).
+SERVED_FIELDS = frozenset(
+    {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream"}
+    | {"stream_options", "n", "logprobs", "ignore_eos", "user"}
+)
+SERVED_CHAT = frozenset({"messages", "max_completion_tokens", "top_logprobs"})
+SERVED_COMPLETION = frozenset({"prompt"})
+
+# OpenAI request fields this server does not apply: each is a 400 naming it, with this reason,
+# unless its value asks for nothing (null, or the neutral value given). Remove an entry (and
+# add it to SERVED_*) when a feature starts applying it.
+UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "tools": ("tool calls are not served", (None, [])),
+    "tool_choice": ("tool calls are not served", (None, "none")),
+    "parallel_tool_calls": ("tool calls are not served", (None,)),
+    "functions": ("function calls are not served", (None, [])),
+    "function_call": ("function calls are not served", (None, "none")),
+    "response_format": ("constrained output is not served", (None, {"type": "text"})),
+    "logit_bias": ("logit_bias is not applied", (None, {})),
+    "presence_penalty": ("penalties are not applied", (None, 0)),
+    "frequency_penalty": ("penalties are not applied", (None, 0)),
+    "repetition_penalty": ("penalties are not applied", (None, 1)),
+    "best_of": ("only one candidate is generated", (None, 1)),
+    "echo": ("the prompt is not echoed", (None, False)),
+    "suffix": ("insertion (suffix) is not served", (None, "")),
+    "modalities": ("only text is served", (None, ["text"])),
+    "audio": ("only text is served", (None,)),
+    "prediction": ("predicted outputs are not served", (None,)),
+    "reasoning_effort": ("reasoning effort is not applied", (None,)),
+    "web_search_options": ("web search is not served", (None,)),
+    "service_tier": ("service tiers are not served", (None, "auto", "default")),
+    "store": ("completions are not stored", (None, False)),
+    "metadata": ("completions are not stored", (None, {})),
+    "min_p": ("min_p sampling is not applied", (None, 0)),
+}
 
 
 class ApiError(Exception):
@@ -66,6 +107,9 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     ignore_eos: bool  # an extension (as vLLM's): generate exactly max_tokens tokens
+    top_k: int = 0  # an extension (as vLLM's): 0 keeps every token
+    logprobs: int | None = None  # None: none; else this many alternatives per token
+    user: str | None = None
 
     def options(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments for Model.generate / Model.chat."""
@@ -73,9 +117,11 @@ class GenerationRequest:
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
+            top_k=self.top_k,
             seed=self.seed,
             stop=self.stop or None,
             ignore_eos=self.ignore_eos,
+            logprobs=self.logprobs,
         )
 
 
@@ -216,8 +262,52 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def check_fields(body: dict[str, Any], chat: bool) -> None:
+    """ApiError 400 naming the first field the server would not apply (UNSUPPORTED with a
+    value that asks for something, one of the other endpoint's, or an unknown one)."""
+    served = SERVED_FIELDS | (SERVED_CHAT if chat else SERVED_COMPLETION)
+    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+    for key, value in body.items():
+        if key in served:
+            continue
+        if key in UNSUPPORTED:
+            reason, neutral = UNSUPPORTED[key]
+            if any(value == n and type(value) is type(n) for n in neutral):
+                continue
+            raise ApiError(
+                400, f"'{key}' is not supported here: {reason}", key, "unsupported_field"
+            )
+        known = key in SERVED_CHAT | SERVED_COMPLETION
+        what = f"not a field of {endpoint}" if known else "an unknown field"
+        raise ApiError(400, f"'{key}' is {what}", key, "unsupported_field")
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives per token to return (None: no logprobs): chat's boolean logprobs
+    with top_logprobs, or completions' integer logprobs."""
+    if not chat:
+        value = _typed(body, "logprobs", (int,), "an integer")
+        if value is not None and not 0 <= value <= MAX_LOGPROBS:
+            raise ApiError(
+                400, f"'logprobs' must be between 0 and {MAX_LOGPROBS}, got {value}", "logprobs"
+            )
+        return value
+    wanted = _typed(body, "logprobs", (bool,), "a boolean")
+    top = _typed(body, "top_logprobs", (int,), "an integer")
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(
+            400,
+            f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {top}",
+            "top_logprobs",
+        )
+    if top is not None and not wanted:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
 def parse_request(body: dict[str, Any], chat: bool) -> GenerationRequest:
     """Check a /v1/completions (`chat` False) or /v1/chat/completions body; raise ApiError."""
+    check_fields(body, chat)
     model = _typed(body, "model", (str,), "a string")
     if not model:
         raise ApiError(400, "'model' is required", "model")
@@ -240,4 +330,14 @@ def parse_request(body: dict[str, Any], chat: bool) -> GenerationRequest:
         stream=bool(_typed(body, "stream", (bool,), "a boolean")),
         include_usage=bool(stream_options.get("include_usage")),
         ignore_eos=bool(_typed(body, "ignore_eos", (bool,), "a boolean")),
+        top_k=_top_k(body),
+        logprobs=_logprobs(body, chat),
+        user=_typed(body, "user", (str,), "a string"),
     )
+
+
+def _top_k(body: dict[str, Any]) -> int:
+    value = _typed(body, "top_k", (int,), "an integer")
+    if value is not None and value < -1:
+        raise ApiError(400, f"'top_k' must be 0 or -1 (off) or more, got {value}", "top_k")
+    return max(value or 0, 0)

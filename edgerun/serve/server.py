@@ -17,6 +17,7 @@ import uvicorn
 
 from edgerun.errors import EdgerunError
 from edgerun.model import Model, load
+from edgerun.serve import reqlog
 from edgerun.serve.app import ServeState, build_app
 from edgerun.serve.engine import Metrics, Slot
 from edgerun.serve.guard import (
@@ -112,6 +113,7 @@ def make_server(
     drain_s: float = 30.0,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
     limits: Limits | None = None,
+    log_format: str = "text",
 ) -> DrainingServer:
     """A uvicorn server (not started; run it with `.run(sockets=[bind(host, port)])`).
 
@@ -119,8 +121,13 @@ def make_server(
     `limits.max_connections` connections (closing idle ones first) and closes a client that
     is slower than `limits`' header and body deadlines. On SIGINT/SIGTERM (or `.stop()`) it
     stops accepting connections, answers queued requests 503, lets running generations finish
-    (at most `drain_s` seconds), then returns. Raises EdgerunError on a bad setting.
+    (at most `drain_s` seconds), then returns. Each generation request is logged as one line
+    in `log_format` (edgerun.serve.reqlog). Raises EdgerunError on a bad setting.
     """
+    if log_format not in reqlog.FORMATS:
+        raise EdgerunError(
+            f"unknown log format '{log_format}'", f"use one of {', '.join(reqlog.FORMATS)}"
+        )
     if max_queue < 0:
         raise EdgerunError(f"--max-queue must be 0 or more, got {max_queue}", "pass --max-queue 8")
     check_api_key(api_key)
@@ -132,7 +139,9 @@ def make_server(
         )
     metrics, warnings = Metrics(), OncePerMinute()
     slots = {name: Slot(name, model, max_queue, metrics) for name, model in models.items()}
-    state = ServeState(slots, metrics, api_key, max_body, drain_s, limits.body_timeout_s)
+    state = ServeState(
+        slots, metrics, api_key, max_body, drain_s, limits.body_timeout_s, log_format
+    )
     config = uvicorn.Config(
         build_app(state, allowed_hosts),
         http=connection_guard(limits, warnings),
@@ -175,13 +184,15 @@ def serve(
     allowed_hosts: Sequence[str] = (),
     max_connections: int = 256,
     announce: Callable[[str], None] = log.warning,
+    log_format: str = "text",
     **load_options: Any,
 ) -> None:
     """Serve `artifacts` (PATH or ALIAS=PATH) on host:port until SIGINT/SIGTERM, then drain.
 
     `allowed_hosts` adds Host names to those a loopback server answers (a server on another
-    address answers any, unless these are given). `load_options` go to edgerun.load (threads,
-    backend, ...). Raises EdgerunError when an artifact does not load, a setting is wrong or
+    address answers any, unless these are given). One line per generation request goes to
+    stderr in `log_format` ("text" | "json"). `load_options` go to edgerun.load (threads,
+    backend, prompt_cache_mb, ...). Raises EdgerunError when an artifact does not load, a setting is wrong or
     the address cannot be bound.
     """
     paths = parse_artifacts(artifacts)
@@ -202,14 +213,17 @@ def serve(
             drain_s=drain_s,
             allowed_hosts=allowed_hosts_for(host, allowed_hosts),
             limits=Limits(max_connections=max_connections),
+            log_format=log_format,
         )
         where = f"[{host}]" if ":" in host else host
         announce(
             f"edgerun serve: {', '.join(models)} on http://{where}:{sock.getsockname()[1]}/v1"
             " (Ctrl-C to stop)"
         )
+        handler = reqlog.install()
         try:
             server.run(sockets=[sock])
         finally:
+            logging.getLogger(reqlog.LOGGER).removeHandler(handler)
             for slot in server.state.slots.values():
                 slot.shutdown()

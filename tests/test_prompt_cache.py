@@ -1,0 +1,141 @@
+"""Prefix KV reuse (edgerun.kvcache) through the library on both backends: a prompt that
+extends an earlier generation restores its KV cache and decodes exactly what a cold run does;
+the byte bound holds and evicts; logprobs come back in the chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import edgerun
+from edgerun.errors import EdgerunError
+from edgerun.kvcache import KvSnapshot, PrefixCache
+from tests.runtime_helpers import PROFILE, export_artifact
+
+FORMATS = {"onnxruntime": "onnx-fp32", "llamacpp": "gguf-f32"}
+
+
+@pytest.fixture(scope="module", params=sorted(FORMATS))
+def artifact(request: pytest.FixtureRequest, tiny_llama: Path, tmp_path_factory: Any) -> Path:
+    if request.param == "llamacpp":
+        pytest.importorskip("llama_cpp")
+    out = tmp_path_factory.mktemp(f"cache-{request.param}")
+    return export_artifact(tiny_llama, FORMATS[request.param], out)
+
+
+def _prompt(seed: int, n: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(3, 200, n)]
+
+
+def _greedy(model: edgerun.Model, ids: list[int], n: int = 12, **kw: Any) -> list[int]:
+    chunks = model.generate(ids, max_tokens=n, ignore_eos=True, **kw)
+    return [c.token_id for c in chunks if c.token_id is not None]
+
+
+def test_follow_up_reuses_the_prefix_and_matches_a_cold_run(artifact: Path) -> None:
+    first = _prompt(1, 40)
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=64) as warm:
+        reply = _greedy(warm, first)
+        assert warm.last_stats.cached_tokens == 0
+        follow = [*first, *reply, *_prompt(2, 9)]  # the next turn: history + a new message
+        warm_out = _greedy(warm, follow)
+        stats = warm.last_stats
+        cache = warm.prompt_cache
+        assert cache is not None and cache.stats.hits == 1 and cache.stats.misses == 1
+        # everything fed before (prompt + reply but its last token) came back from the cache
+        assert stats.cached_tokens == len(first) + len(reply) - 1
+        # a branch off the middle of the history keeps only the shared part
+        branch = [*first[:25], *_prompt(3, 5)]
+        warm_branch = _greedy(warm, branch)
+        assert warm.last_stats.cached_tokens == 25
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as cold:
+        assert cold.prompt_cache is None
+        assert _greedy(cold, follow) == warm_out
+        assert _greedy(cold, branch) == warm_branch
+        assert cold.last_stats.cached_tokens == 0
+
+
+def test_the_byte_bound_evicts_the_least_recent(artifact: Path) -> None:
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=64) as model:
+        _greedy(model, _prompt(10, 30), n=2)
+        cache = model.prompt_cache
+        assert cache is not None and len(cache) == 1
+        one = cache.bytes
+        assert one > 0
+        cache.max_bytes = int(one * 2.5)  # room for two snapshots of this size
+        for seed in (11, 12, 13):
+            _greedy(model, _prompt(seed, 30), n=2)
+            assert cache.bytes <= cache.max_bytes
+        assert len(cache) == 2 and cache.stats.evictions == 2
+        _greedy(model, _prompt(10, 30), n=2)  # the first prompt was evicted: a miss
+        assert model.last_stats.cached_tokens == 0
+        _greedy(model, _prompt(13, 30), n=2)  # the newest is still there
+        assert model.last_stats.cached_tokens == 29
+
+
+def test_logprobs_are_the_model_distribution(artifact: Path) -> None:
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as model:
+        chunks = [c for c in model.generate(_prompt(5, 12), max_tokens=4, logprobs=3) if c.token_id]
+        for chunk in chunks:
+            lp = chunk.logprobs
+            assert lp is not None and len(lp.top) == 3
+            assert lp.top[0][0] == chunk.token_id  # greedy picks the most likely
+            assert lp.logprob == pytest.approx(lp.top[0][1])
+            assert [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
+            assert lp.logprob <= 0
+        plain = list(model.generate(_prompt(5, 12), max_tokens=4))
+        assert all(c.logprobs is None for c in plain)
+        with pytest.raises(EdgerunError, match="logprobs must be between 0 and 20"):
+            model.generate([5, 6], logprobs=21)
+    with pytest.raises(EdgerunError, match="prompt_cache_mb must be 0 or more"):
+        edgerun.load(artifact, PROFILE, prompt_cache_mb=-1)
+
+
+def test_cache_keeps_longest_prefix_and_replaces_what_it_extends() -> None:
+    cache = PrefixCache(100)
+    cache.put(KvSnapshot((1, 2, 3, 4, 5), "a", 40))
+    cache.put(KvSnapshot((1, 2, 3, 4, 5, 6, 7), "b", 40))  # extends "a": replaces it
+    assert len(cache) == 1 and cache.bytes == 40
+    cache.put(KvSnapshot((9, 9, 9, 9, 9), "c", 40))
+    hit = cache.match([1, 2, 3, 4, 5, 6, 8, 8])
+    assert hit is not None and hit[0] == 6 and hit[1].state == "b"
+    # the whole prompt is cached: the last token is still fed, for its logits
+    hit = cache.match([9, 9, 9, 9, 9])
+    assert hit is not None and hit[0] == 4
+    assert cache.match([1, 2, 7, 7, 7, 7]) is None  # 2 shared tokens: below MIN_REUSE
+    assert not cache.put(KvSnapshot((5,), "too big", 101))
+    cache.put(KvSnapshot((4, 4, 4, 4), "d", 40))  # evicts "b", the least recently used
+    assert {s.state for s in cache._entries.values()} == {"c", "d"}
+    assert cache.stats.evictions == 1 and cache.bytes == 80
+
+
+def test_run_without_a_prompt_is_a_chat_that_reuses_the_conversation(
+    artifact: Path, tiny_llama: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from edgerun.cli import cli
+
+    args = ["run", str(artifact), "--profile", PROFILE, "-n", "6", "--system", "Be brief."]
+    result = CliRunner().invoke(
+        cli, args, input="hello\n\nmore please\n/reset\nagain\n/exit\nlost\n"
+    )
+    assert result.exit_code == 0, result.output
+    stats = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert len(stats) == 3  # three turns; the blank line is skipped, "lost" comes after /exit
+    assert "cached" not in stats[0]
+    cached = int(stats[1].split("(")[1].split()[0])  # "prompt N tok (M cached)"
+    assert cached >= len("Be brief.") // 4
+    assert "(conversation forgotten)" in result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as model:
+        from edgerun.conversation import Conversation
+
+        talk = Conversation(model, "Be brief.")
+        first = "".join(c.text for c in talk.say("hello", max_tokens=6))
+        second = "".join(c.text for c in talk.say("more please", max_tokens=6))
+    # the cached turn answered what a cold model answers
+    assert result.stdout.splitlines()[:2] == [first, second]

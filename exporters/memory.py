@@ -170,12 +170,14 @@ def estimate(
                 calibration = "imatrix"
                 # the streamed pass plus each layer's 4-bit error (onnxruntime's quantizer,
                 # dequantized): 6.41 GiB measured on the Qwen2.5-1.5B shape where the streamed
-                # pass alone models 3.02 GB (benchmarks/README.md "Scale"): x2.3
-                one_pass = streamed_bytes(shape, 1024, 128)
+                # pass alone models 3.02 GB (benchmarks/README.md "Scale"): x2.3; the pass now
+                # runs the whole calibration text (the export's importance statistics)
+                one_pass = streamed_bytes(shape, 3072, 128)
                 stages["calibrate (importance matrix)"] = int(one_pass * IMATRIX_CALIBRATION)
-    if options.imatrix and any(f.startswith(("onnx-int", "gguf-q", "gguf-iq")) for f in formats):
-        # edgerun.exporters.importance runs the whole fp32 model over the calibration text
-        stages["importance statistics (whole fp32 model)"] = _whole(5.0, shape)
+    if _imatrix(options, formats) and calibration != "imatrix":  # else measured above
+        # edgerun.exporters.importance: the checkpoint layer by layer over the calibration
+        # text (its ~3,000 tokens in windows of 512; the head in slices of 128 tokens)
+        stages["importance statistics (layer by layer)"] = streamed_bytes(shape, 3072, 128)
     peak_stage = max(stages, key=lambda s: stages[s])
     return {
         "peak_bytes": stages[peak_stage],
@@ -252,3 +254,17 @@ def describe(found: dict[str, Any]) -> str:
         f"memory: about {found['peak_bytes'] / GB:.1f} GB at peak ({found['peak_stage']});"
         f" limit {found['limit_bytes'] / GB:.1f} GB"
     )
+
+
+def _imatrix(options: Any, formats: list[str]) -> bool:
+    """Whether some format of the call is quantized with the importance statistics."""
+    from edgerun.exporters import gguf
+    from edgerun.exporters import onnx as onnx_family
+
+    for fmt in formats:
+        if fmt.startswith("gguf-") and gguf.uses_imatrix(options, fmt.removeprefix("gguf-")):
+            return True
+        # options.algorithm is what the weight-only config's would be
+        if fmt.startswith("onnx-int") and onnx_family.uses_imatrix(options, options):
+            return True
+    return False

@@ -80,7 +80,10 @@ class OnnxFamily:
         refusal = streamed_refusal(spec, builder, ctx.options, ctx.checkpoint.path)
         if refusal is None:
             config = _weight_only_config(spec, ctx.options) if spec.bits else None
-            quant = stream_export(spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx))
+            quant = stream_export(
+                spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx),
+                lambda: _importance(ctx, config, out_dir) if config else None,
+            )  # fmt: skip
             if quant is not None:
                 quant["bits_summary"] = plan_summary(quant["nodes"])
         else:
@@ -242,8 +245,6 @@ def streamed_refusal(
         return "streaming turned off (extra option onnx_stream)"
     if spec.dynamic(options.int8_mode):
         return "dynamic int8 (quantize_dynamic) quantizes the whole fp32 graph"
-    if spec.bits is not None and uses_imatrix(options, _weight_only_config(spec, options)):
-        return "--imatrix re-rounds the blocks from the fp32 graph"
     return stream_refusal(spec, builder, options.algorithm, checkpoint)
 
 

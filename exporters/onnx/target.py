@@ -90,18 +90,20 @@ def budget_plan(
     call's memory estimate says it fits, else an importance matrix gathered layer by layer
     (less faithful: on SmolLM2-135M its plan scored mean KL 0.237 against Fisher's 0.162,
     benchmarks/README.md "Scale"). `detail(str)` shows the progress of the latter."""
-    ids = calibration_ids(ctx)
+    tokens = FISHER_WINDOW * FISHER_WINDOWS
     if (ctx.memory_estimate or {}).get("calibration") == "imatrix":
+        from edgerun.exporters import importance
         from edgerun.exporters.onnx.importance import SENSITIVITY, imatrix_sensitivity
 
-        groups = imatrix_sensitivity(
-            ctx.reference.path, nodes, _short(ids), config.block_size, config.symmetric,
-            ctx.scratch, detail,
-        )  # fmt: skip
+        windows, sha = importance.calibration(ctx)
+        groups, values, tokens = imatrix_sensitivity(
+            ctx.reference.path, nodes, windows, config.block_size, config.symmetric, detail
+        )
+        importance.store(ctx, values, tokens, sha)  # the export's statistics: measured once
         ranked, method = sens.rank(_check_groups(groups)), SENSITIVITY
     else:
         with ctx.reference.whole() as model:
-            ranked, method = ranked_groups(model, nodes, config, ids), FISHER
+            ranked, method = ranked_groups(model, nodes, config, calibration_ids(ctx)), FISHER
     plan = recipe.plan(nodes)
     budget, chosen, spent = raise_within(ranked, plan, config, recipe.budget or 0.0)
     record = {
@@ -110,7 +112,7 @@ def budget_plan(
         "budget": recipe.budget,
         "calibration": {
             "sensitivity": method,
-            "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
+            "sensitivity_tokens": tokens,
             "extra_bytes": int(spent),
             "budget_bytes": int(budget),
         },

@@ -264,7 +264,6 @@ def _imatrix(options: Any, formats: list[str]) -> bool:
     for fmt in formats:
         if fmt.startswith("gguf-") and gguf.uses_imatrix(options, fmt.removeprefix("gguf-")):
             return True
-        # options.algorithm is what the weight-only config's would be
-        if fmt.startswith("onnx-int") and onnx_family.uses_imatrix(options, options):
+        if fmt.startswith("onnx-") and onnx_family.format_uses_imatrix(fmt, options):
             return True
     return False

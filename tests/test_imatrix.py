@@ -58,7 +58,6 @@ def test_the_streamed_gatherer_equals_the_whole_model_statistics(family, tmp_pat
     hooks on the whole fp32 model measure: every linear layer, windows of unequal length, the
     head run in slices of HEAD_ROWS tokens."""
     import torch
-
     from edgerun.exporters import importance
     from edgerun.exporters.stream import StreamedModel
 
@@ -203,3 +202,39 @@ def test_types_that_need_an_imatrix_are_offered_and_refused_without_one(gguf_ctx
     for plain in (ExportOptions(imatrix=False), ExportOptions()):  # refused, or not asked for
         with pytest.raises(EdgerunError, match="needs an importance matrix for gguf-iq2_xxs"):
             FAMILY.check_options("gguf-iq2_xxs", plain)
+
+
+def test_gguf_target_kl_raises_the_most_sensitive_tensors_and_the_header_says_so(gguf_ctx):
+    """--target-kl for GGUF: bisects on how many of the ranked tensors go to q8_0, the smallest
+    count whose calibration KL is within the margin; the header holds exactly those types."""
+    import dataclasses
+
+    from edgerun.exporters.gguf.imatrix import written_types
+    from edgerun.exporters.onnx.target import MARGIN
+
+    def export_for(target: float, name: str) -> tuple[Path, dict]:
+        opts = dataclasses.replace(gguf_ctx.options, target_kl=target)
+        return _gguf_export(dataclasses.replace(gguf_ctx, options=opts), "gguf-q4_0", name)
+
+    _, loose = export_for(9.0, "loose")  # met as quantized: nothing raised
+    calib = loose["quant"]["recipe"]["calibration"]
+    assert calib["tensors_raised"] == 0 and "tensor_types" not in loose["quant"]
+    (all_raised,) = [p["kl"] for p in calib["probes"] if p["k"] == calib["tensors"]]
+    (none,) = [p["kl"] for p in calib["probes"] if p["k"] == 0]
+    assert all_raised < none
+    target = (all_raised + none) / 2 / MARGIN
+    out, fields = export_for(target, "target")
+    recipe = fields["quant"]["recipe"]
+    k = recipe["calibration"]["tensors_raised"]
+    assert 0 < k < calib["tensors"] and len(recipe["raised"]) == k
+    probes = {p["k"]: p["kl"] for p in recipe["calibration"]["probes"]}
+    assert probes[k] <= target * MARGIN and all(
+        kl > target * MARGIN for j, kl in probes.items() if j < k
+    )
+    types = written_types(out / "model.gguf")
+    assert all(types[name] == "q8_0" for name in recipe["raised"])
+    assert fields["quant"]["tensor_types"]["verified"] is True
+    q4 = [n for n in types if n.startswith("blk.") and n.endswith(".weight") and types[n] == "q4_0"]
+    assert len(q4) == calib["tensors"] - k  # every other ranked tensor keeps the file type
+    with pytest.raises(EdgerunError, match="out of reach: with every tensor of gguf-q4_0 at q8_0"):
+        export_for(all_raised / 10, "unreachable")

@@ -286,9 +286,19 @@ def _int4_plan(
 
 def uses_imatrix(options: ExportOptions, config: Any) -> bool:
     """Whether MatMulNBits blocks get importance-weighted rounding: --imatrix / --no-imatrix,
-    else IMATRIX_DEFAULT; only RTN is re-rounded (HQQ has its own search)."""
-    wanted = IMATRIX_DEFAULT if options.imatrix is None else options.imatrix
-    return wanted and config.algorithm == "rtn"
+    else IMATRIX_DEFAULT for 4-bit formats (onnx-int8's is unmeasured); only RTN is re-rounded
+    (HQQ has its own search)."""
+    if options.imatrix is None:
+        return IMATRIX_DEFAULT and config.algorithm == "rtn" and config.bits == 4
+    return options.imatrix and config.algorithm == "rtn"
+
+
+def format_uses_imatrix(fmt: str, options: ExportOptions) -> bool:
+    """Whether the ONNX format `fmt` is quantized with the importance statistics."""
+    spec = format_of(fmt)
+    if spec.bits is None or spec.dynamic(options.int8_mode):
+        return False
+    return uses_imatrix(options, _weight_only_config(spec, options))
 
 
 def _importance(

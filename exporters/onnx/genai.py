@@ -83,9 +83,8 @@ def genai_fp32(ctx: ExportContext) -> Path:
 def run_builder(ctx: ExportContext, out: Path) -> None:
     """Run the builder (fp32, CPU) on the checkpoint into `out` (emptied first): the graph, its
     genai_config.json and the tokenizer files. Its output is captured; EdgerunError on failure."""
-    from onnxruntime_genai.models.builder import create_model
-
     from edgerun.exporters.onnx.genai_rope import original_context_fixed
+    from onnxruntime_genai.models.builder import create_model
 
     shutil.rmtree(out, ignore_errors=True)
     cache = ctx.scratch / "genai-cache"

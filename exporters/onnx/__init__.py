@@ -32,11 +32,11 @@ from edgerun.exporters.validate import LogitsFn
 from edgerun.errors import EdgerunError, require
 
 OFFERED_ALGORITHMS = ("rtn", "hqq")
-# Importance-weighted rounding of MatMulNBits blocks only with --imatrix: on SmolLM2-135M the
-# default onnx-int4 went from mean KL 0.174 to 0.100 (demo checkpoint) and 0.212 to 0.139 (off-grid
-# reference) at the same size and layout (benchmarks/README.md, "Fidelity"), but it re-rounds from
-# the fp32 graph with statistics of the whole fp32 model, which the streamed, memory-bounded
-# default export never holds.
+# Importance-weighted rounding of MatMulNBits blocks (statistics gathered layer by layer, blocks
+# rounded as the streamed writer reaches them): on SmolLM2-135M the default onnx-int4 went from
+# mean KL 0.174 to 0.100 (demo checkpoint) and 0.212 to 0.139 (off-grid reference) at the same
+# size and layout (benchmarks/README.md, "Fidelity"). Default for 4-bit formats (not onnx-int8:
+# unmeasured) only once its interleaved decode speed is measured (issue 23).
 IMATRIX_DEFAULT = False
 
 

@@ -148,7 +148,7 @@ def estimate(
             # the fp32 graph's measured cost (5 B/param for 4 B/param of weights)
             scale = artifact_bytes_per_param(fmt) / 4.0
             stages[f"onnx validate ({fmt})"] = _whole(per_param["onnx validate"] * scale, shape)
-        else:
+        elif not fmt.startswith("onnx"):  # an ONNX format without validation has no GGUF stage
             # llama.cpp's converter and quantizer hold about one tensor at a time (lazy): 1 GB
             # of their own plus the largest unit in fp32 (3.0 B/param measured on the 0.40B
             # shape, where the whole model is about one unit's worth of that)

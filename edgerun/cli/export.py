@@ -72,7 +72,7 @@ def _formats_help() -> str:
     default=None,
     help="Quantize with importance statistics of the calibration text (ONNX int4/int8 weighted"
     " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need), measured layer by"
-    " layer. Default: off.",
+    " layer. Default: on for onnx-int4 (RTN), the GGUF k-quants and the types that need one.",
 )
 @click.option(
     "--probe/--no-probe",

@@ -24,10 +24,10 @@ PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 # quant format of one call (llama.cpp's documented convert-to-f16-then-quantize workflow).
 INTERMEDIATE = "f16"
 # Quantize with the export's importance statistics (gathered layer by layer,
-# edgerun.exporters.importance) by default for the k-quants and the types that need them, once
-# measured (issue 23). SmolLM2-135M gguf-q4_k_m mean KL with them: 0.055 -> 0.034 (demo
-# checkpoint), 0.083 -> 0.058 (off grid; benchmarks/README.md "Fidelity").
-IMATRIX_DEFAULT = False
+# edgerun.exporters.importance) by default for the k-quants and the types that need them.
+# SmolLM2-135M gguf-q4_k_m mean KL with them: 0.055 -> 0.034 (demo checkpoint), 0.083 -> 0.058
+# (off grid; benchmarks/README.md "Fidelity"); the file's layout and size are unchanged.
+IMATRIX_DEFAULT = True
 
 
 class GGUFFamily:

@@ -11,7 +11,6 @@ ranking saw. Prints one JSON object; results recorded in benchmarks/README.md ("
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import click
@@ -48,10 +47,7 @@ def main(checkpoint: Path, windows: int) -> None:
     model = load_model(checkpoint)
     nodes = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     fisher = target.ranked_groups(model, nodes, config, calib)
-    with tempfile.TemporaryDirectory() as scratch:
-        groups = imatrix_sensitivity(
-            checkpoint, nodes, target._short(calib), 32, False, Path(scratch)
-        )
+    groups, _, _ = imatrix_sensitivity(checkpoint, nodes, target._short(calib), 32, False)
     by_key = {g.role.key: g for g in fisher}  # the whole model's modules, for fake quantization
     imatrix = [by_key[g.role.key] for g in sens.rank(groups)]
     scorer = sens.Calibration(

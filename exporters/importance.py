@@ -1,24 +1,30 @@
 """Importance statistics (an "imatrix"): per linear layer, per input column, the mean square of
 the activations that reach it on the calibration text.
 
-Gathered once per export with forward hooks on every nn.Linear (and Hugging Face's Conv1D) of
-the PyTorch reference over the shipped calibration text (exporters/data/calib.txt or
---calib-text; never the evaluation text). Each hook adds sum(x^2) over the tokens of a window
-into a float64 vector of its module, so memory is one vector per layer, never an activation.
-The statistics are keyed by the reference's module names and mapped to what each quantizer
-calls the same weight: ONNX MatMul nodes by their decoder role (recipes.node_role; fused
-qkv / gate_up nodes share their inputs with q / gate) and GGUF tensor names through gguf-py's
-TensorNameMap (edgerun.exporters.gguf.imatrix).
+Gathered once per export (`measure`, the one gatherer) with forward hooks on every nn.Linear (and
+Hugging Face's Conv1D) of the checkpoint run layer by layer from its safetensors
+(edgerun.exporters.stream: one decoder layer's weights in memory, never the whole fp32 model)
+over the shipped calibration text (exporters/data/calib.txt or --calib-text; never the
+evaluation text). Each hook adds sum(x^2) over the tokens of a batch into a float64 vector of its
+module, so memory is one vector per layer, never an activation. While a layer's weights are
+loaded a caller may take what it needs of them (q4-mixed's layer-by-layer calibration takes the
+4-bit error per column: edgerun.exporters.onnx.importance). The statistics are keyed by the
+reference's module names and mapped to what each quantizer calls the same weight: ONNX MatMul
+nodes by their decoder role (recipes.node_role; fused qkv / gate_up nodes share their inputs with
+q / gate) and GGUF tensor names through gguf-py's TensorNameMap
+(edgerun.exporters.gguf.imatrix).
 
 Saved as safetensors ({module name: float32 mean-square vector}, metadata: text sha256, tokens)
-in the export's scratch directory, computed by the first format that asks for it and reused by
-the others; an artifact quantized with it carries a copy (IMPORTANCE_FILE).
+in the export's scratch directory, measured by the first stage that asks for them and reused by
+the others; an artifact quantized with them carries a copy (IMPORTANCE_FILE) and its manifest
+records the text hash and token count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.formats import ExportContext
 
 IMPORTANCE_FILE = "importance.safetensors"
-WINDOW = 512  # tokens per forward pass of the calibration text
+WINDOW = 512  # tokens per window of the calibration text
+HEAD_ROWS = 128  # tokens per lm_head call: its logits are tokens x vocabulary floats
 
 
 @dataclass
@@ -113,48 +120,65 @@ def _linear_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def collect(model: Any, windows: list[np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """Run `model` over token windows with a hook on every linear layer; return (module name ->
-    float32 mean of x^2 per input column, tokens). Accumulates in float64, keeps no activation."""
-    import torch
+class _Stats:
+    """A forward hook: running sum of one linear layer's input squares (float64) and rows; the
+    first time it fires (the layer's weights are loaded then) `on_weight(name, weight)` runs."""
 
-    sums: dict[str, Any] = {}
-    counts: dict[str, int] = {}
+    def __init__(self, name: str, on_weight: WeightFn | None) -> None:
+        self.name, self.on_weight = name, on_weight
+        self.sum_sq: np.ndarray | None = None
+        self.rows = 0
+        self.extra: Any = None
 
-    def hook(name: str) -> Any:
-        def record(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
-            x = inputs[0].detach()
-            flat = x.reshape(-1, x.shape[-1])
-            total = flat.double().square().sum(0)
-            sums[name] = total if name not in sums else sums[name] + total
-            counts[name] = counts.get(name, 0) + flat.shape[0]
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        sq = (x * x).sum(0).numpy()
+        self.sum_sq = sq if self.sum_sq is None else self.sum_sq + sq
+        if self.on_weight is not None and not self.rows:
+            self.extra = self.on_weight(self.name, module.weight.detach().numpy())
+        self.rows += x.shape[0]
 
-        return record
+    @property
+    def mean_sq(self) -> np.ndarray:
+        assert self.sum_sq is not None
+        return (self.sum_sq / max(self.rows, 1)).astype(np.float32)
 
+
+WeightFn = Callable[[str, np.ndarray], Any]
+
+
+def measure(
+    streamed: Any, windows: list[np.ndarray], on_weight: WeightFn | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
+    """The one gatherer: run a StreamedModel (edgerun.exporters.stream, one decoder layer's
+    weights in memory) over token windows with a hook on every linear layer. Returns (module
+    name -> float32 mean of x^2 per input column, module name -> what `on_weight(name, weight
+    [out, in])` returned while that layer's weights were loaded, tokens). Keeps no activation
+    beyond the stream's own batch; a layer that never ran (an unrouted expert) is left out."""
     types = _linear_types()
-    linears: list[tuple[str, Any]] = [
-        (name, module) for name, module in model.named_modules() if isinstance(module, types)
-    ]
-    handles = [module.register_forward_hook(hook(name)) for name, module in linears]
-    tokens = 0
+    stats = {
+        name: _Stats(name, on_weight)
+        for name, module in streamed.model.named_modules()
+        if isinstance(module, types)
+    }
+    modules = dict(streamed.model.named_modules())
+    handles = [modules[name].register_forward_hook(hook) for name, hook in stats.items()]
     try:
-        with torch.inference_mode():
-            for ids in windows:
-                model(input_ids=torch.from_numpy(ids[None, :]), use_cache=False)
-                tokens += len(ids)
+        hidden = streamed.hidden_states(windows)
+        with streamed.pinned(streamed.head_modules()):
+            for ids, state in zip(windows, hidden, strict=True):
+                for i in range(0, len(ids), HEAD_ROWS):  # logits of HEAD_ROWS tokens at a time
+                    streamed.logits(ids[i : i + HEAD_ROWS], state[:, i : i + HEAD_ROWS])
     finally:
         for handle in handles:
             handle.remove()
-    means = {k: (v / max(counts[k], 1)).float().numpy() for k, v in sums.items()}
-    return means, tokens
+    ran = {name: s for name, s in stats.items() if s.rows}
+    values = {name: s.mean_sq for name, s in ran.items()}
+    return values, {name: s.extra for name, s in ran.items()}, sum(len(w) for w in windows)
 
 
-def gather(ctx: ExportContext) -> Importance:
-    """The importance statistics of this export: computed on the calibration text the first
-    time a format asks (cached in the scratch directory), loaded from there afterwards."""
-    cached = Path(ctx.scratch) / IMPORTANCE_FILE
-    if cached.is_file():
-        return Importance.load(cached)
+def calibration(ctx: ExportContext) -> tuple[list[np.ndarray], str]:
+    """(the calibration text's token windows of WINDOW tokens, the text's sha256)."""
     from edgerun.exporters.onnx.sensitivity import CALIB_TEXT
     from edgerun.exporters.onnx.target import calibration_ids
     from edgerun.exporters.reference import read_text_file
@@ -162,11 +186,35 @@ def gather(ctx: ExportContext) -> Importance:
     text = read_text_file(ctx.options.calib_text, CALIB_TEXT, "calibration text", "--calib-text")
     ids = calibration_ids(ctx)
     windows = [ids[i : i + WINDOW] for i in range(0, len(ids), WINDOW)]
-    with ctx.stage(f"importance statistics (calibration text, {len(ids)} tokens)"):
-        values, tokens = collect(ctx.reference.model, windows)
-    found = Importance(values, tokens, hashlib.sha256(text.encode("utf-8")).hexdigest())
-    found.save(cached)
+    return windows, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def store(ctx: ExportContext, values: dict[str, np.ndarray], tokens: int, sha: str) -> Importance:
+    """Keep statistics measured on `calibration(ctx)` as this export's (the scratch file)."""
+    found = Importance(values, tokens, sha)
+    found.save(Path(ctx.scratch) / IMPORTANCE_FILE)
     return found
+
+
+def gather(ctx: ExportContext) -> Importance:
+    """The importance statistics of this export: measured layer by layer on the calibration text
+    the first time a format asks (or the budget recipe's calibration measured them: cached in
+    the scratch directory), loaded from there afterwards."""
+    cached = Path(ctx.scratch) / IMPORTANCE_FILE
+    if cached.is_file():
+        return Importance.load(cached)
+    from edgerun.exporters.stream import StreamedModel
+
+    windows, sha = calibration(ctx)
+    tokens = sum(len(w) for w in windows)
+    with (
+        ctx.stage(
+            f"importance statistics (calibration text, {tokens} tokens, layer by layer)"
+        ) as detail,
+        StreamedModel(ctx.reference.path, on_unit=detail) as streamed,
+    ):
+        values, _, tokens = measure(streamed, windows)
+    return store(ctx, values, tokens, sha)
 
 
 def attach(ctx: ExportContext, out_dir: Path) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def estimate(
             # the fp32 graph's measured cost (5 B/param for 4 B/param of weights)
             scale = artifact_bytes_per_param(fmt) / 4.0
             stages[f"onnx validate ({fmt})"] = _whole(per_param["onnx validate"] * scale, shape)
-        else:
+        elif not fmt.startswith("onnx"):  # an ONNX format without validation has no GGUF stage
             # llama.cpp's converter and quantizer hold about one tensor at a time (lazy): 1 GB
             # of their own plus the largest unit in fp32 (3.0 B/param measured on the 0.40B
             # shape, where the whole model is about one unit's worth of that)
@@ -168,9 +168,10 @@ def estimate(
         elif _budget_recipe(options):
             calibration, stage, need = calibration_plan(shape, "onnx-int4" in streamed, limit)
             stages[stage] = need
-    if options.imatrix and any(f.startswith(("onnx-int", "gguf-q", "gguf-iq")) for f in formats):
-        # edgerun.exporters.importance runs the whole fp32 model over the calibration text
-        stages["importance statistics (whole fp32 model)"] = _whole(5.0, shape)
+    if _imatrix(options, formats) and calibration != "imatrix":  # else measured above
+        # edgerun.exporters.importance: the checkpoint layer by layer over the calibration
+        # text (its ~3,000 tokens in windows of 512; the head in slices of 128 tokens)
+        stages["importance statistics (layer by layer)"] = streamed_bytes(shape, 3072, 128)
     peak_stage = max(stages, key=lambda s: stages[s])
     return {
         "peak_bytes": stages[peak_stage],
@@ -195,8 +196,9 @@ def calibration_plan(shape: Shape, streamed: bool, limit: int | None) -> tuple[s
         choice = ("fisher", "calibrate (Fisher, whole model)", fisher)
     if limit is None or choice[2] <= limit:
         return choice
-    # the streamed pass plus each layer's 4-bit error, taken a band of rows at a time
-    imatrix = int(streamed_bytes(shape, 1024, 128) * IMATRIX_CALIBRATION)
+    # the streamed pass over the whole calibration text (it is also the export's importance
+    # statistics) plus each layer's 4-bit error, taken a band of rows at a time
+    imatrix = int(streamed_bytes(shape, 3072, 128) * IMATRIX_CALIBRATION)
     return "imatrix", "calibrate (importance matrix)", imatrix
 
 
@@ -267,3 +269,16 @@ def describe(found: dict[str, Any]) -> str:
         f"memory: about {found['peak_bytes'] / GIB:.1f} GiB at peak ({found['peak_stage']});"
         f" limit {found['limit_bytes'] / GIB:.1f} GiB"
     )
+
+
+def _imatrix(options: Any, formats: list[str]) -> bool:
+    """Whether some format of the call is quantized with the importance statistics."""
+    from edgerun.exporters import gguf
+    from edgerun.exporters import onnx as onnx_family
+
+    for fmt in formats:
+        if fmt.startswith("gguf-") and gguf.uses_imatrix(options, fmt.removeprefix("gguf-")):
+            return True
+        if fmt.startswith("onnx-") and onnx_family.format_uses_imatrix(fmt, options):
+            return True
+    return False

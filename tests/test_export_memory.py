@@ -77,6 +77,16 @@ def test_the_estimate_follows_the_stages_chosen() -> None:
         "target search" in target["stages"]
         and "calibrate (importance matrix)" not in target["stages"]
     )
+    # the importance statistics stream the checkpoint too: far below the whole fp32 model
+    weighted = memory.estimate(["gguf-q4_k_m"], {}, ExportOptions(imatrix=True), shape, 2815)
+    assert weighted["stages"]["importance statistics (layer by layer)"] < 8 * 10**9
+    plain = memory.estimate(["gguf-q4_k_m"], {}, ExportOptions(imatrix=False), shape, 2815)
+    assert "importance statistics (layer by layer)" not in plain["stages"]
+    # an ONNX format without validation has no llama.cpp stage
+    bare = memory.estimate(
+        ["onnx-int4"], {"onnx-int4": "genai"}, ExportOptions(no_validate=True), shape, 0
+    )
+    assert not any(stage.startswith("gguf") for stage in bare["stages"])
 
 
 def test_export_refuses_before_any_work_naming_both_numbers(

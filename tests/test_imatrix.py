@@ -11,15 +11,11 @@ import pytest
 pytest.importorskip("torch")
 
 from edgerun.exporters.formats import ExportContext, ExportOptions, ReferenceModel  # noqa: E402
-from edgerun.exporters.importance import (  # noqa: E402
-    IMPORTANCE_FILE,
-    Importance,
-    collect,
-    gather,
-)
+from edgerun.exporters.importance import IMPORTANCE_FILE, Importance, gather  # noqa: E402
 
 from edgerun.errors import EdgerunError  # noqa: E402
 from edgerun.sources import Checkpoint  # noqa: E402
+from tests.tiny_models import build_tiny_model  # noqa: E402
 
 
 def _context(ckpt: Path, root: Path, **options) -> ExportContext:
@@ -30,26 +26,60 @@ def _context(ckpt: Path, root: Path, **options) -> ExportContext:
     return ExportContext(checkpoint, ReferenceModel(ckpt), opts, scratch)
 
 
-def test_hooks_measure_the_mean_square_of_each_linear_input(tiny_llama):
+def _whole_model_statistics(model, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The statistic the old whole-model gatherer took: hooks on every Linear of the whole
+    fp32 model, one forward per window, mean of x^2 per input column."""
     import torch
 
-    ref = ReferenceModel(tiny_llama)
-    ids = np.arange(40, dtype=np.int64) % 300
-    values, tokens = collect(ref.model, [ids[:24], ids[24:]])
-    assert tokens == 40
+    sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            flat = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + flat.square().sum(0)
+            rows[name] = rows.get(name, 0) + flat.shape[0]
+
+        return record
+
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in linears]
+    with torch.inference_mode():
+        for ids in windows:
+            model(input_ids=torch.from_numpy(ids[None, :]), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return {n: (sums[n] / rows[n]).float().numpy() for n in sums}
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-untied"])
+def test_the_streamed_gatherer_equals_the_whole_model_statistics(family, tmp_path):
+    """One gatherer, layer by layer (the weights of one decoder layer in memory), measures what
+    hooks on the whole fp32 model measure: every linear layer, windows of unequal length, the
+    head run in slices of HEAD_ROWS tokens."""
+    import torch
+    from edgerun.exporters import importance
+    from edgerun.exporters.stream import StreamedModel
+
+    path = build_tiny_model(family, tmp_path / family)
+    ref = ReferenceModel(path)
+    ids = (np.arange(300, dtype=np.int64) * 7) % 300
+    windows = [ids[:160], ids[160:]]  # 160 > HEAD_ROWS: the head runs in two slices
+    assert importance.HEAD_ROWS < 160
+    whole = _whole_model_statistics(ref.model, windows)
+    seen = []
+    with StreamedModel(path) as streamed:
+        values, extras, tokens = importance.measure(
+            streamed, windows, lambda name, w: seen.append(name) or w.shape
+        )
+    assert tokens == 300
     names = {n for n, m in ref.model.named_modules() if isinstance(m, torch.nn.Linear)}
-    assert set(values) == names
-    with torch.inference_mode():  # the lm_head's input is the final hidden state
-        hidden = [
-            ref.model(input_ids=torch.from_numpy(w[None]), output_hidden_states=True)
-            .hidden_states[-1][0]
-            .double()
-            for w in (ids[:24], ids[24:])
-        ]
-    expected = torch.cat(hidden).square().mean(0).float().numpy()
-    assert values["lm_head"] == pytest.approx(expected, rel=1e-5)
-    assert values["model.layers.1.mlp.down_proj"].shape == (128,)
-    assert not any(m._forward_hooks for m in ref.model.modules())  # hooks removed
+    assert set(values) == set(whole) == names and "lm_head" in names
+    for name in names:
+        assert values[name] == pytest.approx(whole[name], rel=1e-4, abs=1e-7), name
+    # on_weight ran once per layer, with its weight [out, in] loaded
+    assert sorted(seen) == sorted(names)
+    assert extras["model.layers.1.mlp.down_proj"] == (64, 128)
 
 
 def test_statistics_are_gathered_once_per_export_and_map_to_graph_roles(tiny_llama, tmp_path):
@@ -169,6 +199,42 @@ def test_types_that_need_an_imatrix_are_offered_and_refused_without_one(gguf_ctx
     assert (out / "model.gguf").is_file() and fields["quant"]["imatrix"]["gguf_tensors"] > 0
     from edgerun.exporters.gguf import FAMILY
 
-    for plain in (ExportOptions(imatrix=False), ExportOptions()):  # refused, or not asked for
-        with pytest.raises(EdgerunError, match="needs an importance matrix for gguf-iq2_xxs"):
-            FAMILY.check_options("gguf-iq2_xxs", plain)
+    with pytest.raises(EdgerunError, match="needs an importance matrix for gguf-iq2_xxs"):
+        FAMILY.check_options("gguf-iq2_xxs", ExportOptions(imatrix=False))
+    FAMILY.check_options("gguf-iq2_xxs", ExportOptions())  # the default gathers one
+
+
+def test_gguf_target_kl_raises_the_most_sensitive_tensors_and_the_header_says_so(gguf_ctx):
+    """--target-kl for GGUF: bisects on how many of the ranked tensors go to q8_0, the smallest
+    count whose calibration KL is within the margin; the header holds exactly those types."""
+    import dataclasses
+
+    from edgerun.exporters.gguf.imatrix import written_types
+    from edgerun.exporters.onnx.target import MARGIN
+
+    def export_for(target: float, name: str) -> tuple[Path, dict]:
+        opts = dataclasses.replace(gguf_ctx.options, target_kl=target)
+        return _gguf_export(dataclasses.replace(gguf_ctx, options=opts), "gguf-q4_0", name)
+
+    _, loose = export_for(9.0, "loose")  # met as quantized: nothing raised
+    calib = loose["quant"]["recipe"]["calibration"]
+    assert calib["tensors_raised"] == 0 and "tensor_types" not in loose["quant"]
+    (all_raised,) = [p["kl"] for p in calib["probes"] if p["k"] == calib["tensors"]]
+    (none,) = [p["kl"] for p in calib["probes"] if p["k"] == 0]
+    assert all_raised < none
+    target = (all_raised + none) / 2 / MARGIN
+    out, fields = export_for(target, "target")
+    recipe = fields["quant"]["recipe"]
+    k = recipe["calibration"]["tensors_raised"]
+    assert 0 < k < calib["tensors"] and len(recipe["raised"]) == k
+    probes = {p["k"]: p["kl"] for p in recipe["calibration"]["probes"]}
+    assert probes[k] <= target * MARGIN and all(
+        kl > target * MARGIN for j, kl in probes.items() if j < k
+    )
+    types = written_types(out / "model.gguf")
+    assert all(types[name] == "q8_0" for name in recipe["raised"])
+    assert fields["quant"]["tensor_types"]["verified"] is True
+    q4 = [n for n in types if n.startswith("blk.") and n.endswith(".weight") and types[n] == "q4_0"]
+    assert len(q4) == calib["tensors"] - k  # every other ranked tensor keeps the file type
+    with pytest.raises(EdgerunError, match="out of reach: with every tensor of gguf-q4_0 at q8_0"):
+        export_for(all_raised / 10, "unreachable")

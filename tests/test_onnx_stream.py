@@ -104,6 +104,46 @@ def test_streamed_export_equals_the_fp32_graph_path(
     assert summary.get("8") == (1 if case == "head8-asym" else None)  # the lm_head alone
 
 
+@pytest.mark.parametrize("arch", ["llama", "llama-untied"])
+def test_importance_weighted_rounding_streams_the_fp32_paths_bytes(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path, arch: str
+) -> None:
+    """--imatrix stays on the streamed path: the blocks are rounded with the importance
+    statistics as they are written, byte for byte what re-rounding the fp32 graph's nodes gives
+    (weighted.reround), with the same manifest note; and not RTN's bytes."""
+    from edgerun.exporters.importance import IMPORTANCE_FILE
+
+    def int4(out: Path, stream: bool, imatrix: bool) -> Any:
+        (result,) = export(
+            str(tiny_model_dirs[arch]), "onnx-int4", out, builder="genai", no_validate=True,
+            probe=False, progress=False, recipe="q4-head8", imatrix=imatrix,
+            extra={"onnx_stream": stream},
+        )  # fmt: skip
+        assert result.written, result.reason
+        return result
+
+    streamed, old = int4(tmp_path / "s", True, True), int4(tmp_path / "o", False, True)
+    rtn = int4(tmp_path / "r", True, False)
+    assert streamed.manifest["streamed"] == {"used": True, "fallback": None}
+    assert old.manifest["streamed"]["used"] is False
+    new_nodes, new_inits, _ = _graph(streamed.path)
+    _, old_inits, _ = _graph(old.path)
+    _, rtn_inits, _ = _graph(rtn.path)
+    assert sorted(new_inits) == sorted(old_inits) == sorted(rtn_inits)
+    for name, array in old_inits.items():
+        assert np.array_equal(new_inits[name], array), name
+    scales = [n for n in new_inits if n.endswith("_scales")]
+    assert any(not np.array_equal(new_inits[n], rtn_inits[n]) for n in scales)
+    note = streamed.manifest["quant"]["importance"]
+    assert note == old.manifest["quant"]["importance"]
+    matmuls = [n for n, node in new_nodes.items() if node[0] == "MatMulNBits"]
+    assert note["rounding"]["nodes"] == len(matmuls) > 8 and note["rounding"]["nodes_rtn"] == 0
+    assert 0 < note["rounding"]["weighted_error_vs_rtn"] < 1
+    assert note["tokens"] >= 1024 and len(note["calibration_text_sha256"]) == 64
+    assert (streamed.path / IMPORTANCE_FILE).is_file()
+    assert "importance" not in rtn.manifest["quant"]
+
+
 def test_what_streaming_does_not_cover_falls_back_and_says_why(
     tiny_llama: Path, tmp_path: Path
 ) -> None:

@@ -56,10 +56,11 @@ def _formats_help() -> str:
 @click.option(
     "--target-kl",
     type=float,
-    help="onnx-int4: the smallest mixed int4/int8 artifact whose mean KL meets this (calibrated, then checked on the eval text).",
+    help="onnx-int4: the smallest mixed int4/int8 artifact whose mean KL meets this; gguf"
+    " quant types: the fewest tensors raised to q8_0 (calibrated, then checked on the eval text).",
 )
 @click.option(
-    "--target-ppl-ratio", type=float, help="onnx-int4: as --target-kl, for the PPL ratio."
+    "--target-ppl-ratio", type=float, help="onnx-int4, gguf: as --target-kl, for the PPL ratio."
 )
 @click.option(
     "--calib-text",
@@ -70,8 +71,8 @@ def _formats_help() -> str:
     "--imatrix/--no-imatrix",
     default=None,
     help="Quantize with importance statistics of the calibration text (ONNX int4/int8 weighted"
-    " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need). Default: off (the"
-    " statistics need the whole fp32 model in memory).",
+    " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need), measured layer by"
+    " layer. Default: on for onnx-int4 (RTN), the GGUF k-quants and the types that need one.",
 )
 @click.option(
     "--probe/--no-probe",

@@ -23,11 +23,11 @@ PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 # Quantization starts from this float GGUF, kept in the export's scratch dir and shared by every
 # quant format of one call (llama.cpp's documented convert-to-f16-then-quantize workflow).
 INTERMEDIATE = "f16"
-# Quantize with the export's importance statistics only with --imatrix: the statistics are still
-# gathered over the whole fp32 model (edgerun.exporters.importance), which the memory-bounded
-# default export never holds. SmolLM2-135M gguf-q4_k_m mean KL with them: 0.055 -> 0.034 (demo
-# checkpoint), 0.083 -> 0.058 (off grid; benchmarks/README.md "Fidelity").
-IMATRIX_DEFAULT = False
+# Quantize with the export's importance statistics (gathered layer by layer,
+# edgerun.exporters.importance) by default for the k-quants and the types that need them.
+# SmolLM2-135M gguf-q4_k_m mean KL with them: 0.055 -> 0.034 (demo checkpoint), 0.083 -> 0.058
+# (off grid; benchmarks/README.md "Fidelity"); the file's layout and size are unchanged.
+IMATRIX_DEFAULT = True
 
 
 class GGUFFamily:
@@ -63,6 +63,8 @@ class GGUFFamily:
 
         if kind in NEEDS_IMATRIX and not uses_imatrix(options, kind):
             raise EdgerunError(f"llama.cpp needs an importance matrix for {fmt}", "pass --imatrix")
+        if _targeted(options):
+            _check_target(fmt, kind, options)
 
     def check_source(self, fmt: str, options: ExportOptions, config: dict[str, Any]) -> None:
         """Fail before any work for a family edgerun knows llama.cpp cannot convert or run;
@@ -92,8 +94,11 @@ class GGUFFamily:
                 _convert(ctx, source, INTERMEDIATE)
             imatrix, note = _importance(ctx, kind, source, out_dir)
             tensor_types = ctx.options.extra.get("tensor_types") or None
+            recipe = None
+            if _targeted(ctx.options):
+                tensor_types, recipe = _search(ctx, kind, source, imatrix)
             with ctx.stage(f"llama.cpp quantize {kind}"):
-                quantize(source, out, kind, ctx.options.threads, imatrix, tensor_types)
+                quantize(source, out, kind, ctx.options.threads, imatrix, tensor_types or None)
             quant = {
                 "type": kind,
                 "quantizer": "llama.cpp llama_model_quantize",
@@ -102,6 +107,8 @@ class GGUFFamily:
             }
             if tensor_types:
                 quant["tensor_types"] = _check_types(out, tensor_types)
+            if recipe is not None:
+                quant["recipe"] = recipe
         from edgerun.exporters.gguf.converter import ensure
         from edgerun.exporters.gguf.quantize import describe
 
@@ -126,10 +133,15 @@ class GGUFFamily:
 
 def uses_imatrix(options: ExportOptions, kind: str) -> bool:
     """Whether `kind` is quantized with the export's importance statistics: --imatrix /
-    --no-imatrix, else IMATRIX_DEFAULT (q8_0 and the float types ignore one)."""
+    --no-imatrix, else IMATRIX_DEFAULT for the k-quants and the types that need one (q8_0 and
+    the float types ignore one)."""
     if kind in FLOAT_FORMATS or kind == "q8_0":
         return False
-    return IMATRIX_DEFAULT if options.imatrix is None else options.imatrix
+    if options.imatrix is None:
+        from edgerun.exporters.gguf.quantize import NEEDS_IMATRIX
+
+        return IMATRIX_DEFAULT and ("_k" in kind or kind in NEEDS_IMATRIX)
+    return options.imatrix
 
 
 def _importance(
@@ -141,9 +153,45 @@ def _importance(
     from edgerun.exporters.gguf.imatrix import imatrix_entries
     from edgerun.exporters.importance import attach, gather
 
-    entries = imatrix_entries(gather(ctx).values, source)
+    try:
+        entries = imatrix_entries(gather(ctx).values, source)
+    except EdgerunError as exc:
+        if ctx.options.imatrix:  # asked for: say why not
+            raise
+        return None, {"used": False, "reason": exc.message}  # the default: quantize without
     note = {**attach(ctx, out_dir), "gguf_tensors": len(entries)}
     return entries, note
+
+
+def _targeted(options: ExportOptions) -> bool:
+    return options.target_kl is not None or options.target_ppl_ratio is not None
+
+
+def _check_target(fmt: str, kind: str, options: ExportOptions) -> None:
+    """A quality target raises a quantized type's tensors and is gated by validation."""
+    if kind in FLOAT_FORMATS:
+        raise EdgerunError(f"{fmt} is not quantized: a quality target has nothing to raise", "")
+    if options.no_validate:
+        raise EdgerunError(
+            "a quality target is checked by validation, which --no-validate skips",
+            "drop --no-validate",
+        )
+    if options.extra.get("tensor_types"):
+        raise EdgerunError("a quality target chooses the tensor types itself", "")
+
+
+def _search(
+    ctx: ExportContext, kind: str, source: Path, imatrix: dict[str, Any] | None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The target search's tensor-type overrides and recipe (edgerun.exporters.gguf.target),
+    its tensors ranked by the export's importance statistics (used or not for quantizing)."""
+    from edgerun.exporters.gguf.imatrix import imatrix_entries
+    from edgerun.exporters.gguf.target import search_types
+    from edgerun.exporters.importance import gather
+
+    importance = imatrix if imatrix is not None else imatrix_entries(gather(ctx).values, source)
+    with ctx.stage(f"calibrate (gguf-{kind} tensor types for the target)") as detail:
+        return search_types(ctx, kind, source, imatrix, importance, detail)
 
 
 def _check_types(path: Path, requested: dict[str, str]) -> dict[str, Any]:

@@ -32,12 +32,13 @@ from edgerun.exporters.validate import LogitsFn
 from edgerun.errors import EdgerunError, require
 
 OFFERED_ALGORITHMS = ("rtn", "hqq")
-# Importance-weighted rounding of MatMulNBits blocks only with --imatrix: on SmolLM2-135M the
-# default onnx-int4 went from mean KL 0.174 to 0.100 (demo checkpoint) and 0.212 to 0.139 (off-grid
-# reference) at the same size and layout (benchmarks/README.md, "Fidelity"), but it re-rounds from
-# the fp32 graph with statistics of the whole fp32 model, which the streamed, memory-bounded
-# default export never holds.
-IMATRIX_DEFAULT = False
+# Importance-weighted rounding of MatMulNBits blocks (statistics gathered layer by layer, blocks
+# rounded as the streamed writer reaches them): on SmolLM2-135M the default onnx-int4 went from
+# mean KL 0.174 to 0.100 (demo checkpoint) and 0.212 to 0.139 (off-grid reference) at the same
+# size and layout (benchmarks/README.md, "Fidelity"); decode 1.04x of RTN's (paired interleaved
+# rounds, q4-pure asym), export 1:32 -> 8:59 wall and peak RSS 0.69 -> 1.08 GiB on a loaded
+# 2-core machine. Default for 4-bit formats (onnx-int8's is unmeasured: opt-in).
+IMATRIX_DEFAULT = True
 
 
 class OnnxFamily:
@@ -80,7 +81,10 @@ class OnnxFamily:
         refusal = streamed_refusal(spec, builder, ctx.options, ctx.checkpoint.path)
         if refusal is None:
             config = _weight_only_config(spec, ctx.options) if spec.bits else None
-            quant = stream_export(spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx))
+            quant = stream_export(
+                spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx),
+                lambda: _importance(ctx, config, out_dir) if config else None,
+            )  # fmt: skip
             if quant is not None:
                 quant["bits_summary"] = plan_summary(quant["nodes"])
         else:
@@ -242,8 +246,6 @@ def streamed_refusal(
         return "streaming turned off (extra option onnx_stream)"
     if spec.dynamic(options.int8_mode):
         return "dynamic int8 (quantize_dynamic) quantizes the whole fp32 graph"
-    if spec.bits is not None and uses_imatrix(options, _weight_only_config(spec, options)):
-        return "--imatrix re-rounds the blocks from the fp32 graph"
     return stream_refusal(spec, builder, options.algorithm, checkpoint)
 
 
@@ -285,9 +287,19 @@ def _int4_plan(
 
 def uses_imatrix(options: ExportOptions, config: Any) -> bool:
     """Whether MatMulNBits blocks get importance-weighted rounding: --imatrix / --no-imatrix,
-    else IMATRIX_DEFAULT; only RTN is re-rounded (HQQ has its own search)."""
-    wanted = IMATRIX_DEFAULT if options.imatrix is None else options.imatrix
-    return wanted and config.algorithm == "rtn"
+    else IMATRIX_DEFAULT for 4-bit formats (onnx-int8's is unmeasured); only RTN is re-rounded
+    (HQQ has its own search)."""
+    if options.imatrix is None:
+        return IMATRIX_DEFAULT and config.algorithm == "rtn" and config.bits == 4
+    return options.imatrix and config.algorithm == "rtn"
+
+
+def format_uses_imatrix(fmt: str, options: ExportOptions) -> bool:
+    """Whether the ONNX format `fmt` is quantized with the importance statistics."""
+    spec = format_of(fmt)
+    if spec.bits is None or spec.dynamic(options.int8_mode):
+        return False
+    return uses_imatrix(options, _weight_only_config(spec, options))
 
 
 def _importance(

@@ -5,15 +5,17 @@ The graph that edgerun.exporters.onnx.quant makes from the fp32 file, made witho
 file: each MatMul weight becomes MatMulNBits tensors (`<weight>_Q<bits>`, `_scales`,
 `_zero_points`, node `<node>_Q<bits>`, the names and attributes onnxruntime's MatMulNBitsQuantizer
 writes), quantized by the same kernel (DefaultWeightOnlyQuantizer.qbits_block_quant), RTN only,
-but lazily: a weight is cast to fp32 and quantized when the writer reaches its tensors and dropped
-once they are written, so memory holds one weight, never the model. The embedding Gather becomes
+or, given the export's importance statistics, by importance-weighted rounding of the same layout
+(edgerun.exporters.onnx.weighted), but lazily: a weight is cast to fp32 and quantized when the
+writer reaches its tensors and dropped once they are written, so memory holds one weight, never
+the model. The embedding Gather becomes
 a GatherBlockQuantized that reads the lm_head's blocks when tied (the builder ties them as
 Gather(Transpose(lm_head weight))), or its own blocks, as quant does.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from edgerun.exporters.onnx.quant import (
@@ -26,14 +28,28 @@ from edgerun.exporters.onnx.quant import (
 
 from edgerun.errors import EdgerunError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.exporters.importance import Importance
+    from edgerun.exporters.onnx.weighted import Tally
+
 
 class _Blocks:
     """The MatMulNBits tensors of one weight [K, N]: quantized when the first of them is written,
-    dropped (with the source) when the last one is."""
+    dropped (with the source) when the last one is. With an importance vector [K] and a Tally
+    the blocks are rounded by edgerun.exporters.onnx.weighted (same layout), else by RTN."""
 
-    def __init__(self, source: Any, bits: int, block: int, symmetric: bool, transpose: bool):
+    def __init__(
+        self,
+        source: Any,
+        bits: int,
+        block: int,
+        symmetric: bool,
+        transpose: bool,
+        weighting: tuple[np.ndarray, Tally] | None = None,
+    ):
         self.source, self.bits, self.block, self.symmetric = source, bits, block, symmetric
         self.transpose = transpose  # the source is the [N, K] table (an untied embedding)
+        self.weighting = weighting
         self.parts: tuple[np.ndarray, ...] | None = None
         self.left = 2 if symmetric else 3
 
@@ -44,11 +60,16 @@ class _Blocks:
         if self.parts is None:
             weight = np.asarray(self.source.numpy(), dtype=np.float32)
             weight = np.ascontiguousarray(weight.T if self.transpose else weight)
-            config = mnq.DefaultWeightOnlyQuantConfig(
-                block_size=self.block, is_symmetric=self.symmetric, bits=self.bits
-            )
-            self.parts = mnq.DefaultWeightOnlyQuantizer(config).qbits_block_quant(weight)
-            self.source = None
+            if self.weighting is not None:
+                imp, tally = self.weighting
+                new = tally.quantize(weight, imp, self.bits, self.block, self.symmetric)
+                self.parts = (new.packed, new.scales, new.zero_points)
+            else:
+                config = mnq.DefaultWeightOnlyQuantConfig(
+                    block_size=self.block, is_symmetric=self.symmetric, bits=self.bits
+                )
+                self.parts = mnq.DefaultWeightOnlyQuantizer(config).qbits_block_quant(weight)
+            self.source = self.weighting = None
         tensor = ir.tensor(self.parts[index], name=name)
         self.left -= 1
         if not self.left:
@@ -79,11 +100,17 @@ class _Blocks:
 
 
 def quantize_lazily(
-    model: Any, config: WeightOnlyConfig, plan: dict[str, int] | None = None
+    model: Any,
+    config: WeightOnlyConfig,
+    plan: dict[str, int] | None = None,
+    importance: Importance | None = None,
+    tally: Tally | None = None,
 ) -> dict[str, Any]:
     """Rewrite the builder's graph in place: MatMul -> MatMulNBits (bits from `plan`, node name ->
     bits, else `config.bits`), the embedding Gather -> GatherBlockQuantized. Returns the manifest's
-    `quant`, as quant.quantize_weight_only does. RTN only (the caller falls back otherwise)."""
+    `quant`, as quant.quantize_weight_only does. RTN only (the caller falls back otherwise);
+    with `importance` and `tally` each MatMul whose input statistics it holds is rounded with
+    them (weighted.Tally, counted there as the writer reaches it), the others by RTN."""
 
     if config.algorithm != "rtn":
         raise EdgerunError(f"the streamed export quantizes with RTN, not {config.algorithm}", "")
@@ -94,7 +121,7 @@ def quantize_lazily(
     done: list[tuple[str, int, int]] = []
     for node in [n for n in graph if n.op_type == "MatMul" and _weight(n) is not None]:
         bits = plan.get(node.name, config.bits)
-        _to_nbits(graph, node, bits, config)
+        _to_nbits(graph, node, bits, config, _weighting(node, importance, tally))
         done.append((node.name, bits, config.accuracy_level))
     model.opset_imports.setdefault("com.microsoft", 1)
     embedding = None
@@ -106,6 +133,19 @@ def quantize_lazily(
         graph.initializers.pop(name)
     quantized = _lm_head(graph).op_type == "MatMulNBits"
     return quant_record(config, done, embedding, "rtn" if quantized else "fp32")
+
+
+def _weighting(
+    node: Any, importance: Importance | None, tally: Tally | None
+) -> tuple[np.ndarray, Tally] | None:
+    """(the input statistics of a MatMul node, the tally), None when there are none for it."""
+    if importance is None or tally is None:
+        return None
+    imp = importance.for_node(node.name)
+    if imp is None or imp.shape[0] != int(node.inputs[1].const_value.shape[0]):
+        tally.nodes_rtn += 1
+        return None
+    return imp, tally
 
 
 def _weight(node: Any) -> Any | None:
@@ -162,13 +202,22 @@ def _embedding(graph: Any, head: Any) -> tuple[Any | None, Any | None, bool]:
     return None, None, False
 
 
-def _to_nbits(graph: Any, node: Any, bits: int, config: WeightOnlyConfig) -> None:
-    """Replace a MatMul of a constant [K, N] weight by MatMulNBits over lazily quantized blocks."""
+def _to_nbits(
+    graph: Any,
+    node: Any,
+    bits: int,
+    config: WeightOnlyConfig,
+    weighting: tuple[np.ndarray, Tally] | None = None,
+) -> None:
+    """Replace a MatMul of a constant [K, N] weight by MatMulNBits over lazily quantized blocks
+    (importance-weighted when `weighting` is given)."""
     import onnx_ir as ir
 
     weight = node.inputs[1]
     k, n = (int(d) for d in weight.const_value.shape)
-    blocks = _Blocks(weight.const_value, bits, config.block_size, config.symmetric, False)
+    blocks = _Blocks(
+        weight.const_value, bits, config.block_size, config.symmetric, False, weighting
+    )
     values = blocks.values(graph, weight.name, k, n)
     attrs: dict[str, Any] = {"K": k, "N": n, "bits": bits, "block_size": config.block_size}
     if config.accuracy_level:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.onnx import genai
@@ -26,7 +26,12 @@ from edgerun.exporters.onnx.files import EXTERNAL_DATA, MODEL_FILE
 from edgerun.exporters.onnx.formats import OnnxFormat
 from edgerun.exporters.onnx.quant import WeightOnlyConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.exporters.importance import Importance
+
 PlanFn = Callable[[list[str]], tuple[dict[str, int] | None, dict[str, Any] | None]]
+# the export's importance statistics and their manifest note (copied into the artifact), or None
+ImportanceFn = Callable[[], "tuple[Importance, dict[str, Any]] | None"]
 
 
 def stream_refusal(spec: OnnxFormat, builder: str, algorithm: str, checkpoint: Path) -> str | None:
@@ -50,11 +55,15 @@ def stream_export(
     out_dir: Path,
     config: WeightOnlyConfig | None,
     plan_fn: PlanFn,
+    importance_fn: ImportanceFn = lambda: None,
 ) -> dict[str, Any] | None:
     """Write out_dir/model.onnx (+ model.onnx_data, genai_config.json) for `spec` straight from
-    the mapped checkpoint; return the manifest's `quant` (None for onnx-fp32)."""
+    the mapped checkpoint; return the manifest's `quant` (None for onnx-fp32). The blocks are
+    rounded with the importance statistics `importance_fn` gives (after the plan, whose
+    calibration may have measured them), as each weight is written."""
     from edgerun.exporters.onnx.lazyquant import quantize_lazily
     from edgerun.exporters.onnx.mapped import MappedWeights, mapped_model, weight_files
+    from edgerun.exporters.onnx.weighted import Tally
 
     weights = MappedWeights(weight_files(ctx.checkpoint.path) or [])
     build = ctx.scratch / f"genai-stream-{spec.name}"
@@ -65,17 +74,22 @@ def stream_export(
     ):
         genai.run_builder(ctx, build)
     model = built[0]
-    quant = None
+    quant, found, tally = None, None, None
     if config is not None:
         nodes = [n.name for n in model.graph if n.op_type == "MatMul"]
         plan, recipe = plan_fn(nodes)
-        quant = quantize_lazily(model, config, plan)
+        found = importance_fn()
+        tally = Tally() if found is not None else None
+        quant = quantize_lazily(model, config, plan, found and found[0], tally)
         if recipe is not None:
             quant["recipe"] = recipe
-    what = f"MatMulNBits {config.bits}-bit, rtn" if config else "fp32"
+    rounding = "importance-weighted" if tally else "rtn"
+    what = f"MatMulNBits {config.bits}-bit, {rounding}" if config else "fp32"
     with ctx.stage(f"write ({spec.name}, {what}, tensor by tensor)") as detail:
         write_streamed(model, out_dir, weights.release, detail)
     genai.copy_config(build / MODEL_FILE, out_dir)
+    if quant is not None and found is not None and tally is not None:
+        quant["importance"] = {**found[1], "rounding": tally.note()}
     return quant
 
 

@@ -91,26 +91,29 @@ def budget_plan(
     limit, an importance matrix gathered layer by layer (less faithful: on SmolLM2-135M its plan
     scored mean KL 0.237 against Fisher's 0.162, benchmarks/README.md "Scale"). `detail(str)`
     shows per-layer progress."""
-    ids = calibration_ids(ctx)
+    tokens = FISHER_WINDOW * FISHER_WINDOWS
     how = (ctx.memory_estimate or {}).get("calibration")
     if how == "imatrix":
+        from edgerun.exporters import importance
         from edgerun.exporters.onnx.importance import SENSITIVITY, imatrix_sensitivity
 
-        groups = imatrix_sensitivity(
-            ctx.reference.path, nodes, _short(ids), config.block_size, config.symmetric,
-            ctx.scratch, detail,
-        )  # fmt: skip
+        windows, sha = importance.calibration(ctx)
+        groups, values, tokens = imatrix_sensitivity(
+            ctx.reference.path, nodes, windows, config.block_size, config.symmetric, detail
+        )
+        importance.store(ctx, values, tokens, sha)  # the export's statistics: measured once
         ranked, method = sens.rank(_check_groups(groups)), SENSITIVITY
     elif how == "fisher-layers":
         from edgerun.exporters.onnx.fisher_stream import streamed_fisher
 
+        windows = _short(calibration_ids(ctx))
         groups = streamed_fisher(
-            ctx.reference.path, nodes, _short(ids), config.block_size, config.symmetric, detail
+            ctx.reference.path, nodes, windows, config.block_size, config.symmetric, detail
         )
         ranked, method = sens.rank(_check_groups(groups)), FISHER + ", layer by layer"
     else:
         with ctx.reference.whole() as model:
-            ranked, method = ranked_groups(model, nodes, config, ids), FISHER
+            ranked, method = ranked_groups(model, nodes, config, calibration_ids(ctx)), FISHER
     plan = recipe.plan(nodes)
     budget, chosen, spent = raise_within(ranked, plan, config, recipe.budget or 0.0)
     record = {
@@ -119,7 +122,7 @@ def budget_plan(
         "budget": recipe.budget,
         "calibration": {
             "sensitivity": method,
-            "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
+            "sensitivity_tokens": tokens,
             "extra_bytes": int(spent),
             "budget_bytes": int(budget),
         },
@@ -151,12 +154,9 @@ def search_plan(
     ctx: ExportContext, nodes: list[str], config: Any
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """(node name -> bits, the manifest's recipe record) for the options' target."""
-    opts = ctx.options
-    metric = "kl" if opts.target_kl is not None else "ppl_ratio"
-    target = float(opts.target_kl if opts.target_kl is not None else opts.target_ppl_ratio or 0)
+    metric, target, aim = aim_of(ctx.options)
     ids = calibration_ids(ctx)
     windows = [ids[i : i + WINDOW] for i in range(0, len(ids) - WINDOW + 1, WINDOW)]
-    aim = target * MARGIN if metric == "kl" else 1 + (target - 1) * MARGIN
     with ctx.reference.whole() as model:  # the search measures real KLs: the model whole
         ranked = ranked_groups(model, nodes, config, ids)
         calib = sens.Calibration(
@@ -169,25 +169,50 @@ def search_plan(
 
         k, probes = sens.search_k(measure, len(ranked), aim)
     if k is None:
-        best = min(p.kl for p in probes)
-        raise EdgerunError(
-            f"target {metric.replace('_', ' ')} {target:g} is out of reach: with every layer in"
-            f" 8 bits the calibration {metric.replace('_', ' ')} is {best:.4g}",
-            "raise the target, or export onnx-int8",
-        )
-    record = {
+        raise out_of_reach(ctx.options, probes, "with every layer in 8 bits", "onnx-int8")
+    calibration = {
+        "tokens": int(sum(len(w) for w in windows[:SEARCH_WINDOWS])),
+        "sensitivity": FISHER,
+        "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
+        "groups_in_8_bits": k,
+        "groups": len(ranked),
+    }
+    record = target_record(ctx.options, "smallest mixed int4/int8 plan with", calibration, probes)
+    record["sensitivity"] = {g.role.key: round(g.sensitivity or 0.0, 6) for g in ranked}
+    return sens.plan_for(ranked, k), record
+
+
+def aim_of(options: Any) -> tuple[str, float, float]:
+    """(the options' target metric, "kl" or "ppl_ratio"; its value; the value the search aims
+    at on the calibration text: the target within MARGIN)."""
+    metric = "kl" if options.target_kl is not None else "ppl_ratio"
+    target = float(options.target_kl if metric == "kl" else options.target_ppl_ratio or 0)
+    return metric, target, target * MARGIN if metric == "kl" else 1 + (target - 1) * MARGIN
+
+
+def out_of_reach(options: Any, probes: list[sens.Probe], most: str, hint: str) -> EdgerunError:
+    """The error of a target the search cannot meet even with `most` (its best probe)."""
+    metric, target, _ = aim_of(options)
+    words = metric.replace("_", " ")
+    return EdgerunError(
+        f"target {words} {target:g} is out of reach: {most} the calibration {words} is"
+        f" {min(p.kl for p in probes):.4g}",
+        f"raise the target, or export {hint}",
+    )
+
+
+def target_record(
+    options: Any, what: str, calibration: dict[str, Any], probes: list[sens.Probe]
+) -> dict[str, Any]:
+    """The manifest's quant.recipe of a target search (the pipeline gates on its `target`)."""
+    metric, target, aim = aim_of(options)
+    return {
         "name": f"target-{metric.replace('_', '-')}",
-        "description": f"smallest mixed int4/int8 plan with calibration {metric} <= {aim:.4g}"
-        f" (target {target:g} x margin {MARGIN})",
+        "description": f"{what} calibration {metric} <= {aim:.4g} (target {target:g} x margin"
+        f" {MARGIN})",
         "target": {"metric": metric, "value": target, "margin": MARGIN, "aim": aim},
         "calibration": {
-            "tokens": int(sum(len(w) for w in windows[:SEARCH_WINDOWS])),
-            "sensitivity": FISHER,
-            "sensitivity_tokens": FISHER_WINDOW * FISHER_WINDOWS,
-            "groups_in_8_bits": k,
-            "groups": len(ranked),
+            **calibration,
             "probes": [{"k": p.k, metric: round(p.kl, 6)} for p in probes],
         },
-        "sensitivity": {g.role.key: round(g.sensitivity or 0.0, 6) for g in ranked},
     }
-    return sens.plan_for(ranked, k), record

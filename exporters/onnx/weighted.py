@@ -216,6 +216,37 @@ def fp32_weights(fp32: Path) -> Callable[[str], np.ndarray | None]:
     return read
 
 
+class Tally:
+    """Weighted rounding of one export's nodes, and its manifest note: nodes re-rounded, nodes
+    left at RTN (no statistics), importance-weighted squared error against RTN's."""
+
+    def __init__(self, steps: int = STEPS) -> None:
+        self.steps, self.nodes, self.nodes_rtn = steps, 0, 0
+        self.err_rtn = self.err_new = 0.0
+
+    def quantize(
+        self, weight_kn: np.ndarray, imp: np.ndarray, bits: int, block_size: int, symmetric: bool
+    ) -> Blocks:
+        """`quantize` with importance `imp`, counted (and its error against RTN's added)."""
+        new = quantize(weight_kn, imp, bits, block_size, symmetric, self.steps)
+        rtn = quantize(weight_kn, imp, bits, block_size, symmetric, 0)
+        self.err_rtn += _weighted_error(weight_kn, imp, rtn, bits, block_size)
+        self.err_new += _weighted_error(weight_kn, imp, new, bits, block_size)
+        self.nodes += 1
+        return new
+
+    def note(self) -> dict[str, Any]:
+        return {
+            "method": "importance-weighted scale search (ggml make_qx_quants style)",
+            "grid_steps": self.steps,
+            "nodes": self.nodes,
+            "nodes_rtn": self.nodes_rtn,
+            "weighted_error_vs_rtn": (
+                round(self.err_new / self.err_rtn, 4) if self.err_rtn else None
+            ),
+        }
+
+
 def reround(
     model: Any,
     weights: Callable[[str], np.ndarray | None],
@@ -224,11 +255,12 @@ def reround(
 ) -> dict[str, Any]:
     """Recompute B, scales and zero points of every MatMulNBits node of `model` (in place) from
     its fp32 weight and its input columns' importance; nodes lacking either keep onnxruntime's
-    RTN bytes. Returns the manifest note (nodes re-rounded, weighted error against RTN's)."""
+    RTN bytes. Returns the manifest note (Tally.note). The streamed export rounds the same way
+    as it writes (edgerun.exporters.onnx.lazyquant); this serves exports from the fp32 graph."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    done, skipped, err_rtn, err_new = 0, 0, 0.0, 0.0
+    tally = Tally(steps)
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
@@ -236,27 +268,16 @@ def reround(
         attrs = {a.name: a.i for a in node.attribute}
         weight, imp = weights(name), importance(name)
         if weight is None or imp is None or imp.shape[0] != attrs["K"]:
-            skipped += 1
+            tally.nodes_rtn += 1
             continue
-        bits, block = attrs["bits"], attrs["block_size"]
         symmetric = len(node.input) < 4 or not node.input[3]
-        new = quantize(weight, imp, bits, block, symmetric, steps)
-        rtn = quantize(weight, imp, bits, block, symmetric, 0)
-        err_rtn += _weighted_error(weight, imp, rtn, bits, block)
-        err_new += _weighted_error(weight, imp, new, bits, block)
+        new = tally.quantize(weight, imp, attrs["bits"], attrs["block_size"], symmetric)
         arrays = [new.packed, new.scales] + ([] if symmetric else [new.zero_points])
         for tensor_name, array in zip(node.input[1:], arrays, strict=False):
             old = inits[tensor_name]
             fresh = numpy_helper.from_array(array.reshape(tuple(old.dims)), tensor_name)
             old.CopyFrom(fresh)
-        done += 1
-    return {
-        "method": "importance-weighted scale search (ggml make_qx_quants style)",
-        "grid_steps": steps,
-        "nodes": done,
-        "nodes_rtn": skipped,
-        "weighted_error_vs_rtn": round(err_new / err_rtn, 4) if err_rtn else None,
-    }
+    return tally.note()
 
 
 def _weighted_error(

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
+from edgerun.constrain import Constraint, Grammar, compile_for
 from edgerun.errors import EdgerunError
 from edgerun.sampling import Sampler, SamplingParams
 from edgerun.tokenizer import Tokenizer
@@ -48,6 +49,7 @@ class GenerationStats:
     decode_s: float = 0.0
     token_latencies_s: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "length" | "eos" | "stop" | "cancelled"
+    constrain_s: float = 0.0  # of the time above, spent on grammar masks (edgerun.constrain)
 
     @property
     def prefill_tok_s(self) -> float | None:
@@ -127,6 +129,7 @@ class Model:
         stop: str | Sequence[str | int] | None = None,
         ignore_eos: bool = False,
         truncate: str | None = None,
+        grammar: Grammar | None = None,
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt` (text, or token ids used as they are).
 
@@ -135,7 +138,9 @@ class Model:
         `ignore_eos` does not stop on the model's end-of-sequence tokens, so generation runs to
         max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
-        error. Arguments are checked here, before the first chunk is requested.
+        error. `grammar` (edgerun.constrain) restricts every pick to tokens it allows and ends
+        the generation when it is complete. Arguments are checked here, before the first chunk
+        is requested.
         """
         backend = self._open_backend()
         if max_tokens <= 0:
@@ -147,8 +152,11 @@ class Model:
         ids = self._fit(ids, max_tokens, truncate)
         stops = _Stops(stop)
         eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
+        constraint = None if grammar is None else self._constraint(backend, grammar)
         self._generation += 1
-        return self._stream(backend, ids, max_tokens, sampler, stops, eos, self._generation)
+        return self._stream(
+            backend, ids, max_tokens, sampler, stops, eos, self._generation, constraint
+        )
 
     def decode_logits(self, ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
         """Greedy decoding of `steps` tokens after the prompt `ids`, one token at a time with the
@@ -171,6 +179,15 @@ class Model:
     def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
         """generate() on `messages` ([{"role", "content"}]) rendered with the chat template."""
         return self.generate(self.tokenizer.encode_chat(messages), **kwargs)
+
+    def _constraint(self, backend: Backend, grammar: Grammar) -> Constraint:
+        vocab = getattr(backend, "vocab_size", None) or getattr(self.tokenizer, "vocab_size", None)
+        if not vocab:
+            raise EdgerunError(
+                f"the {backend.name} backend does not say its vocabulary size",
+                "constrained decoding needs it: give the backend a vocab_size attribute",
+            )
+        return compile_for(grammar, self.tokenizer, int(vocab))
 
     def _open_backend(self) -> Backend:
         if self._backend is None:
@@ -216,6 +233,7 @@ class Model:
         stops: _Stops,
         eos: frozenset[int],
         generation: int,
+        constraint: Constraint | None = None,
     ) -> Iterator[Chunk]:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         clock = time.perf_counter
@@ -225,15 +243,18 @@ class Model:
         detok = self.tokenizer.stream(ids)
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
         for i in range(max_tokens):
-            token = sampler(logits)
-            if token in eos:
+            token = sampler(logits if constraint is None else constraint.mask(logits))
+            # a complete grammar allows only its end-of-sequence ids (even with ignore_eos)
+            done = constraint is not None and constraint.accept(token)
+            stats.constrain_s = constraint.spent_s if constraint is not None else 0.0
+            if token in eos or (done and token in constraint.eos_ids):  # type: ignore[union-attr]
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
                 break
             text = detok.push(token)
-            if i == max_tokens - 1:
+            if i == max_tokens - 1 or done:
                 text += detok.flush()
             text, hit = stops.feed(text)
-            last = hit or i == max_tokens - 1
+            last = hit or done or i == max_tokens - 1
             if last and not hit:
                 text += stops.flush()
             ready = clock()
@@ -244,7 +265,7 @@ class Model:
                 stats.decode_s += ready - start
             stats.generated_tokens += 1
             if last:
-                stats.finish_reason = "stop" if hit else "length"
+                stats.finish_reason = "stop" if hit or done else "length"
             yield Chunk(token, text)
             if last:
                 return

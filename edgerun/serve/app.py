@@ -23,6 +23,8 @@ from edgerun.model import Chunk
 from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error, check_prompt_size
 from edgerun.serve.guard import LOOPBACK_HOSTS, HostCheck, read_within
 from edgerun.serve.schema import ApiError, GenerationRequest, parse_json, parse_request
+from edgerun.serve.structured import parse_structured, reply
+from edgerun.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -182,10 +184,12 @@ async def chat_completions(request: Request) -> Response:
 
 async def _generate(request: Request, chat: bool) -> Response:
     state: ServeState = request.app.state.serve
-    req = parse_request(await _body(request, state), chat)
+    body = await _body(request, state)
+    req = parse_request(body, chat)
+    req.structured = parse_structured(body, chat)
     slot = state.slot(req.model)
     check_prompt_size(req, slot.model.context_length)
-    shape = _Shape(req, chat)
+    shape = _Shape(req, chat, slot.model.tokenizer)
     if req.stream:
         chunks = slot.stream(req)
         # The first item comes before any byte is sent, so 429, 400 (context), 503 stay JSON.
@@ -219,12 +223,21 @@ async def _events(
     try:
         if shape.chat:
             yield json.dumps(shape.delta({"role": "assistant", "content": ""}))
-        item = first
+        item, held = first, []
         while not isinstance(item, Outcome):
-            if item.text:
+            if item.text and shape.holds:  # tool calls: parsed once the reply is whole
+                held.append(item.text)
+            elif item.text:
                 yield json.dumps(shape.delta(item.text))
             item = await anext(chunks)
-        yield json.dumps(shape.delta(None, item.finish_reason))
+        message = shape.reply("".join(held)) if shape.holds else None
+        if message is not None:
+            calls = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+            yield json.dumps(shape.delta({"tool_calls": calls}))
+        elif held:
+            yield json.dumps(shape.delta("".join(held)))
+        finish = "tool_calls" if message is not None else item.finish_reason
+        yield json.dumps(shape.delta(None, finish))
         if shape.req.include_usage:
             yield json.dumps({**shape.head(), "choices": [], "usage": _usage(item)})
     except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI does
@@ -252,8 +265,10 @@ def _usage(outcome: Outcome) -> dict[str, int]:
 class _Shape:
     """The OpenAI response objects of one request (completion or chat, whole or chunked)."""
 
-    def __init__(self, req: GenerationRequest, chat: bool) -> None:
-        self.req, self.chat = req, chat
+    def __init__(self, req: GenerationRequest, chat: bool, tokenizer: Tokenizer) -> None:
+        self.req, self.chat, self.tokenizer = req, chat, tokenizer
+        # a reply that may hold tool calls is sent whole, once they are parsed
+        self.holds = req.structured is not None and req.structured.calls_tools
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
 
@@ -261,8 +276,12 @@ class _Shape:
         kind = ("chat.completion" + (".chunk" if chunk else "")) if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.req.model}
 
+    def reply(self, text: str) -> dict[str, Any] | None:
+        """The assistant message with tool calls, when the text holds some."""
+        return reply(text, self.req, self.tokenizer) if self.holds else None
+
     def delta(
-        self, content: str | dict[str, str] | None, finish: str | None = None
+        self, content: str | dict[str, Any] | None, finish: str | None = None
     ) -> dict[str, Any]:
         if self.chat:
             delta = (
@@ -274,12 +293,13 @@ class _Shape:
         return {**self.head(), "choices": [choice]}
 
     def full(self, text: str, outcome: Outcome) -> dict[str, Any]:
+        calls = self.reply(text)
         if self.chat:
-            message = {"role": "assistant", "content": text}
+            message = calls or {"role": "assistant", "content": text}
             choice = {"index": 0, "message": message, "logprobs": None}
         else:
             choice = {"index": 0, "text": text, "logprobs": None}
-        choice["finish_reason"] = outcome.finish_reason
+        choice["finish_reason"] = "tool_calls" if calls else outcome.finish_reason
         return {**self.head(chunk=False), "choices": [choice], "usage": _usage(outcome)}
 
 

@@ -57,7 +57,7 @@ class GenerationRequest:
 
     model: str
     prompt: str | list[int] | None
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -66,6 +66,8 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     ignore_eos: bool  # an extension (as vLLM's): generate exactly max_tokens tokens
+    # response_format / tools (edgerun.serve.structured.Structured), set by the app
+    structured: Any = None
 
     def options(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments for Model.generate / Model.chat."""
@@ -194,7 +196,7 @@ def _prompt(body: dict[str, Any]) -> str | list[int]:
     )
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if messages is None:
         raise ApiError(400, "'messages' is required", "messages")
@@ -210,10 +212,38 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
                 raise ApiError(400, f"'{where}.content' may hold only text parts", where)
             content = "".join(str(p.get("text", "")) for p in content)
+        calls = _tool_calls(message, where)
+        if content is None and (calls or message["role"] == "tool"):
+            content = ""  # an assistant's tool calls, or an empty tool result
         if not isinstance(content, str):
             raise ApiError(400, f"'{where}.content' must be a string", f"{where}.content")
-        out.append({"role": message["role"], "content": content})
+        out.append({"role": message["role"], "content": content, **calls})
+        if isinstance(message.get("tool_call_id"), str):
+            out[-1]["tool_call_id"] = message["tool_call_id"]
     return out
+
+
+def _tool_calls(message: dict[str, Any], where: str) -> dict[str, Any]:
+    """{"tool_calls": [...]} of an assistant message that has them (each a function call with
+    a string name and string arguments), else {}."""
+    calls = message.get("tool_calls")
+    if calls is None:
+        return {}
+    ok = isinstance(calls, list) and all(
+        isinstance(c, dict)
+        and isinstance(c.get("function"), dict)
+        and isinstance(c["function"].get("name"), str)
+        and isinstance(c["function"].get("arguments"), str)
+        for c in calls
+    )
+    if not ok:
+        raise ApiError(
+            400,
+            f"'{where}.tool_calls' must be a list of {{'id', 'type': 'function', 'function':"
+            " {'name', 'arguments'}} with string name and arguments",
+            f"{where}.tool_calls",
+        )
+    return {"tool_calls": calls} if calls else {}
 
 
 def parse_request(body: dict[str, Any], chat: bool) -> GenerationRequest:

@@ -29,6 +29,10 @@ from edgerun.tokenizer import Tokenizer
 # A schema or grammar is request data: bound what compiling it may cost (llguidance's defaults
 # are generous for a server; these still take every schema of the benchmark in under 10 ms).
 _LIMITS = {"max_grammar_size": 200_000, "initial_lexer_fuel": 1_000_000, "max_lexer_states": 50_000}
+# JSON whitespace between tokens: one space, or a line break and up to 16 characters of indent
+# (compact and pretty-printed JSON). Unbounded, a small model can fill max_tokens with blanks
+# and never close the object.
+_JSON_OPTIONS = {"whitespace_pattern": r"(\n[ \t]{0,16}|[ ])"}
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,19 @@ class Grammar:
 
 def json_object() -> Grammar:
     """Any JSON object (OpenAI's response_format {"type": "json_object"})."""
-    return Grammar('start: %json {"type": "object"}', "a JSON object")
+    return Grammar(f"start: {json_grammar({'type': 'object'})}", "a JSON object")
 
 
 def json_schema(schema: dict[str, Any], name: str = "the JSON schema") -> Grammar:
     """JSON matching `schema` (a JSON Schema object); check() reports what cannot be compiled."""
     if not isinstance(schema, dict):
         raise EdgerunError(f"{name} must be a JSON object", "pass a JSON Schema such as {}")
-    return Grammar(f"start: %json {json.dumps(schema)}", name)
+    return Grammar(f"start: {json_grammar(schema)}", name)
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """`%json {...}`: `schema` as a Lark expression, with edgerun's JSON options."""
+    return f"%json {json.dumps({**schema, 'x-guidance': _JSON_OPTIONS})}"
 
 
 def lark(text: str, name: str = "the grammar") -> Grammar:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgerun.constrain import Grammar
+from edgerun.constrain import Grammar, json_grammar
 from edgerun.tokenizer import Tokenizer
 
 CHOICES = ("auto", "none", "required")
@@ -142,10 +142,10 @@ def grammar(
     if convention.as_list:
         block = {"type": "array", "items": call, "minItems": 1}
         block = block if parallel else {**block, "maxItems": 1}
-        calls = f"{_lit(convention.opener)} %json {json.dumps(block)} {_lit(convention.closer)}"
+        calls = f"{_lit(convention.opener)} {json_grammar(block)} {_lit(convention.closer)}"
         rules = f"calls: {calls}\n"
     else:
-        body = f"{_lit(convention.opener)} %json {json.dumps(call)} {_lit(convention.closer)}"
+        body = f"{_lit(convention.opener)} {json_grammar(call)} {_lit(convention.closer)}"
         many = ' ("\\n" call)*' if parallel else ""
         rules = f"calls: call{many}\ncall: {body}\n"
     if tool_choice == "auto":
@@ -188,6 +188,8 @@ def _tool_call(convention: Convention, item: dict[str, Any]) -> ToolCall | None:
 
 def _call_schema(convention: Convention, function: dict[str, Any]) -> dict[str, Any]:
     params = function.get("parameters") or {"type": "object", "properties": {}}
+    if "properties" in params and "additionalProperties" not in params:
+        params = {**params, "additionalProperties": False}  # the declared parameters only
     return {
         "type": "object",
         "properties": {"name": {"const": function["name"]}, convention.args_key: params},

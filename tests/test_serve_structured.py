@@ -15,6 +15,7 @@ import pytest
 import edgerun
 from tests.runtime_helpers import PROFILE
 from tests.serve_helpers import export_onnx, running
+from tests.structured_helpers import SCHEMA, conforms
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("llguidance")
@@ -37,18 +38,6 @@ HERMES_TEMPLATE = (
     "\n</tool_call>{%- endfor %}<|im_end|>\n{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
 )
-# Finite languages: a random model cannot run past max_tokens inside them.
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "mood": {"enum": ["calm", "busy", "odd"]},
-        "ok": {"type": "boolean"},
-        "level": {"type": "integer", "minimum": 1, "maximum": 9},
-        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
-    },
-    "required": ["mood", "ok", "level", "tags"],
-    "additionalProperties": False,
-}
 WEATHER = {
     "type": "function",
     "function": {
@@ -67,34 +56,6 @@ CLOCK = {
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-def conforms(value: Any, schema: dict[str, Any]) -> bool:
-    """The subset of JSON Schema used here: type object / array / boolean / integer, enum,
-    required, additionalProperties false, minimum / maximum, maxItems."""
-    if "enum" in schema:
-        return value in schema["enum"]
-    kind = schema.get("type")
-    if kind == "object":
-        props = schema.get("properties", {})
-        return (
-            isinstance(value, dict)
-            and all(k in value for k in schema.get("required", []))
-            and (schema.get("additionalProperties", True) or set(value) <= set(props))
-            and all(conforms(v, props[k]) for k, v in value.items() if k in props)
-        )
-    if kind == "array":
-        return (
-            isinstance(value, list)
-            and len(value) <= schema.get("maxItems", len(value))
-            and all(conforms(v, schema["items"]) for v in value)
-        )
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "integer":
-        low, high = schema.get("minimum", value), schema.get("maximum", value)
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-    return True
 
 
 def test_the_checker_can_fail() -> None:
@@ -264,9 +225,12 @@ def test_streamed_tool_calls(client: Any) -> None:
 def test_the_template_gets_the_tools_and_the_result(artifacts: dict[str, Path]) -> None:
     from edgerun import tools
 
-    call = {"id": "c1", "type": "function"}
-    call["function"] = {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
-    history = [*ASK, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    function = {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    call = {"id": "c1", "type": "function", "function": function}
+    history: list[dict[str, Any]] = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+    ]
     history.append({"role": "tool", "tool_call_id": "c1", "content": "18 C"})
     for name, convention in (("tools", "hermes"), ("plain", "smollm2")):
         with edgerun.load(str(artifacts[name]), PROFILE) as model:
@@ -278,7 +242,7 @@ def test_the_template_gets_the_tools_and_the_result(artifacts: dict[str, Path]) 
         assert '"arguments": {"city": "Oslo"}' in text  # an object, not a JSON string in a string
 
 
-def _post(server: str, body: dict[str, Any]) -> httpx.Response:
+def _post(server: str, body: dict[str, Any]) -> Any:
     headers = {"Authorization": f"Bearer {KEY}"}
     return httpx.post(server + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 

@@ -192,3 +192,52 @@ def requests(n: int) -> list[tuple[str, dict[str, Any], str]]:
         topic = TOPICS[(i // len(SCHEMAS)) % len(TOPICS)]
         out.append((name, schema, prompt.format(topic=topic)))
     return out
+
+
+def validate(value: Any, schema: dict[str, Any]) -> bool:
+    """Whether `value` satisfies `schema`, for the JSON Schema keywords used above (an
+    independent check of the output: jsonschema is not a dependency)."""
+    import re
+
+    if "anyOf" in schema:
+        return any(validate(value, s) for s in schema["anyOf"])
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    checks = {
+        "object": lambda v: isinstance(v, dict) and _object_ok(v, schema),
+        "array": lambda v: isinstance(v, list) and _array_ok(v, schema),
+        "string": lambda v: (
+            isinstance(v, str)
+            and len(v) <= schema.get("maxLength", len(v))
+            and ("pattern" not in schema or re.search(schema["pattern"], v) is not None)
+        ),
+        "integer": lambda v: (
+            isinstance(v, int) and not isinstance(v, bool) and _range_ok(v, schema)
+        ),
+        "number": lambda v: (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and _range_ok(v, schema)
+        ),
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+    }
+    kind = schema.get("type")
+    return kind is None or checks[kind](value)
+
+
+def _object_ok(value: dict[str, Any], schema: dict[str, Any]) -> bool:
+    props = schema.get("properties", {})
+    if any(k not in value for k in schema.get("required", [])):
+        return False
+    if schema.get("additionalProperties") is False and not set(value) <= set(props):
+        return False
+    return all(validate(v, props[k]) for k, v in value.items() if k in props)
+
+
+def _array_ok(value: list[Any], schema: dict[str, Any]) -> bool:
+    if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+        return False
+    return all(validate(v, schema.get("items", {})) for v in value)
+
+
+def _range_ok(value: float, schema: dict[str, Any]) -> bool:
+    return schema.get("minimum", value) <= value <= schema.get("maximum", value)

@@ -33,6 +33,10 @@ _LIMITS = {"max_grammar_size": 200_000, "initial_lexer_fuel": 1_000_000, "max_le
 # (compact and pretty-printed JSON). Unbounded, a small model can fill max_tokens with blanks
 # and never close the object.
 _JSON_OPTIONS = {"whitespace_pattern": r"(\n[ \t]{0,16}|[ ])"}
+# An integer with no bounds gets I-JSON's (RFC 7493: exact in every JSON parser), so that a
+# model repeating a digit ends the number after 16 digits instead of running to max_tokens.
+_SAFE_INTEGER = 2**53 - 1
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # values, not schemas
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,20 @@ def json_schema(schema: dict[str, Any], name: str = "the JSON schema") -> Gramma
 
 def json_grammar(schema: dict[str, Any]) -> str:
     """`%json {...}`: `schema` as a Lark expression, with edgerun's JSON options."""
-    return f"%json {json.dumps({**schema, 'x-guidance': _JSON_OPTIONS})}"
+    return f"%json {json.dumps({**_bounded(schema), 'x-guidance': _JSON_OPTIONS})}"
+
+
+def _bounded(node: Any) -> Any:
+    """A copy of the schema `node` whose unbounded integers have I-JSON's bounds."""
+    if isinstance(node, list):
+        return [_bounded(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: v if k in _DATA_KEYWORDS else _bounded(v) for k, v in node.items()}
+    if out.get("type") == "integer":
+        out.setdefault("minimum", -_SAFE_INTEGER)
+        out.setdefault("maximum", _SAFE_INTEGER)
+    return out
 
 
 def lark(text: str, name: str = "the grammar") -> Grammar:

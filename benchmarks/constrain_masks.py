@@ -25,12 +25,7 @@ import numpy as np
 from benchmarks import RESULTS
 from benchmarks.machine import describe
 from benchmarks.structured_cases import INSTANCES, SCHEMAS
-
-
-def apply_mask(logits: np.ndarray, bitmask: np.ndarray) -> np.ndarray:
-    """A masked copy of `logits`: tokens whose bit is 0 get -inf (edgerun.constrain's routine)."""
-    allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: logits.shape[0]]
-    return np.where(allowed.view(bool), logits, -np.inf)
+from edgerun.constrain import apply_bitmask as apply_mask
 
 
 class Llguidance:

@@ -4,11 +4,14 @@ and a tool-call round trip, all through the official openai client.
 
     python -m benchmarks.serve_structured [--n 100] [--formats onnx-int4,gguf-q4_k_m]
 
-Per artifact: one `python -m edgerun serve` subprocess (2 threads). For each of --n requests
+Per artifact: first, in-process on the first --direct requests, the time Model.generate spent in
+the masks (GenerationStats.constrain_s) over its generation time; then one `python -m edgerun
+serve` subprocess (--threads 2), the tool-call round trip, and for each of --n requests
 (benchmarks.structured_cases: 10 schemas x 10 topics, greedy, streamed) the constrained request,
-then at once the same messages unconstrained with exactly as many tokens (ignore_eos); decode tok/s of each is (tokens - 1) / (last chunk - first chunk). The output is checked
-by json.loads and an independent schema check. Then, in-process on the first --direct requests,
-the time Model.generate spent in the masks (GenerationStats.constrain_s) over its decode time.
+then at once the same messages unconstrained with exactly as many tokens (ignore_eos); decode
+tok/s of each is (tokens - 1) / (last chunk - first chunk). The output is checked
+by json.loads and an independent schema check. The JSON is rewritten after every request, so
+an interrupted run keeps what it measured.
 Artifacts: `edgerun export` into benchmarks/work/<model>/structured/ when missing.
 """
 
@@ -155,7 +158,7 @@ def direct(path: Path, cases: list[Any], max_tokens: int) -> dict[str, Any]:
     from edgerun import constrain
 
     shares, per_token_us = [], []
-    with edgerun.load(path, threads=2) as model:
+    with edgerun.load(path, threads=2) as model:  # the server's threads
         for name, schema, prompt in cases:
             ids = model.tokenizer.encode_chat([{"role": "user", "content": prompt}])
             grammar = constrain.json_schema(schema, name)
@@ -193,43 +196,54 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--formats", default="onnx-int4,gguf-q4_k_m")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--direct", type=int, default=20, help="requests of the in-process pass")
-    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     import openai
 
     started, results = time.perf_counter(), {}
     cases = requests(args.n)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS / f"serve-structured-{stamp}.json"
     for fmt in args.formats.split(","):
         path = artifact(args.model, fmt)
-        proc, base = start_server(path, None, 2, 1)
+        result = results[fmt] = {"direct": direct(path, cases[: args.direct], args.max_tokens)}
+        proc, base = start_server(path, None, args.threads, 1)
         try:
             client = openai.OpenAI(base_url=base + "/v1", api_key="-", timeout=600, max_retries=0)
-            rows = [one_request(client, c, args.max_tokens) for c in cases]
-            trip = round_trip(client)
+            result["tool_round_trip"] = round_trip(client)
+            rows = result["rows"] = []
+            for case in cases:  # written after every request: an interrupted run keeps its rows
+                rows.append(one_request(client, case, args.max_tokens))
+                result["summary"] = summary(rows)
+                save(out, args, argv, started, results)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        results[fmt] = {
-            "summary": summary(rows),
-            "direct": direct(path, cases[: args.direct], args.max_tokens),
-            "tool_round_trip": trip,
-            "rows": rows,
-        }
-        print(fmt, json.dumps(results[fmt]["summary"]), json.dumps(results[fmt]["direct"]))
+        print(fmt, json.dumps(result["summary"]), json.dumps(result["direct"]))
+    print(f"results: {out}")
+
+
+def save(
+    out: Path, args: Any, argv: list[str] | None, started: float, results: dict[str, Any]
+) -> None:
     payload = {
         "schema": "edgerun-serve-structured/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.serve_structured", *(argv or sys.argv[1:])]),
         "wall_s": time.perf_counter() - started,
-        "workload": {"model": args.model, "n": args.n, "max_tokens": args.max_tokens},
+        "workload": {
+            "model": args.model,
+            "n": args.n,
+            "max_tokens": args.max_tokens,
+            "threads": args.threads,
+            "greedy": True,
+        },
         "machine": describe(),
         "results": results,
     }
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out or RESULTS / f"serve-structured-{stamp}.json"
     out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    print(f"results: {out}")
 
 
 if __name__ == "__main__":

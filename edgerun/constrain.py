@@ -4,8 +4,8 @@ sampled tokens must follow, on every backend, enforced by llguidance's token mas
 Every backend hands edgerun.model plain next-token logits, so one mechanism covers ONNX Runtime,
 onnxruntime-genai and llama.cpp alike: before each pick the logits of the tokens the grammar
 forbids are set to -inf, after it the matcher advances by the token. Why llguidance (and not
-xgrammar, outlines-core or llama.cpp grammars): see benchmarks/results/constrain-masks-*.json
-and benchmarks/README.md ("Structured output").
+xgrammar, outlines-core or llama.cpp grammars): README.md, "Structured output and tools", from
+benchmarks/results/constrain-masks-*.json (python -m benchmarks.constrain_masks).
 
     grammar = constrain.json_schema({"type": "object", "properties": {...}})
     model.generate(prompt, grammar=grammar)
@@ -112,10 +112,9 @@ class Constraint:
         m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         if m.is_error():
             raise EdgerunError(f"constrained decoding failed: {_first(m.get_error())}")
-        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: len(logits)]
-        masked = np.where(allowed.view(bool), logits, -np.inf)
+        out = apply_bitmask(logits, self._bits)
         self.spent_s += time.perf_counter() - start
-        return masked
+        return out
 
     def accept(self, token: int) -> bool:
         """Advance by `token`; True when the grammar is complete (nothing may follow)."""
@@ -124,6 +123,13 @@ class Constraint:
             raise EdgerunError(f"constrained decoding failed: {_first(m.get_error())}")
         self.spent_s += time.perf_counter() - start
         return bool(m.is_stopped())
+
+
+def apply_bitmask(logits: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """A copy of `logits` with -inf where the int32 bitmask `bits` (bit i of word i // 32 for
+    token i, llguidance's and xgrammar's layout) has a 0."""
+    allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[: len(logits)]
+    return np.where(allowed.view(bool), logits, -np.inf)
 
 
 def compile_for(grammar: Grammar, tokenizer: Tokenizer, vocab_size: int) -> Constraint:

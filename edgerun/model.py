@@ -22,6 +22,7 @@ import numpy as np
 
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
+from edgerun.constrain import Constraint, Grammar, compile_for
 from edgerun.errors import EdgerunError
 from edgerun.kvcache import KvSnapshot, PrefixCache, make_cache
 from edgerun.sampling import Sampler, SamplingParams
@@ -71,6 +72,8 @@ class GenerationStats:
     def acceptance_rate(self) -> float | None:
         """Accepted over drafted tokens (None without drafts)."""
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+
+    constrain_s: float = 0.0  # of the time above, spent on grammar masks (edgerun.constrain)
 
     @property
     def prefill_tok_s(self) -> float | None:
@@ -162,6 +165,7 @@ class Model:
         truncate: str | None = None,
         speculative: str | bool | None = None,
         logprobs: int | None = None,
+        grammar: Grammar | None = None,
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt` (text, or token ids used as they are).
 
@@ -178,7 +182,9 @@ class Model:
         `speculative` setting (load()'s). `logprobs` (0 or more) puts each token's
         log-probability and that many top alternatives in its chunk. A prompt that shares a
         prefix with an earlier generation's tokens starts from their KV cache (`prompt_cache`).
-        Arguments are checked here, before the first chunk is requested.
+        `grammar` (edgerun.constrain) restricts every pick to tokens it allows and ends the
+        generation when it is complete (no speculation then). Arguments are checked here,
+        before the first chunk is requested.
         """
         backend = self._open_backend()
         if max_tokens <= 0:
@@ -194,14 +200,27 @@ class Model:
             )
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
         mode = self.speculative if speculative is None else speculative
-        speculate = resolve_mode(mode, sampler.params.greedy, backend)
+        # drafts are not checked against a grammar: no speculation under one
+        speculate = (
+            None if grammar is not None else resolve_mode(mode, sampler.params.greedy, backend)
+        )
         ids = self._prompt_ids(prompt)
         ids = self._fit(ids, max_tokens, truncate)
         stops = _Stops(stop)
         eos = (frozenset() if ignore_eos else self.tokenizer.eos_ids) | stops.ids
+        constraint = None if grammar is None else self._constraint(backend, grammar)
         self._generation += 1
         return self._stream(
-            backend, ids, max_tokens, sampler, stops, eos, self._generation, speculate, logprobs
+            backend,
+            ids,
+            max_tokens,
+            sampler,
+            stops,
+            eos,
+            self._generation,
+            speculate,
+            logprobs,
+            constraint,
         )
 
     def decode_logits(
@@ -247,6 +266,15 @@ class Model:
     def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Iterator[Chunk]:
         """generate() on `messages` ([{"role", "content"}]) rendered with the chat template."""
         return self.generate(self.tokenizer.encode_chat(messages), **kwargs)
+
+    def _constraint(self, backend: Backend, grammar: Grammar) -> Constraint:
+        vocab = getattr(backend, "vocab_size", None) or getattr(self.tokenizer, "vocab_size", None)
+        if not vocab:
+            raise EdgerunError(
+                f"the {backend.name} backend does not say its vocabulary size",
+                "constrained decoding needs it: give the backend a vocab_size attribute",
+            )
+        return compile_for(grammar, self.tokenizer, int(vocab))
 
     def _open_backend(self) -> Backend:
         if self._backend is None:
@@ -297,6 +325,7 @@ class Model:
         generation: int,
         speculate: str | None = None,
         logprobs: int | None = None,
+        constraint: Constraint | None = None,
     ) -> Iterator[Chunk]:
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         clock = time.perf_counter
@@ -311,7 +340,7 @@ class Model:
         try:
             yield from self._decode_loop(
                 spec or backend.decode, logits, fed, start, max_tokens, sampler, stops, eos,
-                generation, logprobs,
+                generation, logprobs, constraint,
             )  # fmt: skip
         finally:
             if generation == self._generation:  # else another generation owns the backend
@@ -347,6 +376,7 @@ class Model:
         eos: frozenset[int],
         generation: int,
         logprobs: int | None,
+        constraint: Constraint | None,
     ) -> Iterator[Chunk]:
         """Sample, detokenize, stop and time each token after the prompt (`start`: when the
         prompt went in); `step(token)` feeds one token and returns the next logits (the backend's
@@ -356,15 +386,18 @@ class Model:
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
         for i in range(max_tokens):
             scored = None if logprobs is None else _logprobs(logits, logprobs)
-            token = sampler(logits)
-            if token in eos:
+            token = sampler(logits if constraint is None else constraint.mask(logits))
+            # a complete grammar allows only its end-of-sequence ids (even with ignore_eos)
+            done = constraint is not None and constraint.accept(token)
+            stats.constrain_s = constraint.spent_s if constraint is not None else 0.0
+            if token in eos or (done and token in constraint.eos_ids):  # type: ignore[union-attr]
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
                 break
             text = detok.push(token)
-            if i == max_tokens - 1:
+            if i == max_tokens - 1 or done:
                 text += detok.flush()
             text, hit = stops.feed(text)
-            last = hit or i == max_tokens - 1
+            last = hit or done or i == max_tokens - 1
             if last and not hit:
                 text += stops.flush()
             ready = clock()
@@ -375,7 +408,7 @@ class Model:
                 stats.decode_s += ready - start
             stats.generated_tokens += 1
             if last:
-                stats.finish_reason = "stop" if hit else "length"
+                stats.finish_reason = "stop" if hit or done else "length"
             yield Chunk(token, text, None if scored is None else scored(token))
             if last:
                 return

@@ -36,15 +36,25 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`."""
 
+    def hf_json(self) -> str | None:
+        """The tokenizer as tokenizer.json text, when it is one (for edgerun.constrain)."""
+        return None
+
+    def llama_vocab(self) -> Any:
+        """llama.cpp's vocabulary handle, when the tokenizer is a GGUF file's (edgerun.constrain)."""
+        return None
+
     def apply_chat_template(
         self,
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool = True,
         max_chars: int | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> str:
         """Render `messages` ([{role, content}]) with the model's chat template, bounded in time
-        and in output size (`max_chars`, default chat_template.MAX_CHARS); EdgerunError on any
-        failure of the template."""
+        and in output size (`max_chars`, default chat_template.MAX_CHARS); `tools` (OpenAI tool
+        objects) are given to templates that define tool calling. EdgerunError on any failure
+        of the template."""
         if not self.chat_template:
             raise EdgerunError(
                 "this model has no chat template",
@@ -52,13 +62,18 @@ class Tokenizer(ABC):
                 cli_hint="pass a plain prompt without --chat",
             )
         variables = {"add_generation_prompt": add_generation_prompt, **self.special_tokens}
+        if tools:
+            variables["tools"] = list(tools)
         return chat_template.render(self.chat_template, messages, variables, max_chars=max_chars)
 
     def encode_chat(
-        self, messages: Sequence[dict[str, Any]], max_chars: int | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        max_chars: int | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> list[int]:
         """Token ids of the rendered chat, special tokens parsed from the template text."""
-        text = self.apply_chat_template(messages, max_chars=max_chars)
+        text = self.apply_chat_template(messages, max_chars=max_chars, tools=tools)
         return self.encode(text, add_special_tokens=False)
 
     def stream(self, context: Sequence[int] = ()) -> DetokenizeStream:
@@ -152,6 +167,9 @@ class HFTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def hf_json(self) -> str:
+        return str(self._tok.to_str())
 
 
 def _special_tokens(config: dict[str, Any]) -> dict[str, str]:

@@ -18,7 +18,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "edgerun.gguf_source", "edgerun.machine", "edgerun.profile_schema", "edgerun.tokenizer",
      "edgerun.sampling", "edgerun.describe", "edgerun.checkpoint", "edgerun.cache_entry",
      "edgerun.sources", "edgerun.format_registry", "edgerun.cache_list",
-     "edgerun.remote_code", "edgerun.chat_template", "edgerun.progress"),
+     "edgerun.remote_code", "edgerun.chat_template", "edgerun.progress", "edgerun.constrain",
+     "edgerun.tools"),
     # registries: power meters, the backend plugin interface and its entry points
     ("edgerun.power", "edgerun.backends.base", "edgerun.backends.registry"),
     # device profiles and their detection

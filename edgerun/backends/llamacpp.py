@@ -195,7 +195,7 @@ class LlamaCppTokenizer(Tokenizer):
 
     def __init__(self, llm: Any, lib: Any) -> None:
         self._llm = llm
-        vocab = lib.llama_model_get_vocab(llm.model)
+        self._vocab = vocab = lib.llama_model_get_vocab(llm.model)
         eos = {int(llm.token_eos()), int(lib.llama_vocab_eot(vocab))}
         self.eos_ids = frozenset(i for i in eos if i >= 0)
         self.chat_template = llm.metadata.get("tokenizer.chat_template")
@@ -209,6 +209,9 @@ class LlamaCppTokenizer(Tokenizer):
         return list(
             self._llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True)
         )
+
+    def llama_vocab(self) -> Any:
+        return self._vocab
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         raw = self._llm.detokenize(list(ids), special=not skip_special_tokens)

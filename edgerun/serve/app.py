@@ -25,6 +25,7 @@ from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error, check_pro
 from edgerun.serve.guard import LOOPBACK_HOSTS, HostCheck, read_within
 from edgerun.serve.logprobs import CompletionLogprobs, chat_logprobs
 from edgerun.serve.schema import ApiError, GenerationRequest, parse_json, parse_request
+from edgerun.serve.structured import parse_structured, reply
 from edgerun.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,9 @@ async def chat_completions(request: Request) -> Response:
 
 async def _generate(request: Request, chat: bool) -> Response:
     state: ServeState = request.app.state.serve
-    req = request.state.generation = parse_request(await _body(request, state), chat)
+    body = await _body(request, state)
+    req = request.state.generation = parse_request(body, chat)
+    req.structured = parse_structured(body, chat)
     slot = state.slot(req.model)
     check_prompt_size(req, slot.model.context_length)
     shape = _Shape(req, chat, request.state.request_id, slot.model.tokenizer)
@@ -252,14 +255,23 @@ async def _events(
     try:
         if shape.chat:
             yield json.dumps(shape.delta({"role": "assistant", "content": ""}))
-        item = first
+        item, held = first, []
         while not isinstance(item, Outcome):
-            if item.text or item.logprobs is not None:
+            if item.text and shape.holds:  # tool calls: parsed once the reply is whole
+                held.append(item.text)
+            elif item.text or item.logprobs is not None:
                 yield json.dumps(shape.delta(item.text, chunk=item))
             item = await anext(chunks)
         request.state.outcome = item
         status = 200
-        yield json.dumps(shape.delta(None, item.finish_reason))
+        message = shape.reply("".join(held)) if shape.holds else None
+        if message is not None:
+            calls = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+            yield json.dumps(shape.delta({"tool_calls": calls}))
+        elif held:
+            yield json.dumps(shape.delta("".join(held)))
+        finish = "tool_calls" if message is not None else item.finish_reason
+        yield json.dumps(shape.delta(None, finish))
         if shape.req.include_usage:
             yield json.dumps({**shape.head(), "choices": [], "usage": _usage(item)})
     except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI does
@@ -298,10 +310,11 @@ class _Shape:
     def __init__(
         self, req: GenerationRequest, chat: bool, request_id: str, tokenizer: Tokenizer
     ) -> None:
-        self.req, self.chat = req, chat
+        self.req, self.chat, self.tokenizer = req, chat, tokenizer
+        # a reply that may hold tool calls is sent whole, once they are parsed
+        self.holds = req.structured is not None and req.structured.calls_tools
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.created = int(time.time())
-        self._tokenizer = tokenizer
         self._completion_logprobs = CompletionLogprobs(tokenizer)
 
     def logprobs(self, chunks: Sequence[Chunk]) -> dict[str, Any] | None:
@@ -309,16 +322,20 @@ class _Shape:
         if self.req.logprobs is None:
             return None
         if self.chat:
-            return chat_logprobs(self._tokenizer, chunks)
+            return chat_logprobs(self.tokenizer, chunks)
         return self._completion_logprobs(chunks)
 
     def head(self, chunk: bool = True) -> dict[str, Any]:
         kind = ("chat.completion" + (".chunk" if chunk else "")) if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.req.model}
 
+    def reply(self, text: str) -> dict[str, Any] | None:
+        """The assistant message with tool calls, when the text holds some."""
+        return reply(text, self.req, self.tokenizer) if self.holds else None
+
     def delta(
         self,
-        content: str | dict[str, str] | None,
+        content: str | dict[str, Any] | None,
         finish: str | None = None,
         chunk: Chunk | None = None,
     ) -> dict[str, Any]:
@@ -335,12 +352,13 @@ class _Shape:
 
     def full(self, chunks: Sequence[Chunk], outcome: Outcome) -> dict[str, Any]:
         text, logprobs = "".join(c.text for c in chunks), self.logprobs(chunks)
+        calls = self.reply(text)
         if self.chat:
-            message = {"role": "assistant", "content": text}
+            message = calls or {"role": "assistant", "content": text}
             choice = {"index": 0, "message": message, "logprobs": logprobs}
         else:
             choice = {"index": 0, "text": text, "logprobs": logprobs}
-        choice["finish_reason"] = outcome.finish_reason
+        choice["finish_reason"] = "tool_calls" if calls else outcome.finish_reason
         return {**self.head(chunk=False), "choices": [choice], "usage": _usage(outcome)}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from edgerun.errors import EdgerunError
 from edgerun.model import Chunk, Model
 from edgerun.serve.schema import ApiError, GenerationRequest
+from edgerun.serve.structured import prompt as structured_prompt
 
 _END = object()
 # No tokenizer packs more bytes than this into an average token of real text (about 4 in
@@ -161,9 +162,11 @@ def check_prompt_size(request: GenerationRequest, context_length: int) -> None:
 def start_generation(model: Model, request: GenerationRequest) -> Iterator[Chunk]:
     """Tokenize, fit max_tokens to the context (400 saying by how much) and start generating."""
     tok = model.tokenizer
+    structured = request.structured
+    grammar = structured.grammar if structured is not None else None
     if request.messages is not None:
         limit = 2 * prompt_byte_limit(model.context_length)  # what the template may render
-        ids, param = tok.encode_chat(request.messages, max_chars=limit), "messages"
+        (ids, grammar), param = structured_prompt(tok, request, limit), "messages"
     else:
         prompt = request.prompt
         ids, param = (
@@ -183,7 +186,7 @@ def start_generation(model: Model, request: GenerationRequest) -> Iterator[Chunk
             param,
             "context_length_exceeded",
         )
-    return model.generate(ids, **request.options(wanted))
+    return model.generate(ids, grammar=grammar, **request.options(wanted))
 
 
 class Slot:

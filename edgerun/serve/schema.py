@@ -23,21 +23,20 @@ MAX_TOP_LOGPROBS = 20  # /v1/chat/completions' top_logprobs, as OpenAI
 # vLLM's; `user` is recorded in the request log).
 SERVED_FIELDS = frozenset(
     {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream"}
-    | {"stream_options", "n", "logprobs", "ignore_eos", "user"}
+    | {"stream_options", "n", "logprobs", "ignore_eos", "user", "response_format"}
 )
-SERVED_CHAT = frozenset({"messages", "max_completion_tokens", "top_logprobs"})
+SERVED_CHAT = frozenset(
+    {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice"}
+    | {"parallel_tool_calls"}
+)
 SERVED_COMPLETION = frozenset({"prompt"})
 
 # OpenAI request fields this server does not apply: each is a 400 naming it, with this reason,
 # unless its value asks for nothing (null, or the neutral value given). Remove an entry (and
 # add it to SERVED_*) when a feature starts applying it.
 UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "tools": ("tool calls are not served", (None, [])),
-    "tool_choice": ("tool calls are not served", (None, "none")),
-    "parallel_tool_calls": ("tool calls are not served", (None,)),
     "functions": ("function calls are not served", (None, [])),
     "function_call": ("function calls are not served", (None, "none")),
-    "response_format": ("constrained output is not served", (None, {"type": "text"})),
     "logit_bias": ("logit_bias is not applied", (None, {})),
     "presence_penalty": ("penalties are not applied", (None, 0)),
     "frequency_penalty": ("penalties are not applied", (None, 0)),
@@ -98,7 +97,7 @@ class GenerationRequest:
 
     model: str
     prompt: str | list[int] | None
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -110,6 +109,8 @@ class GenerationRequest:
     top_k: int = 0  # an extension (as vLLM's): 0 keeps every token
     logprobs: int | None = None  # None: none; else this many alternatives per token
     user: str | None = None
+    # response_format / tools (edgerun.serve.structured.Structured), set by the app
+    structured: Any = None
 
     def options(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments for Model.generate / Model.chat."""
@@ -240,7 +241,7 @@ def _prompt(body: dict[str, Any]) -> str | list[int]:
     )
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if messages is None:
         raise ApiError(400, "'messages' is required", "messages")
@@ -256,9 +257,14 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
                 raise ApiError(400, f"'{where}.content' may hold only text parts", where)
             content = "".join(str(p.get("text", "")) for p in content)
+        calls = _tool_calls(message, where)
+        if content is None and (calls or message["role"] == "tool"):
+            content = ""  # an assistant's tool calls, or an empty tool result
         if not isinstance(content, str):
             raise ApiError(400, f"'{where}.content' must be a string", f"{where}.content")
-        out.append({"role": message["role"], "content": content})
+        out.append({"role": message["role"], "content": content, **calls})
+        if isinstance(message.get("tool_call_id"), str):
+            out[-1]["tool_call_id"] = message["tool_call_id"]
     return out
 
 
@@ -303,6 +309,29 @@ def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
     if top is not None and not wanted:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
     return (top or 0) if wanted else None
+
+
+def _tool_calls(message: dict[str, Any], where: str) -> dict[str, Any]:
+    """{"tool_calls": [...]} of an assistant message that has them (each a function call with
+    a string name and string arguments), else {}."""
+    calls = message.get("tool_calls")
+    if calls is None:
+        return {}
+    ok = isinstance(calls, list) and all(
+        isinstance(c, dict)
+        and isinstance(c.get("function"), dict)
+        and isinstance(c["function"].get("name"), str)
+        and isinstance(c["function"].get("arguments"), str)
+        for c in calls
+    )
+    if not ok:
+        raise ApiError(
+            400,
+            f"'{where}.tool_calls' must be a list of {{'id', 'type': 'function', 'function':"
+            " {'name', 'arguments'}} with string name and arguments",
+            f"{where}.tool_calls",
+        )
+    return {"tool_calls": calls} if calls else {}
 
 
 def parse_request(body: dict[str, Any], chat: bool) -> GenerationRequest:

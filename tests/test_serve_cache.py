@@ -156,9 +156,8 @@ def test_completion_logprobs_in_openai_shape(client: Any) -> None:
 
 
 UNSERVED = [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"functions": [{"name": "f"}]}, "functions"),  # the deprecated form of tools
+    ({"echo": True}, "echo"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"frequency_penalty": 1}, "frequency_penalty"),
@@ -188,7 +187,7 @@ def test_neutral_values_and_completion_fields(client: Any) -> None:
         frequency_penalty=0,
         n=1,
         user="app-1",
-        extra_body={"logit_bias": {}, "tools": [], "top_k": 5},
+        extra_body={"logit_bias": {}, "top_k": 5},
     )
     assert ok.choices[0].message.role == "assistant"
     for extra, param in (

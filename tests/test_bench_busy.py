@@ -77,8 +77,14 @@ def test_bench_warns_when_another_process_keeps_a_cpu_busy(
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     artifact = make_artifact(tmp_path / "a", "fake-a", decode_s=0.02)
     out = tmp_path / "r.json"
+    # the hog ends by itself after 120 s, and is the process killed below (a `timeout` wrapper
+    # would be killed instead, leaving its child spinning)
     hog = subprocess.Popen(
-        ["timeout", "120", sys.executable, "-c", "while True: pass"],
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.time() + 120\nwhile time.time() < end: pass",
+        ],
     )
     try:
         result = CliRunner().invoke(

@@ -178,15 +178,32 @@ def measure(
 
 
 def calibration(ctx: ExportContext) -> tuple[list[np.ndarray], str]:
-    """(the calibration text's token windows of WINDOW tokens, the text's sha256)."""
+    """(the calibration text's token windows of WINDOW tokens, fewer where the model's context
+    is shorter, the text's sha256)."""
     from edgerun.exporters.onnx.sensitivity import CALIB_TEXT
     from edgerun.exporters.onnx.target import calibration_ids
     from edgerun.exporters.reference import read_text_file
 
     text = read_text_file(ctx.options.calib_text, CALIB_TEXT, "calibration text", "--calib-text")
     ids = calibration_ids(ctx)
-    windows = [ids[i : i + WINDOW] for i in range(0, len(ids), WINDOW)]
+    step = min(WINDOW, _positions(ctx.checkpoint.path) or WINDOW)
+    windows = [ids[i : i + step] for i in range(0, len(ids), step)]
     return windows, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _positions(checkpoint: Path) -> int | None:
+    """The checkpoint's trained context from config.json (learned position tables such as
+    GPT-2's n_positions cannot index past it), or None."""
+    from edgerun.untrusted import read_json_object
+
+    config = read_json_object(checkpoint / "config.json", "point to a Hugging Face model directory")
+    text = config.get("text_config")
+    text = text if isinstance(text, dict) else config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = text.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def store(ctx: ExportContext, values: dict[str, np.ndarray], tokens: int, sha: str) -> Importance:

@@ -181,11 +181,13 @@ def calibration(ctx: ExportContext) -> tuple[list[np.ndarray], str]:
     """(the calibration text's token windows of WINDOW tokens, fewer where the model's context
     is shorter, the text's sha256)."""
     from edgerun.exporters.onnx.sensitivity import CALIB_TEXT
-    from edgerun.exporters.onnx.target import calibration_ids
-    from edgerun.exporters.reference import read_text_file
+    from edgerun.exporters.reference import eval_token_ids, read_text_file
 
     text = read_text_file(ctx.options.calib_text, CALIB_TEXT, "calibration text", "--calib-text")
-    ids = calibration_ids(ctx)
+    # tokenized here, not by onnx.target (whose search imports this module)
+    ids = np.asarray(eval_token_ids(ctx.reference.tokenizer, text), dtype=np.int64)
+    if not len(ids):
+        raise EdgerunError("the calibration text has no tokens", "pass a longer --calib-text file")
     step = min(WINDOW, _positions(ctx.checkpoint.path) or WINDOW)
     windows = [ids[i : i + step] for i in range(0, len(ids), step)]
     return windows, hashlib.sha256(text.encode("utf-8")).hexdigest()

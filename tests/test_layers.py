@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the library API
     ("edgerun.model", "edgerun"),
     ("edgerun.bench",),
-    ("edgerun.exporters",),
+    # with the on-device fidelity check, which scores by the export's own validation gates
+    ("edgerun.exporters", "edgerun.fidelity_check"),
     ("edgerun.tune",),
     ("edgerun.serve", "edgerun.lab"),
     ("edgerun.cli", "edgerun.__main__"),

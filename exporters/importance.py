@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 IMPORTANCE_FILE = "importance.safetensors"
 WINDOW = 512  # tokens per window of the calibration text
+# as many as the --target-kl search reads (onnx.target: 4 windows of 256)
+MIN_CALIBRATION_TOKENS = 1024
 HEAD_ROWS = 128  # tokens per lm_head call: its logits are tokens x vocabulary floats
 
 
@@ -177,17 +179,26 @@ def measure(
     return values, {name: s.extra for name, s in ran.items()}, sum(len(w) for w in windows)
 
 
-def calibration(ctx: ExportContext) -> tuple[list[np.ndarray], str]:
-    """(the calibration text's token windows of WINDOW tokens, fewer where the model's context
-    is shorter, the text's sha256)."""
+def calibration_ids(ctx: ExportContext, minimum: int) -> tuple[np.ndarray, str]:
+    """(token ids of the calibration text: the shipped one unless --calib-text, that text);
+    EdgerunError when it has fewer than `minimum` tokens."""
     from edgerun.exporters.onnx.sensitivity import CALIB_TEXT
     from edgerun.exporters.reference import eval_token_ids, read_text_file
 
     text = read_text_file(ctx.options.calib_text, CALIB_TEXT, "calibration text", "--calib-text")
-    # tokenized here, not by onnx.target (whose search imports this module)
     ids = np.asarray(eval_token_ids(ctx.reference.tokenizer, text), dtype=np.int64)
-    if not len(ids):
-        raise EdgerunError("the calibration text has no tokens", "pass a longer --calib-text file")
+    if len(ids) < minimum:
+        raise EdgerunError(
+            f"the calibration text has {len(ids)} tokens; at least {minimum} are needed",
+            "pass a longer --calib-text file",
+        )
+    return ids, text
+
+
+def calibration(ctx: ExportContext) -> tuple[list[np.ndarray], str]:
+    """(the calibration text's token windows of WINDOW tokens, fewer where the model's context
+    is shorter, the text's sha256)."""
+    ids, text = calibration_ids(ctx, MIN_CALIBRATION_TOKENS)
     step = min(WINDOW, _positions(ctx.checkpoint.path) or WINDOW)
     windows = [ids[i : i + step] for i in range(0, len(ids), step)]
     return windows, hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -215,12 +215,8 @@ class OrtBackend(Backend):
     def _kv_view(self, ptr: int, length: int) -> np.ndarray:
         """A [heads, stride, head_dim] numpy view of the buffer at `ptr` holding `length`
         positions: the shared buffer keeps its capacity as stride, a ping-pong one is dense."""
-        import ctypes
-
         stride = self._capacity if self._shared else length
-        count = self._kv_heads * stride * self._head_dim
-        raw = (ctypes.c_byte * (count * np.dtype(self._kv_dtype).itemsize)).from_address(ptr)
-        flat = np.frombuffer(memoryview(raw), np.dtype(self._kv_dtype))
+        flat = _host_view(ptr, self._kv_heads * stride * self._head_dim, self._kv_dtype)
         return flat.reshape(self._kv_heads, stride, self._head_dim)
 
     def _run_many(self, ids: Sequence[int]) -> np.ndarray:

@@ -38,20 +38,11 @@ FISHER = "Fisher-weighted 4-bit error, 0.5 * sum(F * dW^2)"
 
 
 def calibration_ids(ctx: ExportContext) -> np.ndarray:
-    """Token ids of the calibration text (the shipped one unless --calib-text)."""
-    from edgerun.exporters.reference import eval_token_ids, read_text_file
+    """Token ids of the calibration text (the shipped one unless --calib-text), at least the
+    search's WINDOW * SEARCH_WINDOWS of them."""
+    from edgerun.exporters.importance import calibration_ids as read_ids
 
-    text = read_text_file(
-        ctx.options.calib_text, sens.CALIB_TEXT, "calibration text", "--calib-text"
-    )
-    ids = np.asarray(eval_token_ids(ctx.reference.tokenizer, text), dtype=np.int64)
-    if len(ids) < WINDOW * SEARCH_WINDOWS:
-        raise EdgerunError(
-            f"the calibration text has {len(ids)} tokens; the search needs at least"
-            f" {WINDOW * SEARCH_WINDOWS}",
-            "pass a longer --calib-text file",
-        )
-    return ids
+    return read_ids(ctx, WINDOW * SEARCH_WINDOWS)[0]
 
 
 def ranked_groups(model: Any, nodes: list[str], config: Any, ids: np.ndarray) -> list[sens.Group]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.proc import ProcResult, failure_line, run_measured
-from edgerun.home import atomic_dir, home
+from edgerun.core.home import atomic_dir, home
 
 PY = sys.executable
 INT4_BLOCK, INT4_ACCURACY = 32, 4

@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks import RESULTS
 from benchmarks.machine import describe
 from benchmarks.structured_cases import INSTANCES, SCHEMAS
-from edgerun.constrain import apply_bitmask as apply_mask
+from edgerun.text.constrain import apply_bitmask as apply_mask
 
 
 class Llguidance:
@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     from tokenizers import Tokenizer
 
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     checkpoint = resolve(args.model).path
     tok_file = checkpoint / "tokenizer.json"

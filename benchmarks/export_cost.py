@@ -164,8 +164,8 @@ def markdown(results: dict[str, Any]) -> str:
 def main(model: str, only: str | None, reps: int, no_readme: bool, out: Path | None) -> None:
     """Measure wall time and peak RSS of edgerun export against the peers' export paths."""
     from benchmarks.render import update_readme
-    from edgerun.home import atomic_write_json
-    from edgerun.sources import resolve
+    from edgerun.core.home import atomic_write_json
+    from edgerun.sources.resolve import resolve
 
     src = resolve(model).path
     desc = machine.describe()

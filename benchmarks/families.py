@@ -22,13 +22,13 @@ import numpy as np
 
 def _measure(name: str, root: Path) -> dict[str, Any]:
     import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgerun.core.manifest import read_manifest
     from edgerun.exporters import families
     from edgerun.exporters.formats import family_of
     from edgerun.exporters.pipeline import export
     from edgerun.exporters.validate import Thresholds
-    from transformers import AutoModelForCausalLM
-
-    from edgerun.manifest import read_manifest
     from tests.tiny_models import build_family_model
 
     family = families.BY_NAME[name]

@@ -106,9 +106,8 @@ def interleaved_speed(
     """Decode ms/token of every written artifact (or those whose label contains a term of
     `only`), interleaved rounds in one process: the median, and the median of per-round ratios
     against the q4-pure row."""
-    from edgerun.exporters.reference import read_eval_text
-
     import edgerun
+    from edgerun.exporters.reference import read_eval_text
 
     paths = [r for r in rows if r["path"] and (not only or any(t in r["label"] for t in only))]
     models = [edgerun.load(r["path"], threads=threads) for r in paths]

@@ -24,11 +24,12 @@ def sensitivities(checkpoint: Path, how: str, out: Path) -> None:
     """Child side: write {group key: sensitivity} of `how` ("whole" or "layers") to `out`."""
     import numpy as np
     import torch
+    from transformers import AutoTokenizer
+
     from edgerun.exporters.onnx import sensitivity as sens
     from edgerun.exporters.onnx import target
     from edgerun.exporters.onnx.fisher_stream import streamed_fisher
     from edgerun.exporters.reference import eval_token_ids, load_model, read_text_file
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     text = read_text_file(None, sens.CALIB_TEXT, "calibration text", "--calib-text")

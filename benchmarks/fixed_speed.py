@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerun.manifest import file_entries, read_manifest, write_manifest
+from edgerun.core.manifest import file_entries, read_manifest, write_manifest
 
 LOADER = "benchmarks.fixed_speed:load"
 

@@ -25,6 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def score_texts(source: str, rows: list[dict[str, Any]], window: int) -> list[dict[str, Any]]:
     """Each written row of one reference scored on the calibration and the evaluation text."""
+    from edgerun.core.manifest import read_manifest
     from edgerun.exporters.formats import family_of
     from edgerun.exporters.onnx.sensitivity import CALIB_TEXT
     from edgerun.exporters.reference import (
@@ -36,9 +37,7 @@ def score_texts(source: str, rows: list[dict[str, Any]], window: int) -> list[di
         torch_logits_fn,
     )
     from edgerun.exporters.validate import Reference
-
-    from edgerun.manifest import read_manifest
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     path = resolve(source).path
     model, tokenizer = load_model(path), load_tokenizer(path)

@@ -23,6 +23,8 @@ import numpy as np
 def main(checkpoint: Path, windows: int) -> None:
     """Compare the two rankings' q4-mixed plans on CHECKPOINT."""
     import torch
+    from transformers import AutoTokenizer
+
     from edgerun.exporters.onnx import sensitivity as sens
     from edgerun.exporters.onnx import target
     from edgerun.exporters.onnx.importance import imatrix_sensitivity
@@ -34,7 +36,6 @@ def main(checkpoint: Path, windows: int) -> None:
         read_eval_text,
         read_text_file,
     )
-    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     config = WeightOnlyConfig(

@@ -38,7 +38,7 @@ def _cpuinfo() -> dict[str, str]:
 
 def versions() -> dict[str, str | None]:
     """Installed versions of the libraries the rows use (None: not installed)."""
-    from edgerun.versions import versions as installed
+    from edgerun.core.versions import versions as installed
 
     return installed(PACKAGES, missing=True)
 

@@ -102,6 +102,7 @@ def add_grid_noise(model: Any, fraction: float, generator: Any) -> None:
 def eval_ppl(model: Any, tokenizer: Any, window: int = 256) -> float:
     """Perplexity on the shipped evaluation text (reported only; never trained on)."""
     import torch
+
     from edgerun.exporters.reference import read_eval_text
 
     ids = tokenizer(read_eval_text(None), add_special_tokens=False)["input_ids"]
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     source = resolve(args.source).path
     report = make_offgrid(

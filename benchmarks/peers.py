@@ -20,7 +20,7 @@ import click
 
 from benchmarks import README, RESULTS, machine, model_key, render, report, work_dir
 from benchmarks.workload import Workload, ids_digest, prompt_ids
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 SCHEMA = "edgerun-bench-peers/1"
 
@@ -38,7 +38,7 @@ def run(w: Workload, only: str | None, build: bool, refresh: bool, quick: bool) 
     from benchmarks.plan import plan
     from benchmarks.suite import run_rows
     from edgerun.bench.bandwidth import stream
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     checkpoint = resolve(w.model).path
     started = time.time()
@@ -82,7 +82,7 @@ def run(w: Workload, only: str | None, build: bool, refresh: bool, quick: bool) 
 
 def save(results: dict[str, Any], quick: bool, out: Path | None, readme: bool) -> Path:
     """Write the JSON (and the README table for full runs); returns the JSON path."""
-    from edgerun.home import atomic_write_json
+    from edgerun.core.home import atomic_write_json
 
     stamp = results["created"].replace(":", "").replace("-", "")
     path = out or (work_dir() / "results" if quick else RESULTS) / f"peers-{stamp}.json"
@@ -139,7 +139,7 @@ def main(
 def _dry_run(w: Workload, only: str | None, build: bool) -> None:
     from benchmarks.artifacts import Prep
     from benchmarks.plan import plan
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     checkpoint = resolve(w.model).path
     for spec in plan(

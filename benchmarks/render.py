@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgerun.home import atomic_write_text
+from edgerun.core.home import atomic_write_text
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = (

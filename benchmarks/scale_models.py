@@ -147,7 +147,7 @@ def make_checkpoint(name: str, out: Path, tokenizer_dir: Path, vocab: str = "rea
 def main(name: str, out: Path, vocab: str, tokenizer_from: Path | None) -> None:
     """Write the random-weight checkpoint NAME into OUT."""
     if tokenizer_from is None:
-        from edgerun.sources import resolve
+        from edgerun.sources.resolve import resolve
 
         tokenizer_from = resolve("smollm2-135m").path
     path = make_checkpoint(name, out, tokenizer_from, vocab)

@@ -183,7 +183,7 @@ def artifacts(formats: list[str]) -> dict[str, Path]:
     if not formats:
         return {}
     from benchmarks.artifacts import Prep
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     prep = Prep(
         checkpoint=resolve("smollm2-135m").path, work=work_dir() / model_key("smollm2-135m")

@@ -155,7 +155,7 @@ def round_trip(client: Any) -> dict[str, Any]:
 def direct(path: Path, cases: list[Any], max_tokens: int) -> dict[str, Any]:
     """In-process: the share of generation time spent in the grammar masks."""
     import edgerun
-    from edgerun import constrain
+    from edgerun.text import constrain
 
     shares, per_token_us = [], []
     with edgerun.load(path, threads=2) as model:  # the server's threads

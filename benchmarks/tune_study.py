@@ -87,7 +87,7 @@ def sweep(space: Any, measure: Any, gate: Any, reps: int) -> list[dict[str, Any]
 def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]) -> dict[str, Any]:
     """Tune, then sweep, one artifact under the current condition."""
     import edgerun.tune
-    from edgerun.backends.select import resolve_profile
+    from edgerun.device.resolve import resolve_profile
     from edgerun.tune import _bench_trials, _plan
     from edgerun.tune.fidelity import FidelityGate
     from edgerun.tune.result import describe_config
@@ -162,7 +162,7 @@ def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
     if exported is not None:
         artifacts = {f: exported / f for f in formats.split(",")}
     else:
-        from edgerun.sources import resolve
+        from edgerun.sources.resolve import resolve
 
         checkpoint = resolve(model, progress=False).path
         artifacts = export(Path(checkpoint), work_dir() / "tune" / model, formats.split(","))

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.model import Model
+    from edgerun.runtime.model import Model
 
 
 def load(
@@ -33,9 +33,9 @@ def load(
     threads / context override the profile and the model; backend forces one ("onnxruntime",
     "genai", "llamacpp" or a plugin); strict turns a provider fallback into an error; verify
     hashes every file in full; other options go to the backend. Raises EdgerunError. See
-    :func:`edgerun.model.load`.
+    :func:`edgerun.runtime.model.load`.
     """
-    from edgerun.model import load as _load
+    from edgerun.runtime.model import load as _load
 
     return _load(
         path,

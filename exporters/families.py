@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 FORMATS = ("onnx-fp32", "onnx-int4", "gguf-f16", "gguf-q8_0")
 # optimum-onnx 0.1 has no config for these MoE families, and the graph traced with a dense

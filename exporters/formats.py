@@ -4,7 +4,7 @@ module exposing ``FAMILY`` that writes artifacts of its formats and runs them fo
 Families are found through a small table of module paths imported lazily, so listing formats
 never imports torch. A family whose module or dependency is missing is listed as unavailable with
 the reason, never silently dropped. A third-party family is one more line in ``FAMILY_MODULES``
-(edgerun.format_registry) or a call to :func:`register`.
+(edgerun.core.format_registry) or a call to :func:`register`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from edgerun.core.errors import EdgerunError
+from edgerun.core.format_registry import FAMILY_MODULES
 from edgerun.exporters.validate import Thresholds
-
-from edgerun.errors import EdgerunError
-from edgerun.format_registry import FAMILY_MODULES
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.validate import LogitsFn
-
-    from edgerun.sources import Checkpoint
+    from edgerun.sources.resolve import Checkpoint
 
 
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -61,7 +59,8 @@ class ExportOptions:
     max_memory: refuse before any work when the estimated peak exceeds it (bytes; None: the
         RAM available now; edgerun.exporters.memory);
     profile_plan: the device profile's plan when export() was given a profile (manifest record);
-    extra: family-specific options not named here (e.g. a GGUF imatrix file).
+    extra: options of the libraries an export drives that have no field here, by target
+        ({"genai": {...}, "llama": {...}}; edgerun.exporters.extra_options, --extra-option).
     """
 
     block_size: int = 32
@@ -144,7 +143,7 @@ class ReferenceModel:
     @property
     def config(self) -> dict[str, Any]:
         """config.json of the checkpoint, as a dict (no transformers import)."""
-        from edgerun.untrusted import read_json_object
+        from edgerun.core.untrusted import read_json_object
 
         return read_json_object(
             self.path / "config.json", "point to a Hugging Face model directory"

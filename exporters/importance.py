@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters.onnx.recipes import node_role
 from edgerun.exporters.onnx.sensitivity import FUSED
-
-from edgerun.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.formats import ExportContext
@@ -207,7 +207,7 @@ def calibration(ctx: ExportContext) -> tuple[list[np.ndarray], str]:
 def _positions(checkpoint: Path) -> int | None:
     """The checkpoint's trained context from config.json (learned position tables such as
     GPT-2's n_positions cannot index past it), or None."""
-    from edgerun.untrusted import read_json_object
+    from edgerun.core.untrusted import read_json_object
 
     config = read_json_object(checkpoint / "config.json", "point to a Hugging Face model directory")
     text = config.get("text_config")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 GB = 1_000_000_000
 GIB = 1 << 30  # what sizes are printed in (binary units everywhere)
@@ -74,7 +74,7 @@ class Shape:
 
 def checkpoint_shape(path: Path, config: dict[str, Any]) -> Shape:
     """The Shape of the checkpoint at `path` (safetensors headers; config.json for the widths)."""
-    from edgerun.describe import safetensors_header
+    from edgerun.sources.describe import safetensors_header
 
     units: dict[str, int] = {}
     for file in sorted(Path(path).glob("*.safetensors")):

@@ -15,8 +15,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edgerun.bench.memory import PeakRss
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
+from edgerun.core.leftovers import sweep_stale
+from edgerun.core.manifest import file_entries, write_manifest
+from edgerun.core.progress import stage_printer
 from edgerun.exporters import memory, report
+from edgerun.exporters.extra_options import check_extra, check_targets
 from edgerun.exporters.families import check_architecture
+from edgerun.exporters.fidelity_check import ship_reference
 from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
@@ -26,15 +34,7 @@ from edgerun.exporters.formats import (
 )
 from edgerun.exporters.runtime_check import runtime_checks
 from edgerun.exporters.validate import Reference, Thresholds
-
-from edgerun.bench.memory import PeakRss
-from edgerun.checkpoint import SIDE_FILES, checkpoint_file
-from edgerun.errors import EdgerunError
-from edgerun.fidelity_check import ship_reference
-from edgerun.home import atomic_dir, check_writable, make_scratch_dir, write_errors_reported
-from edgerun.leftovers import sweep_stale
-from edgerun.manifest import file_entries, write_manifest
-from edgerun.progress import stage_printer
+from edgerun.sources.checkpoint import SIDE_FILES, checkpoint_file
 
 
 @dataclasses.dataclass
@@ -104,11 +104,13 @@ def export(
     families = {fmt: family_of(fmt) for fmt in names}
     for fmt, family in families.items():
         family.check_options(fmt, opts)
+    check_extra(opts.extra)
+    check_targets(opts.extra, {family.prefix for family in families.values()})
     out = Path(out_dir)
     _check_outputs(out, names, opts.overwrite)
     check_writable(out)  # before the expensive reference run, not after it
 
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     console = _console(opts)
     if console and opts.profile_plan:
@@ -222,6 +224,7 @@ def _reference(ctx: ExportContext, text: str, ids: list[int]) -> Reference:
     """The PyTorch fp32 reference on the eval text, one decoder layer at a time, its log-probs
     kept in the scratch directory."""
     import torch
+
     from edgerun.exporters.reference import streamed_reference
 
     opts = ctx.options
@@ -336,7 +339,7 @@ def _manifest(
     wall: float,
     rss: PeakRss,
 ) -> dict[str, Any]:
-    """Every field of the manifest schema (edgerun.manifest), family extras included."""
+    """Every field of the manifest schema (edgerun.core.manifest), family extras included."""
     from edgerun import __version__
 
     extras = dict(fields)
@@ -395,8 +398,8 @@ def _source_identity(ckpt: Any) -> dict[str, Any]:
     """Where the model came from and the sha256 of its weights (one hash over all weight files)."""
     import hashlib
 
-    from edgerun.checkpoint import WEIGHT_GLOBS
-    from edgerun.integrity import sha256_file
+    from edgerun.core.integrity import sha256_file
+    from edgerun.sources.checkpoint import WEIGHT_GLOBS
 
     files = sorted({f for g in WEIGHT_GLOBS for f in ckpt.path.glob(g) if f.is_file()})
     hashes = {f.name: sha256_file(f) for f in files}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.model import Model
+    from edgerun.runtime.model import Model
 
 PROMPT_TOKENS = 64
 TOKENS = 32
@@ -26,7 +26,7 @@ def probe_model(model: Model, prompt: str) -> dict[str, Any]:
     """Time greedy decoding of a model loaded with edgerun.load (edgerun.exporters.runtime_check
     loads the artifact once for this and the KV-cache check): the manifest's `probe` block.
     EdgerunError when it generates nothing."""
-    from edgerun.machine import machine_facts
+    from edgerun.device.machine import machine_facts
 
     ids = model.tokenizer.encode(prompt, add_special_tokens=False)[:PROMPT_TOKENS]
     if not ids:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # The profile's [export] keys, each an ExportOptions field of the same name.
 EXPORT_KEYS = ("block_size", "accuracy_level", "symmetric", "builder")
@@ -39,7 +39,7 @@ class Plan:
 def resolve(spec: str) -> tuple[Any, str]:
     """(Profile, how it was chosen) for an id, a TOML path, or "detect" (this machine), as
     `edgerun run` resolves its --profile."""
-    from edgerun.backends.select import resolve_profile
+    from edgerun.device.resolve import resolve_profile
 
     return resolve_profile(None if spec == "detect" else spec)
 

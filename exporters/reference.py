@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgerun.exporters.validate import LogitsFn, LogprobFile, Reference, check_eval_tokens, windows
 
-from edgerun.errors import EdgerunError, require
+from edgerun.core.errors import EdgerunError, require
+from edgerun.exporters.validate import LogitsFn, LogprobFile, Reference, check_eval_tokens, windows
 
 DEFAULT_EVAL_TEXT = Path(__file__).parent / "data" / "eval.txt"
 
 
 def load_model(path: Path) -> Any:
     """Load an HF causal LM in float32, eval mode, never running code shipped with it
-    (edgerun.remote_code); EdgerunError if transformers cannot."""
+    (edgerun.sources.remote_code); EdgerunError if transformers cannot."""
     require("torch", "export")
     import torch
     from transformers import AutoModelForCausalLM
@@ -43,7 +43,7 @@ def load_tokenizer(path: Path) -> Any:
 
 def _load(auto: Any, path: Path, **kwargs: Any) -> Any:
     """`auto.from_pretrained(path)` with remote code refused; one EdgerunError line on failure."""
-    from edgerun.remote_code import no_remote_code
+    from edgerun.sources.remote_code import no_remote_code
 
     try:
         with no_remote_code():

@@ -1,5 +1,5 @@
 """What an export measures and shows: the peak RSS of each stage (its live progress line is
-edgerun.progress) and the closing table (format, result, size, bits/w, PPL ×, KL, probe, time)."""
+edgerun.core.progress) and the closing table (format, result, size, bits/w, PPL ×, KL, probe, time)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgerun.progress import StageDetail, StageHook  # the stage hooks live in edgerun.progress
+from edgerun.core.progress import (  # the stage hooks live in edgerun.core.progress
+    StageDetail,
+    StageHook,
+)
 
 
 @contextlib.contextmanager
@@ -49,8 +52,8 @@ def model_size(artifact: Path, model_file: str, checkpoint: Path) -> dict[str, A
     """The manifest's `size`: bytes of the model files (`model_file` and its external data, not
     tokenizer or config), the source's parameter count, and bits per weight (the two divided;
     the same definition for ONNX and GGUF, so quantizations compare by it)."""
-    from edgerun.describe import count_parameters
-    from edgerun.errors import EdgerunError
+    from edgerun.core.errors import EdgerunError
+    from edgerun.sources.describe import count_parameters
 
     stem = Path(model_file).name
     model_bytes = sum(
@@ -88,7 +91,7 @@ NOTE = (
 
 def result_rows(results: list[Any]) -> list[dict[str, str]]:
     """One row of display text per export result (ExportResult objects), keyed as COLUMNS."""
-    from edgerun.describe import human_bytes
+    from edgerun.sources.describe import human_bytes
 
     rows = []
     for r in results:

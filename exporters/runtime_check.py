@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from edgerun.exporters.validate import LogitsFn
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.exporters.validate import LogitsFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.formats import ExportContext
     from edgerun.exporters.validate import Reference
-
-    from edgerun.fidelity import FidelityReference
+    from edgerun.runtime.fidelity import FidelityReference
 
 PREFIX_TOKENS = 16
 STEPS = 8
@@ -49,7 +48,9 @@ class RuntimeChecks:
 
     kv_decode: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
-    fidelity: dict[str, Any] | None = None  # the build machine's score (edgerun.fidelity_check)
+    fidelity: dict[str, Any] | None = (
+        None  # the build machine's score (edgerun.exporters.fidelity_check)
+    )
     failures: list[str] = field(default_factory=list)
 
 
@@ -136,7 +137,7 @@ def runtime_checks(
             fidelity=_shipped(artifact, manifest.get("fidelity")),
         )
     if checks.fidelity is not None:
-        from edgerun.fidelity_check import record_export_score
+        from edgerun.exporters.fidelity_check import record_export_score
 
         record_export_score(manifest["fidelity"], checks.fidelity)
     validation = manifest["validation"]
@@ -164,13 +165,13 @@ def _decode(
 
 def _shipped(artifact: Path, block: dict[str, Any] | None) -> FidelityReference | None:
     """The fidelity reference the export just wrote into `artifact` (None: not validated)."""
-    from edgerun.fidelity import read_reference
+    from edgerun.runtime.fidelity import read_reference
 
     return None if block is None else read_reference(artifact / block["reference"])
 
 
 def _fidelity(model: Any, ref: FidelityReference, checks: RuntimeChecks) -> dict[str, Any] | None:
-    from edgerun.fidelity_check import score_model
+    from edgerun.exporters.fidelity_check import score_model
 
     try:
         return score_model(model, ref)

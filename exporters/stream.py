@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError, require
+from edgerun.core.errors import EdgerunError, require
 
 INDEX_FILE = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 64 << 20
@@ -309,10 +309,10 @@ def _skeleton(path: Path) -> Any:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from edgerun.remote_code import no_remote_code
+    from edgerun.sources.remote_code import no_remote_code
 
     try:
-        with no_remote_code():  # a model's own code never runs (edgerun.remote_code)
+        with no_remote_code():  # a model's own code never runs (edgerun.sources.remote_code)
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             with init_empty_weights():
                 model = AutoModelForCausalLM.from_config(

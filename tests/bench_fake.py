@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerun.manifest import read_manifest, write_manifest
+from edgerun.core.manifest import read_manifest, write_manifest
 
 
 def make_artifact(

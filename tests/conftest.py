@@ -53,7 +53,7 @@ def fake_dequantize(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> list[P
         for f in tiny_llama.iterdir():
             shutil.copy(f, out / f.name)
 
-    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", dequantize)
+    monkeypatch.setattr("edgerun.sources.gguf_source.dequantize_gguf", dequantize)
     return calls
 
 
@@ -96,7 +96,7 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import os
 
-    from edgerun.sources import resolve
+    from edgerun.sources.resolve import resolve
 
     home = os.environ.get("EDGERUN_TEST_HOME") or str(tmp_path_factory.mktemp("smollm2-home"))
     with pytest.MonkeyPatch.context() as mp:

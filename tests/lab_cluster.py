@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgerun.core.manifest import file_entries, read_manifest, write_manifest
 from edgerun.lab import local
-from edgerun.manifest import file_entries, read_manifest, write_manifest
 from tests.bench_fake import make_artifact
 
 ROOT = Path(__file__).resolve().parent.parent

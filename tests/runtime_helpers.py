@@ -84,7 +84,7 @@ def damage_int4_scales(artifact: Path, factor: float = 3.0) -> None:
 
 def rehash(artifact: Path) -> None:
     """Re-record an artifact's file hashes after its files were changed on purpose."""
-    from edgerun.manifest import file_entries, read_manifest, write_manifest
+    from edgerun.core.manifest import file_entries, read_manifest, write_manifest
 
     manifest = read_manifest(artifact)
     manifest.pop("schema_version")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgerun.detect import detect
-from edgerun.machine import machine_facts
+from edgerun.device.detect import detect
+from edgerun.device.machine import machine_facts
 
 LANE = Path(__file__).parent / "arm"
 sys.path.insert(0, str(LANE))

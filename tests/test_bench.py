@@ -13,9 +13,9 @@ from edgerun.bench.harness import run_bench
 from edgerun.bench.metrics import rep_metrics, stats
 from edgerun.bench.workload import Workload, synthetic_prompt
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.power.account import EnergyAccount
-from edgerun.power.registry import Selection, select
+from edgerun.power.registry import CHOICES, Selection, select
 from tests.bench_fake import Tokenizer, make_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,8 +278,7 @@ def test_cli_bench_assume_watts_is_labelled(tmp_path: Path) -> None:
         (["--reps", "0"], "error: --reps must be at least 1, got 0 (use --reps 5)\n"),
         (
             ["--power", "wattmeter"],
-            "error: unknown power meter 'wattmeter' (choose one of: auto, none, profile, "
-            'jetson, rpi5, rapl, nvml, battery, cmd:"COMMAND")\n',
+            f"error: unknown power meter 'wattmeter' (choose one of: {CHOICES})\n",
         ),
         (
             ["--prompt-tokens", "1000"],
@@ -299,3 +298,19 @@ def test_cli_bench_not_an_artifact(tmp_path: Path) -> None:
     code, text = _bench(str(tmp_path), "--power", "none")
     assert code == 2
     assert text.startswith(f"error: {tmp_path} is not an edgerun artifact (no edgerun.json)")
+
+
+def test_both_ends_of_the_worker_protocol_live_in_the_worker_module(tmp_path: Path) -> None:
+    """The parent's end (WorkerProcess, load_worker) sits beside the child's (Worker) and drives a
+    real worker subprocess through load and run."""
+    from edgerun.bench.worker import WorkerProcess, load_worker
+
+    worker = WorkerProcess(_two(tmp_path)[0])
+    try:
+        facts = load_worker(worker, Workload(prompt_tokens=[16], gen_tokens=5), LOADER)
+        assert facts["load_s"] >= 0 and facts["memory_after_load"]
+        reply = worker.call(op="run", prompt_tokens=16, gen_tokens=5, seed=0)
+        assert len(reply["token_times"]) == 5 and reply["ok"]
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0

@@ -11,7 +11,7 @@ import pytest
 from edgerun.bench.memory import smaps_rollup, vm_hwm_bytes
 from edgerun.bench.metrics import summarize_artifact
 from edgerun.bench.results import new_run, read_results, rows, to_csv, to_markdown, write_results
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 
 def _run(decode: list[float]) -> dict[str, Any]:

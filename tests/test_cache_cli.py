@@ -8,10 +8,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from edgerun.cache_entry import write_marker
 from edgerun.cli import cli
-from edgerun.describe import human_bytes
-from edgerun.home import models_dir
+from edgerun.core.home import models_dir
+from edgerun.sources.cache_entry import write_marker
+from edgerun.sources.describe import human_bytes
 
 
 def _entry(name: str, source: str, weights: bytes = b"w" * 2048) -> Path:

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.integrity import sha256_file
-from edgerun.sampling import SamplingParams
+from edgerun.core.errors import EdgerunError
+from edgerun.core.integrity import sha256_file
+from edgerun.text.sampling import SamplingParams
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgerun.bench.compare import load, pick_baseline
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from tests.bench_fake import make_artifact
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""edgerun.constrain and edgerun.tools in the library: one grammar mechanism on every backend's
+"""edgerun.text.constrain and edgerun.text.tools in the library: one grammar mechanism on every backend's
 logits (ONNX Runtime, llama.cpp with tokenizer.json, and a bare GGUF read through llama.cpp's
 own vocabulary), and the tool-call conventions found from chat templates and parsed back."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import edgerun
-from edgerun import constrain, tools
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.text import constrain, tools
 from tests.runtime_helpers import PROFILE, export_artifact
 from tests.structured_helpers import SCHEMA, conforms
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgerun import machine
 from edgerun.backends.select import cpu_feature_warnings
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.profile import get_profile, list_profiles, parse_profile
+from edgerun.core.errors import EdgerunError
+from edgerun.device import machine
+from edgerun.device.profile import get_profile, list_profiles, parse_profile
 from tests.runtime_helpers import export_artifact
 from tests.test_detect import MACHINES, MACHINES_DIR, fake_machine
 

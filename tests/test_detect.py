@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.detect import (
+from edgerun.core.errors import EdgerunError
+from edgerun.device.detect import (
     MachineFacts,
     detect,
     machine_facts,
     parse_cpuinfo,
     parse_jetson_release,
 )
-from edgerun.errors import EdgerunError
-from edgerun.profile import list_profiles
+from edgerun.device.profile import list_profiles
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,7 +165,7 @@ def test_this_machine() -> None:
 
 def test_cli_detect(monkeypatch: pytest.MonkeyPatch) -> None:
     facts, _ = fake_machine("raspberry-pi-5", physical_cores=4, ram_bytes=8 * 2**30)
-    monkeypatch.setattr("edgerun.detect.machine_facts", lambda: facts)
+    monkeypatch.setattr("edgerun.device.detect.machine_facts", lambda: facts)
     result = runner.invoke(cli, ["profiles", "detect"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -203,7 +203,7 @@ def test_live_nvidia_smi_and_sysctl_are_parsed(monkeypatch: pytest.MonkeyPatch) 
         ),
         "sysctl": "Apple M3 Max\n",
     }
-    monkeypatch.setattr("edgerun.machine._run", lambda cmd: outputs[cmd[0]])
+    monkeypatch.setattr("edgerun.device.machine._run", lambda cmd: outputs[cmd[0]])
     facts = machine_facts()
     assert facts.gpus == ["NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]
     if facts.arch in ("x86_64", "aarch64"):

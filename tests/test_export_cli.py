@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from edgerun.exporters.formats import all_formats, parse_formats
-from edgerun.exporters.validate import Thresholds
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.manifest import read_manifest
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import read_manifest
+from edgerun.exporters.formats import all_formats, parse_formats
+from edgerun.exporters.validate import Thresholds
 
 TINY_GATE = ["--max-ppl-ratio", "1.1", "--max-kl", "0.1", "--min-top1", "0.3"]
 
@@ -423,7 +423,7 @@ def test_a_profile_picks_formats_and_settings_and_says_why(tiny_llama, tmp_path)
     from click.testing import CliRunner
 
     from edgerun.cli import cli
-    from edgerun.manifest import read_manifest
+    from edgerun.core.manifest import read_manifest
 
     out = tmp_path / "out"
     args = ["export", str(tiny_llama), "-o", str(out), "--profile", "raspberry-pi-5"]
@@ -442,10 +442,9 @@ def test_a_profile_picks_formats_and_settings_and_says_why(tiny_llama, tmp_path)
 
 
 def test_a_profile_whose_formats_this_install_lacks_is_one_line(tiny_llama, tmp_path, monkeypatch):
+    from edgerun.core.errors import EdgerunError
     from edgerun.exporters import formats
     from edgerun.exporters.pipeline import export
-
-    from edgerun.errors import EdgerunError
 
     monkeypatch.setattr(formats, "all_formats", lambda: ["onnx-fp32"])
     with pytest.raises(EdgerunError, match="prefers gguf-q4_0, gguf-q4_k_m, onnx-int4, none of"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
+from edgerun.core.errors import EdgerunError, MissingExtraError  # noqa: E402
 from edgerun.exporters.formats import (  # noqa: E402
     ExportContext,
     ExportOptions,
@@ -28,9 +28,8 @@ from edgerun.exporters.gguf.quantize import (  # noqa: E402
 )
 from edgerun.exporters.reference import eval_token_ids, read_eval_text, torch_logits_fn  # noqa: E402
 from edgerun.exporters.validate import Reference  # noqa: E402
-
-from edgerun.errors import EdgerunError, MissingExtraError  # noqa: E402
-from edgerun.sources import Checkpoint  # noqa: E402
+from edgerun.sources.resolve import Checkpoint  # noqa: E402
+from tests.registry_fixtures import QUIRK_CHECKPOINTS, QUIRK_FIXES  # noqa: E402
 
 
 class Exporter:
@@ -168,20 +167,6 @@ def test_an_architecture_llama_cpp_lacks_is_one_line_naming_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-# Each GGUF quirk (edgerun.exporters.gguf.quirks) -> knobs llama.cpp runs wrongly, and right ones.
-QUIRK_CHECKPOINTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "gemma3_text": (
-        {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]},
-        {"sliding_window": 16, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
-    ),
-    "smollm3": ({"no_rope_layers": [1, 0]}, {"no_rope_layers": [1, 1, 1, 0]}),
-    "phi": (
-        {"hidden_size": 64, "intermediate_size": 128},
-        {"hidden_size": 64, "intermediate_size": 256},
-    ),
-}
-
-
 @pytest.mark.parametrize("model_type", sorted(QUIRK_CHECKPOINTS))
 def test_checkpoints_llama_cpp_would_run_wrongly_are_refused_before_work(model_type):
     wrong, right = QUIRK_CHECKPOINTS[model_type]
@@ -190,21 +175,11 @@ def test_checkpoints_llama_cpp_would_run_wrongly_are_refused_before_work(model_t
     FAMILY.check_source("gguf-f16", ExportOptions(), {"model_type": model_type, **right})
 
 
-# model_type -> (config arguments of a checkpoint the converter is given other keys for, those
-# keys, config arguments of one it reads as it is): configs as transformers saves them.
-QUIRK_FIXES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
-    "falcon": (
-        {"multi_query": True, "new_decoder_architecture": False},  # Falcon-7B
-        {"num_kv_heads": 1},
-        {"new_decoder_architecture": True, "num_kv_heads": 2},  # Falcon-40B
-    ),
-}
-
-
 @pytest.mark.parametrize("model_type", sorted(QUIRK_FIXES))
 def test_the_converter_reads_a_checkpoint_view_with_the_quirks_config(model_type, tmp_path):
-    from edgerun.exporters.gguf.convert import _checkpoint_view
     from transformers import AutoConfig
+
+    from edgerun.exporters.gguf.convert import _checkpoint_view
 
     wrong, fixes, right = QUIRK_FIXES[model_type]
     for name, arguments in (("wrong", wrong), ("right", right)):
@@ -293,7 +268,7 @@ def test_cli_export_writes_validated_gguf_artifacts(tiny_qwen2, tmp_path):
     from click.testing import CliRunner
 
     from edgerun.cli import cli
-    from edgerun.manifest import read_manifest, verify
+    from edgerun.core.manifest import read_manifest, verify
 
     out = tmp_path / "out"
     args = ["export", str(tiny_qwen2), "-f", "gguf-f16,gguf-q4_0", "-o", str(out), "--json"]
@@ -349,6 +324,7 @@ def test_gguf_source_round_trips(tiny_llama, tmp_path):
     """A .gguf SOURCE (dequantized to an HF checkpoint by transformers) exports again, and the
     round-tripped file holds the same vocabulary and tokenizes the same."""
     import gguf
+
     from edgerun.exporters.gguf import converter
     from edgerun.exporters.gguf.convert import convert
     from edgerun.exporters.gguf.runtime import tokenize

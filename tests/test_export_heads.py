@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from edgerun.core.manifest import read_manifest
 from edgerun.exporters.pipeline import export
 from edgerun.exporters.validate import Thresholds
-
-from edgerun.manifest import read_manifest
 from tests.tiny_models import build_tiny_model
 
 LOOSE = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
@@ -59,7 +59,7 @@ def test_int4_quantizes_an_lm_head_that_ops_follow(
 def test_a_format_the_family_cannot_make_is_reported_while_the_others_are_made(
     short_eval_text: Path, tmp_path: Path
 ) -> None:
-    from edgerun.errors import EdgerunError
+    from edgerun.core.errors import EdgerunError
 
     # phi with a feed-forward width other than 4 x hidden: llama.cpp would run it wrongly
     src = build_tiny_model("phi", tmp_path / "src", spec=HEADS["phi"])

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from edgerun.exporters import memory
-from edgerun.exporters.formats import ExportOptions
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.exporters import memory
+from edgerun.exporters.formats import ExportOptions
 
 
 @pytest.mark.parametrize(

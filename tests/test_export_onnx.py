@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from edgerun.core.manifest import read_manifest
 from edgerun.exporters.pipeline import ExportResult, export
 from edgerun.exporters.validate import Thresholds
-
-from edgerun.manifest import read_manifest
 
 # The tiny random models predict almost uniformly (reference PPL ~ vocabulary size), so top-1
 # agreement is fragile there; this gate is for the fixtures, SmolLM2 uses the shipped defaults.

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from edgerun.exporters.pipeline import export
-from edgerun.exporters.validate import Thresholds
 
 from edgerun.cli import cli
-from edgerun.manifest import read_manifest
+from edgerun.core.manifest import read_manifest
+from edgerun.exporters.pipeline import export
+from edgerun.exporters.validate import Thresholds
 
 LOOSE = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
 

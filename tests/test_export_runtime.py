@@ -14,14 +14,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
+import edgerun  # noqa: E402
+from edgerun.core.manifest import read_manifest  # noqa: E402
 from edgerun.exporters import runtime_check  # noqa: E402
 from edgerun.exporters.onnx import FAMILY as ONNX  # noqa: E402
 from edgerun.exporters.onnx import optimum  # noqa: E402
 from edgerun.exporters.pipeline import export  # noqa: E402
 from edgerun.exporters.validate import Thresholds  # noqa: E402
-
-import edgerun  # noqa: E402
-from edgerun.manifest import read_manifest  # noqa: E402
 
 LOOSE = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
 

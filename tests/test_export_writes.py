@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters import onnx as onnx_family
 from edgerun.exporters.pipeline import export
 from edgerun.exporters.validate import Thresholds
-
-from edgerun.errors import EdgerunError
 
 LOOSE = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
 

@@ -12,19 +12,19 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from edgerun.exporters.validate import Thresholds, log_softmax
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.fidelity import (
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import read_manifest, write_manifest
+from edgerun.exporters.fidelity_check import score_rows
+from edgerun.exporters.validate import Thresholds, log_softmax
+from edgerun.runtime.fidelity import (
     REFERENCE_FILE,
     FidelityReference,
     build_reference,
     read_reference,
     write_reference,
 )
-from edgerun.fidelity_check import score_rows
-from edgerun.manifest import read_manifest, write_manifest
 from tests.runtime_helpers import damage_int4_scales, rehash
 
 TINY_GATE = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)

@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_untied", "tiny_qwen2"])
 def test_streamed_fisher_equals_the_whole_model(name: str, request: pytest.FixtureRequest) -> None:
     import torch
+
     from edgerun.exporters.onnx import sensitivity as sens
     from edgerun.exporters.onnx.fisher_stream import streamed_fisher
     from edgerun.exporters.reference import load_model

@@ -9,9 +9,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from edgerun.exporters.gguf import converter
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.exporters.gguf import converter
 
 PREFIX = "llama_cpp_python-9.9.9/vendor/llama.cpp/"
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.gguf_header import parse_header, read_header
+from edgerun.core.errors import EdgerunError
+from edgerun.sources.gguf_header import parse_header, read_header
 from tests.fuzz import FUZZ, hypothesis
 
 st = hypothesis.strategies

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("sentencepiece")
 pytest.importorskip("transformers")
 
+from edgerun.core.errors import EdgerunError  # noqa: E402
 from edgerun.exporters.gguf import spm_vocab  # noqa: E402
 from edgerun.exporters.gguf.spm_vocab import (  # noqa: E402
     BYTE,
@@ -23,8 +24,6 @@ from edgerun.exporters.gguf.spm_vocab import (  # noqa: E402
     USER_DEFINED,
     sentencepiece_vocab,
 )
-
-from edgerun.errors import EdgerunError  # noqa: E402
 from tests.tiny_models import build_spm_tokenizer, build_tokenizer  # noqa: E402
 
 

@@ -10,12 +10,11 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
+from edgerun.core.errors import EdgerunError  # noqa: E402
 from edgerun.exporters.gguf import converter, pretokenizers  # noqa: E402
 from edgerun.exporters.gguf.convert import convert  # noqa: E402
 from edgerun.exporters.gguf.runtime import tokenize  # noqa: E402
 from edgerun.exporters.reference import read_eval_text  # noqa: E402
-
-from edgerun.errors import EdgerunError  # noqa: E402
 
 HARD_TEXT = (
     "Ünïcödé — naïve café, 東京, Привет 🙂🦙 emoji\u200d joins\n"
@@ -151,6 +150,7 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path):
 @pytest.mark.slow
 def test_smollm2_parity_and_pre_name(smollm2_dir, tmp_path):
     import gguf
+
     from edgerun.exporters.formats import ReferenceModel
 
     ref = ReferenceModel(smollm2_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgerun.errors import EdgerunError
-from edgerun.home import check_writable, describe_os_error, write_errors_reported
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import check_writable, describe_os_error, write_errors_reported
 
 
 def test_writable_directory_and_one_to_be_created(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_permission_and_read_only_refusals_of_the_probe(
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(code, os.strerror(code), str(tmp_path / ".edgerun-write-test-x"))
 
-    monkeypatch.setattr("edgerun.home.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("edgerun.core.home.tempfile.mkstemp", refuse)
     with pytest.raises(EdgerunError) as info:
         check_writable(tmp_path)
     assert str(info.value) == message.format(p=tmp_path) + " (choose a directory you can write to)"

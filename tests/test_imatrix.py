@@ -10,11 +10,10 @@ import pytest
 
 pytest.importorskip("torch")
 
+from edgerun.core.errors import EdgerunError  # noqa: E402
 from edgerun.exporters.formats import ExportContext, ExportOptions, ReferenceModel  # noqa: E402
 from edgerun.exporters.importance import IMPORTANCE_FILE, Importance, gather  # noqa: E402
-
-from edgerun.errors import EdgerunError  # noqa: E402
-from edgerun.sources import Checkpoint  # noqa: E402
+from edgerun.sources.resolve import Checkpoint  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 
@@ -58,6 +57,7 @@ def test_the_streamed_gatherer_equals_the_whole_model_statistics(family, tmp_pat
     hooks on the whole fp32 model measure: every linear layer, windows of unequal length, the
     head run in slices of HEAD_ROWS tokens."""
     import torch
+
     from edgerun.exporters import importance
     from edgerun.exporters.stream import StreamedModel
 

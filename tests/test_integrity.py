@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgerun import integrity
 from edgerun.backends.base import resolve_artifact
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.manifest import MANIFEST_NAME, file_entries, read_manifest, write_manifest
+from edgerun.core import integrity
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import MANIFEST_NAME, file_entries, read_manifest, write_manifest
 
 MiB = 1 << 20
 

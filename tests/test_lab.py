@@ -17,7 +17,7 @@ pytest.importorskip("distributed")
 from edgerun.bench.results import read_results, rows  # noqa: E402
 from edgerun.bench.workload import Workload  # noqa: E402
 from edgerun.cli import cli  # noqa: E402
-from edgerun.errors import EdgerunError  # noqa: E402
+from edgerun.core.errors import EdgerunError  # noqa: E402
 from edgerun.lab.cluster import connect, list_devices, select_devices  # noqa: E402
 from edgerun.lab.local import free_port  # noqa: E402
 from edgerun.lab.orchestrate import Lab, LabRun  # noqa: E402

@@ -48,7 +48,6 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random llama exported to onnx-fp32 (no validation, no speed probe)."""
     pytest.importorskip("torch")
     from edgerun.exporters.pipeline import export
-
     from tests.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-onnx")
@@ -205,7 +204,6 @@ def test_lab_bench_scores_fidelity_on_every_device(
     the numbers land in the results beside the export's, and the table shows them."""
     from edgerun.exporters.pipeline import export
     from edgerun.exporters.validate import Thresholds
-
     from tests.tiny_models import build_tiny_model
 
     src = build_tiny_model("llama", tmp_path / "src")

@@ -21,10 +21,10 @@ pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
 
 from edgerun.cli import cli  # noqa: E402
-from edgerun.errors import EdgerunError  # noqa: E402
+from edgerun.core.errors import EdgerunError  # noqa: E402
+from edgerun.core.manifest import MANIFEST_NAME, read_manifest, write_manifest  # noqa: E402
 from edgerun.lab import store  # noqa: E402
 from edgerun.lab.cluster import connect  # noqa: E402
-from edgerun.manifest import MANIFEST_NAME, read_manifest, write_manifest  # noqa: E402
 from tests.bench_fake import make_artifact  # noqa: E402
 from tests.lab_cluster import LOADER, MACHINES, ROOT, LocalLab, artifact, results_json  # noqa: E402
 
@@ -180,3 +180,21 @@ def test_staged_upload_cannot_overwrite_its_manifest(name: str, tmp_path: Path) 
     with pytest.raises(EdgerunError, match="refused on arrival"):
         store.finish(artifact_id, token)
     assert store.artifact_path(artifact_id) is None
+
+
+def test_a_device_benches_through_edgerun_bench_run() -> None:
+    """The lab's bench on a device is `edgerun bench`'s one library entry point, not a second
+    wiring of the harness beside it."""
+    import ast
+
+    import edgerun.lab.remote as remote
+
+    tree = ast.parse(Path(remote.__file__).read_text(encoding="utf-8"))
+    imported = {
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert "edgerun.bench.run" in imported
+    assert not any(name.startswith("edgerun.bench.harness") for name in imported)

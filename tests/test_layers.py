@@ -6,35 +6,30 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # Where each installed package's sources lie (pyproject's package-dir).
 ROOTS = {"edgerun": REPO / "edgerun", "edgerun.exporters": REPO / "exporters"}
-# Layers, lowest first; a module takes the layer of the longest prefix listed. A module may
-# import its own layer and the ones below, never above.
+# The layers are folders: a module's layer is the folder it lives in (edgerun/<folder>/, or the
+# edgerun.exporters package), lowest first. A module may import its own layer and the ones below,
+# never above. Only the order is kept here; which module sits where is read from the tree.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # base: errors, files, manifests, sources, tokenizers; no knowledge of devices or backends
-    ("edgerun.errors", "edgerun.untrusted", "edgerun.home", "edgerun.leftovers",
-     "edgerun.versions", "edgerun.integrity", "edgerun.manifest", "edgerun.gguf_header",
-     "edgerun.gguf_source", "edgerun.machine", "edgerun.profile_schema", "edgerun.tokenizer",
-     "edgerun.sampling", "edgerun.describe", "edgerun.checkpoint", "edgerun.cache_entry",
-     "edgerun.sources", "edgerun.format_registry", "edgerun.cache_list",
-     "edgerun.remote_code", "edgerun.chat_template", "edgerun.progress", "edgerun.constrain",
-     "edgerun.tools"),
-    # registries: power meters, the backend plugin interface and its entry points
-    ("edgerun.power", "edgerun.backends.base", "edgerun.backends.registry"),
-    # device profiles and their detection
-    ("edgerun.profile", "edgerun.detect"),
-    # backends chosen and opened for a profile
-    ("edgerun.backends",),
-    # the library API
-    ("edgerun.model", "edgerun"),
-    ("edgerun.bench",),
-    # with the on-device fidelity check, which scores by the export's own validation gates
-    ("edgerun.exporters", "edgerun.fidelity_check"),
-    ("edgerun.tune",),
-    ("edgerun.serve", "edgerun.lab"),
-    ("edgerun.cli", "edgerun.__main__"),
+    ("core",),       # errors, untrusted files, the home directory, manifests, progress
+    ("sources",),    # checkpoints, GGUF headers and files, the pulled-model cache
+    ("text",),       # tokenizers, chat templates, sampling, constrained output, tool calls
+    ("power",),      # power meters
+    ("device",),     # machine facts, device profiles, their detection
+    ("backends",),   # the backend plugins and how one is chosen and opened for a profile
+    ("runtime",),    # the library API: a loaded model, conversations, KV reuse
+    ("bench",),
+    ("exporters",),  # with the on-device fidelity check, which scores by the export's gates
+    ("tune",),
+    ("serve", "lab"),
+    ("cli",),
 )  # fmt: skip
+# The package's own two files: `import edgerun` is the library API, `python -m edgerun` the CLI.
+ROOT_FILES = {"edgerun": "runtime", "edgerun.__main__": "cli"}
 
 
 def _module_name(path: Path) -> str:
@@ -82,14 +77,23 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+def _folder(module: str) -> str:
+    if module in ROOT_FILES:
+        return ROOT_FILES[module]
+    folder = module.split(".")[1]
+    loose = (
+        module.count(".") == 1 and module not in ROOTS and not (ROOTS["edgerun"] / folder).is_dir()
+    )
+    assert not loose, f"{module} lies loose in edgerun/: put it in its layer's folder"
+    return folder
+
+
 def _layer(module: str) -> int:
-    best, rank = -1, -1
-    for index, prefixes in enumerate(LAYERS):
-        for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
-                best, rank = len(prefix), index
-    assert rank >= 0, f"{module} is in no layer: add it to LAYERS"
-    return rank
+    folder = _folder(module)
+    for index, folders in enumerate(LAYERS):
+        if folder in folders:
+            return index
+    raise AssertionError(f"edgerun/{folder}/ is in no layer: add it to LAYERS")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -130,8 +134,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read() -> None:
     graph = _graph()
     assert len(graph) > 80
-    assert "edgerun.backends.registry" in graph["edgerun.profile"]  # a lazy import counts
-    assert "edgerun.errors" in graph["edgerun.exporters.pipeline"]
+    assert "edgerun.power.registry" in graph["edgerun.device.profile"]  # a lazy import counts
+    assert "edgerun.core.errors" in graph["edgerun.exporters.pipeline"]
 
 
 def test_no_import_cycle() -> None:
@@ -148,7 +152,40 @@ def test_no_arrow_points_up() -> None:
     assert upward == []
 
 
+def test_every_module_and_folder_has_a_layer() -> None:
+    """No module lies loose at edgerun/'s top; every folder (package) there is a listed layer."""
+    for module in _modules():
+        _layer(module)
+    folders = {p.name for p in ROOTS["edgerun"].iterdir() if (p / "__init__.py").is_file()}
+    listed = {folder for layer in LAYERS for folder in layer}
+    assert folders | {"exporters"} == listed
+
+
 def test_the_checks_can_fail() -> None:
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     assert _layer("edgerun.cli.export") > _layer("edgerun.exporters.pipeline")
-    assert _layer("edgerun.backends.registry") < _layer("edgerun.profile")
+    assert _layer("edgerun.device.profile") < _layer("edgerun.backends.registry")
+    with pytest.raises(AssertionError, match="loose"):
+        _layer("edgerun.newmodule")
+    with pytest.raises(AssertionError, match="no layer"):
+        _layer("edgerun.newfolder.x")
+
+
+def test_ruff_sorts_every_edgerun_import_as_first_party() -> None:
+    """edgerun.exporters lives in exporters/ (package-dir): without `known-first-party` ruff
+    sorted it as third-party in files outside edgerun/, splitting one import block in two."""
+    import subprocess
+    import sys
+
+    snippet = (
+        "import click\n\nfrom edgerun.core.errors import EdgerunError\n"
+        "from edgerun.exporters.formats import ExportOptions\n\n"
+        "print(click, EdgerunError, ExportOptions)\n"
+    )
+    for where in ("edgerun", "exporters", "tests", "benchmarks"):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--select", "I", "--stdin-filename",
+             f"{where}/snippet.py", "-"],
+            input=snippet, cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, (where, done.stdout)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SLOW_DEQUANTIZE = """
 import os, time
 from pathlib import Path
-import edgerun.gguf_source as g
+import edgerun.sources.gguf_source as g
 
 def slow(path, out):
     (Path(out) / "model.safetensors").write_bytes(b"partial")
@@ -98,7 +98,7 @@ def _dead_pid() -> int:
 
 
 def test_sweep_rules(tmp_path: Path) -> None:
-    from edgerun.leftovers import owner_tag, sweep_stale
+    from edgerun.core.leftovers import owner_tag, sweep_stale
 
     host = owner_tag().split(".")[0]
     other = "000000" if host != "000000" else "111111"
@@ -131,7 +131,7 @@ def test_sweep_rules(tmp_path: Path) -> None:
 
 
 def test_recent_write_inside_keeps_an_old_directory(tmp_path: Path) -> None:
-    from edgerun.leftovers import sweep_stale
+    from edgerun.core.leftovers import sweep_stale
 
     busy = tmp_path / ".model.tmp-abcdef12"
     busy.mkdir()
@@ -142,7 +142,7 @@ def test_recent_write_inside_keeps_an_old_directory(tmp_path: Path) -> None:
 
 
 def test_sigterm_becomes_terminated_only_inside_the_block() -> None:
-    from edgerun.leftovers import Terminated, terminate_as_interrupt
+    from edgerun.core.leftovers import Terminated, terminate_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated) as info, terminate_as_interrupt():

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from edgerun.exporters.pipeline import export
-from edgerun.exporters.validate import Thresholds
 
 from edgerun.cli import cli
-from edgerun.integrity import sha256_file
-from edgerun.manifest import MANIFEST_NAME, SCHEMA_VERSION, read_manifest, verify
+from edgerun.core.integrity import sha256_file
+from edgerun.core.manifest import MANIFEST_NAME, SCHEMA_VERSION, read_manifest, verify
+from edgerun.exporters.pipeline import export
+from edgerun.exporters.validate import Thresholds
 
 GATE = Thresholds(max_ppl_ratio=1.1, max_mean_kl=0.1, min_top1_agreement=0.3)
 

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from edgerun.backends.base import resolve_artifact
 from edgerun.cli import cli
 from edgerun.cli.info import _render
-from edgerun.describe import describe
-from edgerun.errors import EdgerunError
-from edgerun.integrity import sha256_file
-from edgerun.manifest import MANIFEST_NAME, read_manifest, verify
+from edgerun.core.errors import EdgerunError
+from edgerun.core.integrity import sha256_file
+from edgerun.core.manifest import MANIFEST_NAME, read_manifest, verify
+from edgerun.sources.describe import describe
 from tests.fuzz import FUZZ, hypothesis
 
 st = hypothesis.strategies
@@ -226,7 +226,7 @@ def _read_everything(art: Path) -> None:
 def test_verify_and_load_agree_on_block_hashes(tmp_path: Path, edit: str) -> None:
     """One check for both: a hand-edited block hash (the file intact) and a changed byte in a
     block that load samples are reported by `verify` as loudly as load refuses them."""
-    from edgerun.manifest import file_entries, write_manifest
+    from edgerun.core.manifest import file_entries, write_manifest
 
     art = tmp_path / "art"
     art.mkdir()
@@ -253,7 +253,7 @@ def test_verify_and_load_agree_on_block_hashes(tmp_path: Path, edit: str) -> Non
 
 
 def test_a_huge_manifest_block_size_never_sizes_a_buffer(tmp_path: Path) -> None:
-    from edgerun.integrity import file_problem
+    from edgerun.core.integrity import file_problem
 
     art = tmp_path / "art"
     art.mkdir()

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 pytest.importorskip("torch")
 
@@ -96,7 +96,7 @@ def test_transformers_refuses_model_code_inside_the_guard(
 ) -> None:
     from transformers import AutoTokenizer
 
-    from edgerun.remote_code import RemoteCodeRefused, no_remote_code
+    from edgerun.sources.remote_code import RemoteCodeRefused, no_remote_code
 
     marker = tmp_path / "marker"
     ckpt = tmp_path / "ckpt"
@@ -204,6 +204,7 @@ def test_a_gguf_that_cannot_generate_is_refused_before_loading(
 ) -> None:
     pytest.importorskip("llama_cpp")
     import numpy as np
+
     from edgerun.exporters.gguf import FAMILY
 
     path = _gguf(tmp_path / "model.gguf", arch, **flags)
@@ -217,15 +218,16 @@ def test_a_gguf_that_cannot_generate_is_refused_before_loading(
 
 
 def test_a_causal_gguf_header_passes(tmp_path: Path) -> None:
-    from edgerun.gguf_header import check_causal
+    from edgerun.sources.gguf_header import check_causal
 
     check_causal(_gguf(tmp_path / "a.gguf", "llama"))
     check_causal(_gguf(tmp_path / "b.gguf", "llama", attention_causal=True))
 
 
 def test_every_registered_model_type_maps_to_transformers_own_class() -> None:
-    from edgerun.exporters.families import ARCHITECTURES, FAMILIES
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from edgerun.exporters.families import ARCHITECTURES, FAMILIES
 
     assert sorted(ARCHITECTURES) == sorted({f.model_type for f in FAMILIES})
     for model_type, name in ARCHITECTURES.items():

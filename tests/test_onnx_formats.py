@@ -4,12 +4,12 @@ of comparing format names, pinned to what the names used to decide."""
 from __future__ import annotations
 
 import pytest
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters.formats import ExportOptions
 from edgerun.exporters.onnx import FAMILY, resolve_symmetric
 from edgerun.exporters.onnx.formats import FORMATS, format_of
 from edgerun.exporters.onnx.genai import GENAI_FORMATS
-
-from edgerun.errors import EdgerunError
 
 
 def test_formats_in_listing_order_with_their_precisions() -> None:

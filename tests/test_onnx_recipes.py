@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters.onnx.recipes import RECIPES, Recipe, Rule, get_recipe, node_role
 from edgerun.exporters.onnx.sensitivity import search_k
-
-from edgerun.errors import EdgerunError
 
 OPTIMUM = [
     "/model/layers.0/self_attn/q_proj/MatMul",
@@ -67,9 +67,10 @@ def test_dequantize_matches_the_matmulnbits_kernel(bits: int, symmetric: bool) -
     """x @ dequantize(W) equals what onnxruntime computes with the quantized MatMulNBits node."""
     onnx = pytest.importorskip("onnx")
     import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
     from edgerun.exporters.onnx.quant import WeightOnlyConfig, quantize_weight_only
     from edgerun.exporters.onnx.sensitivity import dequantize
-    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(bits + symmetric)
     k, n = 96, 40  # 3 blocks of 32 along K

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgerun.exporters.pipeline import export
 
-from edgerun.errors import EdgerunError
-from edgerun.manifest import read_manifest
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import read_manifest
+from edgerun.exporters.pipeline import export
 
 pytest.importorskip("onnxruntime_genai")
 

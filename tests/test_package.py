@@ -33,7 +33,7 @@ def _pyproject() -> dict:
 
 def test_import_edgerun_loads_no_heavy_framework() -> None:
     code = (
-        "import sys, edgerun, edgerun.cli, edgerun.manifest, edgerun.describe, edgerun.sources\n"
+        "import sys, edgerun, edgerun.cli, edgerun.core.manifest, edgerun.sources.describe, edgerun.sources.resolve\n"
         "print(','.join(m for m in ('torch', 'transformers', 'optimum', 'onnx', 'llama_cpp') "
         "if m in sys.modules))"
     )
@@ -109,7 +109,7 @@ def test_wheel_contains_packages_and_data(tmp_path: Path) -> None:
 def test_atomic_write_honours_umask(tmp_path: Path) -> None:
     import os
 
-    from edgerun.home import atomic_write_json
+    from edgerun.core.home import atomic_write_json
 
     old = os.umask(0o022)
     try:

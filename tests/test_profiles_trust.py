@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
-from edgerun.profile import get_profile, list_profiles, load_profile_file, parse_profile
+from edgerun.core.errors import EdgerunError
+from edgerun.device.profile import get_profile, list_profiles, load_profile_file, parse_profile
 from tests.fuzz import FUZZ, hypothesis
 from tests.test_profiles import MINIMAL
 
@@ -38,7 +38,7 @@ def test_one_broken_user_profile_is_a_warning(
 ) -> None:
     bad = _user_file(edgerun_home, "bad.toml", content)
     _user_file(edgerun_home, "good.toml", MINIMAL)
-    with caplog.at_level(logging.WARNING, logger="edgerun.profile"):
+    with caplog.at_level(logging.WARNING, logger="edgerun.device.profile"):
         ids = [p.id for p in list_profiles()]
         assert get_profile("generic-x86_64").id == "generic-x86_64"
     assert "tiny" in ids  # the other user profile still loads

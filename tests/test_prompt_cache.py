@@ -1,4 +1,4 @@
-"""Prefix KV reuse (edgerun.kvcache) through the library on both backends: a prompt that
+"""Prefix KV reuse (edgerun.runtime.kvcache) through the library on both backends: a prompt that
 extends an earlier generation restores its KV cache and decodes exactly what a cold run does;
 the byte bound holds and evicts; logprobs come back in the chunks."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import edgerun
-from edgerun.errors import EdgerunError
-from edgerun.kvcache import KvSnapshot, PrefixCache
+from edgerun.core.errors import EdgerunError
+from edgerun.runtime.kvcache import KvSnapshot, PrefixCache
 from tests.runtime_helpers import PROFILE, export_artifact
 
 FORMATS = {"onnxruntime": "onnx-fp32", "llamacpp": "gguf-f32"}
@@ -132,7 +132,7 @@ def test_run_without_a_prompt_is_a_chat_that_reuses_the_conversation(
     assert "(conversation forgotten)" in result.stderr
     assert len(result.stdout.splitlines()) == 3
     with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as model:
-        from edgerun.conversation import Conversation
+        from edgerun.runtime.conversation import Conversation
 
         talk = Conversation(model, "Be brief.")
         first = "".join(c.text for c in talk.say("hello", max_tokens=6))

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.describe import count_parameters
+from edgerun.sources.describe import count_parameters
 from tests.pull_fakes import fake_gguf
 
 runner = CliRunner()
@@ -127,7 +127,7 @@ def test_interrupted_pull_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Mo
         (out / "model.safetensors").write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("edgerun.gguf_source.dequantize_gguf", interrupted)
+    monkeypatch.setattr("edgerun.sources.gguf_source.dequantize_gguf", interrupted)
     result = run("pull", str(fake_gguf(tmp_path)))
     assert result.exit_code == 130
     assert result.output == "Interrupted: nothing partial was kept.\n"
@@ -303,13 +303,13 @@ def test_lean_gguf_pull_gives_the_runnable_gguf(
     """Without torch (the lean install) a GGUF pull cannot make an HF checkpoint: it checks the
     GGUF and prints its path (what `run` takes), with a note on what to install for a
     checkpoint; no cache entry is left. `export`'s own resolve still refuses in one line."""
-    from edgerun.errors import MissingExtraError
-    from edgerun.sources import GgufOnly, resolve
+    from edgerun.core.errors import MissingExtraError
+    from edgerun.sources.resolve import GgufOnly, resolve
 
     def lean(module: str, extra: str) -> None:
         raise MissingExtraError(module, extra)
 
-    monkeypatch.setattr("edgerun.gguf_source.require", lean)
+    monkeypatch.setattr("edgerun.sources.gguf_source.require", lean)
     src = fake_gguf(tmp_path)
     result = run("pull", str(src))
     assert result.exit_code == 0, result.output

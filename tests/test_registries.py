@@ -1,37 +1,23 @@
 """Every name a registry holds has a test fixture here, so adding a meter, a backend, a format
-family, a model family or a GGUF quirk without its fixture fails. (Device profiles: each needs
-a fake machine, tests/test_detect.py::test_every_profile_has_a_fake_machine; model families:
-tests/test_families.py::test_every_registered_family_has_a_tiny_checkpoint_of_its_kind.)"""
+family, a model family or a GGUF quirk without its fixture fails. The tables live in
+tests/registry_fixtures.py (model families: FAMILY_SPECS in tests/tiny_models.py; device profiles:
+a fake machine each, tests/test_detect.py::test_every_profile_has_a_fake_machine). Every guard
+here runs on a lean install too: none needs torch, llama.cpp or gguf-py."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edgerun.power import battery, jetson, nvml, rapl, rpi5
-from edgerun.power.base import Meter
 from edgerun.power.registry import METERS
-from tests.power_fakes import DATA, battery_tree, jetson_orin_hwmon, rapl_tree
-
-
-def _nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Meter:
-    from tests.test_power_sampler import fake_pynvml
-
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(energy_supported=True))
-    return nvml.probe()
-
-
-# meter name -> a working meter of that kind on fake hardware
-METER_FIXTURES: dict[str, Callable[[Path, pytest.MonkeyPatch], Meter]] = {
-    "rapl": lambda root, mp: rapl.probe(rapl_tree(root)),
-    "jetson": lambda root, mp: jetson.probe(jetson_orin_hwmon(root)),
-    "rpi5": lambda root, mp: rpi5.probe(runner=lambda: (DATA / "vcgencmd_pmic_read_adc.txt").read_text()),
-    "nvml": _nvml,
-    "battery": lambda root, mp: battery.probe(battery_tree(root)),
-}  # fmt: skip
+from tests.registry_fixtures import (
+    BACKEND_ARTIFACTS,
+    METER_FIXTURES,
+    QUIRK_CHECKPOINTS,
+    QUIRK_FIXES,
+)
+from tests.tiny_models import FAMILY_SPECS
 
 
 def test_every_registered_meter_has_a_fixture() -> None:
@@ -50,15 +36,13 @@ def test_each_meter_reads_its_fake_hardware(
 def test_every_registered_backend_has_an_artifact_fixture() -> None:
     """tests/test_runtime_backends.py runs each backend on a tiny artifact of this format."""
     from edgerun.backends.registry import backend_names
-    from tests.test_runtime_backends import BACKEND_ARTIFACTS
 
     assert sorted(backend_names()) == sorted(BACKEND_ARTIFACTS)
 
 
 def test_every_format_family_is_in_the_family_matrix() -> None:
+    from edgerun.core.format_registry import FAMILY_MODULES
     from edgerun.exporters.families import FORMATS
-
-    from edgerun.format_registry import FAMILY_MODULES
 
     assert sorted({fmt.split("-")[0] for fmt in FORMATS}) == sorted(FAMILY_MODULES)
 
@@ -70,9 +54,45 @@ def test_every_gguf_quirk_has_a_refused_and_an_accepted_checkpoint() -> None:
 
     from edgerun.exporters.gguf.quirks import MODULES
 
-    from tests.test_export_gguf import QUIRK_CHECKPOINTS, QUIRK_FIXES
-
     modules = {name: importlib.import_module(path) for name, path in MODULES.items()}
     assert sorted(n for n, m in modules.items() if hasattr(m, "check")) == sorted(QUIRK_CHECKPOINTS)
     assert sorted(n for n, m in modules.items() if hasattr(m, "fix")) == sorted(QUIRK_FIXES)
     assert all(hasattr(m, "check") or hasattr(m, "fix") for m in modules.values())
+
+
+def test_every_registered_family_has_a_tiny_checkpoint_of_its_kind() -> None:
+    from edgerun.exporters.families import FAMILIES
+
+    assert sorted(FAMILY_SPECS) == sorted(family.name for family in FAMILIES)
+    for family in FAMILIES:
+        model_type, _, tokenizer = FAMILY_SPECS[family.name]
+        assert (model_type, tokenizer) == (family.model_type, family.tokenizer), family.name
+
+
+# Blocks the heavy libraries, as on a lean install (pip install edgerun without extras).
+LEAN = """
+import sys
+HEAVY = {"torch", "transformers", "optimum", "llama_cpp", "gguf", "onnx", "onnxruntime",
+         "onnxruntime_genai", "safetensors", "accelerate"}
+class Lean:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"no module named {name!r} (lean install)")
+sys.meta_path.insert(0, Lean())
+import pytest
+sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", __file__, "-k", "not lean"]))
+"""
+
+
+def test_the_guards_run_on_a_lean_install() -> None:
+    """Every guard above runs, none skipped, with torch, llama.cpp and gguf-py unimportable."""
+    import subprocess
+    import sys
+
+    here = Path(__file__)
+    script = LEAN.replace("__file__", repr(str(here)))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=here.parents[1], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "skipped" not in done.stdout and " passed" in done.stdout, done.stdout[-2000:]

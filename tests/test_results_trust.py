@@ -18,7 +18,7 @@ from edgerun.bench.render import print_rows
 from edgerun.bench.report import to_html
 from edgerun.bench.results import read_results, to_csv, to_markdown
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from tests.fuzz import FUZZ, hypothesis
 
 st = hypothesis.strategies

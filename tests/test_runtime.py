@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import edgerun
-from edgerun.errors import EdgerunError
-from edgerun.manifest import file_entries, read_manifest, write_manifest
-from edgerun.sampling import Sampler, SamplingParams
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import file_entries, read_manifest, write_manifest
+from edgerun.text.sampling import Sampler, SamplingParams
 from tests.runtime_helpers import PROFILE, export_artifact, torch_greedy, torch_logits, torch_model
 from tests.tiny_models import SPECS
 
@@ -47,7 +47,7 @@ def llama_onnx(onnx_fp32: dict[str, Path]) -> Path:
 
 
 @pytest.fixture
-def model(llama_onnx: Path) -> edgerun.model.Model:
+def model(llama_onnx: Path) -> edgerun.runtime.model.Model:
     with edgerun.load(llama_onnx, PROFILE) as m:
         yield m
 
@@ -107,7 +107,7 @@ def test_seeded_sampling_follows_pytorch_logits(llama_onnx: Path, tiny_llama: Pa
     assert len(set(got)) > 5  # really sampled, not stuck on one token
 
 
-def test_sampling_reproducible_with_a_seed(model: edgerun.model.Model) -> None:
+def test_sampling_reproducible_with_a_seed(model: edgerun.runtime.model.Model) -> None:
     def draw(seed: int) -> list[int | None]:
         kw = dict(max_tokens=24, temperature=1.0, seed=seed, ignore_eos=True)
         return [c.token_id for c in model.generate("The quick brown", **kw)]
@@ -116,7 +116,7 @@ def test_sampling_reproducible_with_a_seed(model: edgerun.model.Model) -> None:
     assert draw(3) != draw(4)
 
 
-def test_streamed_text_is_the_decoded_text(model: edgerun.model.Model) -> None:
+def test_streamed_text_is_the_decoded_text(model: edgerun.runtime.model.Model) -> None:
     chunks = list(
         model.generate(
             "Hello, world! 東京", max_tokens=20, temperature=0.9, seed=1, ignore_eos=True
@@ -129,7 +129,7 @@ def test_streamed_text_is_the_decoded_text(model: edgerun.model.Model) -> None:
     assert model.last_stats.prompt_tokens == len(model.tokenizer.encode("Hello, world! 東京"))
 
 
-def test_stop_string_ends_generation_and_is_not_emitted(model: edgerun.model.Model) -> None:
+def test_stop_string_ends_generation_and_is_not_emitted(model: edgerun.runtime.model.Model) -> None:
     kw = dict(max_tokens=30, temperature=1.0, seed=5, ignore_eos=True)
     full = "".join(c.text for c in model.generate("In 1969", **kw))
     stop = full[10:13]
@@ -139,7 +139,7 @@ def test_stop_string_ends_generation_and_is_not_emitted(model: edgerun.model.Mod
     assert model.last_stats.finish_reason == "stop"
 
 
-def test_stop_token_id_and_eos(model: edgerun.model.Model) -> None:
+def test_stop_token_id_and_eos(model: edgerun.runtime.model.Model) -> None:
     kw = dict(max_tokens=20, temperature=1.0, seed=2, ignore_eos=True)
     ids = [c.token_id for c in model.generate([5, 6], **kw)]
     target = ids[6]
@@ -155,12 +155,14 @@ def test_stop_token_id_and_eos(model: edgerun.model.Model) -> None:
 
 
 @pytest.mark.parametrize("max_tokens", [0, -3])
-def test_max_tokens_must_be_positive(model: edgerun.model.Model, max_tokens: int) -> None:
+def test_max_tokens_must_be_positive(model: edgerun.runtime.model.Model, max_tokens: int) -> None:
     with pytest.raises(EdgerunError, match=f"max_tokens must be at least 1, got {max_tokens}"):
         model.generate("hi", max_tokens=max_tokens)
 
 
-def test_library_errors_give_library_hints(model: edgerun.model.Model, llama_onnx: Path) -> None:
+def test_library_errors_give_library_hints(
+    model: edgerun.runtime.model.Model, llama_onnx: Path
+) -> None:
     """A caller of the library is told the argument to change (max_tokens=1), not a CLI option;
     the CLI's wording travels beside it for the CLI to print."""
     with pytest.raises(EdgerunError) as info:
@@ -215,7 +217,7 @@ def test_prompt_longer_than_context(llama_onnx: Path) -> None:
         assert got == [c.token_id for c in m.generate(prompt[-12:], max_tokens=4)]
 
 
-def test_model_info_reports_the_active_providers(model: edgerun.model.Model) -> None:
+def test_model_info_reports_the_active_providers(model: edgerun.runtime.model.Model) -> None:
     info = model.info
     assert info.backend == "onnxruntime"
     assert info.providers == model._backend.session.get_providers() == ["CPUExecutionProvider"]
@@ -246,7 +248,7 @@ def test_close_double_load_and_context_manager(llama_onnx: Path) -> None:
         second.generate([5], max_tokens=2)
 
 
-def test_a_second_generate_invalidates_the_first(model: edgerun.model.Model) -> None:
+def test_a_second_generate_invalidates_the_first(model: edgerun.runtime.model.Model) -> None:
     first = model.generate([5, 6], max_tokens=10, ignore_eos=True)
     next(first)
     assert len(list(model.generate([8], max_tokens=3, ignore_eos=True))) == 3
@@ -263,7 +265,7 @@ def test_closing_the_model_stops_a_running_generation(llama_onnx: Path) -> None:
         next(chunks)
 
 
-def test_token_ids_outside_the_vocabulary(model: edgerun.model.Model) -> None:
+def test_token_ids_outside_the_vocabulary(model: edgerun.runtime.model.Model) -> None:
     with pytest.raises(EdgerunError, match="token id 384 is outside the vocabulary"):
         model.generate([5, 384])
     with pytest.raises(EdgerunError, match="the prompt is empty"):
@@ -325,7 +327,7 @@ def test_bare_onnx_file_with_its_tokenizer(llama_onnx: Path) -> None:
         ]
 
 
-def test_model_info_prints_as_one_line(model: edgerun.model.Model) -> None:
+def test_model_info_prints_as_one_line(model: edgerun.runtime.model.Model) -> None:
     """print(model.info) is what runs, one line; the manifest stays in to_json()."""
     text = str(model.info)
     assert "\n" not in text and len(text) < 400

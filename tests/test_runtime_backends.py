@@ -16,9 +16,10 @@ import pytest
 
 import edgerun
 from edgerun.backends import Artifact, Backend, Settings, backend_names, get_backend
-from edgerun.errors import EdgerunError
-from edgerun.manifest import write_manifest
-from edgerun.tokenizer import HFTokenizer
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import write_manifest
+from edgerun.text.tokenizer import HFTokenizer
+from tests.registry_fixtures import BACKEND_ARTIFACTS
 from tests.runtime_helpers import (
     PROFILE,
     export_artifact,
@@ -29,16 +30,6 @@ from tests.runtime_helpers import (
 
 PROMPTS = [[7], [12, 40, 41, 3, 200, 17, 99, 301, 6], list(range(10, 45))]
 SAMPLED = dict(max_tokens=16, temperature=0.8, top_k=40, top_p=0.9, seed=21, ignore_eos=True)
-
-
-# Every registered backend -> (library it needs, format, builder) of its tiny artifact here
-# (tests/test_registries.py fails when a backend has none).
-BACKEND_ARTIFACTS: dict[str, tuple[str, str, str]] = {
-    # optimum's graph for edgerun's ORT loop (auto would pick genai's, the "genai" one below)
-    "onnxruntime": ("onnxruntime", "onnx-fp32", "optimum"),
-    "llamacpp": ("llama_cpp", "gguf-f32", "auto"),
-    "genai": ("onnxruntime_genai", "onnx-fp32", "genai"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +43,9 @@ def artifacts(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     }
 
 
-# (artifact, backend): the genai builder's graph also runs in edgerun's own ORT loop
-PAIRS = [("llamacpp", "llamacpp"), ("genai", "genai"), ("genai", "onnxruntime")]
+# (artifact, backend): every backend on its own artifact, and the genai builder's graph in
+# edgerun's own ORT loop too
+PAIRS = [*((name, name) for name in sorted(BACKEND_ARTIFACTS)), ("genai", "onnxruntime")]
 
 
 @pytest.mark.parametrize(("artifact", "backend"), PAIRS)

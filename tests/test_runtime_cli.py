@@ -149,3 +149,20 @@ def test_run_over_an_export_directory_picks_the_format_the_profile_prefers(
     result = CliRunner().invoke(cli, ["run", str(out), "Hi", "--profile", "jetson-orin", "-n", "2"])
     assert result.exit_code == 0, result.output
     assert "none of profile jetson-orin's preferred formats" in result.stderr
+
+
+def test_one_load_of_an_export_directory_detects_the_machine_once(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The format pick and the backend choice share one resolved profile."""
+    import edgerun.device.resolve as resolve
+
+    out = tmp_path / "out"
+    export_artifact(tiny_llama, "onnx-fp32", out)
+    calls = []
+    real = resolve.detect
+    monkeypatch.setattr(resolve, "detect", lambda: calls.append(1) or real())
+    with edgerun.load(out) as model:
+        assert model.info.format == "onnx-fp32"
+        assert model.info.profile_reason.startswith("auto-detected")
+    assert len(calls) == 1

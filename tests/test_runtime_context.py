@@ -11,7 +11,7 @@ import pytest
 
 from edgerun.backends.base import Artifact
 from edgerun.backends.select import CONTEXT_STEP, RUNTIME_OVERHEAD, choose_context
-from edgerun.profile import get_profile
+from edgerun.device.profile import get_profile
 
 MB = 2**20
 # Llama-3.1-8B's attention: 32 layers x 8 KV heads x 128 = 128 KiB a position in f16

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from edgerun.errors import EdgerunError
-from edgerun.model import _Stops
-from edgerun.sampling import Sampler, SamplingParams, _nucleus
+from edgerun.core.errors import EdgerunError
+from edgerun.runtime.model import _Stops
+from edgerun.text.sampling import Sampler, SamplingParams, _nucleus
 
 
 def _logits(probs: list[float]) -> np.ndarray:

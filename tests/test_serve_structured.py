@@ -223,7 +223,7 @@ def test_streamed_tool_calls(client: Any) -> None:
 
 
 def test_the_template_gets_the_tools_and_the_result(artifacts: dict[str, Path]) -> None:
-    from edgerun import tools
+    from edgerun.text import tools
 
     function = {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
     call = {"id": "c1", "type": "function", "function": function}

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import edgerun
-from edgerun.errors import EdgerunError
-from edgerun.tokenizer import Tokenizer
+from edgerun.core.errors import EdgerunError
+from edgerun.text.tokenizer import Tokenizer
 from tests.runtime_helpers import PROFILE
 from tests.serve_helpers import export_onnx, read_address, running
 
@@ -117,7 +117,7 @@ def test_a_prompt_too_long_for_the_context_is_refused_untokenized(
 
 
 def test_long_text_encodes_as_the_plain_call(artifact: Path) -> None:
-    from edgerun.tokenizer import _LONG_TEXT, HFTokenizer
+    from edgerun.text.tokenizer import _LONG_TEXT, HFTokenizer
 
     tok = HFTokenizer(artifact)
     text = "Hello, world! 東京 " * (_LONG_TEXT // 8)
@@ -203,7 +203,7 @@ class _TemplateOnly(Tokenizer):
 @pytest.fixture
 def quick_templates(monkeypatch: pytest.MonkeyPatch) -> None:
     """Templates get 0.5 s instead of the default (to keep the tests short)."""
-    from edgerun import chat_template
+    from edgerun.text import chat_template
 
     monkeypatch.setattr(chat_template, "TIME_S", 0.5)
 

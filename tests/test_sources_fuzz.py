@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgerun.cache_entry import SOURCE_MARKER, read_entry
-from edgerun.checkpoint import check_checkpoint_dir
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.sources.cache_entry import SOURCE_MARKER, read_entry
+from edgerun.sources.checkpoint import check_checkpoint_dir
 from tests.fuzz import FUZZ, hypothesis
 
 st = hypothesis.strategies

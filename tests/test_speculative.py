@@ -1,4 +1,4 @@
-"""Prompt-lookup speculative decoding (edgerun.speculative) on the tiny fixtures: the same tokens
+"""Prompt-lookup speculative decoding (edgerun.runtime.speculative) on the tiny fixtures: the same tokens
 as plain decoding on every backend that can verify, the KV cache rolled back correctly when
 drafts are rejected, and the acceptance counts reported."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import edgerun
-from edgerun.errors import EdgerunError
-from edgerun.speculative import DraftPolicy, NgramDrafter, SpeculativeDecoder
+from edgerun.core.errors import EdgerunError
+from edgerun.runtime.speculative import DraftPolicy, NgramDrafter, SpeculativeDecoder
 from tests.runtime_helpers import PROFILE, export_artifact
 
 # (artifact label, format, builder, backend): optimum's graph has the ping-pong KV buffers that

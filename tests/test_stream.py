@@ -22,7 +22,6 @@ from edgerun.exporters.reference import (  # noqa: E402
     torch_logits_fn,
 )
 from edgerun.exporters.validate import Reference, Thresholds  # noqa: E402
-
 from tests.tiny_models import build_family_model, build_tiny_model  # noqa: E402
 
 LOGPROB_TOL = 1e-5  # float32 log-probs; measured max difference 5e-7 (1.2e-6 for mixtral)
@@ -82,7 +81,7 @@ def test_sharded_checkpoint_in_small_batches(
 def test_a_weight_missing_from_the_checkpoint_is_one_error(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from edgerun.errors import EdgerunError
+    from edgerun.core.errors import EdgerunError
 
     path = build_tiny_model("llama-untied", tmp_path / "m")
     tensors = load_file(path / "model.safetensors")

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from edgerun.exporters.report import COLUMNS as EXPORT_COLUMNS
-from edgerun.exporters.report import LABELS as EXPORT_LABELS
-from edgerun.exporters.report import print_results, result_rows
 from rich.console import Console
 
 from edgerun.bench.render import LABEL_WIDTH, fit_columns
 from edgerun.bench.results import cell
+from edgerun.exporters.report import COLUMNS as EXPORT_COLUMNS
+from edgerun.exporters.report import LABELS as EXPORT_LABELS
+from edgerun.exporters.report import print_results, result_rows
 from edgerun.lab.render import DEVICE_COLUMNS, DEVICE_LABELS, device_rows, print_devices
 
 WIDTHS = [60, 80, 120, 200]
@@ -138,7 +138,7 @@ def test_export_stage_shows_count_elapsed_and_eta() -> None:
     time remaining; then one closing line."""
     import time
 
-    from edgerun.progress import stage_printer
+    from edgerun.core.progress import stage_printer
 
     out = io.StringIO()
     console = Console(file=out, width=120, force_terminal=True)

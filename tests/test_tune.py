@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgerun.cli import cli
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.tune.fidelity import FidelityGate
 from edgerun.tune.search import Search
 from edgerun.tune.space import Arm, Config, Space, build_arm, threads_and_cpus
@@ -228,8 +228,8 @@ def test_a_written_profile_is_picked_up_by_run_and_shown(artifact: Path) -> None
 
 
 def test_a_tuned_profile_holds_only_on_the_machine_it_was_tuned_on() -> None:
-    from edgerun.detect import MachineFacts, detect
-    from edgerun.profile import get_profile, parse_profile
+    from edgerun.device.detect import MachineFacts, detect
+    from edgerun.device.profile import get_profile, parse_profile
     from edgerun.tune.profile_write import profile_toml
 
     base = get_profile("generic-x86_64")
@@ -281,7 +281,7 @@ def test_profile_affinity_is_checked_and_an_impossible_pin_is_a_warning() -> Non
     import os
 
     from edgerun.backends.affinity import pin_cpus
-    from edgerun.profile import parse_profile
+    from edgerun.device.profile import parse_profile
 
     text = 'id = "x"\nname = "x"\ndescription = "x"\naffinity = [0, 9999]\n[match]\narch = ["x86_64"]\n[[backends]]\nname = "llamacpp"\n'
     with pytest.raises(

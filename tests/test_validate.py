@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters.validate import (
     MIN_EVAL_TOKENS,
     Reference,
@@ -13,8 +15,6 @@ from edgerun.exporters.validate import (
     log_softmax,
     windows,
 )
-
-from edgerun.errors import EdgerunError
 
 VOCAB = 50
 

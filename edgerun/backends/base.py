@@ -1,7 +1,7 @@
 """The interface every backend implements, and the artifact / settings objects it receives.
 
 A backend turns token ids into next-token logits and keeps its own KV cache; everything else
-(tokenization, sampling, stop handling, timing) is shared in edgerun.model, so every backend has
+(tokenization, sampling, stop handling, timing) is shared in edgerun.runtime.model, so every backend has
 the same semantics. A third-party backend subclasses Backend and registers itself under the
 entry-point group "edgerun.backends" (see edgerun.backends.registry).
 """
@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgerun.errors import EdgerunError
-from edgerun.home import read_json_object
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import read_json_object
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from edgerun.tokenizer import Tokenizer
+    from edgerun.text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -63,10 +63,10 @@ def resolve_artifact(path: str | Path, verify: bool = False) -> Artifact:
     Raises EdgerunError when the path is missing, the manifest is missing / corrupt / too new /
     names a file outside the directory, a listed file is missing or has a different size from
     the manifest (truncated copy), or its content fails the integrity check (small files hashed,
-    large ones sampled; every file hashed in full with `verify`, see edgerun.integrity).
+    large ones sampled; every file hashed in full with `verify`, see edgerun.core.integrity).
     """
-    from edgerun.integrity import check_files
-    from edgerun.manifest import read_manifest
+    from edgerun.core.integrity import check_files
+    from edgerun.core.manifest import read_manifest
 
     path = Path(path).expanduser()
     if path.is_file():
@@ -152,7 +152,7 @@ class Backend(ABC):
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token and return the logits for the next."""
 
-    # Whether verify() / rollback() work: speculative decoding (edgerun.speculative) uses them.
+    # Whether verify() / rollback() work: speculative decoding (edgerun.runtime.speculative) uses them.
     can_verify: bool = False
     # Whether verify()'s logits equal decode()'s bit for bit (then "auto" speculates).
     exact_verify: bool = False
@@ -166,11 +166,11 @@ class Backend(ABC):
         """Forget every position from `length` on (drafts the target rejected)."""
         raise NotImplementedError(f"{self.name} cannot roll its KV cache back")
 
-    # Whether snapshot() / resume() work: the prompt cache (edgerun.kvcache) uses them.
+    # Whether snapshot() / resume() work: the prompt cache (edgerun.runtime.kvcache) uses them.
     can_snapshot: bool = False
 
     def snapshot(self) -> tuple[Any, int] | None:
-        """A copy of the KV cache as it stands and its size in bytes, for edgerun.kvcache; None
+        """A copy of the KV cache as it stands and its size in bytes, for edgerun.runtime.kvcache; None
         when this backend cannot copy its cache (then prompts are never reused)."""
         return None
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.backends.base import Artifact, Backend, Settings
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # ONNX Runtime provider name -> (genai provider name, og.is_*_available attribute)
 _PROVIDERS = {

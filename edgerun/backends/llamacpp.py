@@ -2,7 +2,7 @@
 
 Uses Llama.eval() (llama_decode in n_batch chunks, KV cache kept in the llama.cpp context) and
 reads the last position's logits straight from llama.cpp's buffer as a zero-copy numpy view, so
-sampling is edgerun's own (edgerun.sampling): the same seed means the same draw on every backend.
+sampling is edgerun's own (edgerun.text.sampling): the same seed means the same draw on every backend.
 Threads, n_batch and n_gpu_layers come from the profile; any other Llama() keyword in the
 profile's options is passed through, an unknown one is an error.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from edgerun.backends.base import MAX_DEFAULT_CONTEXT, Artifact, Backend, Settings
-from edgerun.errors import EdgerunError
-from edgerun.tokenizer import Tokenizer
+from edgerun.core.errors import EdgerunError
+from edgerun.text.tokenizer import Tokenizer
 
 
 class LlamaCppBackend(Backend):
@@ -34,7 +34,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         from edgerun.backends.llama_log import install
-        from edgerun.gguf_header import check_causal
+        from edgerun.sources.gguf_header import check_causal
 
         install()  # llama.cpp's warnings to the debug log, not into the output
         check_causal(artifact.model_file)  # before llama.cpp: a diffusion LM fails inside it

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.backends.base import Artifact, Backend, Settings
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # ONNX TensorProto element types: binding with the int is a little cheaper than a numpy type.

@@ -1,17 +1,17 @@
 """Fitting a profile to this machine's runtime: which ONNX Runtime execution providers to ask for
 (the profile's ordered list intersected with what the installed onnxruntime offers, falling back
 with a warning, or refusing under --strict), and whether a model fits the profile's memory budget.
-Profiles are data (edgerun.profile); choosing what runs lives here, with the backends."""
+Profiles are data (edgerun.device.profile); choosing what runs lives here, with the backends."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.profile import Profile
+    from edgerun.device.profile import Profile
 
 CPU_PROVIDER = "CPUExecutionProvider"
 

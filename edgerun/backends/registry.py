@@ -11,14 +11,14 @@ import importlib.util
 from importlib.metadata import entry_points
 
 from edgerun.backends.base import Artifact, Backend
-from edgerun.errors import EdgerunError, MissingExtraError
-
-GROUP = "edgerun.backends"
+from edgerun.core.errors import EdgerunError, MissingExtraError
+from edgerun.core.plugins import BACKENDS_GROUP as GROUP
+from edgerun.core.plugins import entry_point_names
 
 
 def backend_names() -> list[str]:
     """Names of every registered backend, in registration order."""
-    return [ep.name for ep in entry_points(group=GROUP)]
+    return entry_point_names(GROUP)
 
 
 def get_backend(name: str) -> type[Backend]:

@@ -27,7 +27,7 @@ from edgerun.backends.registry import (
     is_installed,
     require_installed,
 )
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # Sizing the default context from a profile's memory budget: what a loaded model needs besides
 # its weights and KV cache (runtime, tokenizer, activations; the issue's bound is 0.5 GB), the
@@ -38,8 +38,9 @@ CONTEXT_STEP = 256
 MIN_SIZED_CONTEXT = 512
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.profile import BackendPref, Profile
-    from edgerun.tokenizer import Tokenizer
+    from edgerun.device.profile import BackendPref, Profile
+    from edgerun.device.resolve import Resolved
+    from edgerun.text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -58,25 +59,12 @@ class Opened:
     memory_room: int | None = None
 
 
-def resolve_profile(profile: str | Path | None) -> tuple[Profile | None, str]:
-    """(profile, why): the named one, or the best match for this machine."""
-    from edgerun.profile import get_profile
-
-    if profile is not None:
-        return get_profile(str(profile)), "chosen with --profile"
-    from edgerun.detect import detect
-
-    found = detect()
-    why = "; ".join(found.reasons) or f"best match (score {found.score})"
-    return found.profile, f"auto-detected: {why}"
-
-
-def pick_from_export_dir(path: Path, profile: str | Path | None) -> tuple[Path, str | None]:
+def pick_from_export_dir(path: Path, resolved: Resolved) -> tuple[Path, str | None]:
     """An export directory (OUT/<format>/edgerun.json, several formats) -> the artifact the
     device profile prefers, with why; any other path is returned as it is (reason None).
     Preference: the first of the profile's preferred_formats that was exported and passed
     validation; else the first exported format (sorted) that passed."""
-    from edgerun.manifest import MANIFEST_NAME, read_manifest
+    from edgerun.core.manifest import MANIFEST_NAME, read_manifest
 
     path = Path(path)
     if not path.is_dir() or (path / MANIFEST_NAME).is_file():
@@ -91,7 +79,7 @@ def pick_from_export_dir(path: Path, profile: str | Path | None) -> tuple[Path, 
         found.setdefault(str(manifest.get("format") or sub.name), (sub, passed))
     if not found:
         return path, None
-    chosen, why = resolve_profile(profile)
+    chosen, why = resolved
     preferred = chosen.preferred_formats if chosen else []
     owner = f"profile {chosen.id}" if chosen else "the profile"
     exported = ", ".join(found)
@@ -150,7 +138,7 @@ def choose_backend(
 
 def open_backend(
     artifact: Artifact,
-    profile_spec: str | Path | None,
+    resolved: Resolved,
     threads: int | None,
     backend_name: str | None,
     strict: bool,
@@ -158,7 +146,7 @@ def open_backend(
     options: dict[str, Any],
 ) -> Opened:
     """Do the whole selection and load the model (see the module docstring)."""
-    profile, reason = resolve_profile(profile_spec)
+    profile, reason = resolved
     cls, pref, warnings = choose_backend(artifact, profile, backend_name)
     warnings += cpu_feature_warnings(profile) + asked_warnings(artifact, threads, context)
     chosen, context_reason = choose_context(artifact, profile, context)
@@ -216,7 +204,7 @@ def cpu_feature_warnings(profile: Profile | None, root: Path = Path("/")) -> lis
     (profile key requires_cpu_features); none when its flags cannot be read."""
     if profile is None or not profile.requires_cpu_features:
         return []
-    from edgerun.machine import cpu_flags
+    from edgerun.device.machine import cpu_flags
 
     flags = cpu_flags(root)
     missing = profile.missing_cpu_features(flags) if flags else []
@@ -254,7 +242,7 @@ def asked_warnings(artifact: Artifact, threads: int | None, context: int | None)
 
 def _gguf_context(path: Path) -> Any:
     """`<arch>.context_length` from a bare GGUF's header (bounded reader); None if unreadable."""
-    from edgerun.gguf_header import read_header
+    from edgerun.sources.gguf_header import read_header
 
     try:
         meta = read_header(path).metadata
@@ -399,7 +387,7 @@ def _check_active(backend: Backend, settings: Settings, strict: bool) -> list[st
 def _tokenizer(artifact: Artifact, backend: Backend) -> Tokenizer:
     """tokenizer.json next to the model (same ids on every backend), else the model's own."""
     if (artifact.path / "tokenizer.json").is_file():
-        from edgerun.tokenizer import HFTokenizer
+        from edgerun.text.tokenizer import HFTokenizer
 
         return HFTokenizer(artifact.path)
     embedded = backend.tokenizer()

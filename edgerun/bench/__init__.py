@@ -20,22 +20,27 @@ def run(
     threads: int | None = None,
     profile: str | None = None,
     ctx: int | None = None,
+    seed: int = 0,
     power: str = "auto",
     assume_watts: float | None = None,
     idle_seconds: float = 10.0,
     loader: str | None = None,
     progress: Callable[[str], None] | None = None,
+    device: dict[str, Any] | None = None,
+    libraries: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Benchmark `artifacts` (each in its own worker process, repetitions interleaved) and return
     one run of the results schema (edgerun.bench.results): workload, power, order, artifacts with
     their reps and summaries, plus id, time, device fingerprint and library versions.
 
-    prompt_tokens, gen_tokens, reps, warmup, threads, profile, ctx: the workload (threads and
+    prompt_tokens, gen_tokens, reps, warmup, threads, profile, ctx, seed: the workload (threads and
     profile default to the detected device profile's). power: a meter (``auto``, ``none``, a
     registry name or ``cmd:COMMAND``); assume_watts: estimate energy at this power when no meter
     is used (labelled as an estimate). idle_seconds: idle baseline before the run. loader: the
     ``module:function`` the workers load models with (default: ``edgerun:load``). progress: called with a short message at
-    each step (1 + per artifact: 1 + (warmup + reps) x prompt lengths).
+    each step (1 + per artifact: 1 + (warmup + reps) x prompt lengths). device, libraries: the
+    fingerprint and library versions the run records (default: this machine's; the lab passes
+    the ones its device advertised).
 
     Raises EdgerunError for a bad workload value, an unknown profile or meter, a path that is not
     an artifact, a prompt longer than the context, or a worker that fails."""
@@ -46,17 +51,17 @@ def run(
     from edgerun.bench.workload import Workload
     from edgerun.power.account import energy_for
 
-    workload = Workload(list(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx)
+    workload = Workload(list(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx, seed)
     if profile is not None:
-        from edgerun.profile import get_profile
+        from edgerun.device.profile import get_profile
 
         get_profile(profile)  # an unknown profile fails here, before anything runs
-    device = fingerprint(profile)
+    device = device or fingerprint(profile)
     preferred = (device.get("profile") or {}).get("power_meter")
     energy = energy_for(power, assume_watts, preferred)
     paths = [Path(a) for a in artifacts]
     body = run_bench(paths, workload, energy, idle_seconds, loader or DEFAULT_LOADER, progress)
-    return new_run(body, device, library_versions())
+    return new_run(body, device, libraries or library_versions())
 
 
 __all__ = ["run"]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.bench.results import read_results, rows
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 JOIN_KEYS = ("device", "profile", "artifact", "backend")
 #: (row key, ratio column, header): the ratio is row / baseline.

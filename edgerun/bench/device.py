@@ -44,7 +44,7 @@ def fingerprint(profile: str | None = None) -> dict[str, Any]:
         "ram_bytes": int(psutil.virtual_memory().total),
     }
     try:
-        from edgerun.detect import machine_facts
+        from edgerun.device.detect import machine_facts
 
         facts = machine_facts().to_dict()
         data.update(
@@ -64,11 +64,11 @@ def fingerprint(profile: str | None = None) -> dict[str, Any]:
 def _profile(requested: str | None) -> dict[str, Any]:
     try:
         if requested:
-            from edgerun.profile import get_profile
+            from edgerun.device.profile import get_profile
 
             p = get_profile(requested)
             return {"id": p.id, "how": "--profile", "power_meter": p.power_meter}
-        from edgerun.detect import detect
+        from edgerun.device.detect import detect
 
         found = detect()
         return {
@@ -90,6 +90,6 @@ def _os_release() -> str | None:
 
 def library_versions() -> dict[str, str | None]:
     """Versions of edgerun and every runtime library it may use (None: not installed)."""
-    from edgerun.versions import RUNTIME, versions
+    from edgerun.core.versions import RUNTIME, versions
 
     return versions(RUNTIME, missing=True)

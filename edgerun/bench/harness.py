@@ -3,13 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import select
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,96 +13,13 @@ from typing import Any
 
 from edgerun.bench.busy import BusyWindow
 from edgerun.bench.metrics import rep_metrics, summarize_artifact
-from edgerun.bench.worker import DEFAULT_LOADER
+from edgerun.bench.worker import DEFAULT_LOADER, WorkerProcess, load_worker
 from edgerun.bench.workload import Workload
-from edgerun.errors import EdgerunError
-from edgerun.manifest import MANIFEST_NAME, read_manifest
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import MANIFEST_NAME, read_manifest
 from edgerun.power.account import EnergyAccount
 
 Progress = Callable[[str], None]
-
-
-class WorkerProcess:
-    """The parent's end of one `python -m edgerun.bench.worker`.
-
-    env: variables added to this process's environment; log: a file for the worker's stderr
-    (default: a temporary one); timeout_s: the longest wait for one reply (default: no limit)."""
-
-    def __init__(
-        self,
-        artifact: Path,
-        env: dict[str, str] | None = None,
-        log: Path | None = None,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.artifact = artifact
-        self.log = log
-        self.timeout_s = timeout_s
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-        self.stderr = log.open("w+") if log else tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the worker
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgerun.bench.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            bufsize=1,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        )
-
-    def call(self, **request: Any) -> dict[str, Any]:
-        """Send one request and wait for its reply; a failure becomes an EdgerunError."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-            line = self._readline()
-        except BrokenPipeError:
-            line = ""
-        if not line:
-            self.proc.wait(timeout=30)
-            raise EdgerunError(
-                f"the benchmark worker for {self.artifact} died (exit status {self.proc.returncode})",
-                f"its last words: {self._stderr_tail()}",
-            )
-        reply: dict[str, Any] = json.loads(line)
-        if not reply.get("ok"):
-            raise EdgerunError(
-                f"{self.artifact}: {reply['error']}", reply.get("hint") or "run with -v for details"
-            )
-        return reply
-
-    def _readline(self) -> str:
-        assert self.proc.stdout is not None
-        if self.timeout_s is not None:
-            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
-            if not ready:
-                self.proc.kill()
-                raise EdgerunError(
-                    f"the benchmark worker for {self.artifact} did not answer in "
-                    f"{self.timeout_s:.0f} s",
-                    f"its last words: {self._stderr_tail()}",
-                )
-        return self.proc.stdout.readline()
-
-    def _stderr_tail(self) -> str:
-        self.stderr.seek(0)
-        lines = [ln for ln in self.stderr.read().splitlines() if ln.strip()]
-        return " | ".join(lines[-3:]) or "nothing on stderr"
-
-    def close(self) -> None:
-        """Ask the worker to quit; kill it if it does not."""
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write('{"op": "quit"}\n')
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.stderr.close()
 
 
 def describe_artifact(path: Path) -> dict[str, Any]:
@@ -134,7 +46,7 @@ def describe_artifact(path: Path) -> dict[str, Any]:
 
 def _bare_file(path: Path) -> dict[str, Any]:
     """A bare .gguf / .onnx file: no manifest, so no digest of it and no validation."""
-    from edgerun.integrity import sha256_file
+    from edgerun.core.integrity import sha256_file
 
     return {
         "path": str(path),
@@ -194,34 +106,6 @@ class Drive:
     def worker(self, entry: dict[str, Any]) -> WorkerProcess:
         log = self.log_path(entry["name"])
         return WorkerProcess(Path(entry["path"]), self.env, log, self.timeout_s)
-
-
-def load_worker(
-    worker: WorkerProcess, workload: Workload, loader: str, **extra: Any
-) -> dict[str, Any]:
-    """Load the worker's artifact under `workload` (extra: the request's "options" and
-    "affinity", see edgerun.bench.worker); returns the load facts a result entry records."""
-    reply = worker.call(
-        op="load",
-        path=str(worker.artifact),
-        profile=workload.profile,
-        threads=workload.threads,
-        context=workload.ctx,
-        loader=loader,
-        **extra,
-    )
-    workload.check_context(reply.get("context_length"), str(worker.artifact))
-    info = reply.get("info") or {}
-    return {
-        "load_s": reply["load_s"],
-        "memory_after_load": reply["memory"],
-        "backend": info.get("backend"),
-        "providers": info.get("providers"),
-        "threads": info.get("threads"),
-        "profile_id": info.get("profile_id"),
-        "profile_reason": info.get("profile_reason"),
-        "runtime_info": {k: v for k, v in info.items() if k != "manifest"},
-    }
 
 
 def _one_rep(reply: dict[str, Any], prompt: int, energy: EnergyAccount, rep: int) -> dict[str, Any]:

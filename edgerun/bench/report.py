@@ -22,7 +22,7 @@ from edgerun.bench.report_views import (
     versions,
 )
 from edgerun.bench.results import cell
-from edgerun.errors import require
+from edgerun.core.errors import require
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1600px}
 table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #ddd}

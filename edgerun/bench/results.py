@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.home import atomic_write_json, atomic_write_text
-from edgerun.untrusted import read_json
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import atomic_write_json, atomic_write_text
+from edgerun.core.untrusted import read_json
 
 SCHEMA = "edgerun-bench"
 SCHEMA_VERSION = 1

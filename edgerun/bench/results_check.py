@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.untrusted import json_type
+from edgerun.core.errors import EdgerunError
+from edgerun.core.untrusted import json_type
 
 Where = tuple[str | int, ...]
 MAX_NUMBER = 1e200

@@ -1,4 +1,6 @@
-"""The per-artifact benchmark subprocess: ``python -m edgerun.bench.worker``.
+"""The per-artifact benchmark subprocess, ``python -m edgerun.bench.worker``, and both ends of its
+protocol: :class:`WorkerProcess` (with :func:`load_worker`) is the parent's, :class:`Worker` the
+child's. `edgerun bench`, `edgerun tune` and the lab drive workers through the parent's end.
 
 It loads one model once (``edgerun.load``, or any loader with its signature whose model has
 ``generate(ids, max_tokens, temperature, ignore_eos)`` yielding chunks with a ``token_id``: the
@@ -19,15 +21,131 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Any, TextIO
 
 from edgerun.bench.memory import PeakRss
-from edgerun.bench.workload import synthetic_prompt
+from edgerun.bench.workload import Workload, synthetic_prompt
+from edgerun.core.errors import EdgerunError
 
 DEFAULT_LOADER = "edgerun:load"
+
+
+class WorkerProcess:
+    """The parent's end of one `python -m edgerun.bench.worker`.
+
+    env: variables added to this process's environment; log: a file for the worker's stderr
+    (default: a temporary one); timeout_s: the longest wait for one reply (default: no limit)."""
+
+    def __init__(
+        self,
+        artifact: Path,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.log = log
+        self.timeout_s = timeout_s
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+        self.stderr = log.open("w+") if log else tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the worker
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgerun.bench.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
+
+    def call(self, **request: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply; a failure becomes an EdgerunError."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            line = self._readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self.proc.wait(timeout=30)
+            raise EdgerunError(
+                f"the benchmark worker for {self.artifact} died (exit status {self.proc.returncode})",
+                f"its last words: {self._stderr_tail()}",
+            )
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.get("ok"):
+            raise EdgerunError(
+                f"{self.artifact}: {reply['error']}", reply.get("hint") or "run with -v for details"
+            )
+        return reply
+
+    def _readline(self) -> str:
+        assert self.proc.stdout is not None
+        if self.timeout_s is not None:
+            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+            if not ready:
+                self.proc.kill()
+                raise EdgerunError(
+                    f"the benchmark worker for {self.artifact} did not answer in "
+                    f"{self.timeout_s:.0f} s",
+                    f"its last words: {self._stderr_tail()}",
+                )
+        return self.proc.stdout.readline()
+
+    def _stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        lines = [ln for ln in self.stderr.read().splitlines() if ln.strip()]
+        return " | ".join(lines[-3:]) or "nothing on stderr"
+
+    def close(self) -> None:
+        """Ask the worker to quit; kill it if it does not."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def load_worker(
+    worker: WorkerProcess, workload: Workload, loader: str, **extra: Any
+) -> dict[str, Any]:
+    """Load the worker's artifact under `workload` (extra: the request's "options" and
+    "affinity", see edgerun.bench.worker); returns the load facts a result entry records."""
+    reply = worker.call(
+        op="load",
+        path=str(worker.artifact),
+        profile=workload.profile,
+        threads=workload.threads,
+        context=workload.ctx,
+        loader=loader,
+        **extra,
+    )
+    workload.check_context(reply.get("context_length"), str(worker.artifact))
+    info = reply.get("info") or {}
+    return {
+        "load_s": reply["load_s"],
+        "memory_after_load": reply["memory"],
+        "backend": info.get("backend"),
+        "providers": info.get("providers"),
+        "threads": info.get("threads"),
+        "profile_id": info.get("profile_id"),
+        "profile_reason": info.get("profile_reason"),
+        "runtime_info": {k: v for k, v in info.items() if k != "manifest"},
+    }
 
 
 class Worker:

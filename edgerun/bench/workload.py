@@ -6,7 +6,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # Plain English words: encoded they give ordinary token ids (no special tokens), whatever the
 # tokenizer. The prompt is random words from a fixed seed, cut to exactly N token ids.

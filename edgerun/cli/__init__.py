@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from edgerun import __version__
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # name -> "module:attribute"; one line per command.
 COMMANDS: dict[str, str] = {
@@ -54,7 +54,7 @@ class LazyGroup(click.Group):
 
         Ctrl-C, SIGTERM and SIGHUP all unwind through the same cleanup (temporary directories
         removed) and exit with 128 + the signal number."""
-        from edgerun.leftovers import terminate_as_interrupt
+        from edgerun.core.leftovers import terminate_as_interrupt
 
         with terminate_as_interrupt():
             try:

@@ -17,7 +17,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _refuse_existing(paths: list[Path | None], append: bool) -> None:
-    from edgerun.errors import EdgerunError
+    from edgerun.core.errors import EdgerunError
 
     for path in paths:
         if path is not None and path.exists() and not append:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgerun.cli.options import echo_json, json_option
-from edgerun.describe import human_bytes
+from edgerun.sources.describe import human_bytes
 
 HEADERS = ("name", "source", "kind", "size", "modified", "state")
 
@@ -17,7 +17,7 @@ def list_models(as_json: bool) -> None:
 
     A damaged entry is listed with what is wrong (rebuild it with `edgerun pull --refresh`).
     """
-    from edgerun.cache_list import cached_models
+    from edgerun.sources.cache_list import cached_models
 
     models = cached_models()
     if as_json:
@@ -42,7 +42,7 @@ def list_models(as_json: bool) -> None:
 @json_option
 def rm(names: tuple[str, ...], as_json: bool) -> None:
     """Remove cached models by NAME (as `edgerun list` shows it) or by the source pulled."""
-    from edgerun.cache_list import remove_model
+    from edgerun.sources.cache_list import remove_model
 
     removed = [remove_model(name) for name in names]
     if as_json:

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from edgerun.cli.options import echo_json, json_option
-from edgerun.errors import EdgerunError
+from edgerun.cli.options import GroupedCommand, echo_json, json_option
+from edgerun.core.errors import EdgerunError
 
 
 class GateFailed(EdgerunError):
@@ -21,7 +21,22 @@ def _formats_help() -> str:
     return "Comma list of formats, e.g. onnx-int4,gguf-q4_k_m (see `edgerun export --list`)."
 
 
-@click.command()
+# --help's sections: what to make, how to quantize, how to validate, what to list
+HELP_GROUPS = {
+    "What to export": ["formats", "out_dir", "profile", "builder", "overwrite"],
+    "Quantization": [
+        "recipe", "target_kl", "target_ppl_ratio", "calib_text", "imatrix", "block_size",
+        "symmetric", "accuracy_level", "algorithm", "int8_mode", "extra_option",
+    ],
+    "Validation": [
+        "eval_text", "max_ppl_ratio", "max_kl", "min_top1", "force", "no_validate", "probe",
+    ],
+    "Resources": ["threads", "max_memory", "keep_intermediates"],
+    "Lists": ["list_formats", "list_recipes", "list_architectures"],
+}  # fmt: skip
+
+
+@click.command(cls=GroupedCommand, groups=HELP_GROUPS)
 @click.argument("source", required=False)
 @click.option("-f", "--formats", "formats", help=_formats_help())
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), help="Output directory.")
@@ -111,6 +126,16 @@ def _formats_help() -> str:
     help="Memory the export may use, e.g. 8G (default: the RAM available now); it refuses"
     " before any work when its estimated peak is larger.",
 )
+@click.option(
+    "--extra-option",
+    "extra_option",
+    multiple=True,
+    metavar="TARGET.KEY=VALUE",
+    help="An option of a library the export drives that has no flag here, recorded in the"
+    " manifest (repeatable): genai.KEY=VALUE for onnxruntime-genai's builder (its"
+    " --extra_options), llama.KEY=VALUE for llama.cpp's quantizer (pure, allow_requantize,"
+    " quantize_output_tensor, output_tensor_type, token_embedding_type).",
+)
 @json_option
 def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: Any) -> None:
     """Export SOURCE to one validated artifact directory per format: OUTDIR/<format>/.
@@ -170,6 +195,9 @@ def _run(
     if kw["no_validate"]:
         click.echo("warning: --no-validate: artifacts are written with validation: null", err=True)
     profile = kw.pop("profile")
+    from edgerun.exporters.extra_options import parse_extra
+
+    kw["extra"] = parse_extra(kw.pop("extra_option"))
     if kw["max_memory"] is not None:
         from edgerun.exporters.memory import parse_size
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgerun.cli.options import echo_json, json_option
-from edgerun.describe import human_bytes
+from edgerun.sources.describe import human_bytes
 
 # How a described field is printed (anything else: as it is); None when absent.
 _SHOWN = {
@@ -62,7 +62,7 @@ def info(path: Path, as_json: bool) -> None:
 
     What `run` accepts, without loading it: architecture, parameters, context, bits per weight,
     recipe, speed probe, tokenizer parity, validation, files (sizes in KiB / MiB / GiB)."""
-    from edgerun.describe import describe
+    from edgerun.sources.describe import describe
 
     desc = describe(path)
     if as_json:

@@ -40,8 +40,8 @@ def lab() -> None:
 @_tls_options
 def scheduler(host: str, port: int, **kwargs: Any) -> None:
     """Start a Dask scheduler for the lab (`dask scheduler` works as well)."""
+    from edgerun.core.untrusted import is_loopback
     from edgerun.lab.cluster import run_scheduler
-    from edgerun.untrusted import is_loopback
 
     if not is_loopback(host) and _tls(kwargs) is None:
         click.echo(f"warning: listening on {host} without TLS: anyone there can run code", err=True)

@@ -87,7 +87,7 @@ def echo_json(data: Any) -> None:
 
 
 def speculative_option(f: F) -> F:
-    """`--speculative auto|on|off`: prompt-lookup speculative decoding (edgerun.speculative)."""
+    """`--speculative auto|on|off`: prompt-lookup speculative decoding (edgerun.runtime.speculative)."""
     return click.option(
         "--speculative",
         type=click.Choice(["auto", "on", "off"]),
@@ -95,3 +95,27 @@ def speculative_option(f: F) -> F:
         metavar="MODE",
         help="Prompt-lookup decoding: auto (greedy, exact kernels), on, off.",
     )(f)
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists its options in named sections. `groups`: section title ->
+    option names (their Python names), in order; options in no section come last, under
+    "Other options"."""
+
+    def __init__(self, *args: Any, groups: dict[str, list[str]] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.groups = groups or {}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed: set[str | None] = set()
+        for title, names in self.groups.items():
+            rows = [records[n] for n in names if records.get(n)]
+            placed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl([r for r in rows if r is not None])
+        rest = [r for n, r in records.items() if r and n not in placed]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)

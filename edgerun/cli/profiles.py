@@ -10,8 +10,8 @@ import click
 from edgerun.cli.options import echo_json, json_option
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.detect import Detection, MachineFacts
-    from edgerun.profile import Profile
+    from edgerun.device.detect import Detection, MachineFacts
+    from edgerun.device.profile import Profile
 
 
 @click.group()
@@ -20,7 +20,7 @@ def profiles() -> None:
 
 
 def _origin(profile: Profile) -> str:
-    from edgerun.profile import user_profiles_dir
+    from edgerun.device.profile import user_profiles_dir
 
     return "user" if Path(profile.source).parent == user_profiles_dir() else "built-in"
 
@@ -32,7 +32,7 @@ def list_cmd(as_json: bool) -> None:
 
     User profiles in $EDGERUN_HOME/profiles/*.toml override built-ins with the same id.
     """
-    from edgerun.profile import list_profiles
+    from edgerun.device.profile import list_profiles
 
     items = list_profiles()
     if as_json:
@@ -100,7 +100,7 @@ def _kv(options: dict[str, Any]) -> str:
 @json_option
 def show_cmd(profile_id: str, as_json: bool) -> None:
     """Show one profile, by id or .toml path."""
-    from edgerun.profile import get_profile
+    from edgerun.device.profile import get_profile
 
     profile = get_profile(profile_id)
     if as_json:
@@ -140,7 +140,7 @@ def detect_cmd(as_json: bool) -> None:
     Every profile is scored against the CPU architecture and flags, device-tree model, Jetson
     release, GPUs, OS and ONNX Runtime providers; the highest score wins.
     """
-    from edgerun.detect import detect, machine_facts
+    from edgerun.device.detect import detect, machine_facts
 
     facts = machine_facts()
     d = detect(facts)
@@ -167,7 +167,7 @@ def validate_cmd(file: Path, as_json: bool) -> None:
 
     Errors name the file, the key and the line.
     """
-    from edgerun.profile import load_profile_file
+    from edgerun.device.profile import load_profile_file
 
     profile = load_profile_file(file)
     if as_json:

@@ -25,7 +25,7 @@ def pull(source: str, refresh: bool, as_json: bool) -> None:
     gone missing is reported as damaged; --refresh rebuilds it. Without torch (the lean install)
     a GGUF source is checked and its path printed instead: `run` and `bench` take it as it is.
     """
-    from edgerun.sources import GgufOnly, resolve
+    from edgerun.sources.resolve import GgufOnly, resolve
 
     try:
         ckpt = resolve(source, progress=not as_json, refresh=refresh)

@@ -1,5 +1,5 @@
 """`edgerun run ARTIFACT [PROMPT]`: stream tokens to stdout, then one stats line on stderr; with
-no PROMPT, an interactive chat (edgerun.conversation)."""
+no PROMPT, an interactive chat (edgerun.runtime.conversation)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _speculation(stats: Any) -> str:
 
 def _read_prompt(prompt: str) -> str:
     """The prompt text ("-": stdin), refused with one line unless it is valid UTF-8."""
-    from edgerun.errors import EdgerunError
+    from edgerun.core.errors import EdgerunError
 
     where = "the prompt"
     try:
@@ -122,7 +122,7 @@ def run(
     /exit or Ctrl-D quits; each turn reuses the KV cache of the conversation so far. The
     backend and execution providers come from the device profile (auto-detected by default).
     """
-    from edgerun.model import load
+    from edgerun.runtime.model import load
 
     text = None if prompt is None else _read_prompt(prompt)
     options: dict[str, Any] = dict(
@@ -167,7 +167,7 @@ def run(
 
 def _interactive(model: Any, system: str | None, options: dict[str, Any]) -> None:
     """The chat loop on stdin (a prompt on stderr when it is a terminal)."""
-    from edgerun.conversation import Conversation
+    from edgerun.runtime.conversation import Conversation
 
     options.pop("truncate")  # the conversation drops its oldest turns instead
     tty = sys.stdin.isatty()

@@ -84,7 +84,7 @@ def serve(
     rest wait in a bounded queue. A prompt that shares a prefix with an earlier one starts
     from its cached KV state. GET /health and GET /metrics (Prometheus) are also served.
     """
-    from edgerun.errors import require
+    from edgerun.core.errors import require
 
     for module in ("uvicorn", "starlette", "sse_starlette", "prometheus_client"):
         require(module, "serve")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgerun.cli.options import echo_json, json_option
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgerun.cli.options import echo_json, json_option
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 
 class VerifyFailed(EdgerunError):
@@ -41,7 +41,7 @@ def verify(
     Prints what changed, went missing or appeared; exits 1 if anything did. With --fidelity,
     then runs the artifact here as users run it and scores it against its shipped reference.
     """
-    from edgerun.manifest import verify as verify_artifact
+    from edgerun.core.manifest import verify as verify_artifact
 
     report = verify_artifact(artifact)
     data: dict[str, Any] = {
@@ -67,7 +67,7 @@ def verify(
             "re-export it, or restore the files",
         )
     if fidelity:
-        from edgerun.fidelity_check import verify_fidelity
+        from edgerun.exporters.fidelity_check import verify_fidelity
 
         data["fidelity"] = verify_fidelity(artifact, profile, threads)
         data["passed"] = data["fidelity"]["passed"]

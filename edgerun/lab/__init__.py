@@ -9,7 +9,7 @@ its faults recorded (edgerun.lab.orchestrate); one results file in the existing 
 
 from __future__ import annotations
 
-from edgerun.errors import require
+from edgerun.core.errors import require
 
 
 def require_dask() -> None:

@@ -15,9 +15,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.core.untrusted import is_loopback
 from edgerun.lab import require_dask
-from edgerun.untrusted import is_loopback
 
 DEFAULT_PORT = 8786
 #: Scheduler handlers that run code or change the cluster, which lab never sends.
@@ -159,7 +159,7 @@ def run_worker(
     from distributed import Worker
     from distributed.utils import get_ip
 
-    from edgerun.home import cache_dir
+    from edgerun.core.home import cache_dir
     from edgerun.lab.device import advertise
 
     info = advertise(name)  # detection once, before any task runs

@@ -1,7 +1,7 @@
 """What a lab worker advertises about its device, and version skew between devices.
 
 A worker describes the machine it runs on with edgerun.bench.device.fingerprint and
-edgerun.detect. Two knobs exist only to simulate a lab on one host (tests, the README's sample,
+edgerun.device.detect. Two knobs exist only to simulate a lab on one host (tests, the README's sample,
 benchmarks/lab_overhead.py) and are never needed on real devices:
 
 - ``EDGERUN_LAB_MACHINE`` (``edgerun lab worker --machine``, hidden) names a machine-facts
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 MACHINE_ENV = "EDGERUN_LAB_MACHINE"
 LIBRARIES_ENV = "EDGERUN_LAB_LIBRARIES"
@@ -43,7 +43,7 @@ def posed_facts() -> Any:
     where = os.environ.get(MACHINE_ENV)
     if not where:
         return None
-    from edgerun.machine import machine_facts
+    from edgerun.device.machine import machine_facts
 
     spec_path = Path(where) / "machine.toml"
     try:
@@ -104,7 +104,7 @@ def device_fingerprint(device_id: str) -> dict[str, Any]:
     if facts is None:
         data = fingerprint()
     else:
-        from edgerun.detect import detect
+        from edgerun.device.detect import detect
 
         found = detect(facts)
         data = fingerprint(found.profile.id)

@@ -26,8 +26,8 @@ import logging
 import pickle
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.untrusted import check_fields, is_int
+from edgerun.core.errors import EdgerunError
+from edgerun.core.untrusted import check_fields, is_int
 
 #: A device's answer larger than this (as JSON) is refused: a bench run is tens of KiB.
 MAX_ANSWER_BYTES = 8 << 20

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.lab.guard import check_run, refusal, unwrap
 from edgerun.lab.remote import (
     PROGRESS_TOPIC,
@@ -57,7 +57,7 @@ def check_profile(profile: str | None) -> None:
     TOML path names a file on this host, which the devices do not have."""
     if profile is None:
         return
-    from edgerun.profile import get_profile
+    from edgerun.device.profile import get_profile
 
     if profile.endswith(".toml") or "/" in profile or "\\" in profile:
         raise EdgerunError(

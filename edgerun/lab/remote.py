@@ -1,6 +1,6 @@
 """What runs on a device, inside a Dask task: may it run an artifact, and the bench itself.
 
-The bench is edgerun.bench.harness.run_bench, the same code as `edgerun bench`, on the copies in
+The bench is edgerun.bench.run, the same call as `edgerun bench`, on the copies in
 the device's content store (edgerun.lab.store). Each progress step is published to the lab host
 (a Dask event topic) and checks the run's cancel flag, so Ctrl-C on the host, a timeout or a
 lost host stop the device between two measured repetitions.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 PROGRESS_TOPIC = "edgerun-lab-progress"
 MB = 1 << 20
@@ -48,8 +48,8 @@ def decline_reason(device_id: str, info: dict[str, Any], profile_id: str | None)
     under profile `profile_id` (default: its own), or None when it can: no backend in its profile
     for the artifact's family, none of those installed, or weights over its memory budget."""
     from edgerun.backends.providers import memory_budget_bytes
+    from edgerun.device.profile import get_profile
     from edgerun.lab.device import advertise
-    from edgerun.profile import get_profile
 
     ad = advertise(device_id)
     profile = get_profile(profile_id or ad["profile"])
@@ -97,33 +97,37 @@ def bench_on_device(
 
     `options`: workload (Workload fields; profile None means this device's profile), power,
     assume_watts, idle_seconds, loader, and fidelity (also score each artifact against the
-    fidelity reference it ships: edgerun.fidelity_check.fidelity_summary)."""
+    fidelity reference it ships: edgerun.exporters.fidelity_check.fidelity_summary)."""
     from pathlib import Path
 
-    from edgerun.bench.harness import run_bench
-    from edgerun.bench.results import new_run
-    from edgerun.bench.workload import Workload
+    from edgerun.bench import run
     from edgerun.lab import store
     from edgerun.lab.device import advertise
-    from edgerun.power.account import energy_for
 
     ad = advertise(device_id)
     paths = [store.artifact_path(a) for a in artifact_ids]
     if any(p is None for p in paths):
         raise EdgerunError("an artifact left this device's store before its bench", store.HINT)
-    workload = Workload(**options["workload"])
-    workload.profile = workload.profile or ad["profile"]
-    device = ad["fingerprint"]
-    preferred = (device.get("profile") or {}).get("power_meter")
-    energy = energy_for(options["power"], options.get("assume_watts"), preferred)
+    workload = {**options["workload"]}
+    workload["profile"] = workload.get("profile") or ad["profile"]
     step = _step(device_id, run_id)
     local = [Path(str(p)) for p in paths]
-    body = run_bench(local, workload, energy, options["idle_seconds"], options["loader"], step)
+    body = run(
+        local,
+        **workload,
+        power=options["power"],
+        assume_watts=options.get("assume_watts"),
+        idle_seconds=options["idle_seconds"],
+        loader=options["loader"],
+        progress=step,
+        device=ad["fingerprint"],
+        libraries=ad["installed"],  # never the staged skew versions
+    )
     for entry, info, path in zip(body["artifacts"], infos, local, strict=True):
         entry["device_path"], entry["path"] = entry["path"], info["path"]
         if options.get("fidelity"):
-            from edgerun.fidelity_check import fidelity_summary
+            from edgerun.exporters.fidelity_check import fidelity_summary
 
             step(f"fidelity {info['name']}")
-            entry["fidelity"] = fidelity_summary(path, workload.profile, workload.threads)
-    return new_run(body, device, ad["installed"])  # never the staged skew versions
+            entry["fidelity"] = fidelity_summary(path, workload["profile"], workload.get("threads"))
+    return body

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgerun.untrusted import is_number
+from edgerun.core.untrusted import is_number
 
 GiB = 1 << 30
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.bench.results import SCHEMA, SCHEMA_VERSION, new_run, read_results
-from edgerun.errors import EdgerunError
-from edgerun.home import atomic_write_json
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import atomic_write_json
 
 
 def unmeasured(info: dict[str, Any], status: str, reason: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 CHUNK_BYTES = 4 << 20
 
@@ -39,7 +39,7 @@ def local_artifact(path: Path) -> LocalArtifact:
     """Read an artifact directory on the lab host; EdgerunError if it is not one. Bare .gguf /
     .onnx files have no manifest to address them by and are refused."""
     from edgerun.bench.harness import describe_artifact
-    from edgerun.manifest import MANIFEST_NAME, read_manifest
+    from edgerun.core.manifest import MANIFEST_NAME, read_manifest
 
     path = Path(path)
     if not path.exists():

@@ -1,9 +1,9 @@
 """A device's content store of artifacts, addressed by the sha256 of their manifest.
 
 Runs on the device (inside Dask tasks). Everything it receives is untrusted: the manifest is
-size-bounded and checked by edgerun.manifest, every file name must stay inside the staging
+size-bounded and checked by edgerun.core.manifest, every file name must stay inside the staging
 directory, every chunk must fall inside the size the manifest declares, and the whole artifact
-is hashed in 1 MiB reads against the manifest (edgerun.integrity) before the staging directory
+is hashed in 1 MiB reads against the manifest (edgerun.core.integrity) before the staging directory
 is renamed to ``$EDGERUN_HOME/lab/store/<manifest sha256>``. A tampered artifact is refused with
 the reason, and nothing of it stays in the store.
 """
@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CHUNK_BYTES = 16 << 20
@@ -28,7 +28,7 @@ HINT = "re-export the artifact on the lab host, or check the copy there with `ed
 
 def store_dir() -> Path:
     """$EDGERUN_HOME/lab/store, created on demand; leftovers of killed transfers swept."""
-    from edgerun.home import cache_dir
+    from edgerun.core.home import cache_dir
 
     return cache_dir("lab/store")
 
@@ -46,7 +46,7 @@ def artifact_path(artifact_id: str) -> Path | None:
 
 
 def _staging(artifact_id: str, token: Any) -> Path:
-    from edgerun.leftovers import SCRATCH_PREFIX, owner_tag
+    from edgerun.core.leftovers import SCRATCH_PREFIX, owner_tag
 
     if not isinstance(token, str) or not _TOKEN.match(token):
         raise EdgerunError(f"{token!r:.40} is not a transfer token", HINT)
@@ -58,7 +58,7 @@ def begin(artifact_id: str, manifest: bytes) -> str:
     """Open a transfer of artifact `artifact_id` whose manifest is `manifest`; return the
     transfer token. Refuses a manifest that is too large, does not hash to the id, or is not
     a valid edgerun manifest."""
-    from edgerun.manifest import MANIFEST_NAME, read_manifest
+    from edgerun.core.manifest import MANIFEST_NAME, read_manifest
 
     _digest(artifact_id)
     if not isinstance(manifest, bytes) or len(manifest) > MAX_MANIFEST_BYTES:
@@ -78,7 +78,7 @@ def begin(artifact_id: str, manifest: bytes) -> str:
 
 
 def _declared(staging: Path) -> dict[str, int]:
-    from edgerun.manifest import read_manifest
+    from edgerun.core.manifest import read_manifest
 
     return {f["name"]: int(f["bytes"]) for f in read_manifest(staging).get("files", [])}
 
@@ -86,8 +86,8 @@ def _declared(staging: Path) -> dict[str, int]:
 def write_chunk(artifact_id: str, token: str, name: str, offset: int, data: bytes) -> int:
     """Write `data` at `offset` of file `name` of an open transfer; return the bytes written.
     The file must be listed in the manifest and the chunk must lie inside its declared size."""
-    from edgerun.manifest import MANIFEST_NAME
-    from edgerun.untrusted import contained, is_int
+    from edgerun.core.manifest import MANIFEST_NAME
+    from edgerun.core.untrusted import contained, is_int
 
     staging = _staging(artifact_id, token)
     size = _declared(staging).get(name)
@@ -111,8 +111,8 @@ def finish(artifact_id: str, token: str) -> str:
     """Verify every file of an open transfer against the manifest (size and full sha256, read
     in chunks) and move it into the store; return its path. A mismatch removes the transfer
     and raises EdgerunError naming the file."""
-    from edgerun.integrity import check_files
-    from edgerun.manifest import MANIFEST_NAME, read_manifest
+    from edgerun.core.integrity import check_files
+    from edgerun.core.manifest import MANIFEST_NAME, read_manifest
 
     staging = _staging(artifact_id, token)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.power.base import PowerSampler
 from edgerun.power.registry import Selection
 

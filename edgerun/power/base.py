@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 #: Where a meter's number comes from, coarsest to finest.
 SCOPES = ("system", "module", "rails", "package", "gpu")

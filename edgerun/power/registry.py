@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.power.base import Meter, MeterUnavailable
 
 # name -> (module, whether its probe takes the filesystem root); one line per meter.
+#: Every meter: name -> (module, whether it measures the whole device). `auto` tries them in this
+#: order, the most specific whole-device meter first.
 METERS: dict[str, tuple[str, bool]] = {
     "jetson": ("edgerun.power.jetson", True),  # module total (VDD_IN / POM_5V_IN)
     "rpi5": ("edgerun.power.rpi5", False),  # PMIC rails, lower bound
@@ -18,8 +20,6 @@ METERS: dict[str, tuple[str, bool]] = {
     "nvml": ("edgerun.power.nvml", False),  # NVIDIA GPU energy counter
     "battery": ("edgerun.power.battery", True),  # laptop / phone on battery
 }
-#: `auto` tries these in order: the most specific whole-device meter first.
-AUTO_ORDER = ("jetson", "rpi5", "rapl", "nvml", "battery")
 CHOICES = "auto, none, profile, " + ", ".join(METERS) + ', cmd:"COMMAND"'
 
 
@@ -72,7 +72,7 @@ def select(spec: str = "auto", root: Path = Path("/"), preferred: str | None = N
                 f"power meter '{spec}' is unavailable: {exc.message}", exc.hint
             ) from exc
     first = [preferred] if preferred in METERS else []
-    order = first + [m for m in AUTO_ORDER if m != preferred]
+    order = first + [m for m in METERS if m != preferred]
     tried: dict[str, str] = {}
     if preferred and preferred.startswith("cmd:"):
         # A profile file may come from anyone: its command runs only when asked for by name.

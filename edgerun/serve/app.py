@@ -19,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgerun.model import Chunk
+from edgerun.runtime.model import Chunk
 from edgerun.serve import reqlog
 from edgerun.serve.engine import Metrics, Outcome, Slot, as_api_error, check_prompt_size
 from edgerun.serve.guard import LOOPBACK_HOSTS, HostCheck, read_within
 from edgerun.serve.logprobs import CompletionLogprobs, chat_logprobs
 from edgerun.serve.schema import ApiError, GenerationRequest, parse_json, parse_request
 from edgerun.serve.structured import parse_structured, reply
-from edgerun.tokenizer import Tokenizer
+from edgerun.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]

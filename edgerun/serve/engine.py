@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.model import Chunk, Model
+from edgerun.core.errors import EdgerunError
+from edgerun.runtime.model import Chunk, Model
 from edgerun.serve.schema import ApiError, GenerationRequest
 from edgerun.serve.structured import prompt as structured_prompt
 

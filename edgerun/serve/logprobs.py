@@ -1,4 +1,4 @@
-"""Token log-probabilities (edgerun.model.TokenLogprobs) in OpenAI's two shapes: chat's
+"""Token log-probabilities (edgerun.runtime.model.TokenLogprobs) in OpenAI's two shapes: chat's
 `{"content": [{token, logprob, bytes, top_logprobs}]}` and completions' parallel lists
 `{tokens, token_logprobs, top_logprobs, text_offset}`."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edgerun.model import Chunk
-from edgerun.tokenizer import Tokenizer
+from edgerun.runtime.model import Chunk
+from edgerun.text.tokenizer import Tokenizer
 
 
 def _token(tokenizer: Tokenizer, token_id: int) -> str:

@@ -15,8 +15,9 @@ from typing import Any
 
 import uvicorn
 
-from edgerun.errors import EdgerunError
-from edgerun.model import Model, load
+from edgerun.core.errors import EdgerunError
+from edgerun.core.untrusted import is_loopback
+from edgerun.runtime.model import Model, load
 from edgerun.serve import reqlog
 from edgerun.serve.app import ServeState, build_app
 from edgerun.serve.engine import Metrics, Slot
@@ -28,7 +29,6 @@ from edgerun.serve.guard import (
     connection_guard,
     quiet_accept_errors,
 )
-from edgerun.untrusted import is_loopback
 
 log = logging.getLogger(__name__)
 

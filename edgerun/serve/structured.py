@@ -9,10 +9,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edgerun import constrain, tools
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.serve.schema import ApiError, GenerationRequest
-from edgerun.tokenizer import Tokenizer
+from edgerun.text import constrain, tools
+from edgerun.text.tokenizer import Tokenizer
 
 MAX_TOOLS = 128  # as OpenAI
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.tune.search import OBJECTIVES, Fidelity, Measure, Outcome
 from edgerun.tune.space import Space
 
@@ -53,7 +53,7 @@ def tune(
     gen_tokens: each repetition's workload. space / measure / fidelity: replace the planned
     space, the bench-engine trials and the on-device fidelity gate (tests, studies).
     Raises EdgerunError for a bad argument, a path without an artifact, or no backend."""
-    from edgerun.backends.select import resolve_profile
+    from edgerun.device.resolve import resolve_profile
     from edgerun.tune.result import provenance_of, tuned_profile
     from edgerun.tune.search import Search
 
@@ -66,7 +66,7 @@ def tune(
         raise EdgerunError(f"the budget must be positive, got {budget_s:g} s", "e.g. --budget 10m")
     base, _why = resolve_profile(profile)
     if base is not None and base.tuned.get("base"):
-        from edgerun.profile import get_profile
+        from edgerun.device.profile import get_profile
 
         base = get_profile(str(base.tuned["base"]))  # re-tune from the hand-written profile
     path = Path(path)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 from edgerun.tune.space import Arm, Config
 
 DRIFT_SHARE = 0.1

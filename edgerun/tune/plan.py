@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.backends.base import Artifact, resolve_artifact
-from edgerun.errors import EdgerunError
-from edgerun.manifest import MANIFEST_NAME
-from edgerun.profile import Profile
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import MANIFEST_NAME
+from edgerun.device.profile import Profile
 from edgerun.tune.space import Arm, Space, build_arm
 from edgerun.tune.topology import Topology
 
@@ -18,7 +18,7 @@ from edgerun.tune.topology import Topology
 def candidate_artifacts(path: Path) -> list[Path]:
     """`path` itself when it is an artifact (or a bare model file); else every artifact of the
     export directory whose validation passed (a failed one is never a candidate)."""
-    from edgerun.manifest import read_manifest
+    from edgerun.core.manifest import read_manifest
 
     if path.is_file() or (path / MANIFEST_NAME).is_file():
         return [path]
@@ -60,7 +60,7 @@ def plan_space(
     directory and the profile's first backend that runs it."""
     from edgerun.backends.select import pick_from_export_dir
 
-    chosen, _why = pick_from_export_dir(path, profile.id if profile else None)
+    chosen, _why = pick_from_export_dir(path, (profile, "the tuned profile"))
     arms: list[Arm] = []
     for candidate in candidate_artifacts(path):
         artifact = resolve_artifact(candidate)

@@ -4,7 +4,7 @@
 the winner's settings put first: its format first in preferred_formats, its backend first in
 [[backends]] with the options it was measured with, its thread count and CPU affinity. A
 ``[tuned]`` table says on which machine it was measured (detection prefers it there and only
-there: edgerun.detect) and summarises why; ``tuned-<base>.tune.json`` beside it holds the whole
+there: edgerun.device.detect) and summarises why; ``tuned-<base>.tune.json`` beside it holds the whole
 provenance: the searched space, every trial, fidelity checks, the default's and the winner's
 measurements with their spread, library versions and the date.
 """
@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgerun.home import atomic_write_json, atomic_write_text, ensure_dir
-from edgerun.profile import Profile, parse_profile, user_profiles_dir
+from edgerun.core.home import atomic_write_json, atomic_write_text, ensure_dir
+from edgerun.device.profile import Profile, parse_profile, user_profiles_dir
 
 PROVENANCE_SUFFIX = ".tune.json"
 MAX_PROVENANCE_BYTES = 8 << 20
@@ -100,7 +100,7 @@ def read_provenance(profile: Profile) -> dict[str, Any] | None:
     path = Path(profile.source[: -len(".toml")] + PROVENANCE_SUFFIX)
     if not path.is_file():
         return None
-    from edgerun.untrusted import read_json
+    from edgerun.core.untrusted import read_json
 
     data = read_json(path, "re-run edgerun tune", MAX_PROVENANCE_BYTES)
     return data if isinstance(data, dict) else None

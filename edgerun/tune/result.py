@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 from typing import Any
 
-from edgerun.profile import BackendPref, Profile
+from edgerun.device.profile import BackendPref, Profile
 from edgerun.tune.search import OBJECTIVES, Outcome, Samples
 from edgerun.tune.space import Space, threads_and_cpus
 
@@ -33,7 +33,7 @@ def measured_line(samples: Samples, objective: str) -> str:
 
 
 def _machine() -> tuple[str, int | None]:
-    from edgerun.machine import machine_facts
+    from edgerun.device.machine import machine_facts
 
     facts = machine_facts()
     return facts.cpu_model, facts.physical_cores
@@ -41,7 +41,7 @@ def _machine() -> tuple[str, int | None]:
 
 def tuned_profile(base: Profile, space: Space, outcome: Outcome, objective: str) -> Profile:
     """`base` with the winner's format, backend and options first, its threads and affinity,
-    and a [tuned] table naming this machine (see edgerun.detect) and summarising why."""
+    and a [tuned] table naming this machine (see edgerun.device.detect) and summarising why."""
     win = outcome.winner
     config, arm = win.config, win.arm
     pref = base.backend(arm.backend) or BackendPref(arm.backend)

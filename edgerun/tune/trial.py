@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgerun.bench.busy import OTHERS_CORES_LIMIT, STEAL_LIMIT, BusyWindow
-from edgerun.bench.harness import Drive, WorkerProcess, load_worker
+from edgerun.bench.harness import Drive
 from edgerun.bench.metrics import rep_metrics
+from edgerun.bench.worker import WorkerProcess, load_worker
 from edgerun.bench.workload import Workload
 from edgerun.tune.space import Arm, Config, threads_and_cpus
 

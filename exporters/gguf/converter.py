@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.home import atomic_dir, atomic_write_json, cache_dir
-from edgerun.integrity import sha256_file
-from edgerun.untrusted import read_json_object
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import atomic_dir, atomic_write_json, cache_dir
+from edgerun.core.integrity import sha256_file
+from edgerun.core.untrusted import read_json_object
 
 DIST = "llama_cpp_python"
 SDIST_ENV = "EDGERUN_LLAMA_CPP_SDIST"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 
 def gguf_names(module_names: list[str], path: Path) -> dict[str, str]:
@@ -26,7 +26,7 @@ def gguf_names(module_names: list[str], path: Path) -> dict[str, str]:
     (TensorNameMap of the file's general.architecture and block count)."""
     import gguf
 
-    from edgerun.gguf_header import read_header
+    from edgerun.sources.gguf_header import read_header
 
     header = read_header(path)
     arch_name = str(header.metadata.get("general.architecture"))
@@ -47,7 +47,7 @@ def gguf_names(module_names: list[str], path: Path) -> dict[str, str]:
 
 
 def _version() -> str:
-    from edgerun.versions import versions
+    from edgerun.core.versions import versions
 
     return str(versions(["gguf"]).get("gguf"))
 
@@ -55,7 +55,7 @@ def _version() -> str:
 def imatrix_entries(values: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
     """GGUF tensor name -> importance vector, for every tensor of `path` that has one whose
     length is the tensor's row length (ne[0])."""
-    from edgerun.gguf_header import read_header
+    from edgerun.sources.gguf_header import read_header
 
     dims = {name: info[0] for name, info in read_header(path).tensors.items()}
     entries = {}
@@ -118,7 +118,7 @@ def written_types(path: Path) -> dict[str, str]:
     """Tensor name -> ggml type name (lower case) as the GGUF header of `path` records it."""
     import gguf
 
-    from edgerun.gguf_header import read_header
+    from edgerun.sources.gguf_header import read_header
 
     return {
         name: gguf.GGMLQuantizationType(info[1]).name.lower()

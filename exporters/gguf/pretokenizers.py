@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # HF split regexes, verbatim from tokenizer.json files (llama-vocab.cpp quotes them as "original").
 LLAMA3_REGEX = (

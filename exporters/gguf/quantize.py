@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError, require
+from edgerun.core.errors import EdgerunError, require
 
 FLOAT_FTYPES = {"F16", "BF16"}  # written directly by the converter, not quantized
 # llama.cpp refuses these without an importance matrix (edgerun.exporters.importance, made
@@ -79,11 +79,13 @@ def quantize(
     threads: int | None,
     imatrix: dict[str, Any] | None = None,
     overrides: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Quantize GGUF `src` to `dst` with llama.cpp's llama_model_quantize.
 
     imatrix: GGUF tensor name -> importance vector; overrides: tensor-name regex -> ggml type
-    name (edgerun.exporters.gguf.imatrix). Writes `<dst>.partial` and renames it when complete.
+    name (edgerun.exporters.gguf.imatrix); extra: the export's --extra-option values (its llama.*
+    ones set quantizer fields, edgerun.exporters.extra_options). Writes `<dst>.partial` and renames it when complete.
     Raises EdgerunError for an unknown type or when llama.cpp reports failure.
     """
     require("llama_cpp", "gguf")
@@ -98,6 +100,9 @@ def quantize(
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[qtype]
     params.nthread = threads or os.cpu_count() or 1
+    from edgerun.exporters.extra_options import apply_llama
+
+    apply_llama(params, extra or {})
     from edgerun.exporters.gguf.imatrix import apply
 
     alive = apply(params, imatrix, overrides)  # ctypes arrays read by llama.cpp: keep them

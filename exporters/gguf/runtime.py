@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgerun.core.errors import EdgerunError, require
 from edgerun.exporters.gguf.quantize import quiet_llama
 from edgerun.exporters.validate import LogitsFn
-
-from edgerun.errors import EdgerunError, require
 
 
 def load(path: Path, **kwargs: Any) -> Any:
@@ -17,7 +17,7 @@ def load(path: Path, **kwargs: Any) -> Any:
     require("llama_cpp", "gguf")
     import llama_cpp
 
-    from edgerun.gguf_header import check_causal
+    from edgerun.sources.gguf_header import check_causal
 
     if not kwargs.get("vocab_only"):
         check_causal(path)  # before llama.cpp: a diffusion LM fails inside it

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # gguf-py's SentencePieceTokenTypes (gguf/vocab.py): the token types llama.cpp reads
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -148,8 +148,8 @@ def _bpe_pieces(model: dict[str, Any], added: set[str]) -> list[tuple[str, int, 
 
 
 def read_tokenizer_json(checkpoint: Path) -> dict[str, Any]:
-    """tokenizer.json of `checkpoint`, bounded and checked (edgerun.untrusted)."""
-    from edgerun.untrusted import read_json_object
+    """tokenizer.json of `checkpoint`, bounded and checked (edgerun.core.untrusted)."""
+    from edgerun.core.untrusted import read_json_object
 
     return read_json_object(
         checkpoint / "tokenizer.json", "the checkpoint's tokenizer.json is damaged"

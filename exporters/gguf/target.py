@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.gguf.imatrix import exact
 
@@ -77,7 +78,7 @@ def search_types(
     ids = [int(t) for t in onnx_target.calibration_ids(ctx)[: window * onnx_target.SEARCH_WINDOWS]]
     reference = streamed_reference(ctx.reference.path, ids, "calibration", window, work, detail)
     probe = work / "probe.gguf"
-    quantize(source, probe, kind, opts.threads, imatrix)
+    quantize(source, probe, kind, opts.threads, imatrix, None, opts.extra)
     ranked = ranked_tensors(probe, source, importance)
 
     def overrides(k: int) -> dict[str, str]:
@@ -86,7 +87,7 @@ def search_types(
     def measure(k: int) -> float:
         if detail is not None:
             detail(f"{k} of {len(ranked)} tensors at {RAISED}")
-        quantize(source, probe, kind, opts.threads, imatrix, overrides(k) or None)
+        quantize(source, probe, kind, opts.threads, imatrix, overrides(k) or None, opts.extra)
         scored = reference.score(logits_fn(probe, opts.threads))
         return scored.mean_kl if metric == "kl" else scored.ppl_ratio
 

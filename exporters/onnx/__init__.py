@@ -14,6 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from edgerun.core.errors import EdgerunError, require
 from edgerun.exporters import families
 from edgerun.exporters.formats import (
     ALGORITHMS,
@@ -28,8 +29,6 @@ from edgerun.exporters.onnx.formats import FORMATS, OnnxFormat, format_of
 from edgerun.exporters.onnx.recipes import DEFAULT_RECIPE, get_recipe, plan_summary
 from edgerun.exporters.onnx.stream import stream_export, stream_refusal
 from edgerun.exporters.validate import LogitsFn
-
-from edgerun.errors import EdgerunError, require
 
 OFFERED_ALGORITHMS = ("rtn", "hqq")
 # Importance-weighted rounding of MatMulNBits blocks (statistics gathered layer by layer, blocks
@@ -69,6 +68,12 @@ class OnnxFamily:
         families.check_format(config, "onnx")
         if resolve_builder(fmt, options, config) == "genai":
             genai.check_architecture(config)
+        elif options.extra.get("genai"):
+            raise EdgerunError(
+                f"--extra-option genai.* is for onnxruntime-genai's builder, and optimum makes"
+                f" {fmt}'s graph for this model",
+                "pass --builder genai, or drop the genai.* options",
+            )
         else:
             optimum.check_exportable(str(config.get("model_type", "?")))
 
@@ -202,6 +207,7 @@ def _quantize_nbits(
     spec: OnnxFormat, fp32: Path, out_dir: Path, ctx: ExportContext
 ) -> dict[str, Any]:
     import onnx
+
     from edgerun.exporters.onnx.quant import quantize_weight_only
 
     config = _weight_only_config(spec, ctx.options)
@@ -370,7 +376,7 @@ def resolve_builder(fmt: str, options: ExportOptions, config: dict[str, Any]) ->
 
 
 def _libraries(builder: str) -> dict[str, str | None]:
-    from edgerun.versions import versions
+    from edgerun.core.versions import versions
 
     names = ["onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "transformers"]
     if builder == "genai":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgerun.exporters.onnx.sensitivity import FisherSums, Group, fisher_passes, torch_groups
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 
 @dataclass(frozen=True)

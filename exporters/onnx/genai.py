@@ -18,12 +18,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgerun.core.errors import EdgerunError, require
 from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.onnx.files import MODEL_FILE
 from edgerun.exporters.onnx.formats import FORMATS
-
-from edgerun.errors import EdgerunError, require
-from edgerun.remote_code import no_remote_code
+from edgerun.sources.remote_code import no_remote_code
 
 # Architectures (config.json "architectures"[0]) the 0.11 builder turns into a text decoder.
 GENAI_ARCHITECTURES = (
@@ -83,18 +82,24 @@ def genai_fp32(ctx: ExportContext) -> Path:
 def run_builder(ctx: ExportContext, out: Path) -> None:
     """Run the builder (fp32, CPU) on the checkpoint into `out` (emptied first): the graph, its
     genai_config.json and the tokenizer files. Its output is captured; EdgerunError on failure."""
-    from edgerun.exporters.onnx.genai_rope import original_context_fixed
     from onnxruntime_genai.models.builder import create_model
+
+    from edgerun.exporters.onnx.genai_rope import original_context_fixed
 
     shutil.rmtree(out, ignore_errors=True)
     cache = ctx.scratch / "genai-cache"
-    extra = {"hf_remote": False, "hf_token": "false"}
+    from edgerun.exporters.extra_options import genai_options
+
+    # --extra-option genai.KEY=VALUE first: what edgerun sets (no remote code, no token) wins
+    extra = {**genai_options(ctx.options.extra), "hf_remote": False, "hf_token": "false"}
     with _capture() as log, no_remote_code(), original_context_fixed():
         try:
             create_model(
                 "model", str(ctx.checkpoint.path), str(out), "fp32", "cpu", str(cache), **extra
             )
-        except EdgerunError:  # a model's own code refused (edgerun.remote_code), or edgerun's
+        except (
+            EdgerunError
+        ):  # a model's own code refused (edgerun.sources.remote_code), or edgerun's
             raise
         except Exception as exc:  # the builder raises bare Exceptions and NotImplementedErrors
             tail = (log.getvalue().strip().splitlines() or [str(exc)])[-1]

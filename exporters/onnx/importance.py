@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgerun.exporters.importance import measure
 from edgerun.exporters.onnx.sensitivity import Group, column_error, torch_groups
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters.onnx.quant import (
     _AFTER_HEAD,
     LOGITS,
@@ -25,8 +27,6 @@ from edgerun.exporters.onnx.quant import (
     _embedding_block,
     quant_record,
 )
-
-from edgerun.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.importance import Importance

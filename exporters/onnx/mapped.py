@@ -20,8 +20,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.untrusted import read_json_object
+from edgerun.core.errors import EdgerunError
+from edgerun.core.untrusted import read_json_object
 
 # safetensors dtype -> (torch dtype name, bytes per element); the float and int types a causal LM
 # checkpoint stores.

@@ -11,11 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgerun.core.errors import EdgerunError, require
 from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.onnx.files import MODEL_FILE, quiet
-
-from edgerun.errors import EdgerunError, require
-from edgerun.remote_code import no_remote_code
+from edgerun.sources.remote_code import no_remote_code
 
 TASK = "text-generation-with-past"
 

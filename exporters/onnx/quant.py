@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 LOGITS = "logits"
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # node-name pattern -> role; the first match wins (qkv before q, gate_up before gate). Names of
 # the llama / qwen / gemma style and of the GPT-NeoX, Falcon, Phi and StarCoder2 style; the same

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgerun.exporters.validate import LogitsFn
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.exporters.validate import LogitsFn
 
 _NP_TYPES = {
     "tensor(float)": np.float32,

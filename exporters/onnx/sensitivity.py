@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgerun.exporters.onnx.recipes import NodeRole, node_role
 from edgerun.exporters.validate import log_softmax
 

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from edgerun.core.errors import EdgerunError
 from edgerun.exporters.formats import ExportContext
 from edgerun.exporters.onnx import sensitivity as sens
 from edgerun.exporters.onnx.recipes import Recipe
-
-from edgerun.errors import EdgerunError
 
 # Aim below the target on the calibration text: held-out text scores differently. On SmolLM2-135M
 # the held-out KL of a plan was 0.83-1.12x its calibration KL (benchmarks/README.md, "Fidelity").

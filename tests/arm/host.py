@@ -34,7 +34,6 @@ def export_all(out: Path) -> dict[str, Path]:
     the exporter's tests cover it; here the host's own numbers are the reference)."""
     from edgerun.exporters import export
     from edgerun.exporters.reference import read_eval_text
-
     from tests.tiny_models import build_tiny_model
 
     checkpoint = build_tiny_model("llama", out / "checkpoint")

@@ -18,7 +18,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # HF model_type -> its quirk module; one line per quirk.
 MODULES: dict[str, str] = {

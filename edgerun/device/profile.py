@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.home import home
-from edgerun.profile_schema import (
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import home
+from edgerun.device.profile_schema import (
     Either,
     ListOf,
     OneOf,
@@ -53,7 +53,7 @@ from edgerun.profile_schema import (
     dotted,
     line_of,
 )
-from edgerun.profile_schema import check as check_schema
+from edgerun.device.profile_schema import check as check_schema
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,7 +128,7 @@ PROFILE_SCHEMA = Table(
 
 @dataclass(frozen=True)
 class MatchRules:
-    """How to recognise a device. Every listed rule must hold (see edgerun.detect for scoring).
+    """How to recognise a device. Every listed rule must hold (see edgerun.device.detect for scoring).
 
     arch / os: any of (platform.machine() / platform.system()); cpu_flags: all present;
     cpu_model / device_tree / gpus: any is a case-insensitive substring of the CPU model, the
@@ -304,9 +304,9 @@ def _check_values(data: dict[str, Any]) -> None:
 
 def backend_names() -> list[str]:
     """The registered backends (entry points, read from metadata without importing them)."""
-    from edgerun.backends.registry import backend_names as registered
+    from edgerun.core.plugins import BACKENDS_GROUP, entry_point_names
 
-    return registered()
+    return entry_point_names(BACKENDS_GROUP)
 
 
 def power_meter_names() -> list[str]:
@@ -317,8 +317,8 @@ def power_meter_names() -> list[str]:
 
 
 def format_prefixes() -> list[str]:
-    """The export format families ("onnx", "gguf", ...) of edgerun.format_registry."""
-    from edgerun.format_registry import FAMILY_MODULES
+    """The export format families ("onnx", "gguf", ...) of edgerun.core.format_registry."""
+    from edgerun.core.format_registry import FAMILY_MODULES
 
     return list(FAMILY_MODULES)
 
@@ -377,7 +377,7 @@ _warned: set[str] = set()
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
-        logging.getLogger("edgerun.profile").warning(message)
+        logging.getLogger("edgerun.device.profile").warning(message)
 
 
 def get_profile(id_or_path: str | Path) -> Profile:

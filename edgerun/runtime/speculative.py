@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -115,7 +115,7 @@ class NgramDrafter:
 @dataclass
 class SpeculationStats:
     """Drafted and accepted token counts of one generation, and the passes that verified
-    (edgerun.model.GenerationStats has the same fields and is passed in its place)."""
+    (edgerun.runtime.model.GenerationStats has the same fields and is passed in its place)."""
 
     draft_tokens: int = 0
     accepted_tokens: int = 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # Nucleus sampling first sorts only the most probable few hundred / thousand candidates; when they
 # already hold top_p of the mass the result is exact, otherwise it falls back to a full sort.

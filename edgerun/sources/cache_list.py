@@ -1,6 +1,6 @@
 """The pulled-model cache as a user sees it: `edgerun list` and `edgerun rm`.
 
-Entries live in `$EDGERUN_HOME/models/<name>`; each is judged by its marker (edgerun.cache_entry),
+Entries live in `$EDGERUN_HOME/models/<name>`; each is judged by its marker (edgerun.sources.cache_entry),
 so a damaged entry is listed with what is wrong instead of being skipped or trusted.
 """
 
@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgerun.cache_entry import SOURCE_MARKER, read_entry
-from edgerun.errors import EdgerunError
-from edgerun.home import models_dir
-from edgerun.untrusted import read_json_object
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import models_dir
+from edgerun.core.untrusted import read_json_object
+from edgerun.sources.cache_entry import SOURCE_MARKER, read_entry
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Which device profile fits this machine best, and why?
 
 :func:`detect` scores every profile's ``[match]`` rules against :class:`MachineFacts` (see
-edgerun.machine): a rule that fails rules the profile out and says why; each rule that holds adds
+edgerun.device.machine): a rule that fails rules the profile out and says why; each rule that holds adds
 its weight (``WEIGHTS``), so the most specific matching profile wins, with its reasons.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgerun.errors import EdgerunError
-from edgerun.machine import MachineFacts, machine_facts, parse_cpuinfo, parse_jetson_release
-from edgerun.profile import MatchRules, Profile, list_profiles
+from edgerun.core.errors import EdgerunError
+from edgerun.device.machine import MachineFacts, machine_facts, parse_cpuinfo, parse_jetson_release
+from edgerun.device.profile import MatchRules, Profile, list_profiles
 
 __all__ = [
     "Detection",

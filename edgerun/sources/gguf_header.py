@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)

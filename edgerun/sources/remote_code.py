@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 # The files transformers reads an `auto_map` from.
 AUTO_MAP_FILES = (
@@ -89,7 +89,7 @@ def code_free_view(checkpoint: Path, view: Path, replaced: dict[str, bytes] | No
 
 def _without_auto_map(path: Path) -> bytes | None:
     """The JSON object in `path` without its `auto_map`, or None when it has none."""
-    from edgerun.untrusted import read_json
+    from edgerun.core.untrusted import read_json
 
     data = read_json(path, "fix or remove the file")
     if not isinstance(data, dict) or "auto_map" not in data:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.leftovers import SCRATCH_PREFIX, owner_tag, sweep_stale
+from edgerun.core.errors import EdgerunError
+from edgerun.core.leftovers import SCRATCH_PREFIX, owner_tag, sweep_stale
 
 _swept: set[Path] = set()
 
@@ -113,7 +113,7 @@ def describe_os_error(exc: OSError, path: Path | str, hint: str | None = None) -
 
 def cache_dir(name: str) -> Path:
     """`$EDGERUN_HOME/<name>`, created on demand; the first use in a process also removes the
-    leftovers of interrupted or killed runs in it (see edgerun.leftovers.sweep_stale)."""
+    leftovers of interrupted or killed runs in it (see edgerun.core.leftovers.sweep_stale)."""
     path = ensure_dir(home() / name)
     if path not in _swept:
         _swept.add(path)
@@ -189,7 +189,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from `path`; {} when the file is missing or holds no object.
 
     Raises EdgerunError when the file is not valid UTF-8 JSON (a damaged artifact)."""
-    from edgerun.untrusted import read_json
+    from edgerun.core.untrusted import read_json
 
     if not path.is_file():
         return {}

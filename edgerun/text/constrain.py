@@ -1,7 +1,7 @@
 """Constrained decoding: a grammar (any JSON object, a JSON Schema, or a Lark grammar) that the
 sampled tokens must follow, on every backend, enforced by llguidance's token masks.
 
-Every backend hands edgerun.model plain next-token logits, so one mechanism covers ONNX Runtime,
+Every backend hands edgerun.runtime.model plain next-token logits, so one mechanism covers ONNX Runtime,
 onnxruntime-genai and llama.cpp alike: before each pick the logits of the tokens the grammar
 forbids are set to -inf, after it the matcher advances by the token. Why llguidance (and not
 xgrammar, outlines-core or llama.cpp grammars): README.md, "Structured output and tools", from
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError, MissingExtraError
-from edgerun.tokenizer import Tokenizer
+from edgerun.core.errors import EdgerunError, MissingExtraError
+from edgerun.text.tokenizer import Tokenizer
 
 # A schema or grammar is request data: bound what compiling it may cost (llguidance's defaults
 # are generous for a server; these still take every schema of the benchmark in under 10 ms).

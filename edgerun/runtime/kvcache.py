@@ -47,7 +47,7 @@ class CacheStats:
 
 class PrefixCache:
     """LRU snapshots whose bytes never exceed `max_bytes` (a snapshot larger than that is not
-    kept). Used by one generation at a time (edgerun.model.Model holds one)."""
+    kept). Used by one generation at a time (edgerun.runtime.model.Model holds one)."""
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 0:

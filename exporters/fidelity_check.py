@@ -1,5 +1,5 @@
 """Fidelity validated where the artifact runs: score an artifact against the compact reference it
-ships with (edgerun.fidelity), through edgerun.load as users run it, on this machine.
+ships with (edgerun.runtime.fidelity), through edgerun.load as users run it, on this machine.
 
 Each segment's context is prefilled and its scored tokens are fed one at a time through the KV
 cache (teacher forcing: the text's tokens, not the model's choices), so the kernels measured are
@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import REEXPORT, read_manifest
+from edgerun.core.untrusted import contained, is_number
 from edgerun.exporters.validate import (
     CONFIDENT_MARGIN,
     Thresholds,
@@ -35,7 +37,7 @@ from edgerun.exporters.validate import (
     gated_top1,
     log_softmax,
 )
-from edgerun.fidelity import (
+from edgerun.runtime.fidelity import (
     REFERENCE_FILE,
     FidelityReference,
     build_reference,
@@ -43,8 +45,6 @@ from edgerun.fidelity import (
     tail_logprob,
     write_reference,
 )
-from edgerun.manifest import REEXPORT, read_manifest
-from edgerun.untrusted import contained, is_number
 
 WHAT = (
     "teacher-forced decode through edgerun.load against the reference's top-k log-probs"
@@ -236,7 +236,7 @@ def _block(manifest: dict[str, Any], artifact: Path) -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
-    from edgerun.machine import machine_facts
+    from edgerun.device.machine import machine_facts
 
     try:
         return str(machine_facts().cpu_model)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError, require
+from edgerun.core.errors import EdgerunError, require
 
 # GGUF metadata key -> tokenizer attribute holding that special token.
 _SPECIAL_IDS = {
@@ -26,7 +26,7 @@ _SPECIAL_IDS = {
 
 def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """The scalar values of `keys` present in the GGUF file's metadata (bounded reader)."""
-    from edgerun.gguf_header import read_header
+    from edgerun.sources.gguf_header import read_header
 
     metadata = read_header(path).metadata
     return {k: metadata[k] for k in keys if metadata.get(k) is not None}
@@ -73,7 +73,7 @@ def dequantize_gguf(path: Path, out: Path) -> None:
 
     transformers is shown the file alone (a link in a directory of its own), so no config,
     tokenizer config or Python file lying beside it is read, and remote code is refused
-    (edgerun.remote_code)."""
+    (edgerun.sources.remote_code)."""
     require("torch", "export")
     require("gguf", "export")
     import shutil
@@ -81,7 +81,7 @@ def dequantize_gguf(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgerun.remote_code import no_remote_code
+    from edgerun.sources.remote_code import no_remote_code
 
     view = out / ".gguf-source"
     view.mkdir()

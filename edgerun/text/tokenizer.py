@@ -1,5 +1,5 @@
 """Tokenizers for the runtime: Hugging Face tokenizer.json through the `tokenizers` library, chat
-templates through edgerun.chat_template (a bounded jinja2 sandbox), and UTF-8-safe streaming
+templates through edgerun.text.chat_template (a bounded jinja2 sandbox), and UTF-8-safe streaming
 detokenization. No transformers import: this is what runs on the device.
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgerun import chat_template
-from edgerun.errors import EdgerunError
-from edgerun.home import read_json_object
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import read_json_object
+from edgerun.text import chat_template
 
 # Prompt tokens kept as left context when streaming, so decoders that strip a leading space
 # (SentencePiece "▁") or merge bytes across tokens see the same text as a full decode.
@@ -37,11 +37,11 @@ class Tokenizer(ABC):
         """Text of `ids`."""
 
     def hf_json(self) -> str | None:
-        """The tokenizer as tokenizer.json text, when it is one (for edgerun.constrain)."""
+        """The tokenizer as tokenizer.json text, when it is one (for edgerun.text.constrain)."""
         return None
 
     def llama_vocab(self) -> Any:
-        """llama.cpp's vocabulary handle, when the tokenizer is a GGUF file's (edgerun.constrain)."""
+        """llama.cpp's vocabulary handle, when the tokenizer is a GGUF file's (edgerun.text.constrain)."""
         return None
 
     def apply_chat_template(

@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 SMALL_FILE = 8 << 20  # hashed in full on every load
 MIN_BLOCK = 1 << 20

@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgerun.cache_entry import read_entry, report_hit, write_marker
-from edgerun.checkpoint import check_checkpoint_dir
-from edgerun.errors import EdgerunError, MissingExtraError, require
-from edgerun.home import atomic_dir, cache_dir, models_dir, write_errors_reported
-from edgerun.integrity import sha256_file
-from edgerun.leftovers import owner_tag
+from edgerun.core.errors import EdgerunError, MissingExtraError, require
+from edgerun.core.home import atomic_dir, cache_dir, models_dir, write_errors_reported
+from edgerun.core.integrity import sha256_file
+from edgerun.core.leftovers import owner_tag
+from edgerun.sources.cache_entry import read_entry, report_hit, write_marker
+from edgerun.sources.checkpoint import check_checkpoint_dir
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
@@ -116,13 +116,13 @@ def resolve(source: str, progress: bool = True, refresh: bool = False) -> Checkp
 @contextmanager
 def _step(message: str, progress: bool) -> Iterator[None]:
     """A live line on stderr for one long step (its time elapsed), with its wall time when it
-    ends (edgerun.progress)."""
+    ends (edgerun.core.progress)."""
     if not progress:
         yield
         return
     from rich.console import Console
 
-    from edgerun.progress import stage_printer
+    from edgerun.core.progress import stage_printer
 
     with stage_printer(Console(stderr=True), indent="")(message):
         yield
@@ -156,8 +156,8 @@ def check_gguf_file(path: Path) -> None:
     """Raise EdgerunError unless `path` is a GGUF file whose header is consistent with its size.
 
     Every count and length in the header is checked before anything is allocated (see
-    edgerun.gguf_header), so a crafted header cannot exhaust memory in transformers / gguf-py."""
-    from edgerun.gguf_header import read_header
+    edgerun.sources.gguf_header), so a crafted header cannot exhaust memory in transformers / gguf-py."""
+    from edgerun.sources.gguf_header import read_header
 
     read_header(path)
 
@@ -183,7 +183,7 @@ def _pull_gguf(
             atomic_dir(entry, overwrite=refresh) as tmp,
             _step(f"dequantizing {path.name} to an HF checkpoint", progress),
         ):
-            from edgerun.gguf_source import dequantize_gguf
+            from edgerun.sources.gguf_source import dequantize_gguf
 
             dequantize_gguf(path, tmp)
             _finish(tmp, ckpt)

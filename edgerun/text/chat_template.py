@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 TIME_S = 2.0  # a real template renders a long chat in milliseconds
 MAX_CHARS = 1 << 22  # rendered text, and any one string or list the template builds

@@ -3,7 +3,7 @@
 The export's validation scores the artifact on the build machine, but quantized kernels differ
 per ISA (onnxruntime's int4 at accuracy level 4 runs other kernels with and without dot
 products), so the device's numbers need their own check: `edgerun verify --fidelity`
-(edgerun.fidelity_check) scores the artifact where it runs against this file.
+(edgerun.exporters.fidelity_check) scores the artifact where it runs against this file.
 
 What it holds: SEGMENTS slices spread over the evaluation windows, each CONTEXT tokens of
 context followed by SCORED scored tokens; for every scored position the reference model's
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 REFERENCE_FILE = "fidelity-reference.npz"
 SEGMENTS = 4

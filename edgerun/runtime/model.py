@@ -22,12 +22,13 @@ import numpy as np
 
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
-from edgerun.constrain import Constraint, Grammar, compile_for
-from edgerun.errors import EdgerunError
-from edgerun.kvcache import KvSnapshot, PrefixCache, make_cache
-from edgerun.sampling import Sampler, SamplingParams
-from edgerun.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
-from edgerun.tokenizer import Tokenizer
+from edgerun.core.errors import EdgerunError
+from edgerun.device.resolve import resolve_profile
+from edgerun.runtime.kvcache import KvSnapshot, PrefixCache, make_cache
+from edgerun.runtime.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
+from edgerun.text.constrain import Constraint, Grammar, compile_for
+from edgerun.text.sampling import Sampler, SamplingParams
+from edgerun.text.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class GenerationStats:
     decode_s: float = 0.0
     token_latencies_s: list[float] = field(default_factory=list)
     finish_reason: str | None = None  # "length" | "eos" | "stop" | "cancelled"
-    # speculative decoding (edgerun.speculative): None when it was off for this generation
+    # speculative decoding (edgerun.runtime.speculative): None when it was off for this generation
     speculative: str | None = None
     draft_tokens: int = 0
     accepted_tokens: int = 0
@@ -73,7 +74,7 @@ class GenerationStats:
         """Accepted over drafted tokens (None without drafts)."""
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
-    constrain_s: float = 0.0  # of the time above, spent on grammar masks (edgerun.constrain)
+    constrain_s: float = 0.0  # of the time above, spent on grammar masks (edgerun.text.constrain)
 
     @property
     def prefill_tok_s(self) -> float | None:
@@ -145,11 +146,11 @@ class Model:
         self.info = info
         self.context_length = info.context_length
         self.last_stats = GenerationStats()
-        # KV snapshots of earlier generations (edgerun.kvcache); None: off
+        # KV snapshots of earlier generations (edgerun.runtime.kvcache); None: off
         self.prompt_cache = prompt_cache
         self._backend: Backend | None = backend
         self._generation = 0
-        # generate()'s speculative mode when it is given none (edgerun.speculative.MODES)
+        # generate()'s speculative mode when it is given none (edgerun.runtime.speculative.MODES)
         self.speculative: str | bool = "auto"
 
     def generate(
@@ -174,7 +175,7 @@ class Model:
         `ignore_eos` does not stop on the model's end-of-sequence tokens, so generation runs to
         max_tokens (benchmarks) unless a `stop` matches. `truncate="left"` drops the
         oldest prompt tokens when prompt + max_tokens exceed the context; otherwise that is an
-        error. `speculative`: prompt-lookup decoding (edgerun.speculative) — "auto" uses it for
+        error. `speculative`: prompt-lookup decoding (edgerun.runtime.speculative) — "auto" uses it for
         greedy decoding on a backend whose batched pass is bit-identical to one-token steps
         (so the tokens are the same; no built-in CPU backend is), "prompt-lookup" / "on"
         always (faster on text that repeats the prompt; quantized kernels round a batched pass
@@ -182,7 +183,7 @@ class Model:
         `speculative` setting (load()'s). `logprobs` (0 or more) puts each token's
         log-probability and that many top alternatives in its chunk. A prompt that shares a
         prefix with an earlier generation's tokens starts from their KV cache (`prompt_cache`).
-        `grammar` (edgerun.constrain) restricts every pick to tokens it allows and ends the
+        `grammar` (edgerun.text.constrain) restricts every pick to tokens it allows and ends the
         generation when it is complete (no speculation then). Arguments are checked here,
         before the first chunk is requested.
         """
@@ -230,7 +231,7 @@ class Model:
         backend's KV cache, as generate() decodes. Returns the tokens chosen and the logits each
         was chosen from ([steps, vocab], float32): what export validation compares with a
         forward pass without a cache. With `forced` (at least `steps` token ids), those tokens
-        are fed instead of the greedy choices (teacher forcing: edgerun.fidelity_check scores
+        are fed instead of the greedy choices (teacher forcing: edgerun.exporters.fidelity_check scores
         a text this way). Raises EdgerunError on a bad prompt or a closed model."""
         backend = self._open_backend()
         prompt = self._fit(self._prompt_ids(ids), max(steps, 1), None)
@@ -380,7 +381,7 @@ class Model:
     ) -> Iterator[Chunk]:
         """Sample, detokenize, stop and time each token after the prompt (`start`: when the
         prompt went in); `step(token)` feeds one token and returns the next logits (the backend's
-        decode, or edgerun.speculative's decoder); every token fed is appended to `fed`."""
+        decode, or edgerun.runtime.speculative's decoder); every token fed is appended to `fed`."""
         stats, clock = self.last_stats, time.perf_counter
         detok = self.tokenizer.stream(list(fed))
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
@@ -514,9 +515,9 @@ def load(
     path, or None to auto-detect. threads / context override the profile and the model; backend
     forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
     fallback into an error; verify hashes every file of the artifact in full instead of the
-    default check (small files hashed, large ones sampled: edgerun.integrity); speculative:
+    default check (small files hashed, large ones sampled: edgerun.core.integrity); speculative:
     generate()'s default speculative mode ("auto" | "on" | "off", see Model.generate);
-    prompt_cache_mb bounds the prompt cache (edgerun.kvcache; 0: off; None: what the profile's
+    prompt_cache_mb bounds the prompt cache (edgerun.runtime.kvcache; 0: off; None: what the profile's
     memory budget leaves, at most 256 MB; always off on a backend that cannot copy its KV
     cache); options are backend options (e.g. n_gpu_layers). Raises EdgerunError.
     """
@@ -534,9 +535,10 @@ def load(
             f"prompt_cache_mb must be 0 or more, got {prompt_cache_mb}",
             "pass --prompt-cache-mb 0 to turn the prompt cache off",
         )
-    path, picked = pick_from_export_dir(Path(path), profile)
+    resolved = resolve_profile(profile)  # once: the format pick and the backend share it
+    path, picked = pick_from_export_dir(Path(path), resolved)
     artifact = resolve_artifact(path, verify=verify)
-    opened = open_backend(artifact, profile, threads, backend, strict, context, options)
+    opened = open_backend(artifact, resolved, threads, backend, strict, context, options)
     info = ModelInfo(
         backend=opened.backend.name,
         providers=list(opened.backend.providers),

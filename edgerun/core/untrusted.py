@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 #: Larger JSON side files than this are refused unread (a manifest is a few KiB).
 MAX_JSON_BYTES = 64 << 20

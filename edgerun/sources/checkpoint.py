@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -31,7 +31,7 @@ OUTSIDE_HINT = "copy the file into the checkpoint directory: edgerun reads nothi
 def check_checkpoint_dir(path: Path) -> None:
     """Raise EdgerunError naming the first missing piece of an HF checkpoint directory, a
     config.json that is not a JSON object, or a file that leads out of the directory."""
-    from edgerun.untrusted import read_json_object
+    from edgerun.core.untrusted import read_json_object
 
     if not (path / "config.json").is_file():
         raise EdgerunError(f"{path} has no config.json", "point to a Hugging Face model directory")
@@ -67,7 +67,7 @@ def check_contained(path: Path) -> None:
 
 def _weight_map(path: Path, index: str) -> set[str]:
     """The files the weight index `index` maps tensors to."""
-    from edgerun.untrusted import json_type, read_json_object
+    from edgerun.core.untrusted import json_type, read_json_object
 
     hint = "re-save the checkpoint with save_pretrained()"
     data = read_json_object(path / index, hint)
@@ -89,9 +89,9 @@ def _weight_map(path: Path, index: str) -> set[str]:
 
 def checkpoint_file(root: Path, name: Any, what: str = "file") -> Path:
     """`root / name`, refused (EdgerunError) unless it stays inside the checkpoint `root` (see
-    edgerun.untrusted.contained). A Hugging Face cache snapshot (`snapshots/<rev>/`) links its
+    edgerun.core.untrusted.contained). A Hugging Face cache snapshot (`snapshots/<rev>/`) links its
     files into the repository's `blobs/`: those links are its own layout and allowed."""
-    from edgerun.untrusted import contained
+    from edgerun.core.untrusted import contained
 
     try:
         return contained(root, name, f"{root}: {what}", OUTSIDE_HINT)

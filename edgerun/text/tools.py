@@ -1,5 +1,5 @@
 """Tool calling in the chat template's own convention: OpenAI `tools` rendered into the prompt,
-the reply constrained to the convention's call syntax (edgerun.constrain), and the calls parsed
+the reply constrained to the convention's call syntax (edgerun.text.constrain), and the calls parsed
 back into OpenAI's shape.
 
     plan = tools.prepare(model.tokenizer, messages, [weather_tool], tool_choice="auto")
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgerun.constrain import Grammar, json_grammar
-from edgerun.tokenizer import Tokenizer
+from edgerun.text.constrain import Grammar, json_grammar
+from edgerun.text.tokenizer import Tokenizer
 
 CHOICES = ("auto", "none", "required")
 

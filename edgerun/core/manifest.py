@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.home import atomic_write_json
-from edgerun.integrity import blocks_ok
-from edgerun.untrusted import (
+from edgerun.core.errors import EdgerunError
+from edgerun.core.home import atomic_write_json
+from edgerun.core.integrity import blocks_ok
+from edgerun.core.untrusted import (
     check_fields,
     contained,
     is_int,
@@ -166,8 +166,8 @@ def write_manifest(artifact_dir: Path, manifest: dict[str, Any]) -> Path:
 def file_entries(artifact_dir: Path) -> list[dict[str, Any]]:
     """[{name, bytes, sha256[, blocks]}] for every file in the artifact except the manifest
     itself; large files also get per-block hashes for the sampled check on load
-    (see edgerun.integrity)."""
-    from edgerun.integrity import file_entry
+    (see edgerun.core.integrity)."""
+    from edgerun.core.integrity import file_entry
 
     root = Path(artifact_dir)
     return [
@@ -194,8 +194,8 @@ class VerifyReport:
 def verify(artifact_dir: Path) -> VerifyReport:
     """Re-hash every file listed in the manifest and compare with what is on disk: size, sha256
     and block hashes, by the same check as `edgerun.load(..., verify=True)`
-    (edgerun.integrity.file_problem), so the two cannot disagree. Unlisted files are `extra`."""
-    from edgerun.integrity import file_problem
+    (edgerun.core.integrity.file_problem), so the two cannot disagree. Unlisted files are `extra`."""
+    from edgerun.core.integrity import file_problem
 
     root = Path(artifact_dir)
     manifest = read_manifest(root)

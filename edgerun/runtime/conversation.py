@@ -1,5 +1,5 @@
 """A multi-turn chat on one Model: the history is re-sent each turn (rendered with the chat
-template) and the prompt cache (edgerun.kvcache) restores what earlier turns already computed,
+template) and the prompt cache (edgerun.runtime.kvcache) restores what earlier turns already computed,
 so a turn costs its new message, not the whole conversation. `edgerun run ART` with no prompt
 drives one from stdin."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.model import Chunk, Model
+from edgerun.core.errors import EdgerunError
+from edgerun.runtime.model import Chunk, Model
 
 
 class Conversation:

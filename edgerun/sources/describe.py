@@ -10,10 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
-from edgerun.manifest import MANIFEST_NAME as MANIFEST
-from edgerun.manifest import read_manifest
-from edgerun.untrusted import read_json_object
+from edgerun.core.errors import EdgerunError
+from edgerun.core.manifest import MANIFEST_NAME as MANIFEST
+from edgerun.core.manifest import read_manifest
+from edgerun.core.untrusted import read_json_object
 
 _ST_BYTES = {
     "F64": 8,
@@ -185,7 +185,7 @@ def describe_file(path: Path) -> dict[str, Any]:
 
 
 def _gguf_fields(path: Path) -> dict[str, Any]:
-    from edgerun.gguf_header import read_header
+    from edgerun.sources.gguf_header import read_header
 
     header = read_header(path)
     meta = header.metadata

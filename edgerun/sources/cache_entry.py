@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgerun.errors import EdgerunError
+from edgerun.core.errors import EdgerunError
 
 SOURCE_MARKER = ".edgerun-source.json"
 
@@ -25,7 +25,7 @@ def refresh_hint(source: str) -> str:
 
 def write_marker(tmp: Path, meta: dict[str, Any]) -> None:
     """Write the marker into the finished entry `tmp`, with the name and size of every file."""
-    from edgerun.home import atomic_write_json
+    from edgerun.core.home import atomic_write_json
 
     files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     atomic_write_json(tmp / SOURCE_MARKER, {**meta, "files": files})
@@ -36,7 +36,7 @@ def read_entry(entry: Path, source: str) -> dict[str, Any] | None:
 
     Raises EdgerunError (hint: `edgerun pull --refresh`) when the entry exists but has no marker,
     a damaged marker, or lacks a file it should hold."""
-    from edgerun.untrusted import read_json_object
+    from edgerun.core.untrusted import read_json_object
 
     if not entry.exists():
         return None
@@ -74,7 +74,7 @@ def _missing(entry: Path, files: Any) -> str | None:
 
 
 def _missing_checkpoint_part(entry: Path) -> str | None:
-    from edgerun.checkpoint import check_checkpoint_dir
+    from edgerun.sources.checkpoint import check_checkpoint_dir
 
     try:
         check_checkpoint_dir(entry)

@@ -1,0 +1,2 @@
+"""The device: machine facts, device profiles (data in profiles/), their detection and the profile
+a run resolves to."""

@@ -97,8 +97,9 @@ class GGUFFamily:
             recipe = None
             if _targeted(ctx.options):
                 tensor_types, recipe = _search(ctx, kind, source, imatrix)
-            with ctx.stage(f"llama.cpp quantize {kind}"):
-                quantize(source, out, kind, ctx.options.threads, imatrix, tensor_types or None)
+            with ctx.stage(f"llama.cpp quantize {kind}") as detail:
+                types = tensor_types or None
+                quantize(source, out, kind, ctx.options.threads, imatrix, types, detail)
             quant = {
                 "type": kind,
                 "quantizer": "llama.cpp llama_model_quantize",

@@ -158,10 +158,9 @@ noise). Open a row's number for its ranges and every other column.</p>
 <div class="wrap"><table><thead><tr>{% for h, sub in headers %}<th>{{ h }}{% if sub %}<small>{{ sub }}</small>{% endif %}</th>{% endfor %}</tr></thead><tbody>
 {%- for row in rows %}
 <tr class="main{{ ' base' if row.base else '' }}">
-{%- for value, ratio, numeric in row.cells %}<td class="{{ 'n' if numeric or ratio is not none else '' }}">
+{%- for value, under, numeric in row.cells %}<td class="{{ 'n' if numeric else '' }}">
 {%- if loop.first %}<details><summary>{{ value }}</summary></details>{% else %}{{ value }}{% endif %}
-{%- if loop.index == 3 %}<small>{{ row.backend }}</small>{% endif %}
-{%- if ratio is not none %}<small>× {{ ratio }}</small>{% endif %}</td>{% endfor -%}
+{%- if under is not none %}<small>{{ under }}</small>{% endif %}</td>{% endfor -%}
 </tr>
 <tr class="more{{ ' base' if row.base else '' }}"><td></td><td colspan="{{ row.cells | length - 1 }}">{{ row.details | join(' · ') }}</td></tr>
 {%- endfor %}</tbody></table></div>

@@ -126,22 +126,18 @@ def title(runs: list[dict[str, Any]]) -> str:
 
 
 def table_rows(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The report's joined table: per row {"base", "cells": [(value, ratio or None, numeric)]
-    per HTML_COLUMNS, "backend", "details": ["label value", ...]}."""
+    """The report's joined table: per row {"base", "cells": [(value, what is shown under it or
+    None, right-aligned)] per HTML_COLUMNS, "details": ["label value", ...]}. Under a value: its
+    ratio (`× 0.564`), under the artifact: the backend."""
     out = []
     for row in table:
-        cells = [
-            (_compact(row, key), None if ratio is None else cell(row, ratio), _numeric(row, key))
-            for key, _, ratio in HTML_COLUMNS
-        ]
-        out.append(
-            {
-                "base": bool(row.get("baseline")),
-                "cells": cells,
-                "backend": row.get("backend"),
-                "details": details(row),
-            }
-        )
+        cells = []
+        for key, _, ratio in HTML_COLUMNS:
+            under = f"× {cell(row, ratio)}" if ratio else None
+            if key == "artifact":
+                under = fmt(row.get("backend"))
+            cells.append((_compact(row, key), under, ratio is not None or _numeric(row, key)))
+        out.append({"base": bool(row.get("baseline")), "cells": cells, "details": details(row)})
     return out
 
 

@@ -113,15 +113,21 @@ def test_the_extras_and_the_wheel_the_install_block_names_exist() -> None:
     assert wheels == {project["version"]}
 
 
-def test_the_demo_steps_run_as_written(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.slow  # minutes: two exports with validation, a bench at its defaults
+def test_the_demo_steps_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The quick start's step-by-step block, each line run through the CLI in a fresh
-    directory, with its placeholders made explicit: the demo model is the tests' tiny llama
-    (pulling SmolLM2 needs PyPI, and its export minutes), and other-device.json is r.json as
+    directory, with its placeholders made explicit: the demo model is the tests' tiny llama with
+    a 1024-token context (bench's default prompts of 512 tokens and 128 new ones fit; pulling
+    SmolLM2 needs PyPI and its exports take minutes), and other-device.json is r.json as
     another device wrote it."""
+    pytest.importorskip("torch")
     from click.testing import CliRunner
 
+    from tests.tiny_models import SPECS, build_tiny_model
+
+    model_type, overrides = SPECS["llama"]
+    spec = (model_type, {**overrides, "max_position_embeddings": 1024})
+    tiny_llama = build_tiny_model("llama", tmp_path / "tiny-llama", spec=spec)
     monkeypatch.chdir(tmp_path)
     block = next(b for b in _blocks() if b[0] == DEMO)
     assert [shlex.split(line)[1] for line in block] == ["pull", "export", "run", "bench", "compare"]

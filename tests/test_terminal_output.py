@@ -73,7 +73,7 @@ def _export_results() -> list[Any]:
     ]
 
 
-def _check(
+def check_table(
     rows: list[dict[str, Any]], columns: list, labels: tuple, lines: list[str], width: int
 ) -> list:
     """Every line fits `width`; each body row's words are its shown cells' words (a label may be
@@ -104,7 +104,7 @@ def test_lab_devices_fit_and_versions_are_whole(width: int) -> None:
     print_devices(DEVICES, [], console=console)
     lines = console.export_text().splitlines()
     rows = device_rows(DEVICES)
-    shown = _check(rows, DEVICE_COLUMNS, DEVICE_LABELS, lines, width)
+    shown = check_table(rows, DEVICE_COLUMNS, DEVICE_LABELS, lines, width)
     if width >= 80:  # the skew a lab is read for: every library version, whole
         assert [k for k, _ in shown[:4]] == ["device", "edgerun", "onnxruntime", "llama-cpp"]
         assert any("0.1.0.dev214+g3f2a9c1" in line for line in lines)
@@ -117,7 +117,7 @@ def test_export_table_fits_and_numbers_are_whole(width: int) -> None:
     console = Console(file=io.StringIO(), width=width, force_terminal=True, record=True)
     print_results(results, console=console)
     lines = console.export_text().splitlines()
-    shown = _check(result_rows(results), EXPORT_COLUMNS, EXPORT_LABELS, lines, width)
+    shown = check_table(result_rows(results), EXPORT_COLUMNS, EXPORT_LABELS, lines, width)
     if width >= 80:
         assert shown == EXPORT_COLUMNS  # all eight fit an 80-column terminal
         text = "\n".join(lines)
@@ -280,12 +280,12 @@ def test_bench_and_compare_commands_at_80_columns(
     bench = CliRunner().invoke(cli, [*args, "--assume-watts", "10", "--json", str(results)])
     assert bench.exit_code == 0, bench.output
     table = rows(read_results(results))
-    shown = _check(table, TERMINAL, LABELS, bench.output.splitlines(), 80)
+    shown = check_table(table, TERMINAL, LABELS, bench.output.splitlines(), 80)
     assert ("decode_tok_s", "decode tok/s") in shown
 
     compare = CliRunner().invoke(cli, ["compare", str(results)])
     assert compare.exit_code == 0, compare.output
     joined, _ = load([results])
     add_ratios(joined, joined[0])
-    shown = _check(joined, TERMINAL_COLUMNS, LABELS, compare.output.splitlines(), 80)
+    shown = check_table(joined, TERMINAL_COLUMNS, LABELS, compare.output.splitlines(), 80)
     assert ("decode_ratio", "decode ×") in shown

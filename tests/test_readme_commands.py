@@ -119,7 +119,8 @@ def test_the_demo_steps_run_as_written(tmp_path: Path, monkeypatch: pytest.Monke
     directory, with its placeholders made explicit: the demo model is the tests' tiny llama with
     a 1024-token context (bench's default prompts of 512 tokens and 128 new ones fit; pulling
     SmolLM2 needs PyPI and its exports take minutes), and other-device.json is r.json as
-    another device wrote it."""
+    another device wrote it. Run as an 80-column terminal's pipe (COLUMNS=80): export's closing
+    table fits it and shows each artifact's fidelity whole."""
     pytest.importorskip("torch")
     from click.testing import CliRunner
 
@@ -129,7 +130,9 @@ def test_the_demo_steps_run_as_written(tmp_path: Path, monkeypatch: pytest.Monke
     spec = (model_type, {**overrides, "max_position_embeddings": 1024})
     tiny_llama = build_tiny_model("llama", tmp_path / "tiny-llama", spec=spec)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
     block = next(b for b in _blocks() if b[0] == DEMO)
+    outputs = {}
     assert [shlex.split(line)[1] for line in block] == ["pull", "export", "run", "bench", "compare"]
     for line in block:
         argv = [str(tiny_llama) if a == "smollm2-135m" else a for a in shlex.split(line)[1:]]
@@ -139,10 +142,18 @@ def test_the_demo_steps_run_as_written(tmp_path: Path, monkeypatch: pytest.Monke
             Path("other-device.json").write_text(json.dumps(other))
         result = CliRunner().invoke(cli, argv)
         assert result.exit_code == 0, (line, result.output[-2000:])
-        if argv[0] == "run":
-            assert result.output.strip(), line
+        outputs[argv[0]] = result.output
+    assert outputs["run"].strip()
+    lines = outputs["export"].splitlines()
+    title = next(i for i, line in enumerate(lines) if line.strip() == "edgerun export")
+    end = next(i for i, line in enumerate(lines) if i > title and line.startswith("PPL×, KL"))
+    table = lines[title:end]
+    assert all(len(line) <= 80 and "…" not in line for line in table), table
     for artifact in ("onnx-int4", "gguf-q4_k_m"):
         manifest = json.loads(Path("out", artifact, "edgerun.json").read_text())
-        assert manifest["validation"]["passed"] is True, artifact
+        v = manifest["validation"]
+        assert v["passed"] is True, artifact
+        [row] = [line.split() for line in table if line.startswith(artifact + " ")]
+        assert f"{v['mean_kl']:.4f}" in row and f"{v['ppl_ratio']:.4g}" in row, row
     page = Path("report.html").read_text(encoding="utf-8")
     assert "other-device" in page and "gguf-q4_k_m" in page

@@ -5,8 +5,12 @@ The numbers are SYNTHETIC (a fake runtime with set decode speeds, see tests/benc
 measurements: the report's layout is what this shows. Run from the repository root:
 
     .venv/bin/python docs/report_demo.py
-    chromium --headless --screenshot=docs/report-demo-900.png --window-size=900,2400 \\
-        docs/report-demo.html
+    chromium --headless --hide-scrollbars --screenshot=docs/report-demo-1400.png \\
+        --window-size=1400,2800 docs/report-demo.html
+    sed 's|<details><summary>1</summary>|<details open><summary>1</summary>|' \\
+        docs/report-demo.html > /tmp/open.html   # row 1's details opened, as a reader would
+    chromium --headless --hide-scrollbars --screenshot=docs/report-demo-900.png \\
+        --window-size=900,2580 /tmp/open.html
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def test_cli_compare_writes_md_csv_html_and_plot(
 
     page = html.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
-    assert "jetson-orin-nano" in page and '<tr class="base">' in page
+    assert "jetson-orin-nano" in page and '<tr class="main base">' in page
     assert "<script" not in page and "src=" not in page and "<link" not in page  # self-contained
     assert "decode tok/s" in page and "tok/s versus size" in page
     pytest.importorskip("matplotlib")

@@ -61,6 +61,24 @@ def test_devices_listed_with_profiles(lab: tuple[LocalLab, Any]) -> None:
     assert listed["warnings"] == []
 
 
+def test_lab_devices_command_at_80_columns(
+    lab: tuple[LocalLab, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgerun lab devices` as an 80-column terminal's pipe runs it (COLUMNS=80): every table
+    line fits, each device's row shows its cells (versions included) whole."""
+    from edgerun.lab.render import DEVICE_COLUMNS, DEVICE_LABELS, device_rows
+    from tests.test_terminal_output import check_table
+
+    cluster, client = lab
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(cli, ["lab", "devices", cluster.address])
+    assert result.exit_code == 0, result.output
+    table = device_rows(list_devices(client))
+    lines = result.output.splitlines()
+    shown = check_table(table, DEVICE_COLUMNS, DEVICE_LABELS, lines, 80)
+    assert [k for k, _ in shown[:2]] == ["device", "edgerun"]
+
+
 def test_bench_every_device_and_artifact_then_ships_nothing(
     lab: tuple[LocalLab, Any], artifacts: list[Path], tmp_path: Path
 ) -> None:

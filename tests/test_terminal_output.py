@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -72,7 +73,7 @@ def _export_results() -> list[Any]:
     ]
 
 
-def _check(
+def check_table(
     rows: list[dict[str, Any]], columns: list, labels: tuple, lines: list[str], width: int
 ) -> list:
     """Every line fits `width`; each body row's words are its shown cells' words (a label may be
@@ -103,7 +104,7 @@ def test_lab_devices_fit_and_versions_are_whole(width: int) -> None:
     print_devices(DEVICES, [], console=console)
     lines = console.export_text().splitlines()
     rows = device_rows(DEVICES)
-    shown = _check(rows, DEVICE_COLUMNS, DEVICE_LABELS, lines, width)
+    shown = check_table(rows, DEVICE_COLUMNS, DEVICE_LABELS, lines, width)
     if width >= 80:  # the skew a lab is read for: every library version, whole
         assert [k for k, _ in shown[:4]] == ["device", "edgerun", "onnxruntime", "llama-cpp"]
         assert any("0.1.0.dev214+g3f2a9c1" in line for line in lines)
@@ -116,7 +117,7 @@ def test_export_table_fits_and_numbers_are_whole(width: int) -> None:
     console = Console(file=io.StringIO(), width=width, force_terminal=True, record=True)
     print_results(results, console=console)
     lines = console.export_text().splitlines()
-    shown = _check(result_rows(results), EXPORT_COLUMNS, EXPORT_LABELS, lines, width)
+    shown = check_table(result_rows(results), EXPORT_COLUMNS, EXPORT_LABELS, lines, width)
     if width >= 80:
         assert shown == EXPORT_COLUMNS  # all eight fit an 80-column terminal
         text = "\n".join(lines)
@@ -181,3 +182,110 @@ def test_llama_cpp_warnings_stay_out_of_the_output(
         "llama_context: n_ctx_seq (512) < n_ctx_train (8192)",
         "... the full capacity of the model will not be utilized",
     ]
+
+
+def test_gguf_quantize_shows_its_tensor_count(tiny_llama: Path, tmp_path: Path) -> None:
+    """llama.cpp's quantize stage counts the tensors as llama.cpp starts each one (read from
+    its log, which stays captured): `llama.cpp quantize q4_0: tensor 12/12` on the live line."""
+    pytest.importorskip("llama_cpp")
+    gguf = pytest.importorskip("gguf")
+    from edgerun.core.progress import stage_printer
+    from edgerun.exporters.gguf import converter
+    from edgerun.exporters.gguf.convert import convert
+    from edgerun.exporters.gguf.quantize import quantize
+
+    source = tmp_path / "f16.gguf"
+    convert(converter.ensure(), tiny_llama, source, "f16", show=lambda detail: None)
+    total = len(gguf.GGUFReader(source).tensors)
+    seen: list[str] = []
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True)
+    with stage_printer(console)("llama.cpp quantize q4_0") as detail:
+
+        def show(text: str) -> None:
+            seen.append(text)
+            detail(text)
+
+        quantize(source, tmp_path / "q4_0.gguf", "q4_0", 1, progress=show)
+    assert seen == [f"tensor {i}/{total}" for i in range(1, total + 1)]
+    raw = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert f"llama.cpp quantize q4_0: tensor {total}/{total}" in raw
+    assert "type =" not in raw and "converting to" not in raw  # llama.cpp's own lines stay out
+    assert (tmp_path / "q4_0.gguf").is_file()
+
+
+def test_onnx_quantize_counts_the_weights_over_every_pass() -> None:
+    """The fp32-graph quantize stage shows `MatMul n/N` as onnxruntime's quantizer takes each
+    constant weight: once each over the 8-bit pass of a mixed plan and the 4-bit pass; a MatMul
+    of two activations is no weight and not counted."""
+    pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgerun.exporters.onnx.quant import WeightOnlyConfig, quantize_weight_only
+
+    rng = np.random.default_rng(0)
+    names = ["/model/layers.0/mlp/up_proj/MatMul", "/model/layers.0/mlp/down_proj/MatMul"]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"], name=names[0]),
+        helper.make_node("MatMul", ["h0", "w1"], ["h1"], name=names[1]),
+        helper.make_node("MatMul", ["h1", "h1t"], ["scores"], name="/attn/MatMul"),
+        helper.make_node("Transpose", ["h1"], ["h1t"], name="/t"),
+        helper.make_node("MatMul", ["h1", "w2"], ["logits"], name="/lm_head/MatMul"),
+    ]
+    weights = [numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), "w0")]
+    weights += [numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), "w1")]
+    weights += [numpy_helper.from_array(rng.normal(size=(64, 96)).astype(np.float32), "w2")]
+    graph = helper.make_graph(
+        [nodes[0], nodes[1], nodes[3], nodes[2], nodes[4]],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 96]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1]),
+        ],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    seen: list[str] = []
+    plan = {names[0]: 4, names[1]: 8, "/lm_head/MatMul": 4}
+    _, quant = quantize_weight_only(model, WeightOnlyConfig(), plan, seen.append)
+    assert quant["nodes"] == plan
+    assert seen == ["MatMul 1/3", "MatMul 2/3", "MatMul 3/3"]
+
+
+def test_bench_and_compare_commands_at_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgerun bench` and `edgerun compare` themselves, as an 80-column terminal's pipe runs
+    them (COLUMNS=80): every table line fits, each body row shows exactly its cells of the
+    results file, whole, and the columns left out are named."""
+    from click.testing import CliRunner
+
+    from edgerun.bench.compare import TERMINAL_COLUMNS, add_ratios, load
+    from edgerun.bench.render import LABELS, TERMINAL
+    from edgerun.bench.results import read_results, rows
+    from edgerun.cli import cli
+    from tests.bench_fake import make_artifact
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    arts = [
+        make_artifact(tmp_path / "a", "onnx-int4-recipe-mixed-long-name"),
+        make_artifact(tmp_path / "b", "gguf-q4_k_m", decode_s=0.006),
+    ]
+    args = ["bench", *map(str, arts), "--loader", "tests.bench_fake:load", "--idle-seconds", "0"]
+    args += ["--reps", "2", "--warmup", "0", "--gen-tokens", "5", "--prompt-tokens", "8,16"]
+    results = tmp_path / "r.json"
+    bench = CliRunner().invoke(cli, [*args, "--assume-watts", "10", "--json", str(results)])
+    assert bench.exit_code == 0, bench.output
+    table = rows(read_results(results))
+    shown = check_table(table, TERMINAL, LABELS, bench.output.splitlines(), 80)
+    assert ("decode_tok_s", "decode tok/s") in shown
+
+    compare = CliRunner().invoke(cli, ["compare", str(results)])
+    assert compare.exit_code == 0, compare.output
+    joined, _ = load([results])
+    add_ratios(joined, joined[0])
+    shown = check_table(joined, TERMINAL_COLUMNS, LABELS, compare.output.splitlines(), 80)
+    assert ("decode_ratio", "decode ×") in shown

@@ -18,20 +18,23 @@ from edgerun.bench.report_views import (
     HTML_COLUMNS,
     across_devices,
     ship_status,
+    table_rows,
     title,
     versions,
 )
-from edgerun.bench.results import cell
 from edgerun.core.errors import require
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1600px}
 table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #ddd}
-th{position:sticky;top:0;background:#fff;vertical-align:bottom}
+th{position:sticky;top:0;background:#fff;vertical-align:bottom}th small{font-weight:normal}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}tr.base{background:#eef6ff}
-.wrap{overflow-x:auto;max-width:100%}td:nth-child(-n+4){white-space:nowrap}
+.wrap{overflow-x:auto;max-width:100%}td:nth-child(-n+3){white-space:nowrap}
+td small,th small{display:block;color:#666;font-size:11px}summary{cursor:pointer;white-space:nowrap}
+tr.more td{font-size:12px;color:#444;white-space:normal}
+@supports selector(:has(*)){tr.more{display:none}tr:has(details[open])+tr.more{display:table-row}
+tr:has(details[open]) td{border-bottom:0}}
 .charts svg{max-width:100%;height:auto}.note{color:#555;font-size:13px}
-@media (max-width:1000px){body{margin:1em}table{font-size:12px}th,td{padding:3px 5px}
-td.n{white-space:normal}}"""
+@media (max-width:1000px){body{margin:1em}table{font-size:12px}th,td{padding:3px 4px}}"""
 
 
 def _chart_rows(table: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -149,13 +152,17 @@ kernel {{ d.kernel }}; profile {{ d.profile }}; run {{ d.run }} at {{ d.created 
 <span class="note">versions: {{ d.versions }}</span>
 {%- if d.ship %}<ul class="note">{% for s in d.ship %}<li>{{ s }}</li>{% endfor %}</ul>{% endif %}</li>
 {%- endfor %}</ul>
-<h2>Results</h2><p class="note">Medians ±stdev over repetitions. Ratios against row {{ base_row }}
-({{ base_label }}), same prompt length; ≈: the two rows' ranges overlap (may be noise).</p>
-<div class="wrap"><table><thead><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+<h2>Results</h2><p class="note">Medians ±stdev over repetitions; under each, the ratio against
+row {{ base_row }} ({{ base_label }}), same prompt length; ≈: the two rows' ranges overlap (may be
+noise). Open a row's number for its ranges and every other column.</p>
+<div class="wrap"><table><thead><tr>{% for h, sub in headers %}<th>{{ h }}{% if sub %}<small>{{ sub }}</small>{% endif %}</th>{% endfor %}</tr></thead><tbody>
 {%- for row in rows %}
-<tr class="{{ 'base' if row.base else '' }}">
-{%- for cell, numeric in row.cells %}<td class="{{ 'n' if numeric else '' }}">{{ cell }}</td>{% endfor -%}
+<tr class="main{{ ' base' if row.base else '' }}">
+{%- for value, under, numeric in row.cells %}<td class="{{ 'n' if numeric else '' }}">
+{%- if loop.first %}<details><summary>{{ value }}</summary></details>{% else %}{{ value }}{% endif %}
+{%- if under is not none %}<small>{{ under }}</small>{% endif %}</td>{% endfor -%}
 </tr>
+<tr class="more{{ ' base' if row.base else '' }}"><td></td><td colspan="{{ row.cells | length - 1 }}">{{ row.details | join(' · ') }}</td></tr>
 {%- endfor %}</tbody></table></div>
 {%- if across %}
 <h2>One artifact across devices</h2>
@@ -170,18 +177,6 @@ kernel {{ d.kernel }}; profile {{ d.profile }}; run {{ d.run }} at {{ d.created 
 <h2>Charts</h2>{{ charts }}</body></html>
 """
 )
-
-
-def _table_rows(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "base": bool(row.get("baseline")),
-            "cells": [
-                (cell(row, k), isinstance(row.get(k), (int, float))) for k, _ in HTML_COLUMNS
-            ],
-        }
-        for row in table
-    ]
 
 
 def _devices(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -237,8 +232,8 @@ def to_html(
         devices=_devices(runs),
         base_row=baseline["row"],
         base_label=label(baseline),
-        headers=[h for _, h in HTML_COLUMNS],
-        rows=_table_rows(table),
+        headers=[(h, "× row " + str(baseline["row"]) if r else "") for _, h, r in HTML_COLUMNS],
+        rows=table_rows(table),
         notes=list(dict.fromkeys(energy_notes(runs))),
         charts=chart_html,
     )

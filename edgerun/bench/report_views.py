@@ -6,21 +6,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgerun.bench.compare import TERMINAL_COLUMNS
-from edgerun.bench.results import cell
+from edgerun.bench.results import SPREAD, cell, fmt
 
 # The libraries whose versions change the numbers (as `lab devices` compares them).
 LIBRARIES = ("edgerun", "onnxruntime", "onnxruntime-genai", "llama-cpp-python")
 
-#: The report's joined table: the terminal's columns (each ratio beside its value; the profile
-#: left to the devices list above) plus prefill and mean KL, so that it reads at 900 px (where a
-#: median's ±stdev may wrap under it).
-HTML_COLUMNS = list(TERMINAL_COLUMNS)
-HTML_COLUMNS[HTML_COLUMNS.index(("ttft_ratio", "TTFT ×")) + 1 : 0] = [
-    ("prefill_tok_s", "prefill tok/s"),
-    ("prefill_ratio", "prefill ×"),
+#: The report's joined table, narrow enough to read at 900 px without scrolling: (value key,
+#: header, the ratio key shown under the value or None). The backend is shown under the artifact;
+#: every other column of the results sits in the row's expandable details (DETAILS).
+HTML_COLUMNS: list[tuple[str, str, str | None]] = [
+    ("row", "#", None),
+    ("device", "device", None),
+    ("artifact", "artifact", None),
+    ("prompt_tokens", "prompt", None),
+    ("decode_tok_s", "decode tok/s", "decode_ratio"),
+    ("prefill_tok_s", "prefill tok/s", "prefill_ratio"),
+    ("ttft_ms", "TTFT ms", "ttft_ratio"),
+    ("peak_rss_mb", "peak RSS MiB", "rss_ratio"),
+    ("j_per_token", "J/token", "energy_ratio"),
+    ("size_mb", "size MiB", None),
+    ("mean_kl", "mean KL", None),
+    ("ppl_ratio", "PPL ratio", None),
 ]
-HTML_COLUMNS.insert(HTML_COLUMNS.index(("top1_agreement", "top-1")), ("mean_kl", "mean KL"))
+
+#: What a row's details show (label, row key), after the min-max range of each SPREAD metric.
+DETAILS = [
+    ("profile", "profile"),
+    ("threads", "threads"),
+    ("providers", "providers"),
+    ("top-1", "top1_agreement"),
+    ("p50 ms", "latency_p50_ms"),
+    ("p99 ms", "latency_p99_ms"),
+    ("file MiB", "file_backed_mb"),
+    ("anon MiB", "anonymous_mb"),
+    ("load s", "load_s"),
+    ("net J/token", "net_j_per_token"),
+    ("avg W", "avg_watts"),
+    ("energy", "energy_method"),
+    ("validation passed", "validation_passed"),
+    ("run", "run"),
+]
 
 #: One artifact across devices: a row per device, the artifact's numbers, and the decode speed
 #: against the fastest device for it.
@@ -86,7 +111,7 @@ def across_devices(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
         shown = [
             {**r, "of_fastest": r["decode_tok_s"] / fastest if fastest else None} for r in rows
         ]
-        cells = [[cell(r, k) for k, _ in ACROSS_COLUMNS] for r in shown]
+        cells = [[_compact(r, k) for k, _ in ACROSS_COLUMNS] for r in shown]
         views.append({"artifact": artifact, "prompt": prompt, "rows": cells})
     return views
 
@@ -98,3 +123,47 @@ def title(runs: list[dict[str, Any]]) -> str:
     when = days[0] if len(days) == 1 else f"{days[0]} – {days[-1]}" if days else "undated"
     shown = ", ".join(names[:4]) + (f" +{len(names) - 4} more" if len(names) > 4 else "")
     return f"edgerun comparison: {shown} · {when}"
+
+
+def table_rows(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's joined table: per row {"base", "cells": [(value, what is shown under it or
+    None, right-aligned)] per HTML_COLUMNS, "details": ["label value", ...]}. Under a value: its
+    ratio (`× 0.564`), under the artifact: the backend."""
+    out = []
+    for row in table:
+        cells = []
+        for key, _, ratio in HTML_COLUMNS:
+            under = f"× {cell(row, ratio)}" if ratio else None
+            if key == "artifact":
+                under = fmt(row.get("backend"))
+            cells.append((_compact(row, key), under, ratio is not None or _numeric(row, key)))
+        out.append({"base": bool(row.get("baseline")), "cells": cells, "details": details(row)})
+    return out
+
+
+def _compact(row: dict[str, Any], key: str) -> str:
+    """`cell`, a median of 1000 or more without decimals (`9875 ±477`: the table stays narrow)."""
+    text, value = cell(row, key), row.get(key)
+    return _short(value) + text[len(fmt(value)) :] if value is not None else text
+
+
+def _short(value: Any) -> str:
+    """`fmt`, a float of 1000 or more without decimals."""
+    return f"{value:.0f}" if isinstance(value, float) and abs(value) >= 1000 else fmt(value)
+
+
+def _numeric(row: dict[str, Any], key: str) -> bool:
+    value = row.get(key)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def details(row: dict[str, Any]) -> list[str]:
+    """A row's details: each spread metric's min-max over its repetitions, then DETAILS (those
+    recorded)."""
+    out = []
+    for key, header, _ in HTML_COLUMNS:
+        low, high, n = (row.get(f"{key}_{part}") for part in ("min", "max", "n"))
+        if key in SPREAD and low is not None and high is not None:
+            out.append(f"{header} {_short(low)}–{_short(high)} over {n} reps")
+    out += [f"{label} {fmt(row[key])}" for label, key in DETAILS if row.get(key) not in (None, "")]
+    return out

@@ -97,10 +97,11 @@ class GGUFFamily:
             recipe = None
             if _targeted(ctx.options):
                 tensor_types, recipe = _search(ctx, kind, source, imatrix)
-            with ctx.stage(f"llama.cpp quantize {kind}"):
+            with ctx.stage(f"llama.cpp quantize {kind}") as detail:
+                types = tensor_types or None
                 quantize(
-                    source, out, kind, ctx.options.threads, imatrix, tensor_types or None,
-                    ctx.options.extra,
+                    source, out, kind, ctx.options.threads, imatrix, types, ctx.options.extra,
+                    detail,
                 )  # fmt: skip
             quant = {
                 "type": kind,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +82,15 @@ def quantize(
     imatrix: dict[str, Any] | None = None,
     overrides: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> None:
     """Quantize GGUF `src` to `dst` with llama.cpp's llama_model_quantize.
 
     imatrix: GGUF tensor name -> importance vector; overrides: tensor-name regex -> ggml type
     name (edgerun.exporters.gguf.imatrix); extra: the export's --extra-option values (its llama.*
-    ones set quantizer fields, edgerun.exporters.extra_options). Writes `<dst>.partial` and renames it when complete.
+    ones set quantizer fields, edgerun.exporters.extra_options); progress: called with
+    `tensor 12/291` as llama.cpp starts each tensor. Writes `<dst>.partial` and renames it when
+    complete.
     Raises EdgerunError for an unknown type or when llama.cpp reports failure.
     """
     require("llama_cpp", "gguf")
@@ -108,7 +113,7 @@ def quantize(
     alive = apply(params, imatrix, overrides)  # ctypes arrays read by llama.cpp: keep them
     partial = dst.with_name(dst.name + ".partial")
     try:
-        with captured_stderr(partial.with_name(partial.name + ".log")) as log:
+        with captured_stderr(partial.with_name(partial.name + ".log"), _counter(progress)) as log:
             rc = llama_cpp.llama_model_quantize(
                 str(src).encode(), str(partial).encode(), ctypes.byref(params)
             )
@@ -151,11 +156,43 @@ def describe(path: Path) -> dict[str, Any]:
     }
 
 
+# llama.cpp's quantizer logs `[  12/ 291]  blk.0.attn_k.weight - [...], type = ...` per tensor.
+_TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
+
+
+def _counter(progress: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """What watches the quantizer's log for its tensor count: `progress("tensor 12/291")`."""
+    if progress is None:
+        return None
+
+    def watch(text: str) -> None:
+        found = _TENSOR.search(text)
+        if found:
+            progress(f"tensor {int(found[1])}/{int(found[2])}")
+
+    return watch
+
+
+class _Watched(io.TextIOBase):
+    """A text stream that writes to `stream` and shows each piece written to `watch`."""
+
+    def __init__(self, stream: Any, watch: Callable[[str], None]) -> None:
+        self.stream, self.watch = stream, watch
+
+    def write(self, text: str) -> int:
+        self.watch(text)
+        return int(self.stream.write(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 @contextlib.contextmanager
-def captured_stderr(log: Path) -> Iterator[list[str]]:
+def captured_stderr(log: Path, watch: Callable[[str], None] | None = None) -> Iterator[list[str]]:
     """Send file descriptor 2 (where llama.cpp's quantizer prints its per-tensor fallback
     warnings) to a temporary `log` for the duration; yields a list that holds the captured
-    lines afterwards. With EDGERUN_LLAMA_VERBOSE set, nothing is captured."""
+    lines afterwards; `watch` sees each piece of llama.cpp's log as it is written (for
+    progress). With EDGERUN_LLAMA_VERBOSE set, nothing is captured."""
     lines: list[str] = []
     if os.environ.get("EDGERUN_LLAMA_VERBOSE"):
         yield lines
@@ -176,7 +213,7 @@ def captured_stderr(log: Path) -> Iterator[list[str]]:
         # sys.stderr (which pytest or a notebook may have replaced).
         with open(log, "ab") as fh, open(log, "a", encoding="utf-8") as text:
             os.dup2(fh.fileno(), 2)
-            python_stderr, sys.stderr = sys.stderr, text
+            python_stderr, sys.stderr = sys.stderr, _Watched(text, watch) if watch else text
             try:
                 yield lines
             finally:

@@ -11,6 +11,7 @@ the artifact through runner.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,10 +219,10 @@ def _quantize_nbits(
     name = f", recipe {recipe['name']}" if recipe else ""
     stage = f"quantize ({spec.name}, MatMulNBits {config.bits}-bit, {config.algorithm}{name})"
     importance = _importance(ctx, config, out_dir)
-    with ctx.stage(stage), files.quiet():
-        model, quant = quantize_weight_only(model, config, plan)
+    with ctx.stage(stage) as detail, files.quiet():
+        model, quant = quantize_weight_only(model, config, plan, detail)
         if importance is not None:
-            quant["importance"] = _reround(model, fp32, *importance)
+            quant["importance"] = _reround(model, fp32, *importance, detail)
         files.save_model(model, out_dir)
     if recipe is not None:
         quant["recipe"] = recipe
@@ -321,10 +322,22 @@ def _importance(
     return found, attach(ctx, out_dir)
 
 
-def _reround(model: Any, fp32: Path, importance: Any, note: dict[str, Any]) -> dict[str, Any]:
+def _reround(
+    model: Any, fp32: Path, importance: Any, note: dict[str, Any], detail: Callable[[str], None]
+) -> dict[str, Any]:
+    """Re-round the MatMulNBits blocks with the importance statistics, showing `reround 3/74`
+    as each node's statistics are asked for."""
     from edgerun.exporters.onnx.weighted import fp32_weights, reround
 
-    return {**note, "rounding": reround(model, fp32_weights(fp32), importance.for_node)}
+    total = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    done = [0]
+
+    def for_node(name: str) -> Any:
+        done[0] += 1
+        detail(f"reround {done[0]}/{total}")
+        return importance.for_node(name)
+
+    return {**note, "rounding": reround(model, fp32_weights(fp32), for_node)}
 
 
 def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str, Any]:

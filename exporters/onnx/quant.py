@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,17 +72,21 @@ def quantize_weight_only(
     model: Any,
     config: WeightOnlyConfig,
     plan: dict[str, int] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantize an onnx.ModelProto in memory; return (quantized model, manifest `quant` dict).
 
     plan: node name -> bits (4 or 8) for a mixed-precision recipe (edgerun.exporters.
     onnx.recipes); nodes it does not name get `config.bits`. The embedding shares the lm_head's
-    quantized copy (and bits) when tied. Raises EdgerunError when the graph has no lm_head MatMul.
+    quantized copy (and bits) when tied. progress: called with `MatMul 12/74` as the quantizer
+    takes each weight (every pass together). Raises EdgerunError when the graph has no lm_head
+    MatMul.
     """
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     logging.getLogger(mnq.__name__).setLevel(logging.WARNING)
     embed, tied = prepare_graph(model)
+    count = _Count(matmul_nodes(model), progress)
     head_name = _lm_head_node(model).name
     plan = dict(plan or {})
     # Nodes whose bits differ from config.bits go first, in their own pass per width (the
@@ -89,17 +94,17 @@ def quantize_weight_only(
     for bits in sorted({b for b in plan.values() if b != config.bits}):
         nodes = [name for name, b in plan.items() if b == bits]
         wide = dataclasses.replace(config, bits=bits, algorithm="rtn")
-        model = _run_quantizer(mnq, model, wide, _algo_config(mnq, wide), [], include=nodes)
+        model = _run_quantizer(mnq, model, wide, _algo_config(mnq, wide), [], nodes, count)
     # HQQ's float zero points cannot feed GatherBlockQuantized: with tied embeddings the lm_head
     # is quantized by RTN in a second pass, so that one quantized copy serves both.
     head_rtn = (
         tied and config.algorithm == "hqq" and plan.get(head_name, config.bits) == config.bits
     )
     exclude = [head_name] if head_rtn else []
-    model = _run_quantizer(mnq, model, config, _algo_config(mnq, config), exclude)
+    model = _run_quantizer(mnq, model, config, _algo_config(mnq, config), exclude, None, count)
     if head_rtn:
         rtn = dataclasses.replace(config, algorithm="rtn")
-        model = _run_quantizer(mnq, model, rtn, _algo_config(mnq, rtn), [])
+        model = _run_quantizer(mnq, model, rtn, _algo_config(mnq, rtn), [], None, count)
     head_bits = _attr(_lm_head_node(model), "bits", config.bits)
     embed_config = dataclasses.replace(config, bits=head_bits) if tied else config
     embedding = _quantize_embedding(model, embed, tied, embed_config) if embed is not None else None
@@ -140,8 +145,10 @@ def _run_quantizer(
     algo: Any,
     exclude: list[str],
     include: list[str] | None = None,
+    count: _Count | None = None,
 ) -> Any:
-    """One quantizer pass; with `include`, only those nodes (every other MatMul is excluded)."""
+    """One quantizer pass; with `include`, only those nodes (every other MatMul is excluded);
+    `count` sees each node the quantizer takes."""
     if include is not None:
         keep = set(include)
         exclude = [*exclude, *(n for n in matmul_nodes(model) if n not in keep)]
@@ -154,8 +161,32 @@ def _run_quantizer(
         nodes_to_exclude=exclude,
         algo_config=algo,
     )
+    if count is not None:
+        count.watch(quantizer)
     quantizer.process()
     return quantizer.model.model
+
+
+class _Count:
+    """Counts the MatMul weights `names` as onnxruntime's quantizer takes them, across passes,
+    and shows `MatMul 12/74` through `progress` (nothing without one)."""
+
+    def __init__(self, names: list[str], progress: Callable[[str], None] | None) -> None:
+        self.names, self.done, self.progress = set(names), 0, progress
+
+    def watch(self, quantizer: Any) -> None:
+        """Wrap the quantizer's per-node call (no counts where its internals differ)."""
+        inner = getattr(getattr(quantizer, "node_quantizer", None), "quantize", None)
+        if self.progress is None or inner is None:
+            return
+
+        def quantize(node: Any, graph_stack: Any) -> Any:
+            if node.name in self.names and self.progress is not None:
+                self.done += 1
+                self.progress(f"MatMul {self.done}/{len(self.names)}")
+            return inner(node, graph_stack)
+
+        quantizer.node_quantizer.quantize = quantize
 
 
 def _algo_config(mnq: Any, config: WeightOnlyConfig) -> Any:

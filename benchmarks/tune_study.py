@@ -10,7 +10,8 @@ pinned to CPU 0), in one run:
 2. an exhaustive sweep of the same space, every configuration measured by the same bench-engine
    trials with the same repetitions, skipping configurations the same fidelity gate refuses;
 3. the ratios: the tuned configuration's decode tok/s over the sweep's best (both as measured
-   in the sweep), the search's configurations over the sweep's, default vs tuned (sweep).
+   in the sweep); the search's trials (one model load and its repetitions each, re-measurements
+   included), configurations and timed repetitions over the sweep's; default vs tuned (sweep).
 
 Results: benchmarks/results/tune-<time>.json; the machine's load average is recorded at the
 start and end of every case (this machine may be shared).
@@ -80,7 +81,8 @@ def sweep(space: Any, measure: Any, gate: Any, reps: int) -> list[dict[str, Any]
             except Exception as exc:  # a configuration the backend refuses is a result
                 sample.error = str(exc)
             rows.append({"arm": arm.name, "config": config, "decode": _decode(sample),
-                         "discarded_busy": sample.discarded, "error": sample.error})  # fmt: skip
+                         "reps": len(sample.reps), "discarded_busy": sample.discarded,
+                         "error": sample.error})  # fmt: skip
     return rows
 
 
@@ -105,7 +107,9 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
     tune_wall = time.monotonic() - started
     out = result.outcome
     click.echo(f"  tuned in {tune_wall:.0f} s: {describe_config(out.winner)}; sweeping", err=True)
+    started = time.monotonic()
     rows = sweep(space, measure, gate, reps)
+    sweep_wall = time.monotonic() - started
     measured = [r for r in rows if r.get("decode")]
     best = max(measured, key=lambda r: r["decode"]["median"])
 
@@ -127,13 +131,24 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
             "winner": out.winner.to_json(),
             "default": out.default.to_json(),
             "refused": out.refused,
+            "pruned": out.pruned,
+            "reps": sum(len(s.reps) for s in out.measured),
         },  # fmt: skip
-        "sweep": {"configs": len(measured), "space": space.size(), "rows": rows},
+        "sweep": {
+            "configs": len(measured),
+            "space": space.size(),
+            "wall_s": sweep_wall,
+            "reps": sum(r["reps"] for r in rows if "reps" in r),
+            "rows": rows,
+        },  # fmt: skip
         "sweep_best": best,
         "ratios": {
             "tuned_over_best": tuned["decode"]["median"] / best["decode"]["median"],
             "tuned_over_default": tuned["decode"]["median"] / default["decode"]["median"],
             "search_configs_over_sweep": len(out.measured) / max(len(measured), 1),
+            "search_trials_over_sweep": out.trials / max(len(measured), 1),
+            "search_reps_over_sweep": sum(len(s.reps) for s in out.measured)
+            / max(sum(r["reps"] for r in rows if "reps" in r), 1),
         },
         "sweep_tuned": tuned,
         "sweep_default": default,
@@ -195,15 +210,16 @@ def summary(results: dict[str, Any]) -> str:
     """The Markdown table of the study."""
     lines = [
         "| artifact | condition | default tok/s | tuned tok/s | sweep best tok/s | tuned/best |"
-        " configs (tune/sweep) | tune wall | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " trials (tune/sweep) | configs | tune wall | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cases"]:
         d, t, b = (c[k]["decode"] for k in ("sweep_default", "sweep_tuned", "sweep_best"))
         lines.append(
             f"| {c['format']} | {c['condition']} | {d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})"
             f" | {t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | {b['median']:.1f}"
-            f" | {c['ratios']['tuned_over_best']:.3f} | {c['tune']['configs']}/{c['sweep']['configs']}"
+            f" | {c['ratios']['tuned_over_best']:.3f} | {c['tune']['trials']}/{c['sweep']['configs']}"
+            f" | {c['tune']['configs']}/{c['sweep']['configs']}"
             f" | {c['tune']['wall_s']:.0f} s | {c['load_avg_start'][0]:.1f} |"
         )
     return "\n".join(lines)

@@ -313,33 +313,14 @@ def artifact(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return export_artifact(tiny_llama, "onnx-fp32", tmp_path_factory.mktemp("tune") / "ort")
 
 
-class TenWatts:
-    """A fake energy counter: the machine draws 10 W, always."""
-
-    kind = "counter"
-    interval_s = 0.01
-
-    def read(self) -> float:
-        import time
-
-        return 10.0 * time.monotonic()
-
-    def describe(self) -> Any:
-        from edgerun.power.base import MeterInfo
-
-        return MeterInfo("fake", "a test counter", "system", "counter")
-
-    def close(self) -> None:
-        return None
-
-
 def test_energy_trials_measure_joules_per_token_with_a_fake_meter(artifact: Path) -> None:
     from edgerun.bench.workload import Workload
     from edgerun.power.account import EnergyAccount
     from edgerun.power.registry import Selection
     from edgerun.tune.trial import BenchTrials
+    from tests.test_power_sampler import Joules
 
-    account = EnergyAccount(Selection(TenWatts()))  # type: ignore[arg-type]
+    account = EnergyAccount(Selection(Joules()))  # a counter at 3 W
     account.start()
     try:
         trials = BenchTrials(Workload([8], 8), baseline=99.0, cpus={}, energy=account)
@@ -349,9 +330,9 @@ def test_energy_trials_measure_joules_per_token_with_a_fake_meter(artifact: Path
     finally:
         account.stop()
     assert len(kept) == 2
-    for row in kept:  # 10 W over the decode phase, per decoded token
-        assert row["decode_j_per_token"] == pytest.approx(10.0 / row["decode_tok_s"], rel=0.05)
-        assert row["energy"]["meter"] == "fake"
+    for row in kept:  # 3 W over the decode phase, per decoded token
+        assert row["decode_j_per_token"] == pytest.approx(3.0 / row["decode_tok_s"], rel=0.05)
+        assert row["energy"]["meter"] == "fakec"
 
 
 def test_a_written_profile_is_picked_up_by_run_and_shown(artifact: Path) -> None:

@@ -91,5 +91,8 @@ def tune(
     )
     for refused in out.refused:
         click.echo(f"refused: {refused['arm']} {refused['config']}: {refused['reason']}")
+    for pruned in out.pruned:
+        what = f"{pruned['arm']} {pruned['dim']}" if "dim" in pruned else pruned["arm"]
+        click.echo(f"not searched: {what}: {pruned['reason']}")
     if result.profile_path:
         click.echo(f"wrote {result.profile_path} (`edgerun profiles show {result.profile_id}`)")

@@ -158,7 +158,9 @@ def test_search_finds_the_optimum_of_a_noisy_llamacpp_in_a_quarter_of_the_trials
     assert NoisyLlama.ttft(ttft.winner.config) == min(NoisyLlama.ttft(c) for c in arm.every())
 
 
-def test_spinning_is_not_searched_with_one_thread_nor_a_dominated_arm(tmp_path: Path) -> None:
+def test_interacting_settings_moot_ones_and_a_dominated_arm(tmp_path: Path) -> None:
+    """As measured on a busy 2-core machine (benchmarks/results/tune-20261207T013941Z.json):
+    one thread beats two spinning threads, but two threads that do not spin beat both by far."""
     topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
     ort = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2)
     slow = build_arm(tmp_path / "b", "onnx-int8", "onnxruntime", topology, 2)
@@ -166,18 +168,29 @@ def test_spinning_is_not_searched_with_one_thread_nor_a_dominated_arm(tmp_path: 
 
     def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
         measured.append((arm.name, config))
-        speed = (30.0 if config["threads"] == 1 else 10.0) * (0.5 if arm is slow else 1.0)
+        speed = 7.0 if config["threads"] == 1 else 5.0 if config["spinning"] else 50.0
         speed *= 0.9 if config["graph_optimization_level"] != "ORT_ENABLE_ALL" else 1.0
+        speed *= 0.5 if arm is slow else 1.0
         return [{"decode_tok_s": speed + 0.01 * i} for i in range(reps)], 0
 
     outcome = Search(Space([ort, slow], topology), measure, _never_refuse).run()
-    assert outcome.winner.arm is ort and outcome.winner.config["threads"] == 1
-    assert all(c["spinning"] for _, c in measured)  # moot with one thread
+    assert outcome.winner.arm is ort
+    assert outcome.winner.config == {**ort.default(), "spinning": False}
+    # both changes helped alone, but spinning is moot with one thread: no combined trial
+    assert not any(c["threads"] == 1 and not c["spinning"] for _, c in measured)
     levels = [c["graph_optimization_level"] for name, c in measured if name == ort.name]
     assert "ORT_ENABLE_BASIC" not in levels  # EXTENDED did not help: the ordered walk stops
-    # the other artifact starts at the winner's shared settings, is dominated, not descended
-    assert [c for name, c in measured if name == slow.name] == [ort.default() | {"threads": 1}]
+    # the other artifact starts at the winner's shared settings, is dominated, not screened
+    assert [c for name, c in measured if name == slow.name] == [outcome.winner.config]
     assert {"arm": slow.name, "reason": "its start was dominated"} in outcome.pruned
+    assert outcome.trials == len(measured) == 5  # default, 1 thread, EXTENDED, no spin, slow
+    one = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 1)
+    alone = Search(Space([one], topology), measure, _never_refuse).run()
+    assert {
+        "arm": one.name,
+        "dim": "spinning",
+        "reason": "moot at the starting settings",
+    } in alone.pruned
 
 
 def test_a_setting_that_fails_fidelity_is_never_measured_nor_chosen(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ profile that `run`, `serve`, `bench` and `edgerun.load` then pick up without fla
 
 The pieces: space (what is searched), topology (big.LITTLE / SMT core sets), trial (one
 configuration measured by the bench engine), fidelity (the on-device KL gate), search
-(successive halving), profile_write (the profile and its provenance).
+(a pruned screen of single-setting changes), profile_write (the profile and its provenance).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def provenance_of(
         "space": space.to_json(),
         "background_load_cores": baseline,
         "search": {
-            "method": "coordinate descent with pruning and a close-call confirmation"
+            "method": "single-setting screen (pruned), combination, close-call confirmation"
             " (edgerun.tune.search)",
             "trials": outcome.trials,
             "configs_measured": len(outcome.measured),

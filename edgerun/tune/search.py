@@ -1,31 +1,33 @@
-"""The search: greedy coordinate descent over each arm's dimensions, pruned by what can move the
-objective, with fidelity as a gate, a close-call confirmation, and a wall-clock budget.
+"""The search: a screen of single-setting changes pruned by what can move the objective, their
+combination, other arms only where they can compete, fidelity as a gate, a close-call
+confirmation and a wall-clock budget.
 
-Why not a model-based optimiser (optuna's TPE) or a full successive halving: the space is small
-and categorical (a handful of dimensions of 2-7 values per artifact), the dominant problem is
-noise (a trial on a shared 2-core machine can swing 4x), and every trial costs a model load. A
-TPE needs dozens of trials before its model beats random sampling; halving over every
-single-dimension change measured 57% of an exhaustive sweep's configurations in the first study.
-No new dependency.
+Why not a model-based optimiser (optuna's TPE) or successive halving: the space is small and
+categorical (a handful of dimensions of 2-7 values per artifact), the dominant problem is noise
+(a trial on a shared 2-core machine can swing 4x), and every trial costs a model load. A TPE
+needs dozens of trials before its model beats random sampling; halving over every
+single-setting change re-measured its survivors (10 trials for 8 of 14 configurations in the
+first study). No new dependency.
 
-The order of work, each trial ``FIRST_REPS`` repetitions of one configuration:
+The order of work, each trial ``FIRST_REPS`` repetitions of one configuration, measurements of
+a configuration accumulating over its trials:
 
 1. the default (what `run` picks untuned) of the first arm, always, before any fidelity check;
-2. coordinate descent from it, one dimension at a time in the arm's order (threads / placement
-   first: the largest effect, and others depend on it): every value of the dimension is
-   measured with the other dimensions at the incumbent, and the best replaces the incumbent when
-   it beats it (``_beats``). Pruned without measuring, each for a stated reason:
+2. the screen: each dimension changed alone from the default. Settings interact (on a busy
+   2-core machine one thread beat two with spinning threads, but two threads that do not spin
+   were 8x faster than either), so no change is committed before every dimension is seen.
+   Pruned without measuring, each for a stated reason:
    - a dimension that cannot move the objective (``Dim.affects``: n_batch only batches the
-     prompt, mmap only pages the weights in before the warm-up: neither moves decode speed);
-   - a dimension that is moot at the incumbent (``Dim.moot``: thread-pool spinning with one
-     thread);
+     prompt, mmap only pages the weights in: neither moves decode speed or J/token);
+   - a dimension that is moot at the default (``Dim.moot``: spinning with one thread);
    - further steps of an ordered dimension (``Dim.ordered``: graph optimisation levels) after a
      step that did not help;
-3. every other arm (another artifact or backend) starts from its default with the settings it
-   shares with the incumbent carried over; an arm whose start is beaten by more than
-   ``PRUNE_SHARE`` is dropped, otherwise it is descended like the first;
-4. confirmation: while the best and the default are too close to call, both are measured again
-   (measurements accumulate across trials), at most ``CONFIRM_ROUNDS`` times.
+3. the combination of every change that beat the default, when two or more did;
+4. every other arm (another artifact or backend) starts from its default with the settings it
+   shares with the best so far; an arm whose start is beaten by more than ``PRUNE_SHARE`` is
+   dropped, otherwise it is screened like the first;
+5. confirmation: while the best and the default are too close to call, both are measured again,
+   at most ``CONFIRM_ROUNDS`` times. The best replaces the default only when it beats it.
 
 Candidates that can change outputs are checked for fidelity before they are measured; a refused
 one is recorded and never measured.
@@ -155,53 +157,60 @@ class Search:
         self._trial_s: list[float] = []
 
     def run(self) -> Outcome:
-        """Search until every arm is descended and the winner is confirmed, or the budget is
+        """Search until every arm is screened and the winner is confirmed, or the budget is
         spent."""
         self._started = self.clock()
         first = self.space.arms[0]
         default = self._candidate(first, first.default())
         assert default is not None  # the default never needs a fidelity check
         self._measure(default)  # before any fidelity check: always measured
-        best = self._descend(first, default)
+        self._screen(first, default)
         for arm in self.space.arms[1:]:
-            best = self._other_arm(arm, best)
-        self._confirm(best, default)
-        # the incumbent, not the best median: every move to it was a significant gain
+            self._other_arm(arm)
+        self._confirm(self._best() or default, default)
+        best = self._best() or default
         winner = best if self._beats(best, default) else default
         return Outcome(
             winner, default, self._ranked(), self.refused, self.trials, self.stopped,
             self.clock() - self._started, self.pruned,
         )  # fmt: skip
 
-    # ---- the descent ---------------------------------------------------------------------
+    # ---- the screen ----------------------------------------------------------------------
 
-    def _descend(self, arm: Arm, start: Samples) -> Samples:
-        """Coordinate descent over `arm`'s dimensions from `start`: the best found."""
-        incumbent = start
+    def _screen(self, arm: Arm, start: Samples) -> None:
+        """Every searched dimension of `arm` changed alone from `start`, then the combination
+        of every change that beat `start`, when two or more did."""
+        combined, changed = dict(start.config), 0
         for dim in arm.dims:
-            why = self._skip(dim, incumbent.config)
+            why = self._skip(dim, start.config)
             if why is not None:
                 self.pruned.append({"arm": arm.name, "dim": dim.name, "reason": why})
                 continue
-            tried = [incumbent]
-            for value in self._steps(dim, incumbent.config[dim.name]):
-                cand = self._candidate(arm, {**incumbent.config, dim.name: value})
+            tried = [start]
+            for value in self._steps(dim, start.config[dim.name]):
+                cand = self._candidate(arm, {**start.config, dim.name: value})
                 if cand is None or not self._measure(cand):
                     continue
                 tried.append(cand)
                 if dim.ordered and not self._beats(cand, tried[-2]):
                     break  # an ordered dimension: a step that did not help ends the walk
             top = max(tried, key=self._key)
-            if self._beats(top, incumbent):
-                incumbent = top
-        return incumbent
+            if self._beats(top, start):
+                combined[dim.name], changed = top.config[dim.name], changed + 1
+        for dim in arm.dims:  # a change that is moot beside the others is no change
+            if dim.moot is not None and dim.moot(combined):
+                combined[dim.name] = start.config[dim.name]
+        if changed > 1:
+            found = self._candidate(arm, combined)
+            if found is not None and not found.trials:
+                self._measure(found)
 
     def _skip(self, dim: Dim, config: Config) -> str | None:
         """Why `dim` is not searched at `config` (None: it is)."""
         if dim.affects is not None and self.objective not in dim.affects:
             return f"cannot move {self.objective} (affects {', '.join(dim.affects)} only)"
         if dim.moot is not None and dim.moot(config):
-            return "moot at the incumbent's other settings"
+            return "moot at the starting settings"
         return None
 
     @staticmethod
@@ -212,22 +221,28 @@ class Search:
             return dim.values[dim.values.index(current) + 1 :]
         return [v for v in dim.values if v != current]
 
-    def _other_arm(self, arm: Arm, best: Samples) -> Samples:
-        """Another artifact or backend: its default with the incumbent's shared settings,
-        descended unless its start is clearly worse than `best`."""
-        shared = {
-            d.name: best.config[d.name]
-            for d in arm.dims
-            if d.name in best.config and best.config[d.name] in d.values
-        }
+    def _other_arm(self, arm: Arm) -> None:
+        """Another artifact or backend: its default with the shared settings of the best so
+        far, screened unless that start is clearly worse than the best."""
+        best = self._best()
+        shared = {}
+        if best is not None:
+            shared = {
+                d.name: best.config[d.name]
+                for d in arm.dims
+                if d.name in best.config and best.config[d.name] in d.values
+            }
         start = self._candidate(arm, {**arm.default(), **shared})
         if start is None or not self._measure(start):
-            return best
-        if self._dominated(start, best):
+            return
+        if best is not None and self._dominated(start, best):
             self.pruned.append({"arm": arm.name, "reason": "its start was dominated"})
-            return best
-        found = self._descend(arm, start)
-        return found if self._beats(found, best) else best
+            return
+        self._screen(arm, start)
+
+    def _best(self) -> Samples | None:
+        ranked = self._ranked()
+        return ranked[0] if ranked else None
 
     def _dominated(self, a: Samples, b: Samples) -> bool:
         """b beats a, by more than PRUNE_SHARE."""

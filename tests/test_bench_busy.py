@@ -101,3 +101,12 @@ def test_bench_warns_when_another_process_keeps_a_cpu_busy(
     assert run["busy"]["busy"] and run["busy"]["others_cores"] > 0.5
     assert all(rep["busy"]["others_cores"] > 0.5 for rep in run["artifacts"][0]["reps"])
     assert "warning: the machine was busy during run" in result.output
+    # compare and its report show the signal per row: both repetitions ran on a busy machine
+    md, html = tmp_path / "c.md", tmp_path / "c.html"
+    shown = CliRunner().invoke(cli, ["compare", str(out), "--md", str(md), "--html", str(html)])
+    assert shown.exit_code == 0, shown.output
+    header, _, row = md.read_text().splitlines()[:3]
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert cells["busy reps"] == "2"
+    assert float(cells["others' cores"]) > 0.5 and float(cells["load 1m"]) >= 0
+    assert "busy reps" in html.read_text()

@@ -34,6 +34,9 @@ COMPARE_COLUMNS: list[tuple[str, str]] = [
     ("ppl_ratio", "PPL ratio"),
     ("mean_kl", "mean KL"),
     ("top1_agreement", "top-1"),
+    ("busy_reps", "busy reps"),
+    ("others_cores", "others' cores"),
+    ("load_1m", "load 1m"),
 ] + [(col, header) for _, col, header in RATIOS]
 #: The terminal's columns in display order, each ratio beside its value; what does not fit the
 #: terminal is dropped from the end (edgerun.bench.render.fit_columns keeps the first that fit).
@@ -54,6 +57,7 @@ TERMINAL_COLUMNS: list[tuple[str, str]] = [
     ("size_mb", "size MiB"),
     ("ppl_ratio", "PPL ratio"),
     ("top1_agreement", "top-1"),
+    ("busy_reps", "busy reps"),
 ]
 
 

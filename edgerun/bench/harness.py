@@ -174,7 +174,7 @@ def run_entries(
                     for prompt in workload.prompt_tokens:
                         step(f"rep {rep + 1}/{workload.reps} {entry['name']} p{prompt}")
                         cores = entry.get("threads") or 1
-                        row = _measure(worker, workload, prompt, energy, rep, drive, cores)
+                        row = measure_rep(worker, workload, prompt, energy, rep, drive, cores)
                         entry["reps"].append(row)
                 except EdgerunError as exc:
                     _drop(drive, entry, exc)
@@ -211,7 +211,7 @@ def _load_and_warm(
             drive.generate(worker, workload, prompt)
 
 
-def _measure(
+def measure_rep(
     worker: WorkerProcess,
     workload: Workload,
     prompt: int,

@@ -77,6 +77,11 @@ def _dig(row: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def metric_of(row: dict[str, Any], name: str) -> Any:
+    """The value of SUMMARISED metric `name` in one rep row (None where it is missing)."""
+    return _dig(row, SUMMARISED[name])
+
+
 def summarize_artifact(entry: dict[str, Any]) -> dict[str, Any]:
     """{"load_s": stats, "by_prompt": {"128": {metric: stats}}} for one artifact's reps."""
     by_prompt: dict[str, dict[str, Any]] = {}

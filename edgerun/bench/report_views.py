@@ -64,7 +64,9 @@ ACROSS_COLUMNS = [
 
 def versions(run: dict[str, Any]) -> str:
     """`edgerun 0.1.0, onnxruntime 1.23.2, ...` of the libraries a run recorded."""
-    libs = run.get("libraries") or {}
+    libs = run.get("libraries")
+    if not isinstance(libs, dict):  # results from outside: a damaged field is "not recorded"
+        libs = {}
     found = [f"{name} {libs[name]}" for name in LIBRARIES if isinstance(libs.get(name), str)]
     return ", ".join(found) or "not recorded"
 

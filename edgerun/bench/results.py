@@ -175,10 +175,33 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                         "mean_kl": val.get("mean_kl"),
                         "top1_agreement": val.get("top1_agreement"),
                         "validation_passed": val.get("passed"),
+                        **_busy(run, art, int(prompt)),
                         "run": run.get("id"),
                     }
                 )
     return out
+
+
+def _busy(run: dict[str, Any], art: dict[str, Any], prompt: int) -> dict[str, Any]:
+    """The busy-machine signal of a row (edgerun.bench.busy): how many of its repetitions ran
+    on a busy machine, and the run's other processes' CPU use and peak load average (None
+    where the result predates the signal or /proc was missing)."""
+    listed = _list(art.get("reps"))
+    reps = [r for r in listed if isinstance(r, dict) and r.get("prompt_tokens") == prompt]
+    marked = [r["busy"].get("busy") for r in reps if isinstance(r.get("busy"), dict)]
+    found = run.get("busy")
+    report: dict[str, Any] = found if isinstance(found, dict) else {}
+    loads = [v for v in _list(report.get("load_1m")) if isinstance(v, (int, float))]
+    others = report.get("others_cores")
+    return {
+        "busy_reps": sum(bool(b) for b in marked) if marked else None,
+        "others_cores": others if isinstance(others, (int, float)) else None,
+        "load_1m": max(loads) if loads else None,
+    }
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _energy_label(power: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""`edgerun lab scheduler|worker|devices|bench`: benchmark many devices at once on Dask."""
+"""`edgerun lab scheduler|worker|devices|bench|tune`: benchmark and tune many devices at once on
+Dask."""
 
 from __future__ import annotations
 
@@ -218,3 +219,78 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
             )
         raise lab_run.scheduler_lost
     print_status(results.status_rows(first), kw["json_path"])
+
+
+@lab.command("tune")
+@click.argument("scheduler")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--devices",
+    "device_spec",
+    default="all",
+    show_default=True,
+    help="all, ID,ID,... or profile:ID.",
+)
+@click.option("--profile", help="Base profile id for every device (default: each device's own).")
+@click.option("--budget", default="10m", show_default=True, help="Per device: 90s, 10m, 1h.")
+@click.option(
+    "--objective",
+    type=click.Choice(["decode", "ttft", "energy"]),
+    default="decode",
+    show_default=True,
+    help="As `edgerun tune --objective`.",
+)
+@click.option("--power", "power_spec", default="auto", show_default=True, help="Energy meter.")
+@click.option("--prompt-tokens", default=64, show_default=True, help="Prompt length per trial rep.")
+@click.option("--gen-tokens", default=64, show_default=True, help="Tokens generated per trial rep.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("lab-profiles"),
+    show_default=True,
+    help="Folder for the collected profiles: OUT/<device>/tuned-<profile>.toml.",
+)
+@click.option(
+    "--stall-timeout",
+    default=300.0,
+    show_default=True,
+    help="Fail a device silent this many seconds.",
+)
+@_tls_options
+def tune(scheduler: str, artifact: Path, **kw: Any) -> None:
+    """Ship an artifact to every device and run `edgerun tune` on each at once: each device
+    writes its tuned profile into its own $EDGERUN_HOME (its run, serve and bench use it), and
+    the host collects them all under --out with their provenance."""
+    from rich.console import Console
+
+    from edgerun.cli.tune import parse_budget
+    from edgerun.lab.cluster import connect, list_devices, select_devices
+    from edgerun.lab.orchestrate import LabRun, check_profile
+    from edgerun.lab.render import progress_display
+    from edgerun.lab.ship import local_artifact
+    from edgerun.lab.tune import LabTune, TunedProfiles
+
+    check_profile(kw["profile"])
+    options = {
+        "profile": kw["profile"],
+        "budget_s": parse_budget(kw["budget"]),
+        "objective": kw["objective"],
+        "power": kw["power_spec"],
+        "prompt_tokens": kw["prompt_tokens"],
+        "gen_tokens": kw["gen_tokens"],
+    }
+    spec = LabRun([local_artifact(artifact)], options, kw["stall_timeout"], 0.0)
+    profiles = TunedProfiles(kw["out"])
+    console = Console(stderr=True)
+    with connect(scheduler, _tls(kw)) as client:
+        chosen = select_devices(list_devices(client), kw["device_spec"], scheduler)
+        with progress_display(console, [d["id"] for d in chosen]) as on_progress:
+            lab_run = LabTune(client, spec, on_progress)
+            lab_run.run(chosen, profiles)
+    for row in sorted(profiles.rows, key=lambda r: r["device"]):
+        if row["status"] == "ok":
+            click.echo(f"{row['device']}: {row['winner']}: {row['measured']} ({row['file']})")
+        else:
+            click.echo(f"{row['device']}: {row['status']}: {row['reason']}")
+    if lab_run.scheduler_lost is not None:
+        raise lab_run.scheduler_lost

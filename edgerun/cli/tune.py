@@ -28,10 +28,18 @@ def parse_budget(text: str) -> float:
 @click.option("--budget", default="10m", show_default=True, help="Wall-clock limit: 90s, 10m, 1h.")
 @click.option(
     "--objective",
-    type=click.Choice(["decode", "ttft"]),
+    type=click.Choice(["decode", "ttft", "energy"]),
     default="decode",
     show_default=True,
-    help="What to maximise: decode tok/s, or minimise time to first token.",
+    help="Maximise decode tok/s, or minimise time to first token or decode J/token (needs a"
+    " power meter).",
+)
+@click.option(
+    "--power",
+    "power_spec",
+    default="auto",
+    show_default=True,
+    help='The meter of --objective energy: auto, a meter name or cmd:"COMMAND" (see edgerun power).',
 )
 @click.option("--prompt-tokens", default=64, show_default=True, help="Prompt length per trial rep.")
 @click.option("--gen-tokens", default=64, show_default=True, help="Tokens generated per trial rep.")
@@ -42,6 +50,7 @@ def tune(
     profile: str | None,
     budget: str,
     objective: str,
+    power_spec: str,
     prompt_tokens: int,
     gen_tokens: int,
     dry_run: bool,
@@ -62,6 +71,7 @@ def tune(
         profile,
         budget_s=parse_budget(budget),
         objective=objective,
+        power=power_spec,
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
         write=not dry_run,
@@ -81,5 +91,8 @@ def tune(
     )
     for refused in out.refused:
         click.echo(f"refused: {refused['arm']} {refused['config']}: {refused['reason']}")
+    for pruned in out.pruned:
+        what = f"{pruned['arm']} {pruned['dim']}" if "dim" in pruned else pruned["arm"]
+        click.echo(f"not searched: {what}: {pruned['reason']}")
     if result.profile_path:
         click.echo(f"wrote {result.profile_path} (`edgerun profiles show {result.profile_id}`)")

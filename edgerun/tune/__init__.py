@@ -6,7 +6,7 @@ profile that `run`, `serve`, `bench` and `edgerun.load` then pick up without fla
 
 The pieces: space (what is searched), topology (big.LITTLE / SMT core sets), trial (one
 configuration measured by the bench engine), fidelity (the on-device KL gate), search
-(successive halving), profile_write (the profile and its provenance).
+(a pruned screen of single-setting changes), profile_write (the profile and its provenance).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def tune(
     *,
     budget_s: float = 600.0,
     objective: str = "decode",
+    power: str = "auto",
     prompt_tokens: int = 64,
     gen_tokens: int = 64,
     write: bool = True,
@@ -49,7 +50,9 @@ def tune(
     machine and write the winner as the user profile ``tuned-<profile id>``.
 
     profile: the base profile (id or .toml; None: detected). budget_s: wall-clock limit of the
-    search. objective: "decode" (tok/s, higher) or "ttft" (seconds, lower). prompt_tokens /
+    search. objective: "decode" (tok/s, higher), "ttft" (seconds, lower) or "energy" (decode
+    J/token, lower; needs a meter: `power` is a --power value, the profile's meter first under
+    auto, and no meter is a one-line refusal before anything runs). prompt_tokens /
     gen_tokens: each repetition's workload. space / measure / fidelity: replace the planned
     space, the bench-engine trials and the on-device fidelity gate (tests, studies).
     Raises EdgerunError for a bad argument, a path without an artifact, or no backend."""
@@ -60,7 +63,7 @@ def tune(
     if objective not in OBJECTIVES:
         raise EdgerunError(
             f"unknown objective '{objective}'",
-            f"use one of {', '.join(OBJECTIVES)} (energy needs a meter: not searched yet)",
+            f"use one of {', '.join(OBJECTIVES)}",
         )
     if budget_s <= 0:
         raise EdgerunError(f"the budget must be positive, got {budget_s:g} s", "e.g. --budget 10m")
@@ -74,16 +77,27 @@ def tune(
         raise EdgerunError(f"{path} does not exist", "pass an artifact or an export directory")
     if base is None:
         raise EdgerunError("no device profile to start from", "pass --profile ID")
+    energy = None
+    if objective == "energy" and measure is None:
+        from edgerun.tune.trial import energy_account
+
+        energy = energy_account(power, base.power_meter)
     space = space or _plan(path, base, base.threads)
     baseline = 0.0
     if measure is None:
-        measure, baseline = _bench_trials(space, base, prompt_tokens, gen_tokens)
+        measure, baseline = _bench_trials(space, base, prompt_tokens, gen_tokens, energy)
     if fidelity is None:
         from edgerun.tune.fidelity import FidelityGate
 
         fidelity = FidelityGate(space.arms[0].mean_kl, space.arms[0])
     say = progress or (lambda _msg: None)
-    outcome = Search(space, measure, fidelity, objective, budget_s, progress=say).run()
+    if energy is not None:
+        energy.start()
+    try:
+        outcome = Search(space, measure, fidelity, objective, budget_s, progress=say).run()
+    finally:
+        if energy is not None:
+            energy.stop()
     provenance = provenance_of(space, outcome, objective, baseline, base)
     tuned = tuned_profile(base, space, outcome, objective)
     written = None
@@ -104,11 +118,13 @@ def _plan(path: Path, base: Any, threads: int | None) -> Space:
     return plan_space(path, base, topology, default)
 
 
-def _bench_trials(space: Space, base: Any, prompt: int, gen: int) -> tuple[Measure, float]:
+def _bench_trials(
+    space: Space, base: Any, prompt: int, gen: int, energy: Any = None
+) -> tuple[Measure, float]:
     from edgerun.bench.workload import Workload
     from edgerun.tune.trial import BenchTrials, background_load
 
     workload = Workload([prompt], gen, reps=1, warmup=1, profile=base.id)
     baseline = background_load()
     cpus = {**space.affinity}
-    return BenchTrials(workload, baseline, cpus), baseline
+    return BenchTrials(workload, baseline, cpus, energy), baseline

@@ -25,7 +25,8 @@ def measured_line(samples: Samples, objective: str) -> str:
     s = stats(list(samples.values(metric)))
     if s is None:
         return f"{objective}: not measured ({samples.error or 'no repetition kept'})"
-    unit = "tok/s" if metric.endswith("tok_s") else "s"
+    units = {"tok_s": "tok/s", "per_token": "J/token"}
+    unit = next((u for suffix, u in units.items() if metric.endswith(suffix)), "s")
     return (
         f"{objective} {s['median']:.4g} {unit} (stdev {s['stdev']:.2g},"
         f" {s['min']:.4g}-{s['max']:.4g}, n={s['n']})"
@@ -97,7 +98,8 @@ def provenance_of(
         "space": space.to_json(),
         "background_load_cores": baseline,
         "search": {
-            "method": "successive halving over single-dimension changes (edgerun.tune.search)",
+            "method": "single-setting screen (pruned), combination, close-call confirmation"
+            " (edgerun.tune.search)",
             "trials": outcome.trials,
             "configs_measured": len(outcome.measured),
             "stopped": outcome.stopped,
@@ -107,6 +109,7 @@ def provenance_of(
         "winner": outcome.winner.to_json(),
         "measured": [s.to_json() for s in outcome.measured],
         "refused": outcome.refused,
+        "pruned": outcome.pruned,
         "device": fingerprint(base.id),
         "versions": library_versions(),
     }

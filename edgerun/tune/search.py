@@ -1,15 +1,34 @@
-"""The search: successive halving over a coordinate-sampled candidate set, with fidelity as a
-gate and a wall-clock budget.
+"""The search: a screen of single-setting changes pruned by what can move the objective, their
+combination, other arms only where they can compete, fidelity as a gate, a close-call
+confirmation and a wall-clock budget.
 
-Why successive halving and not a model-based optimiser (optuna's TPE): the space is small and
-categorical (a handful of dimensions of 2-6 values per artifact), the dominant problem is noise
-(a trial on a shared 2-core machine can swing 4x), and every trial costs a model load. Halving
-spends repetitions where they decide something: every candidate gets a short measurement, the
-best third gets more, until the spread separates them; a TPE needs dozens of trials before its
-model beats random sampling and would still need the same repeat logic. No new dependency.
+Why not a model-based optimiser (optuna's TPE) or successive halving: the space is small and
+categorical (a handful of dimensions of 2-7 values per artifact), the dominant problem is noise
+(a trial on a shared 2-core machine can swing 4x), and every trial costs a model load. A TPE
+needs dozens of trials before its model beats random sampling; halving over every
+single-setting change re-measured its survivors (10 trials for 8 of 14 configurations in the
+first study). No new dependency.
 
-The candidates are each arm's default plus every single-dimension change from it (the settings
-rarely interact beyond that), then, per arm, the combination of every change that helped.
+The order of work, each trial ``FIRST_REPS`` repetitions of one configuration, measurements of
+a configuration accumulating over its trials:
+
+1. the default (what `run` picks untuned) of the first arm, always, before any fidelity check;
+2. the screen: each dimension changed alone from the default. Settings interact (on a busy
+   2-core machine one thread beat two with spinning threads, but two threads that do not spin
+   were 8x faster than either), so no change is committed before every dimension is seen.
+   Pruned without measuring, each for a stated reason:
+   - a dimension that cannot move the objective (``Dim.affects``: n_batch only batches the
+     prompt, mmap only pages the weights in: neither moves decode speed or J/token);
+   - a dimension that is moot at the default (``Dim.moot``: spinning with one thread);
+   - further steps of an ordered dimension (``Dim.ordered``: graph optimisation levels) after a
+     step that did not help;
+3. the combination of every change that beat the default, when two or more did;
+4. every other arm (another artifact or backend) starts from its default with the settings it
+   shares with the best so far; an arm whose start is beaten by more than ``PRUNE_SHARE`` is
+   dropped, otherwise it is screened like the first;
+5. confirmation: while the best and the default are too close to call, both are measured again,
+   at most ``CONFIRM_ROUNDS`` times. The best replaces the default only when it beats it.
+
 Candidates that can change outputs are checked for fidelity before they are measured; a refused
 one is recorded and never measured.
 """
@@ -24,16 +43,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgerun.bench.metrics import stats
-from edgerun.tune.space import Arm, Config, Space
+from edgerun.tune.space import Arm, Config, Dim, Space
 
-OBJECTIVES = {"decode": ("decode_tok_s", 1.0), "ttft": ("ttft_s", -1.0)}
-#: A candidate replaces the default only when its median is better by this share...
+#: objective -> (the per-repetition metric, +1 when higher is better else -1)
+OBJECTIVES = {
+    "decode": ("decode_tok_s", 1.0),
+    "ttft": ("ttft_s", -1.0),
+    "energy": ("decode_j_per_token", -1.0),
+}
+#: A candidate replaces the incumbent only when its median is better by this share...
 MIN_GAIN = 0.02
 #: ...and by more than this many standard errors of the difference.
 NOISE_SIGMAS = 2.0
-FIRST_REPS = 2
-MAX_REPS = 8
-KEEP_SHARE = 1 / 3
+FIRST_REPS = 3
+#: Another arm whose first measurement is this much worse than the best so far is not descended.
+PRUNE_SHARE = 0.10
+CONFIRM_ROUNDS = 2
 
 
 @dataclass(eq=False)  # compared by identity: one object per configuration
@@ -74,7 +99,13 @@ class Samples:
             "error": self.error,
             **{
                 m: stats(list(self.values(m)))
-                for m in ("decode_tok_s", "prefill_tok_s", "ttft_s", "peak_rss")
+                for m in (
+                    "decode_tok_s",
+                    "prefill_tok_s",
+                    "ttft_s",
+                    "peak_rss",
+                    "decode_j_per_token",
+                )
             },
         }
 
@@ -88,7 +119,8 @@ Fidelity = Callable[[Arm, Config], str | None]
 @dataclass
 class Outcome:
     """What the search found: the winner and the default with their samples, every candidate
-    measured, those refused for fidelity, the trial count and why it stopped."""
+    measured, those refused for fidelity, the trial count, why it stopped, and what it pruned
+    without measuring (dimensions, arms) and why."""
 
     winner: Samples
     default: Samples
@@ -97,6 +129,7 @@ class Outcome:
     trials: int
     stopped: str
     seconds: float
+    pruned: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Search:
@@ -117,29 +150,114 @@ class Search:
         self.progress = progress or (lambda _msg: None)
         self.samples: dict[str, Samples] = {}
         self.refused: list[dict[str, Any]] = []
+        self.pruned: list[dict[str, Any]] = []
         self.trials = 0
         self.stopped = "converged"
         self._started = 0.0
         self._trial_s: list[float] = []
 
     def run(self) -> Outcome:
-        """Search until the candidates are separated or the budget is spent."""
+        """Search until every arm is screened and the winner is confirmed, or the budget is
+        spent."""
         self._started = self.clock()
-        default = self._candidate(self.space.arms[0], self.space.arms[0].default())
+        first = self.space.arms[0]
+        default = self._candidate(first, first.default())
         assert default is not None  # the default never needs a fidelity check
-        self._measure_all([default], FIRST_REPS)  # before any fidelity check: always measured
-        first = [c for arm in self.space.arms for c in self._singles(arm)]
-        self._measure_all([c for c in first if c is not default], FIRST_REPS)
-        combined = [c for arm in self.space.arms for c in self._combined(arm)]
-        self._measure_all(combined, FIRST_REPS)
-        self._halve(default)
-        ranked = self._ranked()
-        best = ranked[0] if ranked else default
+        self._measure(default)  # before any fidelity check: always measured
+        self._screen(first, default)
+        for arm in self.space.arms[1:]:
+            self._other_arm(arm)
+        self._confirm(self._best() or default, default)
+        best = self._best() or default
         winner = best if self._beats(best, default) else default
         return Outcome(
-            winner, default, ranked, self.refused, self.trials, self.stopped,
-            self.clock() - self._started,
+            winner, default, self._ranked(), self.refused, self.trials, self.stopped,
+            self.clock() - self._started, self.pruned,
         )  # fmt: skip
+
+    # ---- the screen ----------------------------------------------------------------------
+
+    def _screen(self, arm: Arm, start: Samples) -> None:
+        """Every searched dimension of `arm` changed alone from `start`, then the combination
+        of every change that beat `start`, when two or more did."""
+        combined, changed = dict(start.config), 0
+        for dim in arm.dims:
+            why = self._skip(dim, start.config)
+            if why is not None:
+                self.pruned.append({"arm": arm.name, "dim": dim.name, "reason": why})
+                continue
+            tried = [start]
+            for value in self._steps(dim, start.config[dim.name]):
+                cand = self._candidate(arm, {**start.config, dim.name: value})
+                if cand is None or not self._measure(cand):
+                    continue
+                tried.append(cand)
+                if dim.ordered and not self._beats(cand, tried[-2]):
+                    break  # an ordered dimension: a step that did not help ends the walk
+            top = max(tried, key=self._key)
+            if self._beats(top, start):
+                combined[dim.name], changed = top.config[dim.name], changed + 1
+        for dim in arm.dims:  # a change that is moot beside the others is no change
+            if dim.moot is not None and dim.moot(combined):
+                combined[dim.name] = start.config[dim.name]
+        if changed > 1:
+            found = self._candidate(arm, combined)
+            if found is not None and not found.trials:
+                self._measure(found)
+
+    def _skip(self, dim: Dim, config: Config) -> str | None:
+        """Why `dim` is not searched at `config` (None: it is)."""
+        if dim.affects is not None and self.objective not in dim.affects:
+            return f"cannot move {self.objective} (affects {', '.join(dim.affects)} only)"
+        if dim.moot is not None and dim.moot(config):
+            return "moot at the starting settings"
+        return None
+
+    @staticmethod
+    def _steps(dim: Dim, current: Any) -> list[Any]:
+        """The values to try from `current`: the others in order (an ordered dimension walks
+        away from `current` towards the end of its list)."""
+        if dim.ordered:
+            return dim.values[dim.values.index(current) + 1 :]
+        return [v for v in dim.values if v != current]
+
+    def _other_arm(self, arm: Arm) -> None:
+        """Another artifact or backend: its default with the shared settings of the best so
+        far, screened unless that start is clearly worse than the best."""
+        best = self._best()
+        shared = {}
+        if best is not None:
+            shared = {
+                d.name: best.config[d.name]
+                for d in arm.dims
+                if d.name in best.config and best.config[d.name] in d.values
+            }
+        start = self._candidate(arm, {**arm.default(), **shared})
+        if start is None or not self._measure(start):
+            return
+        if best is not None and self._dominated(start, best):
+            self.pruned.append({"arm": arm.name, "reason": "its start was dominated"})
+            return
+        self._screen(arm, start)
+
+    def _best(self) -> Samples | None:
+        ranked = self._ranked()
+        return ranked[0] if ranked else None
+
+    def _dominated(self, a: Samples, b: Samples) -> bool:
+        """b beats a, by more than PRUNE_SHARE."""
+        sa, sb = a.score(self.objective), b.score(self.objective)
+        if sa is None or sb is None or not self._beats(b, a):
+            return False
+        return sb - sa > PRUNE_SHARE * abs(sb)
+
+    def _confirm(self, best: Samples, default: Samples) -> None:
+        """Measure the best and the default again while they are too close to call."""
+        for _ in range(CONFIRM_ROUNDS):
+            if best is default or not self._close(best, default):
+                return
+            for sample in (best, default):
+                self._measure(sample)
 
     # ---- candidates ----------------------------------------------------------------------
 
@@ -160,34 +278,6 @@ class Search:
         self.samples[key] = Samples(arm, config)
         return self.samples[key]
 
-    def _singles(self, arm: Arm) -> list[Samples]:
-        """The arm's default and every single-dimension change from it that passes fidelity."""
-        base = arm.default()
-        configs = [base] + [
-            {**base, dim.name: value} for dim in arm.dims for value in dim.values[1:]
-        ]
-        found = (self._candidate(arm, c) for c in configs)
-        return [c for c in found if c is not None]
-
-    def _combined(self, arm: Arm) -> list[Samples]:
-        """The arm's default with every single change that beat it, when two or more did."""
-        base = self.samples.get(json.dumps([arm.name, arm.default()], sort_keys=True, default=str))
-        if base is None:
-            return []
-        config, changed = dict(base.config), 0
-        for dim in arm.dims:
-            options = [
-                s for s in self._arm_samples(arm) if _only_change(s.config, base.config) == dim.name
-            ]
-            best = max(options, key=self._key, default=None)
-            if best is not None and self._beats(best, base):
-                config[dim.name], changed = best.config[dim.name], changed + 1
-        found = self._candidate(arm, config) if changed > 1 else None
-        return [found] if found is not None else []
-
-    def _arm_samples(self, arm: Arm) -> list[Samples]:
-        return [s for s in self.samples.values() if s.arm is arm]
-
     # ---- measuring -----------------------------------------------------------------------
 
     def _left_s(self) -> float:
@@ -201,13 +291,12 @@ class Search:
         self.stopped = "budget"
         return False
 
-    def _measure_all(self, candidates: list[Samples], reps: int) -> None:
-        for sample in candidates:
-            if sample.error is not None or not self._affordable():
-                continue
+    def _measure(self, sample: Samples) -> bool:
+        """One trial of FIRST_REPS repetitions; whether `sample` has a score afterwards."""
+        if sample.error is None and self._affordable():
             started = self.clock()
             try:
-                kept, discarded = self.measure(sample.arm, sample.config, reps)
+                kept, discarded = self.measure(sample.arm, sample.config, FIRST_REPS)
             except Exception as exc:  # a setting the backend refuses is a result, not a crash
                 sample.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                 kept, discarded = [], 0
@@ -216,7 +305,8 @@ class Search:
             sample.trials += 1
             self.trials += 1
             self._trial_s.append(self.clock() - started)
-            self._report(sample, reps, discarded)
+            self._report(sample, FIRST_REPS, discarded)
+        return sample.score(self.objective) is not None
 
     def _report(self, sample: Samples, reps: int, discarded: int) -> None:
         score = sample.score(self.objective)
@@ -231,22 +321,6 @@ class Search:
         self.progress(
             f"trial {self.trials} (+{reps} reps{busy}): {sample.arm.name} {settings}: {result}"
         )
-
-    def _halve(self, default: Samples) -> None:
-        """Keep the best third (and the default), double their repetitions, until one is left
-        or they reach MAX_REPS."""
-        alive = self._ranked()
-        reps = FIRST_REPS
-        while len(alive) > 1 and reps < MAX_REPS and self.stopped != "budget":
-            keep = max(1, math.ceil(len(alive) * KEEP_SHARE))
-            alive = alive[:keep]
-            if default not in alive:
-                alive.append(default)
-            self._measure_all(alive, reps)
-            reps *= 2
-            alive = [s for s in self._ranked() if s in alive]
-            if len(alive) == 2 and default in alive and not self._close(*alive):
-                break
 
     def _key(self, sample: Samples) -> float:
         score = sample.score(self.objective)
@@ -267,9 +341,3 @@ class Search:
 
     def _close(self, a: Samples, b: Samples) -> bool:
         return not (self._beats(a, b) or self._beats(b, a))
-
-
-def _only_change(config: Config, base: Config) -> str | None:
-    """The one dimension in which `config` differs from `base`, else None."""
-    diff = [k for k in base if config.get(k) != base[k]]
-    return diff[0] if len(diff) == 1 else None

@@ -6,9 +6,9 @@ change the model's outputs (then it must pass the on-device fidelity check befor
 measured), and how a value becomes backend options. Threads and affinity are every backend's;
 the others belong to one backend:
 
-    onnxruntime  graph optimisation level; intra-op thread spinning
-    llamacpp     n_batch (= n_ubatch); flash attention*; KV cache type* (f16 / q8_0); mmap
-    * can change outputs
+    onnxruntime  graph optimisation level; intra-op thread spinning (moot with one thread)
+    llamacpp     n_batch (= n_ubatch)†; flash attention*; KV cache type* (f16 / q8_0); mmap†
+    * can change outputs   † searched for ttft only (cannot move decode speed or J/token)
 
 Not searched (see README "Tune a device"): MatMulNBits accuracy level, an attribute baked into
 the ONNX graph at export (exports with different levels are different artifacts, which are
@@ -35,24 +35,42 @@ Config = dict[str, Any]
 @dataclass(frozen=True)
 class Dim:
     """One searched setting: its values (the default first), whether a non-default value can
-    change outputs, and the backend options a value maps to (None: not a backend option)."""
+    change outputs, and the backend options a value maps to (None: not a backend option).
+
+    What the search may skip (edgerun.tune.search): ``affects``, the objectives a value can
+    move (None: every one); ``moot``, true for configurations where the value cannot matter;
+    ``ordered``, values listed by degree from the default, so a step that does not help ends
+    the walk."""
 
     name: str
     values: list[Any]
     changes_output: bool = False
     options: Callable[[Any], dict[str, Any]] | None = None
+    affects: tuple[str, ...] | None = None
+    moot: Callable[[Config], bool] | None = None
+    ordered: bool = False
+
+
+def _one_thread(config: Config) -> bool:
+    return threads_and_cpus(config, {})[0] == 1
 
 
 def _ort_dims() -> list[Dim]:
     levels = ["ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC"]
     return [
-        Dim("graph_optimization_level", levels, options=lambda v: {"graph_optimization_level": v}),
+        Dim(
+            "graph_optimization_level",
+            levels,
+            options=lambda v: {"graph_optimization_level": v},
+            ordered=True,  # fewer fusions at each step
+        ),
         Dim(
             "spinning",
             [True, False],
             options=lambda v: {
                 "session_config": {"session.intra_op.allow_spinning": "1" if v else "0"}
             },
+            moot=_one_thread,  # one intra-op thread: no pool threads to spin
         ),
     ]
 
@@ -66,10 +84,17 @@ def _kv_options(value: str) -> dict[str, Any]:
 
 def _llamacpp_dims() -> list[Dim]:
     return [
-        Dim("n_batch", [512, 128], options=lambda v: {"n_batch": v, "n_ubatch": v}),
+        # n_batch only splits the prompt; mmap only pages the weights in (before the warm-up
+        # ends): neither runs while decoding one token at a time
+        Dim(
+            "n_batch",
+            [512, 128],
+            options=lambda v: {"n_batch": v, "n_ubatch": v},
+            affects=("ttft",),
+        ),
         Dim("flash_attn", [False, True], True, options=lambda v: {"flash_attn": v}),
         Dim("kv_cache", ["f16", "q8_0"], True, options=_kv_options),
-        Dim("mmap", [True, False], options=lambda v: {"use_mmap": v}),
+        Dim("mmap", [True, False], options=lambda v: {"use_mmap": v}, affects=("ttft",)),
     ]
 
 

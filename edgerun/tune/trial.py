@@ -13,16 +13,19 @@ pinned load); a burst that comes and goes disturbs one trial, and that trial is 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgerun.bench.busy import OTHERS_CORES_LIMIT, STEAL_LIMIT, BusyWindow
-from edgerun.bench.harness import Drive
-from edgerun.bench.metrics import rep_metrics
+from edgerun.bench.harness import Drive, measure_rep
+from edgerun.bench.metrics import metric_of
 from edgerun.bench.worker import WorkerProcess, load_worker
 from edgerun.bench.workload import Workload
+from edgerun.core.errors import EdgerunError
+from edgerun.power.account import EnergyAccount
+from edgerun.power.registry import Selection, select
 from edgerun.tune.space import Arm, Config, threads_and_cpus
 
 
@@ -32,6 +35,24 @@ def background_load(seconds: float = 2.0) -> float:
     window = BusyWindow().start()
     time.sleep(seconds)
     return float(window.stop().get("others_cores") or 0.0)
+
+
+def energy_account(
+    power: str = "auto", preferred: str | None = None, root: Path = Path("/")
+) -> EnergyAccount:
+    """The meter `--objective energy` measures J/token with (`power`: a --power value, the
+    profile's `preferred` meter first under auto). No meter is a one-line refusal naming what
+    is missing: an estimate (--assume-watts) would only rank by time per token again."""
+    selection = select(power, root, preferred)  # a named meter that is missing raises here
+    if selection.meter is None:
+        tried = ", ".join(selection.tried or {})
+        why = f"none works here (tried {tried})" if tried else selection.reason
+        raise EdgerunError(
+            f"--objective energy needs a power meter: {why}",
+            "`edgerun power` says why each is unavailable; name an external one with"
+            ' --power cmd:"COMMAND", or tune --objective decode',
+        )
+    return EnergyAccount(selection)
 
 
 def disturbed(report: dict[str, Any], baseline: float) -> bool:
@@ -52,11 +73,13 @@ class BenchTrials:
 
     workload: prompt length and new tokens of every repetition (its reps / warmup unused here:
     the search asks for reps); baseline: background_load(); cpus: affinity name -> CPU ids;
+    energy: the started meter of --objective energy (None: energy is not measured);
     timeout_s: the longest wait for one worker reply."""
 
     workload: Workload
     baseline: float
     cpus: dict[str, list[int]]
+    energy: EnergyAccount | None = None
     timeout_s: float = 300.0
 
     def __call__(self, arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
@@ -68,9 +91,9 @@ class BenchTrials:
             drive.generate(worker, self.workload, prompt)  # warm-up
             kept: list[dict[str, Any]] = []
             discarded = 0
+            threads, _ = threads_and_cpus(config, self.cpus)
             while len(kept) < reps and discarded <= reps:
-                threads, _ = threads_and_cpus(config, self.cpus)
-                row = self._rep(worker, drive, prompt, threads or 1)
+                row = self._rep(worker, drive, prompt, threads or 1, len(kept) + discarded)
                 if disturbed(row["busy"], self.baseline):
                     discarded += 1
                 else:
@@ -92,11 +115,11 @@ class BenchTrials:
         load_worker(worker, workload, Drive().loader, options=options, affinity=affinity or None)
 
     def _rep(
-        self, worker: WorkerProcess, drive: Drive, prompt: int, threads: int
+        self, worker: WorkerProcess, drive: Drive, prompt: int, threads: int, rep: int
     ) -> dict[str, Any]:
-        window = BusyWindow(lambda: [os.getpid(), worker.proc.pid]).start()
-        reply = drive.generate(worker, self.workload, prompt)
-        row = rep_metrics(reply["t_start"], reply["token_times"], prompt)
-        row["peak_rss"] = (reply.get("memory") or {}).get("peak_rss")
-        row["busy"] = window.stop(own_cores=threads)
+        """One repetition as the bench measures it, with the values the search ranks by."""
+        energy = self.energy or EnergyAccount(Selection(None, "not measured by this search"))
+        row = measure_rep(worker, self.workload, prompt, energy, rep, drive, threads)
+        for metric in ("peak_rss", "decode_j_per_token"):
+            row[metric] = metric_of(row, metric)
         return row

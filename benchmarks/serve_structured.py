@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         result = results[fmt] = {"direct": direct(path, cases[: args.direct], args.max_tokens)}
         proc, base = start_server(path, None, args.threads, 1)
         # the request log goes to stderr: keep the pipe empty or the server blocks on it
-        threading.Thread(target=lambda: proc.stderr and proc.stderr.read(), daemon=True).start()
+        assert proc.stderr is not None
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         try:
             client = openai.OpenAI(base_url=base + "/v1", api_key="-", timeout=600, max_retries=0)
             result["tool_round_trip"] = round_trip(client)

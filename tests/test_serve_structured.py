@@ -107,9 +107,8 @@ def _schema_format() -> dict[str, Any]:
 
 
 def test_json_object_output_parses(client: Any) -> None:
-    # Any object is an infinite language: a random model may still be inside a string at
-    # max_tokens (as OpenAI, finish_reason "length"); every reply that ends is an object.
-    ended = 0
+    # Any object is an infinite language: a random model may wander inside a string until
+    # max_tokens draws near; then it is steered to the end (edgerun.json_close).
     for seed in range(1, 7):
         choice = client.chat.completions.create(
             model="plain",
@@ -117,13 +116,10 @@ def test_json_object_output_parses(client: Any) -> None:
             response_format={"type": "json_object"},
             temperature=1.0,
             seed=seed,
-            max_tokens=600,
+            max_tokens=200,
         ).choices[0]
-        assert choice.message.content.startswith("{")
-        if choice.finish_reason == "stop":
-            assert isinstance(json.loads(choice.message.content), dict)
-            ended += 1
-    assert ended >= 3
+        assert choice.finish_reason == "stop"
+        assert isinstance(json.loads(choice.message.content), dict)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -202,7 +202,7 @@ _CLOSERS: weakref.WeakKeyDictionary[Tokenizer, Closer] = weakref.WeakKeyDictiona
 
 
 def _closer(tokenizer: Tokenizer, lltok: Any) -> Closer:
-    """The tokenizer's Closer (every token's bytes: some 50 ms for a 49k vocabulary, once)."""
+    """The tokenizer's Closer (every token's bytes: 0.4 s for a 49k vocabulary, once)."""
     with _LOCK:
         made = _CLOSERS.get(tokenizer)
         if made is None or len(made.token_bytes) != lltok.vocab_size:

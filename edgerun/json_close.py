@@ -63,7 +63,9 @@ def _of_type(kind: str, schema: dict[str, Any], depth: int) -> int:
         props = props if isinstance(props, dict) else {}
         required = required if isinstance(required, list) else []
         fields = [
-            _dumped(str(k)) + 1 + shortest_bytes(props.get(k, {}), depth + 1) for k in required
+            _dumped(k) + 1 + shortest_bytes(props.get(k, {}), depth + 1)
+            for k in required
+            if isinstance(k, str)  # request data: anything else is llguidance's 400 to give
         ]
         return 2 + sum(fields) + max(len(fields) - 1, 0)
     if kind == "array":

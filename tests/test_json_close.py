@@ -48,6 +48,10 @@ def test_what_the_schema_does_not_pin_down_counts_a_fixed_amount() -> None:
         deep = {"type": "array", "items": deep, "minItems": 1}
     assert shortest_bytes(deep) < 100 * 4
     assert reserve_for({"type": "object"}) > shortest_bytes({"type": "object"})
+    # malformed parts (llguidance refuses the schema with a 400 later) do not break the walk
+    odd = {"type": "object", "required": [[1], 2, "a"], "properties": [], "minimum": "x"}
+    assert shortest_bytes(odd) == len('{"a":0}')
+    assert shortest_bytes({"anyOf": [3, {"type": "null"}], "type": [None]}) == 1
 
 
 VOCAB = [b"", b"a", b'"', b'"]', b'",', b"]", b"}", b",", b'","', b" ", b'"}', b"\\"]

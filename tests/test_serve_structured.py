@@ -305,6 +305,7 @@ def _post(server: str, body: dict[str, Any]) -> Any:
                 ({"not": {"type": "string"}}, "not"),
                 ({"type": "object", "if": {}, "then": {}}, '"if", "then"'),
                 ({"type": "string", "format": "shoe-size"}, "Unknown format: shoe-size"),
+                ({"type": "object", "required": [[1]]}, "Expected string for 'required'"),
             ]
         ],
         ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice", "'sometimes'"),

@@ -23,6 +23,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,7 +158,7 @@ def direct(path: Path, cases: list[Any], max_tokens: int) -> dict[str, Any]:
     import edgerun
     from edgerun.text import constrain
 
-    shares, per_token_us = [], []
+    shares, per_token_us, steered = [], [], 0
     with edgerun.load(path, threads=2) as model:  # the server's threads
         for name, schema, prompt in cases:
             ids = model.tokenizer.encode_chat([{"role": "user", "content": prompt}])
@@ -168,8 +169,10 @@ def direct(path: Path, cases: list[Any], max_tokens: int) -> dict[str, Any]:
             spent = s.decode_s + (s.ttft_s or 0.0)
             shares.append(s.constrain_s / spent)
             per_token_us.append(1e6 * s.constrain_s / max(s.generated_tokens, 1))
+            steered += s.steered
     return {
         "requests": len(cases),
+        "steered_to_end": steered,  # replies that reached the grammar's reserve (json_close)
         "mask_share_median": statistics.median(shares),
         "mask_us_per_token_median": statistics.median(per_token_us),
     }
@@ -199,6 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="FMT=PATH",
+        help="Use this artifact (directory or .gguf) for FMT instead of exporting one.",
+    )
     args = ap.parse_args(argv)
     import openai
 
@@ -206,10 +216,14 @@ def main(argv: list[str] | None = None) -> None:
     cases = requests(args.n)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS / f"serve-structured-{stamp}.json"
+    given = {f: Path(p) for f, p in (spec.split("=", 1) for spec in args.artifact)}
     for fmt in args.formats.split(","):
-        path = artifact(args.model, fmt)
+        path = given.get(fmt) or artifact(args.model, fmt)
         result = results[fmt] = {"direct": direct(path, cases[: args.direct], args.max_tokens)}
         proc, base = start_server(path, None, args.threads, 1)
+        # the request log goes to stderr: keep the pipe empty or the server blocks on it
+        assert proc.stderr is not None
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         try:
             client = openai.OpenAI(base_url=base + "/v1", api_key="-", timeout=600, max_retries=0)
             result["tool_round_trip"] = round_trip(client)

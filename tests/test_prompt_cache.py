@@ -58,6 +58,34 @@ def test_follow_up_reuses_the_prefix_and_matches_a_cold_run(artifact: Path) -> N
         assert cold.last_stats.cached_tokens == 0
 
 
+def test_llama_cpp_restores_only_when_its_context_holds_another_conversation(
+    artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "gguf" not in artifact.name:
+        pytest.skip("llama.cpp's state restore")
+    import llama_cpp
+
+    restores: list[int] = []
+    real = llama_cpp.llama_state_seq_set_data
+
+    def counted(*args: Any) -> Any:
+        restores.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(llama_cpp, "llama_state_seq_set_data", counted)
+    first, other = _prompt(20, 40), _prompt(21, 40)
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=64) as warm:
+        reply = _greedy(warm, first)
+        follow = [*first, *reply, *_prompt(22, 6)]
+        out = [_greedy(warm, follow)]  # the conversation goes on: its KV cache is in place
+        assert warm.last_stats.cached_tokens > len(first) and not restores
+        _greedy(warm, other)  # another conversation takes the context
+        out.append(_greedy(warm, follow))  # so this turn comes back from the snapshot
+        assert warm.last_stats.cached_tokens > len(first) and len(restores) == 1
+    with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as cold:
+        assert out == [_greedy(cold, follow)] * 2
+
+
 def test_the_byte_bound_evicts_the_least_recent(artifact: Path) -> None:
     with edgerun.load(artifact, PROFILE, prompt_cache_mb=64) as model:
         _greedy(model, _prompt(10, 30), n=2)

@@ -130,15 +130,22 @@ class LlamaCppBackend(Backend):
         return ((buf, written), written) if written else None
 
     def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:
-        buf, size = state
-        self.llm.reset()
-        if not self._lib.llama_state_seq_set_data(self.llm.ctx, buf, size, 0):
-            return self.prefill(ids, total)  # refused (never seen): compute it all
+        if not self._holds(ids[:keep]):
+            buf, size = state
+            self.llm.reset()
+            if not self._lib.llama_state_seq_set_data(self.llm.ctx, buf, size, 0):
+                return self.prefill(ids, total)  # refused (never seen): compute it all
         # eval() removes every cell from n_tokens on, so only the kept prefix stays
         self.llm.n_tokens = keep
         self.llm.input_ids[:keep] = ids[:keep]
         self.llm.eval(list(ids[keep:]))
         return self._logits()
+
+    def _holds(self, prefix: Sequence[int]) -> bool:
+        """Whether the context's KV cache already starts with `prefix` (the conversation the
+        last generation left goes on): then restoring a snapshot of it is a copy for nothing."""
+        llm, n = self.llm, len(prefix)
+        return 0 < n <= llm.n_tokens and bool(np.array_equal(llm.input_ids[:n], prefix))
 
     def _logits(self) -> np.ndarray:
         # llama.cpp may move its output buffer between decodes: fetch the pointer every time.

@@ -75,6 +75,8 @@ class GenerationStats:
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     constrain_s: float = 0.0  # of the time above, spent on grammar masks (edgerun.text.constrain)
+    # whether the grammar's end was steered to as max_tokens drew near (edgerun.text.json_close)
+    steered: bool = False
 
     @property
     def prefill_tok_s(self) -> float | None:
@@ -387,10 +389,13 @@ class Model:
         stats.finish_reason = "cancelled"  # stays so if the caller stops iterating early
         for i in range(max_tokens):
             scored = None if logprobs is None else _logprobs(logits, logprobs)
-            token = sampler(logits if constraint is None else constraint.mask(logits))
+            token = sampler(
+                logits if constraint is None else constraint.mask(logits, max_tokens - i)
+            )
             # a complete grammar allows only its end-of-sequence ids (even with ignore_eos)
             done = constraint is not None and constraint.accept(token)
-            stats.constrain_s = constraint.spent_s if constraint is not None else 0.0
+            if constraint is not None:
+                stats.constrain_s, stats.steered = constraint.spent_s, constraint.closing
             if token in eos or (done and token in constraint.eos_ids):  # type: ignore[union-attr]
                 stats.finish_reason = "stop" if token in stops.ids else "eos"
                 break

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.core.errors import EdgerunError, MissingExtraError
+from edgerun.text.json_close import Closer, StringState, reserve_for
 from edgerun.text.tokenizer import Tokenizer
 
 # A schema or grammar is request data: bound what compiling it may cost (llguidance's defaults
@@ -42,22 +43,25 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # values, 
 @dataclass(frozen=True)
 class Grammar:
     """What the output must match, as llguidance Lark text (JSON Schemas are embedded with
-    `%json {...}`). `what` names it in error messages."""
+    `%json {...}`). `what` names it in error messages; with the last `reserve` tokens of
+    max_tokens the reply is steered to its end (edgerun.text.json_close; 0: never)."""
 
     lark: str
     what: str = "the grammar"
+    reserve: int = 0
 
 
 def json_object() -> Grammar:
     """Any JSON object (OpenAI's response_format {"type": "json_object"})."""
-    return Grammar(f"start: {json_grammar({'type': 'object'})}", "a JSON object")
+    schema = {"type": "object"}
+    return Grammar(f"start: {json_grammar(schema)}", "a JSON object", reserve_for(schema))
 
 
 def json_schema(schema: dict[str, Any], name: str = "the JSON schema") -> Grammar:
     """JSON matching `schema` (a JSON Schema object); check() reports what cannot be compiled."""
     if not isinstance(schema, dict):
         raise EdgerunError(f"{name} must be a JSON object", "pass a JSON Schema such as {}")
-    return Grammar(f"start: {json_grammar(schema)}", name)
+    return Grammar(f"start: {json_grammar(schema)}", name, reserve_for(schema))
 
 
 def json_grammar(schema: dict[str, Any]) -> str:
@@ -96,23 +100,39 @@ def check(grammar: Grammar) -> None:
 
 
 class Constraint:
-    """One generation's grammar state: masks logits, advances by the chosen token."""
+    """One generation's grammar state: masks logits, advances by the chosen token. With a
+    Closer and a reserve, mask(logits, left) steers to the grammar's end once `left` tokens
+    are no more than the reserve (edgerun.text.json_close)."""
 
-    def __init__(self, matcher: Any, vocab_size: int, eos_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        matcher: Any,
+        vocab_size: int,
+        eos_ids: Sequence[int],
+        closer: Closer | None = None,
+        reserve: int = 0,
+    ) -> None:
         self._matcher = matcher
         self._bits = np.zeros((vocab_size + 31) // 32, np.int32)
         self.vocab_size = vocab_size
         self.eos_ids = frozenset(eos_ids)
         self.spent_s = 0.0  # in mask() and accept(), for the stats
+        self._closer, self.reserve = closer, reserve if closer is not None else 0
+        self._string = StringState()
+        self.closing = False  # whether a pick was steered to the end (the budget ran low)
 
-    def mask(self, logits: np.ndarray) -> np.ndarray:
+    def mask(self, logits: np.ndarray, left: int | None = None) -> np.ndarray:
         """`logits` with every token the grammar forbids at -inf (a copy: backends reuse their
-        output buffer)."""
+        output buffer); `left`: the tokens max_tokens still allows, this one included."""
         start, m = time.perf_counter(), self._matcher
         m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         if m.is_error():
             raise EdgerunError(f"constrained decoding failed: {_first(m.get_error())}")
-        out = apply_bitmask(logits, self._bits)
+        bits = self._bits
+        if self._closer is not None and left is not None and left <= self.reserve:
+            self.closing = True
+            bits = self._closer.prefer(bits, self._string.inside)
+        out = apply_bitmask(logits, bits)
         self.spent_s += time.perf_counter() - start
         return out
 
@@ -121,6 +141,8 @@ class Constraint:
         start, m = time.perf_counter(), self._matcher
         if not m.consume_token(token):
             raise EdgerunError(f"constrained decoding failed: {_first(m.get_error())}")
+        if self._closer is not None and 0 <= token < len(self._closer.token_bytes):
+            self._string.feed(self._closer.token_bytes[token])
         self.spent_s += time.perf_counter() - start
         return bool(m.is_stopped())
 
@@ -144,7 +166,9 @@ def compile_for(grammar: Grammar, tokenizer: Tokenizer, vocab_size: int) -> Cons
             f"{grammar.what} cannot be compiled: {_first(matcher.get_error())}",
             "fix the schema or grammar",
         )
-    return Constraint(matcher, vocab_size, eos)
+    if grammar.reserve <= 0:
+        return Constraint(matcher, vocab_size, eos)
+    return Constraint(matcher, vocab_size, eos, _closer(tokenizer, lltok), grammar.reserve)
 
 
 # Building llguidance's token trie takes about a second for a 49k vocabulary: once per tokenizer.
@@ -171,6 +195,22 @@ def _tokenizer(lib: Any, tokenizer: Tokenizer, vocab_size: int, eos: list[int]) 
                 "use an artifact exported by edgerun",
             )
         _TOKENIZERS[tokenizer] = (vocab_size, made)
+        return made
+
+
+_CLOSERS: weakref.WeakKeyDictionary[Tokenizer, Closer] = weakref.WeakKeyDictionary()
+
+
+def _closer(tokenizer: Tokenizer, lltok: Any) -> Closer:
+    """The tokenizer's Closer (every token's bytes: 0.4 s for a 49k vocabulary, once)."""
+    with _LOCK:
+        made = _CLOSERS.get(tokenizer)
+        if made is None or len(made.token_bytes) != lltok.vocab_size:
+            raw = [
+                b"" if lltok.is_special_token(i) else bytes(lltok.decode_bytes([i]))
+                for i in range(lltok.vocab_size)
+            ]
+            made = _CLOSERS[tokenizer] = Closer(raw)
         return made
 
 

@@ -44,6 +44,9 @@ DETAILS = [
     ("avg W", "avg_watts"),
     ("energy", "energy_method"),
     ("validation passed", "validation_passed"),
+    ("busy reps", "busy_reps"),
+    ("others' cores", "others_cores"),
+    ("load 1m", "load_1m"),
     ("run", "run"),
 ]
 

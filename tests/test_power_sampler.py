@@ -262,21 +262,24 @@ def test_cli_power_lists_meters_with_reasons(tmp_path: Path, no_real_meters: Non
         cli, ["power", "--root", str(rapl_tree(tmp_path)), "--seconds", "0"]
     )
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0].startswith("jetson   unavailable: no INA3221 power monitor and no tegrastats")
-    assert lines[2] == (
-        "rapl         0.00 W  RAPL powercap: package-0 (intel-rapl:0), dram (intel-rapl:0:1) "
+    # one line per registered meter, in the registry's order (spaces collapsed: the name column
+    # is as wide as the longest name)
+    lines = {line.split()[0]: " ".join(line.split()) for line in result.output.splitlines()}
+    assert list(lines) == list(registry.METERS)
+    assert lines["jetson"].startswith(
+        "jetson unavailable: no INA3221 power monitor and no tegrastats"
+    )
+    assert lines["rapl"] == (
+        "rapl 0.00 W RAPL powercap: package-0 (intel-rapl:0), dram (intel-rapl:0:1) "
         "[scope package, counter]"
     )
-    assert lines[3] == (
-        "nvml     unavailable: the Python package 'pynvml' is not installed "
+    assert lines["nvml"] == (
+        "nvml unavailable: the Python package 'pynvml' is not installed "
         "(install the NVML bindings: pip install 'edgerun[nvidia]')"
     )
-    assert (
-        lines[4]
-        == "battery  unavailable: no battery under /sys/class/power_supply (this meter needs a battery)"
+    assert lines["battery"] == (
+        "battery unavailable: no battery under /sys/class/power_supply (this meter needs a battery)"
     )
-    assert len(lines) == 5
 
 
 def test_cli_power_nothing_found(tmp_path: Path, no_real_meters: None) -> None:

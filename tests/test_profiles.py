@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from edgerun.backends.providers import CPU_PROVIDER, check_memory, select_providers
 from edgerun.cli import cli
 from edgerun.core.errors import EdgerunError
+from edgerun.core.plugins import BACKENDS_GROUP, entry_point_names
 from edgerun.device.profile import (
     backend_names,
     get_profile,
@@ -97,8 +98,9 @@ def test_minimal_profile_defaults() -> None:
         ),
         (
             ('name = "onnxruntime"', 'name = "tensorflow"'),
-            "bad.toml, line 9: backends[0].name: expected one of genai, llamacpp, onnxruntime"
-            " (registered backends), got 'tensorflow'",
+            "bad.toml, line 9: backends[0].name: expected one of "
+            f"{', '.join(sorted(entry_point_names(BACKENDS_GROUP)))} (registered backends),"
+            " got 'tensorflow'",
         ),
         (
             ('name = "Tiny"', 'name = "Tiny"\nthreads = "four"'),

@@ -202,6 +202,7 @@ def test_a_plugin_backend_registers_through_the_entry_point_group(
         return [*original(group=group), extra]
 
     monkeypatch.setattr("edgerun.backends.registry.entry_points", entry_points)
+    monkeypatch.setattr("edgerun.core.plugins.entry_points", entry_points)  # backend_names()
     assert get_backend("counting") is CountingBackend
     art = tmp_path / "counting"
     art.mkdir()

@@ -20,8 +20,17 @@ from tests.registry_fixtures import (
 from tests.tiny_models import FAMILY_SPECS
 
 
+def same_names(registered: object, fixtures: object, what: str) -> None:
+    """The registry and its fixture table name the same things; else say which side lacks which."""
+    left, right = set(registered), set(fixtures)  # type: ignore[call-overload]
+    assert left == right, (
+        f"{what}: registered without a fixture: {sorted(left - right)}; "
+        f"a fixture for nothing registered: {sorted(right - left)}"
+    )
+
+
 def test_every_registered_meter_has_a_fixture() -> None:
-    assert sorted(METERS) == sorted(METER_FIXTURES)
+    same_names(METERS, METER_FIXTURES, "power meters (METER_FIXTURES)")
 
 
 @pytest.mark.parametrize("name", sorted(METERS))
@@ -37,14 +46,14 @@ def test_every_registered_backend_has_an_artifact_fixture() -> None:
     """tests/test_runtime_backends.py runs each backend on a tiny artifact of this format."""
     from edgerun.backends.registry import backend_names
 
-    assert sorted(backend_names()) == sorted(BACKEND_ARTIFACTS)
+    same_names(backend_names(), BACKEND_ARTIFACTS, "backends (BACKEND_ARTIFACTS)")
 
 
 def test_every_format_family_is_in_the_family_matrix() -> None:
     from edgerun.core.format_registry import FAMILY_MODULES
     from edgerun.exporters.families import FORMATS
 
-    assert sorted({fmt.split("-")[0] for fmt in FORMATS}) == sorted(FAMILY_MODULES)
+    same_names(FAMILY_MODULES, {fmt.split("-")[0] for fmt in FORMATS}, "format families (FORMATS)")
 
 
 def test_every_gguf_quirk_has_a_refused_and_an_accepted_checkpoint() -> None:
@@ -55,15 +64,16 @@ def test_every_gguf_quirk_has_a_refused_and_an_accepted_checkpoint() -> None:
     from edgerun.exporters.gguf.quirks import MODULES
 
     modules = {name: importlib.import_module(path) for name, path in MODULES.items()}
-    assert sorted(n for n, m in modules.items() if hasattr(m, "check")) == sorted(QUIRK_CHECKPOINTS)
-    assert sorted(n for n, m in modules.items() if hasattr(m, "fix")) == sorted(QUIRK_FIXES)
+    checks = [n for n, m in modules.items() if hasattr(m, "check")]
+    same_names(checks, QUIRK_CHECKPOINTS, "refusing quirks (QUIRK_CHECKPOINTS)")
+    same_names([n for n, m in modules.items() if hasattr(m, "fix")], QUIRK_FIXES, "fixing quirks")
     assert all(hasattr(m, "check") or hasattr(m, "fix") for m in modules.values())
 
 
 def test_every_registered_family_has_a_tiny_checkpoint_of_its_kind() -> None:
     from edgerun.exporters.families import FAMILIES
 
-    assert sorted(FAMILY_SPECS) == sorted(family.name for family in FAMILIES)
+    same_names([f.name for f in FAMILIES], FAMILY_SPECS, "model families (FAMILY_SPECS)")
     for family in FAMILIES:
         model_type, _, tokenizer = FAMILY_SPECS[family.name]
         assert (model_type, tokenizer) == (family.model_type, family.tokenizer), family.name
@@ -82,6 +92,13 @@ sys.meta_path.insert(0, Lean())
 import pytest
 sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", __file__, "-k", "not lean"]))
 """
+
+
+def test_a_guard_names_what_is_missing() -> None:
+    with pytest.raises(
+        AssertionError, match=r"without a fixture: \['new'\]; .* nothing registered: \[\]"
+    ):
+        same_names(["a", "new"], ["a"], "things")
 
 
 def test_the_guards_run_on_a_lean_install() -> None:

@@ -10,9 +10,8 @@ from typing import Any
 from edgerun.core.errors import EdgerunError
 from edgerun.power.base import Meter, MeterUnavailable
 
-# name -> (module, whether its probe takes the filesystem root); one line per meter.
-#: Every meter: name -> (module, whether it measures the whole device). `auto` tries them in this
-#: order, the most specific whole-device meter first.
+#: Every meter, one line each: name -> (module, whether its probe takes the filesystem root).
+#: `auto` tries them in this order, the most specific whole-device meter first.
 METERS: dict[str, tuple[str, bool]] = {
     "jetson": ("edgerun.power.jetson", True),  # module total (VDD_IN / POM_5V_IN)
     "rpi5": ("edgerun.power.rpi5", False),  # PMIC rails, lower bound

@@ -75,6 +75,13 @@ def _formats_help() -> str:
     " layer. Default: on for onnx-int4 (RTN), the GGUF k-quants and the types that need one.",
 )
 @click.option(
+    "--gptq/--no-gptq",
+    default=None,
+    help="onnx-int4: round with GPTQ over the calibration inputs' second moments (gathered with"
+    " the importance statistics; streamed export, models whose matrices fit 1 GiB)."
+    " Default: off.",
+)
+@click.option(
     "--probe/--no-probe",
     default=True,
     show_default=True,

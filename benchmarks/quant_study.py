@@ -153,7 +153,6 @@ def score(model: Any, reference: Any) -> dict[str, float]:
 def main(path: Path, manifest: Path | None, methods: str, budgets: str, out: Path) -> None:
     """Score int4 rounding methods and budgets on one checkpoint (see the module docstring)."""
     import torch
-
     from edgerun.exporters.onnx.sensitivity import CALIB_TEXT
     from edgerun.exporters.reference import (
         DEFAULT_EVAL_TEXT,

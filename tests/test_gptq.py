@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgerun.exporters.onnx import gptq, weighted
 
 
@@ -19,7 +18,9 @@ def _weight(k: int = 96, n: int = 40, seed: int = 0) -> np.ndarray:
 
 
 def _same(a: weighted.Blocks, b: weighted.Blocks) -> bool:
-    pairs = zip((a.packed, a.scales, a.zero_points), (b.packed, b.scales, b.zero_points))
+    pairs = zip(
+        (a.packed, a.scales, a.zero_points), (b.packed, b.scales, b.zero_points), strict=True
+    )
     return all(np.array_equal(x, y) for x, y in pairs)
 
 

@@ -133,9 +133,8 @@ class Grams:
     """The export's second moments (GRAM_FILE), read one matrix at a time by ONNX node name."""
 
     def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
         from edgerun.exporters.importance import SHARED_INPUT, by_role
+        from safetensors import safe_open
 
         self.path = path
         with safe_open(str(path), framework="numpy") as f:
@@ -149,9 +148,8 @@ class Grams:
 
     def for_node(self, node_name: str) -> np.ndarray | None:
         """The [K, K] matrix of a MatMul node's input (by its decoder role), or None."""
-        from safetensors import safe_open
-
         from edgerun.exporters.onnx.recipes import node_role
+        from safetensors import safe_open
 
         role = node_role(node_name)
         name = None if role is None else self.keys.get(role.key)

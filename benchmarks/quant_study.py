@@ -36,7 +36,7 @@ def _linears(model: Any) -> dict[str, Any]:
 
 
 def grams(model: Any, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """module name -> X^T X / tokens (float64) of its input on `windows`; k/v share q's, up
+    """module name -> X^T X / tokens (float32) of its input on `windows`; k/v share q's, up
     gate's (the same tensor reaches them)."""
     import torch
 
@@ -45,7 +45,7 @@ def grams(model: Any, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
 
     def hook(name: str) -> Any:
         def run(mod: Any, args: Any, out: Any) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             sums[name] = sums.get(name, 0) + (x.T @ x)
             rows[name] = rows.get(name, 0) + x.shape[0]
 

@@ -274,6 +274,7 @@ def gather(ctx: ExportContext, grams: bool = False) -> Importance:
         return Importance.load(cached)
     windows, sha = calibration(ctx)
     tokens = sum(len(w) for w in windows)
+    held: dict[str, np.ndarray] | None
     with StreamedModel(ctx.reference.path) as streamed:
         held = {} if grams and gram_bytes(streamed.model) <= GRAM_LIMIT else None
     if cached.is_file() and held is None:

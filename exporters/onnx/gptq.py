@@ -124,7 +124,7 @@ def gram_bytes(model: Any) -> int:
     total = 0
     for name, module in model.named_modules():
         if isinstance(module, types) and gram_key(name) == name:
-            width = getattr(module, "in_features", None) or getattr(module, "nx", 0)
+            width: Any = getattr(module, "in_features", None) or getattr(module, "nx", 0)
             total += 4 * int(width) ** 2
     return total
 

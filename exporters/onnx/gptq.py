@@ -16,8 +16,9 @@ input column: the statistics that module weights with). With a diagonal H nothin
 result is weighted.quantize's, byte for byte (with steps=0: onnxruntime's RTN; tested). Codes, scales and zero points then go into
 MatMulNBits' layout exactly as weighted.quantize writes them.
 
-Why this method: the issue-23 study (benchmarks/quant_study.py, results in benchmarks/results/)
-scored it against importance-weighted RTN on both SmolLM2 references.
+Measured (benchmarks/README.md, "Fidelity"): the default onnx-int4 of SmolLM2-135M's demo
+checkpoint, mean KL 0.100 with the weighted search alone, 0.071 with GPTQ, same bits per weight;
+output error 0.11 of RTN's over its 151 MatMuls.
 
 Why the earlier attempt failed (KL 0.929 against RTN's 0.376, benchmarks/README.md): onnxruntime's
 GPTQ port ran symmetric, on 4 x 256 tokens, with its own scale per group computed once from the

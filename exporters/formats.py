@@ -45,6 +45,8 @@ class ExportOptions:
     imatrix: quantize with importance statistics gathered on the calibration text
         (edgerun.exporters.importance): ONNX weighted rounding, llama.cpp's imatrix; None: each
         family's default;
+    gptq: onnx-int4 rounding by GPTQ over the calibration inputs' second moments
+        (edgerun.exporters.onnx.gptq; needs the importance statistics); None: GPTQ_DEFAULT;
     probe: time a short greedy decode of each artifact on this machine (manifest "probe");
     int8_mode: "weight-only" (8-bit MatMulNBits) or "dynamic" (ORT quantize_dynamic);
     builder: who makes the fp32 graph the other formats start from: "auto" (genai for onnx-fp32,
@@ -72,6 +74,7 @@ class ExportOptions:
     target_ppl_ratio: float | None = None
     calib_text: Path | None = None
     imatrix: bool | None = None
+    gptq: bool | None = None
     probe: bool = True
     int8_mode: str = "weight-only"
     builder: str = "auto"

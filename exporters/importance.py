@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -45,6 +45,23 @@ MIN_CALIBRATION_TOKENS = 1024
 HEAD_ROWS = 128  # tokens per lm_head call: its logits are tokens x vocabulary floats
 
 
+T = TypeVar("T")
+
+
+def by_role(by_module: dict[str, T]) -> dict[str, T]:
+    """Module name -> x, keyed instead by builder-neutral role ("L3.q", "L3.qkv", "lm_head",
+    recipes.NodeRole.key); a fused graph role gets the x of a module it fuses (same input)."""
+    out: dict[str, T] = {}
+    for name, x in by_module.items():
+        role = node_role(name)
+        if role is None:
+            continue
+        out.setdefault(role.key, x)
+        if role.role in FUSED and role.layer is not None:
+            out.setdefault(f"L{role.layer}.{FUSED[role.role]}", x)
+    return out
+
+
 @dataclass
 class Importance:
     """Mean square of each linear layer's input columns over `tokens` calibration tokens."""
@@ -56,15 +73,7 @@ class Importance:
     def by_role(self) -> dict[str, np.ndarray]:
         """Builder-neutral key ("L3.q", "L3.qkv", "lm_head", see recipes.NodeRole.key) ->
         vector; a fused graph role gets the vector of a module it fuses (same input)."""
-        out: dict[str, np.ndarray] = {}
-        for name, vector in self.values.items():
-            role = node_role(name)
-            if role is None:
-                continue
-            out.setdefault(role.key, vector)
-            if role.role in FUSED and role.layer is not None:
-                out.setdefault(f"L{role.layer}.{FUSED[role.role]}", vector)
-        return out
+        return by_role(self.values)
 
     def for_node(self, node_name: str) -> np.ndarray | None:
         """The vector of an ONNX MatMul node (by its decoder role), None when none matches."""
@@ -123,19 +132,24 @@ def _linear_types() -> tuple[type, ...]:
 
 
 class _Stats:
-    """A forward hook: running sum of one linear layer's input squares (float64) and rows; the
-    first time it fires (the layer's weights are loaded then) `on_weight(name, weight)` runs."""
+    """A forward hook: running sum of one linear layer's input squares (float64) and rows (with
+    `gram`, of x^T x too); the first time it fires (the layer's weights are loaded then)
+    `on_weight(name, weight)` runs."""
 
-    def __init__(self, name: str, on_weight: WeightFn | None) -> None:
+    def __init__(self, name: str, on_weight: WeightFn | None, gram: bool = False) -> None:
         self.name, self.on_weight = name, on_weight
         self.sum_sq: np.ndarray | None = None
         self.rows = 0
         self.extra: Any = None
+        self.gram: Any = 0 if gram else None
 
     def __call__(self, module: Any, args: Any, output: Any) -> None:
         x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
         sq = (x * x).sum(0).numpy()
         self.sum_sq = sq if self.sum_sq is None else self.sum_sq + sq
+        if self.gram is not None:
+            xf = x.float()
+            self.gram = self.gram + xf.T @ xf
         if self.on_weight is not None and not self.rows:
             self.extra = self.on_weight(self.name, module.weight.detach().numpy())
         self.rows += x.shape[0]
@@ -150,16 +164,22 @@ WeightFn = Callable[[str, np.ndarray], Any]
 
 
 def measure(
-    streamed: Any, windows: list[np.ndarray], on_weight: WeightFn | None = None
+    streamed: Any,
+    windows: list[np.ndarray],
+    on_weight: WeightFn | None = None,
+    grams: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
     """The one gatherer: run a StreamedModel (edgerun.exporters.stream, one decoder layer's
     weights in memory) over token windows with a hook on every linear layer. Returns (module
     name -> float32 mean of x^2 per input column, module name -> what `on_weight(name, weight
     [out, in])` returned while that layer's weights were loaded, tokens). Keeps no activation
-    beyond the stream's own batch; a layer that never ran (an unrouted expert) is left out."""
+    beyond the stream's own batch; a layer that never ran (an unrouted expert) is left out.
+    Given a dict `grams`, fills it with module name -> float32 X^T X / tokens [in, in] (the
+    second moments GPTQ needs: edgerun.exporters.onnx.gptq), one per distinct input (a module
+    whose input another's already is, k / v / up, is left out: gram_key finds the holder)."""
     types = _linear_types()
     stats = {
-        name: _Stats(name, on_weight)
+        name: _Stats(name, on_weight, grams is not None and gram_key(name) == name)
         for name, module in streamed.model.named_modules()
         if isinstance(module, types)
     }
@@ -176,7 +196,21 @@ def measure(
             handle.remove()
     ran = {name: s for name, s in stats.items() if s.rows}
     values = {name: s.mean_sq for name, s in ran.items()}
+    for name, s in ran.items():
+        if grams is not None and s.gram is not None:
+            grams[name] = (s.gram / s.rows).numpy()
+            s.gram = None
     return values, {name: s.extra for name, s in ran.items()}, sum(len(w) for w in windows)
+
+
+# a module whose input is another module's (the same tensor reaches both): the holder's last name
+SHARED_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
+
+
+def gram_key(name: str) -> str:
+    """The module whose second moments module `name` reads (itself unless SHARED_INPUT)."""
+    head, dot, last = name.rpartition(".")
+    return f"{head}{dot}{SHARED_INPUT[last]}" if last in SHARED_INPUT else name
 
 
 def calibration_ids(ctx: ExportContext, minimum: int) -> tuple[np.ndarray, str]:
@@ -226,25 +260,45 @@ def store(ctx: ExportContext, values: dict[str, np.ndarray], tokens: int, sha: s
     return found
 
 
-def gather(ctx: ExportContext) -> Importance:
+def gather(ctx: ExportContext, grams: bool = False) -> Importance:
     """The importance statistics of this export: measured layer by layer on the calibration text
     the first time a format asks (or the budget recipe's calibration measured them: cached in
-    the scratch directory), loaded from there afterwards."""
-    cached = Path(ctx.scratch) / IMPORTANCE_FILE
-    if cached.is_file():
-        return Importance.load(cached)
+    the scratch directory), loaded from there afterwards. With `grams`, the same pass also
+    keeps each linear input's second moments (gptq.GRAM_FILE in the scratch directory) when
+    they fit gptq.GRAM_LIMIT; `grams_of(ctx)` reads them."""
+    from edgerun.exporters.onnx.gptq import GRAM_FILE, GRAM_LIMIT, Grams, gram_bytes
     from edgerun.exporters.stream import StreamedModel
 
+    cached, gram_file = Path(ctx.scratch) / IMPORTANCE_FILE, Path(ctx.scratch) / GRAM_FILE
+    if cached.is_file() and (not grams or gram_file.is_file()):
+        return Importance.load(cached)
     windows, sha = calibration(ctx)
     tokens = sum(len(w) for w in windows)
+    held: dict[str, np.ndarray] | None
+    with StreamedModel(ctx.reference.path) as streamed:
+        held = {} if grams and gram_bytes(streamed.model) <= GRAM_LIMIT else None
+    if cached.is_file() and held is None:
+        return Importance.load(cached)
+    what = " and second moments" if held is not None else ""
     with (
         ctx.stage(
-            f"importance statistics (calibration text, {tokens} tokens, layer by layer)"
+            f"importance statistics{what} (calibration text, {tokens} tokens, layer by layer)"
         ) as detail,
         StreamedModel(ctx.reference.path, on_unit=detail) as streamed,
     ):
-        values, _, tokens = measure(streamed, windows)
+        values, _, tokens = measure(streamed, windows, grams=held)
+    if held:
+        Grams.save(held, gram_file)
     return store(ctx, values, tokens, sha)
+
+
+def grams_of(ctx: ExportContext) -> Any:
+    """The export's second moments (gptq.Grams) measured by `gather(ctx, grams=True)`, or None
+    when they were not (past gptq.GRAM_LIMIT)."""
+    from edgerun.exporters.onnx.gptq import GRAM_FILE, Grams
+
+    path = Path(ctx.scratch) / GRAM_FILE
+    return Grams(path) if path.is_file() else None
 
 
 def attach(ctx: ExportContext, out_dir: Path) -> dict[str, Any]:

@@ -172,6 +172,8 @@ def estimate(
         # edgerun.exporters.importance: the checkpoint layer by layer over the calibration
         # text (its ~3,000 tokens in windows of 512; the head in slices of 128 tokens)
         stages["importance statistics (layer by layer)"] = streamed_bytes(shape, 3072, 128)
+    if "onnx-int4" in formats and "importance statistics (layer by layer)" in stages:
+        stages["importance statistics (layer by layer)"] += gram_bytes(options, shape)
     peak_stage = max(stages, key=lambda s: stages[s])
     return {
         "peak_bytes": stages[peak_stage],
@@ -179,6 +181,23 @@ def estimate(
         "stages": stages,
         "calibration": calibration,
     }
+
+
+def gram_bytes(options: Any, shape: Shape) -> int:
+    """What GPTQ's second moments add to the statistics stage (edgerun.exporters.onnx.gptq):
+    all layers' float32 [in, in] matrices, then their copy as they are written; 0 past
+    GRAM_LIMIT (the export rounds without them) or when GPTQ is off. Layers are estimated from
+    a llama-shaped layer (q and o at least 2 h^2, the MLP 3 h f: an upper bound with grouped
+    k / v; matrices 3 h^2 + f^2)."""
+    from edgerun.exporters.onnx import GPTQ_DEFAULT
+    from edgerun.exporters.onnx.gptq import GRAM_LIMIT
+
+    if not (GPTQ_DEFAULT if options.gptq is None else options.gptq):
+        return 0
+    h, f = shape.hidden, shape.intermediate
+    layers = max(1, (shape.params - shape.vocab * h) // (2 * h * h + 3 * h * f))
+    grams = 4 * (layers * (3 * h * h + f * f) + h * h)
+    return 2 * grams if grams <= GRAM_LIMIT else 0
 
 
 def calibration_plan(shape: Shape, streamed: bool, limit: int | None) -> tuple[str, str, int]:

@@ -25,7 +25,7 @@ def _formats_help() -> str:
 HELP_GROUPS = {
     "What to export": ["formats", "out_dir", "profile", "builder", "overwrite"],
     "Quantization": [
-        "recipe", "target_kl", "target_ppl_ratio", "calib_text", "imatrix", "block_size",
+        "recipe", "target_kl", "target_ppl_ratio", "calib_text", "imatrix", "gptq", "block_size",
         "symmetric", "accuracy_level", "algorithm", "int8_mode", "extra_option",
     ],
     "Validation": [
@@ -88,6 +88,13 @@ HELP_GROUPS = {
     help="Quantize with importance statistics of the calibration text (ONNX int4/int8 weighted"
     " rounding; llama.cpp's importance matrix, which iq1/iq2 and q2_k_s need), measured layer by"
     " layer. Default: on for onnx-int4 (RTN), the GGUF k-quants and the types that need one.",
+)
+@click.option(
+    "--gptq/--no-gptq",
+    default=None,
+    help="onnx-int4: round with GPTQ over the calibration inputs' second moments (gathered with"
+    " the importance statistics; streamed export, models whose matrices fit 1 GiB)."
+    " Default: off.",
 )
 @click.option(
     "--probe/--no-probe",

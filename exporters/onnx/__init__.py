@@ -39,6 +39,12 @@ OFFERED_ALGORITHMS = ("rtn", "hqq")
 # rounds, q4-pure asym), export 1:32 -> 8:59 wall and peak RSS 0.69 -> 1.08 GiB on a loaded
 # 2-core machine. Default for 4-bit formats (onnx-int8's is unmeasured: opt-in).
 IMATRIX_DEFAULT = True
+# GPTQ rounding (edgerun.exporters.onnx.gptq) of the streamed 4-bit export, over the second
+# moments the importance pass gathers: on SmolLM2-135M's demo checkpoint the default recipe went
+# from mean KL 0.100 to 0.071 at the same 5.84 bits per weight (benchmarks/README.md,
+# "Fidelity"); write stage 142 -> 773 s, peak RSS 1.08 -> 2.49 GB on a loaded 2-core machine.
+# Off until the off-grid reference is measured with it.
+GPTQ_DEFAULT = False
 
 
 class OnnxFamily:
@@ -191,6 +197,11 @@ def _check_quant_options(spec: OnnxFormat, options: ExportOptions) -> None:
             "does not provide",
             "use rtn (default) or hqq",
         )
+    if options.gptq and (options.imatrix is False or options.algorithm != "rtn"):
+        raise EdgerunError(
+            "--gptq rounds with the importance statistics' second moments (RTN layout)",
+            "drop --no-imatrix / --algorithm, or drop --gptq",
+        )
     if options.algorithm == "hqq" and options.symmetric is True:
         raise EdgerunError("HQQ quantizes asymmetrically only", "drop --symmetric, or use rtn")
     if spec.bits == 8 and options.algorithm == "hqq" and not spec.dynamic(options.int8_mode):
@@ -301,6 +312,13 @@ def uses_imatrix(options: ExportOptions, config: Any) -> bool:
     return options.imatrix and config.algorithm == "rtn"
 
 
+def uses_gptq(options: ExportOptions, config: Any) -> bool:
+    """Whether 4-bit MatMulNBits blocks are rounded by GPTQ: --gptq / --no-gptq, else
+    GPTQ_DEFAULT; only where the importance statistics are used (it builds on them)."""
+    wanted = GPTQ_DEFAULT if options.gptq is None else options.gptq
+    return bool(wanted) and config.bits == 4 and uses_imatrix(options, config)
+
+
 def format_uses_imatrix(fmt: str, options: ExportOptions) -> bool:
     """Whether the ONNX format `fmt` is quantized with the importance statistics."""
     spec = format_of(fmt)
@@ -318,7 +336,7 @@ def _importance(
         return None
     from edgerun.exporters.importance import attach, gather
 
-    found = gather(ctx)
+    found = gather(ctx, grams=uses_gptq(ctx.options, config))
     return found, attach(ctx, out_dir)
 
 

@@ -15,6 +15,7 @@ Gather(Transpose(lm_head weight))), or its own blocks, as quant does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +31,11 @@ from edgerun.exporters.onnx.quant import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.exporters.importance import Importance
+    from edgerun.exporters.onnx.gptq import Grams
     from edgerun.exporters.onnx.weighted import Tally
+
+# (a MatMul input's importance [K], the tally, a reader of its second moments [K, K] or None)
+Weighting = tuple[np.ndarray, "Tally", Callable[[], "np.ndarray | None"]]
 
 
 class _Blocks:
@@ -45,7 +50,7 @@ class _Blocks:
         block: int,
         symmetric: bool,
         transpose: bool,
-        weighting: tuple[np.ndarray, Tally] | None = None,
+        weighting: Weighting | None = None,
     ):
         self.source, self.bits, self.block, self.symmetric = source, bits, block, symmetric
         self.transpose = transpose  # the source is the [N, K] table (an untied embedding)
@@ -61,8 +66,8 @@ class _Blocks:
             weight = np.asarray(self.source.numpy(), dtype=np.float32)
             weight = np.ascontiguousarray(weight.T if self.transpose else weight)
             if self.weighting is not None:
-                imp, tally = self.weighting
-                new = tally.quantize(weight, imp, self.bits, self.block, self.symmetric)
+                imp, tally, gram = self.weighting
+                new = tally.quantize(weight, imp, self.bits, self.block, self.symmetric, gram())
                 self.parts = (new.packed, new.scales, new.zero_points)
             else:
                 config = mnq.DefaultWeightOnlyQuantConfig(
@@ -105,12 +110,14 @@ def quantize_lazily(
     plan: dict[str, int] | None = None,
     importance: Importance | None = None,
     tally: Tally | None = None,
+    grams: Grams | None = None,
 ) -> dict[str, Any]:
     """Rewrite the builder's graph in place: MatMul -> MatMulNBits (bits from `plan`, node name ->
     bits, else `config.bits`), the embedding Gather -> GatherBlockQuantized. Returns the manifest's
     `quant`, as quant.quantize_weight_only does. RTN only (the caller falls back otherwise);
     with `importance` and `tally` each MatMul whose input statistics it holds is rounded with
-    them (weighted.Tally, counted there as the writer reaches it), the others by RTN."""
+    them (weighted.Tally, counted there as the writer reaches it), the others by RTN; with
+    `grams` (the inputs' second moments) by GPTQ, each matrix read when its weight is."""
 
     if config.algorithm != "rtn":
         raise EdgerunError(f"the streamed export quantizes with RTN, not {config.algorithm}", "")
@@ -121,7 +128,7 @@ def quantize_lazily(
     done: list[tuple[str, int, int]] = []
     for node in [n for n in graph if n.op_type == "MatMul" and _weight(n) is not None]:
         bits = plan.get(node.name, config.bits)
-        _to_nbits(graph, node, bits, config, _weighting(node, importance, tally))
+        _to_nbits(graph, node, bits, config, _weighting(node, importance, tally, grams))
         done.append((node.name, bits, config.accuracy_level))
     model.opset_imports.setdefault("com.microsoft", 1)
     embedding = None
@@ -136,16 +143,23 @@ def quantize_lazily(
 
 
 def _weighting(
-    node: Any, importance: Importance | None, tally: Tally | None
-) -> tuple[np.ndarray, Tally] | None:
-    """(the input statistics of a MatMul node, the tally), None when there are none for it."""
+    node: Any, importance: Importance | None, tally: Tally | None, grams: Grams | None
+) -> Weighting | None:
+    """(the input statistics of a MatMul node, the tally, its second moments' reader), None
+    when there are none for it."""
     if importance is None or tally is None:
         return None
     imp = importance.for_node(node.name)
-    if imp is None or imp.shape[0] != int(node.inputs[1].const_value.shape[0]):
+    k = int(node.inputs[1].const_value.shape[0])
+    if imp is None or imp.shape[0] != k:
         tally.nodes_rtn += 1
         return None
-    return imp, tally
+
+    def gram() -> np.ndarray | None:
+        found = None if grams is None else grams.for_node(node.name)
+        return found if found is not None and found.shape == (k, k) else None
+
+    return imp, tally, gram
 
 
 def _weight(node: Any) -> Any | None:
@@ -207,7 +221,7 @@ def _to_nbits(
     node: Any,
     bits: int,
     config: WeightOnlyConfig,
-    weighting: tuple[np.ndarray, Tally] | None = None,
+    weighting: Weighting | None = None,
 ) -> None:
     """Replace a MatMul of a constant [K, N] weight by MatMulNBits over lazily quantized blocks
     (importance-weighted when `weighting` is given)."""

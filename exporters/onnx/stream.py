@@ -61,6 +61,7 @@ def stream_export(
     the mapped checkpoint; return the manifest's `quant` (None for onnx-fp32). The blocks are
     rounded with the importance statistics `importance_fn` gives (after the plan, whose
     calibration may have measured them), as each weight is written."""
+    from edgerun.exporters.importance import grams_of
     from edgerun.exporters.onnx.lazyquant import quantize_lazily
     from edgerun.exporters.onnx.mapped import MappedWeights, mapped_model, weight_files
     from edgerun.exporters.onnx.weighted import Tally
@@ -74,16 +75,18 @@ def stream_export(
     ):
         genai.run_builder(ctx, build)
     model = built[0]
-    quant, found, tally = None, None, None
+    quant, found, tally, grams = None, None, None, None
     if config is not None:
         nodes = [n.name for n in model.graph if n.op_type == "MatMul"]
         plan, recipe = plan_fn(nodes)
         found = importance_fn()
         tally = Tally() if found is not None else None
-        quant = quantize_lazily(model, config, plan, found and found[0], tally)
+        grams = grams_of(ctx) if found is not None else None  # measured when GPTQ is on
+        quant = quantize_lazily(model, config, plan, found and found[0], tally, grams)
         if recipe is not None:
             quant["recipe"] = recipe
     rounding = "importance-weighted" if tally else "rtn"
+    rounding = "gptq" if grams is not None else rounding
     what = f"MatMulNBits {config.bits}-bit, {rounding}" if config else "fp32"
     with ctx.stage(f"write ({spec.name}, {what}, tensor by tensor)") as detail:
         write_streamed(model, out_dir, weights.release, detail)

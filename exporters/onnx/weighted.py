@@ -221,29 +221,56 @@ class Tally:
     left at RTN (no statistics), importance-weighted squared error against RTN's."""
 
     def __init__(self, steps: int = STEPS) -> None:
-        self.steps, self.nodes, self.nodes_rtn = steps, 0, 0
+        self.steps, self.nodes, self.nodes_rtn, self.nodes_gptq = steps, 0, 0, 0
         self.err_rtn = self.err_new = 0.0
+        self.out_rtn = self.out_new = 0.0  # GPTQ nodes: output error tr(D^T H D)
 
     def quantize(
-        self, weight_kn: np.ndarray, imp: np.ndarray, bits: int, block_size: int, symmetric: bool
+        self,
+        weight_kn: np.ndarray,
+        imp: np.ndarray,
+        bits: int,
+        block_size: int,
+        symmetric: bool,
+        gram: np.ndarray | None = None,
     ) -> Blocks:
-        """`quantize` with importance `imp`, counted (and its error against RTN's added)."""
-        new = quantize(weight_kn, imp, bits, block_size, symmetric, self.steps)
+        """`quantize` with importance `imp`, counted (and its error against RTN's added); with
+        the input's second moments `gram` [K, K], GPTQ's (edgerun.exporters.onnx.gptq) instead,
+        its output error against RTN's added too."""
+        from edgerun.exporters.onnx import gptq
+
+        if gram is not None:
+            new = gptq.quantize(weight_kn, gram, bits, block_size, symmetric, self.steps)
+        else:
+            new = quantize(weight_kn, imp, bits, block_size, symmetric, self.steps)
         rtn = quantize(weight_kn, imp, bits, block_size, symmetric, 0)
         self.err_rtn += _weighted_error(weight_kn, imp, rtn, bits, block_size)
         self.err_new += _weighted_error(weight_kn, imp, new, bits, block_size)
+        if gram is not None:
+            k = weight_kn.shape[0]
+            self.out_rtn += gptq.output_error(weight_kn, dequantize(rtn, k, bits, block_size), gram)
+            self.out_new += gptq.output_error(weight_kn, dequantize(new, k, bits, block_size), gram)
+            self.nodes_gptq += 1
         self.nodes += 1
         return new
 
     def note(self) -> dict[str, Any]:
+        """The manifest's note: method, node counts, errors relative to RTN's."""
+        gptq = (
+            "GPTQ over the calibration inputs' second moments, block scales by "
+            if (self.nodes_gptq)
+            else ""
+        )
         return {
-            "method": "importance-weighted scale search (ggml make_qx_quants style)",
+            "method": gptq + "importance-weighted scale search (ggml make_qx_quants style)",
             "grid_steps": self.steps,
             "nodes": self.nodes,
             "nodes_rtn": self.nodes_rtn,
+            "nodes_gptq": self.nodes_gptq,
             "weighted_error_vs_rtn": (
                 round(self.err_new / self.err_rtn, 4) if self.err_rtn else None
             ),
+            "output_error_vs_rtn": round(self.out_new / self.out_rtn, 4) if self.out_rtn else None,
         }
 
 

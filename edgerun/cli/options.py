@@ -107,7 +107,8 @@ class GroupedCommand(click.Command):
         self.groups = groups or {}
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        params = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        records = {p.name: p.get_help_record(ctx) for p in params}
         placed: set[str | None] = set()
         for title, names in self.groups.items():
             rows = [records[n] for n in names if records.get(n)]

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from edgerun.cli.options import echo_json, json_option, wide_option, workload_options
+from edgerun.cli.options import (
+    devices_option,
+    echo_json,
+    json_option,
+    objective_option,
+    wide_option,
+    workload_options,
+)
 
 
 def _tls_options(f: Any) -> Any:
@@ -118,13 +125,7 @@ def _brief(device: dict[str, Any]) -> dict[str, Any]:
 @lab.command()
 @click.argument("scheduler")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--devices",
-    "device_spec",
-    default="all",
-    show_default=True,
-    help="all, ID,ID,... or profile:ID.",
-)
+@devices_option
 @workload_options
 @click.option(
     "--stall-timeout",
@@ -224,22 +225,10 @@ def bench(scheduler: str, artifacts: tuple[Path, ...], **kw: Any) -> None:
 @lab.command("tune")
 @click.argument("scheduler")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option(
-    "--devices",
-    "device_spec",
-    default="all",
-    show_default=True,
-    help="all, ID,ID,... or profile:ID.",
-)
+@devices_option
 @click.option("--profile", help="Base profile id for every device (default: each device's own).")
 @click.option("--budget", default="10m", show_default=True, help="Per device: 90s, 10m, 1h.")
-@click.option(
-    "--objective",
-    type=click.Choice(["decode", "ttft", "energy"]),
-    default="decode",
-    show_default=True,
-    help="As `edgerun tune --objective`.",
-)
+@objective_option
 @click.option("--power", "power_spec", default="auto", show_default=True, help="Energy meter.")
 @click.option("--prompt-tokens", default=64, show_default=True, help="Prompt length per trial rep.")
 @click.option("--gen-tokens", default=64, show_default=True, help="Tokens generated per trial rep.")

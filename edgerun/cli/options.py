@@ -34,6 +34,29 @@ def prompt_cache_option(f: F) -> F:
     )(f)
 
 
+def devices_option(f: F) -> F:
+    """`--devices`: which lab devices a lab command runs on."""
+    return click.option(
+        "--devices",
+        "device_spec",
+        default="all",
+        show_default=True,
+        help="all, ID,ID,... or profile:ID.",
+    )(f)
+
+
+def objective_option(f: F) -> F:
+    """`--objective`: what `edgerun tune` and `edgerun lab tune` optimise."""
+    return click.option(
+        "--objective",
+        type=click.Choice(["decode", "ttft", "energy"]),
+        default="decode",
+        show_default=True,
+        help="Maximise decode tok/s, or minimise time to first token or decode J/token (needs a"
+        " power meter).",
+    )(f)
+
+
 def workload_options(f: F) -> F:
     """The bench workload, shared by `edgerun bench` and `edgerun lab bench` (which runs it on
     every device): --prompt-tokens, --gen-tokens, --reps, --warmup, --threads, --profile,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgerun.cli.options import echo_json, json_option
+from edgerun.cli.options import echo_json, json_option, objective_option
 from edgerun.core.errors import EdgerunError
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -26,14 +26,7 @@ def parse_budget(text: str) -> float:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--profile", help="Base device profile id or TOML path (default: detected).")
 @click.option("--budget", default="10m", show_default=True, help="Wall-clock limit: 90s, 10m, 1h.")
-@click.option(
-    "--objective",
-    type=click.Choice(["decode", "ttft", "energy"]),
-    default="decode",
-    show_default=True,
-    help="Maximise decode tok/s, or minimise time to first token or decode J/token (needs a"
-    " power meter).",
-)
+@objective_option
 @click.option(
     "--power",
     "power_spec",

@@ -264,9 +264,8 @@ def gather(ctx: ExportContext, grams: bool = False) -> Importance:
     """The importance statistics of this export: measured layer by layer on the calibration text
     the first time a format asks (or the budget recipe's calibration measured them: cached in
     the scratch directory), loaded from there afterwards. With `grams`, the same pass also
-    keeps each linear input's second moments (gptq.GRAM_FILE in the scratch directory) when
-    they fit gptq.GRAM_LIMIT; `grams_of(ctx)` reads them."""
-    from edgerun.exporters.onnx.gptq import GRAM_FILE, GRAM_LIMIT, Grams, gram_bytes
+    keeps each linear input's second moments (GRAM_FILE in the scratch directory) when
+    they fit GRAM_LIMIT; `grams_of(ctx)` reads them."""
     from edgerun.exporters.stream import StreamedModel
 
     cached, gram_file = Path(ctx.scratch) / IMPORTANCE_FILE, Path(ctx.scratch) / GRAM_FILE
@@ -293,10 +292,8 @@ def gather(ctx: ExportContext, grams: bool = False) -> Importance:
 
 
 def grams_of(ctx: ExportContext) -> Any:
-    """The export's second moments (gptq.Grams) measured by `gather(ctx, grams=True)`, or None
-    when they were not (past gptq.GRAM_LIMIT)."""
-    from edgerun.exporters.onnx.gptq import GRAM_FILE, Grams
-
+    """The export's second moments (Grams) measured by `gather(ctx, grams=True)`, or None
+    when they were not (past GRAM_LIMIT)."""
     path = Path(ctx.scratch) / GRAM_FILE
     return Grams(path) if path.is_file() else None
 
@@ -306,3 +303,60 @@ def attach(ctx: ExportContext, out_dir: Path) -> dict[str, Any]:
     found = gather(ctx)
     shutil.copyfile(Path(ctx.scratch) / IMPORTANCE_FILE, Path(out_dir) / IMPORTANCE_FILE)
     return found.record()
+
+
+# The second moments GPTQ rounds with (edgerun.exporters.onnx.gptq), as the gatherer keeps them.
+GRAM_FILE = "gram.safetensors"  # in the export's scratch directory, never in an artifact
+# Second moments are kept for all layers until the gatherer ends (one [in, in] float32 matrix
+# per distinct linear input): 0.40 GB on SmolLM2-135M, 2.5 GB on Qwen2.5-0.5B's shape. Past this
+# the export rounds by the importance-weighted search alone and says so in the manifest.
+GRAM_LIMIT = 1 << 30
+
+
+def gram_bytes(model: Any) -> int:
+    """Bytes of the float32 second-moment matrices the gatherer keeps for `model`'s linear
+    layers (importance.gram_key: one per distinct input); works on a meta-device skeleton."""
+    types = _linear_types()
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, types) and gram_key(name) == name:
+            width: Any = getattr(module, "in_features", None) or getattr(module, "nx", 0)
+            total += 4 * int(width) ** 2
+    return total
+
+
+class Grams:
+    """The export's second moments (GRAM_FILE), read one matrix at a time by ONNX node name."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        with safe_open(str(path), framework="numpy") as f:
+            names = list(f.keys())  # noqa: SIM118  (safe_open is not a mapping)
+        modules = {name: name for name in names}
+        for name in names:  # k / v / up read the matrix of q / gate (the same input)
+            head, dot, last = name.rpartition(".")
+            for alias in (a for a, holder in SHARED_INPUT.items() if holder == last):
+                modules[f"{head}{dot}{alias}"] = name
+        self.keys = by_role(modules)
+
+    def for_node(self, node_name: str) -> np.ndarray | None:
+        """The [K, K] matrix of a MatMul node's input (by its decoder role), or None."""
+        from safetensors import safe_open
+
+        from edgerun.exporters.onnx.recipes import node_role
+
+        role = node_role(node_name)
+        name = None if role is None else self.keys.get(role.key)
+        if name is None:
+            return None
+        with safe_open(str(self.path), framework="numpy") as f:
+            return np.asarray(f.get_tensor(name), dtype=np.float64)
+
+    @staticmethod
+    def save(grams: dict[str, np.ndarray], path: Path) -> None:
+        """Write module name -> float32 [in, in] matrices (importance.measure's `grams`)."""
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in grams.items()}, str(path))

@@ -189,8 +189,8 @@ def gram_bytes(options: Any, shape: Shape) -> int:
     GRAM_LIMIT (the export rounds without them) or when GPTQ is off. Layers are estimated from
     a llama-shaped layer (q and o at least 2 h^2, the MLP 3 h f: an upper bound with grouped
     k / v; matrices 3 h^2 + f^2)."""
+    from edgerun.exporters.importance import GRAM_LIMIT
     from edgerun.exporters.onnx import GPTQ_DEFAULT
-    from edgerun.exporters.onnx.gptq import GRAM_LIMIT
 
     if not (GPTQ_DEFAULT if options.gptq is None else options.gptq):
         return 0

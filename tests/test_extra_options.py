@@ -38,6 +38,8 @@ def test_pairs_parse_by_target() -> None:
         ("llama.pure=maybe", "expected true or false"),
         ("llama.nthread=4", "not a quantizer option edgerun passes on"),
         ("llama.output_tensor_type=q9_9", "not a ggml type"),
+        ("edgerun.onnx_stream=sometimes", "expected true or false"),
+        ("edgerun.fast=true", "not an option of edgerun's writer"),
     ],
 )
 def test_bad_pairs_are_one_line_errors(pair: str, message: str) -> None:

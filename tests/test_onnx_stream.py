@@ -39,7 +39,7 @@ def _export(ckpt: Path, out: Path, stream: bool, options: dict[str, Any]) -> dic
         probe=False,
         progress=False,
         keep_intermediates=True,
-        extra={"onnx_stream": stream},
+        extra={"edgerun": {"onnx_stream": stream}},
         **options,
     )
     assert all(r.written for r in results), [r.reason for r in results]
@@ -110,14 +110,14 @@ def test_importance_weighted_rounding_streams_the_fp32_paths_bytes(
 ) -> None:
     """--imatrix stays on the streamed path: the blocks are rounded with the importance
     statistics as they are written, byte for byte what re-rounding the fp32 graph's nodes gives
-    (weighted.reround), with the same manifest note; and not RTN's bytes."""
+    (rounding.reround), with the same manifest note; and not RTN's bytes."""
     from edgerun.exporters.importance import IMPORTANCE_FILE
 
     def int4(out: Path, stream: bool, imatrix: bool) -> Any:
         (result,) = export(
             str(tiny_model_dirs[arch]), "onnx-int4", out, builder="genai", no_validate=True,
             probe=False, progress=False, recipe="q4-head8", imatrix=imatrix,
-            extra={"onnx_stream": stream},
+            extra={"edgerun": {"onnx_stream": stream}},
         )  # fmt: skip
         assert result.written, result.reason
         return result

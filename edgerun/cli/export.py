@@ -141,7 +141,8 @@ HELP_GROUPS = {
     help="An option of a library the export drives that has no flag here, recorded in the"
     " manifest (repeatable): genai.KEY=VALUE for onnxruntime-genai's builder (its"
     " --extra_options), llama.KEY=VALUE for llama.cpp's quantizer (pure, allow_requantize,"
-    " quantize_output_tensor, output_tensor_type, token_embedding_type).",
+    " quantize_output_tensor, output_tensor_type, token_embedding_type), edgerun.onnx_stream=false"
+    " to build ONNX from the whole fp32 graph instead of streaming it.",
 )
 @json_option
 def export(source: str | None, formats: str | None, out_dir: Path | None, **kw: Any) -> None:

@@ -260,8 +260,10 @@ def streamed_refusal(
 ) -> str | None:
     """Why `spec` is made the old way (from the fp32 graph) rather than streamed; None: streamed.
     The export and the memory estimate (exporters/memory.py) both ask here."""
-    if not options.extra.get("onnx_stream", True):
-        return "streaming turned off (extra option onnx_stream)"
+    from edgerun.exporters.extra_options import edgerun_flag
+
+    if not edgerun_flag(options.extra, "onnx_stream", True):
+        return "streaming turned off (--extra-option edgerun.onnx_stream=false)"
     if spec.dynamic(options.int8_mode):
         return "dynamic int8 (quantize_dynamic) quantizes the whole fp32 graph"
     return stream_refusal(spec, builder, options.algorithm, checkpoint)
@@ -345,7 +347,8 @@ def _reround(
 ) -> dict[str, Any]:
     """Re-round the MatMulNBits blocks with the importance statistics, showing `reround 3/74`
     as each node's statistics are asked for."""
-    from edgerun.exporters.onnx.weighted import fp32_weights, reround
+    from edgerun.exporters.onnx.rounding import reround
+    from edgerun.exporters.onnx.weighted import fp32_weights
 
     total = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     done = [0]

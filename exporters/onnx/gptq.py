@@ -28,9 +28,6 @@ token, is damped, and the scales follow the updated weights.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from edgerun.exporters.onnx.weighted import STEPS, Blocks, _codes, _pack, _search
@@ -108,63 +105,3 @@ def output_error(weight_kn: np.ndarray, dequant_kn: np.ndarray, gram: np.ndarray
     calibration inputs (summed over output columns) that GPTQ minimises."""
     d = np.asarray(dequant_kn, np.float64) - np.asarray(weight_kn, np.float64)
     return float(np.einsum("kn,kj,jn->", d, gram, d))
-
-
-GRAM_FILE = "gram.safetensors"  # in the export's scratch directory, never in an artifact
-# Second moments are kept for all layers until the gatherer ends (one [in, in] float32 matrix
-# per distinct linear input): 0.40 GB on SmolLM2-135M, 2.5 GB on Qwen2.5-0.5B's shape. Past this
-# the export rounds by the importance-weighted search alone and says so in the manifest.
-GRAM_LIMIT = 1 << 30
-
-
-def gram_bytes(model: Any) -> int:
-    """Bytes of the float32 second-moment matrices the gatherer keeps for `model`'s linear
-    layers (importance.gram_key: one per distinct input); works on a meta-device skeleton."""
-    from edgerun.exporters.importance import _linear_types, gram_key
-
-    types = _linear_types()
-    total = 0
-    for name, module in model.named_modules():
-        if isinstance(module, types) and gram_key(name) == name:
-            width: Any = getattr(module, "in_features", None) or getattr(module, "nx", 0)
-            total += 4 * int(width) ** 2
-    return total
-
-
-class Grams:
-    """The export's second moments (GRAM_FILE), read one matrix at a time by ONNX node name."""
-
-    def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
-        from edgerun.exporters.importance import SHARED_INPUT, by_role
-
-        self.path = path
-        with safe_open(str(path), framework="numpy") as f:
-            names = list(f.keys())  # noqa: SIM118  (safe_open is not a mapping)
-        modules = {name: name for name in names}
-        for name in names:  # k / v / up read the matrix of q / gate (the same input)
-            head, dot, last = name.rpartition(".")
-            for alias in (a for a, holder in SHARED_INPUT.items() if holder == last):
-                modules[f"{head}{dot}{alias}"] = name
-        self.keys = by_role(modules)
-
-    def for_node(self, node_name: str) -> np.ndarray | None:
-        """The [K, K] matrix of a MatMul node's input (by its decoder role), or None."""
-        from safetensors import safe_open
-
-        from edgerun.exporters.onnx.recipes import node_role
-
-        role = node_role(node_name)
-        name = None if role is None else self.keys.get(role.key)
-        if name is None:
-            return None
-        with safe_open(str(self.path), framework="numpy") as f:
-            return np.asarray(f.get_tensor(name), dtype=np.float64)
-
-    @staticmethod
-    def save(grams: dict[str, np.ndarray], path: Path) -> None:
-        """Write module name -> float32 [in, in] matrices (importance.measure's `grams`)."""
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in grams.items()}, str(path))

@@ -30,9 +30,8 @@ from edgerun.exporters.onnx.quant import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgerun.exporters.importance import Importance
-    from edgerun.exporters.onnx.gptq import Grams
-    from edgerun.exporters.onnx.weighted import Tally
+    from edgerun.exporters.importance import Grams, Importance
+    from edgerun.exporters.onnx.rounding import Tally
 
 # (a MatMul input's importance [K], the tally, a reader of its second moments [K, K] or None)
 Weighting = tuple[np.ndarray, "Tally", Callable[[], "np.ndarray | None"]]
@@ -116,7 +115,7 @@ def quantize_lazily(
     bits, else `config.bits`), the embedding Gather -> GatherBlockQuantized. Returns the manifest's
     `quant`, as quant.quantize_weight_only does. RTN only (the caller falls back otherwise);
     with `importance` and `tally` each MatMul whose input statistics it holds is rounded with
-    them (weighted.Tally, counted there as the writer reaches it), the others by RTN; with
+    them (rounding.Tally, counted there as the writer reaches it), the others by RTN; with
     `grams` (the inputs' second moments) by GPTQ, each matrix read when its weight is."""
 
     if config.algorithm != "rtn":

@@ -64,7 +64,7 @@ def stream_export(
     from edgerun.exporters.importance import grams_of
     from edgerun.exporters.onnx.lazyquant import quantize_lazily
     from edgerun.exporters.onnx.mapped import MappedWeights, mapped_model, weight_files
-    from edgerun.exporters.onnx.weighted import Tally
+    from edgerun.exporters.onnx.rounding import Tally
 
     weights = MappedWeights(weight_files(ctx.checkpoint.path) or [])
     build = ctx.scratch / f"genai-stream-{spec.name}"

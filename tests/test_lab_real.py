@@ -151,7 +151,13 @@ def test_ctrl_c_stops_every_device_and_keeps_what_ended(
     cmd += ["--gen-tokens", "10", "--idle-seconds", "0", "--power", "none", "--loader", LOADER]
     cmd += ["--json", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGERUN_HOME": str(tmp_path / "host")}
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a child inherits an ignored SIGINT, and something earlier
+    # in the whole suite leaves it ignored in this process (reproduced: the host then ignores
+    # Ctrl-C, finishes and exits 0), so the host starts with the default action.
+    proc = subprocess.Popen(
+        cmd, env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
     seen: list[str] = []

@@ -14,6 +14,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.proc import ProcResult, failure_line, run_measured
 from edgerun.core.home import atomic_dir, home
@@ -185,3 +186,20 @@ class Prep:
             if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
                 return path
         raise Skip(f"the source GGUF (sha256 {digest[:12]}) is not in {home() / 'downloads'}")
+
+
+def add_artifact_option(parser: Any) -> None:
+    """`--artifact FMT=PATH` (repeatable): a benchmark uses this artifact for FMT instead of
+    exporting one; read back with given_artifacts."""
+    parser.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="FMT=PATH",
+        help="Use this artifact (directory or .gguf) for FMT instead of exporting one (repeatable).",
+    )
+
+
+def given_artifacts(specs: list[str]) -> dict[str, Path]:
+    """The `--artifact FMT=PATH` values as {FMT: PATH}."""
+    return {f: Path(p) for f, p in (spec.split("=", 1) for spec in specs)}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import RESULTS, ROOT, model_key, work_dir
+from benchmarks.artifacts import add_artifact_option, given_artifacts
 from benchmarks.machine import describe
 
 USER_TURNS = [
@@ -201,15 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--cache-mb", type=float, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--artifact",
-        action="append",
-        default=[],
-        metavar="FMT=PATH",
-        help="Use this artifact directory for FMT instead of exporting one (repeatable).",
-    )
+    add_artifact_option(parser)
     args = parser.parse_args(argv)
-    given = {f: Path(p) for f, p in (spec.split("=", 1) for spec in args.artifact)}
+    given = given_artifacts(args.artifact)
     formats = args.formats.split(",")
     paths = {**artifacts([f for f in formats if f not in given]), **given}
     git = ["git", "rev-parse", "--short", "HEAD"]

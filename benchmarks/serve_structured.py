@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import RESULTS, work_dir
+from benchmarks.artifacts import add_artifact_option, given_artifacts
 from benchmarks.machine import describe
 from benchmarks.serve_overhead import start_server
 from benchmarks.structured_cases import requests, validate
@@ -202,13 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument(
-        "--artifact",
-        action="append",
-        default=[],
-        metavar="FMT=PATH",
-        help="Use this artifact (directory or .gguf) for FMT instead of exporting one.",
-    )
+    add_artifact_option(ap)
     args = ap.parse_args(argv)
     import openai
 
@@ -216,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     cases = requests(args.n)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS / f"serve-structured-{stamp}.json"
-    given = {f: Path(p) for f, p in (spec.split("=", 1) for spec in args.artifact)}
+    given = given_artifacts(args.artifact)
     for fmt in args.formats.split(","):
         path = given.get(fmt) or artifact(args.model, fmt)
         result = results[fmt] = {"direct": direct(path, cases[: args.direct], args.max_tokens)}

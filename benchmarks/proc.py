@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,22 @@ class _Poller(threading.Thread):
 
 
 def run_measured(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> ProcResult:
-    """Run `cmd` with stdout and stderr into `log`; measure wall time and peak RSS."""
+    """Run `cmd` with stdout and stderr into `log`; measure wall time and peak RSS. `preexec`
+    runs in the child before exec (benchmarks.capped puts the child in a memory cgroup)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=preexec
+        )
         poller = _Poller(proc.pid)
         poller.start()
         try:

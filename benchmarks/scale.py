@@ -156,9 +156,18 @@ def run_row(artifact: Path, logs: Path, config: dict[str, Any]) -> dict[str, Any
     proc = run_measured(cmd, logs / f"bench-{artifact.name}.log")
     if proc.rc != 0 or not result.is_file():
         return {"rc": proc.rc, "error": _tail(logs / f"bench-{artifact.name}.log")}
+    return bench_row(result, config)
+
+
+def bench_row(result: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The run row from an `edgerun bench --json` result: RSS against file + KV + 0.5 GiB."""
     art = json.loads(result.read_text())["runs"][0]["artifacts"][0]
     summary = art["summary"]["by_prompt"]["64"]
-    context = art.get("context_length") or 0
+    # The context the runtime ran with (sized from the profile, capped), not the trained one the
+    # manifest records (131,072 for Llama-3.1-8B, whose KV would be 17 GB: a check that can't fail)
+    context = (
+        (art.get("runtime_info") or {}).get("context_length") or art.get("context_length") or 0
+    )
     kv = kv_bytes(config, context)
     size = art.get("size_bytes") or 0
     peak = (summary.get("peak_rss") or {}).get("median")
@@ -168,6 +177,9 @@ def run_row(artifact: Path, logs: Path, config: dict[str, Any]) -> dict[str, Any
         "decode_tok_s_min": (summary.get("decode_tok_s") or {}).get("min"),
         "decode_tok_s_max": (summary.get("decode_tok_s") or {}).get("max"),
         "peak_rss_bytes": peak,
+        # mmap'ed weights are file-backed (llama.cpp); packed copies are anonymous (MLAS)
+        "anonymous_bytes": (summary.get("anonymous") or {}).get("median"),
+        "file_backed_bytes": (summary.get("file_backed") or {}).get("median"),
         "file_bytes": size,
         "context": context,
         "kv_bytes": kv,

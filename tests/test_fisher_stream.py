@@ -37,3 +37,41 @@ def test_streamed_fisher_equals_the_whole_model(name: str, request: pytest.Fixtu
     # every layer ran twice per window (forward, then recomputed by the backward pass)
     layers = model.config.num_hidden_layers
     assert sum(u.startswith("layer ") for u in units) == 2 * layers * len(windows)
+
+
+def test_streamed_fisher_frees_each_layer_without_the_cycle_collector(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every weight the pass loads is gone when it returns, with the cycle collector off: a hook
+    holding its own Parameter kept every layer's weight and gradient alive until gc ran (the
+    0.40B shape's Fisher stage peaked at 7.81 GiB against 3.99 GiB estimated)."""
+    import gc
+    import weakref
+
+    import torch
+
+    from edgerun.exporters import stream
+    from edgerun.exporters.onnx.fisher_stream import streamed_fisher
+
+    loaded: list[weakref.ref[torch.nn.Parameter]] = []
+    original = stream.StreamedModel.load
+
+    def load(self: stream.StreamedModel, module: object) -> None:
+        original(self, module)
+        loaded.extend(weakref.ref(p) for p in module.parameters(recurse=True))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(stream.StreamedModel, "load", load)
+    monkeypatch.setattr(stream, "give_back_memory", lambda collect=True: None)
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(5, 100, size=24).astype(np.int64) for _ in range(2)]
+    nodes = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "lm_head"]
+    gc.collect()
+    gc.disable()
+    try:
+        groups = streamed_fisher(tiny_llama, nodes, windows, 32, False)
+        alive = [ref() for ref in loaded if ref() is not None and not ref().is_meta]  # type: ignore[union-attr]
+    finally:
+        gc.enable()
+    assert groups and all((g.sensitivity or 0) > 0 for g in groups)
+    assert loaded
+    assert alive == [], f"{len(alive)} of {len(loaded)} loaded weights outlived the pass"

@@ -62,6 +62,16 @@ def _hooks(streamed: Any, groups: list[Group], sums: FisherSums) -> Callable[[st
         if name in wanted:
             group, weight, parts = wanted[name]
             param.requires_grad_(True)
-            param.register_hook(sums.hook(group, weight, param, parts))
+            # the hook holds a detached view, not the Parameter: a Parameter referenced by its
+            # own hook is a reference cycle, so every layer's weight and its .grad stayed alive
+            # until the cycle collector ran (0.40B Qwen2.5-0.5B shape: 7.81 GiB peak, 3.99 GiB
+            # estimated)
+            param.register_hook(sums.hook(group, weight, param.detach(), parts))
+            param.register_post_accumulate_grad_hook(_drop_grad)  # the hook has used it
 
     return on_load
+
+
+def _drop_grad(param: Any) -> None:
+    """Free a weight's accumulated gradient as soon as it lands (the Fisher hook has read it)."""
+    param.grad = None

@@ -262,6 +262,8 @@ def main(
         path.write_text(json.dumps(results, indent=1))  # after every shape: nothing lost
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
+    results["fits"] = linear_fits(results)
+    path.write_text(json.dumps(results, indent=1))
     plot(results, path.with_suffix(".png"))
     click.echo(f"results: {path}")
 
@@ -282,6 +284,36 @@ def _say(shape: str, row: dict[str, Any]) -> None:
     click.echo(f"{shape} {row['format']}: {row.get('wall_s')} s, peak {peak:.2f} GiB {extra}")
 
 
+def linear_fits(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per format with three or more shapes: the least-squares line wall = a + b x parameters
+    (b in seconds per billion parameters) and its R², the test of "export time grows about
+    linearly with parameters"."""
+    import numpy as np
+
+    points: dict[str, list[tuple[float, float]]] = {}
+    for shape in results["shapes"]:
+        for row in [*shape["exports"], *([shape["peer"]] if shape.get("peer") else [])]:
+            if row.get("wall_s") and not row.get("error"):
+                points.setdefault(row["format"], []).append(
+                    (shape["parameters"] / 1e9, row["wall_s"])
+                )
+    fits = {}
+    for name, pts in points.items():
+        if len(pts) < 3:
+            continue
+        x, y = np.array(pts).T
+        slope, intercept = np.polyfit(x, y, 1)
+        residual = float(((y - (intercept + slope * x)) ** 2).sum())
+        total = float(((y - y.mean()) ** 2).sum()) or 1.0
+        fits[name] = {
+            "s_per_billion": round(float(slope), 1),
+            "intercept_s": round(float(intercept), 1),
+            "r2": round(1.0 - residual / total, 4),
+            "shapes": len(pts),
+        }
+    return fits
+
+
 def plot(results: dict[str, Any], png: Path) -> None:
     """Export peak RSS and wall time against parameters, one line per format and the peer."""
     import matplotlib
@@ -298,16 +330,23 @@ def plot(results: dict[str, Any], png: Path) -> None:
                 series.setdefault(row["format"], []).append(
                     (shape["parameters"] / 1e9, row["peak_rss_bytes"] / GIB, row["wall_s"])
                 )
+    fits = linear_fits(results)
     for name, points in series.items():
         xs, peaks, walls = zip(*sorted(points), strict=True)
         mem.plot(xs, peaks, marker="o", label=name)
-        wall.plot(xs, walls, marker="o", label=name)
+        line = wall.plot(xs, walls, marker="o", label=name)[0]
+        if name in fits:
+            fit = fits[name]
+            ends = (0.0, max(xs))
+            wall.plot(ends, [fit["intercept_s"] + fit["s_per_billion"] * x for x in ends], ":",
+                      color=line.get_color(), label=f"{name} fit, R² {fit['r2']:.3f}")  # fmt: skip
     ckpts = sorted((s["parameters"] / 1e9, s["checkpoint_bytes"] / GIB) for s in results["shapes"])
     if ckpts:
         mem.plot(*zip(*ckpts, strict=True), "k--", label="bf16 checkpoint size")
     mem.set(xlabel="parameters (billions)", ylabel="export peak RSS (GiB)", title="export memory")
     wall.set(xlabel="parameters (billions)", ylabel="export wall time (s)", title="export time")
     mem.legend(fontsize=8)
+    wall.legend(fontsize=7)
     fig.suptitle(f"edgerun export cost by model size ({results['machine']['cpu']}, "
                  f"{results['created']}, validation {'on' if results['validate'] else 'off'})")  # fmt: skip
     fig.savefig(png, dpi=110)

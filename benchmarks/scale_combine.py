@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from benchmarks import RESULTS
-from benchmarks.scale import plot
+from benchmarks.scale import bench_row, linear_fits, plot
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,12 +46,34 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def rescore(results: dict[str, Any], logs: Path, models: Path) -> int:
+    """Recompute each run row from the bench's own JSON kept under `logs` (<shape>-logs/
+    bench-<format>.json) with today's bench_row (e.g. RSS held against the runtime's context
+    rather than the trained one). Returns how many rows were recomputed."""
+    done = 0
+    for shape in results["shapes"]:
+        config_file = models / shape["shape"] / "config.json"
+        for row in shape["exports"]:
+            bench = logs / f"{shape['shape']}-logs" / f"bench-{row['format']}.json"
+            if bench.is_file() and config_file.is_file() and row.get("run"):
+                row["run"] = bench_row(bench, json.loads(config_file.read_text()))
+                done += 1
+    return done
+
+
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def main(runs: tuple[Path, ...]) -> None:
+@click.option("--logs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The runs' work folder (<work>/scale): recompute run rows from the bench JSON kept there.")  # fmt: skip
+@click.option("--models", type=click.Path(path_type=Path), default=Path("benchmarks/work/scale-models"),
+              show_default=True, help="Where the checkpoints are (their config.json).")  # fmt: skip
+def main(runs: tuple[Path, ...], logs: Path | None, models: Path) -> None:
     """Join benchmarks.scale results RUNS into results/scale-combined-<time>.json and a plot."""
     loaded = [json.loads(p.read_text()) for p in runs]
     results = combine(loaded)
+    if logs is not None:
+        click.echo(f"recomputed {rescore(results, logs, models)} run rows from {logs}")
+    results["fits"] = linear_fits(results)
     path = RESULTS / f"scale-combined-{results['created']}.json"
     path.write_text(json.dumps(results, indent=1))
     plot(results, path.with_suffix(".png"))

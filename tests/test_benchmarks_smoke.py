@@ -250,3 +250,45 @@ def test_export_cost_pipeline_measures_each_step(
     text = markdown({"created": "now", "machine": machine, "model": "m", "reps": 1, "rows": rows})
     assert f"| fake | {result['wall_s']:.0f} | {big['peak_rss_bytes'] / 1e6:.0f} | 0 |" in text
     assert "| bad | failed: error: boom | | | |" in text
+
+
+def test_scale_fits_a_line_and_holds_rss_against_the_runtime_context(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.scale import bench_row, kv_bytes, linear_fits
+
+    rows = [(0.5, 100.0), (1.0, 200.0), (2.0, 400.0), (4.0, 805.0)]
+    results = {
+        "shapes": [
+            {"parameters": int(p * 1e9), "exports": [{"format": "f", "wall_s": w}], "peer": None}
+            for p, w in rows
+        ]
+    }
+    fit = linear_fits(results)["f"]
+    assert fit["s_per_billion"] == pytest.approx(201.4, abs=0.5) and fit["r2"] > 0.999
+    results["shapes"][3]["exports"][0]["wall_s"] = 4000.0  # superlinear: the fit says so
+    assert linear_fits(results)["f"]["r2"] < 0.9
+
+    config = {"num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+              "num_hidden_layers": 32}  # fmt: skip
+    summary = {"peak_rss": {"median": 7.36e9}, "decode_tok_s": {"median": 1.8},
+               "anonymous": {"median": 6.9e9}, "file_backed": {"median": 0.4e9}}  # fmt: skip
+    art = {"context_length": 131072, "size_bytes": int(5.22e9),
+           "runtime_info": {"context_length": 4096}, "summary": {"by_prompt": {"64": summary}}}  # fmt: skip
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"runs": [{"artifacts": [art]}]}))
+    row = bench_row(bench, config)
+    # the trained context's KV (17 GB) would let any RSS pass; the runtime's 4096 does not
+    assert row["context"] == 4096 and row["kv_bytes"] == kv_bytes(config, 4096)
+    assert row["within_budget"] is False and row["anonymous_bytes"] == 6.9e9
+
+
+def test_capped_sizes_parse_and_refuse_junk() -> None:
+    import click
+
+    from benchmarks.capped import parse_size
+
+    assert parse_size("8G") == 8 << 30 and parse_size("7500M") == 7500 << 20
+    assert parse_size("512MiB") == 512 << 20 and parse_size("1000") == 1000
+    with pytest.raises(click.BadParameter, match="not a size"):
+        parse_size("eight")

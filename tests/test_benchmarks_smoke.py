@@ -258,7 +258,7 @@ def test_scale_fits_a_line_and_holds_rss_against_the_runtime_context(tmp_path: P
     from benchmarks.scale import bench_row, kv_bytes, linear_fits
 
     rows = [(0.5, 100.0), (1.0, 200.0), (2.0, 400.0), (4.0, 805.0)]
-    results = {
+    results: dict[str, Any] = {
         "shapes": [
             {"parameters": int(p * 1e9), "exports": [{"format": "f", "wall_s": w}], "peer": None}
             for p, w in rows

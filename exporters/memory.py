@@ -232,10 +232,11 @@ def _whole(bytes_per_param: float, shape: Shape) -> int:
 
 
 def available_bytes() -> int:
-    """The RAM available to a new allocation now (psutil: MemAvailable on Linux)."""
-    import psutil
+    """The RAM available to a new allocation now: MemAvailable, capped by a cgroup's limit
+    (a container's memory limit is what the OOM killer enforces, not the host's RAM)."""
+    from edgerun.device.cgroup import available_bytes as available
 
-    return int(psutil.virtual_memory().available)
+    return available()
 
 
 def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:

@@ -66,9 +66,9 @@ def memory_budget_bytes(profile: Profile, ram_bytes: int | None = None) -> int:
     if profile.memory_budget_mb is not None:
         return profile.memory_budget_mb * 2**20
     if ram_bytes is None:
-        import psutil
+        from edgerun.device.cgroup import ram_bytes as usable_ram
 
-        ram_bytes = int(psutil.virtual_memory().total)
+        ram_bytes = usable_ram()
     return int(ram_bytes * profile.memory_fraction)
 
 

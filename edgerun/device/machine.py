@@ -193,7 +193,9 @@ def machine_facts(root: Path = Path("/"), **overrides: Any) -> MachineFacts:
         import psutil
 
         facts["physical_cores"] = psutil.cpu_count(logical=False)
-        facts["ram_bytes"] = int(psutil.virtual_memory().total)
+        from edgerun.device.cgroup import ram_bytes
+
+        facts["ram_bytes"] = ram_bytes()  # a container's limit, where one caps the host's RAM
     facts.update(overrides)
     if isinstance(facts["cpu_flags"], (list, set)):
         facts["cpu_flags"] = frozenset(facts["cpu_flags"])

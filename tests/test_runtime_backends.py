@@ -286,3 +286,38 @@ def test_default_context_is_the_trained_one_capped(
         assert len(list(m.generate("Hello", max_tokens=4, ignore_eos=True))) == 4
     with edgerun.load(bare, PROFILE, context=64) as m:
         assert m.context_length == 64
+
+
+def test_llamacpp_gives_back_the_file_pages_it_copied(
+    artifacts: dict[str, Path], tiny_llama: Path
+) -> None:
+    """After load the GGUF mapping's resident pages are dropped (llama.cpp's repacked copies
+    are what it reads); tensors still read from the file fault back in: output unchanged."""
+    if "llamacpp" not in artifacts:
+        pytest.skip("llama-cpp-python is not installed")
+    from edgerun.backends.mapped_pages import mappings
+
+    model_file = artifacts["llamacpp"] / "model.gguf"
+    with edgerun.load(artifacts["llamacpp"], PROFILE) as m:
+        assert mappings(model_file), "llama.cpp maps the file (use_mmap)"
+        released = getattr(m._backend, "released_bytes", 0)
+        assert released >= model_file.stat().st_size // 2
+        got = [c.token_id for c in m.generate(PROMPTS[1], max_tokens=12, ignore_eos=True)]
+    assert got == torch_greedy(torch_model(tiny_llama), PROMPTS[1], 12)
+
+
+def test_mapped_pages_reads_only_read_only_mappings_of_the_file(tmp_path: Path) -> None:
+    from edgerun.backends.mapped_pages import mappings
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+    maps = tmp_path / "maps"
+    maps.write_text(
+        f"7f0000000000-7f0000100000 r--s 00000000 fe:00 1 {model}\n"
+        f"7f0000100000-7f0000200000 rw-p 00000000 fe:00 1 {model}\n"  # writable: never dropped
+        f"7f0000200000-7f0000300000 r--p 00000000 fe:00 2 {tmp_path}/other.gguf\n"
+        "garbage line\n"
+        f"zz-yy r--s 0 fe:00 1 {model}\n"
+    )
+    assert mappings(model, maps) == [(0x7F0000000000, 0x7F0000100000)]
+    assert mappings(model, tmp_path / "absent") == []

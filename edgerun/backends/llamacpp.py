@@ -25,6 +25,7 @@ class LlamaCppBackend(Backend):
 
     name = "llamacpp"
     requires = ("llama_cpp", "gguf")
+    released_bytes = 0  # address space of the model file given back after load (mapped_pages)
 
     @classmethod
     def accepts(cls, artifact: Artifact) -> bool:
@@ -49,6 +50,11 @@ class LlamaCppBackend(Backend):
                 f"llama.cpp cannot load {artifact.model_file}: {exc}",
                 "the file is corrupt, truncated or not GGUF: re-export it (edgerun verify checks hashes)",
             ) from exc
+        if kwargs.get("use_mmap", True) and not kwargs.get("use_mlock"):
+            from edgerun.backends.mapped_pages import release
+
+            # the file pages of the tensors llama.cpp repacked into its own buffers
+            self.released_bytes = release(artifact.model_file)
         self.threads = kwargs["n_threads"]
         # llama.cpp rounds n_ctx up (to 256s); hold to what was asked so backends agree
         self.context_length = min(int(self.llm.n_ctx()), settings.context or 1 << 30)

@@ -23,12 +23,17 @@ def load(path: Path, **kwargs: Any) -> Any:
         check_causal(path)  # before llama.cpp: a diffusion LM fails inside it
     quiet_llama()
     try:
-        return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+        llm = llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
     except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
         raise EdgerunError(
             f"llama.cpp cannot load {path}: {exc}",
             "re-export the artifact; set EDGERUN_LLAMA_VERBOSE=1 to see llama.cpp's log",
         ) from exc
+    if not kwargs.get("vocab_only") and kwargs.get("use_mmap", True):
+        from edgerun.backends.mapped_pages import release
+
+        release(path)  # the file pages of the tensors llama.cpp repacked (as the backend does)
+    return llm
 
 
 def tokenize(path: Path, text: str, special: bool = False) -> list[int]:

@@ -263,8 +263,9 @@ def _export_one(
             if reference is not None:
                 gate = _gate(opts, fields)
                 with ctx.stage("validate (artifact vs PyTorch fp32)") as detail:
-                    logits = family.logits_fn(tmp, run_fields)
-                    scored = reference.score(logits, gate, detail)
+                    # unnamed, so its session is freed as scoring ends: kept in a local, it
+                    # lived on through the runtime checks' two loads of the same artifact
+                    scored = reference.score(family.logits_fn(tmp, run_fields), gate, detail)
                 validation = scored.to_json()
                 if not scored.passed and not opts.force:
                     raise _GateFailed(validation)
@@ -277,6 +278,11 @@ def _export_one(
             failures = runtime_checks(tmp, family, run_fields, ctx, reference, manifest)
             if failures and not opts.force:
                 raise _GateFailed(validation, failures)
+            # the runtime checks' stage and peak too (they load the artifact twice more)
+            manifest["export"]["stages"] = list(ctx.stages)
+            manifest["export"]["peak_rss_bytes"] = max(
+                manifest["export"]["peak_rss_bytes"], rss.peak
+            )
             write_manifest(tmp, manifest)
     except _GateFailed as failed:
         return ExportResult(

@@ -150,5 +150,42 @@ def test_manifest_records_the_estimate_and_every_stage(
     names = [s["stage"] for s in record["stages"]]
     assert names[0].startswith("reference (PyTorch fp32, layer by layer")
     assert any(n.startswith("validate") for n in names)
+    assert any(n.startswith("decode with the KV cache") for n in names)  # the runtime checks'
     assert all(s["peak_rss_bytes"] > 0 and s["wall_s"] >= 0 for s in record["stages"])
     assert record["peak_rss_bytes"] > 0
+
+
+def test_the_validation_session_is_freed_before_the_runtime_checks(
+    tiny_llama: Path, tmp_path: Path, short_eval_text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime checks load the artifact twice more (edgerun.load, then a no-cache pass);
+    the validation's session must be gone by then, or three copies of the model are resident
+    at once (the 8B shape's export: 9.31 GiB at its last recorded stage, 14.55 GiB at the
+    process's high-water mark)."""
+    import gc
+    import weakref
+
+    from edgerun.exporters import pipeline
+    from edgerun.exporters.onnx import OnnxFamily
+    from edgerun.exporters.validate import Thresholds
+
+    made: list[weakref.ref[object]] = []
+    seen: list[bool] = []
+    original_logits, original_checks = OnnxFamily.logits_fn, pipeline.runtime_checks
+
+    def logits_fn(self: OnnxFamily, artifact_dir: Path, manifest: dict) -> object:
+        fn = original_logits(self, artifact_dir, manifest)
+        made.append(weakref.ref(fn))
+        return fn
+
+    def runtime_checks(*args: object, **kwargs: object) -> list[str]:
+        gc.collect()
+        seen.append(all(ref() is None for ref in made[:1]))  # the validation's: made first
+        return original_checks(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OnnxFamily, "logits_fn", logits_fn)
+    monkeypatch.setattr(pipeline, "runtime_checks", runtime_checks)
+    gate = Thresholds(max_ppl_ratio=2.0, max_mean_kl=1.0, min_top1_agreement=0.0)
+    options = ExportOptions(eval_text=short_eval_text, probe=False, progress=False, thresholds=gate)
+    [result] = pipeline.export(str(tiny_llama), "onnx-fp32", tmp_path / "out", options)
+    assert result.written and made and seen == [True]

@@ -75,3 +75,32 @@ def test_streamed_fisher_frees_each_layer_without_the_cycle_collector(
     assert groups and all((g.sensitivity or 0) > 0 for g in groups)
     assert loaded
     assert alive == [], f"{len(alive)} of {len(loaded)} loaded weights outlived the pass"
+
+
+def test_a_tied_heads_two_gradient_parts_keep_only_the_windows_rows() -> None:
+    """sum((head + embedding)^2 * dW^2) from the parts as they arrive, holding the window's rows
+    of the first part only (not a vocabulary-sized gradient through the backward pass)."""
+    import torch
+
+    from edgerun.exporters.onnx import sensitivity as sens
+
+    rng = np.random.default_rng(1)
+    vocab, hidden = 300, 64
+    weight = torch.from_numpy(rng.standard_normal((vocab, hidden)).astype(np.float32))
+    ids = np.array([5, 17, 17, 250, 3])
+    head = torch.from_numpy(rng.standard_normal((vocab, hidden)).astype(np.float32))
+    embedding = torch.zeros(vocab, hidden)
+    embedding[torch.from_numpy(np.unique(ids))] = torch.randn(
+        4, hidden, generator=torch.Generator().manual_seed(0)
+    )
+    group = sens.Group(role=None, modules=[], params=vocab * hidden)  # type: ignore[arg-type]
+    want = sens.fisher_error(weight.numpy(), head + embedding, 4, 32, False)
+    for first, second in ((head, embedding), (embedding, head)):
+        sums = sens.FisherSums([group], 32, False)
+        sums.window(ids)
+        hook = sums.hook(group, "w", weight, parts=2)
+        hook(first)
+        kept = [t for _, t in sums._parts.values()]
+        assert [tuple(t.shape) for t in kept] == [(4, hidden)]
+        hook(second)
+        assert sums.totals[id(group)] == pytest.approx(want, rel=1e-9)

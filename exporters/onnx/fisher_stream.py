@@ -40,7 +40,7 @@ def streamed_fisher(
         sums = FisherSums(groups, block_size, symmetric)
         streamed.on_load = _hooks(streamed, groups, sums)
         with streamed.checkpointed():
-            tokens = fisher_passes(streamed.model, windows)
+            tokens = fisher_passes(streamed.model, windows, sums.window)
         streamed.on_load = None
     sums.finish(groups, tokens)
     return groups

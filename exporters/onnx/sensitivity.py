@@ -223,18 +223,46 @@ class FisherSums:
         self.block_size, self.symmetric = block_size, symmetric
         self.totals = {id(g): 0.0 for g in groups}
         self._parts: dict[str, tuple[int, Any]] = {}
+        self._rows: np.ndarray | None = None
+
+    def window(self, ids: np.ndarray) -> None:
+        """The window about to run: its distinct token ids are the only rows an embedding's
+        gradient has (fisher_passes calls it)."""
+        self._rows = np.unique(np.asarray(ids, dtype=np.int64))
 
     def hook(self, group: Group, key: str, weight: Any, parts: int = 1) -> Callable[[Any], None]:
-        """The torch tensor hook that adds `weight`'s share to `group`'s sum (key: its tensor)."""
+        """The torch tensor hook that adds `weight`'s share to `group`'s sum (key: its tensor).
+
+        A tied head's gradient comes in two parts, the head's (dense) and the embedding's (zero
+        outside the window's token rows), summed before squaring. Outside those rows the sum is
+        the head's part alone, so each part's share there is added as it arrives and only the
+        window's rows of the first part are kept for the second: |window| x hidden floats, not
+        the vocabulary-sized gradient (0.93 GB on the Qwen2.5-1.5B shape, held through the
+        whole backward pass, and a second one for the sum)."""
 
         def on_grad(grad: Any) -> None:
-            seen, total = self._parts.pop(key, (0, None))
-            total = grad.detach() if total is None else total + grad.detach()
-            if seen + 1 < parts:
-                self._parts[key] = (seen + 1, total)
+            import torch
+
+            g = grad.detach()
+            values = weight.detach().numpy()
+            args = (4, self.block_size, self.symmetric)
+            if parts == 1 or self._rows is None:
+                self.totals[id(group)] += fisher_error(values, g, *args)
                 return
-            error = fisher_error(weight.detach().numpy(), total, 4, self.block_size, self.symmetric)
-            self.totals[id(group)] += error
+            rows = self._rows
+            seen, kept = self._parts.pop(key, (0, None))
+            index = torch.from_numpy(rows)
+            picked = g[index]
+            norms = g.abs().sum(dim=1)
+            norms[index] = 0
+            if bool(norms.any()):  # the head's part; the embedding's has nothing outside
+                outside = fisher_error(values, g, *args) - fisher_error(values[rows], picked, *args)
+                self.totals[id(group)] += outside
+            kept = picked.clone() if kept is None else kept + picked
+            if seen + 1 < parts:
+                self._parts[key] = (seen + 1, kept)
+                return
+            self.totals[id(group)] += fisher_error(values[rows], kept, *args)
 
         return on_grad
 
@@ -244,14 +272,19 @@ class FisherSums:
             group.sensitivity = 0.5 * self.totals[id(group)] / max(tokens, 1)
 
 
-def fisher_passes(model: Any, windows: list[np.ndarray]) -> int:
+def fisher_passes(
+    model: Any, windows: list[np.ndarray], on_window: Callable[[np.ndarray], None] | None = None
+) -> int:
     """One backward pass per window of the log-likelihood of tokens sampled from the model's own
-    next-token distribution (seeded); the weights' gradient hooks do the rest. Returns tokens."""
+    next-token distribution (seeded); the weights' gradient hooks do the rest (`on_window(ids)`
+    is told each window first). Returns tokens."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
     tokens = 0
     for ids in windows:
+        if on_window is not None:
+            on_window(ids)
         model.zero_grad(set_to_none=True)
         logits = model(input_ids=torch.from_numpy(ids[None, :]), use_cache=False).logits[0]
         with torch.no_grad():

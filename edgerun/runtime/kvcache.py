@@ -65,14 +65,15 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def match(self, ids: Sequence[int]) -> tuple[int, KvSnapshot] | None:
+    def match(self, ids: Sequence[int], align: int = 1) -> tuple[int, KvSnapshot] | None:
         """The snapshot sharing the longest prefix with `ids` and how many of its positions to
-        keep (at most len(ids) - 1: the last prompt token is always fed, for its logits), or
-        None when no snapshot shares MIN_REUSE tokens. Counts a hit or a miss."""
+        keep (at most len(ids) - 1: the last prompt token is always fed, for its logits; a
+        multiple of `align`, Backend.prefix_align), or None when no snapshot shares MIN_REUSE
+        tokens. Counts a hit or a miss."""
         best: tuple[int, KvSnapshot] | None = None
         query = np.asarray(ids, np.int64)
         for snap in self._entries.values():
-            keep = min(_common_prefix(query, snap.tokens), len(ids) - 1)
+            keep = min(_common_prefix(query, snap.tokens), len(ids) - 1) // align * align
             if keep >= MIN_REUSE and (best is None or keep > best[0]):
                 best = (keep, snap)
         if best is None:

@@ -204,12 +204,11 @@ def test_run_without_a_prompt_is_a_chat_that_reuses_the_conversation(
     cached = int(stats[1].split("(")[1].split()[0])  # "prompt N tok (M cached)"
     assert cached >= 32
     assert "(conversation forgotten)" in result.stderr
-    assert len(result.stdout.splitlines()) == 3
     with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as model:
         from edgerun.runtime.conversation import Conversation
 
         talk = Conversation(model, system)
         first = "".join(c.text for c in talk.say("hello", max_tokens=6))
         second = "".join(c.text for c in talk.say("more please", max_tokens=6))
-    # the cached turn answered what a cold model answers
-    assert result.stdout.splitlines()[:2] == [first, second]
+    # the cached turn answered what a cold model answers (a reply may hold line breaks)
+    assert result.stdout.startswith(f"{first}\n{second}\n")

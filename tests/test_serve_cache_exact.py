@@ -22,6 +22,9 @@ pytest.importorskip("sse_starlette")
 openai = pytest.importorskip("openai")
 
 FORMATS = {"onnx": "onnx-int4", "gguf": "gguf-q4_k_m"}
+# what serves each by default: onnx-int4 is a genai-builder graph, which the ORT loop (with the
+# prompt cache) runs before onnxruntime-genai in every profile's order and in registration order
+BACKENDS = {"onnx": "onnxruntime", "gguf": "llamacpp"}
 # ~100 tokens shared (the tiny model has 256 positions), more than llama.cpp's prefix_align (32)
 SYSTEM = "You answer questions about edge devices, briefly and in plain words. " * 2
 USER_TURNS = ["Hello there", "Tell me more about it", "And then what"]
@@ -32,7 +35,7 @@ def server(
     request: pytest.FixtureRequest,
     tiny_wide_llama: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
+) -> Iterator[dict[str, Any]]:
     """One server with the artifact twice: "warm" (prompt cache on) and "cold" (off)."""
     from edgerun.serve.server import make_server
 
@@ -45,7 +48,7 @@ def server(
         "cold": edgerun.load(artifact, PROFILE, prompt_cache_mb=0),
     }
     with running(make_server(models, max_queue=4, drain_s=5)) as url:
-        yield url
+        yield {"url": url, "format": request.param, "warm": models["warm"]}
 
 
 def _turn(client: Any, model: str, messages: list[dict[str, str]]) -> tuple[Any, list[Any]]:
@@ -56,8 +59,12 @@ def _turn(client: Any, model: str, messages: list[dict[str, str]]) -> tuple[Any,
     return out, scored
 
 
-def test_warm_greedy_chat_equals_cold_requests(server: str) -> None:
-    client = openai.OpenAI(base_url=server + "/v1", api_key="x", timeout=60, max_retries=0)
+def test_warm_greedy_chat_equals_cold_requests(server: dict[str, Any]) -> None:
+    warm_model = server["warm"]
+    assert warm_model.info.backend == BACKENDS[server["format"]]
+    assert warm_model.prompt_cache is not None
+    url = server["url"] + "/v1"
+    client = openai.OpenAI(base_url=url, api_key="x", timeout=60, max_retries=0)
     messages = [{"role": "system", "content": SYSTEM}]
     cached = []
     for text in USER_TURNS:

@@ -82,6 +82,16 @@ def tiny_untied(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["llama-untied"]
 
 
+@pytest.fixture(scope="session")
+def tiny_wide_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llama at hidden size 256: wide enough for llama.cpp's K-quants (blocks of 256),
+    whose kernels round a one-token step otherwise than a batch (the prompt cache's tests)."""
+    pytest.importorskip("torch")
+    wide = {**SPECS["llama"][1], "hidden_size": 256, "intermediate_size": 512}
+    out = tmp_path_factory.mktemp("tiny-wide") / "llama"
+    return build_tiny_model("llama", out, spec=("llama", wide))
+
+
 @pytest.fixture(params=sorted(SPECS))
 def tiny_model(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) -> Path:
     """Parametrised over every fixture architecture."""

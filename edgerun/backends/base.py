@@ -168,10 +168,18 @@ class Backend(ABC):
 
     # Whether snapshot() / resume() work: the prompt cache (edgerun.runtime.kvcache) uses them.
     can_snapshot: bool = False
+    # Where a cached prefix may end so that feeding the rest in one batch gives the KV cache a
+    # cold prefill gives, bit for bit: kernels that take a batch's rows in blocks compute a
+    # short last block another way (llama.cpp's repacked x86 q4_0 / q4_K: blocks of 4 rows).
+    # Reused positions are cut down to a multiple of it (1: anywhere). Unless exact_verify,
+    # only prefill positions are reused: one-token decode steps round differently.
+    prefix_align: int = 1
 
-    def snapshot(self) -> tuple[Any, int] | None:
-        """A copy of the KV cache as it stands and its size in bytes, for edgerun.runtime.kvcache; None
-        when this backend cannot copy its cache (then prompts are never reused)."""
+    def snapshot(self, length: int | None = None) -> tuple[Any, int] | None:
+        """A copy of the first `length` positions of the KV cache (None: all of them) and its
+        size in bytes, for edgerun.runtime.kvcache; None when this backend cannot copy its cache
+        (then prompts are never reused). The positions after `length` may be dropped from the
+        live cache too: the caller does not decode on after a snapshot."""
         return None
 
     def resume(self, state: Any, keep: int, ids: Sequence[int], total: int) -> np.ndarray:

@@ -56,6 +56,7 @@ class LlamaCppBackend(Backend):
             # the file pages of the tensors llama.cpp repacked into its own buffers
             self.released_bytes = release(artifact.model_file)
         self.threads = kwargs["n_threads"]
+        self.prefix_align = _prefix_align(self.llm)
         # llama.cpp rounds n_ctx up (to 256s); hold to what was asked so backends agree
         self.context_length = min(int(self.llm.n_ctx()), settings.context or 1 << 30)
         self.vocab_size = int(self.llm.n_vocab())
@@ -122,11 +123,14 @@ class LlamaCppBackend(Backend):
 
     can_snapshot = True
 
-    def snapshot(self) -> tuple[Any, int] | None:
+    def snapshot(self, length: int | None = None) -> tuple[Any, int] | None:
         """Sequence 0's KV cells as llama.cpp serialises them (no logits, no scores buffer:
-        Llama.save_state would also copy its n_batch x vocab scores)."""
+        Llama.save_state would also copy its n_batch x vocab scores); with `length`, the cells
+        after it are first removed from the context."""
         import ctypes
 
+        if length is not None and length < self.llm.n_tokens:
+            self.rollback(length)
         lib, ctx = self._lib, self.llm.ctx
         size = int(lib.llama_state_seq_get_size(ctx, 0))
         if size == 0 or self.llm.n_tokens == 0:
@@ -177,6 +181,23 @@ class LlamaCppBackend(Backend):
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.close()
+
+
+# Rows of a batch that ggml's CPU matmuls take as one block: 4 in the repacked x86 / ARM
+# kernels (q4_0, q4_K, ...: a last block of 1-3 rows goes through gemv and rounds otherwise,
+# measured here), 16 in its AMX and KleidiAI tiles (read in their source, not measured).
+_ROW_BLOCK = 32
+
+
+def _prefix_align(llm: Any) -> int:
+    """Backend.prefix_align: a cut at a multiple of it starts the rest's eval() chunks (n_batch)
+    and llama_decode's micro-batches (n_ubatch) on the same row blocks as a cold prefill."""
+    import math
+
+    steps = (int(llm.n_batch), int(llm.context_params.n_ubatch))
+    if all(step % _ROW_BLOCK == 0 for step in steps):
+        return _ROW_BLOCK
+    return math.lcm(_ROW_BLOCK, *steps)  # then only a cut at a cold chunk boundary is exact
 
 
 def _trained_context(lib: Any, artifact: Artifact) -> int:

@@ -201,15 +201,15 @@ class OrtBackend(Backend):
         self._length = keep
         return self._run_many(ids[keep:])[-1]
 
-    def snapshot(self) -> tuple[Any, int] | None:
-        """The first _length positions of every K/V buffer, as one [2 x layers, heads,
-        positions, head_dim] array (CPU buffers only)."""
-        n = self._length
+    def snapshot(self, length: int | None = None) -> tuple[Any, int] | None:
+        """The first `length` (None: all) cached positions of every K/V buffer, as one
+        [2 x layers, heads, positions, head_dim] array (CPU buffers only)."""
+        n = self._length if length is None else min(length, self._length)
         if self._device != "cpu" or n == 0:
             return None
         out = np.empty((len(self._past), self._kv_heads, n, self._head_dim), self._kv_dtype)
         for i, ptr in enumerate(self._pointers[0 if self._shared else self._flip]):
-            out[i] = self._kv_view(ptr, n)[:, :n]
+            out[i] = self._kv_view(ptr, self._length)[:, :n]
         return out, int(out.nbytes)
 
     def _kv_view(self, ptr: int, length: int) -> np.ndarray:

@@ -1,9 +1,12 @@
 """Prefix KV reuse: a cache of KV-cache snapshots keyed by the tokens they hold, bounded in bytes.
 
 A chat turn re-sends the whole conversation; most of it (system prompt, history) was already
-processed by the previous turn. After each generation the model stores a snapshot of its KV cache
-(prompt + generated tokens); the next prompt that shares a prefix with a stored one restores it,
-keeps the shared positions and feeds only the rest. Snapshots are copies owned by this cache
+processed by the previous turn. After each generation the model stores a snapshot of its KV cache;
+the next prompt that shares a prefix with a stored one restores it, keeps the shared positions and
+feeds only the rest. The snapshot holds the prompt's positions only, cut to the backend's
+prefix_align (edgerun.backends.base.Backend): the reply's were computed one token at a time, which
+quantized kernels round otherwise than the batched prefill of a cold request, so reusing them
+would change the next reply; re-fed with the new turn, they cost a short batch. Snapshots are copies owned by this cache
 (backends expose them through Backend.snapshot / Backend.resume), so the bound counts every
 byte they hold; the least recently used go first. Unbounded prompt caches are what pushed
 llama.cpp-based servers to gigabytes of resident memory (issue 27): here the bound is a number
@@ -65,14 +68,15 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def match(self, ids: Sequence[int]) -> tuple[int, KvSnapshot] | None:
+    def match(self, ids: Sequence[int], align: int = 1) -> tuple[int, KvSnapshot] | None:
         """The snapshot sharing the longest prefix with `ids` and how many of its positions to
-        keep (at most len(ids) - 1: the last prompt token is always fed, for its logits), or
-        None when no snapshot shares MIN_REUSE tokens. Counts a hit or a miss."""
+        keep (at most len(ids) - 1: the last prompt token is always fed, for its logits; a
+        multiple of `align`, Backend.prefix_align), or None when no snapshot shares MIN_REUSE
+        tokens. Counts a hit or a miss."""
         best: tuple[int, KvSnapshot] | None = None
         query = np.asarray(ids, np.int64)
         for snap in self._entries.values():
-            keep = min(_common_prefix(query, snap.tokens), len(ids) - 1)
+            keep = min(_common_prefix(query, snap.tokens), len(ids) - 1) // align * align
             if keep >= MIN_REUSE and (best is None or keep > best[0]):
                 best = (keep, snap)
         if best is None:

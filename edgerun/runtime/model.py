@@ -349,23 +349,30 @@ class Model:
             if generation == self._generation:  # else another generation owns the backend
                 if spec is not None:
                     spec.settle()  # the KV cache holds what plain decoding leaves: `fed`
-                self._remember(backend, fed)
+                self._remember(backend, fed, len(ids))
 
     def _prefill(self, backend: Backend, ids: list[int], total: int) -> tuple[np.ndarray, int]:
         """The prompt's last logits and how many prompt tokens came from the prompt cache."""
-        hit = self.prompt_cache.match(ids) if self.prompt_cache is not None else None
+        cache = self.prompt_cache
+        hit = cache.match(ids, backend.prefix_align) if cache is not None else None
         if hit is None:
             return backend.prefill(ids, total), 0
         keep, snap = hit
         return backend.resume(snap.state, keep, ids, total), keep
 
-    def _remember(self, backend: Backend, fed: list[int]) -> None:
-        """Keep the backend's KV cache of `fed` in the prompt cache, for the next prompt."""
+    def _remember(self, backend: Backend, fed: list[int], prompt: int) -> None:
+        """Keep the backend's KV cache of `fed` in the prompt cache, for the next prompt: only
+        the first `prompt` positions (cut to Backend.prefix_align) unless the backend's
+        one-token steps equal a batched pass, so that a later prompt that re-sends the reply
+        computes it in a batch as a cold prefill does and decodes the same tokens."""
         if self.prompt_cache is None or self.prompt_cache.max_bytes == 0:
             return
-        taken = backend.snapshot()
+        keep = len(fed)
+        if not backend.exact_verify:
+            keep = prompt // backend.prefix_align * backend.prefix_align
+        taken = backend.snapshot(keep) if keep > 0 else None
         if taken is not None:
-            self.prompt_cache.put(KvSnapshot(tuple(fed), taken[0], taken[1]))
+            self.prompt_cache.put(KvSnapshot(tuple(fed[:keep]), taken[0], taken[1]))
 
     def _decode_loop(
         self,

@@ -65,7 +65,7 @@ class ExportOptions:
         ({"genai": {...}, "llama": {...}}; edgerun.exporters.extra_options, --extra-option).
     """
 
-    block_size: int = 32
+    block_size: int | None = None  # None: the onnx-int4 recipe's, else 32
     symmetric: bool | None = None  # None: asymmetric for onnx-int4 and hqq, else symmetric
     accuracy_level: int = 4
     algorithm: str = "rtn"

@@ -55,6 +55,21 @@ def test_recipe_plan_rules_and_negative_layers() -> None:
     assert set(RECIPES["q4-pure"].plan(GENAI).values()) == {4}
 
 
+def test_block_size_is_the_options_then_the_recipes_then_32() -> None:
+    from edgerun.exporters.formats import ExportOptions
+    from edgerun.exporters.onnx import resolve_block_size
+    from edgerun.exporters.onnx.formats import format_of
+
+    int4, int8 = format_of("onnx-int4"), format_of("onnx-int8")
+    blocked = next(r.name for r in RECIPES.values() if r.block_size not in (None, 32))
+    block = RECIPES[blocked].block_size
+    assert resolve_block_size(ExportOptions(recipe=blocked), int4) == block
+    assert resolve_block_size(ExportOptions(recipe=blocked, block_size=16), int4) == 16
+    assert resolve_block_size(ExportOptions(recipe="q4-pure"), int4) == 32
+    assert resolve_block_size(ExportOptions(target_kl=0.1), int4) == 32  # searches block 32
+    assert resolve_block_size(ExportOptions(), int8) == 32  # no recipes
+
+
 def test_unknown_recipe_is_a_one_line_error() -> None:
     with pytest.raises(EdgerunError, match="unknown int4 recipe 'nope'") as info:
         get_recipe("nope")

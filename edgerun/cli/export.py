@@ -54,7 +54,11 @@ HELP_GROUPS = {
     is_flag=True,
     help="List the tested model families (family x format x builder) and exit; with --json, as JSON.",
 )
-@click.option("--block-size", default=32, show_default=True, help="int4/int8 block size (16-256).")
+@click.option(
+    "--block-size",
+    type=int,
+    help="int4/int8 block size (16-256; default: the onnx-int4 recipe's, else 32).",
+)
 @click.option(
     "--symmetric/--asymmetric",
     default=None,

@@ -179,7 +179,7 @@ def _check_recipe_options(options: ExportOptions) -> None:
 
 
 def _check_quant_options(spec: OnnxFormat, options: ExportOptions) -> None:
-    if options.block_size not in INT4_BLOCK_SIZES:
+    if options.block_size is not None and options.block_size not in INT4_BLOCK_SIZES:
         raise EdgerunError(
             f"block size {options.block_size} is not a power of two in 16-256",
             f"use one of {', '.join(map(str, INT4_BLOCK_SIZES))}",
@@ -248,7 +248,7 @@ def _weight_only_config(spec: OnnxFormat, opts: ExportOptions) -> Any:
     assert spec.bits is not None  # only quantized formats come here
     return WeightOnlyConfig(
         bits=spec.bits,
-        block_size=opts.block_size,
+        block_size=resolve_block_size(opts, spec),
         symmetric=resolve_symmetric(opts, spec.name),
         accuracy_level=opts.accuracy_level,
         algorithm=opts.algorithm,
@@ -374,6 +374,17 @@ def _quantize_dynamic(fp32: Path, out_dir: Path, ctx: ExportContext) -> dict[str
             use_external_data_format=files.has_external_data(fp32),
         )
     return {"method": "dynamic", "bits": 8, "weight_type": "QInt8", "op": "MatMulInteger"}
+
+
+def resolve_block_size(options: ExportOptions, spec: OnnxFormat) -> int:
+    """--block-size, or when not given: the onnx-int4 recipe's block size (a quality target
+    searches block-32 plans), else 32."""
+    if options.block_size is not None:
+        return options.block_size
+    targeted = options.target_kl is not None or options.target_ppl_ratio is not None
+    if spec.recipes and not targeted:
+        return get_recipe(options.recipe or DEFAULT_RECIPE).block_size or 32
+    return 32
 
 
 def resolve_symmetric(options: ExportOptions, fmt: str) -> bool:

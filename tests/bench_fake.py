@@ -159,9 +159,9 @@ def load(
     context: int | None = None,
 ) -> FakeModel:
     manifest = read_manifest(Path(path))
-    resolved = resolve_profile(profile)
-    if resolved.detection is not None:  # this call detected the machine
+    if profile is None:  # resolved as edgerun.load resolves it: by detecting the machine
         _log(manifest["format"], "detect")
+    resolved = resolve_profile(profile)
     if manifest["fake"].get("fail") == "load":
         raise RuntimeError("fake load failure")
     time.sleep(manifest["fake"]["load_s"])

@@ -14,12 +14,13 @@ from edgerun.core.errors import EdgerunError
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.device.resolve import Resolved
     from edgerun.runtime.model import Model
 
 
 def load(
     path: str | Path,
-    profile: str | Path | None = None,
+    profile: str | Path | Resolved | None = None,
     *,
     threads: int | None = None,
     backend: str | None = None,

@@ -7,8 +7,8 @@ onnx-fp32, onnx-int4, gguf-f16 and gguf-q8_0 and is compared with transformers.
 `genai` lists the rope scalings under which the family's onnxruntime-genai graph was proven equal
 to transformers by that test; only those get genai's builder under `--builder auto` (the builder's
 own list is wider, and wrong for some: see the comments). Two entries may share a model_type (one
-per tokenizer kind); the first holds the builder facts. A family
-not listed here is still tried (optimum's exporter, llama.cpp's converter) and reported as
+per tokenizer kind); the first holds the builder facts, and both name the same transformers
+class (`architecture`, the one a checkpoint's config.json must name). A family not listed here is still tried (optimum's exporter, llama.cpp's converter) and reported as
 untested. A family llama.cpp runs wrongly for some checkpoints has a check in
 edgerun.exporters.gguf.quirks that refuses those before any work.
 """
@@ -30,6 +30,9 @@ _NO_MOE_ONNX = "optimum-onnx cannot export it (no config; the traced MoE graph d
 class Family:
     name: str
     model_type: str  # config.json "model_type"
+    # the one class its checkpoints must name in config.json "architectures": transformers'
+    # causal-LM class for model_type (tests check it against transformers' own table)
+    architecture: str
     covers: str  # what its tiny test checkpoint sets: the family's quirks under test
     # rope scaling types ("default": none) under which onnxruntime-genai's graph is proven equal to
     # transformers for this family; --builder auto picks genai's builder only for those
@@ -48,73 +51,46 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     # genai's llama graph with llama3 rope scaling: proven once the builder reads the original
     # context from rope_scaling (exporters/onnx/genai_rope.py; without it, logits off by 0.83)
-    Family("llama", "llama", "llama3 rope scaling, GQA, tied head", genai=("default", "llama3")),
-    Family("llama-spm", "llama", "Llama 2 style SentencePiece vocabulary, untied head", tokenizer="spm"),
-    Family("mistral", "mistral", "GQA, SentencePiece vocabulary", tokenizer="spm", genai=("default",)),
-    Family("qwen2", "qwen2", "q/k/v biases, GQA, tied head", genai=("default",)),
-    Family("qwen3", "qwen3", "q/k norms, head_dim apart from hidden/heads", genai=("default",)),
-    Family("phi3", "phi3", "longrope scaling, fused qkv and gate_up", tokenizer="spm", genai=("longrope",)),
-    Family("phi", "phi", "partial rotary (0.5), LayerNorm, parallel block, lm_head bias"),
-    Family("gemma", "gemma", "embedding scale, (1 + w) RMSNorm, MQA", tokenizer="spm", genai=("default",)),
+    Family("llama", "llama", "LlamaForCausalLM", "llama3 rope scaling, GQA, tied head", genai=("default", "llama3")),
+    Family("llama-spm", "llama", "LlamaForCausalLM", "Llama 2 style SentencePiece vocabulary, untied head", tokenizer="spm"),
+    Family("mistral", "mistral", "MistralForCausalLM", "GQA, SentencePiece vocabulary", tokenizer="spm", genai=("default",)),
+    Family("qwen2", "qwen2", "Qwen2ForCausalLM", "q/k/v biases, GQA, tied head", genai=("default",)),
+    Family("qwen3", "qwen3", "Qwen3ForCausalLM", "q/k norms, head_dim apart from hidden/heads", genai=("default",)),
+    Family("phi3", "phi3", "Phi3ForCausalLM", "longrope scaling, fused qkv and gate_up", tokenizer="spm", genai=("longrope",)),
+    Family("phi", "phi", "PhiForCausalLM", "partial rotary (0.5), LayerNorm, parallel block, lm_head bias"),
+    Family("gemma", "gemma", "GemmaForCausalLM", "embedding scale, (1 + w) RMSNorm, MQA", tokenizer="spm", genai=("default",)),
     # genai's gemma2 graph: logits off by up to 2.2 on the tiny checkpoint (soft-capping, window)
-    Family("gemma2", "gemma2", "attention and final soft-capping, sliding window", tokenizer="spm"),
-    Family("gemma3", "gemma3_text", "sliding window, local/global rope bases, q/k norms", tokenizer="spm", genai=("default",)),
-    Family("granite", "granite", "embedding, residual, attention and logits multipliers", genai=("default",)),
-    Family("olmo2", "olmo2", "q/k norms, post-norms"),
-    Family("stablelm", "stablelm", "partial rotary (0.25), LayerNorm, qkv bias"),
-    Family("starcoder2", "starcoder2", "LayerNorm, biases, GELU MLP"),
-    Family("gpt-neox", "gpt_neox", "partial rotary (0.25), parallel residual, fused qkv"),
-    Family("falcon", "falcon", "multi-query, parallel attention (Falcon-7B layout)"),
-    Family("smollm3", "smollm3", "NoPE on every 4th layer"),
+    Family("gemma2", "gemma2", "Gemma2ForCausalLM", "attention and final soft-capping, sliding window", tokenizer="spm"),
+    Family("gemma3", "gemma3_text", "Gemma3ForCausalLM", "sliding window, local/global rope bases, q/k norms", tokenizer="spm", genai=("default",)),
+    Family("granite", "granite", "GraniteForCausalLM", "embedding, residual, attention and logits multipliers", genai=("default",)),
+    Family("olmo2", "olmo2", "Olmo2ForCausalLM", "q/k norms, post-norms"),
+    Family("stablelm", "stablelm", "StableLmForCausalLM", "partial rotary (0.25), LayerNorm, qkv bias"),
+    Family("starcoder2", "starcoder2", "Starcoder2ForCausalLM", "LayerNorm, biases, GELU MLP"),
+    Family("gpt-neox", "gpt_neox", "GPTNeoXForCausalLM", "partial rotary (0.25), parallel residual, fused qkv"),
+    Family("falcon", "falcon", "FalconForCausalLM", "multi-query, parallel attention (Falcon-7B layout)"),
+    Family("smollm3", "smollm3", "SmolLM3ForCausalLM", "NoPE on every 4th layer"),
     # genai's OLMo graph computes RMSNorm where OLMo has a weightless LayerNorm (argmax 0.60)
-    Family("olmo", "olmo", "weightless LayerNorm, clipped qkv"),
-    Family("cohere", "cohere", "logit scale, parallel block, LayerNorm, tied head"),
-    Family("gpt2", "gpt2", "learned positions, Conv1D projections, LayerNorm"),
-    Family("starcoder", "gpt_bigcode", "multi-query attention, learned positions"),
-    Family("exaone4", "exaone4", "post-norms, q/k norms (qwen3's ONNX config)"),
-    Family("olmoe", "olmoe", "mixture of experts, 4 experts top-2 (olmo2's ONNX config)", moe=True),
-    Family("mixtral", "mixtral", "mixture of experts, 4 experts top-2", moe=True, onnx=_NO_MOE_ONNX),
-    Family("qwen2-moe", "qwen2_moe", "mixture of experts with a shared expert", moe=True, onnx=_NO_MOE_ONNX),
-    Family("granitemoe", "granitemoe", "mixture of experts, granite multipliers", moe=True, onnx=_NO_MOE_ONNX),
-    Family("qwen3-moe", "qwen3_moe", "mixture of experts, normalised top-k, q/k norms", moe=True,
+    Family("olmo", "olmo", "OlmoForCausalLM", "weightless LayerNorm, clipped qkv"),
+    Family("cohere", "cohere", "CohereForCausalLM", "logit scale, parallel block, LayerNorm, tied head"),
+    Family("gpt2", "gpt2", "GPT2LMHeadModel", "learned positions, Conv1D projections, LayerNorm"),
+    Family("starcoder", "gpt_bigcode", "GPTBigCodeForCausalLM", "multi-query attention, learned positions"),
+    Family("exaone4", "exaone4", "Exaone4ForCausalLM", "post-norms, q/k norms (qwen3's ONNX config)"),
+    Family("olmoe", "olmoe", "OlmoeForCausalLM", "mixture of experts, 4 experts top-2 (olmo2's ONNX config)", moe=True),
+    Family("mixtral", "mixtral", "MixtralForCausalLM", "mixture of experts, 4 experts top-2", moe=True, onnx=_NO_MOE_ONNX),
+    Family("qwen2-moe", "qwen2_moe", "Qwen2MoeForCausalLM", "mixture of experts with a shared expert", moe=True, onnx=_NO_MOE_ONNX),
+    Family("granitemoe", "granitemoe", "GraniteMoeForCausalLM", "mixture of experts, granite multipliers", moe=True, onnx=_NO_MOE_ONNX),
+    Family("qwen3-moe", "qwen3_moe", "Qwen3MoeForCausalLM", "mixture of experts, normalised top-k, q/k norms", moe=True,
            gguf="llama.cpp's logits differ from transformers' (relative error 0.12 in f16 on the tiny checkpoint)"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
 
-# model_type -> the one class its checkpoints must name in config.json "architectures":
-# transformers' causal-LM class for it (tests/test_families.py checks each against transformers'
-# own table). llama.cpp's converter picks its code by this field, not by model_type, so a
-# checkpoint naming another class (a "DreamModel" whose converter asks for the model's own
-# tokenizer code) is refused before anything reads it. One line per registered model_type.
-ARCHITECTURES: dict[str, str] = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "phi3": "Phi3ForCausalLM",
-    "phi": "PhiForCausalLM",
-    "gemma": "GemmaForCausalLM",
-    "gemma2": "Gemma2ForCausalLM",
-    "gemma3_text": "Gemma3ForCausalLM",
-    "granite": "GraniteForCausalLM",
-    "olmo2": "Olmo2ForCausalLM",
-    "stablelm": "StableLmForCausalLM",
-    "starcoder2": "Starcoder2ForCausalLM",
-    "gpt_neox": "GPTNeoXForCausalLM",
-    "falcon": "FalconForCausalLM",
-    "smollm3": "SmolLM3ForCausalLM",
-    "olmo": "OlmoForCausalLM",
-    "cohere": "CohereForCausalLM",
-    "gpt2": "GPT2LMHeadModel",
-    "gpt_bigcode": "GPTBigCodeForCausalLM",
-    "exaone4": "Exaone4ForCausalLM",
-    "olmoe": "OlmoeForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-    "granitemoe": "GraniteMoeForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM",
-}
+# model_type -> the class its checkpoints must name in config.json "architectures", derived from
+# FAMILIES (families sharing a model_type name the same class: tests/test_model_trust.py).
+# llama.cpp's converter picks its code by this field, not by model_type, so a checkpoint naming
+# another class (a "DreamModel" whose converter asks for the model's own tokenizer code) is
+# refused before anything reads it.
+ARCHITECTURES: dict[str, str] = {f.model_type: f.architecture for f in FAMILIES}
 
 
 def for_config(config: dict[str, Any]) -> Family | None:

@@ -285,12 +285,31 @@ def _format_key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def parse_formats(spec: str | list[str]) -> list[str]:
-    """Split a comma list of format names, check every one, drop duplicates (order kept)."""
+@dataclass(frozen=True)
+class Format:
+    """One export format as the registry knows it: its name and the family that makes it.
+    Resolved once at the edge (export(), from the names given) and passed down, so nothing
+    along the export looks the name up again."""
+
+    name: str
+    family: FormatFamily
+
+    @property
+    def prefix(self) -> str:
+        """The family's prefix ("onnx", "gguf")."""
+        return self.family.prefix
+
+
+def resolve_formats(spec: str | list[str]) -> list[Format]:
+    """Split a comma list of format names, look every one up once, drop duplicates (order
+    kept). EdgerunError for an empty list or a name no family makes (family_of says why)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = list(dict.fromkeys(canonical_format(s) for s in items if s.strip()))
     if not names:
         raise EdgerunError("no export format given", f"valid formats: {', '.join(all_formats())}")
-    for name in names:
-        family_of(name)
-    return names
+    return [Format(name, family_of(name)) for name in names]
+
+
+def parse_formats(spec: str | list[str]) -> list[str]:
+    """The names of resolve_formats(spec), as the registry spells them."""
+    return [fmt.name for fmt in resolve_formats(spec)]

@@ -16,9 +16,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgerun.core.errors import EdgerunError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.exporters.formats import Format
 
 GB = 1_000_000_000
 GIB = 1 << 30  # what sizes are printed in (binary units everywhere)
@@ -255,22 +258,23 @@ def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:
 
 
 def say_before_working(
-    formats: list[str], options: Any, path: Path, config: dict[str, Any], eval_tokens: int
+    formats: list[Format], options: Any, path: Path, config: dict[str, Any], eval_tokens: int
 ) -> dict[str, Any]:
     """Estimate the call's peak memory, refuse when it does not fit (check_fits), and return
     the manifest's export.memory_estimate (with "limit_bytes", what it was compared with)."""
     builders = {}
     for fmt in formats:
-        if fmt.startswith("onnx"):
+        if fmt.prefix == "onnx":
             from edgerun.exporters.onnx import resolve_builder
 
-            builders[fmt] = resolve_builder(fmt, options, config)
+            builders[fmt.name] = resolve_builder(fmt.name, options, config)
     wanted = options.max_memory
     wanted = parse_size(wanted) if isinstance(wanted, str) else wanted
     limit = wanted or available_bytes()
     shape = checkpoint_shape(path, config)
     streamed = frozenset(f for f in builders if _streams(f, builders[f], options, path))
-    found = estimate(formats, builders, options, shape, eval_tokens, limit, streamed)
+    names = [fmt.name for fmt in formats]
+    found = estimate(names, builders, options, shape, eval_tokens, limit, streamed)
     found["limit_bytes"] = check_fits(found, wanted)
     return found
 

@@ -28,9 +28,9 @@ from edgerun.exporters.fidelity_check import ship_reference
 from edgerun.exporters.formats import (
     ExportContext,
     ExportOptions,
+    Format,
     ReferenceModel,
-    family_of,
-    parse_formats,
+    resolve_formats,
 )
 from edgerun.exporters.runtime_check import runtime_checks
 from edgerun.exporters.validate import Reference, Thresholds
@@ -87,27 +87,27 @@ def export(
     `options` that differ from the defaults); the plan and its reasons go into each manifest.
     Bad inputs (unknown format, bad option, existing output directory, eval text too short,
     unsupported architecture) raise EdgerunError before any work starts. Returns one
-    ExportResult per format.
+    ExportResult per format. Each format name is looked up once, here (resolve_formats); the
+    Format objects travel down.
     """
+    chosen = resolve_formats(formats) if formats else None
     if profile is not None:
         from edgerun.exporters.profile_plan import plan as profile_plan
 
         if explicit is None:
             explicit = set(kwargs) if options is None else _changed_fields(options)
-        plan = profile_plan(profile, parse_formats(formats) if formats else None, explicit)
-        formats = plan.formats
+        plan = profile_plan(profile, [f.name for f in chosen] if chosen else None, explicit)
+        chosen = chosen or resolve_formats(plan.formats)
         kwargs = {**plan.settings, **kwargs, "profile_plan": plan.to_json()}
-    elif not formats:
+    elif not chosen:
         raise EdgerunError("no formats to export", "pass -f FORMATS, or --profile ID|detect")
     opts = _options(options, kwargs)
-    names = parse_formats(formats)
-    families = {fmt: family_of(fmt) for fmt in names}
-    for fmt, family in families.items():
-        family.check_options(fmt, opts)
+    for fmt in chosen:
+        fmt.family.check_options(fmt.name, opts)
     check_extra(opts.extra)
-    check_targets(opts.extra, {family.prefix for family in families.values()})
+    check_targets(opts.extra, {fmt.prefix for fmt in chosen})
     out = Path(out_dir)
-    _check_outputs(out, names, opts.overwrite)
+    _check_outputs(out, [fmt.name for fmt in chosen], opts.overwrite)
     check_writable(out)  # before the expensive reference run, not after it
 
     from edgerun.sources.resolve import resolve
@@ -118,13 +118,13 @@ def export(
             console.print(f"[dim]{reason}[/]")
     ckpt = resolve(source, progress=opts.progress)
     ref_model = ReferenceModel(ckpt.path)
-    refused = _check_sources(families, opts, ref_model.config)
+    refused = _check_sources(chosen, opts, ref_model.config)
     check_architecture(ref_model.config)  # before any tool picks its code by it
     stages: list[dict[str, Any]] = []  # every stage's cost, into each manifest
     hook = report.measured(stage_printer(console) if console else report.no_stage, stages)
     source_info = _source_identity(ckpt)
     eval_text = None if opts.no_validate else _eval_tokens(ref_model, opts)
-    wanted = [fmt for fmt in names if fmt not in refused]
+    wanted = [fmt for fmt in chosen if fmt.name not in refused]
     tokens = 0 if eval_text is None else len(eval_text[1])
     estimate = memory.say_before_working(wanted, opts, ckpt.path, ref_model.config, tokens)
     if console:
@@ -136,13 +136,13 @@ def export(
     try:
         reference = None if eval_text is None else _reference(ctx, *eval_text)
         results = []
-        for fmt in names:
-            if fmt in refused:
-                results.append(ExportResult(fmt, None, False, None, reason=refused[fmt]))
+        for fmt in chosen:
+            if fmt.name in refused:
+                results.append(ExportResult(fmt.name, None, False, None, reason=refused[fmt.name]))
                 continue
             if console:
-                console.print(f"[bold]{fmt}[/]")
-            results.append(_export_one(fmt, families[fmt], ctx, out, reference, source_info))
+                console.print(f"[bold]{fmt.name}[/]")
+            results.append(_export_one(fmt, ctx, out, reference, source_info))
     finally:
         if opts.keep_intermediates:
             if console:
@@ -153,22 +153,22 @@ def export(
 
 
 def _check_sources(
-    families: dict[str, Any], opts: ExportOptions, config: dict[str, Any]
+    formats: list[Format], opts: ExportOptions, config: dict[str, Any]
 ) -> dict[str, str]:
-    """Ask each family whether it can export this architecture. Returns format -> why not for
-    the ones that cannot (reported per format while the others are made); raises the first
-    refusal when no format can be made, before any work."""
+    """Ask each format's family whether it can export this architecture. Returns format name ->
+    why not for the ones that cannot (reported per format while the others are made); raises
+    the first refusal when no format can be made, before any work."""
     refused: dict[str, str] = {}
     first: EdgerunError | None = None
-    for fmt, family in families.items():
-        check = getattr(family, "check_source", None)
+    for fmt in formats:
+        check = getattr(fmt.family, "check_source", None)
         try:
             if check is not None:
-                check(fmt, opts, config)
+                check(fmt.name, opts, config)
         except EdgerunError as exc:
-            refused[fmt] = str(exc)
+            refused[fmt.name] = str(exc)
             first = first or exc
-    if first is not None and len(refused) == len(families):
+    if first is not None and len(refused) == len(formats):
         raise first
     return refused
 
@@ -241,22 +241,21 @@ def _reference(ctx: ExportContext, text: str, ids: list[int]) -> Reference:
 
 
 def _export_one(
-    fmt: str,
-    family: Any,
+    fmt: Format,
     ctx: ExportContext,
     out: Path,
     reference: Reference | None,
     source_info: dict[str, Any],
 ) -> ExportResult:
-    opts = ctx.options
+    opts, family = ctx.options, fmt.family
     start = time.perf_counter()
     try:
         with (
             write_errors_reported(out),  # a full disk is reported as one, after the cleanup
-            atomic_dir(out / fmt, overwrite=opts.overwrite) as tmp,
+            atomic_dir(out / fmt.name, overwrite=opts.overwrite) as tmp,
             PeakRss(interval_s=0.05) as rss,
         ):
-            fields = family.export(fmt, ctx, tmp)
+            fields = family.export(fmt.name, ctx, tmp)
             copy_side_files(ctx.checkpoint.path, tmp)
             run_fields = {**fields, "threads": opts.threads}
             validation = fidelity = None
@@ -271,7 +270,7 @@ def _export_one(
                     raise _GateFailed(validation)
                 fidelity = ship_reference(tmp, reference, gate)  # before the files are hashed
             wall = time.perf_counter() - start
-            manifest = _manifest(fmt, family, fields, ctx, tmp, source_info, validation, wall, rss)
+            manifest = _manifest(fmt, fields, ctx, tmp, source_info, validation, wall, rss)
             manifest["fidelity"] = fidelity
             manifest["size"] = report.model_size(tmp, manifest["model_file"], ctx.checkpoint.path)
             write_manifest(tmp, manifest)  # edgerun.load reads it
@@ -286,7 +285,7 @@ def _export_one(
             write_manifest(tmp, manifest)
     except _GateFailed as failed:
         return ExportResult(
-            fmt,
+            fmt.name,
             None,
             written=False,
             passed=False,
@@ -296,12 +295,12 @@ def _export_one(
         )
     except EdgerunError as exc:
         return ExportResult(
-            fmt, None, False, None, reason=str(exc), wall_s=time.perf_counter() - start
+            fmt.name, None, False, None, reason=str(exc), wall_s=time.perf_counter() - start
         )
-    path = out / fmt
+    path = out / fmt.name
     reasons = validation["reasons"] if validation else failures
     return ExportResult(
-        fmt,
+        fmt.name,
         path,
         written=True,
         passed=_passed(validation, failures),
@@ -335,8 +334,7 @@ def copy_side_files(checkpoint: Path, artifact: Path) -> list[str]:
 
 
 def _manifest(
-    fmt: str,
-    family: Any,
+    fmt: Format,
     fields: dict[str, Any],
     ctx: ExportContext,
     tmp: Path,
@@ -352,8 +350,8 @@ def _manifest(
     libraries = {"edgerun": __version__, **extras.pop("libraries", {})}
     config = ctx.reference.config
     manifest: dict[str, Any] = {
-        "format": fmt,
-        "family": family.prefix,
+        "format": fmt.name,
+        "family": fmt.prefix,
         "precision": extras.pop("precision"),
         "quant": extras.pop("quant", None),
         "builder": extras.pop("builder"),

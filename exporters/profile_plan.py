@@ -41,7 +41,8 @@ def resolve(spec: str) -> tuple[Any, str]:
     `edgerun run` resolves its --profile."""
     from edgerun.device.resolve import resolve_profile
 
-    return resolve_profile(None if spec == "detect" else spec)
+    resolved = resolve_profile(None if spec == "detect" else spec)
+    return resolved.profile, resolved.reason
 
 
 def plan(spec: str, formats: list[str] | None, explicit: set[str]) -> Plan:

@@ -3,7 +3,8 @@
 Its timings come from the artifact's manifest ("fake" block), so each test artifact can differ:
 prefill_s_per_token x prompt length before the first token, decode_s between tokens
 ($EDGERUN_FAKE_DECODE_S overrides decode_s, so one lab worker can be slower than the others;
-$EDGERUN_FAKE_BUSY_S makes load keep a CPU, and its GIL, busy that long)."""
+$EDGERUN_FAKE_BUSY_S makes load keep a CPU, and its GIL, busy that long). Its loader resolves
+its profile as edgerun.load does (detecting the machine when given none) and logs each detection."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerun.core.manifest import read_manifest, write_manifest
+from edgerun.device.resolve import Resolved, resolve_profile
 
 
 def make_artifact(
@@ -80,8 +82,15 @@ class Info:
         return self.data
 
 
+def _log(name: str, what: str) -> None:
+    log = os.environ.get("EDGERUN_FAKE_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"model": name, "what": what}) + "\n")
+
+
 class FakeModel:
-    def __init__(self, path: str, profile: str | None, threads: int | None) -> None:
+    def __init__(self, path: str, profile: Resolved, threads: int | None) -> None:
         self.manifest = read_manifest(Path(path))
         self.fake = dict(self.manifest["fake"])
         slow = os.environ.get("EDGERUN_FAKE_DECODE_S")  # one lab device slower than the others
@@ -95,8 +104,8 @@ class FakeModel:
                 "backend": "fake",
                 "providers": ["FakeCPU"],
                 "threads": threads or 2,
-                "profile_id": profile or "fake-profile",
-                "profile_reason": "test",
+                "profile_id": profile.profile.id if profile.profile else None,
+                "profile_reason": profile.reason,
                 "manifest": self.manifest,
             }
         )
@@ -105,10 +114,7 @@ class FakeModel:
             self.ballast[i] = 1
 
     def _log(self, what: str) -> None:
-        log = os.environ.get("EDGERUN_FAKE_LOG")
-        if log:
-            with open(log, "a") as fh:
-                fh.write(json.dumps({"model": self.name, "what": what}) + "\n")
+        _log(self.name, what)
 
     def generate(
         self,
@@ -147,12 +153,18 @@ def hold_gil(seconds: float) -> None:
 
 
 def load(
-    path: str, profile: str | None = None, threads: int | None = None, context: int | None = None
+    path: str,
+    profile: str | Resolved | None = None,
+    threads: int | None = None,
+    context: int | None = None,
 ) -> FakeModel:
     manifest = read_manifest(Path(path))
+    if profile is None:  # resolved as edgerun.load resolves it: by detecting the machine
+        _log(manifest["format"], "detect")
+    resolved = resolve_profile(profile)
     if manifest["fake"].get("fail") == "load":
         raise RuntimeError("fake load failure")
     time.sleep(manifest["fake"]["load_s"])
     hold_gil(float(os.environ.get("EDGERUN_FAKE_BUSY_S") or 0))
     print("noise on stdout from a chatty library")  # must not break the protocol
-    return FakeModel(path, profile, threads)
+    return FakeModel(path, resolved, threads)

@@ -314,3 +314,37 @@ def test_both_ends_of_the_worker_protocol_live_in_the_worker_module(tmp_path: Pa
     finally:
         worker.close()
     assert worker.proc.returncode == 0
+
+
+def test_a_bench_run_detects_the_machine_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent resolves the profile once and passes it, with why, to every worker: no worker
+    detects again (each logs a detection it makes: tests/bench_fake.py)."""
+    import edgerun.bench
+    import edgerun.device.detect as detect_module
+    import edgerun.device.resolve as resolve
+
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("EDGERUN_FAKE_LOG", str(log))
+    in_parent: list[str] = []
+    real = detect_module.detect
+
+    def counted(*args: object, **kwargs: object) -> detect_module.Detection:
+        in_parent.append("detect")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    for module in (detect_module, resolve):
+        monkeypatch.setattr(module, "detect", counted)
+    artifacts = [*_two(tmp_path), make_artifact(tmp_path / "c", "fake-c")]
+    run = edgerun.bench.run(
+        artifacts, prompt_tokens=[8], gen_tokens=2, reps=1, warmup=0, power="none",
+        idle_seconds=0.0, loader=LOADER,
+    )  # fmt: skip
+    in_workers = [c for c in map(json.loads, log.read_text().splitlines()) if c["what"] == "detect"]
+    assert (len(in_parent), len(in_workers)) == (1, 0)
+    detected = run["device"]["profile"]
+    assert detected["how"] == "detected" and detected["reasons"] is not None
+    for entry in run["artifacts"]:
+        assert entry["profile_id"] == detected["id"]
+        assert entry["profile_reason"].startswith("auto-detected")

@@ -450,3 +450,22 @@ def test_a_profile_whose_formats_this_install_lacks_is_one_line(tiny_llama, tmp_
     with pytest.raises(EdgerunError, match="prefers gguf-q4_0, gguf-q4_k_m, onnx-int4, none of"):
         export(str(tiny_llama), None, tmp_path / "out", profile="raspberry-pi-5", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_looks_each_format_up_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """export() resolves the format names once at its entry and passes the Format objects down,
+    with a device profile too (its plan is given the names, not asked to look them up again)."""
+    from edgerun.exporters import formats, pipeline
+
+    looked_up: list[str] = []
+    real = formats.family_of
+    monkeypatch.setattr(formats, "family_of", lambda name: looked_up.append(name) or real(name))
+    if hasattr(pipeline, "family_of"):  # where the pipeline looked names up itself
+        monkeypatch.setattr(pipeline, "family_of", formats.family_of)
+    out = tmp_path / "out"
+    (out / "gguf-q8_0").mkdir(parents=True)  # refused at the output check, before any work
+    with pytest.raises(EdgerunError, match="gguf-q8_0 already exists"):
+        pipeline.export("no/source", "onnx-fp32,GGUF-Q8_0", out, profile="generic-x86_64")
+    assert looked_up == ["onnx-fp32", "gguf-q8_0"]

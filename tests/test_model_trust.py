@@ -224,11 +224,14 @@ def test_a_causal_gguf_header_passes(tmp_path: Path) -> None:
     check_causal(_gguf(tmp_path / "b.gguf", "llama", attention_causal=True))
 
 
-def test_every_registered_model_type_maps_to_transformers_own_class() -> None:
+def test_every_registered_family_names_transformers_own_class() -> None:
+    """Each family's `architecture` is transformers' causal-LM class for its model_type (so two
+    families sharing a model_type name the same one), and the derived table holds each."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from edgerun.exporters.families import ARCHITECTURES, FAMILIES
+    from edgerun.exporters.families import ARCHITECTURES, FAMILIES, expected_architecture
 
     assert sorted(ARCHITECTURES) == sorted({f.model_type for f in FAMILIES})
-    for model_type, name in ARCHITECTURES.items():
-        assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type] == name, model_type
+    for family in FAMILIES:
+        assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family.model_type] == family.architecture, family
+        assert expected_architecture(family.model_type) == family.architecture, family.name

@@ -79,7 +79,7 @@ def pick_from_export_dir(path: Path, resolved: Resolved) -> tuple[Path, str | No
         found.setdefault(str(manifest.get("format") or sub.name), (sub, passed))
     if not found:
         return path, None
-    chosen, why = resolved
+    chosen, why = resolved.profile, resolved.reason
     preferred = chosen.preferred_formats if chosen else []
     owner = f"profile {chosen.id}" if chosen else "the profile"
     exported = ", ".join(found)
@@ -146,7 +146,7 @@ def open_backend(
     options: dict[str, Any],
 ) -> Opened:
     """Do the whole selection and load the model (see the module docstring)."""
-    profile, reason = resolved
+    profile, reason = resolved.profile, resolved.reason
     cls, pref, warnings = choose_backend(artifact, profile, backend_name)
     warnings += cpu_feature_warnings(profile) + asked_warnings(artifact, threads, context)
     chosen, context_reason = choose_context(artifact, profile, context)

@@ -49,18 +49,19 @@ def run(
     from edgerun.bench.results import new_run
     from edgerun.bench.worker import DEFAULT_LOADER
     from edgerun.bench.workload import Workload
+    from edgerun.device.resolve import resolve_profile
     from edgerun.power.account import energy_for
 
     workload = Workload(list(prompt_tokens), gen_tokens, reps, warmup, threads, profile, ctx, seed)
-    if profile is not None:
-        from edgerun.device.profile import get_profile
-
-        get_profile(profile)  # an unknown profile fails here, before anything runs
-    device = device or fingerprint(profile)
+    # once, before anything runs (an unknown profile fails here): the fingerprint and every
+    # worker share it, so a run detects the machine once however many artifacts it has
+    resolved = resolve_profile(profile)
+    device = device or fingerprint(resolved)
     preferred = (device.get("profile") or {}).get("power_meter")
     energy = energy_for(power, assume_watts, preferred)
     paths = [Path(a) for a in artifacts]
-    body = run_bench(paths, workload, energy, idle_seconds, loader or DEFAULT_LOADER, progress)
+    loader = loader or DEFAULT_LOADER
+    body = run_bench(paths, workload, energy, idle_seconds, loader, progress, resolved)
     return new_run(body, device, libraries or library_versions())
 
 

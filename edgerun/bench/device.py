@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgerun.device.resolve import Resolved
 
 #: CPU flags that matter for inference kernels (x86 SIMD / AMX, Arm NEON dot-product / SVE / i8mm).
 _SIMD_PREFIXES = (
@@ -27,9 +30,10 @@ def _simd(flags: list[str]) -> list[str]:
     return sorted(f for f in flags if f.startswith(_SIMD_PREFIXES))
 
 
-def fingerprint(profile: str | None = None) -> dict[str, Any]:
-    """CPU model, cores, SIMD flags, RAM, OS, kernel, accelerators and the detected (or given)
-    profile. Detection failures are recorded, never raised: a result must still be written."""
+def fingerprint(profile: str | Resolved | None = None) -> dict[str, Any]:
+    """CPU model, cores, SIMD flags, RAM, OS, kernel, accelerators and the detected (or given,
+    or already resolved: edgerun.device.resolve) profile. Detection failures are recorded, never
+    raised: a result must still be written."""
     import psutil
 
     data: dict[str, Any] = {
@@ -61,24 +65,20 @@ def fingerprint(profile: str | None = None) -> dict[str, Any]:
     return data
 
 
-def _profile(requested: str | None) -> dict[str, Any]:
+def _profile(requested: str | Resolved | None) -> dict[str, Any]:
+    from edgerun.device.resolve import resolve_profile
+
     try:
-        if requested:
-            from edgerun.device.profile import get_profile
-
-            p = get_profile(requested)
-            return {"id": p.id, "how": "--profile", "power_meter": p.power_meter}
-        from edgerun.device.detect import detect
-
-        found = detect()
-        return {
-            "id": found.profile.id,
-            "how": "detected",
-            "reasons": found.reasons,
-            "power_meter": found.profile.power_meter,
-        }
+        resolved = resolve_profile(requested)
     except Exception as exc:
-        return {"id": requested, "how": "unknown", "error": f"{type(exc).__name__}: {exc}"}
+        name = requested if isinstance(requested, str) else None
+        return {"id": name, "how": "unknown", "error": f"{type(exc).__name__}: {exc}"}
+    p, found = resolved.profile, resolved.detection
+    if p is None:
+        return {"id": None, "how": "unknown", "error": resolved.reason}
+    if found is None:
+        return {"id": p.id, "how": "--profile", "power_meter": p.power_meter}
+    return {"id": p.id, "how": "detected", "reasons": found.reasons, "power_meter": p.power_meter}
 
 
 def _os_release() -> str | None:

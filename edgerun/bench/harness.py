@@ -17,6 +17,7 @@ from edgerun.bench.worker import DEFAULT_LOADER, WorkerProcess, load_worker
 from edgerun.bench.workload import Workload
 from edgerun.core.errors import EdgerunError
 from edgerun.core.manifest import MANIFEST_NAME, read_manifest
+from edgerun.device.resolve import Resolved
 from edgerun.power.account import EnergyAccount
 
 Progress = Callable[[str], None]
@@ -74,7 +75,9 @@ class Drive:
     keep_going: an artifact whose worker fails gets an "error" and drops out; the others go on
     (default: the run stops with the EdgerunError). tokens: keep every repetition's token ids.
     env, logs, timeout_s: the workers' added environment, a folder for their stderr logs
-    (``<name>.log``), the longest wait for one reply."""
+    (``<name>.log``), the longest wait for one reply. profile: the device profile the parent
+    resolved, passed to every worker so none detects the machine again (None: each worker
+    resolves the workload's profile itself)."""
 
     loader: str = DEFAULT_LOADER
     prompts: dict[int, list[int]] | None = None
@@ -84,6 +87,7 @@ class Drive:
     env: dict[str, str] | None = None
     logs: Path | None = None
     timeout_s: float | None = None
+    profile: Resolved | None = None
 
     def generate(self, worker: WorkerProcess, workload: Workload, prompt: int) -> dict[str, Any]:
         """One generation of `prompt` tokens on `worker`, then the settle pause."""
@@ -126,15 +130,18 @@ def run_bench(
     idle_seconds: float = 10.0,
     loader: str = DEFAULT_LOADER,
     progress: Progress | None = None,
+    profile: Resolved | None = None,
 ) -> dict[str, Any]:
     """Benchmark `artifacts` under `workload`; return one run (see edgerun.bench.results).
+    `profile`: the device profile already resolved for this run (see Drive).
 
     Raises EdgerunError for a path that is not an artifact, a prompt longer than the context, or
     a worker that fails."""
     entries = [describe_artifact(Path(a)) for a in artifacts]
     for entry in entries:
         workload.check_context(entry["context_length"], entry["path"])
-    return run_entries(entries, workload, energy, idle_seconds, Drive(loader=loader), progress)
+    drive = Drive(loader=loader, profile=profile)
+    return run_entries(entries, workload, energy, idle_seconds, drive, progress)
 
 
 def run_entries(
@@ -204,7 +211,8 @@ def _drop(drive: Drive, entry: dict[str, Any], exc: EdgerunError) -> None:
 def _load_and_warm(
     entry: dict[str, Any], worker: WorkerProcess, workload: Workload, drive: Drive, step: Progress
 ) -> None:
-    entry.update(load_worker(worker, workload, entry.get("loader", drive.loader)))
+    loader = entry.get("loader", drive.loader)
+    entry.update(load_worker(worker, workload, loader, resolved=drive.profile))
     for _ in range(workload.warmup):
         for prompt in workload.prompt_tokens:
             step(f"warmup {entry['name']} p{prompt}")

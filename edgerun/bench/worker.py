@@ -10,10 +10,14 @@ protocol: the original stdout is kept for it and fd 1 is pointed at stderr.
 
 Requests and replies (one JSON object per line)::
 
-    {"op": "load", "path", "profile", "threads", "context", "loader"[, "options", "affinity"]}  -> {"ok", "load_s", "info", "context_length", "memory"}
+    {"op": "load", "path", "profile"[, "profile_reason"], "threads", "context", "loader"[, "options", "affinity"]}  -> {"ok", "load_s", "info", "context_length", "memory"}
     {"op": "run", "prompt_tokens", "gen_tokens", "seed"[, "ids"]}  -> {"ok", "t_start", "token_times", "tokens", "memory"}
     {"op": "quit"}
     failures                                               -> {"ok": false, "error", "hint", "traceback"}
+
+"profile" is the profile's id or TOML path (null: the loader resolves one); with
+"profile_reason", the parent resolved it (why it was chosen), and the loader is given it resolved
+(edgerun.device.resolve.Resolved): the worker reads it by name and never detects the machine.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from typing import Any, TextIO
 from edgerun.bench.memory import PeakRss
 from edgerun.bench.workload import Workload, synthetic_prompt
 from edgerun.core.errors import EdgerunError
+from edgerun.device.profile import get_profile
+from edgerun.device.resolve import Resolved
 
 DEFAULT_LOADER = "edgerun:load"
 
@@ -121,14 +127,20 @@ class WorkerProcess:
 
 
 def load_worker(
-    worker: WorkerProcess, workload: Workload, loader: str, **extra: Any
+    worker: WorkerProcess,
+    workload: Workload,
+    loader: str,
+    resolved: Resolved | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Load the worker's artifact under `workload` (extra: the request's "options" and
-    "affinity", see edgerun.bench.worker); returns the load facts a result entry records."""
+    "affinity", see edgerun.bench.worker); returns the load facts a result entry records.
+    `resolved`: the profile the parent resolved, sent with why (None: the worker resolves
+    workload.profile)."""
     reply = worker.call(
         op="load",
         path=str(worker.artifact),
-        profile=workload.profile,
+        **_profile_fields(workload.profile, resolved),
         threads=workload.threads,
         context=workload.ctx,
         loader=loader,
@@ -146,6 +158,21 @@ def load_worker(
         "profile_reason": info.get("profile_reason"),
         "runtime_info": {k: v for k, v in info.items() if k != "manifest"},
     }
+
+
+def _profile_fields(named: str | None, resolved: Resolved | None) -> dict[str, Any]:
+    """The load request's "profile" (and "profile_reason" when the parent resolved it)."""
+    if resolved is None or resolved.profile is None:
+        return {"profile": named}
+    return {"profile": named or resolved.profile.id, "profile_reason": resolved.reason}
+
+
+def _loader_profile(req: dict[str, Any]) -> str | Resolved | None:
+    """What the loader is given as its profile: the parent's resolved one, read by name (no
+    detection), when the request says why it was chosen; else the name as sent."""
+    if req.get("profile_reason") is None or req.get("profile") is None:
+        return req.get("profile")
+    return Resolved(get_profile(str(req["profile"])), str(req["profile_reason"]))
 
 
 class Worker:
@@ -168,7 +195,7 @@ class Worker:
             if warning:
                 raise RuntimeError(warning)
         t0 = time.perf_counter()
-        self.model = loader(req["path"], profile=req.get("profile"), **options)
+        self.model = loader(req["path"], profile=_loader_profile(req), **options)
         load_s = time.perf_counter() - t0
         if getattr(self.model, "prompt_cache", None) is not None:
             # every repetition sends the same prompt: reusing its KV cache would time nothing

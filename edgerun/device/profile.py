@@ -16,7 +16,7 @@ A profile file (see profiles/*.toml for complete ones)::
     threads = 4                      # or "auto" (physical cores)
     preferred_formats = ["gguf-q4_0", "onnx-int4"]
     memory_budget_mb = 3000          # or "auto": memory_fraction (0.8) of the RAM
-    power_meter = "auto"             # auto|rapl|nvml|jetson|rpi5|battery|none|cmd:COMMAND
+    power_meter = "auto"             # auto, none, cmd:COMMAND or a meter of edgerun.power.registry
     requires_cpu_features = ["asimddp"]  # /proc/cpuinfo flags its choices assume: run warns
     affinity = [4, 5, 6, 7]          # pin the runtime's threads to these CPUs (edgerun tune)
     [tuned]                          # written by `edgerun tune`: the machine it was tuned on

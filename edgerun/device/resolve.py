@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
-from edgerun.device.detect import detect
+from edgerun.device.detect import Detection, detect
 from edgerun.device.profile import Profile, get_profile
 
-# A profile as resolved for one run, with why: resolved once at the edge (edgerun.load) and
-# passed down, so that one load detects the machine once.
-Resolved = tuple[Profile | None, str]
+
+class Resolved(NamedTuple):
+    """A profile as resolved for one run, with why: resolved once at the edge (edgerun.load, the
+    bench parent) and passed down, so that one load, or one bench run with all its workers,
+    detects the machine once. `detection`: the detection that chose it (None: named, or resolved
+    by another process)."""
+
+    profile: Profile | None
+    reason: str
+    detection: Detection | None = None
 
 
-def resolve_profile(profile: str | Path | None) -> Resolved:
-    """(profile, why): the named one, or the best match for this machine."""
+def resolve_profile(profile: str | Path | Resolved | None) -> Resolved:
+    """The named profile, or the best match for this machine, with why; one already resolved is
+    returned as it is."""
+    if isinstance(profile, Resolved):
+        return profile
     if profile is not None:
-        return get_profile(str(profile)), "chosen with --profile"
+        return Resolved(get_profile(str(profile)), "chosen with --profile")
     found = detect()
     why = "; ".join(found.reasons) or f"best match (score {found.score})"
-    return found.profile, f"auto-detected: {why}"
+    return Resolved(found.profile, f"auto-detected: {why}", found)

@@ -37,7 +37,7 @@ class MeterError(Exception):
 class MeterInfo:
     """What a meter measures: joined into every energy block so numbers never lose their label."""
 
-    meter: str  # registry name: rapl, nvml, jetson, rpi5, battery, cmd
+    meter: str  # a name of edgerun.power.registry.METERS, or "cmd"
     source: str  # human-readable: which files / device / command
     scope: str  # one of SCOPES
     method: str  # "counter" or "integrated"

@@ -1,4 +1,5 @@
-"""The meter registry behind ``--power auto|none|rapl|nvml|jetson|rpi5|battery|cmd:"..."``."""
+"""The meter registry behind ``--power``: `auto`, `none`, `profile`, ``cmd:"..."`` and every name
+in METERS (CHOICES spells them out for help and errors)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import numpy as np
 from edgerun.backends.base import Artifact, Backend, resolve_artifact
 from edgerun.backends.select import open_backend, pick_from_export_dir
 from edgerun.core.errors import EdgerunError
-from edgerun.device.resolve import resolve_profile
+from edgerun.device.resolve import Resolved, resolve_profile
 from edgerun.runtime.kvcache import KvSnapshot, PrefixCache, make_cache
 from edgerun.runtime.speculative import PROMPT_LOOKUP, SpeculativeDecoder, resolve_mode
 from edgerun.text.constrain import Constraint, Grammar, compile_for
@@ -510,7 +510,7 @@ def _overlap(text: str, stop: str) -> int:
 
 def load(
     path: str | Path,
-    profile: str | Path | None = None,
+    profile: str | Path | Resolved | None = None,
     *,
     threads: int | None = None,
     backend: str | None = None,
@@ -524,8 +524,9 @@ def load(
     """Load an artifact and pick its backend and execution providers from a device profile.
 
     path: artifact directory (edgerun.json) or a bare .gguf / .onnx file. profile: an id, a TOML
-    path, or None to auto-detect. threads / context override the profile and the model; backend
-    forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
+    path, None to auto-detect, or one a caller already resolved (edgerun.device.resolve.Resolved:
+    the bench parent passes its own to every worker). threads / context override the profile and
+    the model; backend forces one ("onnxruntime" | "genai" | "llamacpp" or a plugin); strict turns a provider
     fallback into an error; verify hashes every file of the artifact in full instead of the
     default check (small files hashed, large ones sampled: edgerun.core.integrity); speculative:
     generate()'s default speculative mode ("auto" | "on" | "off", see Model.generate);

@@ -67,7 +67,7 @@ def tune(
         )
     if budget_s <= 0:
         raise EdgerunError(f"the budget must be positive, got {budget_s:g} s", "e.g. --budget 10m")
-    base, _why = resolve_profile(profile)
+    base = resolve_profile(profile).profile
     if base is not None and base.tuned.get("base"):
         from edgerun.device.profile import get_profile
 

@@ -59,8 +59,9 @@ def plan_space(
     is what the runtime picks without tuning: the profile's preferred format of an export
     directory and the profile's first backend that runs it."""
     from edgerun.backends.select import pick_from_export_dir
+    from edgerun.device.resolve import Resolved
 
-    chosen, _why = pick_from_export_dir(path, (profile, "the tuned profile"))
+    chosen, _why = pick_from_export_dir(path, Resolved(profile, "the tuned profile"))
     arms: list[Arm] = []
     for candidate in candidate_artifacts(path):
         artifact = resolve_artifact(candidate)

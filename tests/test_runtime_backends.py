@@ -321,3 +321,21 @@ def test_mapped_pages_reads_only_read_only_mappings_of_the_file(tmp_path: Path) 
     )
     assert mappings(model, maps) == [(0x7F0000000000, 0x7F0000100000)]
     assert mappings(model, tmp_path / "absent") == []
+
+
+def test_mapped_pages_are_kept_where_llama_cpp_did_not_map_or_locked_them(tmp_path: Path) -> None:
+    import mmap
+    import sys
+
+    from edgerun.backends.mapped_pages import release_loaded
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/maps and madvise are Linux's")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x" * 8192)
+    with model.open("rb") as fh, mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        assert mapped[0] == ord("x")  # resident
+        for kwargs in ({"vocab_only": True}, {"use_mmap": False}, {"use_mlock": True}):
+            assert release_loaded(model, kwargs) == 0, kwargs
+        assert release_loaded(model, {}) >= 8192  # the same mapping, released
+        assert mapped[8191] == ord("x")  # and read back from the file

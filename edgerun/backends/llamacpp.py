@@ -50,11 +50,10 @@ class LlamaCppBackend(Backend):
                 f"llama.cpp cannot load {artifact.model_file}: {exc}",
                 "the file is corrupt, truncated or not GGUF: re-export it (edgerun verify checks hashes)",
             ) from exc
-        if kwargs.get("use_mmap", True) and not kwargs.get("use_mlock"):
-            from edgerun.backends.mapped_pages import release
+        from edgerun.backends.mapped_pages import release_loaded
 
-            # the file pages of the tensors llama.cpp repacked into its own buffers
-            self.released_bytes = release(artifact.model_file)
+        # the file pages of the tensors llama.cpp repacked into its own buffers
+        self.released_bytes = release_loaded(artifact.model_file, kwargs)
         self.threads = kwargs["n_threads"]
         self.prefix_align = _prefix_align(self.llm)
         # llama.cpp rounds n_ctx up (to 256s); hold to what was asked so backends agree

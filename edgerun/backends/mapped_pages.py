@@ -18,7 +18,9 @@ import contextlib
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 MADV_DONTNEED = 4
 
@@ -56,3 +58,16 @@ def release(path: Path) -> int:
         if madvise(start, end - start, MADV_DONTNEED) == 0:
             done += end - start
     return done
+
+
+def release_loaded(path: Path, llama_kwargs: Mapping[str, Any]) -> int:
+    """`release(path)` for a llama.cpp model just loaded with `llama_kwargs`; nothing when it was
+    not memory-mapped (use_mmap off), is locked in RAM (use_mlock) or has no weights (vocab_only).
+    Returns the bytes of address space advised."""
+    if (
+        llama_kwargs.get("vocab_only")
+        or not llama_kwargs.get("use_mmap", True)
+        or llama_kwargs.get("use_mlock")
+    ):
+        return 0
+    return release(path)

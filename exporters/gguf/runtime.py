@@ -29,10 +29,9 @@ def load(path: Path, **kwargs: Any) -> Any:
             f"llama.cpp cannot load {path}: {exc}",
             "re-export the artifact; set EDGERUN_LLAMA_VERBOSE=1 to see llama.cpp's log",
         ) from exc
-    if not kwargs.get("vocab_only") and kwargs.get("use_mmap", True):
-        from edgerun.backends.mapped_pages import release
+    from edgerun.backends.mapped_pages import release_loaded
 
-        release(path)  # the file pages of the tensors llama.cpp repacked (as the backend does)
+    release_loaded(path, kwargs)  # the file pages of the tensors llama.cpp repacked
     return llm
 
 

@@ -57,10 +57,10 @@ class Tally:
         """The weighted search a band of output columns at a time: the same codes and zero points,
         since every block lies within one column (a scale can differ where two candidates nearly
         tie, as with the search's own row chunks: numpy's SIMD sums depend on the buffer's
-        alignment; 1 block in 32,000 in the test, 1.4e-5 apart), and the
-        temporaries (padded copy, RTN for the tally, dequantized
-        errors) stay near BAND_BYTES (the Qwen2.5-1.5B shape's 151,936 x 1,536 head whole took
-        the write stage to 7.33 GiB, 2.8x its estimate)."""
+        alignment; 1 block in 32,000 in the test, 1.4e-5 apart), and the temporaries (padded
+        copy, RTN for the tally, dequantized errors) stay near BAND_BYTES (the Qwen2.5-1.5B
+        shape's 151,936 x 1,536 head whole took the write stage to 7.33 GiB, 2.8x its
+        estimate)."""
         k, n = weight_kn.shape
         step = max(1, BAND_BYTES // max(4 * k, 1))
         parts: list[Blocks] = []

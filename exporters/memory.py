@@ -242,10 +242,13 @@ def available_bytes() -> int:
     return available()
 
 
-def check_fits(estimated: dict[str, Any], max_memory: int | None) -> int:
+def check_fits(
+    estimated: dict[str, Any], max_memory: int | None, available: int | None = None
+) -> int:
     """Refuse (EdgerunError, one line with both numbers and what lowers the need) when the
-    estimate exceeds `max_memory` or, without it, the RAM available now. Returns the limit."""
-    limit = max_memory or available_bytes()
+    estimate exceeds `max_memory` or, without it, the RAM available now (`available`, when the
+    caller has just read it). Returns the limit."""
+    limit = max_memory or available or available_bytes()
     need = int(estimated["peak_bytes"])
     if need > limit:
         where = "--max-memory" if max_memory else "available RAM"
@@ -275,7 +278,7 @@ def say_before_working(
     streamed = frozenset(f for f in builders if _streams(f, builders[f], options, path))
     names = [fmt.name for fmt in formats]
     found = estimate(names, builders, options, shape, eval_tokens, limit, streamed)
-    found["limit_bytes"] = check_fits(found, wanted)
+    found["limit_bytes"] = check_fits(found, wanted, limit)  # the same reading of the RAM
     return found
 
 

@@ -121,7 +121,7 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
     from edgerun.tune.fidelity import FidelityGate
     from edgerun.tune.result import describe_config
 
-    base, _ = resolve_profile(None)
+    base = resolve_profile(None).profile
     assert base is not None
     space = _plan(artifact, base, base.threads)
     measure, baseline = _bench_trials(space, base, *tokens)

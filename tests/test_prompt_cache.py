@@ -38,8 +38,12 @@ def quantized(request: pytest.FixtureRequest, tiny_wide_llama: Path, tmp_path_fa
 
 
 def _cut(artifact: Path, n: int) -> int:
-    """n reused positions as the backend's prefix_align cuts them (llama.cpp: 32; ORT: 1)."""
-    return n // 32 * 32 if "gguf" in artifact.name else n
+    """n reused positions as the backend's prefix_align cuts them (llama.cpp: its row block,
+    the default n_batch being a multiple of it; ORT: 1)."""
+    from edgerun.backends.llamacpp import row_block
+
+    block = row_block()
+    return n // block * block if "gguf" in artifact.name else n
 
 
 def _prompt(seed: int, n: int) -> list[int]:
@@ -114,10 +118,10 @@ def test_llama_cpp_restores_only_when_its_context_holds_another_conversation(
         reply = _greedy(warm, first)
         follow = [*first, *reply, *_prompt(22, 6)]
         out = [_greedy(warm, follow)]  # the conversation goes on: its KV cache is in place
-        assert warm.last_stats.cached_tokens == 64 and not restores
+        assert warm.last_stats.cached_tokens == _cut(artifact, 70) and not restores
         _greedy(warm, other)  # another conversation takes the context
         out.append(_greedy(warm, follow))  # so this turn comes back from the snapshot
-        assert warm.last_stats.cached_tokens == 64 and len(restores) == 1
+        assert warm.last_stats.cached_tokens == _cut(artifact, len(follow) - 1) and len(restores) == 1
     with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as cold:
         assert out == [_greedy(cold, follow)] * 2
 
@@ -192,7 +196,7 @@ def test_run_without_a_prompt_is_a_chat_that_reuses_the_conversation(
 
     from edgerun.cli import cli
 
-    system = "Be brief and plain. " * 5  # more than llama.cpp's prefix_align (32 tokens)
+    system = "Be brief and plain. " * 5  # more than llama.cpp's prefix_align (at most 16)
     args = ["run", str(artifact), "--profile", PROFILE, "-n", "6", "--system", system]
     result = CliRunner().invoke(
         cli, args, input="hello\n\nmore please\n/reset\nagain\n/exit\nlost\n"

@@ -25,7 +25,7 @@ FORMATS = {"onnx": "onnx-int4", "gguf": "gguf-q4_k_m"}
 # what serves each by default: onnx-int4 is a genai-builder graph, which the ORT loop (with the
 # prompt cache) runs before onnxruntime-genai in every profile's order and in registration order
 BACKENDS = {"onnx": "onnxruntime", "gguf": "llamacpp"}
-# ~100 tokens shared (the tiny model has 256 positions), more than llama.cpp's prefix_align (32)
+# ~100 tokens shared (the tiny model has 256 positions), more than llama.cpp's prefix_align (at most 16)
 SYSTEM = "You answer questions about edge devices, briefly and in plain words. " * 2
 USER_TURNS = ["Hello there", "Tell me more about it", "And then what"]
 

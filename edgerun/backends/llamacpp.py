@@ -182,10 +182,21 @@ class LlamaCppBackend(Backend):
             llm.close()
 
 
-# Rows of a batch that ggml's CPU matmuls take as one block: 4 in the repacked x86 / ARM
-# kernels (q4_0, q4_K, ...: a last block of 1-3 rows goes through gemv and rounds otherwise,
-# measured here), 16 in its AMX and KleidiAI tiles (read in their source, not measured).
-_ROW_BLOCK = 32
+def row_block() -> int:
+    """Rows of a batch that ggml's CPU matmuls take as one block on this CPU: 4 in the repacked
+    x86 kernels (q4_0, q4_K, ...: a last block of 1-3 rows goes through gemv and rounds
+    otherwise; measured on AVX2), 16 where its AMX (x86 amx_int8) or KleidiAI (arm64) tiles may
+    run (read in their source, not measured), and 16 when the CPU flags cannot be read."""
+    import platform
+
+    from edgerun.device.machine import cpu_flags
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return 16
+    flags = cpu_flags()
+    if flags is None or not flags.isdisjoint({"amx_int8", "amx_tile"}):
+        return 16
+    return 4
 
 
 def _prefix_align(llm: Any) -> int:
@@ -193,10 +204,11 @@ def _prefix_align(llm: Any) -> int:
     and llama_decode's micro-batches (n_ubatch) on the same row blocks as a cold prefill."""
     import math
 
+    block = row_block()
     steps = (int(llm.n_batch), int(llm.context_params.n_ubatch))
-    if all(step % _ROW_BLOCK == 0 for step in steps):
-        return _ROW_BLOCK
-    return math.lcm(_ROW_BLOCK, *steps)  # then only a cut at a cold chunk boundary is exact
+    if all(step % block == 0 for step in steps):
+        return block
+    return math.lcm(block, *steps)  # then only a cut at a cold chunk boundary is exact
 
 
 def _trained_context(lib: Any, artifact: Artifact) -> int:

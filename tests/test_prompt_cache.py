@@ -121,7 +121,9 @@ def test_llama_cpp_restores_only_when_its_context_holds_another_conversation(
         assert warm.last_stats.cached_tokens == _cut(artifact, 70) and not restores
         _greedy(warm, other)  # another conversation takes the context
         out.append(_greedy(warm, follow))  # so this turn comes back from the snapshot
-        assert warm.last_stats.cached_tokens == _cut(artifact, len(follow) - 1) and len(restores) == 1
+        assert (
+            warm.last_stats.cached_tokens == _cut(artifact, len(follow) - 1) and len(restores) == 1
+        )
     with edgerun.load(artifact, PROFILE, prompt_cache_mb=0) as cold:
         assert out == [_greedy(cold, follow)] * 2
 

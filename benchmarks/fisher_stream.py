@@ -20,8 +20,9 @@ from benchmarks.proc import run_measured
 BLOCK, SYMMETRIC = 32, False  # q4-mixed's int4 blocks (asymmetric)
 
 
-def sensitivities(checkpoint: Path, how: str, out: Path) -> None:
-    """Child side: write {group key: sensitivity} of `how` ("whole" or "layers") to `out`."""
+def sensitivities(checkpoint: Path, how: str, out: Path, windows_n: int | None = None) -> None:
+    """Child side: write {group key: sensitivity} of `how` ("whole" or "layers") to `out`, over
+    the first `windows_n` calibration windows (None: all of them)."""
     import numpy as np
     import torch
     from transformers import AutoTokenizer
@@ -34,6 +35,7 @@ def sensitivities(checkpoint: Path, how: str, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     text = read_text_file(None, sens.CALIB_TEXT, "calibration text", "--calib-text")
     windows = target._short(np.asarray(eval_token_ids(tokenizer, text), dtype=np.int64))
+    windows = windows[:windows_n] if windows_n else windows
     config = json.loads((checkpoint / "config.json").read_text())
     layers = int(config["num_hidden_layers"])
     nodes = [f"model.layers.{i}.{p}" for i in range(layers) for p in _PROJECTIONS] + ["lm_head"]
@@ -57,25 +59,32 @@ _PROJECTIONS = (
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--child", type=click.Choice(["whole", "layers"]), hidden=True)
 @click.option("--out", type=click.Path(path_type=Path), hidden=True)
-def main(checkpoint: Path, child: str | None, out: Path | None) -> None:
+@click.option("--windows", "windows_n", type=int, help="Only the first N calibration windows.")
+@click.option(
+    "--only", type=click.Choice(["whole", "layers"]), help="One way only (big shapes: layers)."
+)
+def main(
+    checkpoint: Path, child: str | None, out: Path | None, windows_n: int | None, only: str | None
+) -> None:
     """Whole-model vs layer-by-layer Fisher on CHECKPOINT (a llama-like safetensors one)."""
     if child:
         assert out is not None
-        sensitivities(checkpoint, child, out)
+        sensitivities(checkpoint, child, out, windows_n)
         return
     logs = work_dir() / "fisher-stream"
     rows, found = {}, {}
-    for how in ("layers", "whole"):
+    for how in [only] if only else ["layers", "whole"]:
         got = logs / f"{how}.json"
         cmd = [sys.executable, "-m", "benchmarks.fisher_stream", str(checkpoint),
                "--child", how, "--out", str(got)]  # fmt: skip
+        cmd += ["--windows", str(windows_n)] if windows_n else []
         result = run_measured(cmd, logs / f"{how}.log")
         rows[how] = {"rc": result.rc, "wall_s": round(result.wall_s, 1),
                      "peak_rss_bytes": result.peak_rss_bytes}  # fmt: skip
         found[how] = json.loads(got.read_text()) if result.rc == 0 else {}
         click.echo(f"{how}: {rows[how]}")
     compare = {}
-    if found["whole"] and found["layers"]:
+    if found.get("whole") and found.get("layers"):
         keys = sorted(found["whole"])
         rel = [
             abs(found["layers"][k] - found["whole"][k]) / max(found["whole"][k], 1e-30)
@@ -89,7 +98,7 @@ def main(checkpoint: Path, child: str | None, out: Path | None) -> None:
     path.write_text(json.dumps({
         "what": "q4-mixed Fisher sensitivity: whole model vs layer by layer",
         "checkpoint": str(checkpoint), "created": stamp, "machine": machine.describe(),
-        "commit": machine.git_commit(), "runs": rows, "compare": compare,
+        "commit": machine.git_commit(), "windows": windows_n, "runs": rows, "compare": compare,
     }, indent=1))  # fmt: skip
     click.echo(f"{compare}\nresults: {path}")
 

@@ -250,21 +250,49 @@ class FisherSums:
                 self.totals[id(group)] += fisher_error(values, g, *args)
                 return
             rows = self._rows
-            seen, kept = self._parts.pop(key, (0, None))
             index = torch.from_numpy(rows)
             picked = g[index]
-            norms = g.abs().sum(dim=1)
+            norms = torch.linalg.vector_norm(g, ord=1, dim=1)  # no vocabulary-sized |g| copy
             norms[index] = 0
             if bool(norms.any()):  # the head's part; the embedding's has nothing outside
                 outside = fisher_error(values, g, *args) - fisher_error(values[rows], picked, *args)
                 self.totals[id(group)] += outside
-            kept = picked.clone() if kept is None else kept + picked
-            if seen + 1 < parts:
-                self._parts[key] = (seen + 1, kept)
-                return
-            self.totals[id(group)] += fisher_error(values[rows], kept, *args)
+            self._add_rows(group, key, picked, values[rows], parts)
 
         return on_grad
+
+    def rows_part(
+        self, group: Group, key: str, ids: np.ndarray, grad_out: Any, values: np.ndarray,
+        parts: int, padding_idx: int | None = None,
+    ) -> None:  # fmt: skip
+        """Add an embedding's part of a tied weight's gradient from the gradient of its output
+        (`grad_out` [len(ids), hidden]): row v is the sum over the positions of token v, as torch's
+        embedding backward computes it (nothing for `padding_idx`), with no vocabulary-sized
+        gradient and no grad-requiring weight (which would stay alive through the whole backward
+        pass). `values`: the weight's rows of the window's distinct tokens (FisherSums.window)."""
+        import torch
+
+        rows, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
+        if self._rows is None or not np.array_equal(rows, self._rows):
+            raise ValueError("rows_part: ids are not the window's")
+        g = grad_out.detach().reshape(len(inverse), -1).float()
+        picked = torch.zeros(len(rows), g.shape[1], dtype=g.dtype)
+        picked.index_add_(0, torch.from_numpy(inverse.reshape(-1)), g)
+        if padding_idx is not None:
+            picked[torch.from_numpy(rows == padding_idx)] = 0
+        self._add_rows(group, key, picked, values, parts)
+
+    def _add_rows(
+        self, group: Group, key: str, picked: Any, values: np.ndarray, parts: int
+    ) -> None:
+        """One part's rows of the window's tokens; the last part squares their sum."""
+        seen, kept = self._parts.pop(key, (0, None))
+        kept = picked.clone() if kept is None else kept + picked
+        if seen + 1 < parts:
+            self._parts[key] = (seen + 1, kept)
+            return
+        args = (4, self.block_size, self.symmetric)
+        self.totals[id(group)] += fisher_error(values, kept, *args)
 
     def finish(self, groups: list[Group], tokens: int) -> None:
         """Set each group's sensitivity: 0.5 x its sum per calibration token."""

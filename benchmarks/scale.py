@@ -168,7 +168,7 @@ def bench_row(result: Path, config: dict[str, Any]) -> dict[str, Any]:
     context = (
         (art.get("runtime_info") or {}).get("context_length") or art.get("context_length") or 0
     )
-    kv = kv_bytes(config, context)
+    kv = kv_bytes(config, context, kv_dtype_bytes(Path(art.get("path") or "")))
     size = art.get("size_bytes") or 0
     peak = (summary.get("peak_rss") or {}).get("median")
     return {
@@ -187,8 +187,24 @@ def bench_row(result: Path, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def kv_dtype_bytes(artifact: Path) -> int:
+    """Bytes per KV-cache element of an artifact: an ONNX graph's past_key_values input type
+    (onnxruntime-genai's CPU int4/int8 graphs keep an fp32 cache), else 2 (llama.cpp's f16)."""
+    graph = artifact / "model.onnx"
+    if not graph.is_file():
+        return 2
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2}
+    for given in model.graph.input:
+        if given.name.startswith("past_key_values"):
+            return sizes.get(given.type.tensor_type.elem_type, 4)
+    return 2
+
+
 def kv_bytes(config: dict[str, Any], context: int, dtype_bytes: int = 2) -> int:
-    """K and V of every layer for `context` tokens (fp16: both runtimes' default cache type)."""
+    """K and V of every layer for `context` tokens of `dtype_bytes` each (kv_dtype_bytes)."""
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     kv_heads = config.get("num_key_value_heads") or heads

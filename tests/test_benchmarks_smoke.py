@@ -292,3 +292,25 @@ def test_capped_sizes_parse_and_refuse_junk() -> None:
     assert parse_size("512MiB") == 512 << 20 and parse_size("1000") == 1000
     with pytest.raises(click.BadParameter, match="not a size"):
         parse_size("eight")
+
+
+@pytest.mark.parametrize("elem, want", [(1, 4), (10, 2)])
+def test_scale_counts_the_kv_cache_in_the_graphs_own_type(
+    tmp_path: Path, elem: int, want: int
+) -> None:
+    """onnxruntime-genai's CPU int4 graphs keep an fp32 KV cache: counted as fp16, the rule
+    under-stated an ONNX artifact's KV by half; a GGUF's (llama.cpp's f16) is 2 bytes."""
+    import onnx
+    from onnx import helper
+
+    from benchmarks.scale import kv_dtype_bytes
+
+    past = helper.make_tensor_value_info("past_key_values.0.key", elem, [1, 2, "n", 8])
+    out = helper.make_tensor_value_info("present.0.key", elem, [1, 2, "n", 8])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [past.name], [out.name])], "g", [past], [out]
+    )
+    (tmp_path / "onnx").mkdir()
+    onnx.save(helper.make_model(graph), str(tmp_path / "onnx" / "model.onnx"))
+    assert kv_dtype_bytes(tmp_path / "onnx") == want
+    assert kv_dtype_bytes(tmp_path) == 2  # no graph: a GGUF directory

@@ -314,3 +314,14 @@ def test_scale_counts_the_kv_cache_in_the_graphs_own_type(
     onnx.save(helper.make_model(graph), str(tmp_path / "onnx" / "model.onnx"))
     assert kv_dtype_bytes(tmp_path / "onnx") == want
     assert kv_dtype_bytes(tmp_path) == 2  # no graph: a GGUF directory
+
+
+def test_capped_evicts_every_file_it_is_given(tmp_path: Path) -> None:
+    from benchmarks.capped import evict
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "a.bin").write_bytes(b"x" * 5000)
+    (tmp_path / "d" / "e" / "b.bin").write_bytes(b"y" * 3000)
+    (tmp_path / "c.gguf").write_bytes(b"z" * 100)
+    assert evict([tmp_path / "d", tmp_path / "c.gguf"]) == 8100
+    assert evict([]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,37 @@ def test_a_confident_reference_keeps_the_calibrated_top1_gate() -> None:
     assert v.confident_tokens >= 0.25 * v.tokens and v.top1_gated == "all"
     assert v.reasons == [f"top-1 agreement {v.top1_agreement:.3f} < 0.9"]
     assert v.top1_confident is not None and v.top1_confident > v.top1_agreement
+
+
+def _mapped_rss(path: Path) -> int:
+    """Resident bytes of this process's mappings of `path` (/proc/self/smaps)."""
+    total, current = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            current = fields[-1] == str(path)
+        elif current and fields[:1] == ["Rss:"]:
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="Linux /proc")
+def test_a_logprob_file_reads_back_what_was_written_and_keeps_no_pages_mapped(
+    tmp_path: Path,
+) -> None:
+    """Written and read window by window, the reference's log-probs leave none of the file's pages
+    in the process: mapped, 0.98 GB of them counted through the Qwen2.5-1.5B shape's calibration."""
+    from edgerun.exporters.validate import LogprobFile
+
+    rng = np.random.default_rng(0)
+    rows, vocab = [300, 300, 120], 2048  # 5.8 MB
+    path = tmp_path / "reference-logprobs.npy"
+    store = LogprobFile(path, rows, vocab)
+    written = [rng.standard_normal((n, vocab)).astype(np.float32) for n in rows]
+    for i, values in enumerate(written):
+        store[i] = values
+    assert _mapped_rss(path) < 64 * 1024  # was the whole 5.8 MB
+    for i, values in enumerate(written):
+        np.testing.assert_array_equal(store[i], values)
+    assert _mapped_rss(path) < 64 * 1024
+    assert len(store) == 3

@@ -66,7 +66,7 @@ def test_the_estimate_follows_the_stages_chosen() -> None:
         opts,
         shape,
         2815,
-        6 * 10**9,
+        5 * 10**9,
         frozenset({"onnx-int4"}),
     )
     assert tight["calibration"] == "imatrix"

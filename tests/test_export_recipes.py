@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from edgerun.cli import cli
 from edgerun.core.manifest import read_manifest
+from edgerun.exporters.onnx.recipes import RECIPES
 from edgerun.exporters.pipeline import export
 from edgerun.exporters.validate import Thresholds
 
@@ -66,7 +67,7 @@ def test_the_default_recipe_spends_its_byte_budget_on_the_most_sensitive_groups(
     assert pure.written and mixed.written, (pure.reason, mixed.reason)
     quant = read_manifest(mixed.path)["quant"]
     recipe = quant["recipe"]
-    assert recipe["name"] == "q4-mixed" and recipe["budget"] == 0.11
+    assert recipe["name"] == "q4-mixed" and recipe["budget"] == RECIPES["q4-mixed"].budget
     calib = recipe["calibration"]
     assert 0 < calib["extra_bytes"] <= calib["budget_bytes"]
     assert quant["bits_summary"]["8"] == len(recipe["raised"]) > 0

@@ -98,7 +98,7 @@ HELP_GROUPS = {
     default=None,
     help="onnx-int4: round with GPTQ over the calibration inputs' second moments (gathered with"
     " the importance statistics; streamed export, models whose matrices fit 1 GiB)."
-    " Default: off.",
+    " Default: on.",
 )
 @click.option(
     "--probe/--no-probe",

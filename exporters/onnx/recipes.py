@@ -121,11 +121,14 @@ RECIPES: dict[str, Recipe] = {
             "the lm_head (and a tied embedding) in 8 bits, every other MatMul in 4",
             rules=(Rule(8, ("lm_head",)),),
         ),
+        # 19% (was 11%): with GPTQ (the default where its second moments fit) the off-grid
+        # SmolLM2-135M reaches gguf-q4_k_m's KL below its 6.27 bits per weight (issue 23;
+        # benchmarks/README.md, "Fidelity")
         Recipe(
             "q4-mixed",
             "4 bits, plus 8 bits for the most sensitive projections (measured at export on the"
-            " calibration text) within 11% more bytes than q4-pure",
-            budget=0.11,
+            " calibration text) within 19% more bytes than q4-pure",
+            budget=0.19,
         ),
         # off-grid SmolLM2-135M: mean KL 0.123 at 6.20 bits per weight, against q4-mixed's 0.139
         # at 5.84 and gguf-q4_k_m's 0.083 at 6.27 (benchmarks/README.md, "Fidelity")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import edgerun
@@ -116,3 +117,84 @@ def test_text_without_a_whole_call_is_content() -> None:
     for text in ["Just text.", '<tool_call>\n{"name": "a", "argum', '{"name": "a"}']:
         assert tools.parse(hermes, text) == tools.Reply(text, [])
     assert tools.parse(_convention("llama3"), "Paris is sunny.").calls == []
+
+
+# A tool whose arguments a model can wander in for ever: free strings and an open array.
+NOTE = {
+    "name": "save_note",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "lines": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        },
+        "required": ["title", "lines"],
+        "additionalProperties": False,
+    },
+}
+
+
+def _drive(tokenizer: Any, grammar: constrain.Grammar, first: str, max_tokens: int) -> Any:
+    """Greedy decoding under `grammar` by a stand-in model that writes `first`, then "a" for
+    ever (where the grammar allows it; elsewhere a fixed random preference): (text, the
+    Constraint)."""
+    vocab = tokenizer.vocab_size
+    constraint = constrain.compile_for(grammar, tokenizer, vocab)
+    ranks = np.random.default_rng(0).random(vocab).astype(np.float32)
+    a = tokenizer.encode("a", add_special_tokens=False)[-1]
+    wanted = [*tokenizer.encode(first, add_special_tokens=False), a]
+    ids: list[int] = []
+    for i in range(max_tokens):
+        logits = ranks.copy()
+        logits[wanted[min(i, len(wanted) - 1)]] = 10.0
+        token = int(np.argmax(constraint.mask(logits, max_tokens - i)))
+        done = constraint.accept(token)
+        if token in constraint.eos_ids:
+            break
+        ids.append(token)
+        if done:
+            break
+    return tokenizer.decode(ids), constraint
+
+
+def _note_call(convention: tools.Convention) -> str:
+    """The start of a save_note call in `convention`, up into its title."""
+    head = '{"name": "save_note", "' + convention.args_key + '": {"title": "'
+    return convention.opener + ("[" if convention.as_list else "") + head
+
+
+@pytest.mark.parametrize("name", ["hermes", "smollm2", "llama3"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "save_note"}}]
+)
+def test_a_tool_call_short_of_tokens_is_steered_to_a_whole_call(
+    tiny_llama: Path, name: str, choice: Any
+) -> None:
+    from edgerun.text.tokenizer import HFTokenizer
+
+    tokenizer, convention = HFTokenizer(tiny_llama), _convention(name)
+    tool = {"type": "function", "function": NOTE}
+    grammar = tools.grammar(
+        convention, [tool, {"type": "function", "function": {"name": "f"}}], choice
+    )
+    assert grammar is not None
+    text, constraint = _drive(tokenizer, grammar, _note_call(convention), max_tokens=160)
+    calls = tools.parse(convention, text).calls
+    assert [c.name for c in calls] == ["save_note"], text
+    assert constraint.closing and len(tokenizer.encode(text, add_special_tokens=False)) <= 160
+    args = json.loads(calls[0].arguments)
+    assert set(args) == {"title", "lines"} and isinstance(args["title"], str)
+    assert args["lines"] and all(isinstance(line, str) for line in args["lines"])
+
+
+def test_auto_steers_a_call_but_leaves_text_alone(tiny_llama: Path) -> None:
+    from edgerun.text.tokenizer import HFTokenizer
+
+    tokenizer, hermes = HFTokenizer(tiny_llama), _convention("hermes")
+    grammar = tools.grammar(hermes, [{"type": "function", "function": NOTE}], "auto")
+    assert grammar is not None
+    # below the reserve from the first token on: text is the model's own, not closing picks
+    text, constraint = _drive(tokenizer, grammar, "", max_tokens=20)
+    assert text == "a" * 20 and not constraint.closing
+    text, constraint = _drive(tokenizer, grammar, _note_call(hermes), max_tokens=160)
+    assert tools.parse(hermes, text).calls and constraint.closing, text

@@ -9,7 +9,8 @@ no more than `reserve` tokens are left, every pick prefers, among the tokens the
 those that close something: inside a string a closing quote (with any `]` / `}` after it),
 outside one `]` / `}`, then `"`, then `,`, then anything but whitespace; where the grammar
 allows none of them (a pattern's characters in a string) the model picks as usual. Replies that
-end earlier are untouched.
+end earlier are untouched. A tool-call grammar (edgerun.text.tools) carries one too, from the
+functions' parameters; where a grammar may either end or go on (another call), it ends.
 """
 
 from __future__ import annotations
@@ -103,9 +104,14 @@ class Closer:
         # blanks, which a model can spend one token at a time
         self.outside.append(~_tier(token_bytes, words, b"", b" \t\r\n"))
 
-    def prefer(self, allowed: np.ndarray, in_string: bool) -> np.ndarray:
-        """`allowed` narrowed to the first tier that keeps any token (itself when none does)."""
-        for tier in [self.in_string] if in_string else self.outside:
+    def prefer(
+        self, allowed: np.ndarray, in_string: bool, ends: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`allowed` narrowed to the first tier that keeps any token (itself when none does);
+        outside a string `ends` (a bitmask of end-of-sequence ids) comes first: a grammar that
+        may end or go on (another tool call) ends."""
+        tiers = self.outside if ends is None else [ends, *self.outside]
+        for tier in [self.in_string] if in_string else tiers:
             narrowed = allowed & tier
             if narrowed.any():
                 return narrowed

@@ -17,6 +17,23 @@ SCHEMA = {
     "required": ["mood", "ok", "level", "tags"],
     "additionalProperties": False,
 }
+# A tool whose arguments a model can wander in for ever: free strings and an open array (a call
+# cut off by max_tokens unless it is steered to its end).
+NOTE = {
+    "type": "function",
+    "function": {
+        "name": "save_note",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string"},
+                "lines": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            },
+            "required": ["title", "lines"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def conforms(value: Any, schema: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ import edgerun
 from edgerun.core.errors import EdgerunError
 from edgerun.text import constrain, tools
 from tests.runtime_helpers import PROFILE, export_artifact
-from tests.structured_helpers import SCHEMA, conforms
+from tests.structured_helpers import NOTE, SCHEMA, conforms
 
 pytest.importorskip("llguidance")
 GGUF = importlib.util.find_spec("llama_cpp") is not None
@@ -119,21 +119,6 @@ def test_text_without_a_whole_call_is_content() -> None:
     assert tools.parse(_convention("llama3"), "Paris is sunny.").calls == []
 
 
-# A tool whose arguments a model can wander in for ever: free strings and an open array.
-NOTE = {
-    "name": "save_note",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "title": {"type": "string"},
-            "lines": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        },
-        "required": ["title", "lines"],
-        "additionalProperties": False,
-    },
-}
-
-
 def _drive(tokenizer: Any, grammar: constrain.Grammar, first: str, max_tokens: int) -> Any:
     """Greedy decoding under `grammar` by a stand-in model that writes `first`, then "a" for
     ever (where the grammar allows it; elsewhere a fixed random preference): (text, the
@@ -173,25 +158,21 @@ def test_a_tool_call_short_of_tokens_is_steered_to_a_whole_call(
     from edgerun.text.tokenizer import HFTokenizer
 
     tokenizer, convention = HFTokenizer(tiny_llama), _convention(name)
-    tool = {"type": "function", "function": NOTE}
-    grammar = tools.grammar(
-        convention, [tool, {"type": "function", "function": {"name": "f"}}], choice
-    )
+    other = {"type": "function", "function": {"name": "f"}}  # a shorter call to choose
+    grammar = tools.grammar(convention, [NOTE, other], choice)
     assert grammar is not None
     text, constraint = _drive(tokenizer, grammar, _note_call(convention), max_tokens=160)
     calls = tools.parse(convention, text).calls
     assert [c.name for c in calls] == ["save_note"], text
     assert constraint.closing and len(tokenizer.encode(text, add_special_tokens=False)) <= 160
-    args = json.loads(calls[0].arguments)
-    assert set(args) == {"title", "lines"} and isinstance(args["title"], str)
-    assert args["lines"] and all(isinstance(line, str) for line in args["lines"])
+    assert conforms(json.loads(calls[0].arguments), NOTE["function"]["parameters"])
 
 
 def test_auto_steers_a_call_but_leaves_text_alone(tiny_llama: Path) -> None:
     from edgerun.text.tokenizer import HFTokenizer
 
     tokenizer, hermes = HFTokenizer(tiny_llama), _convention("hermes")
-    grammar = tools.grammar(hermes, [{"type": "function", "function": NOTE}], "auto")
+    grammar = tools.grammar(hermes, [NOTE], "auto")
     assert grammar is not None
     # below the reserve from the first token on: text is the model's own, not closing picks
     text, constraint = _drive(tokenizer, grammar, "", max_tokens=20)

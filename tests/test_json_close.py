@@ -85,11 +85,17 @@ def test_closing_tiers_prefer_ending_over_going_on() -> None:
 
 
 def test_the_end_comes_first_where_the_grammar_may_end_or_go_on() -> None:
-    # after a whole tool call a grammar allows the end or another call ("\n<tool_call>...")
-    closer = Closer([*VOCAB, b"\n<"])
+    # after a whole tool call a grammar may allow the end or another call ("<tool_call>...")
+    closer = Closer([*VOCAB, b"<"])
     assert _picked(closer, [0, 12], in_string=False) == [0, 12]
     assert _picked(closer, [0, 12], in_string=False, ends=[0]) == [0]
     assert _picked(closer, [5, 12], in_string=False, ends=[0]) == [5]  # no end allowed: tiers
+
+
+def test_a_token_without_blanks_comes_before_one_with_some() -> None:
+    closer = Closer([*VOCAB, b" a", b"\n  "])  # ` :` where `:` would do spends a token on a blank
+    assert _picked(closer, [1, 12, 13], in_string=False) == [1]
+    assert _picked(closer, [12, 13], in_string=False) == [12]  # never only blanks
 
 
 def test_string_state_follows_quotes_and_escapes() -> None:

@@ -15,7 +15,7 @@ import pytest
 import edgerun
 from tests.runtime_helpers import PROFILE
 from tests.serve_helpers import export_onnx, running
-from tests.structured_helpers import SCHEMA, conforms
+from tests.structured_helpers import NOTE, SCHEMA, conforms
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("llguidance")
@@ -56,22 +56,6 @@ CLOCK = {
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-# Free strings and an open array: arguments a random model wanders in until max_tokens.
-NOTE = {
-    "type": "function",
-    "function": {
-        "name": "save_note",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "title": {"type": "string"},
-                "lines": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            },
-            "required": ["title", "lines"],
-            "additionalProperties": False,
-        },
-    },
-}
 # Room for a call of NOTE (71 tokens of the tiny tokenizer at the shortest; reserve 93 or 95)
 # after the model has wandered in its arguments for a while.
 MAX_CALL_TOKENS = 160

@@ -235,12 +235,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def save(
-    out: Path, args: Any, argv: list[str] | None, started: float, results: dict[str, Any]
+    out: Path,
+    args: Any,
+    argv: list[str] | None,
+    started: float,
+    results: dict[str, Any],
+    script: str = "serve_structured",
 ) -> None:
+    """Write the results JSON of benchmarks.`script` (this one's, or serve_tool_calls')."""
     payload = {
-        "schema": "edgerun-serve-structured/1",
+        "schema": f"edgerun-{script.replace('_', '-')}/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.serve_structured", *(argv or sys.argv[1:])]),
+        "command": " ".join([f"python -m benchmarks.{script}", *(argv or sys.argv[1:])]),
+        **({"label": args.label} if getattr(args, "label", "") else {}),
         "wall_s": time.perf_counter() - started,
         "workload": {
             "model": args.model,

@@ -17,11 +17,28 @@ SCHEMA = {
     "required": ["mood", "ok", "level", "tags"],
     "additionalProperties": False,
 }
+# A tool whose arguments a model can wander in for ever: free strings and an open array (a call
+# cut off by max_tokens unless it is steered to its end).
+NOTE = {
+    "type": "function",
+    "function": {
+        "name": "save_note",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string"},
+                "lines": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            },
+            "required": ["title", "lines"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def conforms(value: Any, schema: dict[str, Any]) -> bool:
-    """The subset of JSON Schema used here: type object / array / boolean / integer, enum,
-    required, additionalProperties false, minimum / maximum, maxItems."""
+    """The subset of JSON Schema used here: type object / array / boolean / integer / string,
+    enum, required, additionalProperties false, minimum / maximum, minItems / maxItems."""
     if "enum" in schema:
         return value in schema["enum"]
     kind = schema.get("type")
@@ -36,9 +53,11 @@ def conforms(value: Any, schema: dict[str, Any]) -> bool:
     if kind == "array":
         return (
             isinstance(value, list)
-            and len(value) <= schema.get("maxItems", len(value))
+            and schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value))
             and all(conforms(v, schema["items"]) for v in value)
         )
+    if kind == "string":
+        return isinstance(value, str)
     if kind == "boolean":
         return isinstance(value, bool)
     if kind == "integer":

@@ -9,13 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import edgerun
 from edgerun.core.errors import EdgerunError
 from edgerun.text import constrain, tools
 from tests.runtime_helpers import PROFILE, export_artifact
-from tests.structured_helpers import SCHEMA, conforms
+from tests.structured_helpers import NOTE, SCHEMA, conforms
 
 pytest.importorskip("llguidance")
 GGUF = importlib.util.find_spec("llama_cpp") is not None
@@ -116,3 +117,65 @@ def test_text_without_a_whole_call_is_content() -> None:
     for text in ["Just text.", '<tool_call>\n{"name": "a", "argum', '{"name": "a"}']:
         assert tools.parse(hermes, text) == tools.Reply(text, [])
     assert tools.parse(_convention("llama3"), "Paris is sunny.").calls == []
+
+
+def _drive(tokenizer: Any, grammar: constrain.Grammar, first: str, max_tokens: int) -> Any:
+    """Greedy decoding under `grammar` by a stand-in model that writes `first`, then "a" for
+    ever (where the grammar allows it; elsewhere a fixed random preference): (text, the
+    Constraint)."""
+    vocab = tokenizer.vocab_size
+    constraint = constrain.compile_for(grammar, tokenizer, vocab)
+    ranks = np.random.default_rng(0).random(vocab).astype(np.float32)
+    a = tokenizer.encode("a", add_special_tokens=False)[-1]
+    wanted = [*tokenizer.encode(first, add_special_tokens=False), a]
+    ids: list[int] = []
+    for i in range(max_tokens):
+        logits = ranks.copy()
+        logits[wanted[min(i, len(wanted) - 1)]] = 10.0
+        token = int(np.argmax(constraint.mask(logits, max_tokens - i)))
+        done = constraint.accept(token)
+        if token in constraint.eos_ids:
+            break
+        ids.append(token)
+        if done:
+            break
+    return tokenizer.decode(ids), constraint
+
+
+def _note_call(convention: tools.Convention) -> str:
+    """The start of a save_note call in `convention`, up into its title."""
+    head = '{"name": "save_note", "' + convention.args_key + '": {"title": "'
+    return convention.opener + ("[" if convention.as_list else "") + head
+
+
+@pytest.mark.parametrize("name", ["hermes", "smollm2", "llama3"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "save_note"}}]
+)
+def test_a_tool_call_short_of_tokens_is_steered_to_a_whole_call(
+    tiny_llama: Path, name: str, choice: Any
+) -> None:
+    from edgerun.text.tokenizer import HFTokenizer
+
+    tokenizer, convention = HFTokenizer(tiny_llama), _convention(name)
+    other = {"type": "function", "function": {"name": "f"}}  # a shorter call to choose
+    grammar = tools.grammar(convention, [NOTE, other], choice)
+    assert grammar is not None
+    text, constraint = _drive(tokenizer, grammar, _note_call(convention), max_tokens=160)
+    calls = tools.parse(convention, text).calls
+    assert [c.name for c in calls] == ["save_note"], text
+    assert constraint.closing and len(tokenizer.encode(text, add_special_tokens=False)) <= 160
+    assert conforms(json.loads(calls[0].arguments), NOTE["function"]["parameters"])
+
+
+def test_auto_steers_a_call_but_leaves_text_alone(tiny_llama: Path) -> None:
+    from edgerun.text.tokenizer import HFTokenizer
+
+    tokenizer, hermes = HFTokenizer(tiny_llama), _convention("hermes")
+    grammar = tools.grammar(hermes, [NOTE], "auto")
+    assert grammar is not None
+    # below the reserve from the first token on: text is the model's own, not closing picks
+    text, constraint = _drive(tokenizer, grammar, "", max_tokens=20)
+    assert text == "a" * 20 and not constraint.closing
+    text, constraint = _drive(tokenizer, grammar, _note_call(hermes), max_tokens=160)
+    assert tools.parse(hermes, text).calls and constraint.closing, text

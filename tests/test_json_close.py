@@ -63,9 +63,11 @@ def _only(allowed: list[int]) -> np.ndarray:
     return np.packbits(bits, bitorder="little").view(np.int32)
 
 
-def _picked(closer: Closer, allowed: list[int], in_string: bool) -> list[int]:
-    narrowed = closer.prefer(_only(allowed), in_string)
-    logits = apply_bitmask(np.zeros(len(VOCAB), np.float32), narrowed)
+def _picked(
+    closer: Closer, allowed: list[int], in_string: bool, ends: list[int] | None = None
+) -> list[int]:
+    narrowed = closer.prefer(_only(allowed), in_string, None if ends is None else _only(ends))
+    logits = apply_bitmask(np.zeros(len(closer.token_bytes), np.float32), narrowed)
     return [int(i) for i in np.flatnonzero(np.isfinite(logits))]
 
 
@@ -80,6 +82,20 @@ def test_closing_tiers_prefer_ending_over_going_on() -> None:
     assert _picked(closer, [1, 9], in_string=False) == [1]  # not the blank
     assert _picked(closer, [9], in_string=False) == [9]
     assert _picked(closer, [1, 9], in_string=True) == [1, 9]  # blanks are text in a string
+
+
+def test_the_end_comes_first_where_the_grammar_may_end_or_go_on() -> None:
+    # after a whole tool call a grammar may allow the end or another call ("<tool_call>...")
+    closer = Closer([*VOCAB, b"<"])
+    assert _picked(closer, [0, 12], in_string=False) == [0, 12]
+    assert _picked(closer, [0, 12], in_string=False, ends=[0]) == [0]
+    assert _picked(closer, [5, 12], in_string=False, ends=[0]) == [5]  # no end allowed: tiers
+
+
+def test_a_token_without_blanks_comes_before_one_with_some() -> None:
+    closer = Closer([*VOCAB, b" a", b"\n  "])  # ` :` where `:` would do spends a token on a blank
+    assert _picked(closer, [1, 12, 13], in_string=False) == [1]
+    assert _picked(closer, [12, 13], in_string=False) == [12]  # never only blanks
 
 
 def test_string_state_follows_quotes_and_escapes() -> None:

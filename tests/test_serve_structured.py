@@ -15,7 +15,7 @@ import pytest
 import edgerun
 from tests.runtime_helpers import PROFILE
 from tests.serve_helpers import export_onnx, running
-from tests.structured_helpers import SCHEMA, conforms
+from tests.structured_helpers import NOTE, SCHEMA, conforms
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("llguidance")
@@ -56,6 +56,9 @@ CLOCK = {
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# Room for a call of NOTE (71 tokens of the tiny tokenizer at the shortest; reserve 93 or 95)
+# after the model has wandered in its arguments for a while.
+MAX_CALL_TOKENS = 160
 
 
 def test_the_checker_can_fail() -> None:
@@ -252,6 +255,34 @@ def test_streamed_tool_calls(client: Any) -> None:
     assert calls and calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments)["city"] in ("Paris", "Oslo")
     assert [e.choices[0].finish_reason for e in events if e.choices][-1] == "tool_calls"
+
+
+@pytest.mark.parametrize("model", ["tools", "plain"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "save_note"}}]
+)
+def test_a_tool_call_short_of_max_tokens_is_still_whole(
+    client: Any, model: str, choice: Any
+) -> None:
+    # as with a JSON schema, a call drawing near max_tokens is steered to its end (the reserve
+    # of the tool's parameters, edgerun.text.json_close); "auto": tests/test_constrain.py
+    params = NOTE["function"]["parameters"]
+    for seed in range(1, 5):
+        out = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Note down what to buy."}],
+            tools=[NOTE, WEATHER] if isinstance(choice, dict) else [NOTE],
+            tool_choice=choice,
+            parallel_tool_calls=False,
+            temperature=1.0,
+            seed=seed,
+            max_tokens=MAX_CALL_TOKENS,
+        )
+        message = out.choices[0].message
+        assert out.choices[0].finish_reason == "tool_calls", message.content
+        assert [c.function.name for c in message.tool_calls] == ["save_note"]
+        assert conforms(json.loads(message.tool_calls[0].function.arguments), params)
+        assert out.usage.completion_tokens <= MAX_CALL_TOKENS
 
 
 def test_the_template_gets_the_tools_and_the_result(artifacts: dict[str, Path]) -> None:

@@ -44,11 +44,13 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # values, 
 class Grammar:
     """What the output must match, as llguidance Lark text (JSON Schemas are embedded with
     `%json {...}`). `what` names it in error messages; with the last `reserve` tokens of
-    max_tokens the reply is steered to its end (edgerun.text.json_close; 0: never)."""
+    max_tokens the reply is steered to its end (edgerun.text.json_close; 0: never), once it
+    begins with `close_after` (a grammar with a free-text branch: once the JSON one is taken)."""
 
     lark: str
     what: str = "the grammar"
     reserve: int = 0
+    close_after: str = ""
 
 
 def json_object() -> Grammar:
@@ -102,7 +104,8 @@ def check(grammar: Grammar) -> None:
 class Constraint:
     """One generation's grammar state: masks logits, advances by the chosen token. With a
     Closer and a reserve, mask(logits, left) steers to the grammar's end once `left` tokens
-    are no more than the reserve (edgerun.text.json_close)."""
+    are no more than the reserve (edgerun.text.json_close), and the reply so far begins with
+    `close_after`; the end of sequence, where the grammar allows it, comes first then."""
 
     def __init__(
         self,
@@ -111,6 +114,7 @@ class Constraint:
         eos_ids: Sequence[int],
         closer: Closer | None = None,
         reserve: int = 0,
+        close_after: str = "",
     ) -> None:
         self._matcher = matcher
         self._bits = np.zeros((vocab_size + 31) // 32, np.int32)
@@ -119,7 +123,11 @@ class Constraint:
         self.spent_s = 0.0  # in mask() and accept(), for the stats
         self._closer, self.reserve = closer, reserve if closer is not None else 0
         self._string = StringState()
+        self._head, self._after = b"", close_after.encode("utf-8")
         self.closing = False  # whether a pick was steered to the end (the budget ran low)
+        ends = np.zeros(self._bits.size * 32, bool)
+        ends[[i for i in self.eos_ids if 0 <= i < ends.size]] = True
+        self._ends = np.packbits(ends, bitorder="little").view(np.int32)
 
     def mask(self, logits: np.ndarray, left: int | None = None) -> np.ndarray:
         """`logits` with every token the grammar forbids at -inf (a copy: backends reuse their
@@ -129,12 +137,18 @@ class Constraint:
         if m.is_error():
             raise EdgerunError(f"constrained decoding failed: {_first(m.get_error())}")
         bits = self._bits
-        if self._closer is not None and left is not None and left <= self.reserve:
+        if self._closer is not None and self._steers(left):
             self.closing = True
-            bits = self._closer.prefer(bits, self._string.inside)
+            bits = self._closer.prefer(bits, self._string.inside, self._ends)
         out = apply_bitmask(logits, bits)
         self.spent_s += time.perf_counter() - start
         return out
+
+    def _steers(self, left: int | None) -> bool:
+        """Whether this pick goes to the end: the budget is down to the reserve, and the reply
+        has taken the branch that is closed (it begins with close_after)."""
+        low = left is not None and left <= self.reserve
+        return low and self._head.startswith(self._after)
 
     def accept(self, token: int) -> bool:
         """Advance by `token`; True when the grammar is complete (nothing may follow)."""
@@ -142,7 +156,10 @@ class Constraint:
         if not m.consume_token(token):
             raise EdgerunError(f"constrained decoding failed: {_first(m.get_error())}")
         if self._closer is not None and 0 <= token < len(self._closer.token_bytes):
-            self._string.feed(self._closer.token_bytes[token])
+            raw = self._closer.token_bytes[token]
+            self._string.feed(raw)
+            if len(self._head) < len(self._after):
+                self._head += raw
         self.spent_s += time.perf_counter() - start
         return bool(m.is_stopped())
 
@@ -168,7 +185,8 @@ def compile_for(grammar: Grammar, tokenizer: Tokenizer, vocab_size: int) -> Cons
         )
     if grammar.reserve <= 0:
         return Constraint(matcher, vocab_size, eos)
-    return Constraint(matcher, vocab_size, eos, _closer(tokenizer, lltok), grammar.reserve)
+    closer = _closer(tokenizer, lltok)
+    return Constraint(matcher, vocab_size, eos, closer, grammar.reserve, grammar.close_after)
 
 
 # Building llguidance's token trie takes about a second for a 49k vocabulary: once per tokenizer.

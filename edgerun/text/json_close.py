@@ -7,9 +7,11 @@ is still cut off at max_tokens, invalid. So each JSON grammar carries a `reserve
 tokens as its shortest instance needs (shortest_bytes: every token is at least one byte). Once
 no more than `reserve` tokens are left, every pick prefers, among the tokens the grammar allows,
 those that close something: inside a string a closing quote (with any `]` / `}` after it),
-outside one `]` / `}`, then `"`, then `,`, then anything but whitespace; where the grammar
-allows none of them (a pattern's characters in a string) the model picks as usual. Replies that
-end earlier are untouched.
+outside one `]` / `}`, then `"`, then `,`, then a token without blanks, then anything but
+blanks; where the grammar allows none of them (a pattern's characters in a string) the model
+picks as usual. Replies that end earlier are untouched. A tool-call grammar (edgerun.text.tools)
+carries a reserve too, from the functions' parameters; where a grammar may either end or go on
+(another call), it ends.
 """
 
 from __future__ import annotations
@@ -99,13 +101,21 @@ class Closer:
         self.token_bytes = token_bytes
         self.in_string = _tier(token_bytes, words, *_IN_STRING)
         self.outside = [_tier(token_bytes, words, b"", chars) for chars in _OUTSIDE]
-        # last, anything but whitespace: between two tokens JSON allows a line break and 16
-        # blanks, which a model can spend one token at a time
-        self.outside.append(~_tier(token_bytes, words, b"", b" \t\r\n"))
+        # last, a token with no blank in it, then anything but blanks: between two tokens JSON
+        # allows a line break and 16 blanks, which a model can spend one token at a time (or
+        # one a token: ` :` where `:` does)
+        blanks = b" \t\r\n"
+        self.outside.append(_without(token_bytes, words, blanks))
+        self.outside.append(~_tier(token_bytes, words, b"", blanks))
 
-    def prefer(self, allowed: np.ndarray, in_string: bool) -> np.ndarray:
-        """`allowed` narrowed to the first tier that keeps any token (itself when none does)."""
-        for tier in [self.in_string] if in_string else self.outside:
+    def prefer(
+        self, allowed: np.ndarray, in_string: bool, ends: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`allowed` narrowed to the first tier that keeps any token (itself when none does);
+        outside a string `ends` (a bitmask of end-of-sequence ids) comes first: a grammar that
+        may end or go on (another tool call) ends."""
+        tiers = self.outside if ends is None else [ends, *self.outside]
+        for tier in [self.in_string] if in_string else tiers:
             narrowed = allowed & tier
             if narrowed.any():
                 return narrowed
@@ -119,6 +129,12 @@ def _tier(token_bytes: Sequence[bytes], words: int, head: bytes, chars: bytes) -
         rest = raw[len(head) :]
         if raw.startswith(head) and (head or rest) and set(rest) <= allowed:
             bits[i] = True
+    return np.packbits(bits, bitorder="little").view(np.int32)
+
+
+def _without(token_bytes: Sequence[bytes], words: int, chars: bytes) -> np.ndarray:
+    bits = np.zeros(words * 32, bool)
+    bits[[i for i, raw in enumerate(token_bytes) if not set(raw) & set(chars)]] = True
     return np.packbits(bits, bitorder="little").view(np.int32)
 
 

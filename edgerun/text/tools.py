@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgerun.text.constrain import Grammar, json_grammar
+from edgerun.text.json_close import reserve_for
 from edgerun.text.tokenizer import Tokenizer
 
 CHOICES = ("auto", "none", "required")
@@ -132,28 +133,43 @@ def grammar(
     tool_choice: str | dict[str, Any] = "auto",
     parallel: bool = True,
 ) -> Grammar | None:
-    """The Lark grammar of a reply in `convention` for `tool_choice` (None for "none")."""
+    """The Lark grammar of a reply in `convention` for `tool_choice` (None for "none"). Its
+    reserve fits the longest of the functions' shortest calls: a call that would run past
+    max_tokens is steered to its end (edgerun.text.json_close); for "auto" once it has begun."""
     if tool_choice == "none":
         return None
     functions = [t["function"] for t in tools]
     if isinstance(tool_choice, dict):
         functions = [f for f in functions if f["name"] == tool_choice["function"]["name"]]
-    call = {"anyOf": [_call_schema(convention, f) for f in functions]}
+    calls = [_call_schema(convention, f) for f in functions]
+    spelled = json_grammar(_block(convention, calls, parallel))
+    body = f"{_lit(convention.opener)} {spelled} {_lit(convention.closer)}"
     if convention.as_list:
-        block = {"type": "array", "items": call, "minItems": 1}
-        block = block if parallel else {**block, "maxItems": 1}
-        calls = f"{_lit(convention.opener)} {json_grammar(block)} {_lit(convention.closer)}"
-        rules = f"calls: {calls}\n"
+        rules = f"calls: {body}\n"
     else:
-        body = f"{_lit(convention.opener)} {json_grammar(call)} {_lit(convention.closer)}"
         many = ' ("\\n" call)*' if parallel else ""
         rules = f"calls: call{many}\ncall: {body}\n"
+    # the model may pick any of the functions: room for the one whose shortest call is longest
+    closing = len(convention.closer.encode("utf-8"))
+    reserve = max((reserve_for(_block(convention, [c], parallel)) for c in calls), default=0)
+    reserve += closing
+    what = "the tools' grammar"
     if tool_choice == "auto":
         # Text may not begin as a call would (the first character decides which it is).
         first = (convention.opener or "{")[0]
         text = "/[^" + re.escape(first).replace("/", "\\/") + "](.|\\n)*/"
-        return Grammar(f"start: calls | TEXT\nTEXT: {text}\n{rules}", "the tools' grammar")
-    return Grammar(f"start: calls\n{rules}", "the tools' grammar")
+        lark = f"start: calls | TEXT\nTEXT: {text}\n{rules}"
+        return Grammar(lark, what, reserve, close_after=first)
+    return Grammar(f"start: calls\n{rules}", what, reserve)
+
+
+def _block(convention: Convention, calls: list[dict[str, Any]], parallel: bool) -> dict[str, Any]:
+    """The JSON between a call's opener and closer: one of `calls`, or a list of them."""
+    call = {"anyOf": calls}
+    if not convention.as_list:
+        return call
+    block = {"type": "array", "items": call, "minItems": 1}
+    return block if parallel else {**block, "maxItems": 1}
 
 
 def parse(convention: Convention, text: str) -> Reply:

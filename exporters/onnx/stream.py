@@ -75,7 +75,7 @@ def stream_export(
     ):
         genai.run_builder(ctx, build)
     model = built[0]
-    # the pages the builder read stay mapped into this process until released: 1.3 GB of the
+    # the pages the builder read stay mapped into this process until released: 172 MB of the
     # Qwen2.5-1.5B shape's checkpoint, counted in every later stage's peak (the calibration's
     # Fisher pass reads the checkpoint through its own handles); they are read again when written
     weights.release()

@@ -66,6 +66,17 @@ def params_and_bytes(ckpt: Path) -> tuple[int, int]:
     return n, size
 
 
+def tokenizer_id(ckpt: Path) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a checkpoint's tokenizer.json. Every stage's
+    cost grows with tokens as well as parameters: shapes tokenizing the same text into different
+    counts are not points on one time curve (session 9's Qwen shapes carried a 384-token
+    tokenizer, 2.7x the tokens of the others)."""
+    import hashlib
+
+    path = ckpt / "tokenizer.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
 def stages(log: Path) -> list[dict[str, Any]]:
     """The stage lines an export printed: name, wall seconds (and peak GiB where printed)."""
     text = log.read_text(errors="replace") if log.is_file() else ""
@@ -264,7 +275,7 @@ def main(
         out, logs = work_dir() / "scale" / shape, work_dir() / "scale" / f"{shape}-logs"
         logs.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"shape": shape, "parameters": n, "checkpoint_bytes": size,
-                                 "exports": [], "peer": None}  # fmt: skip
+                                 "tokenizer": tokenizer_id(ckpt), "exports": [], "peer": None}  # fmt: skip
         for fmt in formats.split(","):
             row = export_row(ckpt, fmt, out, logs, validate, eval_text)
             if bench and row.get("artifact"):
@@ -307,12 +318,14 @@ def linear_fits(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     import numpy as np
 
     points: dict[str, list[tuple[float, float]]] = {}
+    tokenizers: dict[str, set[str | None]] = {}
     for shape in results["shapes"]:
         for row in [*shape["exports"], *([shape["peer"]] if shape.get("peer") else [])]:
             if row.get("wall_s") and not row.get("error"):
                 points.setdefault(row["format"], []).append(
                     (shape["parameters"] / 1e9, row["wall_s"])
                 )
+                tokenizers.setdefault(row["format"], set()).add(shape.get("tokenizer"))
     fits = {}
     for name, pts in points.items():
         if len(pts) < 3:
@@ -326,6 +339,9 @@ def linear_fits(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             "intercept_s": round(float(intercept), 1),
             "r2": round(1.0 - residual / total, 4),
             "shapes": len(pts),
+            # False: the shapes tokenized the text differently (or it is unknown), so the
+            # walls mix token counts and the line is not a test of linearity in parameters
+            "one_tokenizer": len(tokenizers[name]) == 1 and None not in tokenizers[name],
         }
     return fits
 

@@ -260,12 +260,16 @@ def test_scale_fits_a_line_and_holds_rss_against_the_runtime_context(tmp_path: P
     rows = [(0.5, 100.0), (1.0, 200.0), (2.0, 400.0), (4.0, 805.0)]
     results: dict[str, Any] = {
         "shapes": [
-            {"parameters": int(p * 1e9), "exports": [{"format": "f", "wall_s": w}], "peer": None}
+            {"parameters": int(p * 1e9), "exports": [{"format": "f", "wall_s": w}], "peer": None,
+             "tokenizer": "t"}
             for p, w in rows
         ]
-    }
+    }  # fmt: skip
     fit = linear_fits(results)["f"]
     assert fit["s_per_billion"] == pytest.approx(201.4, abs=0.5) and fit["r2"] > 0.999
+    assert fit["one_tokenizer"] is True
+    results["shapes"][1]["tokenizer"] = "other"  # a shape that tokenizes into other counts
+    assert linear_fits(results)["f"]["one_tokenizer"] is False
     results["shapes"][3]["exports"][0]["wall_s"] = 4000.0  # superlinear: the fit says so
     assert linear_fits(results)["f"]["r2"] < 0.9
 

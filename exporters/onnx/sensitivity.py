@@ -161,6 +161,9 @@ class Calibration:
     windows: list[np.ndarray]
     block_size: int = 32
     symmetric: bool = True
+    # (module id, weight [K, N], bits) -> the weight the artifact will compute with: the
+    # writer's own rounding (target.WriterRounding); None: onnxruntime's RTN (dequantize)
+    rounding: Callable[[int, np.ndarray, int], np.ndarray] | None = None
     reference: list[np.ndarray] = field(default_factory=list)
     _saved: dict[int, Any] = field(default_factory=dict)
 
@@ -200,7 +203,10 @@ class Calibration:
                 module = by_id[module_id]
                 self._saved[module_id] = module.weight.detach().clone()
                 weight_kn = module.weight.detach().float().numpy().T
-                values = dequantize(weight_kn, bits, self.block_size, self.symmetric)
+                if self.rounding is not None:
+                    values = self.rounding(module_id, weight_kn, bits)
+                else:
+                    values = dequantize(weight_kn, bits, self.block_size, self.symmetric)
                 module.weight.copy_(torch.from_numpy(values.T.copy()))
 
     def _restore(self) -> None:

@@ -2,7 +2,8 @@
 at a fraction of its trials, within its budget? (issue 25)
 
 For each artifact (SmolLM2-135M onnx-int4 and gguf-q4_k_m, exported once under
-benchmarks/work/tune/) and each condition (idle; a synthetic background load: one busy process
+benchmarks/work/tune/), or with ``--cases directory`` their export directory as one space (every
+artifact and backend an arm, as `edgerun tune EXPORT_DIR` searches it), and each condition (idle; a synthetic background load: one busy process
 pinned to CPU 0), in one run:
 
 1. `edgerun tune`'s search (edgerun.tune.tune, nothing written) with its budget: its winner,
@@ -198,6 +199,9 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
 @click.option("--prompt-tokens", default=32, show_default=True)
 @click.option("--gen-tokens", default=48, show_default=True)
 @click.option("--conditions", default="idle,loaded", show_default=True)
+@click.option("--cases", default="artifacts", show_default=True,
+              help="artifacts: each format alone; directory: the export directory as a user "
+              "tunes it (every artifact an arm: which artifact is searched too); or both.")  # fmt: skip
 @click.option(
     "--from", "exported", type=click.Path(path_type=Path), help="An export directory to use."
 )
@@ -205,7 +209,8 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
     "--out", type=click.Path(path_type=Path), help="Results file (default: benchmarks/results/)."
 )
 def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
-         gen_tokens: int, conditions: str, exported: Path | None, out: Path | None) -> None:  # fmt: skip
+         gen_tokens: int, conditions: str, cases: str, exported: Path | None,
+         out: Path | None) -> None:  # fmt: skip
     """Tune vs an exhaustive sweep, per artifact and condition; results JSON."""
     if exported is not None:
         artifacts = {f: exported / f for f in formats.split(",")}
@@ -213,7 +218,15 @@ def main(model: str, formats: str, budget: float, reps: int, prompt_tokens: int,
         from edgerun.sources.resolve import resolve
 
         checkpoint = resolve(model, progress=False).path
-        artifacts = export(Path(checkpoint), work_dir() / "tune" / model, formats.split(","))
+        exported = work_dir() / "tune" / model
+        artifacts = export(Path(checkpoint), exported, formats.split(","))
+    wanted = set(cases.replace("both", "artifacts,directory").split(","))
+    if not wanted <= {"artifacts", "directory"}:
+        raise click.BadParameter(f"unknown case in '{cases}'", param_hint="--cases")
+    if "artifacts" not in wanted:
+        artifacts = {}
+    if "directory" in wanted:  # the space of every artifact the directory holds, as tune sees it
+        artifacts["directory"] = exported
     results: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.describe(),

@@ -467,3 +467,26 @@ def test_the_default_is_measured_first_and_slow_fidelity_checks_count_against_th
     ).run()
     assert outcome.default.reps and outcome.stopped == "budget"
     assert now[0] <= 100
+
+
+def test_a_close_call_is_not_confirmed_again_once_the_best_falls_behind(tmp_path: Path) -> None:
+    """A lucky first trial (101 against the default's 100) is re-measured once (95): now
+    behind the default, it cannot win, so the second confirmation round is not spent."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2)
+    calls: list[Config] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        calls.append(config)
+        speed = 90.0
+        if config == arm.default():
+            speed = 100.0
+        elif config == {**arm.default(), "graph_optimization_level": "ORT_ENABLE_EXTENDED"}:
+            speed = 101.0 if calls.count(config) == 1 else 95.0
+        return [{"decode_tok_s": speed + 0.01 * i} for i in range(reps)], 0
+
+    outcome = Search(Space([arm], topology), measure, _never_refuse).run()
+    assert outcome.winner.config == arm.default()
+    # the screen (default, 1 thread, EXTENDED, no spinning), then one confirmation round
+    assert outcome.trials == len(calls) == 6
+    assert {"arm": arm.name, "reason": "fell behind the default"} in outcome.pruned

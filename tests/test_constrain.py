@@ -119,6 +119,19 @@ def test_text_without_a_whole_call_is_content() -> None:
     assert tools.parse(_convention("llama3"), "Paris is sunny.").calls == []
 
 
+def test_a_whole_call_whose_closing_tag_was_cut_is_a_call() -> None:
+    for name, text in [
+        ("hermes", 'Sure.\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool'),
+        ("hermes", '<tool_call>\n{"name": "a", "arguments": {"x": 1}}'),
+        ("smollm2", '<tool_call>[{"name": "a", "arguments": {"x": 1}}]'),
+    ]:
+        reply = tools.parse(_convention(name), text)
+        assert [(c.name, json.loads(c.arguments)) for c in reply.calls] == [("a", {"x": 1})], text
+    hermes = _convention("hermes")
+    two = '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b"'
+    assert [c.name for c in tools.parse(hermes, two).calls] == ["a"]  # b's JSON is not whole
+
+
 def _drive(tokenizer: Any, grammar: constrain.Grammar, first: str, max_tokens: int) -> Any:
     """Greedy decoding under `grammar` by a stand-in model that writes `first`, then "a" for
     ever (where the grammar allows it; elsewhere a fixed random preference): (text, the

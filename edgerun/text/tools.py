@@ -174,7 +174,8 @@ def _block(convention: Convention, calls: list[dict[str, Any]], parallel: bool) 
 
 def parse(convention: Convention, text: str) -> Reply:
     """The calls written in `text` in `convention`; text that holds none (or a call cut off by
-    max_tokens) comes back whole as content."""
+    max_tokens inside its JSON) comes back whole as content. A call whose JSON is whole but
+    whose closing tag was cut is a call."""
     found: list[dict[str, Any]] = []
     head = text
     if convention.opener:
@@ -183,6 +184,14 @@ def parse(convention: Convention, text: str) -> Reply:
         )
         blocks = re.findall(pattern, text, re.S)
         head = text.split(convention.opener.strip(), 1)[0]
+        opener, closer = convention.opener.strip(), convention.closer.strip()
+        last = text.rfind(opener)
+        if last >= 0 and closer not in text[last:]:  # max_tokens cut the closing tag only:
+            tail = text[last + len(opener) :].rstrip()  # a whole call is still a call
+            cut = next((n for n in range(len(closer) - 1, 0, -1) if tail.endswith(closer[:n])), 0)
+            tail = tail[: len(tail) - cut]  # the start of the closing tag written
+            if not isinstance(_json(tail), str):
+                blocks.append(tail)
     else:
         blocks, head = [text.strip().removeprefix("<|python_tag|>")], ""
     for block in blocks:

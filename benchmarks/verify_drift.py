@@ -47,7 +47,9 @@ def drift(backend: Any, prompt: list[int], gen: int, widths: list[int]) -> dict[
         backend.prefill(prompt, total)
         batched = []
         for start in range(0, gen, width):
-            batched += [np.array(r, np.float32) for r in backend.verify(tokens[start : start + width])]
+            batched += [
+                np.array(r, np.float32) for r in backend.verify(tokens[start : start + width])
+            ]
         diff = np.abs(np.stack(batched) - plain).max(axis=-1)
         flips = int((np.stack(batched).argmax(-1) != plain.argmax(-1)).sum())
         out[f"width_{width}"] = {

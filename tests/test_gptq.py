@@ -68,6 +68,46 @@ def test_correlated_inputs_lower_the_output_error_below_the_weighted_search():
     assert errors["gptq"] < 0.8 * errors["weighted"], errors
 
 
+def _eager_gptq(weight: np.ndarray, h: np.ndarray, block: int = 32) -> np.ndarray:
+    """GPTQ as the paper states it, every column's error moved onto all later columns at once
+    (no lazy batches), asymmetric 4-bit: the codes [N, K]."""
+    from edgerun.exporters.onnx.weighted import _codes, _search
+
+    k, n = weight.shape
+    w = weight.T.astype(np.float32).copy()
+    sigma2 = (w * w).mean(-1, keepdims=True)
+    u = gptq._inverse_factor(h).astype(np.float32)
+    imp = np.diag(h).astype(np.float32)
+    codes = np.empty((n, k), np.uint8)
+    for col in range(k):
+        if col % block == 0:
+            x = np.asfortranarray(w[:, col : col + block])
+            weights = imp[col : col + block] * np.sqrt(sigma2 + x * x)
+            _, s, z = _search(x[:, None], weights[:, None], 4, False, 9)
+            s, z = s[:, 0], z[:, 0].astype(np.float32)
+        q = _codes(w[:, col : col + 1], s, z, 4)[:, 0]
+        codes[:, col] = q
+        err = (w[:, col] - (q - z) * s) / u[col, col]
+        w[:, col:] -= np.outer(err, u[col, col:])
+    return codes
+
+
+def test_the_lazy_updates_equal_the_eager_algorithm():
+    """The two-level lazy updates (within a block at once, across the batch per block, beyond
+    it per batch) are the eager algorithm's updates summed in another order: the same codes
+    but where float rounding breaks a tie."""
+    from edgerun.exporters.onnx.sensitivity import _unpack
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 256))
+    x[:, 1:] += 0.8 * x[:, :-1]
+    h = x.T @ x / len(x)
+    weight = (rng.normal(size=(256, 48)) * 0.05).astype(np.float32)
+    lazy = _unpack(gptq.quantize(weight, h, 4, 32, False).packed, 4).reshape(48, -1)
+    eager = _eager_gptq(weight, h)
+    assert (lazy == eager).mean() > 0.999, (lazy != eager).sum()
+
+
 def test_wrong_shapes_and_widths_are_refused():
     weight = _weight()
     with pytest.raises(ValueError, match="96, 96"):

@@ -152,9 +152,7 @@ class WriterRounding:
     per bit width (GPTQ's statistics come from the reference, so a module's rounding does not
     depend on the other modules' bits) and kept packed."""
 
-    def __init__(
-        self, ranked: list[sens.Group], importance: Any, grams: Any, config: Any
-    ) -> None:
+    def __init__(self, ranked: list[sens.Group], importance: Any, grams: Any, config: Any) -> None:
         self.node = {id(m): g.role.name for g in ranked for m in g.modules}
         self.importance, self.grams, self.config = importance, grams, config
         self._blocks: dict[tuple[int, int], Any] = {}

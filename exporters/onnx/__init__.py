@@ -310,9 +310,7 @@ def _int4_plan(
         return search_plan(ctx, nodes, config, statistics)
 
 
-def _search_statistics(
-    ctx: ExportContext, config: Any, streamed: bool
-) -> tuple[Any, Any] | None:
+def _search_statistics(ctx: ExportContext, config: Any, streamed: bool) -> tuple[Any, Any] | None:
     """(importance statistics, second moments or None) the writer will round a target's plan
     with, gathered before the search so its probes round the same way (measured once: the
     writer loads them from the scratch directory); None where the writer rounds by RTN. Only

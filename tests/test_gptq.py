@@ -108,6 +108,19 @@ def test_the_lazy_updates_equal_the_eager_algorithm():
     assert (lazy == eager).mean() > 0.999, (lazy != eager).sum()
 
 
+def test_the_output_error_is_the_trace_in_bands(monkeypatch):
+    """output_error, a band of output columns at a time through BLAS, is tr(D^T H D)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 48))
+    h = x.T @ x / len(x)
+    weight = rng.normal(size=(48, 70)).astype(np.float32)
+    dequant = (weight + rng.normal(size=weight.shape) * 0.01).astype(np.float32)
+    d = dequant.astype(np.float64) - weight
+    want = float(np.trace(d.T @ h @ d))
+    monkeypatch.setattr(gptq, "BAND_VALUES", 48 * 16)  # bands of 16 columns, the last of 6
+    assert gptq.output_error(weight, dequant, h) == pytest.approx(want, rel=1e-12)
+
+
 def test_wrong_shapes_and_widths_are_refused():
     weight = _weight()
     with pytest.raises(ValueError, match="96, 96"):

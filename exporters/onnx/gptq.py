@@ -28,6 +28,8 @@ token, is damped, and the scales follow the updated weights.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from edgerun.exporters.onnx.weighted import STEPS, Blocks, _codes, _pack, _search
@@ -37,6 +39,7 @@ from edgerun.exporters.onnx.weighted import STEPS, Blocks, _codes, _pack, _searc
 # weight, held-out mean KL 0.0844 / 0.0797 / 0.0731 / 0.0709 / 0.0739 at 0.001 / 0.01 / 0.1 / 0.3
 # / 1.0 (benchmarks/README.md, "Fidelity"; as damping grows GPTQ tends to the weighted search)
 DAMP = 0.3
+BAND_VALUES = 8 << 20  # float64 values of D per product in output_error (64 MB)
 LAZY = 128  # columns per lazy batch update (a multiple of every block size used: 16, 32, 64)
 
 
@@ -68,10 +71,14 @@ def quantize(
     block_size updates), and OpenBLAS's threads contend with the export's others. Measured on
     the 2-core machine, a 1,536 x 1,536 float64 Cholesky took 0.085 s on one thread and 1.74 s
     on two with the machine busy, and one 1,536 x 576 weight 1.0 s against 17 s."""
+    with _one_blas_thread():
+        return _quantize(weight_kn, gram, bits, block_size, symmetric, steps)
+
+
+def _one_blas_thread() -> Any:
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _quantize(weight_kn, gram, bits, block_size, symmetric, steps)
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _quantize(
@@ -135,6 +142,18 @@ def _quantize(
 
 def output_error(weight_kn: np.ndarray, dequant_kn: np.ndarray, gram: np.ndarray) -> float:
     """tr(D^T H D), D = dequant - weight: the mean squared error of the layer's output on the
-    calibration inputs (summed over output columns) that GPTQ minimises."""
-    d = np.asarray(dequant_kn, np.float64) - np.asarray(weight_kn, np.float64)
-    return float(np.einsum("kn,kj,jn->", d, gram, d))
+    calibration inputs (summed over output columns) that GPTQ minimises. (H D) by BLAS, a band
+    of output columns (~64 MB of float64) at a time: einsum's three-operand form runs its K^2 N
+    multiply-adds outside BLAS."""
+    h = np.asarray(gram, np.float64)
+    k, n = np.shape(weight_kn)
+    step = max(1, BAND_VALUES // max(k, 1))
+    total = 0.0
+    with _one_blas_thread():
+        for start in range(0, n, step):
+            band = slice(start, start + step)
+            d = np.asarray(dequant_kn[:, band], np.float64) - np.asarray(
+                weight_kn[:, band], np.float64
+            )
+            total += float(np.sum(d * (h @ d)))
+    return total

@@ -142,7 +142,10 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
     best = max(measured, key=lambda r: r["decode"]["median"])
 
     def row_of(config: dict[str, Any], arm: str) -> dict[str, Any]:
-        return next(r for r in measured if r["config"] == config and r["arm"] == arm)
+        # every rep of a configuration can be discarded as disturbed (the busy-machine check):
+        # then the sweep has no number for it, and its ratios are None rather than a crash
+        found = [r for r in rows if r["config"] == config and r["arm"] == arm]
+        return found[0] if found else {"arm": arm, "config": config, "decode": None}
 
     tuned = row_of(out.winner.config, out.winner.arm.name)
     default = row_of(out.default.config, out.default.arm.name)
@@ -151,6 +154,12 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
              "sweep_best": (best["arm"], best["config"])}  # fmt: skip
     click.echo("  head to head: default, tuned, sweep's best interleaved", err=True)
     interleaved = head_to_head(space, measure, picks, rounds=3, reps=reps)
+
+    def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+        return (
+            a["decode"]["median"] / b["decode"]["median"] if a["decode"] and b["decode"] else None
+        )
+
     return {
         "artifact": str(artifact),
         "background_load_cores": baseline,
@@ -176,8 +185,8 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
         },  # fmt: skip
         "sweep_best": best,
         "ratios": {
-            "tuned_over_best": tuned["decode"]["median"] / best["decode"]["median"],
-            "tuned_over_default": tuned["decode"]["median"] / default["decode"]["median"],
+            "tuned_over_best": ratio(tuned, best),
+            "tuned_over_default": ratio(tuned, default),
             "search_configs_over_sweep": len(out.measured) / max(len(measured), 1),
             "search_trials_over_sweep": out.trials / max(len(measured), 1),
             "search_reps_over_sweep": sum(len(s.reps) for s in out.measured)
@@ -259,12 +268,15 @@ def summary(results: dict[str, Any]) -> str:
         " tuned/best interleaved | trials (tune/sweep) | configs | tune wall | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(d: dict[str, Any] | None) -> str:
+        return f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})" if d else "- (all reps busy)"
+
     for c in results["cases"]:
         d, t, b = (c[k]["decode"] for k in ("sweep_default", "sweep_tuned", "sweep_best"))
         lines.append(
-            f"| {c['format']} | {c['condition']} | {d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})"
-            f" | {t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | {b['median']:.1f}"
-            f" | {c['ratios']['tuned_over_best']:.3f}"
+            f"| {c['format']} | {c['condition']} | {cell(d)} | {cell(t)} | {b['median']:.1f}"
+            f" | {c['ratios']['tuned_over_best'] or 0:.3f}"
             f" | {c['head_to_head']['tuned_over_best'] or 0:.3f}"
             f" | {c['tune']['trials']}/{c['sweep']['configs']}"
             f" | {c['tune']['configs']}/{c['sweep']['configs']}"

@@ -218,3 +218,34 @@ def test_run_without_a_prompt_is_a_chat_that_reuses_the_conversation(
         second = "".join(c.text for c in talk.say("more please", max_tokens=6))
     # the cached turn answered what a cold model answers (a reply may hold line breaks)
     assert result.stdout.startswith(f"{first}\n{second}\n")
+
+
+def test_onnx_prefill_in_bounded_passes_equals_one_pass(
+    quantized: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long prompt is prefilled in passes whose logits fit PREFILL_LOGITS_BYTES (one pass of
+    4,000 tokens held 2.4 GB of logits for a 151,936-token vocabulary): on the int4 kernels the
+    last logits and every cached position equal one pass's, bit for bit; no pass is a single
+    token (a 1-token remainder joins the pass before it)."""
+    if "gguf" in quantized.name:
+        pytest.skip("llama.cpp prefills in n_batch chunks of its own")
+    from edgerun.backends import ort
+
+    ids = _prompt(6, 61)
+    results = []
+    for budget in (1 << 40, 1):  # one pass; then passes of 2 tokens (61 = 29 x 2 + 3)
+        monkeypatch.setattr(ort, "PREFILL_LOGITS_BYTES", budget)
+        with edgerun.load(quantized, PROFILE, prompt_cache_mb=0) as model:
+            backend = model._backend
+            assert backend is not None
+            calls: list[int] = []
+            run_many = backend._run_many
+            counted = lambda i, c=calls, r=run_many: c.append(len(i)) or r(i)  # noqa: E731
+            monkeypatch.setattr(backend, "_run_many", counted)
+            last = np.array(backend.prefill(ids, len(ids) + 4))
+            taken = backend.snapshot()
+            assert taken is not None
+            results.append((last, np.array(taken[0]), calls))
+    (one, kv_one, calls_one), (many, kv_many, calls_many) = results
+    assert calls_one == [61] and calls_many == [2] * 29 + [3]
+    assert np.array_equal(one, many) and np.array_equal(kv_one, kv_many)

@@ -39,6 +39,11 @@ _ONNX_TYPES = {np.float32: 1, np.float16: 10, np.int64: 7}
 _CAPACITY_STEP = 256
 
 
+# Logits bytes of one prefill pass (OrtBackend._run_chunked): 64 MiB is 110 positions of a
+# 151,936-token vocabulary in fp32, 341 of SmolLM2's 49,152.
+PREFILL_LOGITS_BYTES = 64 << 20
+
+
 class OrtBackend(Backend):
     """optimum ONNX export + onnxruntime.InferenceSession + IOBinding generation loop."""
 
@@ -170,7 +175,7 @@ class OrtBackend(Backend):
     def prefill(self, ids: Sequence[int], total: int) -> np.ndarray:
         self._reserve(max(total, len(ids)))
         self._flip, self._length = 0, 0
-        return self._run_many(ids)[-1]
+        return self._run_chunked(ids)
 
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         if self._length + len(ids) > self._capacity:
@@ -199,7 +204,25 @@ class OrtBackend(Backend):
         for i, ptr in enumerate(self._pointers[0]):
             self._kv_view(ptr, keep)[:, :keep] = state[i, :, :keep]
         self._length = keep
-        return self._run_many(ids[keep:])[-1]
+        return self._run_chunked(ids[keep:])
+
+    def _run_chunked(self, ids: Sequence[int]) -> np.ndarray:
+        """The logits after the last of `ids`, appended in passes whose logits stay within
+        PREFILL_LOGITS_BYTES: the graph computes logits for every position it is given (a
+        4,000-token prompt of a 151,936-token vocabulary is 2.4 GB of fp32 logits, and the
+        head's activations as much again, in one pass). No pass is a single token unless
+        `ids` is: onnxruntime's one-row kernels round differently from its several-row ones,
+        which agree with each other (benchmarks/verify_drift.py), so the cut changes nothing."""
+        step = max(2, PREFILL_LOGITS_BYTES // max(self.vocab_size * self._logits.itemsize, 1))
+        n, start = len(ids), 0
+        while True:
+            end = min(start + step, n)
+            if n - end == 1:
+                end = n  # the last token goes with the pass before it
+            last = self._run_many(ids[start:end])[-1]
+            if end >= n:
+                return last
+            start = end
 
     def snapshot(self, length: int | None = None) -> tuple[Any, int] | None:
         """The first `length` (None: all) cached positions of every K/V buffer, as one

@@ -152,9 +152,9 @@ def test_column_error_in_bands_equals_the_whole_weight(symmetric: bool) -> None:
 
 
 def test_the_target_searchs_probes_round_as_the_writer_does() -> None:
-    """WriterRounding gives the weights the writer's own rounding (Tally.quantize: GPTQ with
-    the input's second moments, else the importance-weighted search) computes with; RTN where a
-    node has no statistics; each module rounded once per bit width."""
+    """WriterRounding gives the weights the writer's importance-weighted rounding (Tally's
+    banded search) computes with, RTN where a node has no statistics; each module rounded once
+    per bit width."""
     from types import SimpleNamespace
 
     from edgerun.exporters.onnx.rounding import Tally
@@ -165,33 +165,19 @@ def test_the_target_searchs_probes_round_as_the_writer_does() -> None:
 
     rng = np.random.default_rng(3)
     k, n = 64, 40
-    x = rng.standard_normal((400, k)) * np.linspace(0.1, 4.0, k)  # uneven input columns
-    gram = x.T @ x / len(x)
-    imp = np.diag(gram).astype(np.float32)
+    imp = np.linspace(0.1, 4.0, k).astype(np.float32) ** 2  # uneven input columns
     weight = rng.standard_normal((k, n)).astype(np.float32)
-    down, up, head = (object(), object(), object())  # stand-ins: only their ids are used
-    groups = [Group(node_role(name), [m], k * n) for name, m in
-              (("model.layers.0.mlp.down_proj", down), ("model.layers.0.mlp.up_proj", up),
-               ("lm_head", head))]  # fmt: skip
-    stats = {"L0.down": (imp, gram), "L0.up": (imp, None)}  # no statistics for the head
-
-    def lookup(which: int) -> SimpleNamespace:
-        def for_node(name: str) -> np.ndarray | None:
-            found = stats.get(node_role(name).key)
-            return None if found is None else found[which]
-
-        return SimpleNamespace(for_node=for_node)
-
-    config = SimpleNamespace(block_size=32, symmetric=False)
-    rounding = WriterRounding(groups, lookup(0), lookup(1), config)
+    up, head = object(), object()  # stand-ins: only their ids are used
+    groups = [Group(node_role("model.layers.0.mlp.up_proj"), [up], k * n),
+              Group(node_role("lm_head"), [head], k * n)]  # fmt: skip
+    stats = SimpleNamespace(for_node=lambda name: imp if node_role(name).key == "L0.up" else None)
+    rounding = WriterRounding(groups, stats, SimpleNamespace(block_size=32, symmetric=False))
     for bits in (4, 8):
-        tally = Tally()
-        want_gptq = dequantize(tally.quantize(weight, imp, bits, 32, False, gram), k, bits, 32)
-        want_weighted = dequantize(tally.quantize(weight, imp, bits, 32, False), k, bits, 32)
-        assert np.array_equal(rounding(id(down), weight, bits), want_gptq)
-        assert np.array_equal(rounding(id(up), weight, bits), want_weighted)
-        assert np.array_equal(rounding(id(head), weight, bits), rtn(weight, bits, 32, False))
-        assert not np.array_equal(want_gptq, want_weighted)  # the three are different roundings
-    rounding(id(down), weight, 4)  # cached: not rounded again
-    assert rounding.counts == {"gptq": 2, "importance-weighted": 2, "rtn": 2}
-    assert rounding.method() == "gptq + importance-weighted + rtn"
+        want = dequantize(Tally().quantize(weight, imp, bits, 32, False), k, bits, 32)
+        plain = rtn(weight, bits, 32, False)
+        assert np.array_equal(rounding(id(up), weight, bits), want)
+        assert np.array_equal(rounding(id(head), weight, bits), plain)  # no statistics: RTN
+        assert not np.array_equal(want, plain)  # the weighting moved some scales
+    rounding(id(up), weight, 4)  # cached: not rounded again
+    assert rounding.counts == {"importance-weighted": 2, "rtn": 2}
+    assert rounding.method() == "importance-weighted + rtn"

@@ -97,7 +97,7 @@ class OnnxFamily:
         if refusal is None:
             config = _weight_only_config(spec, ctx.options) if spec.bits else None
             quant = stream_export(
-                spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx, streamed=True),
+                spec, ctx, out_dir, config, lambda nodes: _plan(spec, nodes, ctx),
                 lambda: _importance(ctx, config, out_dir) if config else None,
             )  # fmt: skip
             if quant is not None:
@@ -273,13 +273,12 @@ def streamed_refusal(
 
 
 def _plan(
-    spec: OnnxFormat, nodes: list[str], ctx: ExportContext, streamed: bool = False
+    spec: OnnxFormat, nodes: list[str], ctx: ExportContext
 ) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
-    """(node name -> bits, the manifest's recipe record) of a format that takes recipes;
-    `streamed`: the streamed writer will write it (the one that rounds by GPTQ)."""
+    """(node name -> bits, the manifest's recipe record) of a format that takes recipes."""
     if not spec.recipes:
         return None, None
-    return _int4_plan(nodes, _weight_only_config(spec, ctx.options), ctx, streamed)
+    return _int4_plan(nodes, _weight_only_config(spec, ctx.options), ctx)
 
 
 def _matmul_nodes(path: Path) -> list[str]:
@@ -291,7 +290,7 @@ def _matmul_nodes(path: Path) -> list[str]:
 
 
 def _int4_plan(
-    nodes: list[str], config: Any, ctx: ExportContext, streamed: bool = False
+    nodes: list[str], config: Any, ctx: ExportContext
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """The per-node bits of onnx-int4: the named recipe's, or the target search's."""
     opts = ctx.options
@@ -305,23 +304,13 @@ def _int4_plan(
             return budget_plan(ctx, nodes, config, recipe, detail)
     from edgerun.exporters.onnx.target import search_plan
 
-    statistics = _search_statistics(ctx, config, streamed)
+    importance = None
+    if uses_imatrix(ctx.options, config):  # gathered before the search: its probes round with
+        from edgerun.exporters.importance import gather  # them (the writer then loads them)
+
+        importance = gather(ctx, grams=uses_gptq(ctx.options, config))
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):
-        return search_plan(ctx, nodes, config, statistics)
-
-
-def _search_statistics(ctx: ExportContext, config: Any, streamed: bool) -> tuple[Any, Any] | None:
-    """(importance statistics, second moments or None) the writer will round a target's plan
-    with, gathered before the search so its probes round the same way (measured once: the
-    writer loads them from the scratch directory); None where the writer rounds by RTN. Only
-    the streamed writer rounds by GPTQ (the fp32-graph path re-rounds by the weighted search)."""
-    if not uses_imatrix(ctx.options, config):
-        return None
-    from edgerun.exporters.importance import gather, grams_of
-
-    gptq = uses_gptq(ctx.options, config)
-    found = gather(ctx, grams=gptq)  # as _importance asks: the writer's call then loads them
-    return found, grams_of(ctx) if gptq and streamed else None
+        return search_plan(ctx, nodes, config, importance)
 
 
 def uses_imatrix(options: ExportOptions, config: Any) -> bool:

@@ -142,43 +142,36 @@ def raise_within(
 
 
 class WriterRounding:
-    """The search's probes rounded as the writer will round the artifact: with the export's
-    importance statistics, by the importance-weighted scale search or, where the inputs' second
-    moments were gathered, by GPTQ (edgerun.exporters.onnx.rounding.Tally.quantize's choice);
-    a node without statistics by onnxruntime's RTN, as the writer leaves it. A probe that
-    measured RTN's error instead overstated the artifact's KL and bought 8-bit layers the
-    artifact did not need (SmolLM2-135M off grid, --target-kl 0.05: 7.99 bits per weight,
-    held-out KL 0.030; benchmarks/README.md, "Fidelity"). Each module's blocks are computed once
-    per bit width (GPTQ's statistics come from the reference, so a module's rounding does not
-    depend on the other modules' bits) and kept packed."""
+    """The search's probes rounded with the export's importance statistics, by the importance-
+    weighted scale search the writer uses (a node without statistics by onnxruntime's RTN, as
+    the writer leaves it). Probes that measured RTN's error overstated the artifact's KL and
+    bought 8-bit layers it did not need (SmolLM2-135M off grid, --target-kl 0.05: 7.99 bits per
+    weight, held-out KL 0.030 with GPTQ). Where the writer rounds by GPTQ the probes still use
+    the weighted search: GPTQ is fitted to the calibration text the probes are scored on, and
+    probes rounded by GPTQ chose 6.79 bits per weight at calibration KL 0.036 whose held-out
+    KL was 0.065, over the target (benchmarks/README.md, "Fidelity"). Each module's blocks are
+    computed once per bit width and kept packed."""
 
-    def __init__(self, ranked: list[sens.Group], importance: Any, grams: Any, config: Any) -> None:
+    def __init__(self, ranked: list[sens.Group], importance: Any, config: Any) -> None:
         self.node = {id(m): g.role.name for g in ranked for m in g.modules}
-        self.importance, self.grams, self.config = importance, grams, config
+        self.importance, self.config = importance, config
         self._blocks: dict[tuple[int, int], Any] = {}
-        self.counts = {"gptq": 0, "importance-weighted": 0, "rtn": 0}
+        self.counts = {"importance-weighted": 0, "rtn": 0}
 
     def __call__(self, module_id: int, weight_kn: np.ndarray, bits: int) -> np.ndarray:
-        from edgerun.exporters.onnx import gptq, weighted
+        from edgerun.exporters.onnx import weighted
 
         block, symmetric = self.config.block_size, self.config.symmetric
         k = weight_kn.shape[0]
         key = (module_id, bits)
         if key not in self._blocks:
-            name = self.node[module_id]
-            imp = self.importance.for_node(name)
+            imp = self.importance.for_node(self.node[module_id])
             if imp is None or imp.shape[0] != k:
                 self.counts["rtn"] += 1
                 self._blocks[key] = None
             else:
-                gram = None if self.grams is None else self.grams.for_node(name)
-                if gram is not None and gram.shape == (k, k):
-                    self.counts["gptq"] += 1
-                    found = gptq.quantize(weight_kn, gram, bits, block, symmetric)
-                else:
-                    self.counts["importance-weighted"] += 1
-                    found = weighted.quantize(weight_kn, imp, bits, block, symmetric)
-                self._blocks[key] = found
+                self.counts["importance-weighted"] += 1
+                self._blocks[key] = weighted.quantize(weight_kn, imp, bits, block, symmetric)
         found = self._blocks[key]
         if found is None:
             return sens.dequantize(weight_kn, bits, block, symmetric)
@@ -191,17 +184,17 @@ class WriterRounding:
 
 
 def search_plan(
-    ctx: ExportContext, nodes: list[str], config: Any, statistics: tuple[Any, Any] | None = None
+    ctx: ExportContext, nodes: list[str], config: Any, importance: Any = None
 ) -> tuple[dict[str, int], dict[str, Any]]:
-    """(node name -> bits, the manifest's recipe record) for the options' target. `statistics`:
-    (the export's importance statistics, its second moments or None) the writer will round
-    with, so the probes round the same way (WriterRounding); None: the writer rounds by RTN."""
+    """(node name -> bits, the manifest's recipe record) for the options' target. `importance`:
+    the export's importance statistics the writer rounds with, which the probes round with too
+    (WriterRounding); None: the writer rounds by RTN."""
     metric, target, aim = aim_of(ctx.options)
     ids = calibration_ids(ctx)
     windows = [ids[i : i + WINDOW] for i in range(0, len(ids) - WINDOW + 1, WINDOW)]
     with ctx.reference.whole() as model:  # the search measures real KLs: the model whole
         ranked = ranked_groups(model, nodes, config, ids)
-        rounding = None if statistics is None else WriterRounding(ranked, *statistics, config)
+        rounding = None if importance is None else WriterRounding(ranked, importance, config)
         calib = sens.Calibration(
             model, windows[:SEARCH_WINDOWS], config.block_size, config.symmetric, rounding
         )

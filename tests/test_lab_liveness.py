@@ -82,3 +82,20 @@ def test_scheduler_lost_mid_bench_exits_nonzero_one_line_per_device(tmp_path: Pa
     assert sorted(lines[:2]) == [f"d1: {lost}", f"d2: {lost}"], rest
     assert lines[2].startswith(f"error: lost the lab scheduler at {cluster.address}"), rest
     assert len(lines) == 3, rest
+
+
+def test_the_clients_own_lost_scheduler_record_is_left_to_the_lab() -> None:
+    """Dask's "Failed to reconnect to scheduler" (after its 10 s timeout) is dropped: the lab
+    reports the lost scheduler itself, one line per device; other Dask errors stay, shortened."""
+    import logging
+
+    from edgerun.lab.guard import _OneLineLogs
+
+    keep = _OneLineLogs().filter
+    lost = logging.LogRecord("distributed.client", logging.ERROR, __file__, 1,
+                             "Failed to reconnect to scheduler after %.2f seconds, closing client",
+                             (10.0,), None)  # fmt: skip
+    other = logging.LogRecord(
+        "distributed.client", logging.ERROR, __file__, 1, "boom %s", ("x",), None
+    )
+    assert keep(lost) is False and keep(other) is True

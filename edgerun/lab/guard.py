@@ -52,6 +52,11 @@ def plain_loads(data: Any, *, buffers: Any = ()) -> Any:
     return _PlainUnpickler(io.BytesIO(bytes(data)), buffers=buffers or None).load()
 
 
+# The client's record when its scheduler stays gone (after its reconnect timeout, 10 s): on a
+# busy machine it can come before the lab's own per-device report of the same loss.
+LOST_SCHEDULER = "Failed to reconnect to scheduler"
+
+
 class _OneLineLogs(logging.Filter):
     """Dask's log records on the lab host as one line each, without tracebacks: a refused
     pickle is dropped (the lab reports it with the device), any other error is shortened to
@@ -60,6 +65,8 @@ class _OneLineLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (RefusedPickle, asyncio.CancelledError)):  # reported, or no error
+            return False
+        if str(record.msg).startswith(LOST_SCHEDULER):  # the lab says so, per device
             return False
         if exc is not None:
             first = (str(exc).splitlines() or [""])[0][:200]

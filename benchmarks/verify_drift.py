@@ -50,8 +50,9 @@ def drift(backend: Any, prompt: list[int], gen: int, widths: list[int]) -> dict[
             batched += [
                 np.array(r, np.float32) for r in backend.verify(tokens[start : start + width])
             ]
-        diff = np.abs(np.stack(batched) - plain).max(axis=-1)
-        flips = int((np.stack(batched).argmax(-1) != plain.argmax(-1)).sum())
+        passes = np.stack(batched)
+        diff = np.abs(passes - plain).max(axis=-1)
+        flips = int((passes.argmax(-1) != plain.argmax(-1)).sum())
         out[f"width_{width}"] = {
             "max_abs_diff": float(diff.max()),
             "p99_abs_diff": float(np.percentile(diff, 99)),

@@ -179,12 +179,9 @@ def parse(convention: Convention, text: str) -> Reply:
     found: list[dict[str, Any]] = []
     head = text
     if convention.opener:
-        pattern = (
-            re.escape(convention.opener.strip()) + r"(.*?)" + re.escape(convention.closer.strip())
-        )
-        blocks = re.findall(pattern, text, re.S)
-        head = text.split(convention.opener.strip(), 1)[0]
         opener, closer = convention.opener.strip(), convention.closer.strip()
+        blocks = re.findall(re.escape(opener) + r"(.*?)" + re.escape(closer), text, re.S)
+        head = text.split(opener, 1)[0]
         last = text.rfind(opener)
         if last >= 0 and closer not in text[last:]:  # max_tokens cut the closing tag only:
             tail = text[last + len(opener) :].rstrip()  # a whole call is still a call

@@ -304,11 +304,7 @@ def _int4_plan(
             return budget_plan(ctx, nodes, config, recipe, detail)
     from edgerun.exporters.onnx.target import search_plan
 
-    importance = None
-    if uses_imatrix(ctx.options, config):  # gathered before the search: its probes round with
-        from edgerun.exporters.importance import gather  # them (the writer then loads them)
-
-        importance = gather(ctx, grams=uses_gptq(ctx.options, config))
+    importance = _statistics(ctx, config)  # before the search: its probes round with them
     with ctx.stage("calibrate (per-layer sensitivity, then the smallest plan for the target)"):
         return search_plan(ctx, nodes, config, importance)
 
@@ -337,16 +333,26 @@ def format_uses_imatrix(fmt: str, options: ExportOptions) -> bool:
     return uses_imatrix(options, _weight_only_config(spec, options))
 
 
+def _statistics(ctx: ExportContext, config: Any) -> Any:
+    """The export's importance statistics (with second moments where GPTQ is on), measured
+    once and loaded from the scratch directory afterwards; None when unused."""
+    if not uses_imatrix(ctx.options, config):
+        return None
+    from edgerun.exporters.importance import gather
+
+    return gather(ctx, grams=uses_gptq(ctx.options, config))
+
+
 def _importance(
     ctx: ExportContext, config: Any, out_dir: Path
 ) -> tuple[Any, dict[str, Any]] | None:
     """(the export's importance statistics, their manifest note; copied into the artifact), or
     None when unused."""
-    if not uses_imatrix(ctx.options, config):
+    found = _statistics(ctx, config)
+    if found is None:
         return None
-    from edgerun.exporters.importance import attach, gather
+    from edgerun.exporters.importance import attach
 
-    found = gather(ctx, grams=uses_gptq(ctx.options, config))
     return found, attach(ctx, out_dir)
 
 

@@ -292,7 +292,9 @@ def test_llamacpp_gives_back_the_file_pages_it_copied(
     artifacts: dict[str, Path], tiny_llama: Path
 ) -> None:
     """After load the GGUF mapping's resident pages are dropped (llama.cpp's repacked copies
-    are what it reads); tensors still read from the file fault back in: output unchanged."""
+    are what it reads); tensors still read from the file fault back in: output unchanged.
+    Where llama.cpp loaded without its extra buffers (an AMX build), it copied nothing and
+    nothing is given back."""
     if "llamacpp" not in artifacts:
         pytest.skip("llama-cpp-python is not installed")
     from edgerun.backends.mapped_pages import mappings
@@ -301,7 +303,10 @@ def test_llamacpp_gives_back_the_file_pages_it_copied(
     with edgerun.load(artifacts["llamacpp"], PROFILE) as m:
         assert mappings(model_file), "llama.cpp maps the file (use_mmap)"
         released = getattr(m._backend, "released_bytes", 0)
-        assert released >= model_file.stat().st_size // 2
+        if m._backend.amx_avoided:  # nothing copied (llama_amx): every weight read from the file
+            assert released == 0
+        else:
+            assert released >= model_file.stat().st_size // 2
         got = [c.token_id for c in m.generate(PROMPTS[1], max_tokens=12, ignore_eos=True)]
     assert got == torch_greedy(torch_model(tiny_llama), PROMPTS[1], 12)
 
@@ -335,7 +340,86 @@ def test_mapped_pages_are_kept_where_llama_cpp_did_not_map_or_locked_them(tmp_pa
     model.write_bytes(b"x" * 8192)
     with model.open("rb") as fh, mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mapped:
         assert mapped[0] == ord("x")  # resident
-        for kwargs in ({"vocab_only": True}, {"use_mmap": False}, {"use_mlock": True}):
+        for kwargs in (
+            {"vocab_only": True},
+            {"use_mmap": False},
+            {"use_mlock": True},
+            {"use_extra_bufts": False},
+        ):
             assert release_loaded(model, kwargs) == 0, kwargs
         assert release_loaded(model, {}) >= 8192  # the same mapping, released
         assert mapped[8191] == ord("x")  # and read back from the file
+
+
+class _FakeParams:
+    use_extra_bufts = True
+
+
+class _FakeLlamaCpp:
+    """llama_cpp with only what edgerun.backends.llama_amx touches."""
+
+    def __init__(self, info: bytes) -> None:
+        self.info = info
+        self.llama_cpp = type("lib", (), {"llama_model_default_params": staticmethod(_FakeParams)})
+
+    def llama_print_system_info(self) -> bytes:
+        return self.info
+
+
+@pytest.mark.parametrize(
+    ("info", "env", "avoided"),
+    [
+        (b"CPU : AVX512 = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | REPACK = 1 |", None, True),
+        (b"CPU : AVX512 = 1 | AMX_INT8 = 1 |", "1", False),  # EDGERUN_LLAMA_AMX=1 keeps them
+        (b"CPU : AVX2 = 1 | REPACK = 1 |", None, False),  # no AMX in the build: untouched
+    ],
+)
+def test_llama_loads_keep_weights_out_of_the_amx_buffers_where_the_build_has_them(
+    monkeypatch: pytest.MonkeyPatch, info: bytes, env: str | None, avoided: bool
+) -> None:
+    """llama.cpp #20824: ggml's AMX mul_mat segfaults on a q4_k_m (seen on this project's Xeon
+    with amx_int8); a load with use_extra_bufts false never reaches it. The default model
+    parameters are wrapped only inside the block and restored after it."""
+    from edgerun.backends.llama_amx import ENV, no_amx_buffers
+
+    if env is None:
+        monkeypatch.delenv(ENV, raising=False)
+    else:
+        monkeypatch.setenv(ENV, env)
+    fake = _FakeLlamaCpp(info)
+    original = fake.llama_cpp.llama_model_default_params
+    with no_amx_buffers(fake) as did:
+        inside = fake.llama_cpp.llama_model_default_params()
+    assert did is avoided
+    assert inside.use_extra_bufts is (not avoided)
+    assert fake.llama_cpp.llama_model_default_params is original
+    assert original().use_extra_bufts is True
+
+
+def test_llamacpp_load_goes_through_the_wrapped_default_parameters(
+    artifacts: dict[str, Path], tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real llama-cpp-python takes its model parameters from the function the AMX guard
+    wraps (if a release stops doing so, this fails rather than the guard silently doing
+    nothing), and the model loaded without extra buffers still decodes as PyTorch does."""
+    if "llamacpp" not in artifacts:
+        pytest.skip("llama-cpp-python is not installed")
+    import llama_cpp
+
+    from edgerun.backends import llama_amx
+
+    seen: list[Any] = []
+    real = llama_cpp.llama_cpp.llama_model_default_params
+
+    def recording() -> Any:
+        seen.append(real())
+        return seen[-1]
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", recording)
+    monkeypatch.setattr(llama_amx, "build_has_amx", lambda _lib: True)
+    monkeypatch.delenv(llama_amx.ENV, raising=False)
+    with edgerun.load(artifacts["llamacpp"], PROFILE) as m:
+        assert m._backend.amx_avoided is True
+        got = [c.token_id for c in m.generate(PROMPTS[1], max_tokens=12, ignore_eos=True)]
+    assert seen and seen[-1].use_extra_bufts is False
+    assert got == torch_greedy(torch_model(tiny_llama), PROMPTS[1], 12)

@@ -26,6 +26,7 @@ class LlamaCppBackend(Backend):
     name = "llamacpp"
     requires = ("llama_cpp", "gguf")
     released_bytes = 0  # address space of the model file given back after load (mapped_pages)
+    amx_avoided = False  # loaded without llama.cpp's AMX buffers (llama_amx: they crash)
 
     @classmethod
     def accepts(cls, artifact: Artifact) -> bool:
@@ -43,8 +44,11 @@ class LlamaCppBackend(Backend):
         kwargs = self._llama_kwargs(llama_cpp.Llama, settings)
         if not kwargs["n_ctx"]:
             kwargs["n_ctx"] = min(_trained_context(llama_cpp, artifact), MAX_DEFAULT_CONTEXT)
+        from edgerun.backends.llama_amx import no_amx_buffers
+
         try:
-            self.llm = llama_cpp.Llama(str(artifact.model_file), **kwargs)
+            with no_amx_buffers(llama_cpp) as self.amx_avoided:
+                self.llm = llama_cpp.Llama(str(artifact.model_file), **kwargs)
         except (ValueError, RuntimeError) as exc:
             raise EdgerunError(
                 f"llama.cpp cannot load {artifact.model_file}: {exc}",
@@ -53,7 +57,9 @@ class LlamaCppBackend(Backend):
         from edgerun.backends.mapped_pages import release_loaded
 
         # the file pages of the tensors llama.cpp repacked into its own buffers
-        self.released_bytes = release_loaded(artifact.model_file, kwargs)
+        self.released_bytes = release_loaded(
+            artifact.model_file, {**kwargs, "use_extra_bufts": not self.amx_avoided}
+        )
         self.threads = kwargs["n_threads"]
         self.prefix_align = _prefix_align(self.llm)
         # llama.cpp rounds n_ctx up (to 256s); hold to what was asked so backends agree

@@ -21,9 +21,12 @@ def load(path: Path, **kwargs: Any) -> Any:
 
     if not kwargs.get("vocab_only"):
         check_causal(path)  # before llama.cpp: a diffusion LM fails inside it
+    from edgerun.backends.llama_amx import no_amx_buffers
+
     quiet_llama()
     try:
-        llm = llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+        with no_amx_buffers(llama_cpp) as avoided:
+            llm = llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
     except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
         raise EdgerunError(
             f"llama.cpp cannot load {path}: {exc}",
@@ -31,7 +34,8 @@ def load(path: Path, **kwargs: Any) -> Any:
         ) from exc
     from edgerun.backends.mapped_pages import release_loaded
 
-    release_loaded(path, kwargs)  # the file pages of the tensors llama.cpp repacked
+    # the file pages of the tensors llama.cpp repacked
+    release_loaded(path, {**kwargs, "use_extra_bufts": not avoided})
     return llm
 
 

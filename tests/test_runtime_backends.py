@@ -16,6 +16,7 @@ import pytest
 
 import edgerun
 from edgerun.backends import Artifact, Backend, Settings, backend_names, get_backend
+from edgerun.backends.base import resolve_artifact
 from edgerun.core.errors import EdgerunError
 from edgerun.core.manifest import write_manifest
 from edgerun.text.tokenizer import HFTokenizer
@@ -423,3 +424,46 @@ def test_llamacpp_load_goes_through_the_wrapped_default_parameters(
         got = [c.token_id for c in m.generate(PROMPTS[1], max_tokens=12, ignore_eos=True)]
     assert seen and seen[-1].use_extra_bufts is False
     assert got == torch_greedy(torch_model(tiny_llama), PROMPTS[1], 12)
+
+
+def test_a_load_that_copies_the_weights_is_sized_and_checked_as_loaded(
+    artifacts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's prepacked weights can be larger than the file (1.37x for a 1.5B
+    onnx-int8): the budget is checked, and the default context sized, with what the load
+    added to the process, so a model that fits by its file size but not as loaded is refused
+    in one line instead of being killed for memory later. (The tiny model's 256 positions
+    need a finer context step than the real one to be seen shortened.)"""
+    from edgerun.backends import select
+    from edgerun.backends.ort import OrtBackend
+
+    mb = 2**20
+    copy = 300 * mb
+    init = OrtBackend.__init__
+
+    def copying(self: OrtBackend, artifact: Artifact, settings: Settings) -> None:
+        init(self, artifact, settings)
+        self.loaded_bytes = copy
+
+    artifact = resolve_artifact(artifacts["onnxruntime"])
+    per_token = select._kv_per_token(artifact)
+    assert per_token
+    budget = copy // mb + 64
+    # the budget leaves room for 160 positions once the copy and the overhead are counted
+    monkeypatch.setattr(select, "RUNTIME_OVERHEAD", budget * mb - copy - 160 * per_token)
+    monkeypatch.setattr(select, "CONTEXT_STEP", 32)
+    monkeypatch.setattr(select, "MIN_SIZED_CONTEXT", 32)
+    profile = _profile(
+        tmp_path, '[[backends]]\nname = "onnxruntime"\n', f"memory_budget_mb = {budget}\n"
+    )
+    with edgerun.load(artifacts["onnxruntime"], profile) as m:
+        assert m.context_length == 256, "by its file the whole trained context fits"
+    monkeypatch.setattr(OrtBackend, "__init__", copying)
+    with edgerun.load(artifacts["onnxruntime"], profile) as m:
+        assert m.context_length == 160
+        assert "300 MiB of weights as loaded" in m.info.context_reason
+    small = _profile(tmp_path, '[[backends]]\nname = "onnxruntime"\n', "memory_budget_mb = 200\n")
+    with pytest.raises(
+        EdgerunError, match=r"weights 300 MiB as loaded: onnxruntime holds \d+ MiB more"
+    ):
+        edgerun.load(artifacts["onnxruntime"], small, context=64)

@@ -108,3 +108,29 @@ def test_a_context_past_the_trained_one_warns(tmp_path: Path) -> None:
     bare = Artifact(path.parent, path, {"family": "gguf", "format": "gguf", "bare_file": True})
     assert [w[:40] for w in asked_warnings(bare, None, 100_000)] == [warning[:40]]
     assert asked_warnings(bare, None, 4096) == []
+
+
+class _Loaded:
+    """A loaded backend as choose_context sees it: what its load added to the process."""
+
+    name = "onnxruntime"
+
+    def __init__(self, loaded: int) -> None:
+        self.loaded_bytes = loaded
+
+
+def test_weights_copied_at_load_size_the_context_as_loaded(tmp_path: Path) -> None:
+    """ONNX Runtime prepacks MatMulNBits weights into its own layout: a 1.5B onnx-int8 (1,672
+    MiB file) held 1.37x its file once loaded. Sizing by the file would leave the KV cache room
+    that the copy already took."""
+    weights = 4000 * MB
+    artifact = _artifact(tmp_path, "onnx", "int8", weights)
+    profile = _profile(tmp_path, 6500)
+    by_file, _ = choose_context(artifact, profile, None)
+    small_copy, _ = choose_context(artifact, profile, None, _Loaded(weights + 10 * MB))
+    context, why = choose_context(artifact, profile, None, _Loaded(5000 * MB))
+    per_token = 2 * 32 * 8 * 128 * 4
+    assert by_file == small_copy == 4096  # 10 MiB past the file is the session's own
+    assert context == (6500 * MB - 5000 * MB - RUNTIME_OVERHEAD) // per_token // 256 * 256 == 3840
+    assert "5000 MiB of weights as loaded" in why
+    assert choose_context(artifact, profile, 2048, _Loaded(5000 * MB)) == (2048, "asked for")

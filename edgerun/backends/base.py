@@ -128,6 +128,9 @@ class Backend(ABC):
     threads: int | None
     # What the backend could not honour ("wanted GPU offload, running CPU"); strict makes it fatal.
     fallbacks: list[str] = []
+    # Bytes the load added to this process, measured, where the backend copies the weights out
+    # of the file (ONNX Runtime's prepacked kernels); None: the weights are the file, mapped.
+    loaded_bytes: int | None = None
 
     @classmethod
     @abstractmethod

@@ -73,10 +73,15 @@ def memory_budget_bytes(profile: Profile, ram_bytes: int | None = None) -> int:
 
 
 def check_memory(
-    profile: Profile, weights_bytes: int, kv_bytes: int, ram_bytes: int | None = None
+    profile: Profile,
+    weights_bytes: int,
+    kv_bytes: int,
+    ram_bytes: int | None = None,
+    note: str = "",
 ) -> None:
     """Raise EdgerunError, with the numbers in MiB and the fix, when weights + KV cache exceed the
-    profile's budget (`ram_bytes` overrides the machine's RAM, for tests)."""
+    profile's budget (`ram_bytes` overrides the machine's RAM, for tests; `note` says where the
+    weights' number comes from)."""
     budget = memory_budget_bytes(profile, ram_bytes)
     need = weights_bytes + kv_bytes
     if need <= budget:
@@ -88,7 +93,8 @@ def check_memory(
         else f"{profile.memory_fraction:.0%} of RAM"
     )
     raise EdgerunError(
-        f"the model needs {need / mb:.0f} MiB (weights {weights_bytes / mb:.0f} MiB + KV cache"
+        f"the model needs {need / mb:.0f} MiB (weights {weights_bytes / mb:.0f} MiB"
+        f"{f' as loaded: {note}' if note else ''} + KV cache"
         f" {kv_bytes / mb:.0f} MiB) but profile '{profile.id}' allows {budget / mb:.0f} MiB ({source})",
         "use a smaller quantization or a shorter context, or raise memory_budget_mb in a profile"
         " under $EDGERUN_HOME/profiles",

@@ -36,6 +36,9 @@ from edgerun.core.errors import EdgerunError
 RUNTIME_OVERHEAD = 512 * 2**20
 CONTEXT_STEP = 256
 MIN_SIZED_CONTEXT = 512
+# A load that grows the process by more than the file plus this copied the weights: a 135M
+# onnx-int4 session added 21 MiB (its file: 100 MiB), a 135M onnx-int8 one 221 MiB (146 MiB).
+LOAD_SLACK = 32 * 2**20
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgerun.device.profile import BackendPref, Profile
@@ -176,6 +179,13 @@ def open_backend(
     try:
         if not checked:  # no config.json (bare GGUF): ask the loaded model
             _check_memory_loaded(artifact, profile, backend)
+        if _weights_in_memory(artifact, backend) > artifact.weights_bytes():
+            # the load copied the weights (ORT's prepacking): size and check again, as loaded
+            if context is None and settings.context:
+                sized, why = choose_context(artifact, profile, None, backend)
+                if sized is not None and sized < settings.context:
+                    settings.context, context_reason = sized, why
+            _check_memory_loaded(artifact, profile, backend, settings.context)
         warnings += _check_active(backend, settings, strict)
         tokenizer = _tokenizer(artifact, backend)
     except BaseException:
@@ -285,12 +295,16 @@ def _model_context(artifact: Artifact) -> int | None:
 
 
 def choose_context(
-    artifact: Artifact, profile: Profile | None, asked: int | None
+    artifact: Artifact,
+    profile: Profile | None,
+    asked: int | None,
+    loaded: Backend | None = None,
 ) -> tuple[int | None, str]:
     """(context length, why): the one asked for; else the trained context capped at
     MAX_DEFAULT_CONTEXT, shortened (to a multiple of CONTEXT_STEP, at least MIN_SIZED_CONTEXT)
     so that weights + KV cache + RUNTIME_OVERHEAD fit the profile's memory budget. None: the
-    backend reads it from the model file (bare GGUF)."""
+    backend reads it from the model file (bare GGUF). With `loaded`, the weights are counted as
+    that backend holds them (_weights_in_memory), else as the file."""
     if asked:
         return asked, "asked for"
     trained = _model_context(artifact)
@@ -300,14 +314,16 @@ def choose_context(
     from edgerun.backends.providers import memory_budget_bytes
 
     budget = memory_budget_bytes(profile)
-    room = budget - artifact.weights_bytes() - RUNTIME_OVERHEAD
+    weights = artifact.weights_bytes() if loaded is None else _weights_in_memory(artifact, loaded)
+    room = budget - weights - RUNTIME_OVERHEAD
     fits = max(room // per_token // CONTEXT_STEP * CONTEXT_STEP, MIN_SIZED_CONTEXT)
     if fits >= trained:
         return trained, "the model's trained context" + _capped(artifact, trained)
     mb = 2**20
+    as_loaded = " as loaded" if weights > artifact.weights_bytes() else ""
     return fits, (
         f"sized to profile '{profile.id}': its {budget / mb:.0f} MiB budget less"
-        f" {artifact.weights_bytes() / mb:.0f} MiB of weights and {RUNTIME_OVERHEAD / mb:.0f} MiB"
+        f" {weights / mb:.0f} MiB of weights{as_loaded} and {RUNTIME_OVERHEAD / mb:.0f} MiB"
         f" overhead holds the KV cache of {fits} positions ({per_token / 1024:.0f} KiB each);"
         f" the model's is {trained} (--context to choose)"
     )
@@ -342,14 +358,31 @@ def _check_memory(artifact: Artifact, profile: Profile | None, settings: Setting
     return True
 
 
-def _check_memory_loaded(artifact: Artifact, profile: Profile | None, backend: Backend) -> None:
+def _weights_in_memory(artifact: Artifact, backend: Backend) -> int:
+    """The weights as the loaded backend holds them: the file, or what its load measurably
+    added where it copies them (Backend.loaded_bytes) when that is more than LOAD_SLACK past
+    the file (below it, the session's own allocations: RUNTIME_OVERHEAD's part)."""
+    file, loaded = artifact.weights_bytes(), backend.loaded_bytes or 0
+    return loaded if loaded > file + LOAD_SLACK else file
+
+
+def _check_memory_loaded(
+    artifact: Artifact, profile: Profile | None, backend: Backend, context: int | None = None
+) -> None:
     per_token = backend.kv_bytes_per_token()
-    context = getattr(backend, "context_length", None)
+    context = getattr(backend, "context_length", None) or context
     if profile is None or per_token is None or not context:
         return
     from edgerun.backends.providers import check_memory
 
-    check_memory(profile, artifact.weights_bytes(), per_token * int(context))
+    weights = _weights_in_memory(artifact, backend)
+    copied = weights - artifact.weights_bytes()
+    check_memory(
+        profile,
+        weights,
+        per_token * int(context),
+        note=f"{backend.name} holds {copied / 2**20:.0f} MiB more than the file" if copied else "",
+    )
 
 
 def _memory_room(
@@ -362,7 +395,7 @@ def _memory_room(
         return None
     from edgerun.backends.providers import memory_budget_bytes
 
-    used = artifact.weights_bytes() + per_token * context + RUNTIME_OVERHEAD
+    used = _weights_in_memory(artifact, backend) + per_token * context + RUNTIME_OVERHEAD
     return memory_budget_bytes(profile) - used
 
 

@@ -121,7 +121,7 @@ class _Loaded:
 
 def test_weights_copied_at_load_size_the_context_as_loaded(tmp_path: Path) -> None:
     """ONNX Runtime prepacks MatMulNBits weights into its own layout: a 1.5B onnx-int8 (1,672
-    MiB file) held 1.37x its file once loaded. Sizing by the file would leave the KV cache room
+    MiB file) held 1.25x its file once loaded. Sizing by the file would leave the KV cache room
     that the copy already took."""
     weights = 4000 * MB
     artifact = _artifact(tmp_path, "onnx", "int8", weights)

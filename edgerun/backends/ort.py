@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import psutil
 
 from edgerun.backends.base import Artifact, Backend, Settings
 from edgerun.core.errors import EdgerunError
@@ -68,8 +67,9 @@ class OrtBackend(Backend):
 
         self.threads = settings.threads
         providers = settings.providers or [("CPUExecutionProvider", {})]
-        process = psutil.Process()
-        before = process.memory_info().rss
+        from edgerun.bench.memory import anonymous_bytes
+
+        before = anonymous_bytes()
         try:
             self.session = ort.InferenceSession(
                 str(artifact.model_file),
@@ -84,11 +84,12 @@ class OrtBackend(Backend):
                 "the file is corrupt, truncated or not ONNX: re-export it (edgerun verify checks hashes)",
             ) from exc
         # MLAS prepacks MatMulNBits weights into its own layout at load (codes, fp32 scales and
-        # block sums) and keeps the original scales, and a tied head is also read by the
-        # embedding's Gather: a Qwen2.5-1.5B-shaped onnx-int8 (1,672 MiB file) grew the process
-        # by 2,289 MiB (1.37x; 1,854 MiB for 1,534 with --block-size 128). Prepacking off loads
-        # in 287 MiB but dequantizes every weight to fp32 on every call (0.12 tok/s decode).
-        self.loaded_bytes = max(process.memory_info().rss - before, 0)
+        # block sums) and keeps the original scales: a Qwen2.5-1.5B-shaped onnx-int8 (1,672 MiB
+        # file) grew the process's anonymous memory by 2,095 MiB (1.25x; 1,779 MiB for 1,534
+        # with --block-size 128), a SmolLM2-135M onnx-int4 by 133 MiB (100 MiB file). Prepacking
+        # off loads in 287 MiB but dequantizes every weight to fp32 on every call (0.12 tok/s).
+        # A process that freed memory before reuses it: the growth is then a lower bound.
+        self.loaded_bytes = max(anonymous_bytes() - before, 0)
         self.providers = list(self.session.get_providers())
         self._layout(artifact)
         self._shared = artifact.builder == "genai"

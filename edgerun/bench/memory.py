@@ -33,6 +33,13 @@ def smaps_rollup(path: Path = Path("/proc/self/smaps_rollup")) -> dict[str, int]
     }
 
 
+def anonymous_bytes() -> int:
+    """This process's anonymous memory (the pages of mapped files are the kernel's to drop and
+    re-read), or its RSS where /proc has no smaps_rollup."""
+    rollup = smaps_rollup()
+    return rollup["anonymous"] if rollup is not None else int(psutil.Process().memory_info().rss)
+
+
 def vm_hwm_bytes(path: Path = Path("/proc/self/status")) -> int | None:
     """VmHWM, the peak RSS of this process image (Linux; reset by execve, unlike ru_maxrss)."""
     try:

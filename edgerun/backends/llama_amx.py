@@ -48,7 +48,7 @@ def avoid_amx(llama_cpp: Any) -> bool:
 def no_amx_buffers(llama_cpp: Any) -> Iterator[bool]:
     """Within the block, Llama() loads with use_extra_bufts = false where avoid_amx() says so.
     Yields whether it did."""
-    lib = getattr(llama_cpp, "llama_cpp", None)
+    lib: Any = getattr(llama_cpp, "llama_cpp", None)
     defaults = getattr(lib, "llama_model_default_params", None)
     if defaults is None or not avoid_amx(llama_cpp):
         yield False

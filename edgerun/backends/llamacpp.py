@@ -229,6 +229,7 @@ def _trained_context(lib: Any, artifact: Artifact) -> int:
     install()
     params = lib.llama_model_default_params()
     params.n_gpu_layers = 0
+    params.use_extra_bufts = False  # nothing is computed: no repacked (or AMX) copy to make
     model = lib.llama_model_load_from_file(str(artifact.model_file).encode(), params)
     if not model:
         raise EdgerunError(

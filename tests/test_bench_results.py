@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from edgerun.bench.memory import smaps_rollup, vm_hwm_bytes
+from edgerun.bench.memory import vm_hwm_bytes
 from edgerun.bench.metrics import summarize_artifact
 from edgerun.bench.results import new_run, read_results, rows, to_csv, to_markdown, write_results
 from edgerun.core.errors import EdgerunError
+from edgerun.device.memory import smaps_rollup
 
 
 def _run(decode: list[float]) -> dict[str, Any]:

@@ -436,7 +436,7 @@ def test_a_load_that_copies_the_weights_is_sized_and_checked_as_loaded(
     need a finer context step than the real one to be seen shortened.)"""
     from edgerun.backends import select
     from edgerun.backends.ort import OrtBackend
-    from edgerun.bench import memory
+    from edgerun.device import memory
 
     mb = 2**20
     copy = 300 * mb

@@ -67,7 +67,7 @@ class OrtBackend(Backend):
 
         self.threads = settings.threads
         providers = settings.providers or [("CPUExecutionProvider", {})]
-        from edgerun.bench.memory import anonymous_bytes
+        from edgerun.device.memory import anonymous_bytes
 
         before = anonymous_bytes()
         try:

@@ -382,7 +382,7 @@ def _check_memory_loaded(
     weights, note = artifact.weights_bytes(), ""
     copy = _weights_in_memory(artifact, backend)
     if copy > weights:
-        from edgerun.bench.memory import anonymous_bytes
+        from edgerun.device.memory import anonymous_bytes
 
         mb = 2**20
         note = (

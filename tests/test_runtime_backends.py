@@ -345,9 +345,9 @@ def test_mapped_pages_are_kept_where_llama_cpp_did_not_map_or_locked_them(tmp_pa
             {"vocab_only": True},
             {"use_mmap": False},
             {"use_mlock": True},
-            {"use_extra_bufts": False},
         ):
             assert release_loaded(model, kwargs) == 0, kwargs
+        assert release_loaded(model, {}, copied=False) == 0  # loaded without extra buffers
         assert release_loaded(model, {}) >= 8192  # the same mapping, released
         assert mapped[8191] == ord("x")  # and read back from the file
 

@@ -58,7 +58,7 @@ class LlamaCppBackend(Backend):
 
         # the file pages of the tensors llama.cpp repacked into its own buffers
         self.released_bytes = release_loaded(
-            artifact.model_file, {**kwargs, "use_extra_bufts": not self.amx_avoided}
+            artifact.model_file, kwargs, copied=not self.amx_avoided
         )
         self.threads = kwargs["n_threads"]
         self.prefix_align = _prefix_align(self.llm)

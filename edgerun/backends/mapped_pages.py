@@ -60,14 +60,14 @@ def release(path: Path) -> int:
     return done
 
 
-def release_loaded(path: Path, llama_kwargs: Mapping[str, Any]) -> int:
+def release_loaded(path: Path, llama_kwargs: Mapping[str, Any], copied: bool = True) -> int:
     """`release(path)` for a llama.cpp model just loaded with `llama_kwargs`; nothing when it was
     not memory-mapped (use_mmap off), is locked in RAM (use_mlock), has no weights (vocab_only)
-    or copied none (use_extra_bufts false: every weight is read from the file).
-    Returns the bytes of address space advised."""
+    or copied none (`copied` false: loaded without extra buffers, every weight read from the
+    file). Returns the bytes of address space advised."""
     if (
-        llama_kwargs.get("vocab_only")
-        or llama_kwargs.get("use_extra_bufts") is False
+        not copied
+        or llama_kwargs.get("vocab_only")
         or not llama_kwargs.get("use_mmap", True)
         or llama_kwargs.get("use_mlock")
     ):

@@ -35,7 +35,7 @@ def load(path: Path, **kwargs: Any) -> Any:
     from edgerun.backends.mapped_pages import release_loaded
 
     # the file pages of the tensors llama.cpp repacked
-    release_loaded(path, {**kwargs, "use_extra_bufts": not avoided})
+    release_loaded(path, kwargs, copied=not avoided)
     return llm
 
 

@@ -69,11 +69,29 @@ class OrtBackend(Backend):
         providers = settings.providers or [("CPUExecutionProvider", {})]
         from edgerun.device.memory import anonymous_bytes
 
+        opts = _session_options(ort, settings)
+        source: str | bytes = str(artifact.model_file)
+        self.fallbacks = []
+        if settings.options.get("accuracy_level") is not None:
+            from edgerun.backends import ort_accuracy
+
+            level = settings.options["accuracy_level"]
+            rewritten = ort_accuracy.with_level(artifact.model_file, level)
+            if rewritten is None:
+                self.fallbacks.append(
+                    f"accuracy_level {level} applies to MatMulNBits nodes; this graph has none,"
+                    " so it runs as exported"
+                )
+            else:
+                source = rewritten
+                opts.add_session_config_entry(
+                    ort_accuracy.FOLDER_KEY, str(artifact.model_file.parent)
+                )
         before = anonymous_bytes()
         try:
             self.session = ort.InferenceSession(
-                str(artifact.model_file),
-                _session_options(ort, settings),
+                source,
+                opts,
                 providers=[name for name, _ in providers],
                 provider_options=[options for _, options in providers],
             )
@@ -386,11 +404,11 @@ def _session_options(ort: Any, settings: Settings) -> Any:
         if key == "session_config":
             for entry, setting in value.items():
                 opts.add_session_config_entry(str(entry), str(setting))
-        elif key != "graph_optimization_level":
+        elif key not in ("graph_optimization_level", "accuracy_level"):  # (accuracy: at load)
             if not hasattr(opts, key):
                 raise EdgerunError(
                     f"unknown onnxruntime option '{key}'",
-                    "use a SessionOptions attribute, graph_optimization_level or session_config",
+                    "use a SessionOptions attribute, graph_optimization_level, accuracy_level or session_config",
                 )
             setattr(opts, key, value)
     return opts

@@ -43,6 +43,15 @@ def _mean_kl(artifact: Artifact) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _accuracy_levels(artifact: Artifact) -> list[int]:
+    """The MatMulNBits accuracy levels of an ONNX artifact's graph ([] for other formats)."""
+    if artifact.family != "onnx":
+        return []
+    from edgerun.backends.ort_accuracy import graph_levels
+
+    return graph_levels(artifact.model_file)
+
+
 def _backends(artifact: Artifact, profile: Profile | None) -> list[str]:
     """Installed backends that run `artifact`, the profile's order first."""
     from edgerun.backends.registry import backends_for, is_installed
@@ -69,6 +78,7 @@ def plan_space(
             arm = build_arm(
                 candidate, artifact.format or candidate.name, backend, topology,
                 default_threads, _mean_kl(artifact),
+                _accuracy_levels(artifact) if backend == "onnxruntime" else None,
             )  # fmt: skip
             arms.append(arm)
     if not arms:

@@ -6,14 +6,18 @@ change the model's outputs (then it must pass the on-device fidelity check befor
 measured), and how a value becomes backend options. Threads and affinity are every backend's;
 the others belong to one backend:
 
-    onnxruntime  graph optimisation level; intra-op thread spinning (moot with one thread)
+    onnxruntime  graph optimisation level; intra-op thread spinning (moot with one thread);
+                 MatMulNBits accuracy level* (int8 / fp32 compute; graphs with MatMulNBits)
     llamacpp     n_batch (= n_ubatch)†; flash attention*; KV cache type* (f16 / q8_0); mmap†
     * can change outputs   † searched for ttft only (cannot move decode speed or J/token)
 
-Not searched (see README "Tune a device"): MatMulNBits accuracy level, an attribute baked into
-the ONNX graph at export (exports with different levels are different artifacts, which are
-searched); mlock (needs RLIMIT_MEMLOCK, rarely granted); the context, which is sized to the
-profile's memory budget by the runtime and recorded, not timed.
+The accuracy level is an attribute of the graph's MatMulNBits nodes, set at export; the
+onnxruntime backend overrides it at load without touching the artifact
+(edgerun.backends.ort_accuracy). onnxruntime-genai loads the graph from its directory by itself,
+so its arm runs the exported level. Not searched (see README "Tune a device"): fp16 / bf16
+compute (2 / 3: kernels on some ARM cores only, elsewhere a per-call dequantization), mlock
+(needs RLIMIT_MEMLOCK, rarely granted); the context, which is sized to the profile's memory
+budget by the runtime and recorded, not timed.
 """
 
 from __future__ import annotations
@@ -96,6 +100,24 @@ def _llamacpp_dims() -> list[Dim]:
         Dim("kv_cache", ["f16", "q8_0"], True, options=_kv_options),
         Dim("mmap", [True, False], options=lambda v: {"use_mmap": v}, affects=("ttft",)),
     ]
+
+
+def accuracy_dim(levels: list[int]) -> Dim | None:
+    """The MatMulNBits accuracy level, exported level first, for a graph whose MatMulNBits
+    nodes are at `levels`; None when there are none, or several (mixed levels have no single
+    default to start from). Level 0 (unset) computes in fp32 like 1, so it is tried against 4."""
+    from edgerun.backends.ort_accuracy import SEARCHED
+
+    if len(levels) != 1:
+        return None
+    exported = levels[0]
+    same = {exported, 1} if exported in (0, 1) else {exported}
+    values = [exported, *(v for v in SEARCHED if v not in same)]
+
+    def options(value: int) -> dict[str, Any]:
+        return {} if value == exported else {"accuracy_level": value}
+
+    return Dim("accuracy_level", values, True, options=options)
 
 
 #: Backend -> the dimensions of its own options.
@@ -220,13 +242,18 @@ def build_arm(
     topology: Topology,
     default_threads: int,
     mean_kl: float | None = None,
+    accuracy_levels: list[int] | None = None,
 ) -> Arm:
     """The arm for `artifact` on `backend`: threads (over the fastest CPU set's size),
-    affinity where cores differ, then the backend's own dimensions."""
+    affinity where cores differ, then the backend's own dimensions. accuracy_levels: the
+    MatMulNBits levels of the artifact's graph (onnxruntime only; None or []: no such nodes)."""
     choices = topology.affinity_choices()
     if choices:
         dims = [Dim("placement", placements(choices, default_threads))]
     else:
         dims = [Dim("threads", thread_counts(len(topology.cpus), default_threads))]
     dims += BACKEND_DIMS.get(backend, list)()
+    accuracy = accuracy_dim(accuracy_levels or []) if backend == "onnxruntime" else None
+    if accuracy is not None:
+        dims.append(accuracy)
     return Arm(artifact, fmt, backend, dims, mean_kl)

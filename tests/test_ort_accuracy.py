@@ -1,0 +1,138 @@
+"""The MatMulNBits accuracy level as a load-time option of the onnxruntime backend, and as a
+dimension `edgerun tune` searches: the override computes exactly what an export at that level
+computes, leaves the artifact untouched, and bad values or graphs are one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgerun.backends.ort_accuracy import graph_levels, with_level
+from edgerun.core.errors import EdgerunError
+from edgerun.tune.space import accuracy_dim, build_arm
+from edgerun.tune.topology import Topology
+
+PROMPT = "The quick brown fox jumps over the lazy dog, and then"
+
+
+@pytest.fixture(scope="module")
+def int4(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """The tiny llama exported to onnx-int4 at accuracy level 4 (the default) and at 1."""
+    from tests.runtime_helpers import export_artifact
+
+    out = tmp_path_factory.mktemp("accuracy")
+    return {
+        level: export_artifact(tiny_llama, "onnx-int4", out / str(level), accuracy_level=level)
+        for level in (4, 1)
+    }
+
+
+def logits(artifact: Path, **options: object) -> np.ndarray:
+    import edgerun
+
+    with edgerun.load(artifact, backend="onnxruntime", threads=1, **options) as model:
+        ids = model.tokenizer.encode(PROMPT)
+        return model.forced_logits(ids, 2)
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+def test_the_override_computes_what_an_export_at_that_level_computes(
+    int4: dict[int, Path],
+) -> None:
+    from edgerun.backends.base import resolve_artifact
+
+    four, one = int4[4], int4[1]
+    assert graph_levels(resolve_artifact(four).model_file) == [4]
+    assert graph_levels(resolve_artifact(one).model_file) == [1]
+    before = digest(four)
+    exported_one, exported_four = logits(one), logits(four)
+    overridden_one = logits(four, accuracy_level=1)
+    # the weights are the same (the level is only how the op computes), so the override is the
+    # level-1 export, bit for bit, and differs from the level-4 run
+    np.testing.assert_array_equal(overridden_one, exported_one)
+    assert not np.array_equal(overridden_one, exported_four)
+    np.testing.assert_array_equal(logits(one, accuracy_level=4), exported_four)
+    assert digest(four) == before  # nothing written into the artifact
+
+
+def test_the_rewrite_keeps_the_weights_external(int4: dict[int, Path]) -> None:
+    import onnx
+
+    from edgerun.backends.base import resolve_artifact
+
+    model_file = resolve_artifact(int4[4]).model_file
+    graph = onnx.load_from_string(with_level(model_file, 1))
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external, "the test artifact should keep its weights in external data"
+    levels = {
+        a.i for n in graph.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+        if a.name == "accuracy_level"
+    }  # fmt: skip
+    assert levels == {1}
+    assert len(graph.SerializeToString()) < model_file.stat().st_size + 4096
+
+
+@pytest.mark.parametrize("bad", [5, -1, "4", 2.0, True])
+def test_a_bad_level_is_a_one_line_error(int4: dict[int, Path], bad: object) -> None:
+    with pytest.raises(EdgerunError, match="accuracy_level must be one of") as err:
+        logits(int4[4], accuracy_level=bad)
+    assert "\n" not in err.value.message
+
+
+def test_a_graph_without_matmulnbits_runs_as_exported_and_says_so(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A tuned profile's level must not stop an fp32 artifact; strict makes it an error."""
+    import edgerun
+    from tests.runtime_helpers import export_artifact
+
+    fp32 = export_artifact(tiny_llama, "onnx-fp32", tmp_path)
+    np.testing.assert_array_equal(logits(fp32, accuracy_level=1), logits(fp32))
+    with edgerun.load(fp32, backend="onnxruntime", accuracy_level=1) as model:
+        assert any("has none" in w for w in model.info.warnings), model.info.warnings
+    with pytest.raises(EdgerunError, match="has none"):
+        edgerun.load(fp32, backend="onnxruntime", accuracy_level=1, strict=True)
+
+
+def test_a_corrupt_graph_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\xff\x00 not a protobuf" * 10)
+    with pytest.raises(EdgerunError, match="cannot read the graph"):
+        graph_levels(bad)
+
+
+def test_the_accuracy_dimension_starts_at_the_exported_level() -> None:
+    four = accuracy_dim([4])
+    assert four is not None and four.values == [4, 1] and four.changes_output
+    assert four.options(4) == {} and four.options(1) == {"accuracy_level": 1}
+    unset = accuracy_dim([0])  # 0 computes in fp32 like 1: only int8 is another choice
+    assert unset is not None and unset.values == [0, 4]
+    assert accuracy_dim([1, 4]) is None and accuracy_dim([]) is None
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    ort = build_arm(Path("a"), "onnx-int4", "onnxruntime", topology, 2, None, [4])
+    genai = build_arm(Path("a"), "onnx-int4", "genai", topology, 2, None, [4])
+    assert "accuracy_level" in {d.name for d in ort.dims}
+    assert "accuracy_level" not in {d.name for d in genai.dims}  # genai loads its own graph
+    assert ort.output_key({**ort.default(), "accuracy_level": 1}) != ort.output_key(ort.default())
+
+
+def test_the_planned_space_searches_the_level_of_an_int4_artifact(int4: dict[int, Path]) -> None:
+    from edgerun.device.profile import get_profile
+    from edgerun.tune.plan import plan_space
+
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    space = plan_space(int4[4], get_profile("generic-x86_64"), topology, 2)
+    ort = next(a for a in space.arms if a.backend == "onnxruntime")
+    dim = next(d for d in ort.dims if d.name == "accuracy_level")
+    assert dim.values == [4, 1]
+    assert ort.options({**ort.default(), "accuracy_level": 1})["accuracy_level"] == 1

@@ -172,13 +172,7 @@ def verify_fidelity(
     (exported without validation, or by an older edgerun) or the reference is invalid."""
     import edgerun
 
-    manifest = read_manifest(Path(artifact))
-    block = _block(manifest, Path(artifact))
-    ref = read_reference(
-        contained(
-            Path(artifact), block["reference"], "fidelity.reference", "re-export the artifact"
-        )
-    )
+    block, ref = shipped_reference(Path(artifact))
     with edgerun.load(artifact, profile, threads=threads) as model:
         device = score_model(model, ref)
     gated, reasons = judge(device, block["bound"])
@@ -191,6 +185,14 @@ def verify_fidelity(
         "passed": not reasons,
         "reasons": reasons,
     }
+
+
+def shipped_reference(artifact: Path) -> tuple[dict[str, Any], FidelityReference]:
+    """The manifest's fidelity block and the reference it names, both checked (they come from
+    elsewhere). Raises EdgerunError when the artifact ships none or it is invalid."""
+    block = _block(read_manifest(artifact), artifact)
+    where = contained(artifact, block["reference"], "fidelity.reference", "re-export the artifact")
+    return block, read_reference(where)
 
 
 def fidelity_summary(

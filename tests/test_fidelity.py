@@ -106,6 +106,35 @@ def test_fp32_scores_as_the_reference_so_the_forced_tokens_line_up(
     assert data["device"]["ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_the_tune_gate_scores_settings_against_the_shipped_reference(
+    artifacts: dict[str, Path],
+) -> None:
+    """edgerun tune's check of a setting that changes outputs (here fp32 instead of int8
+    MatMulNBits compute) scores the artifact on this machine against its shipped reference."""
+    from edgerun.backends.base import resolve_artifact
+    from edgerun.backends.ort_accuracy import graph_levels
+    from edgerun.tune.fidelity import FidelityGate, reference_kl
+    from edgerun.tune.space import build_arm
+    from edgerun.tune.topology import Topology
+
+    topology = Topology(cpus=[0], clusters=[[0]], one_per_core=[0])
+    int4, fp32 = artifacts["onnx-int4"], artifacts["onnx-fp32"]
+    levels = graph_levels(resolve_artifact(int4).model_file)
+    arm = build_arm(int4, "onnx-int4", "onnxruntime", topology, 1, 0.05, levels)
+    default = reference_kl(arm, arm.default())
+    exact = build_arm(fp32, "onnx-fp32", "onnxruntime", topology, 1)
+    assert default is not None and default > 1e-4  # int4 is off the reference model...
+    assert abs(float(reference_kl(exact, exact.default()) or 0.0)) < 1e-5  # ...fp32 is on it
+    level_one = {**arm.default(), "accuracy_level": 1}
+    other = reference_kl(arm, level_one)
+    assert other is not None and other != default
+    gate = FidelityGate(0.05, arm)
+    verdict = gate(arm, level_one)
+    (check,) = gate.checks
+    assert check["default_reference_kl"] == pytest.approx(default)
+    assert (verdict is None) == (other <= default + check["bound"])
+
+
 def test_int4_with_wrong_scales_is_flagged(artifacts: dict[str, Path], tmp_path: Path) -> None:
     artifact = tmp_path / "onnx-int4"
     shutil.copytree(artifacts["onnx-int4"], artifact)

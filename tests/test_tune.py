@@ -233,6 +233,83 @@ def test_a_setting_that_fails_fidelity_is_never_measured_nor_chosen(tmp_path: Pa
     )
 
 
+def test_with_a_shipped_reference_the_gate_scores_against_the_reference_model(
+    tmp_path: Path,
+) -> None:
+    """A setting that moves outputs towards the reference model passes however far it moves
+    them from the default's; one that adds more than the bound to the error is refused; an
+    unusable reference falls back to comparing with the default's outputs, and says so."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2, 0.05, [4])
+    error = {4: 0.050, 1: 0.030}  # fp32 compute: closer to the reference model
+    moved = {4: 0.0, 1: 5.0}  # ... and far from the int8-compute default's outputs
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(8, 50))
+
+    def scored(arm: Arm, config: Config) -> float:
+        return error[config["accuracy_level"]]
+
+    def logits(arm: Arm, config: Config) -> np.ndarray:
+        return base + moved[config["accuracy_level"]] * rng.normal(size=base.shape)
+
+    fp32 = {**arm.default(), "accuracy_level": 1}
+    gate = FidelityGate(0.05, arm, logits, scored)
+    assert gate(arm, fp32) is None
+    (check,) = gate.checks
+    assert (check["reference_kl"], check["default_reference_kl"]) == (0.030, 0.050)
+    assert check["bound"] == pytest.approx(0.005)
+    proxy = FidelityGate(0.05, arm, logits, lambda a, c: None)  # no reference: outputs compared
+    assert "mean KL" in str(proxy(arm, fp32)) and "kl" in proxy.checks[0]
+
+    error[1] = 0.056  # more than the bound (0.005) above the default's 0.050
+    worse = FidelityGate(0.05, arm, logits, scored)
+    assert worse(arm, fp32) == (
+        "mean KL from the reference model 0.056 > the default settings' 0.05 + bound 0.005"
+    )
+
+    def corrupt(arm: Arm, config: Config) -> float:
+        raise EdgerunError("fidelity-reference.npz is not a valid reference")
+
+    fallback = FidelityGate(0.05, arm, logits, corrupt)
+    assert "mean KL" in str(fallback(arm, fp32))
+    assert fallback.checks[0] == {
+        "arm": arm.name, "reference_unusable": "fidelity-reference.npz is not a valid reference"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("one_thread", "screened_again"), [(0.7, False), (0.95, True)])
+def test_a_clear_loss_is_not_screened_again_on_the_same_kernels(
+    tmp_path: Path, one_thread: float, screened_again: bool
+) -> None:
+    """One thread lost 30% under onnxruntime: the same graph under onnxruntime-genai (an
+    onnxruntime session, the same kernels) does not try it again; a 5% loss is tried again."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    ort = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2)
+    genai = build_arm(tmp_path / "a", "onnx-int4", "genai", topology, 2)
+    assert ort.kernels == genai.kernels
+    measured: list[tuple[str, Config]] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        measured.append((arm.backend, config))
+        speed = (120 if arm.backend == "genai" else 100) * (
+            one_thread if config["threads"] == 1 else 1
+        )
+        return [{"decode_tok_s": speed + d} for d in (-0.5, 0.0, 0.5)][:reps], 0
+
+    outcome = Search(Space([ort, genai], topology), measure, _never_refuse).run()
+    genai_tried = [c["threads"] for b, c in measured if b == "genai"]
+    assert genai_tried == ([2, 1] if screened_again else [2])
+    assert outcome.winner.arm is genai and outcome.winner.config["threads"] == 2
+    pruned = [p for p in outcome.pruned if p.get("dim") == "threads"]
+    if screened_again:
+        assert not pruned
+    else:
+        assert pruned == [{
+            "arm": "onnx-int4@genai", "dim": "threads", "value": 1,
+            "reason": "lost 30% on onnx-int4@onnxruntime, the same kernels",
+        }]  # fmt: skip
+
+
 def test_the_budget_is_honoured(tmp_path: Path) -> None:
     now = [0.0]
     fake = BigLittle()

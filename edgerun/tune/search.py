@@ -25,7 +25,10 @@ a configuration accumulating over its trials:
 3. the combination of every change that beat the default, when two or more did;
 4. every other arm (another artifact or backend) starts from its default with the settings it
    shares with the best so far; an arm whose start is beaten by more than ``PRUNE_SHARE`` is
-   dropped, otherwise it is screened like the first;
+   dropped, otherwise it is screened like the first, except for a value that already lost by
+   more than ``PRUNE_SHARE`` when changed alone on an arm with the same kernels (the same
+   artifact under onnxruntime and onnxruntime-genai, which runs it in an onnxruntime session:
+   one thread instead of two slows the same kernels on both);
 5. confirmation: while the best and the default are too close to call and the best is still
    ahead, both are measured again, at most ``CONFIRM_ROUNDS`` times. The best replaces the
    default only when it beats it.
@@ -150,6 +153,9 @@ class Search:
         self.objective, self.budget_s, self.clock = objective, budget_s, clock
         self.progress = progress or (lambda _msg: None)
         self.samples: dict[str, Samples] = {}
+        # (kernels, dimension, value) -> the arm on which that value, changed alone, lost by
+        # more than PRUNE_SHARE, and by how much
+        self._lost: dict[tuple[Any, ...], tuple[str, float]] = {}
         self.refused: list[dict[str, Any]] = []
         self.pruned: list[dict[str, Any]] = []
         self.trials = 0
@@ -189,9 +195,17 @@ class Search:
                 continue
             tried = [start]
             for value in self._steps(dim, start.config[dim.name]):
+                lost = self._lost.get((arm.kernels, dim.name, value))
+                if lost is not None:
+                    self.pruned.append({
+                        "arm": arm.name, "dim": dim.name, "value": value,
+                        "reason": f"lost {lost[1]:.0%} on {lost[0]}, the same kernels",
+                    })  # fmt: skip
+                    continue
                 cand = self._candidate(arm, {**start.config, dim.name: value})
                 if cand is None or not self._measure(cand):
                     continue
+                self._note_loss(arm, dim, value, cand, start)
                 tried.append(cand)
                 if dim.ordered and not self._beats(cand, tried[-2]):
                     break  # an ordered dimension: a step that did not help ends the walk
@@ -205,6 +219,13 @@ class Search:
             found = self._candidate(arm, combined)
             if found is not None and not found.trials:
                 self._measure(found)
+
+    def _note_loss(self, arm: Arm, dim: Dim, value: Any, cand: Samples, start: Samples) -> None:
+        """Remember a value that, changed alone, lost to `start` by more than PRUNE_SHARE."""
+        if self._dominated(cand, start):
+            sc, ss = cand.score(self.objective), start.score(self.objective)
+            assert sc is not None and ss is not None  # _dominated compared two scores
+            self._lost.setdefault((arm.kernels, dim.name, value), (arm.name, (ss - sc) / abs(ss)))
 
     def _skip(self, dim: Dim, config: Config) -> str | None:
         """Why `dim` is not searched at `config` (None: it is)."""

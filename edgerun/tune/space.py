@@ -156,6 +156,11 @@ def threads_and_cpus(
     return int(threads), [] if name == "all" else cpus
 
 
+#: Backends that run another backend's kernels: onnxruntime-genai runs the graph in an
+#: onnxruntime session, so one artifact under both computes with the same kernels.
+ENGINES = {"genai": "onnxruntime"}
+
+
 @dataclass
 class Arm:
     """One artifact on one backend, and the dimensions searched for it."""
@@ -169,6 +174,11 @@ class Arm:
     @property
     def name(self) -> str:
         return f"{self.format}@{self.backend}"
+
+    @property
+    def kernels(self) -> tuple[str, str]:
+        """(artifact, engine): arms with equal kernels run the same graph on the same kernels."""
+        return str(self.artifact), ENGINES.get(self.backend, self.backend)
 
     def default(self) -> Config:
         """Every dimension at its default value."""

@@ -30,8 +30,10 @@ a configuration accumulating over its trials:
    artifact under onnxruntime and onnxruntime-genai, which runs it in an onnxruntime session:
    one thread instead of two slows the same kernels on both);
 5. confirmation: while the best and the default are too close to call and the best is still
-   ahead, both are measured again, at most ``CONFIRM_ROUNDS`` times. The best replaces the
-   default only when it beats it.
+   ahead by at least ``MIN_GAIN``, both are measured again, at most ``CONFIRM_ROUNDS`` times.
+   The best replaces the default only when it beats it (by ``MIN_GAIN`` and beyond the noise),
+   so a lead under ``MIN_GAIN`` is a tie whatever the noise: re-measuring it would only test
+   whether noise can make it look like a gain.
 
 Candidates that can change outputs are checked for fidelity before they are measured; a refused
 one is recorded and never measured.
@@ -283,6 +285,13 @@ class Search:
                 return
             if self._key(best) <= self._key(default):
                 self.pruned.append({"arm": best.arm.name, "reason": "fell behind the default"})
+                return
+            lead = (self._key(best) - self._key(default)) / abs(self._key(default))
+            if lead < MIN_GAIN:
+                self.pruned.append({
+                    "arm": best.arm.name, "config": best.config,
+                    "reason": f"ahead of the default by {lead:.1%} < {MIN_GAIN:.0%}: a tie",
+                })  # fmt: skip
                 return
             for sample in (best, default):
                 self._measure(sample)

@@ -136,3 +136,76 @@ def test_the_planned_space_searches_the_level_of_an_int4_artifact(int4: dict[int
     dim = next(d for d in ort.dims if d.name == "accuracy_level")
     assert dim.values == [4, 1]
     assert ort.options({**ort.default(), "accuracy_level": 1})["accuracy_level"] == 1
+
+
+# ---- the mapped prepacked cache (edgerun.backends.ort_prepacked) ---------------------------
+
+
+def test_mapped_prepacked_weights_compute_the_same_and_leave_the_heap(
+    int4: dict[int, Path], edgerun_home: Path
+) -> None:
+    """The cached model gives the ordinary load's logits bit for bit, with and without an
+    accuracy-level rewrite; the packed weights are then file-backed, not anonymous memory."""
+    import edgerun
+    from edgerun.backends.ort_prepacked import CACHE_NAME
+
+    four = int4[4]
+    before = digest(four)
+    plain, plain_one = logits(four), logits(four, accuracy_level=1)
+    np.testing.assert_array_equal(logits(four, map_prepacked=True), plain)
+    entries = sorted((edgerun_home / CACHE_NAME).iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.onnx.data").is_file()
+    np.testing.assert_array_equal(logits(four, map_prepacked=True), plain)  # from the cache
+    np.testing.assert_array_equal(logits(four, map_prepacked=True, accuracy_level=1), plain_one)
+    assert len(list((edgerun_home / CACHE_NAME).iterdir())) == 2  # one entry per graph
+    with edgerun.load(four, backend="onnxruntime", map_prepacked=True) as model:
+        backend = model._backend
+        assert backend.loaded_mapped and backend.loaded_bytes is not None
+        assert not model.info.warnings
+    assert digest(four) == before
+
+
+def test_mapped_prepacked_falls_back_and_says_why(
+    int4: dict[int, Path], edgerun_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import edgerun
+    from edgerun.backends import ort_prepacked
+
+    usage = shutil.disk_usage(edgerun_home)
+    monkeypatch.setattr(ort_prepacked.shutil, "disk_usage", lambda _p: usage._replace(free=0))
+    with edgerun.load(int4[4], backend="onnxruntime", map_prepacked=True) as model:
+        (warning,) = model.info.warnings
+        assert "needs about" in warning and "loaded the ordinary way" in warning
+        assert not model._backend.loaded_mapped
+    assert not list((edgerun_home / ort_prepacked.CACHE_NAME).iterdir())  # nothing half-written
+    with pytest.raises(EdgerunError, match="needs about"):
+        edgerun.load(int4[4], backend="onnxruntime", map_prepacked=True, strict=True)
+    with pytest.raises(EdgerunError, match="map_prepacked must be true or false"):
+        edgerun.load(int4[4], backend="onnxruntime", map_prepacked="yes")
+
+
+def test_a_changed_artifact_gets_another_cache_entry(
+    int4: dict[int, Path], edgerun_home: Path, tmp_path: Path
+) -> None:
+    """The key covers the weights beside the graph: re-exported (here: touched) weights are
+    packed again, never read from a stale entry."""
+    import os
+    import shutil
+
+    from edgerun.backends.base import resolve_artifact
+    from edgerun.backends.ort_prepacked import cache_key
+
+    copy = tmp_path / "copy"
+    shutil.copytree(int4[4], copy)
+    model_file = resolve_artifact(copy).model_file
+    key = cache_key(model_file, str(model_file), {})
+    assert cache_key(model_file, str(model_file), {}) == key
+    data = next(p for p in copy.iterdir() if p.name.endswith("data"))
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    assert cache_key(model_file, str(model_file), {}) != key
+    level = {"graph_optimization_level": "ORT_ENABLE_BASIC"}
+    assert cache_key(model_file, str(model_file), level) != cache_key(
+        model_file, str(model_file), {}
+    )

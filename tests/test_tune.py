@@ -3,6 +3,7 @@ llama.cpp), the fidelity gate, the budget, and a written profile that `run` pick
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,32 @@ def test_a_clear_loss_is_not_screened_again_on_the_same_kernels(
             "arm": "onnx-int4@genai", "dim": "threads", "value": 1,
             "reason": "lost 30% on onnx-int4@onnxruntime, the same kernels",
         }]  # fmt: skip
+
+
+def test_a_gain_hidden_by_contention_is_found_from_the_first_pass_best(tmp_path: Path) -> None:
+    """The loaded study's gguf case: at two contended threads flash attention's gain is lost
+    in the noise; the first pass commits one thread, and the second pass, screened from
+    there, finds flash attention. A value that lost clearly (q8_0) is not tried again, nor
+    is anything else that showed no gain."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2)
+    measured: list[Config] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        measured.append(config)
+        one, flash, q8 = config["threads"] == 1, config["flash_attn"], config["kv_cache"] == "q8_0"
+        if not one:  # contended: noisy
+            speeds = [10.0, 19.0, 28.0] if flash else [10.0, 14.6, 20.0]
+        else:
+            speeds = [v + (8.0 if flash else 0.0) for v in (48.5, 49.0, 49.5)]
+        scale = 0.5 if q8 else 1.0
+        return [{"decode_tok_s": v * scale} for v in speeds][:reps], 0
+
+    outcome = Search(Space([arm], topology), measure, _never_refuse).run()
+    assert outcome.winner.config["threads"] == 1 and outcome.winner.config["flash_attn"]
+    assert not any(c["kv_cache"] == "q8_0" and c["threads"] == 1 for c in measured)
+    assert len(measured) == 5  # default, 1 thread, flash, q8_0; then flash from 1 thread
+    assert len(measured) == len({json.dumps(c, sort_keys=True) for c in measured})  # no repeats
 
 
 def test_the_budget_is_honoured(tmp_path: Path) -> None:

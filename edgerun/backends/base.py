@@ -131,6 +131,10 @@ class Backend(ABC):
     # Bytes the load added to this process, measured, where the backend copies the weights out
     # of the file (ONNX Runtime's prepacked kernels); None: the weights are the file, mapped.
     loaded_bytes: int | None = None
+    # True where those bytes are mapped from a file (ORT's packed weights from the
+    # map_prepacked cache): pages the kernel can drop, shared between processes, but resident
+    # while the model runs, so the budget counts them beside this process's anonymous memory.
+    loaded_mapped: bool = False
 
     @classmethod
     @abstractmethod

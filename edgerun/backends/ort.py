@@ -69,24 +69,22 @@ class OrtBackend(Backend):
         providers = settings.providers or [("CPUExecutionProvider", {})]
         from edgerun.device.memory import anonymous_bytes
 
-        opts = _session_options(ort, settings)
-        source: str | bytes = str(artifact.model_file)
         self.fallbacks = []
-        if settings.options.get("accuracy_level") is not None:
-            from edgerun.backends import ort_accuracy
+        source, folder = self._source(artifact, settings)
 
-            level = settings.options["accuracy_level"]
-            rewritten = ort_accuracy.with_level(artifact.model_file, level)
-            if rewritten is None:
-                self.fallbacks.append(
-                    f"accuracy_level {level} applies to MatMulNBits nodes; this graph has none,"
-                    " so it runs as exported"
-                )
-            else:
-                source = rewritten
-                opts.add_session_config_entry(
-                    ort_accuracy.FOLDER_KEY, str(artifact.model_file.parent)
-                )
+        def make_options() -> Any:
+            opts = _session_options(ort, settings)
+            if folder is not None:  # a graph given as bytes: its weights stay in the artifact
+                from edgerun.backends.ort_accuracy import FOLDER_KEY
+
+                opts.add_session_config_entry(FOLDER_KEY, folder)
+            return opts
+
+        mapped = None
+        if settings.options.get("map_prepacked"):
+            source, mapped = self._mapped(artifact, settings, source, make_options, providers)
+            folder = None if mapped is not None else folder
+        opts = make_options()
         before = anonymous_bytes()
         try:
             self.session = ort.InferenceSession(
@@ -107,7 +105,8 @@ class OrtBackend(Backend):
         # with --block-size 128), a SmolLM2-135M onnx-int4 by 133 MiB (100 MiB file). Prepacking
         # off loads in 287 MiB but dequantizes every weight to fp32 on every call (0.12 tok/s).
         # A process that freed memory before reuses it: the growth is then a lower bound.
-        self.loaded_bytes = max(anonymous_bytes() - before, 0)
+        self.loaded_bytes = mapped if mapped is not None else max(anonymous_bytes() - before, 0)
+        self.loaded_mapped = mapped is not None
         self.providers = list(self.session.get_providers())
         self._layout(artifact)
         self._shared = artifact.builder == "genai"
@@ -123,6 +122,55 @@ class OrtBackend(Backend):
         self._logits = np.empty((1, 1, self.vocab_size), self._logits_dtype)
         self._ids = np.zeros((1, 1), np.int64)
         self._pos = np.zeros((1, 1), np.int64)
+
+    def _source(self, artifact: Artifact, settings: Settings) -> tuple[str | bytes, str | None]:
+        """(the graph to load: its path, or its bytes after an accuracy-level rewrite; the
+        folder of the weights when it is bytes)."""
+        level = settings.options.get("accuracy_level")
+        if level is None:
+            return str(artifact.model_file), None
+        from edgerun.backends import ort_accuracy
+
+        rewritten = ort_accuracy.with_level(artifact.model_file, level)
+        if rewritten is None:
+            self.fallbacks.append(
+                f"accuracy_level {level} applies to MatMulNBits nodes; this graph has none,"
+                " so it runs as exported"
+            )
+            return str(artifact.model_file), None
+        return rewritten, str(artifact.model_file.parent)
+
+    def _mapped(
+        self,
+        artifact: Artifact,
+        settings: Settings,
+        source: str | bytes,
+        make_options: Any,
+        providers: list[tuple[str, dict[str, Any]]],
+    ) -> tuple[str | bytes, int | None]:
+        """(the cached model whose packed weights are mapped, the bytes they take), or the
+        source unchanged and None with a fallback noted (edgerun.backends.ort_prepacked)."""
+        value = settings.options["map_prepacked"]
+        if not isinstance(value, bool):
+            raise EdgerunError(
+                f"map_prepacked must be true or false, got {value!r}", "use map_prepacked = true"
+            )
+        if [name for name, _ in providers] != ["CPUExecutionProvider"]:
+            self.fallbacks.append(
+                "map_prepacked applies to the CPU execution provider alone; loaded the ordinary way"
+            )
+            return source, None
+        from edgerun.backends import ort_prepacked
+
+        try:
+            path, packed = ort_prepacked.prepacked_model(
+                artifact.model_file, source, settings.options, make_options,
+                artifact.weights_bytes(),
+            )  # fmt: skip
+        except EdgerunError as exc:
+            self.fallbacks.append(f"{exc.message}; loaded the ordinary way")
+            return source, None
+        return str(path), packed
 
     def _layout(self, artifact: Artifact) -> None:
         """Read the KV names, shapes and dtypes from the graph; refuse graphs without a cache."""
@@ -404,11 +452,12 @@ def _session_options(ort: Any, settings: Settings) -> Any:
         if key == "session_config":
             for entry, setting in value.items():
                 opts.add_session_config_entry(str(entry), str(setting))
-        elif key not in ("graph_optimization_level", "accuracy_level"):  # (accuracy: at load)
+        elif key not in ("graph_optimization_level", "accuracy_level", "map_prepacked"):
             if not hasattr(opts, key):
                 raise EdgerunError(
                     f"unknown onnxruntime option '{key}'",
-                    "use a SessionOptions attribute, graph_optimization_level, accuracy_level or session_config",
+                    "use a SessionOptions attribute, graph_optimization_level, accuracy_level,"
+                    " map_prepacked or session_config",
                 )
             setattr(opts, key, value)
     return opts

@@ -385,11 +385,18 @@ def _check_memory_loaded(
         from edgerun.device.memory import anonymous_bytes
 
         mb = 2**20
-        note = (
-            f"this process with {backend.name}'s {copy / mb:.0f} MiB copy of the"
-            f" {weights / mb:.0f} MiB file"
-        )
-        weights = max(anonymous_bytes(), copy)
+        if backend.loaded_mapped:  # the copy is mapped: not in the anonymous memory
+            note = (
+                f"this process plus {backend.name}'s {copy / mb:.0f} MiB packed copy of the"
+                f" {weights / mb:.0f} MiB file, mapped"
+            )
+            weights = anonymous_bytes() + copy
+        else:
+            note = (
+                f"this process with {backend.name}'s {copy / mb:.0f} MiB copy of the"
+                f" {weights / mb:.0f} MiB file"
+            )
+            weights = max(anonymous_bytes(), copy)
     check_memory(profile, weights, per_token * int(context), note=note)
 
 

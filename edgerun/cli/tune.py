@@ -50,8 +50,9 @@ def tune(
     as_json: bool,
 ) -> None:
     """Search threads, CPU affinity, artifact, backend and backend options on this machine,
-    each trial measured by the bench engine; settings that can change outputs must pass an
-    on-device KL check first. The winner is written as the user profile tuned-<profile>,
+    each trial measured by the bench engine; settings that can change outputs (MatMulNBits
+    accuracy level, flash attention, KV cache type, another artifact) must first pass an
+    on-device KL check against the artifact's shipped reference. The winner is written as the user profile tuned-<profile>,
     which run, serve, bench and edgerun.load then use on this machine without flags."""
     from rich.console import Console
 

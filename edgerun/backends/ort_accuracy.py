@@ -23,8 +23,8 @@ from edgerun.core.errors import EdgerunError
 #: MatMulNBits accuracy levels (onnxruntime contrib op): 0 unset (fp32), 1 fp32, 2 fp16, 3 bf16,
 #: 4 int8.
 LEVELS = (0, 1, 2, 3, 4)
-#: The levels MLAS has kernels for on every CPU it builds for; fp16 (2) and bf16 (3) compute
-#: exist only on some ARM cores, elsewhere the op dequantizes every weight to fp32 on every call.
+#: The levels searched: fp32 and int8 compute. fp16 (2) and bf16 (3) compute are for ARM cores
+#: with those kernels (not searched: no such machine here to measure them on).
 SEARCHED = (1, 4)
 FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 _OP, _DOMAIN = "MatMulNBits", "com.microsoft"

@@ -16,7 +16,7 @@ The layout depends on the CPU's kernels and the onnxruntime version, so the cach
 architecture and CPU flags, the graph as loaded (after an accuracy-level rewrite), the size and
 modification time of every file beside it (the weights), and the session options that change
 the optimized graph. It holds the optimized graph, its data (the original initializers, which
-the packed kernels never touch, and the packed ones: about 2.3x the file on disk) and
+the packed kernels never touch, and the packed ones: 2.2x the file on disk for a 1.5B onnx-int8) and
 ``prepacked.json``, the anonymous memory the packing took when the cache was written (what the
 mapped pages add once touched; the runtime's memory budget counts it as before). The cache is
 written once, atomically; a failure (no space, an onnxruntime that cannot serialize) falls back to

@@ -200,7 +200,11 @@ class Search:
         for _ in range(SCREEN_PASSES):
             hopeful = self._screen_once(arm, start, hopeful)
             best = max(
-                (s for s in self.samples.values() if s.arm is arm and s.score(self.objective)),
+                (
+                    s
+                    for s in self.samples.values()
+                    if s.arm is arm and s.score(self.objective) is not None
+                ),
                 key=self._key,
                 default=start,
             )
@@ -219,7 +223,9 @@ class Search:
         for dim in arm.dims:
             why = self._skip(dim, start.config)
             if why is not None:
-                self.pruned.append({"arm": arm.name, "dim": dim.name, "reason": why})
+                entry = {"arm": arm.name, "dim": dim.name, "reason": why}
+                if entry not in self.pruned:  # said once, not once per pass
+                    self.pruned.append(entry)
                 continue
             tried = [start]
             for value in self._steps(dim, start.config[dim.name]):

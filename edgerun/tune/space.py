@@ -15,7 +15,7 @@ The accuracy level is an attribute of the graph's MatMulNBits nodes, set at expo
 onnxruntime backend overrides it at load without touching the artifact
 (edgerun.backends.ort_accuracy). onnxruntime-genai loads the graph from its directory by itself,
 so its arm runs the exported level. Not searched (see README "Tune a device"): fp16 / bf16
-compute (2 / 3: kernels on some ARM cores only, elsewhere a per-call dequantization), mlock
+compute (2 / 3: for ARM cores with those kernels, none here to measure on), mlock
 (needs RLIMIT_MEMLOCK, rarely granted); the context, which is sized to the profile's memory
 budget by the runtime and recorded, not timed.
 """

@@ -472,3 +472,16 @@ def test_a_load_that_copies_the_weights_is_sized_and_checked_as_loaded(
     )
     with pytest.raises(EdgerunError, match=copied):
         edgerun.load(artifacts["onnxruntime"], small, context=64)
+
+    def mapping(self: OrtBackend, artifact: Artifact, settings: Settings) -> None:
+        copying(self, artifact, settings)
+        self.loaded_mapped = True  # map_prepacked: the copy is file-backed, not anonymous
+
+    monkeypatch.setattr(OrtBackend, "__init__", mapping)
+    monkeypatch.setattr(memory, "anonymous_bytes", lambda: 10 * mb)
+    mapped = (
+        r"needs 31\d MiB \(weights 310 MiB as loaded: this process plus onnxruntime's 300 MiB"
+        r" packed copy of the 0 MiB file, mapped \+ KV cache"
+    )
+    with pytest.raises(EdgerunError, match=mapped):
+        edgerun.load(artifacts["onnxruntime"], small, context=64)

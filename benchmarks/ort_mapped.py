@@ -17,6 +17,7 @@ benchmarks/results/ort-mapped-<time>.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,7 +73,7 @@ def child(artifact: str, mapped: bool, hold_s: float) -> dict[str, Any]:
         "pss_file_mib": round(roll.get("Pss_File", 0) / MIB, 1),
         "decode_tok_s_incl_prefill": round(decode, 2),
         "tokens": [int(t) for t in tokens],
-        "logits_sha": __import__("hashlib").sha256(np.ascontiguousarray(logits)).hexdigest(),
+        "logits_sha": hashlib.sha256(np.ascontiguousarray(logits)).hexdigest(),
         "warnings": list(model.info.warnings),
         "loaded_bytes_mib": round((model._backend.loaded_bytes or 0) / MIB, 1),
     }

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.backends.base import Artifact, Backend, Settings
-from edgerun.core.errors import EdgerunError
+from edgerun.core.errors import EdgerunError, first_line
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # ONNX TensorProto element types: binding with the int is a little cheaper than a numpy type.
@@ -94,7 +94,7 @@ class OrtBackend(Backend):
                 provider_options=[options for _, options in providers],
             )
         except Exception as exc:  # ORT raises its own pybind exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise EdgerunError(
                 f"onnxruntime cannot load {artifact.model_file}: {first}",
                 "the file is corrupt, truncated or not ONNX: re-export it (edgerun verify checks hashes)",

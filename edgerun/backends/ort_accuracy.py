@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgerun.core.errors import EdgerunError
+from edgerun.core.errors import EdgerunError, first_line
 
 #: MatMulNBits accuracy levels (onnxruntime contrib op): 0 unset (fp32), 1 fp32, 2 fp16, 3 bf16,
 #: 4 int8.
@@ -77,7 +77,7 @@ def _graph(model_file: Path) -> Any:
     try:
         return onnx.load(str(model_file), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError, OSError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise EdgerunError(
             f"cannot read the graph of {model_file}: {first}",
             "the file is corrupt, truncated or not ONNX: re-export it (edgerun verify checks hashes)",

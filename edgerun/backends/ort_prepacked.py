@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgerun.core.errors import EdgerunError
+from edgerun.core.errors import EdgerunError, first_line
 
 CACHE_NAME = "ort-prepacked"
 MODEL = "model.onnx"
@@ -127,7 +127,7 @@ def _write(final: Path, source: str | bytes, make_options: Callable[[], Any], si
             return
         raise EdgerunError(f"cannot write the mapped prepacked cache: {exc.message}") from exc
     except Exception as exc:  # onnxruntime's own exception types, OSError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise EdgerunError(f"cannot write the mapped prepacked cache: {first}") from exc
 
 

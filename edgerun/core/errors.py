@@ -31,6 +31,13 @@ class EdgerunError(Exception):
         return f"{self.message} ({hint})" if hint else self.message
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a foreign exception's text (a library's multi-line error), or its type
+    name when it has none: what a one-line EdgerunError quotes of it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class MissingExtraError(EdgerunError):
     """An optional dependency group is not installed."""
 

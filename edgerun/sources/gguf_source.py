@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgerun.core.errors import EdgerunError, require
+from edgerun.core.errors import EdgerunError, first_line, require
 
 # GGUF metadata key -> tokenizer attribute holding that special token.
 _SPECIAL_IDS = {
@@ -92,7 +92,7 @@ def dequantize_gguf(path: Path, out: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(view, **load)
             model = AutoModelForCausalLM.from_pretrained(view, dtype=torch.float32, **load)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise EdgerunError(
             f"transformers cannot load {path.name}: {first}",
             "use a GGUF of an architecture transformers supports (llama, qwen2, mistral, ...)",

@@ -273,9 +273,8 @@ class Search:
     def _note_loss(self, arm: Arm, dim: Dim, value: Any, cand: Samples, start: Samples) -> None:
         """Remember a value that, changed alone, lost to `start` by more than PRUNE_SHARE."""
         if self._dominated(cand, start):
-            sc, ss = cand.score(self.objective), start.score(self.objective)
-            assert sc is not None and ss is not None  # _dominated compared two scores
-            self._lost.setdefault((arm.kernels, dim.name, value), (arm.name, (ss - sc) / abs(ss)))
+            loss = -self._lead(cand, start)
+            self._lost.setdefault((arm.kernels, dim.name, value), (arm.name, loss))
 
     def _skip(self, dim: Dim, config: Config) -> str | None:
         """Why `dim` is not searched at `config` (None: it is)."""

@@ -3,19 +3,24 @@ at a fraction of its trials, within its budget? (issue 25)
 
 For each artifact (SmolLM2-135M onnx-int4 and gguf-q4_k_m, exported once under
 benchmarks/work/tune/), or with ``--cases directory`` their export directory as one space (every
-artifact and backend an arm, as `edgerun tune EXPORT_DIR` searches it), and each condition (idle; a synthetic background load: one busy process
-pinned to CPU 0), in one run:
+artifact and backend an arm, as `edgerun tune EXPORT_DIR` searches it), and each condition
+(idle; a synthetic background load: one busy process pinned to CPU 0), in one run:
 
 1. `edgerun tune`'s search (edgerun.tune.tune, nothing written) with its budget: its winner,
    trials, distinct configurations measured, refusals and wall time;
 2. an exhaustive sweep of the same space, every configuration measured by the same bench-engine
    trials with the same repetitions, skipping configurations the same fidelity gate refuses;
 3. the default, the tuned and the sweep's best configurations again, interleaved over three
-   rounds: the sweep's best is the maximum of many noisy trials (on a loaded machine identical
-   configurations differed 2.5x), so tuned vs best is quoted from this one interleaved stretch;
+   rounds (six where the tuned and the best are not the same computation, see 4; the tuned
+   over the best is also given round by round, where slow drift cancels): the sweep's best is
+   the maximum of many noisy trials (on a loaded machine identical configurations differed
+   2.5x), so tuned vs best is quoted from this one interleaved stretch;
 4. the ratios: the tuned configuration's decode tok/s over the sweep's best (as measured in the
    sweep, and interleaved); the search's trials (one model load and its repetitions each,
-   re-measurements included), configurations and timed repetitions over the sweep's.
+   re-measurements included), configurations and timed repetitions over the sweep's; and
+   whether the tuned and the sweep's best configurations are the same computation (the same
+   arm, equal once moot settings and graph levels with one optimized graph are normalised):
+   then their ratio measures only the noise.
 
 Results: benchmarks/results/tune-<time>.json; the machine's load average is recorded at the
 start and end of every case (this machine may be shared).
@@ -100,10 +105,16 @@ def head_to_head(
 
     arms = {arm.name: arm for arm in space.arms}
     values: dict[str, list[float]] = {name: [] for name in picks}
+    per_round: list[float | None] = []  # tuned over best within each round: drift cancels
     for _ in range(rounds):
+        medians = {}
         for name, (arm, config) in picks.items():
             kept, _discarded = measure(arms[arm], config, reps)
-            values[name] += [r["decode_tok_s"] for r in kept if r.get("decode_tok_s")]
+            got = [r["decode_tok_s"] for r in kept if r.get("decode_tok_s")]
+            values[name] += got
+            medians[name] = (stats(got) or {}).get("median")
+        tuned, best = medians["tuned"], medians["sweep_best"]
+        per_round.append(tuned / best if tuned and best else None)
     medians = {name: (stats(list(v)) or {}).get("median") for name, v in values.items()}
     best, tuned, default = medians["sweep_best"], medians["tuned"], medians["default"]
     return {
@@ -111,6 +122,7 @@ def head_to_head(
         "decode": {name: stats(list(v)) for name, v in values.items()},
         "tuned_over_best": tuned / best if tuned and best else None,
         "tuned_over_default": tuned / default if tuned and default else None,
+        "tuned_over_best_per_round": per_round,
     }
 
 
@@ -152,8 +164,18 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
     picks = {"default": (default["arm"], default["config"]),
              "tuned": (tuned["arm"], tuned["config"]),
              "sweep_best": (best["arm"], best["config"])}  # fmt: skip
-    click.echo("  head to head: default, tuned, sweep's best interleaved", err=True)
-    interleaved = head_to_head(space, measure, picks, rounds=3, reps=reps)
+    # the same arm at settings that normalise alike (moot ones, levels with one optimized
+    # graph) run the same computation: their ratio is the measurement's noise, nothing else;
+    # where they differ, twice the rounds
+    arms = {arm.name: arm for arm in space.arms}
+    same_computation = tuned["arm"] == best["arm"] and arms[tuned["arm"]].normalise(
+        tuned["config"]
+    ) == arms[best["arm"]].normalise(best["config"])
+    rounds = 3 if same_computation else 6
+    click.echo(
+        f"  head to head: default, tuned, sweep's best interleaved, {rounds} rounds", err=True
+    )
+    interleaved = head_to_head(space, measure, picks, rounds=rounds, reps=reps)
 
     def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
         return (
@@ -184,6 +206,7 @@ def one_case(artifact: Path, budget_s: float, reps: int, tokens: tuple[int, int]
             "rows": rows,
         },  # fmt: skip
         "sweep_best": best,
+        "same_computation": same_computation,
         "ratios": {
             "tuned_over_best": ratio(tuned, best),
             "tuned_over_default": ratio(tuned, default),
@@ -265,8 +288,9 @@ def summary(results: dict[str, Any]) -> str:
     """The Markdown table of the study."""
     lines = [
         "| artifact | condition | default tok/s | tuned tok/s | sweep best tok/s | tuned/best |"
-        " tuned/best interleaved | trials (tune/sweep) | configs | tune wall | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " tuned/best interleaved | same computation | trials (tune/sweep) | configs | tune wall"
+        " | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(d: dict[str, Any] | None) -> str:
@@ -278,6 +302,7 @@ def summary(results: dict[str, Any]) -> str:
             f"| {c['format']} | {c['condition']} | {cell(d)} | {cell(t)} | {b['median']:.1f}"
             f" | {c['ratios']['tuned_over_best'] or 0:.3f}"
             f" | {c['head_to_head']['tuned_over_best'] or 0:.3f}"
+            f" | {'yes' if c.get('same_computation') else 'no'}"
             f" | {c['tune']['trials']}/{c['sweep']['configs']}"
             f" | {c['tune']['configs']}/{c['sweep']['configs']}"
             f" | {c['tune']['wall_s']:.0f} s | {c['load_avg_start'][0]:.1f} |"

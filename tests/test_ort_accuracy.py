@@ -138,6 +138,60 @@ def test_the_planned_space_searches_the_level_of_an_int4_artifact(int4: dict[int
     assert ort.options({**ort.default(), "accuracy_level": 1})["accuracy_level"] == 1
 
 
+# ---- graph optimisation levels that optimize alike (edgerun.backends.ort_graph_levels) -------
+
+
+def test_levels_with_the_same_optimized_graph_compute_the_same(int4: dict[int, Path]) -> None:
+    """ALL adds only convolution layout transformers to EXTENDED: for a decoder graph the two
+    optimized graphs are identical, and so are the logits; BASIC does not fuse (SiLU stays
+    Sigmoid + Mul), so it is a graph of its own. Nothing is written beside the artifact."""
+    from edgerun.backends.base import resolve_artifact
+    from edgerun.backends.ort_graph_levels import optimized_digest, same_as
+    from edgerun.tune.space import ORT_LEVELS
+
+    model_file = resolve_artifact(int4[4]).model_file
+    before = digest(int4[4])
+    same = same_as(model_file, ORT_LEVELS)
+    assert same == {"ORT_ENABLE_EXTENDED": "ORT_ENABLE_ALL"}
+    assert optimized_digest(model_file, "ORT_ENABLE_BASIC") != optimized_digest(
+        model_file, "ORT_ENABLE_ALL"
+    )
+    assert digest(int4[4]) == before
+    at = {level: logits(int4[4], graph_optimization_level=level) for level in ORT_LEVELS}
+    assert np.array_equal(at["ORT_ENABLE_EXTENDED"], at["ORT_ENABLE_ALL"])
+
+
+def test_the_planned_space_measures_one_of_two_alike_levels(int4: dict[int, Path]) -> None:
+    """The planned arm keeps the nominal levels (the exhaustive sweep's space is unchanged) and
+    maps EXTENDED to ALL, so tune measures that computation once."""
+    from edgerun.device.profile import get_profile
+    from edgerun.tune.plan import plan_space
+
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    space = plan_space(int4[4], get_profile("generic-x86_64"), topology, 2)
+    ort = next(a for a in space.arms if a.backend == "onnxruntime")
+    dim = next(d for d in ort.dims if d.name == "graph_optimization_level")
+    assert len(dim.values) == 3 and dim.same == {"ORT_ENABLE_EXTENDED": "ORT_ENABLE_ALL"}
+    extended = {**ort.default(), "graph_optimization_level": "ORT_ENABLE_EXTENDED"}
+    assert ort.normalise(extended) == ort.default()
+    recorded = space.to_json()["arms"]
+    assert recorded[0]["same"] == {
+        "graph_optimization_level": {"ORT_ENABLE_EXTENDED": "ORT_ENABLE_ALL"}
+    }
+
+
+def test_a_graph_onnxruntime_cannot_optimize_is_a_one_line_error(tmp_path: Path) -> None:
+    from edgerun.backends.ort_graph_levels import optimized_digest
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(EdgerunError, match="cannot optimize model.onnx at ORT_ENABLE_ALL") as err:
+        optimized_digest(bad, "ORT_ENABLE_ALL")
+    assert "\n" not in err.value.message
+    with pytest.raises(EdgerunError, match="unknown graph optimisation level"):
+        optimized_digest(bad, "ORT_ENABLE_MOST")
+
+
 # ---- the mapped prepacked cache (edgerun.backends.ort_prepacked) ---------------------------
 
 

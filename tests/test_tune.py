@@ -194,6 +194,40 @@ def test_interacting_settings_moot_ones_and_a_dominated_arm(tmp_path: Path) -> N
     } in alone.pruned
 
 
+def test_a_level_that_optimizes_alike_is_measured_once(tmp_path: Path) -> None:
+    """With EXTENDED's optimized graph equal to ALL's, the ordered walk skips it (said once)
+    and goes on to BASIC, here the fastest; the exhaustive space still counts every nominal
+    level."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    same = {"ORT_ENABLE_EXTENDED": "ORT_ENABLE_ALL"}
+    arm = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2, same_levels=same)
+    plain = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2)
+    assert arm.size() == plain.size() == 12
+    measured: list[Config] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        measured.append(config)
+        speed = 50.0 if config["graph_optimization_level"] == "ORT_ENABLE_BASIC" else 40.0
+        return [{"decode_tok_s": speed + 0.01 * i} for i in range(reps)], 0
+
+    outcome = Search(Space([arm], topology), measure, _never_refuse).run()
+    levels = [c["graph_optimization_level"] for c in measured]
+    assert "ORT_ENABLE_EXTENDED" not in levels and "ORT_ENABLE_BASIC" in levels
+    assert outcome.winner.config["graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    skipped = [p for p in outcome.pruned if p.get("value") == "ORT_ENABLE_EXTENDED"]
+    assert skipped == [{
+        "arm": arm.name, "dim": "graph_optimization_level", "value": "ORT_ENABLE_EXTENDED",
+        "reason": "computes what ORT_ENABLE_ALL computes",
+    }]  # fmt: skip
+    # without the mapping EXTENDED is measured, cannot beat ALL (the same graph), and ends the
+    # walk before BASIC: the same number of trials for a worse winner
+    measured.clear()
+    before = Search(Space([plain], topology), measure, _never_refuse).run()
+    assert "ORT_ENABLE_EXTENDED" in [c["graph_optimization_level"] for c in measured]
+    assert before.winner.config["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert before.trials == outcome.trials
+
+
 def test_a_setting_that_fails_fidelity_is_never_measured_nor_chosen(tmp_path: Path) -> None:
     topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
     arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2, mean_kl=0.1)

@@ -52,6 +52,21 @@ def _accuracy_levels(artifact: Artifact) -> list[int]:
     return graph_levels(artifact.model_file)
 
 
+def _same_levels(artifact: Artifact) -> dict[str, str]:
+    """Graph optimisation levels that optimize an ONNX artifact's graph exactly as an earlier
+    level does ({} for other formats, or when onnxruntime cannot say: then every level is
+    measured)."""
+    if artifact.family != "onnx":
+        return {}
+    from edgerun.backends.ort_graph_levels import same_as
+    from edgerun.tune.space import ORT_LEVELS
+
+    try:
+        return same_as(artifact.model_file, ORT_LEVELS)
+    except EdgerunError:
+        return {}
+
+
 def _backends(artifact: Artifact, profile: Profile | None) -> list[str]:
     """Installed backends that run `artifact`, the profile's order first."""
     from edgerun.backends.registry import backends_for, is_installed
@@ -75,10 +90,12 @@ def plan_space(
     for candidate in candidate_artifacts(path):
         artifact = resolve_artifact(candidate)
         for backend in _backends(artifact, profile):
+            ort = backend == "onnxruntime"
             arm = build_arm(
                 candidate, artifact.format or candidate.name, backend, topology,
                 default_threads, _mean_kl(artifact),
-                _accuracy_levels(artifact) if backend == "onnxruntime" else None,
+                _accuracy_levels(artifact) if ort else None,
+                _same_levels(artifact) if ort else None,
             )  # fmt: skip
             arms.append(arm)
     if not arms:

@@ -22,6 +22,8 @@ a configuration accumulating over its trials:
    - a dimension that is moot at the default (``Dim.moot``: spinning with one thread);
    - further steps of an ordered dimension (``Dim.ordered``: graph optimisation levels) after a
      step that did not help;
+   - a value that computes what the starting value computes (``Dim.same``: a graph optimisation
+     level whose optimized graph is the starting level's, byte for byte);
 3. the combination of every change that beat the default, when two or more did; then, where
    the arm's best now beats its start, the values that looked like a gain (ahead by at least
    ``MIN_GAIN``) but not beyond the noise are screened again from that best (at most
@@ -231,6 +233,12 @@ class Search:
             for value in self._steps(dim, start.config[dim.name]):
                 if only is not None and (dim.name, value) not in only:
                     continue
+                if dim.same.get(value) == start.config[dim.name]:
+                    entry = {"arm": arm.name, "dim": dim.name, "value": value,
+                             "reason": f"computes what {dim.same[value]} computes"}  # fmt: skip
+                    if entry not in self.pruned:
+                        self.pruned.append(entry)
+                    continue  # not a step: an ordered walk goes on to the next value
                 lost = self._lost.get((arm.kernels, dim.name, value))
                 if lost is not None:
                     self.pruned.append({
@@ -346,10 +354,7 @@ class Search:
     # ---- candidates ----------------------------------------------------------------------
 
     def _candidate(self, arm: Arm, config: Config) -> Samples | None:
-        config = dict(config)
-        for dim in arm.dims:  # a moot setting is at its default: one sample per real config
-            if dim.moot is not None and dim.moot(config):
-                config[dim.name] = dim.values[0]
+        config = arm.normalise(config)  # one sample per distinct computation
         key = json.dumps([arm.name, config], sort_keys=True, default=str)
         if key in self.samples:
             return self.samples[key]

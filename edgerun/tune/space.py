@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ class Dim:
     What the search may skip (edgerun.tune.search): ``affects``, the objectives a value can
     move (None: every one); ``moot``, true for configurations where the value cannot matter;
     ``ordered``, values listed by degree from the default, so a step that does not help ends
-    the walk."""
+    the walk; ``same``, values that compute exactly what an earlier value computes (value ->
+    that value), measured as that value."""
 
     name: str
     values: list[Any]
@@ -53,18 +54,22 @@ class Dim:
     affects: tuple[str, ...] | None = None
     moot: Callable[[Config], bool] | None = None
     ordered: bool = False
+    same: dict[Any, Any] = field(default_factory=dict)
 
 
 def _one_thread(config: Config) -> bool:
     return threads_and_cpus(config, {})[0] == 1
 
 
+#: Graph optimisation levels, the default first, fewer transformers at each step.
+ORT_LEVELS = ["ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC"]
+
+
 def _ort_dims() -> list[Dim]:
-    levels = ["ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC"]
     return [
         Dim(
             "graph_optimization_level",
-            levels,
+            list(ORT_LEVELS),
             options=lambda v: {"graph_optimization_level": v},
             ordered=True,  # fewer fusions at each step
         ),
@@ -196,6 +201,17 @@ class Arm:
             for c in itertools.product(*(d.values for d in self.dims))
         ]
 
+    def normalise(self, config: Config) -> Config:
+        """`config` with each moot setting at its default and each value that computes what
+        another does (``Dim.same``) as that value: one key per distinct computation."""
+        config = dict(config)
+        for dim in self.dims:
+            if dim.moot is not None and dim.moot(config):
+                config[dim.name] = dim.values[0]
+            elif config.get(dim.name) in dim.same:
+                config[dim.name] = dim.same[config[dim.name]]
+        return config
+
     def output_key(self, config: Config) -> tuple[Any, ...]:
         """The settings of `config` that can change outputs: configs with equal keys give the
         same outputs, so one fidelity check covers them all."""
@@ -236,6 +252,7 @@ class Space:
                     "format": a.format,
                     "backend": a.backend,
                     "dims": {d.name: d.values for d in a.dims},
+                    "same": {d.name: d.same for d in a.dims if d.same},
                     "changes_output": [d.name for d in a.dims if d.changes_output],
                 }
                 for a in self.arms
@@ -253,16 +270,24 @@ def build_arm(
     default_threads: int,
     mean_kl: float | None = None,
     accuracy_levels: list[int] | None = None,
+    same_levels: dict[str, str] | None = None,
 ) -> Arm:
     """The arm for `artifact` on `backend`: threads (over the fastest CPU set's size),
     affinity where cores differ, then the backend's own dimensions. accuracy_levels: the
-    MatMulNBits levels of the artifact's graph (onnxruntime only; None or []: no such nodes)."""
+    MatMulNBits levels of the artifact's graph (onnxruntime only; None or []: no such nodes).
+    same_levels: graph optimisation levels that optimize its graph exactly as an earlier level
+    does (edgerun.backends.ort_graph_levels.same_as; onnxruntime only)."""
     choices = topology.affinity_choices()
     if choices:
         dims = [Dim("placement", placements(choices, default_threads))]
     else:
         dims = [Dim("threads", thread_counts(len(topology.cpus), default_threads))]
     dims += BACKEND_DIMS.get(backend, list)()
+    if same_levels and backend == "onnxruntime":
+        dims = [
+            replace(d, same=dict(same_levels)) if d.name == "graph_optimization_level" else d
+            for d in dims
+        ]
     accuracy = accuracy_dim(accuracy_levels or []) if backend == "onnxruntime" else None
     if accuracy is not None:
         dims.append(accuracy)

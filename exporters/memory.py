@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgerun.backends.base import MAX_DEFAULT_CONTEXT
 from edgerun.core.errors import EdgerunError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,6 @@ STAGE_BYTES_PER_PARAM: dict[str, float] = {
     "onnx build (optimum)": 14.0,  # fp32 model + traced graph + the serialized proto
     "onnx build (genai)": 10.0,  # the builder loads the model in fp32 and builds in memory
     "onnx quantize": 9.0,  # onnx.load of the fp32 graph + the quantized copy
-    "onnx validate": 5.0,  # onnxruntime session of the fp32 or quantized graph
     # the streamed ONNX build (exporters/onnx/stream.py: mapped weights, quantized tensor by
     # tensor): 1.96 GB on the Qwen2.5-0.5B shape (0.49B) and 3.05 GB on Qwen2.5-1.5B (1.54B),
     # i.e. ~1.45 GB + 1.04 B/param; 1.1 B/param over BASE_BYTES is that line, rounded up
@@ -42,6 +42,20 @@ STAGE_BYTES_PER_PARAM: dict[str, float] = {
     "target search": 12.0,  # the whole fp32 model, its gradients and the fake-quantized copy
     "calibrate (Fisher, whole model)": 10.0,  # the whole fp32 model and its gradients
 }
+# Validation (exporters/validate.py) holds a session of the artifact and, for the evaluation
+# windows, the artifact's logits, the reference's log-probs and float64 log-softmax temporaries;
+# the runtime checks (exporters/runtime_check.py) load the artifact once more through
+# edgerun.load. Upper envelopes of every stage measured from 0.5B to 3.2B parameters
+# (benchmarks/results/scale-20261207T123432Z.json, scale-20261207T224424Z.json; the model before
+# them, 5 B/param of fp32 weights, read 3.3 GB at validation for the Llama-3.2-3B shape's
+# onnx-int8, measured 6.9): bytes per artifact byte as loaded (onnxruntime's packed copy,
+# 1.25-1.3x the file, beside its other buffers; llama.cpp's mapped file and repacked copy)...
+# onnx-int4's factors are higher because its mixed recipe keeps some layers at 8 bits (5.7-6.1
+# bits per weight where artifact_bytes_per_param counts 5.1).
+LOAD_FACTOR = {"onnx-int4": 2.0, "onnx": 1.3, "gguf": 1.2}
+RUNTIME_FACTOR = {"onnx-int4": 2.2, "onnx": 1.5, "gguf": 2.5}
+# ...plus, at validation, this many float32 copies of the evaluation's logits (tokens x vocab)
+LOGIT_COPIES = 5
 # the importance-matrix calibration over the streamed pass's model: 3.20 GiB measured on the
 # Qwen2.5-1.5B shape where streamed_bytes models 2.81 GiB (x1.14; 6.41 GiB before the 4-bit
 # error was taken a band of rows at a time: benchmarks/results/scale-20261207T005809Z.json)
@@ -73,6 +87,8 @@ class Shape:
     hidden: int
     intermediate: int
     vocab: int
+    kv_values_per_token: int = 0  # layers x 2 x KV heads x head dim (0: unknown)
+    context: int = 0  # the context the runtime sizes its KV cache to (0: unknown)
 
 
 def checkpoint_shape(path: Path, config: dict[str, Any]) -> Shape:
@@ -92,12 +108,19 @@ def checkpoint_shape(path: Path, config: dict[str, Any]) -> Shape:
             units[key] = units.get(key, 0) + count
     text = config.get("text_config") or config
     hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+    heads = int(text.get("num_attention_heads") or text.get("n_head") or 0)
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
+    layers = int(text.get("num_hidden_layers") or text.get("n_layer") or 0)
+    trained = int(text.get("max_position_embeddings") or text.get("n_positions") or 0)
     return Shape(
         params=sum(units.values()),
         largest_unit=max(units.values(), default=0),
         hidden=hidden,
         intermediate=int(text.get("intermediate_size") or text.get("n_inner") or 4 * hidden),
         vocab=int(text.get("vocab_size") or 0),
+        kv_values_per_token=layers * 2 * kv_heads * head_dim,
+        context=min(trained, MAX_DEFAULT_CONTEXT) if trained else MAX_DEFAULT_CONTEXT,
     )
 
 
@@ -120,6 +143,26 @@ def artifact_bytes_per_param(fmt: str) -> float:
     the block scales (about 0.6 bits per weight at block 32), e.g. 0.64 for int4 / q4_k_m."""
     bits = [int(b) for b in re.findall(r"\d+", fmt.split("-", 1)[-1])[:1]] or [16]
     return 4.0 if bits[0] >= 32 else 2.0 if bits[0] >= 16 else (bits[0] + 0.6) / 8
+
+
+def validate_bytes(fmt: str, shape: Shape, eval_tokens: int) -> int:
+    """Validation of one artifact: the artifact as loaded and the evaluation's logits."""
+    weights = shape.params * artifact_bytes_per_param(fmt)
+    logits = LOGIT_COPIES * 4 * eval_tokens * shape.vocab
+    return BASE_BYTES + int(_factor(LOAD_FACTOR, fmt) * weights) + logits
+
+
+def runtime_check_bytes(fmt: str, shape: Shape) -> int:
+    """The runtime checks: the artifact loaded through edgerun.load, and for llama.cpp its f16
+    KV cache at the runtime's context, allocated whole at load (onnxruntime grows its cache
+    with the tokens, a few dozen here)."""
+    weights = shape.params * artifact_bytes_per_param(fmt)
+    kv = 0 if fmt.startswith("onnx") else 2 * shape.kv_values_per_token * shape.context
+    return BASE_BYTES + int(_factor(RUNTIME_FACTOR, fmt) * weights) + kv
+
+
+def _factor(factors: dict[str, float], fmt: str) -> float:
+    return factors.get(fmt) or factors["onnx" if fmt.startswith("onnx") else "gguf"]
 
 
 def estimate(
@@ -151,19 +194,16 @@ def estimate(
             )
             if fmt != "onnx-fp32":
                 stages["onnx quantize"] = _whole(per_param["onnx quantize"], shape)
-        if fmt.startswith("onnx") and not options.no_validate:
-            # an onnxruntime session of the artifact itself: its weights' bytes, scaled from
-            # the fp32 graph's measured cost (5 B/param for 4 B/param of weights)
-            scale = artifact_bytes_per_param(fmt) / 4.0
-            stages[f"onnx validate ({fmt})"] = _whole(per_param["onnx validate"] * scale, shape)
-        elif not fmt.startswith("onnx"):  # an ONNX format without validation has no GGUF stage
+        family = "onnx" if fmt.startswith("onnx") else "gguf"
+        if family == "gguf":
             # llama.cpp's converter and quantizer hold about one tensor at a time (lazy): 1 GB
             # of their own plus the largest unit in fp32 (3.0 B/param measured on the 0.40B
             # shape, where the whole model is about one unit's worth of that)
             stages["gguf convert + quantize"] = BASE_BYTES + GB + 4 * shape.largest_unit
-            if not options.no_validate:  # llama.cpp maps the artifact, logits for one window
-                weights = shape.params * artifact_bytes_per_param(fmt) * 1.2
-                stages[f"gguf validate ({fmt})"] = BASE_BYTES + int(weights)
+        if not options.no_validate:
+            stages[f"{family} validate ({fmt})"] = validate_bytes(fmt, shape, eval_tokens)
+        if not options.no_validate or options.probe:
+            stages[f"runtime checks ({fmt})"] = runtime_check_bytes(fmt, shape)
     calibration = None
     if "onnx-int4" in formats:
         if options.target_kl is not None or options.target_ppl_ratio is not None:

@@ -47,9 +47,10 @@ STAGE_BYTES_PER_PARAM: dict[str, float] = {
 # the runtime checks (exporters/runtime_check.py) load the artifact once more through
 # edgerun.load. Upper envelopes of every stage measured from 0.5B to 3.2B parameters
 # (benchmarks/results/scale-20261207T123432Z.json, scale-20261207T224424Z.json; the model before
-# them, 5 B/param of fp32 weights, read 3.3 GB at validation for the Llama-3.2-3B shape's
-# onnx-int8, measured 6.9): bytes per artifact byte as loaded (onnxruntime's packed copy,
-# 1.25-1.3x the file, beside its other buffers; llama.cpp's mapped file and repacked copy)...
+# them, 5 B/param of fp32 weights scaled to the artifact's bits, put validation of the
+# Llama-3.2-3B shape's onnx-int8 at 5.2 GB, measured 6.9): bytes per artifact byte as loaded
+# (onnxruntime's packed copy, 1.25-1.3x the file, beside its other buffers; llama.cpp's mapped
+# file and repacked copy)...
 # onnx-int4's factors are higher because its mixed recipe keeps some layers at 8 bits (5.7-6.1
 # bits per weight where artifact_bytes_per_param counts 5.1).
 LOAD_FACTOR = {"onnx-int4": 2.0, "onnx": 1.3, "gguf": 1.2}

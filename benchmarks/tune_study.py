@@ -111,8 +111,8 @@ def head_to_head(
     for turn in range(rounds):
         medians = {}
         # each round starts one place later, so every configuration runs in every position as
-        # often: in the study at f8fad3c identical computations, always run second (tuned) and
-        # third (best), read 0.91-0.97 of each other
+        # often (at f8fad3c identical computations, always run second and third, read 0.92-0.97
+        # of each other; rotated, at ceeedb5, 0.948 and 0.957: noise, not the position)
         shift = turn % len(names)
         for name in names[shift:] + names[:shift]:
             arm, config = picks[name]

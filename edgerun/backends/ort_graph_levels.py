@@ -33,6 +33,8 @@ def optimized_digest(model_file: Path, level: str) -> str:
     import onnx
     import onnxruntime as ort
 
+    from edgerun.backends.ort_prepacked import save_optimized
+
     try:
         value = getattr(ort.GraphOptimizationLevel, level)
     except AttributeError:
@@ -43,13 +45,8 @@ def optimized_digest(model_file: Path, level: str) -> str:
         opts.graph_optimization_level = value
         opts.intra_op_num_threads = 1
         opts.log_severity_level = 3  # ALL warns that its graph may hold hardware-specific nodes
-        opts.optimized_model_filepath = str(out)
-        for key, setting in (
-            ("session.optimized_model_external_initializers_file_name", _DATA),
-            ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
-            ("session.disable_prepacking", "1"),
-        ):
-            opts.add_session_config_entry(key, setting)
+        save_optimized(opts, out, _DATA)
+        opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
             os.symlink(os.devnull, Path(tmp) / _DATA)
             session = ort.InferenceSession(

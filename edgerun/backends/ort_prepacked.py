@@ -92,6 +92,18 @@ def prepacked_model(
     return final / MODEL, _packed_bytes(final / FACTS)
 
 
+def save_optimized(opts: Any, model: Path, data_name: str) -> None:
+    """Have the session `opts` configure write its optimized graph to `model`, every
+    initializer of 1 KiB or more in the file `data_name` beside it."""
+    opts.optimized_model_filepath = str(model)
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", data_name
+    )
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
+
+
 def _write(final: Path, source: str | bytes, make_options: Callable[[], Any], size: int) -> None:
     import onnxruntime as ort
 
@@ -108,13 +120,10 @@ def _write(final: Path, source: str | bytes, make_options: Callable[[], Any], si
     try:
         with atomic_dir(final) as tmp:
             opts = make_options()
-            opts.optimized_model_filepath = str(tmp / MODEL)
-            for key, value in (
-                ("session.optimized_model_external_initializers_file_name", DATA),
-                ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
-                ("session.save_external_prepacked_constant_initializers", "1"),
-            ):
-                opts.add_session_config_entry(key, value)
+            save_optimized(opts, tmp / MODEL, DATA)
+            opts.add_session_config_entry(
+                "session.save_external_prepacked_constant_initializers", "1"
+            )
             before = anonymous_bytes()
             session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
             packed = max(anonymous_bytes() - before, 0)

@@ -283,10 +283,8 @@ class Search:
             top = max(tried, key=self._key)
             if self._beats(top, start):
                 combined[dim.name], changed = top.config[dim.name], changed + 1
-        for dim in arm.dims:  # a change that is moot beside the others is no change
-            if dim.moot is not None and dim.moot(combined):
-                combined[dim.name] = start.config[dim.name]
         if changed > 1:
+            # normalised there: a change that is moot beside the others is no change
             found = self._candidate(arm, combined)
             if found is not None and not found.trials:
                 self._measure(found)

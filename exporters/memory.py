@@ -158,12 +158,16 @@ def runtime_check_bytes(fmt: str, shape: Shape) -> int:
     KV cache at the runtime's context, allocated whole at load (onnxruntime grows its cache
     with the tokens, a few dozen here)."""
     weights = shape.params * artifact_bytes_per_param(fmt)
-    kv = 0 if fmt.startswith("onnx") else 2 * shape.kv_values_per_token * shape.context
+    kv = 0 if _family(fmt) == "onnx" else 2 * shape.kv_values_per_token * shape.context
     return BASE_BYTES + int(_factor(RUNTIME_FACTOR, fmt) * weights) + kv
 
 
+def _family(fmt: str) -> str:
+    return "onnx" if fmt.startswith("onnx") else "gguf"
+
+
 def _factor(factors: dict[str, float], fmt: str) -> float:
-    return factors.get(fmt) or factors["onnx" if fmt.startswith("onnx") else "gguf"]
+    return factors.get(fmt) or factors[_family(fmt)]
 
 
 def estimate(
@@ -195,7 +199,7 @@ def estimate(
             )
             if fmt != "onnx-fp32":
                 stages["onnx quantize"] = _whole(per_param["onnx quantize"], shape)
-        family = "onnx" if fmt.startswith("onnx") else "gguf"
+        family = _family(fmt)
         if family == "gguf":
             # llama.cpp's converter and quantizer hold about one tensor at a time (lazy): 1 GB
             # of their own plus the largest unit in fp32 (3.0 B/param measured on the 0.40B

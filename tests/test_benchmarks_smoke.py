@@ -329,3 +329,28 @@ def test_capped_evicts_every_file_it_is_given(tmp_path: Path) -> None:
     (tmp_path / "c.gguf").write_bytes(b"z" * 100)
     assert evict([tmp_path / "d", tmp_path / "c.gguf"]) == 8100
     assert evict([]) == 0
+
+
+def test_the_tune_study_pools_the_sweep_by_distinct_computation(tmp_path: Path) -> None:
+    """Two nominal configurations that run alike (a quantized KV cache turns flash attention
+    on) are one computation: their reps are pooled before the best is picked, so the luckier
+    draw is not crowned (session 14 read one computation at 112.4 and 140.6 tok/s)."""
+    from benchmarks.tune_study import computations
+    from edgerun.tune.space import Space, build_arm
+    from edgerun.tune.topology import Topology
+
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2)
+    q8 = {**arm.default(), "kv_cache": "q8_0"}
+    rows = [
+        {"arm": arm.name, "config": arm.default(), "values": [127.0, 128.0, 129.0]},
+        {"arm": arm.name, "config": q8, "values": [110.0, 112.4, 114.0]},
+        {"arm": arm.name, "config": {**q8, "flash_attn": True}, "values": [139.0, 140.6, 141.0]},
+        {"arm": arm.name, "config": {**arm.default(), "threads": 1}, "values": []},  # all busy
+    ]
+    pooled = computations(rows, Space([arm], topology))
+    assert len(pooled) == 2
+    (flash_q8,) = [g for g in pooled if g["config"]["kv_cache"] == "q8_0"]
+    assert flash_q8["config"]["flash_attn"] and len(flash_q8["nominal"]) == 2
+    assert flash_q8["decode"]["median"] == pytest.approx((114.0 + 139.0) / 2)
+    assert max(pooled, key=lambda g: g["decode"]["median"])["config"] == arm.default()

@@ -136,6 +136,13 @@ def test_the_planned_space_searches_the_level_of_an_int4_artifact(int4: dict[int
     dim = next(d for d in ort.dims if d.name == "accuracy_level")
     assert dim.values == [4, 1]
     assert ort.options({**ort.default(), "accuracy_level": 1})["accuracy_level"] == 1
+    # onnxruntime-genai runs the same graph on the same kernels with onnxruntime's defaults
+    # for what it cannot set (it spins its threads) and the exported level
+    genai = next(a for a in space.arms if a.backend == "genai")
+    assert {d.name: d.values[0] for d in genai.fixed} == {
+        "graph_optimization_level": "ORT_ENABLE_ALL", "spinning": True, "accuracy_level": 4,
+    }  # fmt: skip
+    assert ort.fixed == []
 
 
 # ---- graph optimisation levels that optimize alike (edgerun.backends.ort_graph_levels) -------

@@ -16,7 +16,7 @@ from edgerun.cli import cli
 from edgerun.core.errors import EdgerunError
 from edgerun.tune.fidelity import FidelityGate
 from edgerun.tune.search import Search
-from edgerun.tune.space import Arm, Config, Space, build_arm, threads_and_cpus
+from edgerun.tune.space import Arm, Config, Space, build_arm, run_fixed, threads_and_cpus
 from edgerun.tune.topology import Topology, read_topology
 
 
@@ -234,25 +234,26 @@ def test_a_setting_that_fails_fidelity_is_never_measured_nor_chosen(tmp_path: Pa
     reference = rng.normal(size=(8, 50))
 
     def logits(arm: Arm, config: Config) -> np.ndarray:
-        # flash attention here changes outputs a lot; the q8_0 KV cache barely
-        drift = 2.0 if config["flash_attn"] else 0.01 if config["kv_cache"] == "q8_0" else 0.0
+        # the q8_0 KV cache here changes outputs a lot; flash attention barely
+        drift = 2.0 if config["kv_cache"] == "q8_0" else 0.01 if config["flash_attn"] else 0.0
         return reference + drift * np.random.default_rng(1).normal(size=reference.shape)
 
     measured: list[Config] = []
 
     def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
         measured.append(config)
-        fast = 3.0 if config["flash_attn"] else 1.5 if config["kv_cache"] == "q8_0" else 1.0
+        fast = 3.0 if config["kv_cache"] == "q8_0" else 1.5 if config["flash_attn"] else 1.0
         return [{"decode_tok_s": 10 * fast}] * reps, 0
 
     gate = FidelityGate(0.1, arm, logits)
     outcome = Search(Space([arm], topology), measure, gate).run()
-    assert [r["config"]["flash_attn"] for r in outcome.refused] == [True]
+    assert [r["config"]["kv_cache"] for r in outcome.refused] == ["q8_0"]
     assert "mean KL" in outcome.refused[0]["reason"]
-    assert not any(c["flash_attn"] for c in measured)
-    assert outcome.winner.config["kv_cache"] == "q8_0" and not outcome.winner.config["flash_attn"]
-    (kv_check,) = [c for c in gate.checks if c["config"]["kv_cache"] == "q8_0"]
-    assert kv_check["kl"] <= kv_check["bound"] == pytest.approx(0.01)
+    assert not any(c["kv_cache"] == "q8_0" for c in measured)
+    assert outcome.winner.config["flash_attn"] and outcome.winner.config["kv_cache"] == "f16"
+    (flash_check,) = [c for c in gate.checks if c["config"]["flash_attn"]
+                      and c["config"]["kv_cache"] == "f16"]  # fmt: skip
+    assert flash_check["kl"] <= flash_check["bound"] == pytest.approx(0.01)
 
     def cannot_load(arm: Arm, config: Config) -> np.ndarray:
         if config["kv_cache"] == "q8_0":
@@ -357,7 +358,8 @@ def test_a_gain_hidden_by_contention_is_found_from_the_first_pass_best(tmp_path:
         measured.append(config)
         one, flash, q8 = config["threads"] == 1, config["flash_attn"], config["kv_cache"] == "q8_0"
         if not one:  # contended: noisy
-            speeds = [10.0, 19.0, 28.0] if flash else [10.0, 14.6, 20.0]
+            # a q8_0 KV cache runs flash attention too (normalised so): its loss shows
+            speeds = [10.0, 19.0, 28.0] if flash and not q8 else [10.0, 14.6, 20.0]
         else:
             speeds = [v + (8.0 if flash else 0.0) for v in (48.5, 49.0, 49.5)]
         scale = 0.5 if q8 else 1.0
@@ -438,8 +440,8 @@ def test_a_confirmed_gain_is_kept_over_a_less_measured_higher_median(tmp_path: P
     def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
         name = (
             "one thread" if config["threads"] == 1
+            else "q8_0" if config["kv_cache"] == "q8_0"  # flash attention on with it
             else "flash" if config["flash_attn"]
-            else "q8_0" if config["kv_cache"] == "q8_0"
             else "default"
         )  # fmt: skip
         n = calls[name] = calls.get(name, 0) + 1
@@ -447,7 +449,7 @@ def test_a_confirmed_gain_is_kept_over_a_less_measured_higher_median(tmp_path: P
 
     outcome = Search(Space([arm], topology), measure, _never_refuse).run()
     assert calls == {"default": 2, "one thread": 1, "flash": 1, "q8_0": 2}
-    assert outcome.winner.config == {**arm.default(), "kv_cache": "q8_0"}
+    assert outcome.winner.config == {**arm.default(), "kv_cache": "q8_0", "flash_attn": True}
 
 
 def test_the_budget_is_honoured(tmp_path: Path) -> None:
@@ -725,3 +727,67 @@ def test_a_lead_under_the_minimum_gain_is_a_tie_and_not_confirmed(tmp_path: Path
     assert outcome.trials == 4  # the screen only: default, 1 thread, EXTENDED, no spinning
     (tie,) = [p for p in outcome.pruned if "a tie" in p["reason"]]
     assert tie["config"] == extended and "by 1.0% < 2%" in tie["reason"]
+
+
+@pytest.mark.parametrize(("spinning_loses", "genai_measured"), [(True, False), (False, True)])
+def test_an_arm_that_runs_a_setting_that_lost_on_the_same_kernels_is_not_measured(
+    tmp_path: Path, spinning_loses: bool, genai_measured: bool
+) -> None:
+    """The loaded study's onnx-int4 case (benchmarks/results/tune-20261207T230258Z.json): two
+    spinning threads read 79.9 tok/s and two that do not 104.7 under onnxruntime; genai, which
+    spins its threads and cannot be told not to, read 81.0 there. Where spinning lost beyond
+    PRUNE_SHARE, genai's two-thread start is not measured; where it won (idle), it is."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    ort = build_arm(tmp_path / "a", "onnx-int4", "onnxruntime", topology, 2, accuracy_levels=[4])
+    genai = build_arm(tmp_path / "a", "onnx-int4", "genai", topology, 2)
+    gguf = build_arm(tmp_path / "b", "gguf-q4_k_m", "llamacpp", topology, 2)
+    run_fixed([ort, genai, gguf])
+    assert {d.name: d.values for d in genai.fixed} == {
+        "graph_optimization_level": ["ORT_ENABLE_ALL"], "spinning": [True], "accuracy_level": [4],
+    }  # fmt: skip
+    assert ort.fixed == [] and gguf.fixed == []
+    measured: list[str] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        measured.append(arm.backend)
+        spins = config.get("spinning", True) and config["threads"] == 2
+        speed = 95.0 if config["threads"] == 1 else 80.0 if spins == spinning_loses else 105.0
+        if config.get("accuracy_level", 4) != 4:
+            speed /= 7
+        return [{"decode_tok_s": speed + d} for d in (-0.5, 0.0, 0.5)][:reps], 0
+
+    outcome = Search(Space([ort, genai], topology), measure, _never_refuse).run()
+    assert ("genai" in measured) is genai_measured
+    reasons = [p["reason"] for p in outcome.pruned if p["arm"] == "onnx-int4@genai"]
+    if genai_measured:
+        assert not any("cannot change" in r for r in reasons)
+    else:
+        assert reasons == [
+            "runs spinning=True, which genai cannot change, and that lost 24% on "
+            "onnx-int4@onnxruntime, the same kernels"
+        ]
+
+
+def test_a_quantized_kv_cache_and_flash_attention_are_one_computation(tmp_path: Path) -> None:
+    """kv_cache=q8_0 turns flash attention on (llama.cpp needs it for a quantized V cache), so
+    flash_attn=False beside it is flash_attn=True: one key, one measurement (the session-14
+    sweep measured both and read 112.4 and 140.6 tok/s)."""
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    arm = build_arm(tmp_path / "gguf", "gguf-q4_k_m", "llamacpp", topology, 2)
+    off = {**arm.default(), "kv_cache": "q8_0"}
+    on = {**off, "flash_attn": True}
+    assert arm.options(off) == arm.options(on)  # what the backend is given: the same
+    assert arm.normalise(off) == arm.normalise(on) == on
+    assert arm.normalise(arm.default()) == arm.default()  # f16 forces nothing
+    measured: list[Config] = []
+
+    def measure(arm: Arm, config: Config, reps: int) -> tuple[list[dict[str, Any]], int]:
+        measured.append(config)
+        speed = 100.0 + 10 * config["flash_attn"] + 10 * (config["kv_cache"] == "q8_0")
+        return [{"decode_tok_s": speed + d} for d in (-0.5, 0.0, 0.5)][:reps], 0
+
+    outcome = Search(Space([arm], topology), measure, _never_refuse).run()
+    assert outcome.winner.config == {**on, "threads": 2}
+    keys = [json.dumps(c, sort_keys=True) for c in measured]
+    assert len(keys) == len(set(keys))  # the combination of both is the q8_0 trial, not new
+    assert all(c["flash_attn"] for c in measured if c["kv_cache"] == "q8_0")

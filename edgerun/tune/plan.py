@@ -11,7 +11,7 @@ from edgerun.backends.base import Artifact, resolve_artifact
 from edgerun.core.errors import EdgerunError
 from edgerun.core.manifest import MANIFEST_NAME
 from edgerun.device.profile import Profile
-from edgerun.tune.space import Arm, Space, build_arm
+from edgerun.tune.space import Arm, Space, build_arm, run_fixed
 from edgerun.tune.topology import Topology
 
 
@@ -100,6 +100,7 @@ def plan_space(
             arms.append(arm)
     if not arms:
         raise EdgerunError(f"no installed backend runs {path}", "pip install 'edgerun[all]'")
+    run_fixed(arms)
     first = next((a for a in arms if Path(a.artifact) == Path(chosen)), arms[0])
     arms.remove(first)
     return Space([first, *arms], topology, topology.affinity_choices())

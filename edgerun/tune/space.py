@@ -45,7 +45,8 @@ class Dim:
     move (None: every one); ``moot``, true for configurations where the value cannot matter;
     ``ordered``, values listed by degree from the default, so a step that does not help ends
     the walk; ``same``, values that compute exactly what an earlier value computes (value ->
-    that value), measured as that value."""
+    that value), measured as that value; ``implied``, the value the other settings of a
+    configuration force on this one (None: they force none), measured as that value."""
 
     name: str
     values: list[Any]
@@ -55,6 +56,7 @@ class Dim:
     moot: Callable[[Config], bool] | None = None
     ordered: bool = False
     same: dict[Any, Any] = field(default_factory=dict)
+    implied: Callable[[Config], Any] | None = None
 
 
 def _one_thread(config: Config) -> bool:
@@ -91,6 +93,13 @@ def _kv_options(value: str) -> dict[str, Any]:
     return {"type_k": KV_TYPES[value], "type_v": KV_TYPES[value], "flash_attn": True}
 
 
+def _flash_for_kv(config: Config) -> bool | None:
+    """Flash attention where the KV cache is quantized (_kv_options turns it on): in the
+    session-14 sweep flash_attn=False and True beside kv_cache=q8_0 were one computation
+    measured twice, at 112.4 and 140.6 tok/s."""
+    return True if config.get("kv_cache", "f16") != "f16" else None
+
+
 def _llamacpp_dims() -> list[Dim]:
     return [
         # n_batch only splits the prompt; mmap only pages the weights in (before the warm-up
@@ -101,7 +110,13 @@ def _llamacpp_dims() -> list[Dim]:
             options=lambda v: {"n_batch": v, "n_ubatch": v},
             affects=("ttft",),
         ),
-        Dim("flash_attn", [False, True], True, options=lambda v: {"flash_attn": v}),
+        Dim(
+            "flash_attn",
+            [False, True],
+            True,
+            options=lambda v: {"flash_attn": v},
+            implied=_flash_for_kv,  # kv_cache=q8_0 runs flash attention whatever this says
+        ),
         Dim("kv_cache", ["f16", "q8_0"], True, options=_kv_options),
         Dim("mmap", [True, False], options=lambda v: {"use_mmap": v}, affects=("ttft",)),
     ]
@@ -175,6 +190,9 @@ class Arm:
     backend: str
     dims: list[Dim]
     mean_kl: float | None = None  # the export's validation KL (manifest)
+    #: settings of its engine's dimensions this backend runs but cannot change, each a
+    #: one-value Dim (edgerun.tune.space.run_fixed): onnxruntime-genai spins its threads
+    fixed: list[Dim] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -202,12 +220,16 @@ class Arm:
         ]
 
     def normalise(self, config: Config) -> Config:
-        """`config` with each moot setting at its default and each value that computes what
-        another does (``Dim.same``) as that value: one key per distinct computation."""
+        """`config` with each moot setting at its default, each value that computes what
+        another does (``Dim.same``) as that value and each setting the others force
+        (``Dim.implied``) at the forced value: one key per distinct computation."""
         config = dict(config)
         for dim in self.dims:
+            forced = dim.implied(config) if dim.implied is not None else None
             if dim.moot is not None and dim.moot(config):
                 config[dim.name] = dim.values[0]
+            elif forced is not None:
+                config[dim.name] = forced
             elif config.get(dim.name) in dim.same:
                 config[dim.name] = dim.same[config[dim.name]]
         return config
@@ -229,6 +251,27 @@ class Arm:
                 else:
                     out[key] = value
         return out
+
+
+def run_fixed(arms: list[Arm]) -> None:
+    """Give each arm whose backend runs another's kernels (``ENGINES``) the settings it runs
+    of that engine's arm's dimensions without searching them: their default values, the
+    exported accuracy level included. Measured for onnxruntime-genai 0.11.4 on the SmolLM2
+    onnx-int4 export, two threads, 2 ms between tokens (benchmarks/genai_spinning.py,
+    results/genai-spinning-20261208T003148Z.json): its process used 1.77 CPUs per wall second,
+    onnxruntime 1.76 with spinning and 1.28 without, so it spins."""
+    for arm in arms:
+        engine = next(
+            (a for a in arms if a is not arm and a.backend == ENGINES.get(arm.backend)
+             and a.kernels == arm.kernels),
+            None,
+        )  # fmt: skip
+        if engine is None:
+            continue
+        own = {d.name for d in arm.dims}
+        arm.fixed = [
+            replace(d, values=[d.values[0]], same={}) for d in engine.dims if d.name not in own
+        ]
 
 
 @dataclass
@@ -253,6 +296,7 @@ class Space:
                     "backend": a.backend,
                     "dims": {d.name: d.values for d in a.dims},
                     "same": {d.name: d.same for d in a.dims if d.same},
+                    "fixed": {d.name: d.values[0] for d in a.fixed},
                     "changes_output": [d.name for d in a.dims if d.changes_output],
                 }
                 for a in self.arms

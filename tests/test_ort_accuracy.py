@@ -270,3 +270,72 @@ def test_a_changed_artifact_gets_another_cache_entry(
     assert cache_key(model_file, str(model_file), level) != cache_key(
         model_file, str(model_file), {}
     )
+
+
+# ---- the kernel probe (edgerun.backends.ort_nbits_probe) --------------------------------------
+
+
+def test_the_probe_times_every_matmulnbits_kind_of_the_graph(int4: dict[int, Path]) -> None:
+    """The probe groups the graph's MatMulNBits nodes by kind and times one decode step's
+    products per level; its one-node graphs are valid MatMulNBits that compute alike at both
+    levels (only the rounding of int8 activations differs). No timing is asserted."""
+    import onnxruntime as ort
+
+    from edgerun.backends.base import resolve_artifact
+    from edgerun.backends.ort_accuracy import read_graph
+    from edgerun.backends.ort_nbits_probe import _node_model, kinds, step_seconds
+
+    model_file = resolve_artifact(int4[4]).model_file
+    found = kinds(model_file)
+    nodes = [n for n in read_graph(model_file).graph.node if n.op_type == "MatMulNBits"]
+    assert sum(found.values()) == len(nodes) > 0
+    assert all(bits in (4, 8) and block > 0 for _k, _n, bits, block, _z in found)
+    seconds = step_seconds(model_file, [4, 1])
+    assert set(seconds) == {4, 1} and all(s > 0 for s in seconds.values())
+    kind = max(found, key=lambda k: k[0] * k[1])
+    a = np.random.default_rng(3).standard_normal((1, kind[0]), np.float32)
+    out = {
+        level: ort.InferenceSession(_node_model(kind, level)).run(None, {"A": a})[0]
+        for level in (4, 1)
+    }
+    assert out[4].shape == (1, min(kind[1], 4096)) and np.abs(out[1]).max() > 0
+    assert np.abs(out[4] - out[1]).max() < 0.05 * np.abs(out[1]).max()
+
+
+@pytest.mark.parametrize(("fp32_ms", "pruned"), [(6.0, True), (1.4, False)])
+def test_a_level_the_probe_measured_far_slower_is_never_screened(
+    int4: dict[int, Path], monkeypatch: pytest.MonkeyPatch, fp32_ms: float, pruned: bool
+) -> None:
+    """Level 1's products 6x level 4's: the planned dimension keeps both nominal levels (the
+    sweep is unchanged) but marks 1 slower, and the search prunes it, saying what was measured;
+    at 1.4x it is screened as before. The probe's times are faked here, not measured."""
+    from edgerun.backends import ort_nbits_probe
+    from edgerun.device.profile import get_profile
+    from edgerun.tune.plan import plan_space
+    from edgerun.tune.search import Search
+
+    monkeypatch.setattr(
+        ort_nbits_probe, "step_seconds", lambda _f, levels: {4: 1e-3, 1: fp32_ms * 1e-3}
+    )
+    topology = Topology(cpus=[0, 1], clusters=[[0, 1]], one_per_core=[0, 1])
+    space = plan_space(int4[4], get_profile("generic-x86_64"), topology, 2)
+    ort = next(a for a in space.arms if a.backend == "onnxruntime")
+    dim = next(d for d in ort.dims if d.name == "accuracy_level")
+    assert dim.values == [4, 1]
+    assert (1 in dim.slower) is pruned
+    measured: list[int] = []
+
+    def measure(arm, config, reps):  # type: ignore[no-untyped-def]
+        measured.append(config.get("accuracy_level", 4))
+        return [{"decode_tok_s": 100.0 + d} for d in (-0.5, 0.0, 0.5)][:reps], 0
+
+    outcome = Search(space, measure, lambda arm, config: None).run()
+    assert (1 in measured) is not pruned
+    reasons = [p["reason"] for p in outcome.pruned if p.get("dim") == "accuracy_level"]
+    if pruned:
+        assert reasons == [
+            "its MatMulNBits products took 6.0x level 4's here (6.00 against 1.00 ms a step,"
+            " one thread)"
+        ]
+    else:
+        assert reasons == []

@@ -27,7 +27,7 @@ LEVELS = (0, 1, 2, 3, 4)
 #: with those kernels (not searched: no such machine here to measure them on).
 SEARCHED = (1, 4)
 FOLDER_KEY = "session.model_external_initializers_file_folder_path"
-_OP, _DOMAIN = "MatMulNBits", "com.microsoft"
+OP, DOMAIN = "MatMulNBits", "com.microsoft"
 
 
 def check_level(value: object) -> int:
@@ -43,11 +43,11 @@ def check_level(value: object) -> int:
 def graph_levels(model_file: Path) -> list[int]:
     """The accuracy levels of the graph's MatMulNBits nodes, sorted and unique ([] for none).
     Reads the graph only, never the external weights."""
-    model = _graph(model_file)
+    model = read_graph(model_file)
     found = {
         next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
         for n in model.graph.node
-        if n.op_type == _OP and n.domain == _DOMAIN
+        if n.op_type == OP and n.domain == DOMAIN
     }
     return sorted(found)
 
@@ -60,8 +60,8 @@ def with_level(model_file: Path, level: int) -> bytes | None:
     import onnx
 
     level = check_level(level)
-    model = _graph(model_file)
-    nodes = [n for n in model.graph.node if n.op_type == _OP and n.domain == _DOMAIN]
+    model = read_graph(model_file)
+    nodes = [n for n in model.graph.node if n.op_type == OP and n.domain == DOMAIN]
     if not nodes:
         return None
     for node in nodes:
@@ -71,7 +71,8 @@ def with_level(model_file: Path, level: int) -> bytes | None:
     return bytes(model.SerializeToString())
 
 
-def _graph(model_file: Path) -> Any:
+def read_graph(model_file: Path) -> Any:
+    """The graph of `model_file` without its external weights, or a one-line error."""
     import onnx
 
     try:

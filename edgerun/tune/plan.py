@@ -67,6 +67,23 @@ def _same_levels(artifact: Artifact) -> dict[str, str]:
         return {}
 
 
+def _slower_levels(artifact: Artifact, levels: list[int]) -> dict[int, str]:
+    """Accuracy levels an ONNX artifact's MatMulNBits products run slower beyond doubt on this
+    CPU than its exported level, with what was measured ({} when it has no single level, or
+    when onnxruntime cannot say: then every level is measured)."""
+    from edgerun.tune.space import accuracy_dim
+
+    dim = accuracy_dim(levels)
+    if dim is None:
+        return {}
+    from edgerun.backends.ort_nbits_probe import slower_levels
+
+    try:
+        return slower_levels(artifact.model_file, dim.values[0], dim.values[1:])
+    except EdgerunError:
+        return {}
+
+
 def _backends(artifact: Artifact, profile: Profile | None) -> list[str]:
     """Installed backends that run `artifact`, the profile's order first."""
     from edgerun.backends.registry import backends_for, is_installed
@@ -91,11 +108,12 @@ def plan_space(
         artifact = resolve_artifact(candidate)
         for backend in _backends(artifact, profile):
             ort = backend == "onnxruntime"
+            levels = _accuracy_levels(artifact) if ort else []
             arm = build_arm(
                 candidate, artifact.format or candidate.name, backend, topology,
-                default_threads, _mean_kl(artifact),
-                _accuracy_levels(artifact) if ort else None,
+                default_threads, _mean_kl(artifact), levels,
                 _same_levels(artifact) if ort else None,
+                _slower_levels(artifact, levels) if ort else None,
             )  # fmt: skip
             arms.append(arm)
     if not arms:

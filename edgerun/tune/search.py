@@ -24,6 +24,9 @@ a configuration accumulating over its trials:
      step that did not help;
    - a value that computes what the starting value computes (``Dim.same``: a graph optimisation
      level whose optimized graph is the starting level's, byte for byte);
+   - a value a probe measured slower beyond doubt before the search (``Dim.slower``: an
+     accuracy level whose MatMulNBits products alone took more than 1.5x the exported level's,
+     edgerun.backends.ort_nbits_probe);
 3. the combination of every change that beat the default, when two or more did; then, where
    the arm's best now beats its start, the values that looked like a gain (ahead by at least
    ``MIN_GAIN``) but not beyond the noise are screened again from that best (at most
@@ -255,6 +258,12 @@ class Search:
             tried = [start]
             for value in self._steps(dim, start.config[dim.name]):
                 if only is not None and (dim.name, value) not in only:
+                    continue
+                if value in dim.slower:  # a probe measured it slower beyond doubt
+                    entry = {"arm": arm.name, "dim": dim.name, "value": value,
+                             "reason": dim.slower[value]}  # fmt: skip
+                    if entry not in self.pruned:
+                        self.pruned.append(entry)
                     continue
                 if dim.same.get(value) == start.config[dim.name]:
                     entry = {"arm": arm.name, "dim": dim.name, "value": value,

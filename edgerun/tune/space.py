@@ -46,7 +46,9 @@ class Dim:
     ``ordered``, values listed by degree from the default, so a step that does not help ends
     the walk; ``same``, values that compute exactly what an earlier value computes (value ->
     that value), measured as that value; ``implied``, the value the other settings of a
-    configuration force on this one (None: they force none), measured as that value."""
+    configuration force on this one (None: they force none), measured as that value;
+    ``slower``, values a probe on this machine measured slower beyond doubt (value -> what it
+    measured), never screened."""
 
     name: str
     values: list[Any]
@@ -57,6 +59,7 @@ class Dim:
     ordered: bool = False
     same: dict[Any, Any] = field(default_factory=dict)
     implied: Callable[[Config], Any] | None = None
+    slower: dict[Any, str] = field(default_factory=dict)
 
 
 def _one_thread(config: Config) -> bool:
@@ -296,6 +299,7 @@ class Space:
                     "backend": a.backend,
                     "dims": {d.name: d.values for d in a.dims},
                     "same": {d.name: d.same for d in a.dims if d.same},
+                    "slower": {d.name: d.slower for d in a.dims if d.slower},
                     "fixed": {d.name: d.values[0] for d in a.fixed},
                     "changes_output": [d.name for d in a.dims if d.changes_output],
                 }
@@ -315,12 +319,15 @@ def build_arm(
     mean_kl: float | None = None,
     accuracy_levels: list[int] | None = None,
     same_levels: dict[str, str] | None = None,
+    slower_levels: dict[int, str] | None = None,
 ) -> Arm:
     """The arm for `artifact` on `backend`: threads (over the fastest CPU set's size),
     affinity where cores differ, then the backend's own dimensions. accuracy_levels: the
     MatMulNBits levels of the artifact's graph (onnxruntime only; None or []: no such nodes).
     same_levels: graph optimisation levels that optimize its graph exactly as an earlier level
-    does (edgerun.backends.ort_graph_levels.same_as; onnxruntime only)."""
+    does (edgerun.backends.ort_graph_levels.same_as; onnxruntime only). slower_levels:
+    accuracy levels whose MatMulNBits products ran slower beyond doubt here, with what was
+    measured (edgerun.backends.ort_nbits_probe.slower_levels; onnxruntime only)."""
     choices = topology.affinity_choices()
     if choices:
         dims = [Dim("placement", placements(choices, default_threads))]
@@ -334,5 +341,5 @@ def build_arm(
         ]
     accuracy = accuracy_dim(accuracy_levels or []) if backend == "onnxruntime" else None
     if accuracy is not None:
-        dims.append(accuracy)
+        dims.append(replace(accuracy, slower=dict(slower_levels or {})))
     return Arm(artifact, fmt, backend, dims, mean_kl)

@@ -49,7 +49,9 @@ a configuration accumulating over its trials:
    ``PRUNE_SHARE`` on onnxruntime, genai's two-thread start is not measured: under load the
    study measured it at 81.0 tok/s against onnxruntime's 79.9 with spinning, 104.7 without);
 5. confirmation: while the best and the default are too close to call and the best is still
-   ahead by at least ``MIN_GAIN``, both are measured again, at most ``CONFIRM_ROUNDS`` times.
+   ahead by at least ``MIN_GAIN``, and by more than the rounds left could resolve at the spread
+   measured so far (a lead the noise of their repetitions would still cover after them is a
+   tie whatever they read), both are measured again, at most ``CONFIRM_ROUNDS`` times.
    The best replaces the default only when it beats it (by ``MIN_GAIN`` and beyond the noise),
    so a lead under ``MIN_GAIN`` is a tie whatever the noise: re-measuring it would only test
    whether noise can make it look like a gain.
@@ -396,7 +398,7 @@ class Search:
         best is still ahead: once a round puts it behind the default it cannot replace it
         (the default is kept on a close call), so another round would buy nothing (the idle
         onnx-int4 study spent 4 of its 10 trials on two rounds of such a call)."""
-        for _ in range(CONFIRM_ROUNDS):
+        for done in range(CONFIRM_ROUNDS):
             if best is default or not self._close(best, default):
                 return
             if self._key(best) <= self._key(default):
@@ -409,8 +411,34 @@ class Search:
                     "reason": f"ahead of the default by {lead:.1%} < {MIN_GAIN:.0%}: a tie",
                 })  # fmt: skip
                 return
+            left = CONFIRM_ROUNDS - done
+            reach = self._reach(best, default, left * FIRST_REPS)
+            if lead <= reach:
+                self.pruned.append({
+                    "arm": best.arm.name, "config": best.config,
+                    "reason": f"ahead of the default by {lead:.1%}, under the {reach:.1%} that "
+                    f"{left} more round(s) could show at the spread measured: a tie",
+                })  # fmt: skip
+                return
             for sample in (best, default):
                 self._measure(sample)
+
+    def _reach(self, a: Samples, b: Samples, more: int) -> float:
+        """The smallest lead of a over b, as a share of b's score, that `_beats` could accept
+        after `more` further repetitions of each at the spreads measured so far. A lead under
+        it stays a tie unless those repetitions move the medians apart or narrow the spread:
+        measuring them would only test whether noise can make it look like a gain."""
+        metric = OBJECTIVES[self.objective][0]
+        spread = []
+        for sample in (a, b):
+            summary = stats(list(sample.values(metric)))
+            if summary is None or summary["n"] < 2:
+                return 0.0  # no spread known yet: nothing to rule out
+            spread.append(float(summary["stdev"]) / math.sqrt(summary["n"] + more))
+        sb = b.score(self.objective)
+        if not sb:
+            return 0.0
+        return NOISE_SIGMAS * math.hypot(*spread) / abs(sb)
 
     # ---- candidates ----------------------------------------------------------------------
 

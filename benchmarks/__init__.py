@@ -9,9 +9,12 @@ Not part of the installed wheel. Work files (artifacts, logs, quick results) go 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -22,6 +25,13 @@ def work_dir() -> Path:
     """Where artifacts, logs and quick results go: $EDGERUN_BENCH_WORK, else benchmarks/work."""
     env = os.environ.get("EDGERUN_BENCH_WORK")
     return Path(env) if env else ROOT / "work"
+
+
+def write_results(name: str, out: dict[str, Any]) -> Path:
+    """`out` as benchmarks/results/<name>-<UTC time>.json; its path."""
+    path = RESULTS / f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(out, indent=1, default=str))
+    return path
 
 
 def model_key(model: str) -> str:

@@ -8,7 +8,6 @@ Results: benchmarks/results/genai-spinning-<time>.json."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from datetime import datetime, timezone
@@ -17,7 +16,7 @@ from typing import Any
 
 import click
 
-from benchmarks import RESULTS, machine, work_dir
+from benchmarks import machine, work_dir, write_results
 
 GAP_S = 0.002  # between tokens: what a spinning pool burns and a sleeping one does not
 
@@ -73,9 +72,7 @@ def main(artifact: Path | None, threads: int, steps: int, rounds: int) -> None:
         "cpu_per_wall": readings,
         "median": {name: statistics.median(v) for name, v in readings.items()},
     }  # fmt: skip
-    path = RESULTS / f"genai-spinning-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(out, indent=1, default=str))
-    click.echo(f"results: {path}")
+    click.echo(f"results: {write_results('genai-spinning', out)}")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ Results: benchmarks/results/tune-gate-<time>.json."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 
-from benchmarks import RESULTS, machine, work_dir
+from benchmarks import machine, work_dir, write_results
 
 CHANGES = {
     "onnx-int4": [{"accuracy_level": 1}],
@@ -51,9 +50,7 @@ def main(exported: Path | None) -> None:
             "manifest_mean_kl": arm.mean_kl, "bound": drift_bound(arm.mean_kl), "rows": rows,
             "reference_checks": scored.checks, "default_output_checks": compared.checks,
         }  # fmt: skip
-    path = RESULTS / f"tune-gate-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(out, indent=1, default=str))
-    click.echo(f"results: {path}")
+    click.echo(f"results: {write_results('tune-gate', out)}")
 
 
 if __name__ == "__main__":

@@ -339,3 +339,12 @@ def test_a_level_the_probe_measured_far_slower_is_never_screened(
         ]
     else:
         assert reasons == []
+    # the probe times one-row products: a prompt's many-row ones are screened for ttft
+    measured.clear()
+
+    def measure_ttft(arm, config, reps):  # type: ignore[no-untyped-def]
+        measured.append(config.get("accuracy_level", 4))
+        return [{"ttft_s": 0.1 + d} for d in (-0.001, 0.0, 0.001)][:reps], 0
+
+    Search(space, measure_ttft, lambda arm, config: None, objective="ttft").run()
+    assert 1 in measured

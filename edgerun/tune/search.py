@@ -25,8 +25,8 @@ a configuration accumulating over its trials:
    - a value that computes what the starting value computes (``Dim.same``: a graph optimisation
      level whose optimized graph is the starting level's, byte for byte);
    - a value a probe measured slower beyond doubt before the search (``Dim.slower``: an
-     accuracy level whose MatMulNBits products alone took more than 1.5x the exported level's,
-     edgerun.backends.ort_nbits_probe);
+     accuracy level whose one-row MatMulNBits products alone took more than 1.5x the exported
+     level's, edgerun.backends.ort_nbits_probe; for decode and energy, not ttft);
 3. the combination of every change that beat the default, when two or more did; then, where
    the arm's best now beats its start, the values that looked like a gain (ahead by at least
    ``MIN_GAIN``) but not beyond the noise are screened again from that best (at most
@@ -261,7 +261,9 @@ class Search:
             for value in self._steps(dim, start.config[dim.name]):
                 if only is not None and (dim.name, value) not in only:
                     continue
-                if value in dim.slower:  # a probe measured it slower beyond doubt
+                # a probe measured it slower beyond doubt, at one-row (decode-step) products:
+                # a prompt's many-row products are another kernel, so ttft still screens it
+                if value in dim.slower and self.objective != "ttft":
                     entry = {"arm": arm.name, "dim": dim.name, "value": value,
                              "reason": dim.slower[value]}  # fmt: skip
                     if entry not in self.pruned:

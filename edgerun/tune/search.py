@@ -110,12 +110,14 @@ class Samples:
         summary = stats(list(self.values(metric)))
         return None if summary is None else sign * summary["median"]
 
-    def stderr(self, objective: str) -> float:
+    def stderr(self, objective: str, more: int = 0) -> float:
+        """The median's standard error, or what it would be after `more` repetitions at the
+        spread measured so far (inf before two repetitions)."""
         vals = self.values(OBJECTIVES[objective][0])
         summary = stats(list(vals))
         if summary is None or summary["n"] < 2:
             return math.inf
-        return float(summary["stdev"]) / math.sqrt(summary["n"])
+        return float(summary["stdev"]) / math.sqrt(summary["n"] + more)
 
     def to_json(self) -> dict[str, Any]:
         """The provenance of one configuration: where, what, and its measured spread."""
@@ -253,9 +255,7 @@ class Search:
         for dim in arm.dims:
             why = self._skip(dim, start.config)
             if why is not None:
-                entry = {"arm": arm.name, "dim": dim.name, "reason": why}
-                if entry not in self.pruned:  # said once, not once per pass
-                    self.pruned.append(entry)
+                self._prune_once({"arm": arm.name, "dim": dim.name, "reason": why})
                 continue
             tried = [start]
             for value in self._steps(dim, start.config[dim.name]):
@@ -264,16 +264,13 @@ class Search:
                 # a probe measured it slower beyond doubt, at one-row (decode-step) products:
                 # a prompt's many-row products are another kernel, so ttft still screens it
                 if value in dim.slower and self.objective != "ttft":
-                    entry = {"arm": arm.name, "dim": dim.name, "value": value,
-                             "reason": dim.slower[value]}  # fmt: skip
-                    if entry not in self.pruned:
-                        self.pruned.append(entry)
+                    self._prune_once({"arm": arm.name, "dim": dim.name, "value": value,
+                                      "reason": dim.slower[value]})  # fmt: skip
                     continue
                 if dim.same.get(value) == start.config[dim.name]:
-                    entry = {"arm": arm.name, "dim": dim.name, "value": value,
-                             "reason": f"computes what {dim.same[value]} computes"}  # fmt: skip
-                    if entry not in self.pruned:
-                        self.pruned.append(entry)
+                    why = f"computes what {dim.same[value]} computes"
+                    self._prune_once({"arm": arm.name, "dim": dim.name, "value": value,
+                                      "reason": why})  # fmt: skip
                     continue  # not a step: an ordered walk goes on to the next value
                 lost = self._lost.get((arm.kernels, dim.name, value))
                 if lost is not None:
@@ -311,6 +308,11 @@ class Search:
             if found is not None and not found.trials:
                 self._measure(found)
         return hopeful, unsettled
+
+    def _prune_once(self, entry: dict[str, Any]) -> None:
+        """Record why something was not measured, once, not once per screening pass."""
+        if entry not in self.pruned:
+            self.pruned.append(entry)
 
     def _lead(self, a: Samples, b: Samples) -> float:
         """How far a's median is ahead of b's, as a share of b's (-inf without scores)."""
@@ -372,11 +374,12 @@ class Search:
                 for d in arm.dims
                 if d.name in best.config and best.config[d.name] in d.values
             }
-        why = self._runs_lost(arm, arm.normalise({**arm.default(), **shared}))
+        config = arm.normalise({**arm.default(), **shared})
+        why = self._runs_lost(arm, config)
         if why is not None:
             self.pruned.append({"arm": arm.name, "reason": why})
             return
-        start = self._candidate(arm, {**arm.default(), **shared})
+        start = self._candidate(arm, config)
         if start is None or not self._measure(start):
             return
         if best is not None and self._dominated(start, best):
@@ -430,15 +433,9 @@ class Search:
         after `more` further repetitions of each at the spreads measured so far. A lead under
         it stays a tie unless those repetitions move the medians apart or narrow the spread:
         measuring them would only test whether noise can make it look like a gain."""
-        metric = OBJECTIVES[self.objective][0]
-        spread = []
-        for sample in (a, b):
-            summary = stats(list(sample.values(metric)))
-            if summary is None or summary["n"] < 2:
-                return 0.0  # no spread known yet: nothing to rule out
-            spread.append(float(summary["stdev"]) / math.sqrt(summary["n"] + more))
+        spread = [s.stderr(self.objective, more) for s in (a, b)]
         sb = b.score(self.objective)
-        if not sb:
+        if not sb or math.inf in spread:  # no spread known yet: nothing to rule out
             return 0.0
         return NOISE_SIGMAS * math.hypot(*spread) / abs(sb)
 
